@@ -1,0 +1,115 @@
+"""Passes over the data: each a map over partitions run as named Dask tasks on the workers.
+
+Only small things come back to the client: level sets, per-partition key arrays and sizes.
+The per-partition statistics stay on the workers as futures until the caller decides whether
+to gather them (small) or to evaluate the objective where they are (large).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from distributed import Client, Future
+
+from daskmm.formula.spec import FactorSpec, ModelSpec, level_label
+from daskmm.kernels.stats import Layout, PartitionStats, partition_stats
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+# ---------------------------------------------------------------- metadata pass
+def _meta_partition(df: pd.DataFrame, used: list[str], categorical: list[str],
+                    group_cols: list[str]) -> dict:
+    df = df[used]
+    df = df.loc[df.notna().all(axis=1).to_numpy()]
+    levels = {c: pd.unique(df[c]) for c in categorical}
+    combos = df[group_cols].drop_duplicates() if group_cols else None
+    return {"levels": levels, "combos": combos, "n": len(df)}
+
+
+def _meta_combine(parts: list[dict]) -> dict:
+    levels = {}
+    for c in parts[0]["levels"]:
+        levels[c] = pd.unique(np.concatenate([np.asarray(p["levels"][c], dtype=object)
+                                              for p in parts]))
+    combos = None
+    if parts[0]["combos"] is not None:
+        combos = pd.concat([p["combos"] for p in parts]).drop_duplicates()
+    return {"levels": levels, "combos": combos, "n": sum(p["n"] for p in parts)}
+
+
+def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorical: list[str],
+                  group_cols: list[str], split_every: int = 8) -> dict:
+    """Levels of the categorical columns and the distinct combinations of the grouping columns
+    (rows with a missing value in a used column dropped), as a tree reduction."""
+    tok = _token()
+    parts = [dask.delayed(_meta_partition, name=f"daskmm-meta-{tok}-{i}", pure=False)(
+        p, used, categorical, group_cols) for i, p in enumerate(ddf.to_delayed())]
+    level = 0
+    while len(parts) > 1:
+        parts = [dask.delayed(_meta_combine, name=f"daskmm-meta-combine-{tok}-{level}-{j}",
+                              pure=False)(parts[j:j + split_every])
+                 for j in range(0, len(parts), split_every)]
+        level += 1
+    if not parts:
+        return {"levels": {c: np.array([]) for c in categorical}, "combos": None, "n": 0}
+    return client.compute(parts[0]).result()
+
+
+# ---------------------------------------------------------------- statistics pass
+def _stats_partition(df: pd.DataFrame, spec: ModelSpec, layout: Layout) -> PartitionStats:
+    enc = spec.encode(df)
+    return partition_stats(enc.y, enc.X, enc.w, enc.Z, enc.keys, layout, enc.n_dropped)
+
+
+def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layout) -> list[Future]:
+    """Compute :class:`PartitionStats` for every partition; futures left on the workers."""
+    tok = _token()
+    tasks = [dask.delayed(_stats_partition, name=f"daskmm-stats-{tok}-{i}", pure=False)(
+        p, spec, layout) for i, p in enumerate(ddf.to_delayed())]
+    return client.compute(tasks)
+
+
+def _primary_keys(stats: PartitionStats) -> np.ndarray:
+    if not stats.groups:
+        return np.array([], dtype=object)
+    return np.concatenate([g.levels for g in stats.groups])
+
+
+def _summary(stats: PartitionStats) -> dict:
+    return {"n": stats.n, "nbytes": stats.nbytes, "G": stats.G, "sum_log_w": stats.sum_log_w,
+            "n_dropped": stats.n_dropped}
+
+
+def stats_summary(client: Client, futures: list[Future]) -> tuple[list[np.ndarray], list[dict]]:
+    """Primary-level keys and small summaries of each partition's statistics."""
+    tok = _token()
+    keys = client.map(_primary_keys, futures, key=[f"daskmm-keys-{tok}-{i}"
+                                                    for i in range(len(futures))])
+    summ = client.map(_summary, futures, key=[f"daskmm-summary-{tok}-{i}"
+                                               for i in range(len(futures))])
+    return client.gather(keys), client.gather(summ)
+
+
+def aligned(keys: list[np.ndarray]) -> bool:
+    """True when no primary level appears in two partitions."""
+    nonempty = [k for k in keys if len(k)]
+    if len(nonempty) <= 1:
+        return True
+    allk = np.concatenate(nonempty)
+    return len(pd.unique(allk)) == len(allk)
+
+
+def shuffle_by(ddf: dd.DataFrame, factor: FactorSpec) -> dd.DataFrame:
+    """Repartition rows so that every level of ``factor`` sits in one partition."""
+    return ddf.shuffle(on=list(factor.columns), npartitions=max(ddf.npartitions, 1))
+
+
+def level_labels(factor: FactorSpec, keys: np.ndarray) -> list[str]:
+    return factor.label(keys) if len(factor.columns) > 1 else [level_label(k) for k in keys]

@@ -1,0 +1,310 @@
+"""The model spec: a formula with every encoding frozen.
+
+A :class:`ModelSpec` is built once on the client from the formula and the metadata of the whole
+dataset (levels of every categorical column), then shipped to the workers, where
+:meth:`ModelSpec.encode` turns any partition into the same columns in the same order. Nothing in
+it depends on which partition it sees (formulaic's idea of a stateful, data-free spec).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+from formulaic.errors import FormulaicError
+
+from daskmm.errors import ColumnNotFoundError, DataError, FormulaError
+from daskmm.formula.parse import ParsedFormula, identifiers
+from daskmm.reterm import RandomTerm
+
+EVAL_CONTEXT = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "np": np}
+
+
+def r_name(formulaic_name: str) -> str:
+    """Column name as R writes it: ``recipe[T.B]:temp`` -> ``recipeB:temp``."""
+    if formulaic_name == "Intercept":
+        return "(Intercept)"
+    parts = []
+    for part in formulaic_name.split(":"):
+        m = re.fullmatch(r"(.*)\[(?:T\.)?(.*)\]", part)
+        parts.append(f"{m.group(1)}{m.group(2)}" if m else part)
+    return ":".join(parts)
+
+
+def level_label(value: object) -> str:
+    """A level as R prints it (integral floats without the ``.0``)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (bool, np.bool_)):
+        return "TRUE" if value else "FALSE"
+    return str(value)
+
+
+def sorted_levels(values: np.ndarray | pd.Series) -> list[str]:
+    """Distinct values sorted (numerically when numeric), as labels."""
+    u = pd.unique(pd.Series(values).dropna())
+    try:
+        u = np.sort(np.asarray(u))
+    except TypeError:
+        u = np.array(sorted(u, key=str), dtype=object)
+    return [level_label(v) for v in u]
+
+
+def is_categorical_dtype(dtype: object) -> bool:
+    return not (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype))
+
+
+@dataclass
+class FactorSpec:
+    """A grouping factor: one column or the interaction of several.
+
+    Attributes
+    ----------
+    name : str
+        As lme4 prints it (``"recipe:replicate"``).
+    columns : tuple of str
+        Component columns.
+    terms : list of int
+        Indices (in :attr:`ModelSpec.terms`) of the random-effect terms on this factor.
+    levels : list of str or None
+        Sorted level labels, when known from a metadata pass.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    terms: list[int] = field(default_factory=list)
+    levels: list[str] | None = None
+
+    def keys(self, df: pd.DataFrame) -> np.ndarray:
+        """Per-row key: the raw value for one column, the ``"a:b"`` label for an interaction."""
+        if len(self.columns) == 1:
+            return df[self.columns[0]].to_numpy()
+        cols = [df[c].map(level_label).astype(str) for c in self.columns]
+        out = cols[0]
+        for c in cols[1:]:
+            out = out + ":" + c
+        return out.to_numpy(dtype=object)
+
+    def label(self, keys: np.ndarray) -> list[str]:
+        return [level_label(k) for k in keys] if len(self.columns) == 1 else [str(k) for k in keys]
+
+
+@dataclass
+class Encoded:
+    """One partition, encoded.
+
+    ``y`` already has the offset subtracted; ``Z[name]`` holds the model columns of every term
+    on factor ``name``, terms side by side in :attr:`ModelSpec.terms` order.
+    """
+
+    y: np.ndarray
+    X: np.ndarray
+    w: np.ndarray
+    Z: dict[str, np.ndarray]
+    keys: dict[str, np.ndarray]
+    n_dropped: int
+
+
+@dataclass
+class ModelSpec:
+    """Frozen encodings of a mixed-model formula.
+
+    Attributes
+    ----------
+    formula : ParsedFormula
+    categorical : dict
+        Column -> sorted level labels, for every categorical column the fixed part or a term's
+        left-hand side uses.
+    factors : list of FactorSpec
+        Grouping factors, in lme4's term order of their first term.
+    terms : list of RandomTerm
+        Random-effect terms in lme4's order (decreasing number of levels, stable).
+    fixef_names : list of str
+        Fixed-effect column names as R writes them, before aliased columns are dropped.
+    weights : str or None
+        Column of prior weights.
+    """
+
+    formula: ParsedFormula
+    categorical: dict[str, list[str]]
+    factors: list[FactorSpec]
+    terms: list[RandomTerm]
+    fixef_names: list[str]
+    weights: str | None
+    used_columns: list[str]
+    _fixed_spec: object = None
+    _term_specs: list = field(default_factory=list)
+    _response_spec: object = None
+    _offset_specs: list = field(default_factory=list)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, formula: ParsedFormula, schema: dict[str, object],
+              categorical: dict[str, list[str]], weights: str | None = None,
+              factor_levels: dict[str, list[str]] | None = None) -> ModelSpec:
+        """Freeze the encodings.
+
+        Parameters
+        ----------
+        formula : ParsedFormula
+        schema : dict
+            Column -> dtype of the data.
+        categorical : dict
+            Column -> sorted level labels for the categorical columns used outside the bars.
+        weights : str, optional
+        factor_levels : dict, optional
+            Factor name -> sorted levels, when a metadata pass computed them.
+        """
+        if not formula.bars:
+            raise FormulaError(
+                f"formula {formula.text!r} has no random-effect term; add one such as '(1 | g)' "
+                "(for a model without random effects use an ordinary linear model)")
+        proto = _prototype(schema, categorical)
+        try:
+            resp = model_matrix(f"0 + {formula.response}", proto, context=EVAL_CONTEXT,
+                                na_action="ignore").model_spec
+        except FormulaicError as exc:
+            raise FormulaError(f"cannot understand the response {formula.response!r}: {exc}") from exc
+        if identifiers(formula.response) & set(categorical):
+            raise DataError(
+                f"response {formula.response!r} is not numeric; a linear mixed model needs a "
+                "numeric response")
+        fixed = _materialize(formula.fixed, proto, "fixed part")
+        offsets = [_materialize(f"0 + {o}", proto, "offset") for o in formula.offsets]
+        # group terms by factor; order terms by decreasing number of levels (lme4, stable)
+        bars = list(formula.bars)
+        nlev = {b.factor_name: len((factor_levels or {}).get(b.factor_name, ()))
+                for b in bars}
+        order = sorted(range(len(bars)), key=lambda i: -nlev[bars[i].factor_name])
+        terms: list[RandomTerm] = []
+        term_specs = []
+        factors: dict[str, FactorSpec] = {}
+        for i in order:
+            b = bars[i]
+            ts = _materialize(b.lhs, proto, f"random-effect term ({b.lhs} | {b.factor_name})")
+            cols = [r_name(c) for c in ts.column_names]
+            if not cols:
+                raise FormulaError(f"random-effect term ({b.lhs} | {b.factor_name}) has no columns")
+            fs = factors.setdefault(b.factor_name, FactorSpec(b.factor_name, b.factor))
+            fs.terms.append(len(terms))
+            if factor_levels and b.factor_name in factor_levels:
+                fs.levels = factor_levels[b.factor_name]
+            terms.append(RandomTerm(factor=b.factor_name, columns=tuple(cols), lhs=b.lhs))
+            term_specs.append(ts)
+        used = sorted(formula.columns | ({weights} if weights else set()))
+        return cls(formula=formula, categorical=categorical, factors=list(factors.values()),
+                   terms=terms, fixef_names=[r_name(c) for c in fixed.column_names],
+                   weights=weights, used_columns=used, _fixed_spec=fixed,
+                   _term_specs=term_specs, _response_spec=resp, _offset_specs=offsets)
+
+    # ------------------------------------------------------------------ queries
+    def factor(self, name: str) -> FactorSpec:
+        return next(f for f in self.factors if f.name == name)
+
+    def factor_q(self, name: str) -> int:
+        return sum(self.terms[t].q for t in self.factor(name).terms)
+
+    @property
+    def n_theta(self) -> int:
+        return sum(t.n_theta for t in self.terms)
+
+    # ------------------------------------------------------------------ encoding
+    def prepare(self, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        """Select the used columns, drop rows with a missing value (lme4's ``na.omit``) and
+        check for infinities. Returns the frame and the number of rows dropped."""
+        df = df[self.used_columns]
+        mask = df.notna().all(axis=1).to_numpy()
+        dropped = int(len(df) - mask.sum())
+        if dropped:
+            df = df.loc[mask]
+        for c in self.used_columns:
+            if c in self.categorical:
+                continue
+            col = df[c]
+            if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+                if not np.isfinite(col.to_numpy(dtype=float)).all():
+                    raise DataError(
+                        f"column {c!r} holds an infinite value; remove or replace it before fitting")
+        return df, dropped
+
+    def encode(self, df: pd.DataFrame) -> Encoded:
+        """Encode one partition (after :meth:`prepare`)."""
+        df, dropped = self.prepare(df)
+        frame = df.copy()
+        for c, levels in self.categorical.items():
+            frame[c] = pd.Categorical(frame[c].map(level_label), categories=levels)
+        y = np.asarray(self._response_spec.get_model_matrix(frame, context=EVAL_CONTEXT),
+                       dtype=float)
+        if y.ndim != 2 or y.shape[1] != 1:
+            raise DataError(f"response {self.formula.response!r} must be one numeric column")
+        y = y[:, 0].copy()
+        if not np.isfinite(y).all():
+            raise DataError(f"response {self.formula.response!r} has a non-finite value "
+                            "(e.g. log of a non-positive number)")
+        for spec in self._offset_specs:
+            y -= np.asarray(spec.get_model_matrix(frame, context=EVAL_CONTEXT), float)[:, 0]
+        X = _dense(self._fixed_spec, frame, len(frame))
+        w = (np.asarray(df[self.weights], dtype=float) if self.weights
+             else np.ones(len(df)))
+        if self.weights is not None and (w <= 0).any():
+            raise DataError(f"weights column {self.weights!r} has a value <= 0; "
+                            "prior weights must be positive")
+        Z: dict[str, np.ndarray] = {}
+        keys: dict[str, np.ndarray] = {}
+        for f in self.factors:
+            mats = [_dense(self._term_specs[t], frame, len(frame)) for t in f.terms]
+            Z[f.name] = np.hstack(mats) if len(mats) > 1 else mats[0]
+            keys[f.name] = f.keys(df)
+        return Encoded(y=y, X=X, w=w, Z=Z, keys=keys, n_dropped=dropped)
+
+
+def _dense(spec: object, frame: pd.DataFrame, n: int) -> np.ndarray:
+    m = spec.get_model_matrix(frame, context=EVAL_CONTEXT)
+    a = np.asarray(m, dtype=float)
+    if a.shape[0] != n:  # formulaic collapses an intercept-only matrix on empty frames
+        a = np.broadcast_to(a, (n, a.shape[1])).copy()
+    return np.ascontiguousarray(a)
+
+
+def _materialize(text: str, proto: pd.DataFrame, what: str):
+    try:
+        return model_matrix(text, proto, context=EVAL_CONTEXT, na_action="ignore").model_spec
+    except FormulaicError as exc:
+        raise FormulaError(f"cannot understand the {what} {text!r}: {exc}") from exc
+    except Exception as exc:  # formulaic raises plain errors for some syntax
+        raise FormulaError(f"cannot understand the {what} {text!r}: {exc}") from exc
+
+
+def _prototype(schema: dict[str, object], categorical: dict[str, list[str]]) -> pd.DataFrame:
+    """A small frame with every level of every categorical column, to build specs on."""
+    n = max([2] + [len(v) for v in categorical.values()])
+    data = {}
+    for c, dtype in schema.items():
+        if c in categorical:
+            levels = categorical[c]
+            vals = [levels[i % len(levels)] for i in range(n)] if levels else [None] * n
+            data[c] = pd.Categorical(vals, categories=levels)
+        else:
+            data[c] = np.linspace(1.0, 2.0, n)
+    return pd.DataFrame(data)
+
+
+def check_columns(formula: ParsedFormula, columns: list[str], weights: str | None) -> None:
+    """Raise :class:`ColumnNotFoundError` naming the first column the data lack."""
+    have = set(columns)
+    needed = set()
+    for b in formula.bars:
+        needed |= set(b.factor)
+    for piece in (formula.response, formula.fixed, *formula.offsets,
+                  *(b.lhs for b in formula.bars)):
+        needed |= identifiers(piece)
+    if weights:
+        needed.add(weights)
+    missing = sorted(needed - have)
+    if missing:
+        raise ColumnNotFoundError(
+            f"column {missing[0]!r} named in the formula is not in the data; "
+            f"available columns: {', '.join(sorted(have))}")

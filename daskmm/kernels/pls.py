@@ -1,0 +1,222 @@
+"""Profiled penalised least squares from blocked cross-products (pure numpy/scipy).
+
+For a given ``theta`` the blocked lower Cholesky factor of
+
+    [ Lambda'Z'Z Lambda + I   Lambda'Z'X   Lambda'Z'y ]
+    [ X'Z Lambda              X'X          X'y        ]  =  L L'
+    [ y'Z Lambda              y'X          y'y        ]
+
+is taken in two stages (DESIGN.md):
+
+1. per level ``l`` of the primary factor, ``M_l = Lambda_l' A_l Lambda_l + I = L_l L_l'`` and
+   ``R_l = L_l^{-1} Lambda_l' B_l Lambda~`` (:func:`eval_group`, batched over levels, run
+   wherever the statistics live);
+2. the Schur complement ``S = Lambda~' G Lambda~ + diag(I_G, 0) - sum_l R_l' R_l`` of the global
+   coefficients, ``X`` and ``y`` is factored densely, ``S = L_S L_S'`` (:func:`profiled`).
+
+Then ``log|L_ZZ|^2 = sum_l log|L_l|^2 + log|L_GG|^2``, ``log|L_XX|^2`` and ``r^2`` (the last
+diagonal entry squared) give lme4's criteria::
+
+    ML:    log|L_ZZ|^2 - sum log w + n (1 + log(2 pi r^2 / n))
+    REML:  log|L_ZZ|^2 - sum log w + log|L_XX|^2 + (n-p)(1 + log(2 pi r^2 / (n-p)))
+
+``Lambda~ = blockdiag(Lambda_G, I_{p+1})`` scales the global columns of ``B`` and ``G``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as la
+import scipy.sparse as sp
+
+from daskmm.kernels.stats import Layout, LevelGroup
+
+
+def group_Lambda(layout: Layout, lam: dict[str, np.ndarray],
+                 composition: tuple[int, ...]) -> np.ndarray:
+    """``Lambda`` of one primary level's block: the primary factor's, then each nested level's."""
+    blocks = [lam[layout.primary]]
+    for f, c in zip(layout.nested, composition):
+        blocks.extend([lam[f]] * int(c))
+    return la.block_diag(*blocks)
+
+
+def lambda_tilde(layout: Layout, lam: dict[str, np.ndarray]) -> sp.csr_matrix:
+    """``blockdiag(Lambda_G, I_{p+1})`` as a sparse ``k x k`` matrix."""
+    blocks = [sp.kron(sp.identity(len(layout.global_levels[f])), sp.csr_matrix(lam[f]))
+              for f in layout.global_factors]
+    blocks.append(sp.identity(layout.p + 1))
+    return sp.block_diag(blocks, format="csr")
+
+
+def _forward(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Batched ``L^{-1} B`` for lower-triangular ``L`` (m, s, s) and ``B`` (m, s, k)."""
+    s = L.shape[1]
+    if s > 16:
+        return np.linalg.solve(L, B)
+    R = np.empty_like(B)
+    for i in range(s):
+        acc = B[:, i, :].copy()
+        for j in range(i):
+            acc -= L[:, i, j, None] * R[:, j, :]
+        R[:, i, :] = acc / L[:, i, i, None]
+    return R
+
+
+def _backward(L: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Batched ``L^{-T} c`` for lower-triangular ``L`` (m, s, s) and ``c`` (m, s)."""
+    s = L.shape[1]
+    u = np.empty_like(c)
+    for i in range(s - 1, -1, -1):
+        acc = c[:, i].copy()
+        for j in range(i + 1, s):
+            acc -= L[:, j, i] * u[:, j]
+        u[:, i] = acc / L[:, i, i]
+    return u
+
+
+def eval_group(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, n_G: int,
+               keep_factors: bool = False):
+    """Stage 1 for one level group.
+
+    Returns
+    -------
+    logdet : float
+        ``sum_l log|L_l|^2``.
+    RtR : ndarray, shape (k, k)
+        ``sum_l R_l' R_l``.
+    (L, R) : optional
+        The factors, when ``keep_factors``.
+    """
+    m, s, k = group.B.shape
+    M = np.matmul(Lam.T, np.matmul(group.A, Lam))
+    M[:, np.arange(s), np.arange(s)] += 1.0
+    L = np.linalg.cholesky(M)
+    logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
+    Bt = np.matmul(Lam.T, group.B)
+    if n_G:
+        flat = Bt.reshape(m * s, k)
+        flat[:, :n_G] = (LamT[:n_G, :n_G].T @ flat[:, :n_G].T).T
+    R = _forward(L, Bt)
+    R2 = R.reshape(m * s, k)
+    RtR = R2.T @ R2
+    if keep_factors:
+        return logdet, RtR, (L, R)
+    return logdet, RtR
+
+
+@dataclass
+class Profile:
+    """Stage 2: the global factor and the profiled criterion at one ``theta``."""
+
+    objective: float
+    L_S: np.ndarray
+    ldL2: float
+    ldRX2: float
+    pwrss: float
+    n: int
+    p: int
+    n_G: int
+
+    @property
+    def L_GG(self) -> np.ndarray:
+        return self.L_S[:self.n_G, :self.n_G]
+
+    @property
+    def L_XX(self) -> np.ndarray:
+        return self.L_S[self.n_G:self.n_G + self.p, self.n_G:self.n_G + self.p]
+
+    def beta(self) -> np.ndarray:
+        g, p = self.n_G, self.p
+        return la.solve_triangular(self.L_XX.T, self.L_S[-1, g:g + p], lower=False)
+
+    def u_G(self, beta: np.ndarray) -> np.ndarray:
+        g, p = self.n_G, self.p
+        if not g:
+            return np.zeros(0)
+        rhs = self.L_S[-1, :g] - self.L_S[g:g + p, :g].T @ beta
+        return la.solve_triangular(self.L_GG.T, rhs, lower=False)
+
+    def sigma(self, reml: bool) -> float:
+        return float(np.sqrt(self.pwrss / (self.n - self.p if reml else self.n)))
+
+
+def profiled(G: np.ndarray, RtR: np.ndarray, logdet_loc: float, LamT: sp.csr_matrix,
+             n_G: int, p: int, n: int, sum_log_w: float, reml: bool) -> Profile:
+    """Stage 2: factor the Schur complement and evaluate lme4's criterion.
+
+    A Schur complement that is not positive definite (``theta`` far outside the useful range)
+    gives an objective of ``+inf`` rather than an exception, so the optimiser steps back.
+    """
+    S = LamT.T @ (LamT.T @ G).T  # Lambda~' G Lambda~ (G symmetric)
+    S = np.asarray(S)
+    S[np.arange(n_G), np.arange(n_G)] += 1.0
+    S -= RtR
+    S = 0.5 * (S + S.T)
+    try:
+        L_S = np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        return Profile(np.inf, np.full_like(S, np.nan), np.inf, np.inf, np.inf, n, p, n_G)
+    d = np.diagonal(L_S)
+    ldL2 = logdet_loc + 2.0 * np.log(d[:n_G]).sum()
+    ldRX2 = 2.0 * np.log(d[n_G:n_G + p]).sum()
+    pwrss = float(d[-1] ** 2)
+    if reml:
+        nmp = n - p
+        obj = ldL2 - sum_log_w + ldRX2 + nmp * (1.0 + np.log(2.0 * np.pi * pwrss / nmp))
+    else:
+        obj = ldL2 - sum_log_w + n * (1.0 + np.log(2.0 * np.pi * pwrss / n))
+    return Profile(float(obj), L_S, float(ldL2), float(ldRX2), pwrss, n, p, n_G)
+
+
+def group_modes(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, prof: Profile,
+                beta: np.ndarray, u_G: np.ndarray, sigma: float, layout: Layout):
+    """Conditional modes and conditional covariances of one level group.
+
+    ``u_l = L_l^{-T} (R_ly - R_lG u_G - R_lX beta)``, ``b_l = Lambda_l u_l``; the conditional
+    covariance is ``sigma^2 Lambda_l [(L L')^{-1}]_ll Lambda_l'`` where the inverse is of the whole
+    random-effects block (lme4's ``condVar``), which with global factors is
+    ``L_l^{-T} (I + R_lG (L_GG L_GG')^{-1} R_lG') L_l^{-1}``.
+
+    Returns
+    -------
+    b : ndarray, shape (m, s)
+    cov : ndarray, shape (m, s, s)
+    """
+    _, _, (L, R) = eval_group(group, Lam, LamT, prof.n_G, keep_factors=True)
+    g, p = prof.n_G, prof.p
+    c = R[:, :, -1] - R[:, :, g:g + p] @ beta
+    if g:
+        c -= R[:, :, :g] @ u_G
+    u = _backward(L, c)
+    b = u @ Lam.T
+    m, s, _ = R.shape
+    Linv = np.linalg.inv(L)
+    inner = np.broadcast_to(np.eye(s), (m, s, s)).copy()
+    if g:
+        T = la.solve_triangular(prof.L_GG, R[:, :, :g].reshape(m * s, g).T, lower=True)
+        T = T.reshape(g, m, s)
+        inner += np.einsum("kmi,kmj->mij", T, T)
+    Minv = np.matmul(np.swapaxes(Linv, 1, 2), np.matmul(inner, Linv))
+    cov = sigma ** 2 * np.matmul(Lam, np.matmul(Minv, Lam.T))
+    return b, cov
+
+
+def global_modes(prof: Profile, u_G: np.ndarray, lam: dict[str, np.ndarray], layout: Layout,
+                 sigma: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Conditional modes and covariances of the global (crossed) factors' levels."""
+    out = {}
+    if not prof.n_G:
+        return out
+    Linv = la.solve_triangular(prof.L_GG, np.eye(prof.n_G), lower=True)
+    for f, off in layout.global_offsets.items():
+        q, nl = layout.q[f], len(layout.global_levels[f])
+        cols = slice(off, off + nl * q)
+        Lf = Linv[:, cols].reshape(prof.n_G, nl, q)
+        Uinv = np.einsum("kli,klj->lij", Lf, Lf)  # diagonal blocks of (L L')^{-1}
+        Lam = lam[f]
+        u = u_G[cols].reshape(nl, q)
+        out[f] = (u @ Lam.T, sigma ** 2 * np.matmul(Lam, np.matmul(Uinv, Lam.T)))
+    return out

@@ -1,0 +1,298 @@
+"""Per-partition sufficient statistics (pure numpy/scipy; never imports dask).
+
+The random effects are split into
+
+* **local** coefficients: those of the primary factor ``P`` (the one the data are partitioned
+  by) and of factors nested in it. All rows of a level of ``P`` sit in one partition, so the
+  local part of ``Z'Z`` is block diagonal with one dense block per level of ``P``;
+* **global** coefficients: crossed factors whose levels span partitions (``n_G`` columns).
+
+With ``V = [Z_G  X  y]`` (``k = n_G + p + 1`` columns) and rows weighted by ``w``, a partition
+contributes, for each level ``l`` of ``P`` with local columns ``Z_l``::
+
+    A_l = Z_l' W Z_l        (s_l x s_l)
+    B_l = Z_l' W V          (s_l x k)
+
+and ``G = V' W V`` (``k x k``) summed over partitions. Levels with the same block composition
+(how many nested levels of each nested factor they hold) are stacked into one
+:class:`LevelGroup` so the evaluation is batched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass
+class Layout:
+    """How the random-effect coefficients are laid out (data-free, shipped to workers).
+
+    Attributes
+    ----------
+    primary : str
+        Factor the data are partitioned by.
+    nested : list of str
+        Factors nested in ``primary`` (local to its levels).
+    global_factors : list of str
+        Crossed factors; their coefficients form the dense global block.
+    q : dict
+        Factor -> model columns per level.
+    global_levels : dict
+        Global factor -> its level keys in code order (raw values or ``"a:b"`` labels).
+    p : int
+        Number of fixed-effect columns.
+    """
+
+    primary: str
+    nested: list[str]
+    global_factors: list[str]
+    q: dict[str, int]
+    global_levels: dict[str, np.ndarray] = field(default_factory=dict)
+    p: int = 0
+
+    @property
+    def global_offsets(self) -> dict[str, int]:
+        out, k = {}, 0
+        for f in self.global_factors:
+            out[f] = k
+            k += len(self.global_levels[f]) * self.q[f]
+        return out
+
+    @property
+    def n_G(self) -> int:
+        return sum(len(self.global_levels[f]) * self.q[f] for f in self.global_factors)
+
+    @property
+    def k(self) -> int:
+        return self.n_G + self.p + 1
+
+
+@dataclass
+class LevelGroup:
+    """Levels of the primary factor sharing one block composition.
+
+    Attributes
+    ----------
+    composition : tuple of int
+        Number of levels of each nested factor per primary level.
+    levels : ndarray, shape (m,)
+        Primary-factor keys.
+    nested_levels : list of ndarray, shape (m, c_j)
+        Keys of the nested levels, per nested factor, in block order.
+    A : ndarray, shape (m, s, s)
+    B : ndarray, shape (m, s, k)
+    """
+
+    composition: tuple[int, ...]
+    levels: np.ndarray
+    nested_levels: list[np.ndarray]
+    A: np.ndarray
+    B: np.ndarray
+
+    @property
+    def m(self) -> int:
+        return len(self.levels)
+
+
+@dataclass
+class PartitionStats:
+    """Everything a partition contributes to the profiled objective."""
+
+    groups: list[LevelGroup]
+    G: np.ndarray
+    n: int
+    sum_log_w: float
+    n_dropped: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.G.nbytes + sum(g.A.nbytes + g.B.nbytes for g in self.groups)
+
+
+def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np.ndarray],
+                    keys: dict[str, np.ndarray], layout: Layout,
+                    n_dropped: int = 0) -> PartitionStats:
+    """Cross-products of one partition.
+
+    Parameters
+    ----------
+    y, X, w : ndarray
+        Response (offset removed), fixed-effects matrix, prior weights.
+    Z : dict
+        Factor -> ``(n, q_f)`` model columns.
+    keys : dict
+        Factor -> per-row level keys.
+    layout : Layout
+    """
+    n = len(y)
+    q_P = layout.q[layout.primary]
+    sw = np.sqrt(w)
+    V = np.empty((n, layout.p + 1))
+    V[:, :layout.p] = X
+    V[:, layout.p] = y
+    V *= sw[:, None]
+    ZG = _global_matrix(Z, keys, layout, sw)
+    G = np.zeros((layout.k, layout.k))
+    nG = layout.n_G
+    if nG:
+        G[:nG, :nG] = (ZG.T @ ZG).toarray()
+        G[:nG, nG:] = ZG.T @ V
+        G[nG:, :nG] = G[:nG, nG:].T
+    G[nG:, nG:] = V.T @ V
+    if n == 0:
+        return PartitionStats([], G, 0, 0.0, n_dropped)
+
+    # --- local coefficient layout, one block per primary level
+    p_codes, p_keys = pd.factorize(keys[layout.primary], sort=True)
+    m_all = len(p_keys)
+    sizes = np.full(m_all, q_P, dtype=np.int64)
+    nested_info = []
+    for f in layout.nested:
+        codes, uniq = pd.factorize(keys[f], sort=True)
+        parent = np.full(len(uniq), -1, dtype=np.int64)
+        parent[codes] = p_codes
+        if (parent[codes] != p_codes).any():
+            raise ValueError(f"factor {f!r} is not nested in {layout.primary!r} in this partition")
+        count = np.bincount(parent, minlength=m_all)
+        # rank of each nested level among the levels of its parent (codes sorted by key)
+        order = np.lexsort((np.arange(len(uniq)), parent))
+        first = np.concatenate([[0], np.cumsum(count)[:-1]])
+        rank = np.empty(len(uniq), dtype=np.int64)
+        rank[order] = np.arange(len(uniq)) - first[parent[order]]
+        nested_info.append((codes, uniq, parent, count, rank, order))
+        sizes += count * layout.q[f]
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    n_loc = int(sizes.sum())
+
+    rows, cols, vals = [], [], []
+    ZP = Z[layout.primary]
+    for j in range(q_P):
+        rows.append(np.arange(n))
+        cols.append(base[p_codes] + j)
+        vals.append(ZP[:, j] * sw)
+    offset_in_block = np.full(m_all, q_P, dtype=np.int64)
+    for f, (codes, uniq, parent, count, rank, _) in zip(layout.nested, nested_info):
+        qf = layout.q[f]
+        start = base[parent] + offset_in_block[parent] + rank * qf  # per nested level
+        for j in range(qf):
+            rows.append(np.arange(n))
+            cols.append(start[codes] + j)
+            vals.append(Z[f][:, j] * sw)
+        offset_in_block += count * qf
+    Zl = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(n, n_loc))
+    ZlT = Zl.T.tocsr()
+    A = (ZlT @ Zl).tocoo()
+    BV = ZlT @ V
+    BG = (ZlT @ ZG).toarray() if nG else None
+
+    # --- group levels by composition
+    comp = np.stack([info[3] for info in nested_info], axis=1) if nested_info else \
+        np.zeros((m_all, 0), dtype=np.int64)
+    comp_keys, comp_inv = np.unique(comp, axis=0, return_inverse=True)
+    comp_inv = np.asarray(comp_inv).ravel()
+    level_of_col = np.repeat(np.arange(m_all), sizes)
+    groups = []
+    for gi, ck in enumerate(comp_keys):
+        lev = np.flatnonzero(comp_inv == gi)
+        s = int(sizes[lev[0]])
+        pos_in_group = np.full(m_all, -1)
+        pos_in_group[lev] = np.arange(len(lev))
+        Ag = np.zeros((len(lev), s, s))
+        sel = pos_in_group[level_of_col[A.row]] >= 0
+        r, c, v = A.row[sel], A.col[sel], A.data[sel]
+        li = level_of_col[r]
+        Ag[pos_in_group[li], r - base[li], c - base[li]] = v
+        idx = (base[lev][:, None] + np.arange(s)[None, :]).ravel()
+        Bg = np.empty((len(lev), s, layout.k))
+        if nG:
+            Bg[:, :, :nG] = BG[idx].reshape(len(lev), s, nG)
+        Bg[:, :, nG:] = BV[idx].reshape(len(lev), s, layout.p + 1)
+        nested_levels = []
+        for (codes, uniq, parent, count, rank, order), c_j in zip(nested_info, ck):
+            # levels of this nested factor under each primary level of the group, in rank order
+            mat = np.empty((len(lev), int(c_j)), dtype=object)
+            if c_j:
+                members = np.flatnonzero(np.isin(parent, lev))
+                mat[pos_in_group[parent[members]], rank[members]] = np.asarray(uniq, dtype=object)[members]
+            nested_levels.append(mat)
+        groups.append(LevelGroup(tuple(int(x) for x in ck), np.asarray(p_keys)[lev],
+                                 nested_levels, Ag, Bg))
+    return PartitionStats(groups, G, n, float(np.log(w).sum()), n_dropped)
+
+
+def _global_matrix(Z, keys, layout: Layout, sw: np.ndarray) -> sp.csr_matrix | None:
+    if not layout.global_factors:
+        return None
+    n = len(sw)
+    rows, cols, vals = [], [], []
+    for f, off in layout.global_offsets.items():
+        lev = layout.global_levels[f]
+        codes = pd.Categorical(keys[f], categories=lev).codes.astype(np.int64)
+        if (codes < 0).any():
+            bad = keys[f][np.flatnonzero(codes < 0)[0]]
+            raise ValueError(f"level {bad!r} of factor {f!r} was not seen by the metadata pass")
+        qf = layout.q[f]
+        for j in range(qf):
+            rows.append(np.arange(n))
+            cols.append(off + codes * qf + j)
+            vals.append(Z[f][:, j] * sw)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(n, layout.n_G))
+
+
+def concat_groups(stats: list[PartitionStats]) -> PartitionStats:
+    """Stack the level groups of aligned partitions (each primary level in one partition).
+
+    Levels are sorted by key inside each composition, so the result does not depend on how the
+    rows were partitioned.
+    """
+    by_comp: dict[tuple[int, ...], list[LevelGroup]] = {}
+    for s in stats:
+        for g in s.groups:
+            by_comp.setdefault(g.composition, []).append(g)
+    groups = []
+    for comp in sorted(by_comp):
+        gs = by_comp[comp]
+        levels = np.concatenate([g.levels for g in gs])
+        order = _argsort_keys(levels)
+        groups.append(LevelGroup(
+            comp, levels[order],
+            [np.concatenate([g.nested_levels[j] for g in gs])[order] for j in range(len(comp))],
+            np.concatenate([g.A for g in gs])[order], np.concatenate([g.B for g in gs])[order]))
+    return PartitionStats(groups, sum(s.G for s in stats), sum(s.n for s in stats),
+                          sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
+
+
+def merge_levels(stats: list[PartitionStats]) -> PartitionStats:
+    """Combine partitions whose primary levels overlap, by summing per-level blocks.
+
+    Only valid without nested factors (every block then has the same layout, ``q_P`` columns).
+    """
+    allg = [g for s in stats for g in s.groups]
+    if any(g.composition for g in allg):
+        raise ValueError("merge_levels needs partitions aligned on the primary factor when "
+                         "there are nested factors")
+    if not allg:
+        return concat_groups(stats)
+    levels = np.concatenate([g.levels for g in allg])
+    codes, uniq = pd.factorize(levels, sort=True)
+    A0, B0 = allg[0].A, allg[0].B
+    A = np.zeros((len(uniq),) + A0.shape[1:])
+    B = np.zeros((len(uniq),) + B0.shape[1:])
+    np.add.at(A, codes, np.concatenate([g.A for g in allg]))
+    np.add.at(B, codes, np.concatenate([g.B for g in allg]))
+    merged = LevelGroup((), np.asarray(uniq), [], A, B)
+    return PartitionStats([merged], sum(s.G for s in stats), sum(s.n for s in stats),
+                          sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
+
+
+def _argsort_keys(keys: np.ndarray) -> np.ndarray:
+    try:
+        return np.argsort(keys, kind="stable")
+    except TypeError:
+        return np.argsort(keys.astype(str), kind="stable")
