@@ -1,7 +1,13 @@
 """daskmm: mixed models fitted on Dask, matching lme4."""
 
-from daskmm.errors import (ColumnNotFoundError, DaskmmError, DataError, FitError, FormulaError,
-                           ModelError)
+from daskmm.errors import (
+                           ColumnNotFoundError,
+                           DaskmmError,
+                           DataError,
+                           FitError,
+                           FormulaError,
+                           ModelError,
+)
 from daskmm.lmm import lmm
 from daskmm.results.lmm_result import LmmResult
 

@@ -32,12 +32,17 @@ from distributed import Client
 from daskmm.data.io import DataLike, read_data
 from daskmm.distributed.client import client_for
 from daskmm.distributed.evaluator import DistributedEvaluator, GatheredEvaluator
-from daskmm.distributed.passes import (aligned, metadata_pass, shuffle_by, stats_pass,
-                                       stats_summary)
+from daskmm.distributed.passes import aligned, metadata_pass, shuffle_by, stats_pass, stats_summary
 from daskmm.errors import DataError, FitError, ModelError
 from daskmm.formula.parse import ParsedFormula, parse_formula
-from daskmm.formula.spec import (FactorSpec, ModelSpec, check_columns, is_categorical_dtype,
-                                 level_label, sorted_levels)
+from daskmm.formula.spec import (
+    FactorSpec,
+    ModelSpec,
+    check_columns,
+    is_categorical_dtype,
+    level_label,
+    sorted_levels,
+)
 from daskmm.kernels.pls import global_modes, lambda_tilde, profiled
 from daskmm.kernels.stats import Layout, PartitionStats, concat_groups, merge_levels
 from daskmm.results.lmm_result import LmmResult, RanefTable
@@ -49,7 +54,9 @@ GATHER_LIMIT_BYTES = 256 * 2 ** 20
 
 
 @dataclass
-class _Problem:
+class Problem:
+    """A model ready to evaluate: frozen spec, layout, statistics and where they live."""
+
     spec: ModelSpec
     layout: Layout
     evaluator: object
@@ -99,7 +106,7 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
     parsed = parse_formula(formula)
     ddf = read_data(data, npartitions=npartitions)
     with client_for(client) as c:
-        prob = _prepare(c, parsed, ddf, factors or [], weights, mode)
+        prob = prepare_problem(c, parsed, ddf, factors or [], weights, mode)
         t1 = time.perf_counter()
         theta, opt = _optimise(prob, reml, optimizer_options or {})
         t2 = time.perf_counter()
@@ -111,8 +118,13 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
 
 
 # ------------------------------------------------------------------ step 1 and 2
-def _prepare(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame, factors: list[str],
-             weights: str | None, mode: str) -> _Problem:
+def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
+                    factors: list[str], weights: str | None, mode: str) -> Problem:
+    """Steps 1 and 2: freeze the spec, run the statistics pass, pick the evaluator.
+
+    The returned problem evaluates the profiled criterion at any ``theta`` with
+    :func:`objective`; :func:`lmm` optimises it.
+    """
     check_columns(parsed, list(ddf.columns), weights)
     for f in factors:
         if f not in ddf.columns:
@@ -191,7 +203,7 @@ def _prepare(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame, factors: 
             stats = _select(stats, _k_index(layout, keep))
         evaluator = GatheredEvaluator(stats, _reduced(layout, keep))
     G = G[np.ix_(_k_index(layout, keep), _k_index(layout, keep))]
-    return _Problem(spec, _reduced(layout, keep), evaluator, n, sum_log_w, n_dropped, G, keep,
+    return Problem(spec, _reduced(layout, keep), evaluator, n, sum_log_w, n_dropped, G, keep,
                     ngroups)
 
 
@@ -334,7 +346,7 @@ def lambdas(spec: ModelSpec, theta: np.ndarray) -> dict[str, np.ndarray]:
     return {f.name: factor_Lambda(spec.terms, f.terms, theta) for f in spec.factors}
 
 
-def objective(prob: _Problem, theta: np.ndarray, reml: bool):
+def objective(prob: Problem, theta: np.ndarray, reml: bool):
     """Profiled REML criterion or deviance at ``theta``, with the stage-2 factor."""
     lam = lambdas(prob.spec, theta)
     logdet, RtR = prob.evaluator.stage1(lam)
@@ -343,7 +355,7 @@ def objective(prob: _Problem, theta: np.ndarray, reml: bool):
     return prof, lam
 
 
-def _optimise(prob: _Problem, reml: bool, options: dict) -> tuple[np.ndarray, dict]:
+def _optimise(prob: Problem, reml: bool, options: dict) -> tuple[np.ndarray, dict]:
     spec = prob.spec
     x0 = np.concatenate([t.theta_init() for t in spec.terms])
     lower = np.concatenate([t.theta_lower() for t in spec.terms])
@@ -378,7 +390,7 @@ def _optimise(prob: _Problem, reml: bool, options: dict) -> tuple[np.ndarray, di
     return np.asarray(x, dtype=float), info
 
 
-def _result(prob: _Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
+def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
             reml: bool) -> LmmResult:
     spec = prob.spec
     prof, lam = objective(prob, theta, reml)
