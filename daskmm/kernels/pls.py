@@ -52,17 +52,13 @@ def lambda_tilde(layout: Layout, lam: dict[str, np.ndarray]) -> sp.csr_matrix:
 
 
 def _forward(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Batched ``L^{-1} B`` for lower-triangular ``L`` (m, s, s) and ``B`` (m, s, k)."""
+    """Batched ``L^{-1} B`` for lower-triangular ``L`` (m, s, s) and ``B`` (s, m, k), in place."""
     s = L.shape[1]
-    if s > 16:
-        return np.linalg.solve(L, B)
-    R = np.empty_like(B)
     for i in range(s):
-        acc = B[:, i, :].copy()
         for j in range(i):
-            acc -= L[:, i, j, None] * R[:, j, :]
-        R[:, i, :] = acc / L[:, i, i, None]
-    return R
+            B[i] -= L[:, i, j, None] * B[j]
+        B[i] *= (1.0 / L[:, i, i])[:, None]
+    return B
 
 
 def _backward(L: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -90,17 +86,31 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, n_G: int
     (L, R) : optional
         The factors, when ``keep_factors``.
     """
-    m, s, k = group.B.shape
+    s, m, k = group.B.shape
     M = np.matmul(Lam.T, np.matmul(group.A, Lam))
     M[:, np.arange(s), np.arange(s)] += 1.0
     L = np.linalg.cholesky(M)
     logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
-    Bt = np.matmul(Lam.T, group.B)
+    B = group.B
+    R = np.empty(B.shape)
+    for i in range(s):  # R[i] = sum_j Lam[j, i] B[j]  (Lam' B, s small)
+        nz = np.flatnonzero(Lam[:, i])
+        if len(nz) == 0:
+            R[i] = 0.0
+            continue
+        np.multiply(B[nz[0]], Lam[nz[0], i], out=R[i])
+        for j in nz[1:]:
+            R[i] += Lam[j, i] * B[j]
     if n_G:
-        flat = Bt.reshape(m * s, k)
-        flat[:, :n_G] = (LamT[:n_G, :n_G].T @ flat[:, :n_G].T).T
-    R = _forward(L, Bt)
-    R2 = R.reshape(m * s, k)
+        LamG = LamT[:n_G, :n_G]
+        flat = R.reshape(s * m, k)
+        d = LamG.diagonal()
+        if (LamG - sp.diags(d)).count_nonzero() == 0:  # scalar terms: scale columns
+            flat[:, :n_G] *= d[None, :]
+        else:
+            flat[:, :n_G] = (LamG.T @ flat[:, :n_G].T).T
+    R = _forward(L, R)
+    R2 = R.reshape(s * m, k)
     RtR = R2.T @ R2
     if keep_factors:
         return logdet, RtR, (L, R)
@@ -187,18 +197,18 @@ def group_modes(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, prof: P
     """
     _, _, (L, R) = eval_group(group, Lam, LamT, prof.n_G, keep_factors=True)
     g, p = prof.n_G, prof.p
-    c = R[:, :, -1] - R[:, :, g:g + p] @ beta
+    c = (R[:, :, -1] - R[:, :, g:g + p] @ beta).T
     if g:
-        c -= R[:, :, :g] @ u_G
+        c -= (R[:, :, :g] @ u_G).T
     u = _backward(L, c)
     b = u @ Lam.T
-    m, s, _ = R.shape
+    s, m, _ = R.shape
     Linv = np.linalg.inv(L)
     inner = np.broadcast_to(np.eye(s), (m, s, s)).copy()
     if g:
-        T = la.solve_triangular(prof.L_GG, R[:, :, :g].reshape(m * s, g).T, lower=True)
-        T = T.reshape(g, m, s)
-        inner += np.einsum("kmi,kmj->mij", T, T)
+        T = la.solve_triangular(prof.L_GG, R[:, :, :g].reshape(s * m, g).T, lower=True)
+        T = T.reshape(g, s, m)
+        inner += np.einsum("kim,kjm->mij", T, T)
     Minv = np.matmul(np.swapaxes(Linv, 1, 2), np.matmul(inner, Linv))
     cov = sigma ** 2 * np.matmul(Lam, np.matmul(Minv, Lam.T))
     return b, cov

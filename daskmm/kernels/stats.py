@@ -11,7 +11,7 @@ With ``V = [Z_G  X  y]`` (``k = n_G + p + 1`` columns) and rows weighted by ``w`
 contributes, for each level ``l`` of ``P`` with local columns ``Z_l``::
 
     A_l = Z_l' W Z_l        (s_l x s_l)
-    B_l = Z_l' W V          (s_l x k)
+    B_l = Z_l' W V          (s_l x k; stored row-major as (s, m, k) for a group of m levels)
 
 and ``G = V' W V`` (``k x k``) summed over partitions. Levels with the same block composition
 (how many nested levels of each nested factor they hold) are stacked into one
@@ -84,7 +84,9 @@ class LevelGroup:
     nested_levels : list of ndarray, shape (m, c_j)
         Keys of the nested levels, per nested factor, in block order.
     A : ndarray, shape (m, s, s)
-    B : ndarray, shape (m, s, k)
+    B : ndarray, shape (s, m, k)
+        Row ``i`` of every level's block side by side, so ``Lambda' B`` is one matrix product
+        and the stacked ``R`` is one contiguous ``(s m) x k`` matrix.
     """
 
     composition: tuple[int, ...]
@@ -208,10 +210,10 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
         li = level_of_col[r]
         Ag[pos_in_group[li], r - base[li], c - base[li]] = v
         idx = (base[lev][:, None] + np.arange(s)[None, :]).ravel()
-        Bg = np.empty((len(lev), s, layout.k))
+        Bg = np.empty((s, len(lev), layout.k))
         if nG:
-            Bg[:, :, :nG] = BG[idx].reshape(len(lev), s, nG)
-        Bg[:, :, nG:] = BV[idx].reshape(len(lev), s, layout.p + 1)
+            Bg[:, :, :nG] = BG[idx].reshape(len(lev), s, nG).transpose(1, 0, 2)
+        Bg[:, :, nG:] = BV[idx].reshape(len(lev), s, layout.p + 1).transpose(1, 0, 2)
         nested_levels = []
         for (codes, uniq, parent, count, rank, order), c_j in zip(nested_info, ck):
             # levels of this nested factor under each primary level of the group, in rank order
@@ -263,7 +265,7 @@ def concat_groups(stats: list[PartitionStats]) -> PartitionStats:
         groups.append(LevelGroup(
             comp, levels[order],
             [np.concatenate([g.nested_levels[j] for g in gs])[order] for j in range(len(comp))],
-            np.concatenate([g.A for g in gs])[order], np.concatenate([g.B for g in gs])[order]))
+            np.concatenate([g.A for g in gs])[order], np.ascontiguousarray(np.concatenate([g.B for g in gs], axis=1)[:, order])))
     return PartitionStats(groups, sum(s.G for s in stats), sum(s.n for s in stats),
                           sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
 
@@ -283,9 +285,11 @@ def merge_levels(stats: list[PartitionStats]) -> PartitionStats:
     codes, uniq = pd.factorize(levels, sort=True)
     A0, B0 = allg[0].A, allg[0].B
     A = np.zeros((len(uniq),) + A0.shape[1:])
-    B = np.zeros((len(uniq),) + B0.shape[1:])
+    B = np.zeros((B0.shape[0], len(uniq), B0.shape[2]))
     np.add.at(A, codes, np.concatenate([g.A for g in allg]))
-    np.add.at(B, codes, np.concatenate([g.B for g in allg]))
+    Ball = np.concatenate([g.B for g in allg], axis=1)
+    for i in range(B.shape[0]):
+        np.add.at(B[i], codes, Ball[i])
     merged = LevelGroup((), np.asarray(uniq), [], A, B)
     return PartitionStats([merged], sum(s.G for s in stats), sum(s.n for s in stats),
                           sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
