@@ -133,6 +133,7 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     schema = {c: ddf.dtypes[c] for c in ddf.columns}
     group_cols = sorted({c for b in parsed.bars for c in b.factor})
     used = sorted(parsed.columns | ({weights} if weights else set()))
+    ddf = ddf[used]  # read only these columns (projection reaches the Parquet reader)
     outside = sorted(parsed.columns - {c for c in group_cols
                                        if c not in _outside_bars(parsed)})
     cat_cols = [c for c in outside if c in factors or is_categorical_dtype(schema[c])]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Union
 
 import dask.dataframe as dd
 import fsspec
@@ -11,7 +10,7 @@ import pandas as pd
 
 from daskmm.errors import DataError
 
-DataLike = Union[str, os.PathLike, pd.DataFrame, dd.DataFrame]
+DataLike = str | os.PathLike | pd.DataFrame | dd.DataFrame
 
 
 def read_data(data: DataLike, npartitions: int | None = None,

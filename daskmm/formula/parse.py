@@ -91,7 +91,8 @@ def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
         elif ch == ")":
             depth -= 1
             if depth < 0:
-                raise FormulaError(f"unbalanced ')' at position {i} in {text!r}; check the parentheses")
+                raise FormulaError(
+                    f"unbalanced ')' at position {i} in {text!r}; check the parentheses")
         elif depth == 0 and ch in seps:
             # a '-' right after an operator or at the start is a sign, not a separator
             pieces.append((sep, text[start:i].strip()))

@@ -167,7 +167,8 @@ class ModelSpec:
             resp = model_matrix(f"0 + {formula.response}", proto, context=EVAL_CONTEXT,
                                 na_action="ignore").model_spec
         except FormulaicError as exc:
-            raise FormulaError(f"cannot understand the response {formula.response!r}: {exc}") from exc
+            raise FormulaError(
+                f"cannot understand the response {formula.response!r}: {exc}") from exc
         if identifiers(formula.response) & set(categorical):
             raise DataError(
                 f"response {formula.response!r} is not numeric; a linear mixed model needs a "
@@ -224,23 +225,29 @@ class ModelSpec:
             if c in self.categorical:
                 continue
             col = df[c]
-            if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-                if not np.isfinite(col.to_numpy(dtype=float)).all():
-                    raise DataError(
-                        f"column {c!r} holds an infinite value; remove or replace it before fitting")
+            if is_categorical_dtype(col.dtype):
+                continue
+            if not np.isfinite(col.to_numpy(dtype=float)).all():
+                raise DataError(
+                    f"column {c!r} holds an infinite value; remove or replace it before fitting")
         return df, dropped
 
     def encode(self, df: pd.DataFrame) -> Encoded:
         """Encode one partition (after :meth:`prepare`)."""
         df, dropped = self.prepare(df)
-        frame = df.copy()
-        for c, levels in self.categorical.items():
-            frame[c] = pd.Categorical(frame[c].map(level_label), categories=levels)
-        y = np.asarray(self._response_spec.get_model_matrix(frame, context=EVAL_CONTEXT),
-                       dtype=float)
-        if y.ndim != 2 or y.shape[1] != 1:
-            raise DataError(f"response {self.formula.response!r} must be one numeric column")
-        y = y[:, 0].copy()
+        frame = df
+        if self.categorical:
+            frame = df.copy()
+            for c, levels in self.categorical.items():
+                frame[c] = pd.Categorical(frame[c].map(level_label), categories=levels)
+        if self.formula.response in df.columns:  # a plain column: no formula machinery
+            y = df[self.formula.response].to_numpy(dtype=float, copy=True)
+        else:
+            y = np.asarray(self._response_spec.get_model_matrix(frame, context=EVAL_CONTEXT),
+                           dtype=float)
+            if y.ndim != 2 or y.shape[1] != 1:
+                raise DataError(f"response {self.formula.response!r} must be one numeric column")
+            y = y[:, 0].copy()
         if not np.isfinite(y).all():
             raise DataError(f"response {self.formula.response!r} has a non-finite value "
                             "(e.g. log of a non-positive number)")
@@ -254,8 +261,17 @@ class ModelSpec:
                             "prior weights must be positive")
         Z: dict[str, np.ndarray] = {}
         keys: dict[str, np.ndarray] = {}
+        # a column's R name fixes its values, so a term column that is also a fixed-effect
+        # column (x in y ~ x + (x | g)) is taken from X instead of being encoded again
+        fixed_col = {name: j for j, name in enumerate(self.fixef_names)}
         for f in self.factors:
-            mats = [_dense(self._term_specs[t], frame, len(frame)) for t in f.terms]
+            mats = []
+            for t in f.terms:
+                cols = self.terms[t].columns
+                if all(c in fixed_col for c in cols):
+                    mats.append(X[:, [fixed_col[c] for c in cols]])
+                else:
+                    mats.append(_dense(self._term_specs[t], frame, len(frame)))
             Z[f.name] = np.hstack(mats) if len(mats) > 1 else mats[0]
             keys[f.name] = f.keys(df)
         return Encoded(y=y, X=X, w=w, Z=Z, keys=keys, n_dropped=dropped)
@@ -282,7 +298,7 @@ def _prototype(schema: dict[str, object], categorical: dict[str, list[str]]) -> 
     """A small frame with every level of every categorical column, to build specs on."""
     n = max([2] + [len(v) for v in categorical.values()])
     data = {}
-    for c, dtype in schema.items():
+    for c in schema:
         if c in categorical:
             levels = categorical[c]
             vals = [levels[i % len(levels)] for i in range(n)] if levels else [None] * n

@@ -151,6 +151,9 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
     # --- local coefficient layout, one block per primary level
     p_codes, p_keys = pd.factorize(keys[layout.primary], sort=True)
     m_all = len(p_keys)
+    if not layout.nested:
+        return _single_factor_stats(p_codes, np.asarray(p_keys), Z[layout.primary] * sw[:, None],
+                                    V, ZG, G, layout, n, float(np.log(w).sum()), n_dropped)
     sizes = np.full(m_all, q_P, dtype=np.int64)
     nested_info = []
     for f in layout.nested:
@@ -165,7 +168,7 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
         first = np.concatenate([[0], np.cumsum(count)[:-1]])
         rank = np.empty(len(uniq), dtype=np.int64)
         rank[order] = np.arange(len(uniq)) - first[parent[order]]
-        nested_info.append((codes, uniq, parent, count, rank, order))
+        nested_info.append((codes, uniq, parent, count, rank))
         sizes += count * layout.q[f]
     base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     n_loc = int(sizes.sum())
@@ -177,7 +180,7 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
         cols.append(base[p_codes] + j)
         vals.append(ZP[:, j] * sw)
     offset_in_block = np.full(m_all, q_P, dtype=np.int64)
-    for f, (codes, uniq, parent, count, rank, _) in zip(layout.nested, nested_info):
+    for f, (codes, _, parent, count, rank) in zip(layout.nested, nested_info):
         qf = layout.q[f]
         start = base[parent] + offset_in_block[parent] + rank * qf  # per nested level
         for j in range(qf):
@@ -215,16 +218,37 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
             Bg[:, :, :nG] = BG[idx].reshape(len(lev), s, nG).transpose(1, 0, 2)
         Bg[:, :, nG:] = BV[idx].reshape(len(lev), s, layout.p + 1).transpose(1, 0, 2)
         nested_levels = []
-        for (codes, uniq, parent, count, rank, order), c_j in zip(nested_info, ck):
+        for (_, uniq, parent, _, rank), c_j in zip(nested_info, ck):
             # levels of this nested factor under each primary level of the group, in rank order
             mat = np.empty((len(lev), int(c_j)), dtype=object)
             if c_j:
                 members = np.flatnonzero(np.isin(parent, lev))
-                mat[pos_in_group[parent[members]], rank[members]] = np.asarray(uniq, dtype=object)[members]
+                mat[pos_in_group[parent[members]], rank[members]] = \
+                    np.asarray(uniq, dtype=object)[members]
             nested_levels.append(mat)
         groups.append(LevelGroup(tuple(int(x) for x in ck), np.asarray(p_keys)[lev],
                                  nested_levels, Ag, Bg))
     return PartitionStats(groups, G, n, float(np.log(w).sum()), n_dropped)
+
+
+def _single_factor_stats(codes, levels, Zw, V, ZG, G, layout: Layout, n: int, sum_log_w: float,
+                         n_dropped: int) -> PartitionStats:
+    """Fast path without nested factors: every block is ``q_P x q_P``, so each entry of ``A``
+    and ``B`` is one weighted ``bincount`` over the rows (a few ns a row)."""
+    m, s, k, nG = len(levels), Zw.shape[1], layout.k, layout.n_G
+    A = np.empty((m, s, s))
+    B = np.empty((s, m, k))
+    for i in range(s):
+        for j in range(i, s):
+            A[:, i, j] = A[:, j, i] = np.bincount(codes, Zw[:, i] * Zw[:, j], minlength=m)
+        for j in range(V.shape[1]):
+            B[i, :, nG + j] = np.bincount(codes, Zw[:, i] * V[:, j], minlength=m)
+    if nG:
+        rows = codes.astype(np.int64)
+        for i in range(s):
+            Zi = sp.csr_matrix((Zw[:, i], (rows, np.arange(n))), shape=(m, n))
+            B[i, :, :nG] = (Zi @ ZG).toarray()
+    return PartitionStats([LevelGroup((), levels, [], A, B)], G, n, sum_log_w, n_dropped)
 
 
 def _global_matrix(Z, keys, layout: Layout, sw: np.ndarray) -> sp.csr_matrix | None:
@@ -265,7 +289,8 @@ def concat_groups(stats: list[PartitionStats]) -> PartitionStats:
         groups.append(LevelGroup(
             comp, levels[order],
             [np.concatenate([g.nested_levels[j] for g in gs])[order] for j in range(len(comp))],
-            np.concatenate([g.A for g in gs])[order], np.ascontiguousarray(np.concatenate([g.B for g in gs], axis=1)[:, order])))
+            np.concatenate([g.A for g in gs])[order],
+            np.ascontiguousarray(np.concatenate([g.B for g in gs], axis=1)[:, order])))
     return PartitionStats(groups, sum(s.G for s in stats), sum(s.n for s in stats),
                           sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
 

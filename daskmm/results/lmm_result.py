@@ -202,7 +202,7 @@ class LmmResult:
         lines += ["", "Random effects:"]
         vc = self.varcorr()
         table = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
-        for t, grp in zip(self.spec.terms, self.term_groups()):
+        for grp in self.term_groups():
             sub = vc[vc["grp"] == grp]
             var = sub[sub["var2"].isna()]
             cor = sub[sub["var2"].notna()]
