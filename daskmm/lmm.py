@@ -137,8 +137,9 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     outside = sorted(parsed.columns - {c for c in group_cols
                                        if c not in _outside_bars(parsed)})
     cat_cols = [c for c in outside if c in factors or is_categorical_dtype(schema[c])]
-    if weights and weights in cat_cols:
-        raise DataError(f"weights column {weights!r} is not numeric")
+    if weights and is_categorical_dtype(schema[weights]):
+        raise DataError(f"weights column {weights!r} is not numeric ({schema[weights]}); "
+                        "prior weights must be positive numbers")
     factor_names = list(dict.fromkeys(b.factor_name for b in parsed.bars))
     need_meta = bool(cat_cols) or len(factor_names) > 1
     categorical: dict[str, list[str]] = {}
@@ -152,10 +153,7 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
         combos = meta["combos"]
         for name in factor_names:
             cols = name.split(":")
-            fs = FactorSpec(name, tuple(cols))
-            keys = fs.keys(combos)
-            factor_levels[name] = _sorted_factor_levels(fs, combos)
-            del keys
+            factor_levels[name] = _sorted_factor_levels(FactorSpec(name, tuple(cols)), combos)
     spec = ModelSpec.build(parsed, {c: schema[c] for c in used}, categorical, weights,
                            factor_levels or None)
     q = {f.name: spec.factor_q(f.name) for f in spec.factors}

@@ -26,10 +26,9 @@ from daskmm.kernels.stats import Layout, PartitionStats
 
 
 def _stage1(stats: PartitionStats, layout: Layout, lam: dict) -> tuple[float, np.ndarray]:
-    LamT = lambda_tilde(layout, lam)
     logdet, RtR = 0.0, np.zeros((layout.k, layout.k))
     for g in stats.groups:
-        ld, r = eval_group(g, group_Lambda(layout, lam, g.composition), LamT, layout.n_G)
+        ld, r = eval_group(g, group_Lambda(layout, lam, g.composition))
         logdet += ld
         RtR += r
     return logdet, RtR

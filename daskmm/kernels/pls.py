@@ -9,10 +9,11 @@ For a given ``theta`` the blocked lower Cholesky factor of
 is taken in two stages (DESIGN.md):
 
 1. per level ``l`` of the primary factor, ``M_l = Lambda_l' A_l Lambda_l + I = L_l L_l'`` and
-   ``R_l = L_l^{-1} Lambda_l' B_l Lambda~`` (:func:`eval_group`, batched over levels, run
-   wherever the statistics live);
-2. the Schur complement ``S = Lambda~' G Lambda~ + diag(I_G, 0) - sum_l R_l' R_l`` of the global
-   coefficients, ``X`` and ``y`` is factored densely, ``S = L_S L_S'`` (:func:`profiled`).
+   ``R_l = L_l^{-1} Lambda_l' B_l`` (:func:`eval_group`, batched over levels, run wherever the
+   statistics live);
+2. the Schur complement ``S = Lambda~' (G - sum_l R_l' R_l) Lambda~ + diag(I_G, 0)`` of the
+   global coefficients, ``X`` and ``y`` is factored densely, ``S = L_S L_S'``
+   (:func:`profiled`).
 
 Then ``log|L_ZZ|^2 = sum_l log|L_l|^2 + log|L_GG|^2``, ``log|L_XX|^2`` and ``r^2`` (the last
 diagonal entry squared) give lme4's criteria::
@@ -73,16 +74,20 @@ def _backward(L: np.ndarray, c: np.ndarray) -> np.ndarray:
     return u
 
 
-def eval_group(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, n_G: int,
-               keep_factors: bool = False):
+def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False):
     """Stage 1 for one level group.
+
+    ``R_l = L_l^{-1} Lambda_l' B_l`` is formed as ``T_l B_l`` with the small
+    ``T_l = L_l^{-1} Lambda_l'`` (one pass over ``B`` per entry of ``T``). ``Lambda~`` is *not*
+    applied: it acts on columns and these are row operations, so the caller scales the
+    ``k x k`` sum instead, ``Lambda~' (sum R_l'R_l) Lambda~``, which is far cheaper.
 
     Returns
     -------
     logdet : float
         ``sum_l log|L_l|^2``.
     RtR : ndarray, shape (k, k)
-        ``sum_l R_l' R_l``.
+        ``sum_l R_l' R_l`` before ``Lambda~``.
     (L, R) : optional
         The factors, when ``keep_factors``.
     """
@@ -91,25 +96,15 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, n_G: int
     M[:, np.arange(s), np.arange(s)] += 1.0
     L = np.linalg.cholesky(M)
     logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
+    T = np.linalg.solve(L, np.broadcast_to(Lam.T, (m, s, s)))
     B = group.B
     R = np.empty(B.shape)
-    for i in range(s):  # R[i] = sum_j Lam[j, i] B[j]  (Lam' B, s small)
-        nz = np.flatnonzero(Lam[:, i])
-        if len(nz) == 0:
-            R[i] = 0.0
-            continue
-        np.multiply(B[nz[0]], Lam[nz[0], i], out=R[i])
-        for j in nz[1:]:
-            R[i] += Lam[j, i] * B[j]
-    if n_G:
-        LamG = LamT[:n_G, :n_G]
-        flat = R.reshape(s * m, k)
-        d = LamG.diagonal()
-        if (LamG - sp.diags(d)).count_nonzero() == 0:  # scalar terms: scale columns
-            flat[:, :n_G] *= d[None, :]
-        else:
-            flat[:, :n_G] = (LamG.T @ flat[:, :n_G].T).T
-    R = _forward(L, R)
+    tmp = np.empty((m, k)) if s > 1 else None
+    for i in range(s):
+        np.multiply(B[0], T[:, i, 0, None], out=R[i])
+        for j in range(1, s):
+            np.multiply(B[j], T[:, i, j, None], out=tmp)
+            R[i] += tmp
     R2 = R.reshape(s * m, k)
     RtR = R2.T @ R2
     if keep_factors:
@@ -157,14 +152,15 @@ def profiled(G: np.ndarray, RtR: np.ndarray, logdet_loc: float, LamT: sp.csr_mat
              n_G: int, p: int, n: int, sum_log_w: float, reml: bool) -> Profile:
     """Stage 2: factor the Schur complement and evaluate lme4's criterion.
 
+    ``S = Lambda~' (G - RtR) Lambda~ + diag(I_G, 0)`` with ``RtR`` from :func:`eval_group`.
+
     A Schur complement that is not positive definite (``theta`` far outside the useful range)
     gives an objective of ``+inf`` rather than an exception, so the optimiser steps back.
     """
-    S = LamT.T @ (LamT.T @ G).T  # Lambda~' G Lambda~ (G symmetric)
-    S = np.asarray(S)
+    D = G - RtR
+    D = 0.5 * (D + D.T)
+    S = np.asarray(LamT.T @ (LamT.T @ D).T)  # Lambda~' D Lambda~ (D symmetric)
     S[np.arange(n_G), np.arange(n_G)] += 1.0
-    S -= RtR
-    S = 0.5 * (S + S.T)
     try:
         L_S = np.linalg.cholesky(S)
     except np.linalg.LinAlgError:
@@ -195,8 +191,11 @@ def group_modes(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, prof: P
     b : ndarray, shape (m, s)
     cov : ndarray, shape (m, s, s)
     """
-    _, _, (L, R) = eval_group(group, Lam, LamT, prof.n_G, keep_factors=True)
+    _, _, (L, R) = eval_group(group, Lam, keep_factors=True)
     g, p = prof.n_G, prof.p
+    if g:  # apply Lambda_G to the global columns
+        flat = R.reshape(-1, R.shape[2])
+        flat[:, :g] = (LamT[:g, :g].T @ flat[:, :g].T).T
     c = (R[:, :, -1] - R[:, :, g:g + p] @ beta).T
     if g:
         c -= (R[:, :, :g] @ u_G).T

@@ -27,6 +27,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 
+DENSE_CROSS_LIMIT = 2 ** 25
+"""Above this many (level, global column) cells a partition accumulates ``Z_l' W Z_G`` sparsely."""
+
+
 @dataclass
 class Layout:
     """How the random-effect coefficients are laid out (data-free, shipped to workers).
@@ -243,7 +247,14 @@ def _single_factor_stats(codes, levels, Zw, V, ZG, G, layout: Layout, n: int, su
             A[:, i, j] = A[:, j, i] = np.bincount(codes, Zw[:, i] * Zw[:, j], minlength=m)
         for j in range(V.shape[1]):
             B[i, :, nG + j] = np.bincount(codes, Zw[:, i] * V[:, j], minlength=m)
-    if nG:
+    if nG and m * nG <= DENSE_CROSS_LIMIT:
+        # Z_l' W Z_G entry by entry: one bincount over (level, global column) pairs
+        ZGc = ZG.tocoo()
+        row_level = codes.astype(np.int64)[ZGc.row] * nG + ZGc.col
+        for i in range(s):
+            B[i, :, :nG] = np.bincount(row_level, Zw[ZGc.row, i] * ZGc.data,
+                                       minlength=m * nG).reshape(m, nG)
+    elif nG:
         rows = codes.astype(np.int64)
         for i in range(s):
             Zi = sp.csr_matrix((Zw[:, i], (rows, np.arange(n))), shape=(m, n))
