@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-
 DENSE_CROSS_LIMIT = 2 ** 25
 """Above this many (level, global column) cells a partition accumulates ``Z_l' W Z_G`` sparsely."""
 
