@@ -32,7 +32,14 @@ from distributed import Client
 from daskmm.data.io import DataLike, read_data
 from daskmm.distributed.client import client_for
 from daskmm.distributed.evaluator import DistributedEvaluator, GatheredEvaluator
-from daskmm.distributed.passes import aligned, metadata_pass, shuffle_by, stats_pass, stats_summary
+from daskmm.distributed.passes import (
+    aligned,
+    gather_stats,
+    metadata_pass,
+    shuffle_by,
+    stats_pass,
+    stats_summary,
+)
 from daskmm.errors import DataError, FitError, ModelError
 from daskmm.formula.parse import ParsedFormula, parse_formula
 from daskmm.formula.spec import (
@@ -44,7 +51,7 @@ from daskmm.formula.spec import (
     sorted_levels,
 )
 from daskmm.kernels.pls import global_modes, lambda_tilde, profiled
-from daskmm.kernels.stats import Layout, PartitionStats, concat_groups, merge_levels
+from daskmm.kernels.stats import Layout, PartitionStats
 from daskmm.results.lmm_result import LmmResult, RanefTable
 
 log = logging.getLogger("daskmm")
@@ -170,15 +177,16 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     if n == 0:
         raise DataError("no rows left after dropping rows with missing values in the columns "
                         f"the model uses ({', '.join(used)})")
+    nbytes = sum(s["nbytes"] for s in summaries)
+    use_distributed = mode == "distributed" or (mode == "auto" and nbytes > GATHER_LIMIT_BYTES)
     is_aligned = aligned(keys)
-    if not is_aligned and (nested or mode == "distributed"):
+    if not is_aligned and (nested or use_distributed):
         log.info("data are not partitioned by %s: shuffling", primary)
         client.cancel(futures)
         ddf = shuffle_by(ddf, spec.factor(primary))
         futures = stats_pass(client, ddf, spec, layout)
         keys, summaries = stats_summary(client, futures)
         is_aligned = True
-    nbytes = sum(s["nbytes"] for s in summaries)
     G = sum(s["G"] for s in summaries)
     sum_log_w = sum(s["sum_log_w"] for s in summaries)
     n_dropped = sum(s["n_dropped"] for s in summaries)
@@ -189,15 +197,12 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
             ngroups[f.name] = len(factor_levels[f.name])
     _check_groups(spec, ngroups, n)
     keep = _estimable_columns(G, layout, spec)
-    use_distributed = mode == "distributed" or (mode == "auto" and nbytes > GATHER_LIMIT_BYTES)
     if use_distributed:
         if not np.all(keep):
             futures = client.map(_select, futures, keep=_k_index(layout, keep))
         evaluator = DistributedEvaluator(client, futures, _reduced(layout, keep))
     else:
-        parts = client.gather(futures)
-        client.cancel(futures)
-        stats = concat_groups(parts) if is_aligned else merge_levels(parts)
+        stats = gather_stats(client, futures, merge=not is_aligned)
         if not np.all(keep):
             stats = _select(stats, _k_index(layout, keep))
         evaluator = GatheredEvaluator(stats, _reduced(layout, keep))

@@ -16,7 +16,13 @@ import pandas as pd
 from distributed import Client, Future
 
 from daskmm.formula.spec import FactorSpec, ModelSpec, level_label
-from daskmm.kernels.stats import Layout, PartitionStats, partition_stats
+from daskmm.kernels.stats import (
+    Layout,
+    PartitionStats,
+    concat_groups,
+    merge_levels,
+    partition_stats,
+)
 
 
 def _token() -> str:
@@ -95,6 +101,25 @@ def stats_summary(client: Client, futures: list[Future]) -> tuple[list[np.ndarra
     summ = client.map(_summary, futures, key=[f"daskmm-summary-{tok}-{i}"
                                                for i in range(len(futures))])
     return client.gather(keys), client.gather(summ)
+
+
+def gather_stats(client: Client, futures: list[Future], merge: bool,
+                 split_every: int = 4) -> PartitionStats:
+    """Bring the statistics to the client as one level-sorted :class:`PartitionStats`.
+
+    Partitions that split levels (``merge``) are summed by level in a tree of tasks on the
+    workers, so the client receives one set of per-level blocks, not one per partition.
+    """
+    combine = merge_levels if merge else concat_groups
+    tok = _token()
+    level = 0
+    while len(futures) > 1:
+        futures = [client.submit(combine, futures[j:j + split_every],
+                                 key=f"daskmm-gather-{tok}-{level}-{j}")
+                   for j in range(0, len(futures), split_every)]
+        level += 1
+    out = futures[0].result()
+    return combine([out])
 
 
 def aligned(keys: list[np.ndarray]) -> bool:

@@ -318,13 +318,10 @@ def merge_levels(stats: list[PartitionStats]) -> PartitionStats:
         return concat_groups(stats)
     levels = np.concatenate([g.levels for g in allg])
     codes, uniq = pd.factorize(levels, sort=True)
-    A0, B0 = allg[0].A, allg[0].B
-    A = np.zeros((len(uniq),) + A0.shape[1:])
-    B = np.zeros((B0.shape[0], len(uniq), B0.shape[2]))
-    np.add.at(A, codes, np.concatenate([g.A for g in allg]))
-    Ball = np.concatenate([g.B for g in allg], axis=1)
-    for i in range(B.shape[0]):
-        np.add.at(B[i], codes, Ball[i])
+    order = np.argsort(codes, kind="stable")  # partition order within a level: deterministic
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    A = np.add.reduceat(np.concatenate([g.A for g in allg])[order], starts, axis=0)
+    B = np.add.reduceat(np.concatenate([g.B for g in allg], axis=1)[:, order], starts, axis=1)
     merged = LevelGroup((), np.asarray(uniq), [], A, B)
     return PartitionStats([merged], sum(s.G for s in stats), sum(s.n for s in stats),
                           sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
