@@ -36,7 +36,7 @@ def bad_files(tmp_path_factory):
     (d / "header_only.csv").write_text("Reaction,Days,Subject\n")
     one = sleep.assign(Subject=308)
     one.to_csv(d / "one_level.csv", index=False)
-    inf = sleep.copy()
+    inf = sleep.astype({"Days": float})
     inf.loc[5, "Days"] = np.inf
     inf.to_parquet(d / "inf.parquet")
     txt = sleep.assign(Reaction=["fast" if i % 2 else "slow" for i in range(len(sleep))])

@@ -153,7 +153,7 @@ class LmmResult:
         for r in self.varcorr().itertuples(index=False):
             if r.grp == "Residual":
                 rows.append(("ran_pars", "Residual", "sd__Observation", r.sdcor))
-            elif r.var2 is None:
+            elif pd.isna(r.var2):
                 rows.append(("ran_pars", r.grp, f"sd__{r.var1}", r.sdcor))
             else:
                 rows.append(("ran_pars", r.grp, f"cor__{r.var1}.{r.var2}", r.sdcor))
