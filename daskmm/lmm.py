@@ -386,12 +386,33 @@ def _optimise(prob: Problem, reml: bool, options: dict) -> tuple[np.ndarray, dic
         log.warning("optimiser stopped on round-off; using the best point found")
         x = best[1]
     code = opt.last_optimize_result()
+    x = _snap_to_boundary(lambda t: f(t, None), np.asarray(x, dtype=float), lower,
+                          options.get("ftol_abs", 1e-8))
     messages = {1: "NLOPT_SUCCESS", 2: "NLOPT_STOPVAL_REACHED", 3: "NLOPT_FTOL_REACHED",
                 4: "NLOPT_XTOL_REACHED", 5: "NLOPT_MAXEVAL_REACHED", 6: "NLOPT_MAXTIME_REACHED"}
     info = {"optimizer": "nloptwrap (NLOPT_LN_BOBYQA)", "feval": nfev[0],
             "message": messages.get(code, str(code)), "code": int(code),
             "converged": code in (1, 3, 4), "mode": prob.evaluator.mode}
     return np.asarray(x, dtype=float), info
+
+
+def _snap_to_boundary(f, x: np.ndarray, lower: np.ndarray, ftol_abs: float,
+                      near: float = 1e-6) -> np.ndarray:
+    """Put variance parameters that stopped within ``near`` of their zero bound on it, when the
+    criterion is no worse within the optimiser's own tolerance.
+
+    BOBYQA stops within ``xtol_abs`` of a bound it is heading for (1e-8 instead of 0), which
+    leaves tiny non-zero standard deviations and conditional SDs in a singular fit; lme4 reports
+    exact zeros there.
+    """
+    fx = f(x)
+    for i in np.flatnonzero((lower == 0) & (x > 0) & (x < near)):
+        trial = x.copy()
+        trial[i] = 0.0
+        ft = f(trial)
+        if ft <= fx + 0.1 * ftol_abs:
+            x, fx = trial, ft
+    return x
 
 
 def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,

@@ -71,7 +71,8 @@ def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorica
 # ---------------------------------------------------------------- statistics pass
 def _stats_partition(df: pd.DataFrame, spec: ModelSpec, layout: Layout) -> PartitionStats:
     enc = spec.encode(df)
-    return partition_stats(enc.y, enc.X, enc.w, enc.Z, enc.keys, layout, enc.n_dropped)
+    return partition_stats(enc.y, enc.X, enc.w, enc.Z, enc.keys, layout, enc.n_dropped,
+                           enc.names)
 
 
 def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layout) -> list[Future]:

@@ -102,10 +102,11 @@ class Encoded:
 
     y: np.ndarray
     X: np.ndarray
-    w: np.ndarray
+    w: np.ndarray | None
     Z: dict[str, np.ndarray]
     keys: dict[str, np.ndarray]
     n_dropped: int
+    names: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,6 +140,7 @@ class ModelSpec:
     _term_specs: list = field(default_factory=list)
     _response_spec: object = None
     _offset_specs: list = field(default_factory=list)
+    _direct_fixed: bool = False
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -196,10 +198,16 @@ class ModelSpec:
             terms.append(RandomTerm(factor=b.factor_name, columns=tuple(cols), lhs=b.lhs))
             term_specs.append(ts)
         used = sorted(formula.columns | ({weights} if weights else set()))
+        fixef_names = [r_name(c) for c in fixed.column_names]
+        # intercept and plain numeric columns: copied straight from the frame, no formula engine
+        direct = all(c == "(Intercept)" or (c in schema and c not in categorical
+                                            and not is_categorical_dtype(schema[c]))
+                     for c in fixef_names)
         return cls(formula=formula, categorical=categorical, factors=list(factors.values()),
-                   terms=terms, fixef_names=[r_name(c) for c in fixed.column_names],
+                   terms=terms, fixef_names=fixef_names,
                    weights=weights, used_columns=used, _fixed_spec=fixed,
-                   _term_specs=term_specs, _response_spec=resp, _offset_specs=offsets)
+                   _term_specs=term_specs, _response_spec=resp, _offset_specs=offsets,
+                   _direct_fixed=direct)
 
     # ------------------------------------------------------------------ queries
     def factor(self, name: str) -> FactorSpec:
@@ -216,21 +224,36 @@ class ModelSpec:
     def prepare(self, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """Select the used columns, drop rows with a missing value (lme4's ``na.omit``) and
         check for infinities. Returns the frame and the number of rows dropped."""
-        df = df[self.used_columns]
-        mask = df.notna().all(axis=1).to_numpy()
-        dropped = int(len(df) - mask.sum())
+        if list(df.columns) != self.used_columns:
+            df = df[self.used_columns]
+        mask = None
+        for c in self.used_columns:
+            col = df[c]
+            if col.dtype.kind in "iub":  # no missing values, no infinities
+                continue
+            if col.dtype.kind == "f" and c not in self.categorical:
+                a = col.to_numpy()
+                finite = np.isfinite(a)
+                if finite.all():
+                    continue
+                if np.isinf(a).any():
+                    raise DataError(f"column {c!r} holds an infinite value; remove or replace "
+                                    "it before fitting")
+                ok = finite
+            else:
+                ok = col.notna().to_numpy()
+            mask = ok if mask is None else mask & ok
+        dropped = 0 if mask is None else int(len(df) - mask.sum())
         if dropped:
             df = df.loc[mask]
-        for c in self.used_columns:
-            if c in self.categorical:
-                continue
-            col = df[c]
-            if is_categorical_dtype(col.dtype):
-                continue
-            if not np.isfinite(col.to_numpy(dtype=float)).all():
-                raise DataError(
-                    f"column {c!r} holds an infinite value; remove or replace it before fitting")
         return df, dropped
+
+    def _direct_X(self, df: pd.DataFrame) -> np.ndarray:
+        """Fixed-effects matrix of plain numeric columns (column-major: columns contiguous)."""
+        X = np.empty((len(df), len(self.fixef_names)), order="F")
+        for j, c in enumerate(self.fixef_names):
+            X[:, j] = 1.0 if c == "(Intercept)" else df[c].to_numpy(dtype=float)
+        return X
 
     def encode(self, df: pd.DataFrame) -> Encoded:
         """Encode one partition (after :meth:`prepare`)."""
@@ -253,10 +276,10 @@ class ModelSpec:
                             "(e.g. log of a non-positive number)")
         for spec in self._offset_specs:
             y -= np.asarray(spec.get_model_matrix(frame, context=EVAL_CONTEXT), float)[:, 0]
-        X = _dense(self._fixed_spec, frame, len(frame))
-        w = (np.asarray(df[self.weights], dtype=float) if self.weights
-             else np.ones(len(df)))
-        if self.weights is not None and (w <= 0).any():
+        X = self._direct_X(df) if self._direct_fixed else _dense(self._fixed_spec, frame,
+                                                                  len(frame))
+        w = np.asarray(df[self.weights], dtype=float) if self.weights else None
+        if w is not None and (w <= 0).any():
             raise DataError(f"weights column {self.weights!r} has a value <= 0; "
                             "prior weights must be positive")
         Z: dict[str, np.ndarray] = {}
@@ -269,12 +292,17 @@ class ModelSpec:
             for t in f.terms:
                 cols = self.terms[t].columns
                 if all(c in fixed_col for c in cols):
-                    mats.append(X[:, [fixed_col[c] for c in cols]])
+                    idx = [fixed_col[c] for c in cols]
+                    contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+                    mats.append(X[:, idx[0]:idx[0] + len(idx)] if contiguous else X[:, idx])
                 else:
                     mats.append(_dense(self._term_specs[t], frame, len(frame)))
             Z[f.name] = np.hstack(mats) if len(mats) > 1 else mats[0]
             keys[f.name] = f.keys(df)
-        return Encoded(y=y, X=X, w=w, Z=Z, keys=keys, n_dropped=dropped)
+        names = {"X": list(self.fixef_names)}
+        for f in self.factors:
+            names[f.name] = [c for t in f.terms for c in self.terms[t].columns]
+        return Encoded(y=y, X=X, w=w, Z=Z, keys=keys, n_dropped=dropped, names=names)
 
 
 def _dense(spec: object, frame: pd.DataFrame, n: int) -> np.ndarray:

@@ -52,14 +52,38 @@ def lambda_tilde(layout: Layout, lam: dict[str, np.ndarray]) -> sp.csr_matrix:
     return sp.block_diag(blocks, format="csr")
 
 
-def _forward(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Batched ``L^{-1} B`` for lower-triangular ``L`` (m, s, s) and ``B`` (s, m, k), in place."""
-    s = L.shape[1]
+SMALL_BLOCK = 8
+"""Blocks up to this size are factored with vector operations across levels (a few passes over
+``m`` numbers per entry) rather than LAPACK calls per level, which cost ~1 us each."""
+
+
+def _chol_levels(Mt: np.ndarray) -> np.ndarray:
+    """Cholesky factors of ``s x s`` SPD blocks stored level-minor, ``Mt[i, j, l]``."""
+    s, _, m = Mt.shape
+    if s > SMALL_BLOCK:
+        return np.ascontiguousarray(np.moveaxis(np.linalg.cholesky(np.moveaxis(Mt, -1, 0)), 0, -1))
+    L = np.zeros_like(Mt)
+    for j in range(s):
+        d = Mt[j, j] - np.einsum("km,km->m", L[j, :j], L[j, :j]) if j else Mt[j, j]
+        L[j, j] = np.sqrt(d)
+        inv = 1.0 / L[j, j]
+        for i in range(j + 1, s):
+            off = Mt[i, j] - np.einsum("km,km->m", L[i, :j], L[j, :j]) if j else Mt[i, j]
+            L[i, j] = off * inv
+    return L
+
+
+def _solve_levels(L: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``L_l^{-1} rhs`` for level-minor lower-triangular ``L`` (s, s, m) and one ``s x s``
+    right-hand side shared by all levels; returns (s, s, m)."""
+    s, _, m = L.shape
+    T = np.empty((s, s, m))
     for i in range(s):
+        acc = np.repeat(rhs[i][:, None], m, axis=1)
         for j in range(i):
-            B[i] -= L[:, i, j, None] * B[j]
-        B[i] *= (1.0 / L[:, i, i])[:, None]
-    return B
+            acc -= L[i, j] * T[j]
+        T[i] = acc / L[i, i]
+    return T
 
 
 def _backward(L: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -92,23 +116,24 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False):
         The factors, when ``keep_factors``.
     """
     s, m, k = group.B.shape
-    M = np.matmul(Lam.T, np.matmul(group.A, Lam))
-    M[:, np.arange(s), np.arange(s)] += 1.0
-    L = np.linalg.cholesky(M)
-    logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
-    T = np.linalg.solve(L, np.broadcast_to(Lam.T, (m, s, s)))
+    # M_l = Lambda' A_l Lambda + I for all levels at once: vec(M) = kron(Lambda, Lambda)' vec(A)
+    Mt = (np.kron(Lam, Lam).T @ group.A.reshape(m, s * s).T).reshape(s, s, m)
+    Mt[np.arange(s), np.arange(s)] += 1.0
+    L = _chol_levels(Mt)
+    logdet = 2.0 * np.log(L[np.arange(s), np.arange(s)]).sum()
+    T = _solve_levels(L, Lam.T)
     B = group.B
     R = np.empty(B.shape)
     tmp = np.empty((m, k)) if s > 1 else None
     for i in range(s):
-        np.multiply(B[0], T[:, i, 0, None], out=R[i])
+        np.multiply(B[0], T[i, 0][:, None], out=R[i])
         for j in range(1, s):
-            np.multiply(B[j], T[:, i, j, None], out=tmp)
+            np.multiply(B[j], T[i, j][:, None], out=tmp)
             R[i] += tmp
     R2 = R.reshape(s * m, k)
     RtR = R2.T @ R2
     if keep_factors:
-        return logdet, RtR, (L, R)
+        return logdet, RtR, (np.moveaxis(L, -1, 0), R)
     return logdet, RtR
 
 

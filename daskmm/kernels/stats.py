@@ -118,49 +118,62 @@ class PartitionStats:
         return self.G.nbytes + sum(g.A.nbytes + g.B.nbytes for g in self.groups)
 
 
-def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np.ndarray],
-                    keys: dict[str, np.ndarray], layout: Layout,
-                    n_dropped: int = 0) -> PartitionStats:
+def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, Z: dict[str, np.ndarray],
+                    keys: dict[str, np.ndarray], layout: Layout, n_dropped: int = 0,
+                    names: dict[str, list[str]] | None = None) -> PartitionStats:
     """Cross-products of one partition.
 
     Parameters
     ----------
     y, X, w : ndarray
-        Response (offset removed), fixed-effects matrix, prior weights.
+        Response (offset removed), fixed-effects matrix, prior weights (None: all one).
     Z : dict
         Factor -> ``(n, q_f)`` model columns.
     keys : dict
         Factor -> per-row level keys.
     layout : Layout
+    n_dropped : int
+        Rows dropped for missing values (carried along for the report).
+    names : dict, optional
+        ``"X"`` -> fixed-effect column names, factor -> its ``Z`` column names. Columns with
+        the same name hold the same values and ``"(Intercept)"`` is all ones, so each distinct
+        product is accumulated once (``(x | g)`` with ``y ~ x`` needs 5 sums per level, not 9).
     """
     n = len(y)
-    q_P = layout.q[layout.primary]
-    sw = np.sqrt(w)
-    V = np.empty((n, layout.p + 1))
-    V[:, :layout.p] = X
-    V[:, layout.p] = y
-    V *= sw[:, None]
-    ZG = _global_matrix(Z, keys, layout, sw)
+    p = layout.p
+    weighted = w is not None and not bool(np.all(w == 1.0))
+    sw = np.sqrt(w) if weighted else None
+    Vt = np.empty((p + 1, n))  # [X y]' with rows contiguous
+    Vt[:p] = X.T
+    Vt[p] = y
+    Vs = Vt * sw if weighted else Vt
+    ZG = _global_matrix(Z, keys, layout, sw if weighted else np.ones(n))
     G = np.zeros((layout.k, layout.k))
     nG = layout.n_G
     if nG:
         G[:nG, :nG] = (ZG.T @ ZG).toarray()
-        G[:nG, nG:] = ZG.T @ V
+        G[:nG, nG:] = ZG.T @ Vs.T
         G[nG:, :nG] = G[:nG, nG:].T
-    G[nG:, nG:] = V.T @ V
+    sum_log_w = float(np.log(w).sum()) if weighted else 0.0
     if n == 0:
+        G[nG:, nG:] = Vs @ Vs.T
         return PartitionStats([], G, 0, 0.0, n_dropped)
-
-    # --- local coefficient layout, one block per primary level
-    p_codes, p_keys = pd.factorize(keys[layout.primary], sort=True)
-    m_all = len(p_keys)
+    p_codes, p_keys = factorize(keys[layout.primary])
     if not layout.nested:
-        return _single_factor_stats(p_codes, np.asarray(p_keys), Z[layout.primary] * sw[:, None],
-                                    V, ZG, G, layout, n, float(np.log(w).sum()), n_dropped)
+        names = names or {}
+        zn = names.get(layout.primary) or [f"__z{i}" for i in range(layout.q[layout.primary])]
+        vn = (names.get("X") or [f"__x{j}" for j in range(p)]) + ["__response__"]
+        return _single_factor_stats(p_codes, p_keys, Z[layout.primary], zn, Vt, vn,
+                                    w if weighted else None, sw, ZG, G, layout, n, sum_log_w,
+                                    n_dropped)
+    G[nG:, nG:] = Vs @ Vs.T
+    V = Vs.T
+    q_P = layout.q[layout.primary]
+    m_all = len(p_keys)
     sizes = np.full(m_all, q_P, dtype=np.int64)
     nested_info = []
     for f in layout.nested:
-        codes, uniq = pd.factorize(keys[f], sort=True)
+        codes, uniq = factorize(keys[f])
         parent = np.full(len(uniq), -1, dtype=np.int64)
         parent[codes] = p_codes
         if (parent[codes] != p_codes).any():
@@ -181,7 +194,7 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
     for j in range(q_P):
         rows.append(np.arange(n))
         cols.append(base[p_codes] + j)
-        vals.append(ZP[:, j] * sw)
+        vals.append(ZP[:, j] * sw if weighted else ZP[:, j])
     offset_in_block = np.full(m_all, q_P, dtype=np.int64)
     for f, (codes, _, parent, count, rank) in zip(layout.nested, nested_info):
         qf = layout.q[f]
@@ -189,7 +202,7 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
         for j in range(qf):
             rows.append(np.arange(n))
             cols.append(start[codes] + j)
-            vals.append(Z[f][:, j] * sw)
+            vals.append(Z[f][:, j] * sw if weighted else Z[f][:, j])
         offset_in_block += count * qf
     Zl = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                        shape=(n, n_loc))
@@ -231,21 +244,46 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray, Z: dict[str, np
             nested_levels.append(mat)
         groups.append(LevelGroup(tuple(int(x) for x in ck), np.asarray(p_keys)[lev],
                                  nested_levels, Ag, Bg))
-    return PartitionStats(groups, G, n, float(np.log(w).sum()), n_dropped)
+    return PartitionStats(groups, G, n, sum_log_w, n_dropped)
 
 
-def _single_factor_stats(codes, levels, Zw, V, ZG, G, layout: Layout, n: int, sum_log_w: float,
-                         n_dropped: int) -> PartitionStats:
+def _single_factor_stats(codes, levels, Zp, z_names, Vt, v_names, w, sw, ZG, G, layout: Layout,
+                         n: int, sum_log_w: float, n_dropped: int) -> PartitionStats:
     """Fast path without nested factors: every block is ``q_P x q_P``, so each entry of ``A``
-    and ``B`` is one weighted ``bincount`` over the rows (a few ns a row)."""
-    m, s, k, nG = len(levels), Zw.shape[1], layout.k, layout.n_G
+    and ``B`` is one weighted ``bincount`` over the rows (a few ns a row), computed once per
+    distinct pair of column names."""
+    m, s, k, nG = len(levels), Zp.shape[1], layout.k, layout.n_G
+    sums: dict[tuple[str, str], np.ndarray] = {}
+
+    def level_sum(na: str, a: np.ndarray, nb: str, b: np.ndarray) -> np.ndarray:
+        key = (na, nb) if na <= nb else (nb, na)
+        if key not in sums:
+            prod = w
+            for name, v in ((na, a), (nb, b)):
+                if name != "(Intercept)":
+                    prod = v if prod is None else prod * v
+            sums[key] = np.bincount(codes, prod, minlength=m).astype(float)
+        return sums[key]
+
     A = np.empty((m, s, s))
     B = np.empty((s, m, k))
     for i in range(s):
+        zi = Zp[:, i]
         for j in range(i, s):
-            A[:, i, j] = A[:, j, i] = np.bincount(codes, Zw[:, i] * Zw[:, j], minlength=m)
-        for j in range(V.shape[1]):
-            B[i, :, nG + j] = np.bincount(codes, Zw[:, i] * V[:, j], minlength=m)
+            A[:, i, j] = A[:, j, i] = level_sum(z_names[i], zi, z_names[j], Zp[:, j])
+        for j in range(Vt.shape[0]):
+            B[i, :, nG + j] = level_sum(z_names[i], zi, v_names[j], Vt[j])
+    # V'WV: totals of the per-level sums already made, a dot product for the others
+    for a in range(Vt.shape[0]):
+        for b in range(a, Vt.shape[0]):
+            key = tuple(sorted((v_names[a], v_names[b])))
+            if key in sums:
+                tot = sums[key].sum()
+            else:
+                va = Vt[a] if w is None else Vt[a] * w
+                tot = float(np.dot(va, Vt[b]))
+            G[nG + a, nG + b] = G[nG + b, nG + a] = tot
+    Zw = Zp * sw[:, None] if sw is not None else Zp
     if nG and m * nG <= DENSE_CROSS_LIMIT:
         # Z_l' W Z_G entry by entry: one bincount over (level, global column) pairs
         ZGc = ZG.tocoo()
@@ -259,6 +297,21 @@ def _single_factor_stats(codes, levels, Zw, V, ZG, G, layout: Layout, n: int, su
             Zi = sp.csr_matrix((Zw[:, i], (rows, np.arange(n))), shape=(m, n))
             B[i, :, :nG] = (Zi @ ZG).toarray()
     return PartitionStats([LevelGroup((), levels, [], A, B)], G, n, sum_log_w, n_dropped)
+
+
+def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and sorted distinct keys. Integer keys over a compact range are mapped by direct
+    indexing (a few passes, no hashing); anything else goes through ``pandas.factorize``."""
+    if keys.dtype.kind in "iu" and len(keys):
+        lo, hi = int(keys.min()), int(keys.max())
+        if hi - lo <= 4 * len(keys) + 1024:
+            off = keys - lo
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[off] = True
+            remap = np.cumsum(present) - 1
+            return remap[off], np.flatnonzero(present) + lo
+    codes, uniq = pd.factorize(keys, sort=True)
+    return codes, np.asarray(uniq)
 
 
 def _global_matrix(Z, keys, layout: Layout, sw: np.ndarray) -> sp.csr_matrix | None:
