@@ -18,8 +18,12 @@ with ``g`` and ``h`` assigned to rows uniformly at random, and times two cases:
 What is measured: the fit only, with the data already in memory for every tool.
 
 - daskmm: the wall time of the ``daskmm.lmm(formula, ddf, client=client)`` call, where ``ddf`` is
-  ``dask.dataframe.from_pandas(df, npartitions=8)`` persisted on a
-  ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` before timing.
+  the table in 8 partitions persisted on a
+  ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` before timing. By default
+  the partitions hold whole levels of ``g`` (``from_pandas(df.set_index("g"), sort=True)``), the
+  layout daskmm's datasets are stored in (DESIGN.md: data partitioned by the grouping factor);
+  ``--by-row`` splits the rows in file order instead, so every partition holds every level and
+  the statistics are merged by level on the workers.
 - lme4: ``system.time(lmer(formula, data = d, REML = TRUE))`` elapsed time, in one R session
   (``benchmarks/bench_lmer.R``) that first reads the same data from a file written under
   ``benchmarks/_data/`` (Parquet via ``arrow`` if R has it, else CSV via ``data.table::fread``
@@ -123,9 +127,12 @@ def write_for_r(df: pd.DataFrame, data_dir: Path, stem: str) -> Path:
 
 # ------------------------------------------------------------------ tools
 def time_daskmm(client: Client, df: pd.DataFrame, formula: str, repeats: int,
-                npartitions: int) -> dict:
+                npartitions: int, by_row: bool = False) -> dict:
     """Time ``daskmm.lmm`` on a persisted dask DataFrame."""
-    ddf = dd.from_pandas(df, npartitions=npartitions)
+    if by_row:
+        ddf = dd.from_pandas(df, npartitions=npartitions)
+    else:
+        ddf = dd.from_pandas(df.set_index("g"), npartitions=npartitions, sort=True).reset_index()
     ddf = client.persist(ddf)
     wait(ddf)
     runs, internal = [], []
@@ -272,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], choices=["lme4", "statsmodels"],
                    help="tools to leave out")
     p.add_argument("--npartitions", type=int, default=8, help="dask partitions (default 8)")
+    p.add_argument("--by-row", action="store_true",
+                   help="split rows in order instead of by level of g (see the docstring)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default 2)")
     p.add_argument("--seed", type=int, default=20240611)
     p.add_argument("--data-dir", type=Path, default=HERE / "_data")
@@ -296,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         for case in args.case:
             formula = FORMULAS[case]
             print(f"\n== {case}: {formula}", flush=True)
-            results = [time_daskmm(client, df, formula, args.repeats, args.npartitions)]
+            results = [time_daskmm(client, df, formula, args.repeats, args.npartitions,
+                                   args.by_row)]
             for tool in TOOLS[case][1:]:
                 if tool in args.skip:
                     continue
