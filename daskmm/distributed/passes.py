@@ -111,7 +111,9 @@ def gather_stats(client: Client, futures: list[Future], merge: bool,
     Partitions that split levels (``merge``) are summed by level in a tree of tasks on the
     workers, so the client receives one set of per-level blocks, not one per partition.
     """
-    combine = merge_levels if merge else concat_groups
+    if not merge:  # aligned: the parts are disjoint and small in total; stack them here
+        return concat_groups(client.gather(futures))
+    combine = merge_levels
     tok = _token()
     level = 0
     while len(futures) > 1:

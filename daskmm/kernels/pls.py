@@ -46,6 +46,8 @@ def group_Lambda(layout: Layout, lam: dict[str, np.ndarray],
 
 def lambda_tilde(layout: Layout, lam: dict[str, np.ndarray]) -> sp.csr_matrix:
     """``blockdiag(Lambda_G, I_{p+1})`` as a sparse ``k x k`` matrix."""
+    if not layout.global_factors:
+        return sp.identity(layout.p + 1, format="csr")
     blocks = [sp.kron(sp.identity(len(layout.global_levels[f])), sp.csr_matrix(lam[f]))
               for f in layout.global_factors]
     blocks.append(sp.identity(layout.p + 1))
@@ -120,7 +122,10 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False):
     Mt = (np.kron(Lam, Lam).T @ group.A.reshape(m, s * s).T).reshape(s, s, m)
     Mt[np.arange(s), np.arange(s)] += 1.0
     L = _chol_levels(Mt)
-    logdet = 2.0 * np.log(L[np.arange(s), np.arange(s)]).sum()
+    det = L[0, 0].copy()  # |L_l| per level; diagonal entries of chol(I + PSD) are moderate
+    for i in range(1, s):
+        det *= L[i, i]
+    logdet = 2.0 * np.log(det).sum()
     T = _solve_levels(L, Lam.T)
     B = group.B
     R = np.empty(B.shape)
@@ -183,9 +188,10 @@ def profiled(G: np.ndarray, RtR: np.ndarray, logdet_loc: float, LamT: sp.csr_mat
     gives an objective of ``+inf`` rather than an exception, so the optimiser steps back.
     """
     D = G - RtR
-    D = 0.5 * (D + D.T)
-    S = np.asarray(LamT.T @ (LamT.T @ D).T)  # Lambda~' D Lambda~ (D symmetric)
-    S[np.arange(n_G), np.arange(n_G)] += 1.0
+    S = 0.5 * (D + D.T)
+    if n_G:
+        S = np.asarray(LamT.T @ (LamT.T @ S).T)  # Lambda~' D Lambda~ (D symmetric)
+        S[np.arange(n_G), np.arange(n_G)] += 1.0
     try:
         L_S = np.linalg.cholesky(S)
     except np.linalg.LinAlgError:
