@@ -224,7 +224,7 @@ class ModelSpec:
     def prepare(self, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """Select the used columns, drop rows with a missing value (lme4's ``na.omit``) and
         check for infinities. Returns the frame and the number of rows dropped."""
-        if list(df.columns) != self.used_columns:
+        if set(df.columns) != set(self.used_columns):
             df = df[self.used_columns]
         mask = None
         for c in self.used_columns:
@@ -264,7 +264,8 @@ class ModelSpec:
             for c, levels in self.categorical.items():
                 frame[c] = pd.Categorical(frame[c].map(level_label), categories=levels)
         if self.formula.response in df.columns:  # a plain column: no formula machinery
-            y = df[self.formula.response].to_numpy(dtype=float, copy=True)
+            y = df[self.formula.response].to_numpy(dtype=float,
+                                                   copy=bool(self._offset_specs))
         else:
             y = np.asarray(self._response_spec.get_model_matrix(frame, context=EVAL_CONTEXT),
                            dtype=float)

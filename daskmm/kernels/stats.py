@@ -143,29 +143,31 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, Z: dict[
     p = layout.p
     weighted = w is not None and not bool(np.all(w == 1.0))
     sw = np.sqrt(w) if weighted else None
+    G = np.zeros((layout.k, layout.k))
+    nG = layout.n_G
+    sum_log_w = float(np.log(w).sum()) if weighted else 0.0
+    if n and not layout.nested:
+        p_codes, p_keys = factorize(keys[layout.primary])
+        names = names or {}
+        zn = names.get(layout.primary) or [f"__z{i}" for i in range(layout.q[layout.primary])]
+        vn = (names.get("X") or [f"__x{j}" for j in range(p)]) + ["__response__"]
+        vcols = [X[:, j] for j in range(p)] + [y]
+        return _single_factor_stats(p_codes, p_keys, Z[layout.primary], zn, vcols, vn,
+                                    w if weighted else None, sw, Z, keys, G, layout, n,
+                                    sum_log_w, n_dropped)
     Vt = np.empty((p + 1, n))  # [X y]' with rows contiguous
     Vt[:p] = X.T
     Vt[p] = y
     Vs = Vt * sw if weighted else Vt
     ZG = _global_matrix(Z, keys, layout, sw if weighted else np.ones(n))
-    G = np.zeros((layout.k, layout.k))
-    nG = layout.n_G
     if nG:
         G[:nG, :nG] = (ZG.T @ ZG).toarray()
         G[:nG, nG:] = ZG.T @ Vs.T
         G[nG:, :nG] = G[:nG, nG:].T
-    sum_log_w = float(np.log(w).sum()) if weighted else 0.0
     if n == 0:
         G[nG:, nG:] = Vs @ Vs.T
         return PartitionStats([], G, 0, 0.0, n_dropped)
     p_codes, p_keys = factorize(keys[layout.primary])
-    if not layout.nested:
-        names = names or {}
-        zn = names.get(layout.primary) or [f"__z{i}" for i in range(layout.q[layout.primary])]
-        vn = (names.get("X") or [f"__x{j}" for j in range(p)]) + ["__response__"]
-        return _single_factor_stats(p_codes, p_keys, Z[layout.primary], zn, Vt, vn,
-                                    w if weighted else None, sw, ZG, G, layout, n, sum_log_w,
-                                    n_dropped)
     G[nG:, nG:] = Vs @ Vs.T
     V = Vs.T
     q_P = layout.q[layout.primary]
@@ -247,21 +249,31 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, Z: dict[
     return PartitionStats(groups, G, n, sum_log_w, n_dropped)
 
 
-def _single_factor_stats(codes, levels, Zp, z_names, Vt, v_names, w, sw, ZG, G, layout: Layout,
-                         n: int, sum_log_w: float, n_dropped: int) -> PartitionStats:
+def _single_factor_stats(codes, levels, Zp, z_names, vcols, v_names, w, sw, Z, keys, G,
+                         layout: Layout, n: int, sum_log_w: float,
+                         n_dropped: int) -> PartitionStats:
     """Fast path without nested factors: every block is ``q_P x q_P``, so each entry of ``A``
     and ``B`` is one weighted ``bincount`` over the rows (a few ns a row), computed once per
-    distinct pair of column names."""
+    distinct pair of column names. Products go through one reused buffer: a fresh large array
+    costs page faults on every partition."""
     m, s, k, nG = len(levels), Zp.shape[1], layout.k, layout.n_G
     sums: dict[tuple[str, str], np.ndarray] = {}
+    buf = np.empty(n)
 
     def level_sum(na: str, a: np.ndarray, nb: str, b: np.ndarray) -> np.ndarray:
         key = (na, nb) if na <= nb else (nb, na)
         if key not in sums:
-            prod = w
-            for name, v in ((na, a), (nb, b)):
-                if name != "(Intercept)":
-                    prod = v if prod is None else prod * v
+            factors = [v for name, v in ((na, a), (nb, b)) if name != "(Intercept)"]
+            if w is not None:
+                factors.append(w)
+            if not factors:
+                prod = None
+            elif len(factors) == 1:
+                prod = factors[0]
+            else:
+                prod = np.multiply(factors[0], factors[1], out=buf)
+                for v in factors[2:]:
+                    np.multiply(prod, v, out=buf)
             sums[key] = np.bincount(codes, prod, minlength=m).astype(float)
         return sums[key]
 
@@ -271,18 +283,24 @@ def _single_factor_stats(codes, levels, Zp, z_names, Vt, v_names, w, sw, ZG, G, 
         zi = Zp[:, i]
         for j in range(i, s):
             A[:, i, j] = A[:, j, i] = level_sum(z_names[i], zi, z_names[j], Zp[:, j])
-        for j in range(Vt.shape[0]):
-            B[i, :, nG + j] = level_sum(z_names[i], zi, v_names[j], Vt[j])
+        for j, v in enumerate(vcols):
+            B[i, :, nG + j] = level_sum(z_names[i], zi, v_names[j], v)
     # V'WV: totals of the per-level sums already made, a dot product for the others
-    for a in range(Vt.shape[0]):
-        for b in range(a, Vt.shape[0]):
+    for a, va in enumerate(vcols):
+        for b in range(a, len(vcols)):
             key = tuple(sorted((v_names[a], v_names[b])))
             if key in sums:
                 tot = sums[key].sum()
             else:
-                va = Vt[a] if w is None else Vt[a] * w
-                tot = float(np.dot(va, Vt[b]))
+                tot = float(np.dot(va if w is None else np.multiply(va, w, out=buf), vcols[b]))
             G[nG + a, nG + b] = G[nG + b, nG + a] = tot
+    if not nG:
+        return PartitionStats([LevelGroup((), levels, [], A, B)], G, n, sum_log_w, n_dropped)
+    ZG = _global_matrix(Z, keys, layout, sw if sw is not None else np.ones(n))
+    Vs = np.column_stack(vcols) if sw is None else np.column_stack(vcols) * sw[:, None]
+    G[:nG, :nG] = (ZG.T @ ZG).toarray()
+    G[:nG, nG:] = ZG.T @ Vs
+    G[nG:, :nG] = G[:nG, nG:].T
     Zw = Zp * sw[:, None] if sw is not None else Zp
     if nG and m * nG <= DENSE_CROSS_LIMIT:
         # Z_l' W Z_G entry by entry: one bincount over (level, global column) pairs
@@ -305,10 +323,10 @@ def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if keys.dtype.kind in "iu" and len(keys):
         lo, hi = int(keys.min()), int(keys.max())
         if hi - lo <= 4 * len(keys) + 1024:
-            off = keys - lo
+            off = keys - lo if lo else keys
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[off] = True
-            remap = np.cumsum(present) - 1
+            remap = (np.cumsum(present) - 1).astype(np.int32 if hi - lo < 2 ** 31 else np.int64)
             return remap[off], np.flatnonzero(present) + lo
     codes, uniq = pd.factorize(keys, sort=True)
     return codes, np.asarray(uniq)
