@@ -21,14 +21,16 @@ import uuid
 import numpy as np
 from distributed import Client, Future
 
-from daskmm.kernels.pls import eval_group, group_Lambda, group_modes, lambda_tilde
+from daskmm.kernels.pls import Workspace, eval_group, group_Lambda, group_modes, lambda_tilde
 from daskmm.kernels.stats import Layout, PartitionStats
 
 
-def _stage1(stats: PartitionStats, layout: Layout, lam: dict) -> tuple[float, np.ndarray]:
+def _stage1(stats: PartitionStats, layout: Layout, lam: dict,
+            workspaces: list | None = None) -> tuple[float, np.ndarray]:
     logdet, RtR = 0.0, np.zeros((layout.k, layout.k))
-    for g in stats.groups:
-        ld, r = eval_group(g, group_Lambda(layout, lam, g.composition))
+    for i, g in enumerate(stats.groups):
+        ld, r = eval_group(g, group_Lambda(layout, lam, g.composition),
+                           ws=workspaces[i] if workspaces else None)
         logdet += ld
         RtR += r
     return logdet, RtR
@@ -56,9 +58,10 @@ class GatheredEvaluator:
     def __init__(self, stats: PartitionStats, layout: Layout):
         self.stats = stats
         self.layout = layout
+        self.workspaces = [Workspace() for _ in stats.groups]
 
     def stage1(self, lam: dict) -> tuple[float, np.ndarray]:
-        return _stage1(self.stats, self.layout, lam)
+        return _stage1(self.stats, self.layout, lam, self.workspaces)
 
     def modes(self, lam, prof, beta, u_G, sigma):
         return _modes(self.stats, self.layout, lam, prof, beta, u_G, sigma)

@@ -59,32 +59,58 @@ SMALL_BLOCK = 8
 ``m`` numbers per entry) rather than LAPACK calls per level, which cost ~1 us each."""
 
 
-def _chol_levels(Mt: np.ndarray) -> np.ndarray:
+class Workspace:
+    """Scratch arrays reused across evaluations of one level group.
+
+    An optimiser evaluates the criterion a hundred times on the same shapes; allocating fresh
+    arrays of ``m`` levels each time costs a page fault per 4 KiB on first touch, which on a
+    VM is several times the arithmetic itself.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        a = self._arrays.get(name)
+        if a is None or a.shape != shape:
+            a = self._arrays[name] = np.empty(shape)
+        return a
+
+
+def _chol_levels(Mt: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
     """Cholesky factors of ``s x s`` SPD blocks stored level-minor, ``Mt[i, j, l]``."""
     s, _, m = Mt.shape
     if s > SMALL_BLOCK:
         return np.ascontiguousarray(np.moveaxis(np.linalg.cholesky(np.moveaxis(Mt, -1, 0)), 0, -1))
-    L = np.zeros_like(Mt)
+    ws = ws or Workspace()
+    L = ws.get("L", Mt.shape)
+    L.fill(0.0)
+    tmp = ws.get("chol_tmp", (m,))
     for j in range(s):
-        d = Mt[j, j] - np.einsum("km,km->m", L[j, :j], L[j, :j]) if j else Mt[j, j]
-        L[j, j] = np.sqrt(d)
-        inv = 1.0 / L[j, j]
+        np.copyto(L[j, j], Mt[j, j])
+        for k in range(j):
+            L[j, j] -= np.multiply(L[j, k], L[j, k], out=tmp)
+        np.sqrt(L[j, j], out=L[j, j])
         for i in range(j + 1, s):
-            off = Mt[i, j] - np.einsum("km,km->m", L[i, :j], L[j, :j]) if j else Mt[i, j]
-            L[i, j] = off * inv
+            np.copyto(L[i, j], Mt[i, j])
+            for k in range(j):
+                L[i, j] -= np.multiply(L[i, k], L[j, k], out=tmp)
+            L[i, j] /= L[j, j]
     return L
 
 
-def _solve_levels(L: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+def _solve_levels(L: np.ndarray, rhs: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
     """``L_l^{-1} rhs`` for level-minor lower-triangular ``L`` (s, s, m) and one ``s x s``
     right-hand side shared by all levels; returns (s, s, m)."""
     s, _, m = L.shape
-    T = np.empty((s, s, m))
+    ws = ws or Workspace()
+    T = ws.get("T", (s, s, m))
+    tmp = ws.get("solve_tmp", (s, m))
     for i in range(s):
-        acc = np.repeat(rhs[i][:, None], m, axis=1)
+        np.copyto(T[i], rhs[i][:, None])
         for j in range(i):
-            acc -= L[i, j] * T[j]
-        T[i] = acc / L[i, i]
+            T[i] -= np.multiply(T[j], L[i, j], out=tmp)
+        T[i] /= L[i, i]
     return T
 
 
@@ -100,7 +126,8 @@ def _backward(L: np.ndarray, c: np.ndarray) -> np.ndarray:
     return u
 
 
-def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False):
+def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False,
+               ws: Workspace | None = None):
     """Stage 1 for one level group.
 
     ``R_l = L_l^{-1} Lambda_l' B_l`` is formed as ``T_l B_l`` with the small
@@ -115,30 +142,34 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False):
     RtR : ndarray, shape (k, k)
         ``sum_l R_l' R_l`` before ``Lambda~``.
     (L, R) : optional
-        The factors, when ``keep_factors``.
+        The factors, when ``keep_factors`` (then no workspace may be passed: they would be
+        overwritten by the next call).
     """
     s, m, k = group.B.shape
+    ws = ws or Workspace()
     # M_l = Lambda' A_l Lambda + I for all levels at once: vec(M) = kron(Lambda, Lambda)' vec(A)
-    Mt = (np.kron(Lam, Lam).T @ group.A.reshape(m, s * s).T).reshape(s, s, m)
-    Mt[np.arange(s), np.arange(s)] += 1.0
-    L = _chol_levels(Mt)
-    det = L[0, 0].copy()  # |L_l| per level; diagonal entries of chol(I + PSD) are moderate
+    Mt = ws.get("M", (s, s, m))
+    np.matmul(np.kron(Lam, Lam).T, group.A.reshape(m, s * s).T, out=Mt.reshape(s * s, m))
+    for i in range(s):
+        Mt[i, i] += 1.0
+    L = _chol_levels(Mt, ws)
+    det = ws.get("det", (m,))
+    np.copyto(det, L[0, 0])  # |L_l| per level; diagonal entries of chol(I + PSD) are moderate
     for i in range(1, s):
         det *= L[i, i]
-    logdet = 2.0 * np.log(det).sum()
-    T = _solve_levels(L, Lam.T)
+    logdet = 2.0 * np.log(det, out=det).sum()
+    T = _solve_levels(L, Lam.T, ws)
     B = group.B
-    R = np.empty(B.shape)
-    tmp = np.empty((m, k)) if s > 1 else None
+    R = ws.get("R", B.shape)
+    tmp = ws.get("R_tmp", (m, k))
     for i in range(s):
         np.multiply(B[0], T[i, 0][:, None], out=R[i])
         for j in range(1, s):
-            np.multiply(B[j], T[i, j][:, None], out=tmp)
-            R[i] += tmp
+            R[i] += np.multiply(B[j], T[i, j][:, None], out=tmp)
     R2 = R.reshape(s * m, k)
     RtR = R2.T @ R2
     if keep_factors:
-        return logdet, RtR, (np.moveaxis(L, -1, 0), R)
+        return logdet, RtR, (np.moveaxis(L, -1, 0).copy(), R.copy())
     return logdet, RtR
 
 
