@@ -18,6 +18,7 @@ from formulaic.errors import FormulaicError
 
 from daskmm.errors import ColumnNotFoundError, DataError, FormulaError
 from daskmm.formula.parse import ParsedFormula, identifiers
+from daskmm.kernels.stats import scratch
 from daskmm.reterm import RandomTerm
 
 EVAL_CONTEXT = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "np": np}
@@ -249,8 +250,12 @@ class ModelSpec:
         return df, dropped
 
     def _direct_X(self, df: pd.DataFrame) -> np.ndarray:
-        """Fixed-effects matrix of plain numeric columns (column-major: columns contiguous)."""
-        X = np.empty((len(df), len(self.fixef_names)), order="F")
+        """Fixed-effects matrix of plain numeric columns (column-major: columns contiguous).
+
+        It lives in a per-thread scratch buffer: valid until the next partition is encoded on
+        this thread, which is all the statistics pass needs."""
+        n, p = len(df), len(self.fixef_names)
+        X = scratch("direct_X", n * p).reshape(p, n).T  # column-major, reused across partitions
         for j, c in enumerate(self.fixef_names):
             X[:, j] = 1.0 if c == "(Intercept)" else df[c].to_numpy(dtype=float)
         return X

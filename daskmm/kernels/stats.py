@@ -20,11 +20,32 @@ and ``G = V' W V`` (``k x k``) summed over partitions. Levels with the same bloc
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+_POOL = threading.local()
+
+
+def scratch(name: str, n: int, dtype: type = np.float64) -> np.ndarray:
+    """A per-thread scratch vector of length ``n``, reused from one partition to the next.
+
+    Dask workers return freed memory to the OS eagerly (``MALLOC_TRIM_THRESHOLD_``), so every
+    fresh array of a million rows costs thousands of page faults, as much as the arithmetic
+    done on it. Temporaries that do not outlive one partition's statistics come from here; the
+    pool holds the largest size seen per name (a few vectors of one partition's length).
+    """
+    pool = getattr(_POOL, "arrays", None)
+    if pool is None:
+        pool = _POOL.arrays = {}
+    key = (name, np.dtype(dtype))
+    a = pool.get(key)
+    if a is None or len(a) < n:
+        a = pool[key] = np.empty(n, dtype=dtype)
+    return a[:n]
 
 DENSE_CROSS_LIMIT = 2 ** 25
 """Above this many (level, global column) cells a partition accumulates ``Z_l' W Z_G`` sparsely."""
@@ -147,7 +168,7 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, Z: dict[
     nG = layout.n_G
     sum_log_w = float(np.log(w).sum()) if weighted else 0.0
     if n and not layout.nested:
-        p_codes, p_keys = factorize(keys[layout.primary])
+        p_codes, p_keys = factorize(keys[layout.primary], reuse=True)
         names = names or {}
         zn = names.get(layout.primary) or [f"__z{i}" for i in range(layout.q[layout.primary])]
         vn = (names.get("X") or [f"__x{j}" for j in range(p)]) + ["__response__"]
@@ -258,7 +279,7 @@ def _single_factor_stats(codes, levels, Zp, z_names, vcols, v_names, w, sw, Z, k
     costs page faults on every partition."""
     m, s, k, nG = len(levels), Zp.shape[1], layout.k, layout.n_G
     sums: dict[tuple[str, str], np.ndarray] = {}
-    buf = np.empty(n)
+    buf = scratch("product", n)
 
     def level_sum(na: str, a: np.ndarray, nb: str, b: np.ndarray) -> np.ndarray:
         key = (na, nb) if na <= nb else (nb, na)
@@ -317,17 +338,24 @@ def _single_factor_stats(codes, levels, Zp, z_names, vcols, v_names, w, sw, Z, k
     return PartitionStats([LevelGroup((), levels, [], A, B)], G, n, sum_log_w, n_dropped)
 
 
-def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def factorize(keys: np.ndarray, reuse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Codes and sorted distinct keys. Integer keys over a compact range are mapped by direct
-    indexing (a few passes, no hashing); anything else goes through ``pandas.factorize``."""
-    if keys.dtype.kind in "iu" and len(keys):
+    indexing (a few passes, no hashing); anything else goes through ``pandas.factorize``.
+    With ``reuse`` the codes live in a :func:`scratch` vector (valid until the next call)."""
+    n = len(keys)
+    if keys.dtype.kind in "iu" and n:
         lo, hi = int(keys.min()), int(keys.max())
-        if hi - lo <= 4 * len(keys) + 1024:
-            off = keys - lo if lo else keys
+        if hi - lo <= 4 * n + 1024 and hi - lo < 2 ** 31:
+            off = keys
+            if lo:
+                off = np.subtract(keys, lo, out=scratch("factorize_off", n, keys.dtype)
+                                  if reuse else None)
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[off] = True
-            remap = (np.cumsum(present) - 1).astype(np.int32 if hi - lo < 2 ** 31 else np.int64)
-            return remap[off], np.flatnonzero(present) + lo
+            remap = (np.cumsum(present) - 1).astype(np.int32)
+            codes = np.take(remap, off, out=scratch("factorize_codes", n, np.int32)
+                            if reuse else None)
+            return codes, np.flatnonzero(present) + lo
     codes, uniq = pd.factorize(keys, sort=True)
     return codes, np.asarray(uniq)
 
