@@ -345,15 +345,15 @@ def factorize(keys: np.ndarray, reuse: bool = False) -> tuple[np.ndarray, np.nda
     n = len(keys)
     if keys.dtype.kind in "iu" and n:
         lo, hi = int(keys.min()), int(keys.max())
-        if hi - lo <= 4 * n + 1024 and hi - lo < 2 ** 31:
+        if hi - lo <= 4 * n + 1024:
             off = keys
             if lo:
                 off = np.subtract(keys, lo, out=scratch("factorize_off", n, keys.dtype)
                                   if reuse else None)
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[off] = True
-            remap = (np.cumsum(present) - 1).astype(np.int32)
-            codes = np.take(remap, off, out=scratch("factorize_codes", n, np.int32)
+            remap = np.cumsum(present, dtype=np.intp) - 1  # intp: bincount would cast otherwise
+            codes = np.take(remap, off, out=scratch("factorize_codes", n, np.intp)
                             if reuse else None)
             return codes, np.flatnonzero(present) + lo
     codes, uniq = pd.factorize(keys, sort=True)
