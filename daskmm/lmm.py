@@ -283,10 +283,12 @@ def _check_groups(spec: ModelSpec, ngroups: dict, n: int) -> None:
             raise ModelError(
                 f"grouping factor {name!r} has {nl} levels for {n} observations; the number of "
                 "levels must be smaller than the number of observations")
-    n_re = sum(ngroups[f.name] * spec.factor_q(f.name) for f in spec.factors)
-    if n_re >= n:
-        raise ModelError(f"{n_re} random effects for {n} observations; the model is not "
-                         "identifiable (lme4: check.nobs.vs.nRE)")
+    for t in spec.terms:  # lme4's check.nobs.vs.nRE, per term
+        n_re = ngroups[t.factor] * t.q
+        if n_re >= n:
+            raise ModelError(
+                f"term ({t.lhs} | {t.factor}) has {n_re} random effects for {n} observations; "
+                "the model is not identifiable (lme4: check.nobs.vs.nRE)")
 
 
 def _estimable_columns(G: np.ndarray, layout: Layout, spec: ModelSpec,

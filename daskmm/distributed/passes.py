@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from distributed import Client, Future
 
-from daskmm.formula.spec import FactorSpec, ModelSpec, level_label
+from daskmm.formula.spec import FactorSpec, ModelSpec
 from daskmm.kernels.stats import (
     Layout,
     PartitionStats,
@@ -113,16 +113,14 @@ def gather_stats(client: Client, futures: list[Future], merge: bool,
     """
     if not merge:  # aligned: the parts are disjoint and small in total; stack them here
         return concat_groups(client.gather(futures))
-    combine = merge_levels
     tok = _token()
     level = 0
     while len(futures) > 1:
-        futures = [client.submit(combine, futures[j:j + split_every],
+        futures = [client.submit(merge_levels, futures[j:j + split_every],
                                  key=f"daskmm-gather-{tok}-{level}-{j}")
                    for j in range(0, len(futures), split_every)]
         level += 1
-    out = futures[0].result()
-    return combine([out])
+    return merge_levels([futures[0].result()])
 
 
 def aligned(keys: list[np.ndarray]) -> bool:
@@ -137,7 +135,3 @@ def aligned(keys: list[np.ndarray]) -> bool:
 def shuffle_by(ddf: dd.DataFrame, factor: FactorSpec) -> dd.DataFrame:
     """Repartition rows so that every level of ``factor`` sits in one partition."""
     return ddf.shuffle(on=list(factor.columns), npartitions=max(ddf.npartitions, 1))
-
-
-def level_labels(factor: FactorSpec, keys: np.ndarray) -> list[str]:
-    return factor.label(keys) if len(factor.columns) > 1 else [level_label(k) for k in keys]

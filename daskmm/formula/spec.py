@@ -261,7 +261,12 @@ class ModelSpec:
         return X
 
     def encode(self, df: pd.DataFrame) -> Encoded:
-        """Encode one partition (after :meth:`prepare`)."""
+        """Encode one partition (:meth:`prepare` is applied first).
+
+        For speed the arrays may be views of ``df`` or of per-thread scratch memory (plain
+        numeric fixed effects): use them before encoding the next partition on the same
+        thread, or copy them (work that keeps encoded data across iterations, as PIRLS will).
+        """
         df, dropped = self.prepare(df)
         frame = df
         if self.categorical:
