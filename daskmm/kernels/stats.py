@@ -353,8 +353,9 @@ def factorize(keys: np.ndarray, reuse: bool = False) -> tuple[np.ndarray, np.nda
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[off] = True
             remap = np.cumsum(present, dtype=np.intp) - 1  # intp: bincount would cast otherwise
+            # mode="clip": every offset is in range by construction, and "raise" buffers `out`
             codes = np.take(remap, off, out=scratch("factorize_codes", n, np.intp)
-                            if reuse else None)
+                            if reuse else None, mode="clip")
             return codes, np.flatnonzero(present) + lo
     codes, uniq = pd.factorize(keys, sort=True)
     return codes, np.asarray(uniq)
