@@ -83,25 +83,19 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
     return client.compute(tasks)
 
 
-def _primary_keys(stats: PartitionStats) -> np.ndarray:
-    if not stats.groups:
-        return np.array([], dtype=object)
-    return np.concatenate([g.levels for g in stats.groups])
-
-
-def _summary(stats: PartitionStats) -> dict:
-    return {"n": stats.n, "nbytes": stats.nbytes, "G": stats.G, "sum_log_w": stats.sum_log_w,
-            "n_dropped": stats.n_dropped}
+def _summary(stats: PartitionStats) -> tuple[np.ndarray, dict]:
+    keys = (np.concatenate([g.levels for g in stats.groups]) if stats.groups
+            else np.array([], dtype=object))
+    return keys, {"n": stats.n, "nbytes": stats.nbytes, "G": stats.G,
+                  "sum_log_w": stats.sum_log_w, "n_dropped": stats.n_dropped}
 
 
 def stats_summary(client: Client, futures: list[Future]) -> tuple[list[np.ndarray], list[dict]]:
-    """Primary-level keys and small summaries of each partition's statistics."""
+    """Primary-level keys and small summaries of each partition's statistics (one round)."""
     tok = _token()
-    keys = client.map(_primary_keys, futures, key=[f"daskmm-keys-{tok}-{i}"
-                                                    for i in range(len(futures))])
-    summ = client.map(_summary, futures, key=[f"daskmm-summary-{tok}-{i}"
-                                               for i in range(len(futures))])
-    return client.gather(keys), client.gather(summ)
+    out = client.gather(client.map(_summary, futures, key=[f"daskmm-summary-{tok}-{i}"
+                                                           for i in range(len(futures))]))
+    return [k for k, _ in out], [s for _, s in out]
 
 
 def gather_stats(client: Client, futures: list[Future], merge: bool,
