@@ -76,10 +76,15 @@ def _stats_partition(df: pd.DataFrame, spec: ModelSpec, layout: Layout) -> Parti
 
 
 def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layout) -> list[Future]:
-    """Compute :class:`PartitionStats` for every partition; futures left on the workers."""
+    """Compute :class:`PartitionStats` for every partition; futures left on the workers.
+
+    The spec and layout go out once, as one key each, instead of being pickled into every
+    task: unpickling a formula spec per partition costs milliseconds a task."""
     tok = _token()
+    spec_d = dask.delayed(spec, name=f"daskmm-spec-{tok}", traverse=False)
+    layout_d = dask.delayed(layout, name=f"daskmm-layout-{tok}", traverse=False)
     tasks = [dask.delayed(_stats_partition, name=f"daskmm-stats-{tok}-{i}", pure=False)(
-        p, spec, layout) for i, p in enumerate(ddf.to_delayed())]
+        p, spec_d, layout_d) for i, p in enumerate(ddf.to_delayed())]
     return client.compute(tasks)
 
 
