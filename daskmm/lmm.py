@@ -339,7 +339,7 @@ def _reduced(layout: Layout, keep: np.ndarray) -> Layout:
 
 def _select(stats: PartitionStats, keep: np.ndarray) -> PartitionStats:
     from daskmm.kernels.stats import LevelGroup
-    groups = [LevelGroup(g.composition, g.levels, g.nested_levels, g.A, g.B[:, :, keep])
+    groups = [LevelGroup(g.composition, g.levels, g.nested_levels, g.A, g.B[:, keep, :])
               for g in stats.groups]
     return PartitionStats(groups, stats.G[np.ix_(keep, keep)], stats.n, stats.sum_log_w,
                           stats.n_dropped)

@@ -145,7 +145,7 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False,
         The factors, when ``keep_factors`` (then no workspace may be passed: they would be
         overwritten by the next call).
     """
-    s, m, k = group.B.shape
+    s, k, m = group.B.shape
     ws = ws or Workspace()
     # M_l = Lambda' A_l Lambda + I for all levels at once: vec(M) = kron(Lambda, Lambda)' vec(A)
     Mt = ws.get("M", (s, s, m))
@@ -161,13 +161,14 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False,
     T = _solve_levels(L, Lam.T, ws)
     B = group.B
     R = ws.get("R", B.shape)
-    tmp = ws.get("R_tmp", (m, k))
+    tmp = ws.get("R_tmp", (k, m))
     for i in range(s):
-        np.multiply(B[0], T[i, 0][:, None], out=R[i])
+        np.multiply(B[0], T[i, 0][None, :], out=R[i])
         for j in range(1, s):
-            R[i] += np.multiply(B[j], T[i, j][:, None], out=tmp)
-    R2 = R.reshape(s * m, k)
-    RtR = R2.T @ R2
+            R[i] += np.multiply(B[j], T[i, j][None, :], out=tmp)
+    RtR = R[0] @ R[0].T
+    for i in range(1, s):
+        RtR += R[i] @ R[i].T
     if keep_factors:
         return logdet, RtR, (np.moveaxis(L, -1, 0).copy(), R.copy())
     return logdet, RtR
@@ -255,19 +256,20 @@ def group_modes(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, prof: P
     """
     _, _, (L, R) = eval_group(group, Lam, keep_factors=True)
     g, p = prof.n_G, prof.p
+    s, _, m = R.shape
     if g:  # apply Lambda_G to the global columns
-        flat = R.reshape(-1, R.shape[2])
-        flat[:, :g] = (LamT[:g, :g].T @ flat[:, :g].T).T
-    c = (R[:, :, -1] - R[:, :, g:g + p] @ beta).T
+        for i in range(s):
+            R[i, :g] = LamT[:g, :g].T @ R[i, :g]
+    c = (R[:, -1, :] - np.einsum("spm,p->sm", R[:, g:g + p, :], beta)).T
     if g:
-        c -= (R[:, :, :g] @ u_G).T
+        c -= np.einsum("sgm,g->sm", R[:, :g, :], u_G).T
     u = _backward(L, c)
     b = u @ Lam.T
-    s, m, _ = R.shape
     Linv = np.linalg.inv(L)
     inner = np.broadcast_to(np.eye(s), (m, s, s)).copy()
     if g:
-        T = la.solve_triangular(prof.L_GG, R[:, :, :g].reshape(s * m, g).T, lower=True)
+        T = la.solve_triangular(prof.L_GG, R[:, :g, :].transpose(1, 0, 2).reshape(g, s * m),
+                                lower=True)
         T = T.reshape(g, s, m)
         inner += np.einsum("kim,kjm->mij", T, T)
     Minv = np.matmul(np.swapaxes(Linv, 1, 2), np.matmul(inner, Linv))

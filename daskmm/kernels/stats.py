@@ -11,7 +11,7 @@ With ``V = [Z_G  X  y]`` (``k = n_G + p + 1`` columns) and rows weighted by ``w`
 contributes, for each level ``l`` of ``P`` with local columns ``Z_l``::
 
     A_l = Z_l' W Z_l        (s_l x s_l)
-    B_l = Z_l' W V          (s_l x k; stored row-major as (s, m, k) for a group of m levels)
+    B_l = Z_l' W V          (s_l x k; stored as (s, k, m) for a group of m levels)
 
 and ``G = V' W V`` (``k x k``) summed over partitions. Levels with the same block composition
 (how many nested levels of each nested factor they hold) are stacked into one
@@ -108,9 +108,9 @@ class LevelGroup:
     nested_levels : list of ndarray, shape (m, c_j)
         Keys of the nested levels, per nested factor, in block order.
     A : ndarray, shape (m, s, s)
-    B : ndarray, shape (s, m, k)
-        Row ``i`` of every level's block side by side, so ``Lambda' B`` is one matrix product
-        and the stacked ``R`` is one contiguous ``(s m) x k`` matrix.
+    B : ndarray, shape (s, k, m)
+        Levels last: every operation on ``B`` runs along the long axis, and
+        ``sum_l R_l' R_l = sum_i R[i] R[i]'`` is ``s`` rank-``m`` updates (BLAS syrk).
     """
 
     composition: tuple[int, ...]
@@ -252,10 +252,10 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, Z: dict[
         li = level_of_col[r]
         Ag[pos_in_group[li], r - base[li], c - base[li]] = v
         idx = (base[lev][:, None] + np.arange(s)[None, :]).ravel()
-        Bg = np.empty((s, len(lev), layout.k))
+        Bg = np.empty((s, layout.k, len(lev)))
         if nG:
-            Bg[:, :, :nG] = BG[idx].reshape(len(lev), s, nG).transpose(1, 0, 2)
-        Bg[:, :, nG:] = BV[idx].reshape(len(lev), s, layout.p + 1).transpose(1, 0, 2)
+            Bg[:, :nG, :] = BG[idx].reshape(len(lev), s, nG).transpose(1, 2, 0)
+        Bg[:, nG:, :] = BV[idx].reshape(len(lev), s, layout.p + 1).transpose(1, 2, 0)
         nested_levels = []
         for (_, uniq, parent, _, rank), c_j in zip(nested_info, ck):
             # levels of this nested factor under each primary level of the group, in rank order
@@ -299,13 +299,13 @@ def _single_factor_stats(codes, levels, Zp, z_names, vcols, v_names, w, sw, Z, k
         return sums[key]
 
     A = np.empty((m, s, s))
-    B = np.empty((s, m, k))
+    B = np.empty((s, k, m))
     for i in range(s):
         zi = Zp[:, i]
         for j in range(i, s):
             A[:, i, j] = A[:, j, i] = level_sum(z_names[i], zi, z_names[j], Zp[:, j])
         for j, v in enumerate(vcols):
-            B[i, :, nG + j] = level_sum(z_names[i], zi, v_names[j], v)
+            B[i, nG + j] = level_sum(z_names[i], zi, v_names[j], v)
     # V'WV: totals of the per-level sums already made, a dot product for the others
     for a, va in enumerate(vcols):
         for b in range(a, len(vcols)):
@@ -328,13 +328,13 @@ def _single_factor_stats(codes, levels, Zp, z_names, vcols, v_names, w, sw, Z, k
         ZGc = ZG.tocoo()
         row_level = codes.astype(np.int64)[ZGc.row] * nG + ZGc.col
         for i in range(s):
-            B[i, :, :nG] = np.bincount(row_level, Zw[ZGc.row, i] * ZGc.data,
-                                       minlength=m * nG).reshape(m, nG)
+            B[i, :nG] = np.bincount(row_level, Zw[ZGc.row, i] * ZGc.data,
+                                    minlength=m * nG).reshape(m, nG).T
     elif nG:
         rows = codes.astype(np.int64)
         for i in range(s):
             Zi = sp.csr_matrix((Zw[:, i], (rows, np.arange(n))), shape=(m, n))
-            B[i, :, :nG] = (Zi @ ZG).toarray()
+            B[i, :nG] = (Zi @ ZG).toarray().T
     return PartitionStats([LevelGroup((), levels, [], A, B)], G, n, sum_log_w, n_dropped)
 
 
@@ -400,7 +400,7 @@ def concat_groups(stats: list[PartitionStats]) -> PartitionStats:
             comp, levels[order],
             [np.concatenate([g.nested_levels[j] for g in gs])[order] for j in range(len(comp))],
             np.concatenate([g.A for g in gs])[order],
-            np.ascontiguousarray(np.concatenate([g.B for g in gs], axis=1)[:, order])))
+            np.ascontiguousarray(np.concatenate([g.B for g in gs], axis=2)[:, :, order])))
     return PartitionStats(groups, sum(s.G for s in stats), sum(s.n for s in stats),
                           sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
 
@@ -421,7 +421,8 @@ def merge_levels(stats: list[PartitionStats]) -> PartitionStats:
     order = np.argsort(codes, kind="stable")  # partition order within a level: deterministic
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
     A = np.add.reduceat(np.concatenate([g.A for g in allg])[order], starts, axis=0)
-    B = np.add.reduceat(np.concatenate([g.B for g in allg], axis=1)[:, order], starts, axis=1)
+    B = np.add.reduceat(np.concatenate([g.B for g in allg], axis=2)[:, :, order], starts,
+                        axis=2)
     merged = LevelGroup((), np.asarray(uniq), [], A, B)
     return PartitionStats([merged], sum(s.G for s in stats), sum(s.n for s in stats),
                           sum(s.sum_log_w for s in stats), sum(s.n_dropped for s in stats))
