@@ -18,7 +18,7 @@ from formulaic.errors import FormulaicError
 
 from daskmm.errors import ColumnNotFoundError, DataError, FormulaError
 from daskmm.formula.parse import ParsedFormula, identifiers
-from daskmm.kernels.stats import scratch
+from daskmm.kernels.scratch import scratch
 from daskmm.reterm import RandomTerm
 
 EVAL_CONTEXT = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "np": np}

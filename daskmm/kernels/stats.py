@@ -20,32 +20,13 @@ and ``G = V' W V`` (``k x k``) summed over partitions. Levels with the same bloc
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-_POOL = threading.local()
-
-
-def scratch(name: str, n: int, dtype: type = np.float64) -> np.ndarray:
-    """A per-thread scratch vector of length ``n``, reused from one partition to the next.
-
-    Dask workers return freed memory to the OS eagerly (``MALLOC_TRIM_THRESHOLD_``), so every
-    fresh array of a million rows costs thousands of page faults, as much as the arithmetic
-    done on it. Temporaries that do not outlive one partition's statistics come from here; the
-    pool holds the largest size seen per name (a few vectors of one partition's length).
-    """
-    pool = getattr(_POOL, "arrays", None)
-    if pool is None:
-        pool = _POOL.arrays = {}
-    key = (name, np.dtype(dtype))
-    a = pool.get(key)
-    if a is None or len(a) < n:
-        a = pool[key] = np.empty(n, dtype=dtype)
-    return a[:n]
+from daskmm.kernels.level_sums import ONES, level_pair_sums
 
 DENSE_CROSS_LIMIT = 2 ** 25
 """Above this many (level, global column) cells a partition accumulates ``Z_l' W Z_G`` sparsely."""
@@ -168,12 +149,11 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, Z: dict[
     nG = layout.n_G
     sum_log_w = float(np.log(w).sum()) if weighted else 0.0
     if n and not layout.nested:
-        p_codes, p_keys = factorize(keys[layout.primary], reuse=True)
         names = names or {}
         zn = names.get(layout.primary) or [f"__z{i}" for i in range(layout.q[layout.primary])]
         vn = (names.get("X") or [f"__x{j}" for j in range(p)]) + ["__response__"]
         vcols = [X[:, j] for j in range(p)] + [y]
-        return _single_factor_stats(p_codes, p_keys, Z[layout.primary], zn, vcols, vn,
+        return _single_factor_stats(keys[layout.primary], Z[layout.primary], zn, vcols, vn,
                                     w if weighted else None, sw, Z, keys, G, layout, n,
                                     sum_log_w, n_dropped)
     Vt = np.empty((p + 1, n))  # [X y]' with rows contiguous
@@ -270,51 +250,48 @@ def partition_stats(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, Z: dict[
     return PartitionStats(groups, G, n, sum_log_w, n_dropped)
 
 
-def _single_factor_stats(codes, levels, Zp, z_names, vcols, v_names, w, sw, Z, keys, G,
+def _single_factor_stats(primary_keys, Zp, z_names, vcols, v_names, w, sw, Z, keys, G,
                          layout: Layout, n: int, sum_log_w: float,
                          n_dropped: int) -> PartitionStats:
-    """Fast path without nested factors: every block is ``q_P x q_P``, so each entry of ``A``
-    and ``B`` is one weighted ``bincount`` over the rows (a few ns a row), computed once per
-    distinct pair of column names. Products go through one reused buffer: a fresh large array
-    costs page faults on every partition."""
-    m, s, k, nG = len(levels), Zp.shape[1], layout.k, layout.n_G
-    sums: dict[tuple[str, str], np.ndarray] = {}
-    buf = scratch("product", n)
+    """Fast path without nested factors: every block is ``q_P x q_P``, so each entry of ``A``,
+    ``B`` and ``V'WV`` is a per-level sum of one product of columns. Each distinct pair of
+    column names is summed once (``(x | g)`` with ``y ~ x`` needs 6 sums per level, not 12),
+    all of them in one compiled pass over the rows (:func:`level_pair_sums`)."""
+    s, k, nG = Zp.shape[1], layout.k, layout.n_G
+    col_of: dict[str, int] = {}
+    cols: list[np.ndarray] = []
+    pair_of: dict[tuple[int, int], int] = {}
 
-    def level_sum(na: str, a: np.ndarray, nb: str, b: np.ndarray) -> np.ndarray:
-        key = (na, nb) if na <= nb else (nb, na)
-        if key not in sums:
-            factors = [v for name, v in ((na, a), (nb, b)) if name != "(Intercept)"]
-            if w is not None:
-                factors.append(w)
-            if not factors:
-                prod = None
-            elif len(factors) == 1:
-                prod = factors[0]
-            else:
-                prod = np.multiply(factors[0], factors[1], out=buf)
-                for v in factors[2:]:
-                    np.multiply(prod, v, out=buf)
-            sums[key] = np.bincount(codes, prod, minlength=m).astype(float)
-        return sums[key]
+    def pair(na: str, a: np.ndarray, nb: str, b: np.ndarray) -> int:
+        ids = []
+        for name, v in ((na, a), (nb, b)):
+            if name == "(Intercept)":
+                ids.append(ONES)
+                continue
+            if name not in col_of:
+                col_of[name] = len(cols)
+                cols.append(v)
+            ids.append(col_of[name])
+        key = (min(ids), max(ids))
+        return pair_of.setdefault(key, len(pair_of))
 
+    a_idx = {(i, j): pair(z_names[i], Zp[:, i], z_names[j], Zp[:, j])
+             for i in range(s) for j in range(i, s)}
+    b_idx = {(i, j): pair(z_names[i], Zp[:, i], v_names[j], v)
+             for i in range(s) for j, v in enumerate(vcols)}
+    g_idx = {(a, b): pair(v_names[a], vcols[a], v_names[b], vcols[b])
+             for a in range(len(vcols)) for b in range(a, len(vcols))}
+    sums, levels, codes = level_pair_sums(primary_keys, cols, np.array(list(pair_of)), w,
+                                          want_codes=bool(nG))
+    m = len(levels)
     A = np.empty((m, s, s))
     B = np.empty((s, k, m))
-    for i in range(s):
-        zi = Zp[:, i]
-        for j in range(i, s):
-            A[:, i, j] = A[:, j, i] = level_sum(z_names[i], zi, z_names[j], Zp[:, j])
-        for j, v in enumerate(vcols):
-            B[i, nG + j] = level_sum(z_names[i], zi, v_names[j], v)
-    # V'WV: totals of the per-level sums already made, a dot product for the others
-    for a, va in enumerate(vcols):
-        for b in range(a, len(vcols)):
-            key = tuple(sorted((v_names[a], v_names[b])))
-            if key in sums:
-                tot = sums[key].sum()
-            else:
-                tot = float(np.dot(va if w is None else np.multiply(va, w, out=buf), vcols[b]))
-            G[nG + a, nG + b] = G[nG + b, nG + a] = tot
+    for (i, j), ix in a_idx.items():
+        A[:, i, j] = A[:, j, i] = sums[ix]
+    for (i, j), ix in b_idx.items():
+        B[i, nG + j] = sums[ix]
+    for (a, b), ix in g_idx.items():
+        G[nG + a, nG + b] = G[nG + b, nG + a] = sums[ix].sum()
     if not nG:
         return PartitionStats([LevelGroup((), levels, [], A, B)], G, n, sum_log_w, n_dropped)
     ZG = _global_matrix(Z, keys, layout, sw if sw is not None else np.ones(n))
@@ -338,24 +315,21 @@ def _single_factor_stats(codes, levels, Zp, z_names, vcols, v_names, w, sw, Z, k
     return PartitionStats([LevelGroup((), levels, [], A, B)], G, n, sum_log_w, n_dropped)
 
 
-def factorize(keys: np.ndarray, reuse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes and sorted distinct keys. Integer keys over a compact range are mapped by direct
-    indexing (a few passes, no hashing); anything else goes through ``pandas.factorize``.
-    With ``reuse`` the codes live in a :func:`scratch` vector (valid until the next call)."""
+    indexing (a few passes, no hashing); anything else goes through ``pandas.factorize``."""
     n = len(keys)
     if keys.dtype.kind in "iu" and n:
         lo, hi = int(keys.min()), int(keys.max())
         if hi - lo <= 4 * n + 1024:
             off = keys
             if lo:
-                off = np.subtract(keys, lo, out=scratch("factorize_off", n, keys.dtype)
-                                  if reuse else None)
+                off = keys - lo
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[off] = True
             remap = np.cumsum(present, dtype=np.intp) - 1  # intp: bincount would cast otherwise
             # mode="clip": every offset is in range by construction, and "raise" buffers `out`
-            codes = np.take(remap, off, out=scratch("factorize_codes", n, np.intp)
-                            if reuse else None, mode="clip")
+            codes = np.take(remap, off, mode="clip")
             return codes, np.flatnonzero(present) + lo
     codes, uniq = pd.factorize(keys, sort=True)
     return codes, np.asarray(uniq)

@@ -7,8 +7,8 @@ error.
 
 Every pair agrees to 1e-8: the same partitioning on 1 or 3 workers, gathered or distributed
 evaluation (bit for bit in practice: the reduction order follows partitions, not workers), and
-1 versus 7 partitions, where rows are summed in another order. For the last, BOBYQA alone stops
-~1e-7 apart; the Newton polish (``optimizer_options["polish"]``, on by default) brings the
+1 versus 7 partitions, where rows are summed in another order. For the last, BOBYQA alone can stop
+several 1e-8 apart; the Newton polish (``optimizer_options["polish"]``, on by default) brings the
 fits together, and ``test_without_polish_fits_differ_by_more`` shows the test can tell.
 """
 
@@ -81,16 +81,26 @@ def test_fit_invariant_to_workers_partitions_and_mode(clients, seed, formula, ng
 
 
 def test_without_polish_fits_differ_by_more(clients):
-    """The polish is what brings 1 and 7 partitions to 1e-8 (a known example where BOBYQA
-    alone stops ~4e-8 apart): guards against the invariance test passing vacuously."""
-    df = simulate(62609, 28, 400)
-    formula = FORMULAS[1]
+    """The polish is what brings 1 and 7 partitions to 1e-8: guards against the invariance
+    test passing vacuously. Which data make BOBYQA alone stop more than 1e-8 apart depends on
+    rounding in the statistics, so the test looks for such a case among a few seeds (most
+    have one; the nested formula most often) and then shows that the polished fits agree on it."""
     opts = {"polish": False}
-    a = daskmm.lmm(formula, df, client=clients[0], npartitions=1, optimizer_options=opts)
-    b = daskmm.lmm(formula, df, client=clients[1], npartitions=7, optimizer_options=opts)
-    gap = np.linalg.norm(a.theta - b.theta) / np.linalg.norm(a.theta)
-    assert gap > 1e-8
-    pa = daskmm.lmm(formula, df, client=clients[0], npartitions=1)
-    pb = daskmm.lmm(formula, df, client=clients[1], npartitions=7)
+    found = None
+    for formula in (FORMULAS[2], FORMULAS[1]):
+        for seed in range(62609, 62621):
+            df = simulate(seed, 28, 400)
+            a = daskmm.lmm(formula, df, client=clients[0], npartitions=1,
+                           optimizer_options=opts)
+            b = daskmm.lmm(formula, df, client=clients[1], npartitions=7,
+                           optimizer_options=opts)
+            if np.linalg.norm(a.theta - b.theta) > 1e-8 * np.linalg.norm(a.theta):
+                found = df
+                break
+        if found is not None:
+            break
+    assert found is not None, "BOBYQA alone agreed to 1e-8 on every case tried"
+    pa = daskmm.lmm(formula, found, client=clients[0], npartitions=1)
+    pb = daskmm.lmm(formula, found, client=clients[1], npartitions=7)
     assert pa.optinfo["polished"] and pb.optinfo["polished"]
     assert_rel_norm(pb.theta, pa.theta, 1e-8)
