@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 from distributed import Client
 
-from daskmm.data.io import DataLike, read_data
+from daskmm.data.io import DataLike, open_data
+from daskmm.data.manifest import Manifest
 from daskmm.distributed.client import client_for
 from daskmm.distributed.evaluator import DistributedEvaluator, GatheredEvaluator
 from daskmm.distributed.passes import (
@@ -111,10 +112,13 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         raise ValueError(f"mode={mode!r}; allowed: 'auto', 'gathered', 'distributed'")
     t0 = time.perf_counter()
     parsed = parse_formula(formula)
-    ddf = read_data(data, npartitions=npartitions)
+    ddf, manifest = open_data(data, npartitions=npartitions)
     with client_for(client) as c:
-        prob = prepare_problem(c, parsed, ddf, factors or [], weights, mode)
+        prob = prepare_problem(c, parsed, ddf, factors or [], weights, mode, manifest)
         t1 = time.perf_counter()
+        log.info("optimising: %d rows, %s, %s evaluation", prob.n,
+                 ", ".join(f"{k} {v} levels" for k, v in prob.ngroups.items()),
+                 prob.evaluator.mode)
         theta, opt = _optimise(prob, reml, optimizer_options or {})
         t2 = time.perf_counter()
         result = _result(prob, parsed, theta, opt, reml)
@@ -126,8 +130,14 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
 
 # ------------------------------------------------------------------ step 1 and 2
 def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
-                    factors: list[str], weights: str | None, mode: str) -> Problem:
+                    factors: list[str], weights: str | None, mode: str,
+                    manifest: Manifest | None = None) -> Problem:
     """Steps 1 and 2: freeze the spec, run the statistics pass, pick the evaluator.
+
+    With the ``manifest`` of an ingested dataset the levels of categorical columns are read
+    from it (the dataset holds no missing values, so they are exactly the levels lme4 would
+    keep) and no metadata pass runs unless several grouping factors need their combinations
+    (nesting) examined.
 
     The returned problem evaluates the profiled criterion at any ``theta`` with
     :func:`objective`; :func:`lmm` optimises it.
@@ -148,17 +158,22 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
         raise DataError(f"weights column {weights!r} is not numeric ({schema[weights]}); "
                         "prior weights must be positive numbers")
     factor_names = list(dict.fromkeys(b.factor_name for b in parsed.bars))
-    need_meta = bool(cat_cols) or len(factor_names) > 1
     categorical: dict[str, list[str]] = {}
     factor_levels: dict[str, list[str]] = {}
     combos = None
-    if need_meta:
-        meta = metadata_pass(client, ddf, used, cat_cols, group_cols)
+    from_manifest = [c for c in cat_cols if manifest is not None
+                     and (manifest.levels.get(c) or {}).get("file")]
+    for c in from_manifest:
+        categorical[c] = sorted_levels(manifest.level_table(c)["level"])
+    scan = [c for c in cat_cols if c not in from_manifest]
+    if scan or len(factor_names) > 1:
+        several = len(factor_names) > 1
+        meta = metadata_pass(client, ddf, used, scan, group_cols if several else [])
         if meta["n"] == 0:
             raise DataError("no rows left after dropping rows with missing values")
-        categorical = {c: sorted_levels(meta["levels"][c]) for c in cat_cols}
+        categorical.update({c: sorted_levels(meta["levels"][c]) for c in scan})
         combos = meta["combos"]
-        for name in factor_names:
+        for name in factor_names if several else []:
             cols = name.split(":")
             factor_levels[name] = _sorted_factor_levels(FactorSpec(name, tuple(cols)), combos)
     spec = ModelSpec.build(parsed, {c: schema[c] for c in used}, categorical, weights,

@@ -8,9 +8,26 @@ import dask.dataframe as dd
 import fsspec
 import pandas as pd
 
+from daskmm.data.manifest import Manifest, read_manifest
 from daskmm.errors import DataError
 
 DataLike = str | os.PathLike | pd.DataFrame | dd.DataFrame
+
+
+def open_data(data: DataLike, npartitions: int | None = None
+              ) -> tuple[dd.DataFrame, Manifest | None]:
+    """:func:`read_data`, and the dataset's manifest when ``data`` is a local dataset written
+    by ``daskmm ingest`` or ``daskmm simulate`` (one partition per bucket), else None."""
+    if isinstance(data, (str, os.PathLike)) and "://" not in os.fspath(data):
+        manifest = read_manifest(data)
+        if manifest is not None:
+            paths = manifest.bucket_paths(data)
+            missing = [q for q in paths if not os.path.exists(q)]
+            if missing:
+                raise DataError(f"dataset {os.fspath(data)!r} is incomplete: {missing[0]!r} "
+                                "is missing; re-run the ingest")
+            return dd.read_parquet(paths, split_row_groups=False), manifest
+    return read_data(data, npartitions), None
 
 
 def read_data(data: DataLike, npartitions: int | None = None,

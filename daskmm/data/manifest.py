@@ -66,7 +66,8 @@ class Manifest:
     rows : list of int
         Rows per bucket.
     levels : dict
-        Categorical column -> ``{"n_levels": int, "file": "_levels/<col>.parquet"}``.
+        Categorical column -> ``{"n_levels": int, "file": "_levels/NNN.parquet"}`` (both None
+        for a column with too many distinct values to be a factor, such as a row id).
     na_action : str
         ``"omit"`` or ``"fail"``.
     na_dropped : dict
@@ -88,6 +89,7 @@ class Manifest:
     source: str = ""
     extra: dict = field(default_factory=dict)
     format: str = FORMAT
+    root = ""  # the directory it was read from (a class attribute: not written)
 
     @property
     def nrows(self) -> int:
@@ -99,13 +101,14 @@ class Manifest:
     def bucket_paths(self, path: str | os.PathLike) -> list[str]:
         return [str(Path(path) / bucket_file(i)) for i in range(self.buckets)]
 
-    def level_table(self, path: str | os.PathLike, column: str) -> pd.DataFrame:
-        """``level, count`` of a categorical column, in sorted level order."""
-        if column not in self.levels:
+    def level_table(self, column: str, path: str | os.PathLike | None = None) -> pd.DataFrame:
+        """``level, count`` of a categorical column, in sorted level order (``path``: the
+        dataset directory, by default the one the manifest was read from)."""
+        if column not in self.levels or self.levels[column].get("file") is None:
             raise DataError(f"the dataset manifest records no levels for column {column!r} "
                             f"(a floating-point column); levels are recorded for: "
                             f"{', '.join(sorted(self.levels)) or 'none'}")
-        return pd.read_parquet(Path(path) / self.levels[column]["file"])
+        return pd.read_parquet(Path(path or self.root) / self.levels[column]["file"])
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest | None:
@@ -121,4 +124,6 @@ def read_manifest(path: str | os.PathLike) -> Manifest | None:
     if d.get("format") != FORMAT:
         raise DataError(f"dataset manifest {str(p)!r} has format {d.get('format')!r}; "
                         f"this daskmm reads {FORMAT!r}; re-run the ingest")
-    return Manifest(**d)
+    m = Manifest(**d)
+    m.root = str(path)
+    return m

@@ -15,13 +15,15 @@ log = logging.getLogger("daskmm")
 
 
 @contextlib.contextmanager
-def client_for(client: Client | str | None = None, timeout: float = 10.0) -> Iterator[Client]:
+def client_for(client: Client | str | None = None, timeout: float = 10.0,
+               local: dict | None = None) -> Iterator[Client]:
     """Yield a client: the one given, one for a scheduler address, the current one, or a new
     LocalCluster (closed again on exit).
 
     ``client`` may be a :class:`distributed.Client`, a scheduler address (``tcp://host:8786``),
     or None: then ``DASK_SCHEDULER_ADDRESS`` if set, else the current client, else a
-    LocalCluster sized to this machine.
+    LocalCluster sized to this machine (``local``: its ``n_workers``, ``threads_per_worker``,
+    ``memory_limit``; one thread per worker process by default).
     """
     if isinstance(client, Client):
         yield client
@@ -43,7 +45,8 @@ def client_for(client: Client | str | None = None, timeout: float = 10.0) -> Ite
         return
     except ValueError:
         pass
-    log.info("starting a LocalCluster")
-    with LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
+    kwargs = {"threads_per_worker": 1, **(local or {})}
+    log.info("starting a LocalCluster (%s)", ", ".join(f"{k}={v}" for k, v in kwargs.items()))
+    with LocalCluster(processes=True, dashboard_address=None, **kwargs) as cluster, \
             Client(cluster) as c:
         yield c

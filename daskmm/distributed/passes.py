@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from distributed import Client, Future
 
+from daskmm.distributed.progress import track
 from daskmm.formula.spec import FactorSpec, ModelSpec
 from daskmm.kernels.stats import (
     Layout,
@@ -85,7 +86,9 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
     layout_d = dask.delayed(layout, name=f"daskmm-layout-{tok}", traverse=False)
     tasks = [dask.delayed(_stats_partition, name=f"daskmm-stats-{tok}-{i}", pure=False)(
         p, spec_d, layout_d) for i, p in enumerate(ddf.to_delayed())]
-    return client.compute(tasks)
+    futures = client.compute(tasks)
+    track(futures, "statistics pass")
+    return futures
 
 
 def _summary(stats: PartitionStats) -> tuple[np.ndarray, dict]:

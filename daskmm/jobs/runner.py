@@ -1,0 +1,109 @@
+"""``daskmm run JOB.yaml``: make the data if needed, fit, write the results atomically.
+
+Steps, each skipped when its product is already there:
+
+1. **simulate** (``simulate:``) into ``data`` unless a dataset is there;
+2. **ingest** (``ingest:``) ``data`` into ``ingest.out`` unless a dataset with the same key
+   is there;
+3. **fit** and write ``summary.json``, ``summary.txt``, ``fixef.parquet``, ``ranef.parquet``
+   and ``job.json`` into a temporary sibling of ``output``; ``_SUCCESS`` (holding the job's
+   fingerprint) is written last and the directory renamed into place.
+
+A finished job (``output/_SUCCESS`` with the same fingerprint) is not run again unless
+``force``. A run killed at any point leaves no ``output`` that looks complete: at worst a
+hidden ``.NAME.tmp-*`` directory, which the next run ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from daskmm.data.manifest import read_manifest
+from daskmm.jobs.spec import Job, JobError, load_job
+
+log = logging.getLogger("daskmm")
+
+SUCCESS = "_SUCCESS"
+
+
+def is_done(job: Job) -> bool:
+    marker = job.output / SUCCESS
+    return marker.is_file() and marker.read_text().strip() == job.fingerprint()
+
+
+def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
+            force: bool = False) -> dict:
+    """Run a job (a :class:`Job` or a job file path).
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Scheduler address; overrides ``cluster.scheduler`` (``DASK_SCHEDULER_ADDRESS`` is used
+        when neither is given).
+    force : bool
+        Run even when the output is complete for this job.
+
+    Returns
+    -------
+    dict
+        ``{"status": "done" | "skipped", "output": path, "timing": {...}}``.
+    """
+    import daskmm
+    from daskmm.cli import write_outputs
+    from daskmm.data.ingest import ingest
+    from daskmm.data.simulate import simulate
+    from daskmm.distributed.client import client_for
+
+    if not isinstance(job, Job):
+        job = load_job(job)
+    if is_done(job) and not force:
+        log.info("job %r is already done (%s); use --force to run it again", job.name,
+                 job.output)
+        return {"status": "skipped", "output": str(job.output), "timing": {}}
+    cluster = dict(job.cluster or {})
+    address = scheduler or cluster.pop("scheduler", None)
+    mode = cluster.pop("mode", "auto")
+    timing: dict[str, float] = {}
+    with client_for(address, local=cluster) as client:
+        data = job.data
+        if job.simulate:
+            if read_manifest(data) is None:
+                t = time.perf_counter()
+                log.info("simulating %d rows into %s", job.simulate["rows"], data)
+                simulate(data, client=client, force=os.path.exists(data), **job.simulate)
+                timing["simulate_s"] = time.perf_counter() - t
+            else:
+                log.info("using the simulated dataset at %s", data)
+        if job.ingest:
+            ing = job.ingest
+            have = read_manifest(ing["out"])
+            if have is None or have.key != ing["by"] or force:
+                t = time.perf_counter()
+                log.info("ingesting %s into %s by %r", data, ing["out"], ing["by"])
+                ingest(data, ing["by"], ing["out"], buckets=ing.get("buckets"),
+                       na_action=ing.get("na_action", "omit"), factors=list(job.factors),
+                       client=client, force=True)
+                timing["ingest_s"] = time.perf_counter() - t
+            else:
+                log.info("using the dataset at %s (key %r)", ing["out"], have.key)
+            data = ing["out"]
+        if job.family != "gaussian":  # the schema allows only gaussian for now
+            raise JobError(f"family {job.family!r} is not available")
+        t = time.perf_counter()
+        result = daskmm.lmm(job.formula, data, reml=job.method == "REML",
+                            factors=list(job.factors), weights=job.weights, client=client,
+                            mode=mode)
+        timing["fit_s"] = time.perf_counter() - t
+
+    def extra(tmp: Path) -> None:
+        (tmp / "job.json").write_text(json.dumps({"name": job.name, "job": job.raw,
+                                                  "timing": timing}, indent=2) + "\n")
+        (tmp / SUCCESS).write_text(job.fingerprint() + "\n")
+
+    write_outputs(result, job.output, extra=extra)
+    log.info("job %r done: %s", job.name, job.output)
+    return {"status": "done", "output": str(job.output), "timing": timing, "result": result}

@@ -1,0 +1,189 @@
+"""The job file: its schema, and loading it with errors that name the field.
+
+A job file is YAML::
+
+    name: sleepstudy                    # optional; default: the file's stem
+    data: ../examples/sleepstudy.csv    # CSV, Parquet or a daskmm dataset
+    ingest:                             # optional: bucket the data by a factor first
+      by: Subject
+      out: ../work/sleepstudy.dataset   # where the dataset goes
+      buckets: 4                        # optional
+      na_action: omit                   # omit (lme4's na.omit) | fail
+    simulate:                           # optional, instead of an existing `data`: create it
+      rows: 100000000                   #   (written to `data` unless it exists)
+      groups: 100000
+    formula: "Reaction ~ Days + (Days | Subject)"
+    family: gaussian
+    method: REML                        # REML | ML
+    factors: []                         # columns to treat as categorical
+    weights: null                       # column of prior weights
+    output: ../results/sleepstudy       # result directory
+    cluster:                            # optional
+      scheduler: tcp://10.0.0.5:8786    # join this scheduler ...
+      n_workers: 2                      # ... or start a LocalCluster of this shape
+      threads_per_worker: 1
+      memory_limit: 4GB
+      mode: auto                        # auto | gathered | distributed
+
+Relative paths are taken from the job file's directory, so a job runs the same from anywhere.
+The schema (:data:`SCHEMA`) is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from daskmm.errors import DaskmmError
+
+
+class JobError(DaskmmError):
+    """The job file is missing, unreadable or does not follow the schema."""
+
+
+_CLUSTER = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "scheduler": {"type": ["string", "null"]},
+        "n_workers": {"type": "integer", "minimum": 1},
+        "threads_per_worker": {"type": "integer", "minimum": 1},
+        "memory_limit": {"type": ["string", "integer"]},
+        "mode": {"enum": ["auto", "gathered", "distributed"]},
+    },
+}
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "daskmm job",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["data", "formula", "output"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "data": {"type": "string", "minLength": 1},
+        "ingest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["by", "out"],
+            "properties": {
+                "by": {"type": "string", "minLength": 1},
+                "out": {"type": "string", "minLength": 1},
+                "buckets": {"type": "integer", "minimum": 1},
+                "na_action": {"enum": ["omit", "fail"]},
+            },
+        },
+        "simulate": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["rows"],
+            "properties": {
+                "rows": {"type": "integer", "minimum": 1},
+                "groups": {"type": "integer", "minimum": 2},
+                "crossed": {"type": "integer", "minimum": 0},
+                "buckets": {"type": "integer", "minimum": 1},
+                "seed": {"type": "integer"},
+            },
+        },
+        "formula": {"type": "string", "minLength": 1},
+        "family": {"enum": ["gaussian"]},
+        "method": {"enum": ["REML", "ML"]},
+        "factors": {"type": "array", "items": {"type": "string"}},
+        "weights": {"type": ["string", "null"]},
+        "output": {"type": "string", "minLength": 1},
+        "cluster": _CLUSTER,
+    },
+}
+
+
+@dataclass
+class Job:
+    """A validated job, paths resolved against the job file's directory."""
+
+    name: str
+    data: str
+    formula: str
+    output: Path
+    family: str = "gaussian"
+    method: str = "REML"
+    factors: tuple[str, ...] = ()
+    weights: str | None = None
+    ingest: dict | None = None
+    simulate: dict | None = None
+    cluster: dict | None = None
+    raw: dict | None = None
+
+    def fingerprint(self) -> str:
+        """Hash of what determines the result (the parsed job, not its file's formatting)."""
+        d = dict(self.raw or {})
+        d.pop("cluster", None)  # where it runs does not change the numbers
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _where(err: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "top level"
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    where = _where(err)
+    v = err.validator
+    sch = err.schema
+    if v == "additionalProperties":
+        allowed = ", ".join(sorted(sch.get("properties", {})))
+        extra = sorted(set(err.instance) - set(sch.get("properties", {})))
+        return f"unknown field {extra[0]!r} at {where}; allowed fields: {allowed}"
+    if v == "required":
+        return f"{err.message.split(' is a required')[0]} is required at {where}"
+    if v == "enum":
+        return (f"{where} is {err.instance!r}; allowed: "
+                f"{', '.join(repr(x) for x in sch['enum'])}")
+    if v == "type":
+        want = sch["type"] if isinstance(sch["type"], str) else " or ".join(sch["type"])
+        return f"{where} should be {want}; got {err.instance!r}"
+    return f"{where}: {err.message}"
+
+
+def validate(doc: object, source: str = "job file") -> None:
+    """Raise :class:`JobError` for the first schema violation, naming the field."""
+    if not isinstance(doc, dict):
+        raise JobError(f"{source}: a job file is a YAML mapping (name: value lines); "
+                       f"got {type(doc).__name__}")
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path),
+                                                               str(e.absolute_path)))
+    if errors:
+        raise JobError(f"{source}: {_message(errors[0])}")
+
+
+def load_job(path: str | os.PathLike) -> Job:
+    """Read and validate a job file."""
+    p = Path(path)
+    if not p.is_file():
+        raise JobError(f"job file {str(p)!r} does not exist")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise JobError(f"job file {str(p)!r} is not valid YAML{at}: "
+                       f"{getattr(exc, 'problem', exc)}") from exc
+    validate(doc, f"job file {str(p)!r}")
+    base = p.resolve().parent
+
+    def resolve(s: str) -> str:
+        return s if "://" in s or os.path.isabs(s) else str((base / s).resolve())
+
+    ingest = dict(doc["ingest"]) if "ingest" in doc else None
+    if ingest:
+        ingest["out"] = resolve(ingest["out"])
+    return Job(name=doc.get("name", p.stem), data=resolve(doc["data"]), formula=doc["formula"],
+               output=Path(resolve(doc["output"])), family=doc.get("family", "gaussian"),
+               method=doc.get("method", "REML"), factors=tuple(doc.get("factors", [])),
+               weights=doc.get("weights"), ingest=ingest, simulate=doc.get("simulate"),
+               cluster=doc.get("cluster"), raw=doc)
