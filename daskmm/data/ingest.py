@@ -233,17 +233,18 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
     tok = uuid.uuid4().hex[:8]
     try:
         with client_for(client) as c:
-            parts = [dask.delayed(_split, name=f"daskmm-ingest-split-{tok}-{i}", pure=False)(
-                p, i, by, nb, str(tmp), na_action, level_cols)
-                for i, p in enumerate(ddf.to_delayed())]
+            split = dask.delayed(_split, pure=False)
+            parts = [split(p, i, by, nb, str(tmp), na_action, level_cols,
+                           dask_key_name=f"daskmm-ingest-split-{tok}-{i}")
+                     for i, p in enumerate(ddf.to_delayed())]
             level = 0
             while len(parts) > 1:
-                parts = [dask.delayed(_combine, name=f"daskmm-ingest-combine-{tok}-{level}-{j}",
-                                      pure=False)(parts[j:j + 8])
-                         for j in range(0, len(parts), 8)]
+                parts = [dask.delayed(_combine, pure=False)(
+                    parts[j:j + 8], dask_key_name=f"daskmm-ingest-combine-{tok}-{level}-{j}")
+                    for j in range(0, len(parts), 8)]
                 level += 1
-            final = dask.delayed(_finish_levels, name=f"daskmm-ingest-levels-{tok}",
-                                 pure=False)(parts[0], str(tmp))
+            final = dask.delayed(_finish_levels, pure=False)(
+                parts[0], str(tmp), dask_key_name=f"daskmm-ingest-levels-{tok}")
             fut = c.compute(final)
             track([fut], "ingest: split")
             total = fut.result()

@@ -56,13 +56,14 @@ def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorica
     """Levels of the categorical columns and the distinct combinations of the grouping columns
     (rows with a missing value in a used column dropped), as a tree reduction."""
     tok = _token()
-    parts = [dask.delayed(_meta_partition, name=f"daskmm-meta-{tok}-{i}", pure=False)(
-        p, used, categorical, group_cols) for i, p in enumerate(ddf.to_delayed())]
+    meta = dask.delayed(_meta_partition, pure=False)
+    parts = [meta(p, used, categorical, group_cols, dask_key_name=f"daskmm-meta-{tok}-{i}")
+             for i, p in enumerate(ddf.to_delayed())]
     level = 0
     while len(parts) > 1:
-        parts = [dask.delayed(_meta_combine, name=f"daskmm-meta-combine-{tok}-{level}-{j}",
-                              pure=False)(parts[j:j + split_every])
-                 for j in range(0, len(parts), split_every)]
+        parts = [dask.delayed(_meta_combine, pure=False)(
+            parts[j:j + split_every], dask_key_name=f"daskmm-meta-combine-{tok}-{level}-{j}")
+            for j in range(0, len(parts), split_every)]
         level += 1
     if not parts:
         return {"levels": {c: np.array([]) for c in categorical}, "combos": None, "n": 0}
@@ -84,8 +85,9 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
     tok = _token()
     spec_d = dask.delayed(spec, name=f"daskmm-spec-{tok}", traverse=False)
     layout_d = dask.delayed(layout, name=f"daskmm-layout-{tok}", traverse=False)
-    tasks = [dask.delayed(_stats_partition, name=f"daskmm-stats-{tok}-{i}", pure=False)(
-        p, spec_d, layout_d) for i, p in enumerate(ddf.to_delayed())]
+    stats = dask.delayed(_stats_partition, pure=False)
+    tasks = [stats(p, spec_d, layout_d, dask_key_name=f"daskmm-stats-{tok}-{i}")
+             for i, p in enumerate(ddf.to_delayed())]
     futures = client.compute(tasks)
     track(futures, "statistics pass")
     return futures

@@ -21,14 +21,16 @@ def track(futures: list[Future], label: str, every_s: float = 5.0) -> None:
     """
     if not futures:
         return
+    client = futures[0].client  # not necessarily the default client (set_as_default=False)
     if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
         from distributed.diagnostics.progressbar import progress
         log.info("%s", label)
-        progress(futures, notebook=False, multi=False)
+        with client.as_current():
+            progress(futures, notebook=False, multi=False)
         print(file=sys.stderr)
         return
     total, done, last = len(futures), 0, time.monotonic()
-    for _ in as_completed(futures):
+    for _ in as_completed(futures, loop=client.loop):
         done += 1
         now = time.monotonic()
         if now - last >= every_s and done < total:
