@@ -89,15 +89,19 @@ def _split(df: pd.DataFrame, i: int, key: str, buckets: int, tmp: str, na_action
                 na[str(df.columns[j])] = int(((first == j) & any_missing).sum())
             df = df.loc[~any_missing]
     b = bucket_of(df[key], buckets)
+    if buckets <= 2 ** 16:  # numpy's stable sort of 16-bit keys is a radix sort: O(n)
+        b = b.astype(np.uint16)
     order = np.argsort(b, kind="stable")
     table = pa.Table.from_pandas(df.iloc[order], preserve_index=False)
     bs = b[order]
-    counts = np.bincount(bs, minlength=buckets)
+    counts = np.bincount(bs.astype(np.intp), minlength=buckets)
     starts = np.concatenate([[0], np.cumsum(counts)])
     for j in np.flatnonzero(counts):
         d = Path(tmp) / "_parts" / f"b{j:05d}"
         d.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.slice(starts[j], counts[j]), d / f"p{i:06d}.parquet")
+        # temporary pieces, read once by the compact pass: not worth compressing
+        pq.write_table(table.slice(starts[j], counts[j]), d / f"p{i:06d}.parquet",
+                       compression="none")
     levels = {c: df[c].value_counts(sort=False) for c in level_cols}
     return {"rows": counts, "na": na, "dtypes": [{c: str(t) for c, t in df.dtypes.items()}],
             "levels": levels, "n_in": n_in}

@@ -174,6 +174,12 @@ def quantity_bytes(q: str | int) -> int:
     return int(float(m.group(1)) * (1024 if unit.endswith("i") else 1000) ** power)
 
 
+def cpu_cores(q: str | int | float) -> float:
+    """A Kubernetes CPU quantity (``2``, ``"1"``, ``500m``) in cores."""
+    q = str(q)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
 def option(argv: list[str], flag: str) -> str | None:
     """The value after ``flag`` in ``argv`` (``--flag value`` or ``--flag=value``)."""
     for k, w in enumerate(argv):
@@ -292,8 +298,8 @@ def test_dask_commands_parse(doc: dict[str, Any]) -> None:
         if role == "worker":
             limits = c["resources"]["limits"]
             assert parse_bytes(option(argv, "--memory-limit")) == quantity_bytes(limits["memory"])
-            assert int(option(argv, "--nthreads")) <= float(limits["cpu"])
-            assert "$(DASK_WORKER_NAME)" == option(argv, "--name")
+            assert int(option(argv, "--nthreads")) <= max(1.0, cpu_cores(limits["cpu"]))
+            assert option(argv, "--name") == "$(DASK_WORKER_NAME)"
             dash = int(option(argv, "--dashboard-address").rsplit(":", 1)[-1])
             assert {"name": "http-dashboard", "containerPort": dash, "protocol": "TCP"} \
                 in c["ports"]
@@ -310,9 +316,10 @@ def test_job_runs_a_valid_job_file(doc: dict[str, Any]) -> None:
     args = _parser().parse_args(argv[1:])
     assert args.command == "run" and args.scheduler is None  # the operator's address is used
     if command_line(c)[:1] in (["/bin/sh"], ["sh"]):  # the wait-for-scheduler snippet compiles
-        for k, w in enumerate(words := shlex.split(command_line(c)[2])):
-            if w == "-c" and words[k - 1] == "python":
-                compile(words[k + 1], "<python -c>", "exec")
+        words = shlex.split(command_line(c)[2])
+        for k in range(len(words) - 2):
+            if words[k:k + 2] == ["python", "-c"]:
+                compile(words[k + 2], "<python -c>", "exec")
     job_path = args.job
     assert posixpath.isabs(job_path)
     repo_job = df.source_of(job_path)
@@ -339,8 +346,10 @@ def test_job_runs_a_valid_job_file(doc: dict[str, Any]) -> None:
               {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}}
 
     def on_shared(p: str) -> bool:
-        return "://" in p or any(p.startswith(s + "/") for s in shared)
+        return any(p.startswith(s + "/") for s in shared)
 
+    # written with local file operations (the runner renames what the workers wrote): these
+    # must be on the volume the runner and the workers share
     written = [in_image(raw["output"])]
     if "ingest" in raw:
         written.append(in_image(raw["ingest"]["out"]))
@@ -348,7 +357,7 @@ def test_job_runs_a_valid_job_file(doc: dict[str, Any]) -> None:
         written.append(in_image(raw["data"]))
     else:  # input data: a URL, on the shared volume, or copied into the image
         data = in_image(raw["data"])
-        assert on_shared(data) or (df.source_of(data) or Path("/nonexistent")).exists(), data
+        assert "://" in data or on_shared(data) or (df.source_of(data) or Path("/-")).exists()
     assert all(on_shared(p) for p in written), (written, shared)
 
 
@@ -360,15 +369,30 @@ def test_plain_objects_validate_against_kubernetes(name: str, doc: dict[str, Any
     assert k8s_error(doc) is None
 
 
-def test_claims_used_by_daskjobs_are_defined() -> None:
-    """Every persistentVolumeClaim a DaskJob mounts is a PVC under deploy/."""
-    claims = {d["metadata"]["name"] for _, d in all_documents()
-              if d["kind"] == "PersistentVolumeClaim"}
+def all_pod_specs() -> list[dict[str, Any]]:
+    """Every PodSpec under deploy/: the DaskJobs' three and those of plain Pods."""
+    specs = [d["spec"] for _, d in all_documents() if d["kind"] == "Pod"]
     for param in daskjobs():
-        for pod in pods(param.values[0]).values():
-            for v in pod.get("volumes", []):
-                if "persistentVolumeClaim" in v:
-                    assert v["persistentVolumeClaim"]["claimName"] in claims
+        specs.extend(pods(param.values[0]).values())
+    return specs
+
+
+def test_claims_and_configmaps_used_are_defined() -> None:
+    """Every PersistentVolumeClaim and ConfigMap a pod mounts is defined under deploy/."""
+    defined = {(d["kind"], d["metadata"]["name"]) for _, d in all_documents()}
+    for spec in all_pod_specs():
+        for v in spec.get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) \
+                    in defined
+            if "configMap" in v:
+                assert ("ConfigMap", v["configMap"]["name"]) in defined
+
+
+def test_one_image_everywhere() -> None:
+    """All containers run the same image (one name to replace with your registry's)."""
+    images = {c["image"] for spec in all_pod_specs() for c in spec["containers"]}
+    assert len(images) == 1, images
 
 
 def test_container_ports_are_exposed_by_the_image() -> None:
@@ -405,6 +429,16 @@ def test_crd_rejects_wrong_types_and_missing_fields(example: dict[str, Any]) -> 
                for e in errors), errors
     del example["spec"]["cluster"]
     assert any("'cluster' is a required property" in e for e in crd_errors(example))
+
+
+def test_crd_rejects_numeric_probe_and_target_ports(example: dict[str, Any]) -> None:
+    """The generated CRD types int-or-string ports as strings, so numbers are refused (see
+    dask/dask-kubernetes#778): the manifests use the ports' names."""
+    scheduler = example["spec"]["cluster"]["spec"]["scheduler"]
+    scheduler["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = 8787
+    scheduler["service"]["ports"][0]["targetPort"] = 8786
+    errors = crd_errors(example)
+    assert len(errors) == 2 and all("is not of type 'string'" in e for e in errors), errors
 
 
 def test_crd_rejects_a_wrong_api_version(example: dict[str, Any]) -> None:

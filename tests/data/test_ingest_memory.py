@@ -1,0 +1,79 @@
+"""Ingest memory stays bounded: one worker limited to 600 MB ingests an input three times that
+size (1.8 GB as pandas columns) without the worker's resident memory reaching the limit.
+
+The worker's RSS is sampled every 20 ms in a thread inside the worker process; the nanny
+would also restart a worker that crossed 95% of its limit (the test checks it was not).
+Dask's *pause* at 80% is switched off here: a worker process with daskmm imported already
+holds ~250-350 MB, so pausing at 480 MB would only stall the test, not bound anything."""
+
+from __future__ import annotations
+
+import threading
+
+import dask
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from distributed import Client, LocalCluster
+
+from daskmm.data.ingest import ingest
+from daskmm.data.manifest import read_manifest
+
+LIMIT = 600_000_000
+FILES, ROWS, FLOATS = 57, 200_000, 18  # 11.4e6 rows x 20 columns x 8 bytes = 1.82 GB
+
+
+def _start(dask_worker=None):
+    import psutil
+    proc = psutil.Process()
+    state = {"peak": proc.memory_info().rss, "stop": threading.Event()}
+
+    def loop():
+        while not state["stop"].wait(0.02):
+            state["peak"] = max(state["peak"], proc.memory_info().rss)
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    dask_worker._rss_probe = (state, t)
+    return state["peak"]
+
+
+def _stop(dask_worker=None):
+    state, t = dask_worker._rss_probe
+    state["stop"].set()
+    t.join()
+    return state["peak"]
+
+
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory):
+    d = tmp_path_factory.mktemp("big") / "in"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    floats = {f"v{j}": rng.random(ROWS) for j in range(FLOATS)}  # shared: only size matters
+    total = 0.0
+    for i in range(FILES):
+        v0 = rng.random(ROWS)
+        total += v0.sum()
+        table = pa.table({**floats, "v0": v0, "g": rng.integers(0, 50_000, ROWS)})
+        pq.write_table(table, d / f"part-{i:03d}.parquet", compression="none")
+    return d, total
+
+
+def test_ingest_input_three_times_the_worker_limit(big_input, tmp_path):
+    src, v0_sum = big_input
+    in_memory = FILES * ROWS * (FLOATS + 2) * 8
+    assert in_memory >= 3 * LIMIT
+    with dask.config.set({"distributed.worker.memory.pause": False}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=LIMIT,
+                         dashboard_address=None) as cluster, Client(cluster) as c:
+        before = set(c.scheduler_info()["workers"])
+        c.run(_start)
+        m = ingest(str(src), "g", tmp_path / "ds", buckets=24, client=c)
+        peaks = c.run(_stop)
+        assert set(c.scheduler_info()["workers"]) == before  # never restarted
+    assert max(peaks.values()) < LIMIT, {w: p / 2 ** 20 for w, p in peaks.items()}
+    assert m.nrows == FILES * ROWS and m.levels["g"]["n_levels"] == 50_000
+    got = sum(pq.read_table(p, columns=["v0"])["v0"].to_numpy().sum()
+              for p in read_manifest(tmp_path / "ds").bucket_paths(tmp_path / "ds"))
+    assert got == pytest.approx(v0_sum, rel=1e-12)
