@@ -8,8 +8,8 @@ For each size ``N`` (levels of ``g``: ``N / 1000``; no crossed factor), on
     one bucket per task), reused when it is already there with ``N`` rows;
 ``ingest``
     ``daskmm.data.ingest.ingest`` of the model's columns (``y, x, g``) of that dataset, read as
-    a plain Parquet directory, re-bucketed by ``g`` into ``--ingest-buckets`` buckets (the
-    path a user's own CSV/Parquet takes); skipped with ``--no-ingest``;
+    a plain Parquet directory, re-bucketed by ``g`` into ``N / --ingest-rows-per-bucket``
+    buckets (the path a user's own CSV/Parquet takes); skipped with ``--no-ingest``;
 ``fit``
     ``daskmm.lmm("y ~ x + (x | g)", dataset)`` on the simulated dataset.
 
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> dict:
                 src = dd.read_parquet(read_manifest(path).bucket_paths(path),
                                       columns=["y", "x", "g"])
                 wall, peak, m = step(client, ingest, src, "g", out,
-                                     buckets=args.ingest_buckets or None, client=client,
-                                     force=True)
+                                     buckets=max(1, round(n / args.ingest_rows_per_bucket)),
+                                     client=client, force=True)
                 rec.update(ingest_s=wall, ingest_peak=peak, ingest_buckets=m.buckets)
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"{n:>12} rows: ingest {wall:.1f} s", flush=True)
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="fits per size (median reported)")
     p.add_argument("--memory-limit", default="2GB")
     p.add_argument("--no-ingest", dest="ingest", action="store_false")
-    p.add_argument("--ingest-buckets", type=int, default=0,
-                   help="buckets for the ingest step (default: about 2e6 rows each)")
+    p.add_argument("--ingest-rows-per-bucket", type=float, default=1e7,
+                   help="bucket size of the ingest step (default 1e7 rows: 240 MB of y, x, g)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--data-dir", type=Path, default=HERE / "_data")
     p.add_argument("--json", type=Path, default=None)
