@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--factors", default="", help="comma-separated columns to treat as "
                      "categorical whatever their type")
     fit.add_argument("--weights", default=None, help="column of prior weights")
+    fit.add_argument("--family", default="gaussian",
+                     choices=["gaussian", "binomial", "poisson"],
+                     help="gaussian: lmer; binomial or poisson: glmer (one (1 | g) term)")
+    fit.add_argument("--link", default=None, help="logit, probit, cloglog (binomial); log")
+    fit.add_argument("--nagq", type=int, default=1,
+                     help="GLMM: 1 = Laplace, up to 25 = adaptive Gauss-Hermite quadrature")
     fit.add_argument("--scheduler", default=None, help="Dask scheduler address "
                      "(default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
     fit.add_argument("--mode", default="auto", choices=["auto", "gathered", "distributed"],
@@ -98,6 +104,17 @@ def _fit(args: argparse.Namespace) -> int:
     import daskmm
 
     factors = _split_list(args.factors)
+    if args.family != "gaussian":
+        from daskmm.glmm import glmm
+        if args.ml or args.weights or args.mode != "auto":
+            raise DaskmmError("--ml, --weights and --mode apply to gaussian fits; a GLMM is "
+                              "always fitted by maximum likelihood")
+        result = glmm(args.formula, args.data, args.family, link=args.link, nagq=args.nagq,
+                      factors=factors, client=args.scheduler)
+        out = write_outputs(result, args.out)
+        print(result.summary())
+        print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet")
+        return 0
     result = daskmm.lmm(args.formula, args.data, reml=not args.ml, factors=factors,
                         weights=args.weights, client=args.scheduler, mode=args.mode)
     out = write_outputs(result, args.out)

@@ -91,12 +91,18 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
             else:
                 log.info("using the dataset at %s (key %r)", ing["out"], have.key)
             data = ing["out"]
-        if job.family != "gaussian":  # the schema allows only gaussian for now
-            raise JobError(f"family {job.family!r} is not available")
         t = time.perf_counter()
-        result = daskmm.lmm(job.formula, data, reml=job.method == "REML",
-                            factors=list(job.factors), weights=job.weights, client=client,
-                            mode=mode)
+        if job.family == "gaussian":
+            result = daskmm.lmm(job.formula, data, reml=job.method == "REML",
+                                factors=list(job.factors), weights=job.weights, client=client,
+                                mode=mode)
+        else:
+            from daskmm.glmm import glmm
+            if job.weights:
+                raise JobError("weights are not available for a GLMM job; use "
+                               "cbind(successes, failures) for binomial trials")
+            result = glmm(job.formula, data, job.family, link=job.link, nagq=job.nagq,
+                          factors=list(job.factors), client=client)
         timing["fit_s"] = time.perf_counter() - t
 
     def extra(tmp: Path) -> None:

@@ -13,8 +13,10 @@ A job file is YAML::
       rows: 100000000                   #   (written to `data` unless it exists)
       groups: 100000
     formula: "Reaction ~ Days + (Days | Subject)"
-    family: gaussian
-    method: REML                        # REML | ML
+    family: gaussian                    # gaussian (lmer) | binomial | poisson (glmer)
+    link: logit                         # GLMM only: logit | probit | cloglog | log
+    nagq: 1                             # GLMM only: 1 = Laplace, up to 25 = AGQ
+    method: REML                        # REML | ML (gaussian)
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights
     output: ../results/sleepstudy       # result directory
@@ -92,7 +94,9 @@ SCHEMA = {
             },
         },
         "formula": {"type": "string", "minLength": 1},
-        "family": {"enum": ["gaussian"]},
+        "family": {"enum": ["gaussian", "binomial", "poisson"]},
+        "link": {"enum": ["logit", "probit", "cloglog", "log"]},
+        "nagq": {"type": "integer", "minimum": 1, "maximum": 25},
         "method": {"enum": ["REML", "ML"]},
         "factors": {"type": "array", "items": {"type": "string"}},
         "weights": {"type": ["string", "null"]},
@@ -111,6 +115,8 @@ class Job:
     formula: str
     output: Path
     family: str = "gaussian"
+    link: str | None = None
+    nagq: int = 1
     method: str = "REML"
     factors: tuple[str, ...] = ()
     weights: str | None = None
@@ -184,6 +190,7 @@ def load_job(path: str | os.PathLike) -> Job:
         ingest["out"] = resolve(ingest["out"])
     return Job(name=doc.get("name", p.stem), data=resolve(doc["data"]), formula=doc["formula"],
                output=Path(resolve(doc["output"])), family=doc.get("family", "gaussian"),
+               link=doc.get("link"), nagq=doc.get("nagq", 1),
                method=doc.get("method", "REML"), factors=tuple(doc.get("factors", [])),
                weights=doc.get("weights"), ingest=ingest, simulate=doc.get("simulate"),
                cluster=doc.get("cluster"), raw=doc)

@@ -115,3 +115,21 @@ def test_killed_ingest_leaves_no_dataset(client, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (tmp_path / "ds").exists()
+
+
+def test_glmm_job(client, tmp_path):
+    """A binomial job on simulated data: ``ybin ~ x + (1 | g)`` by AGQ, end to end."""
+    job = {"data": "sim.dataset", "formula": "ybin ~ x + (1 | g)", "family": "binomial",
+           "nagq": 9, "simulate": {"rows": 20_000, "groups": 200, "crossed": 0, "buckets": 2},
+           "output": "out"}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    proc = daskmm("run", str(path), address=client.scheduler.address)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert doc["family"] == "binomial" and doc["nAGQ"] == 9 and doc["method"] == "AGQ(9)"
+    est = {f["term"]: f for f in doc["fixef"]}
+    # simulated: bin0 = -0.5, bin1 = 0.8, sd_u = 0.5
+    assert abs(est["x"]["estimate"] - 0.8) < 4 * est["x"]["std_error"]
+    assert abs(est["(Intercept)"]["estimate"] + 0.5) < 4 * est["(Intercept)"]["std_error"]
+    assert 0.3 < doc["theta"][0] < 0.7
