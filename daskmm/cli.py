@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
+from daskmm.data.staging import staging_dir
 from daskmm.errors import DaskmmError
 
 
@@ -77,27 +76,14 @@ def _parser() -> argparse.ArgumentParser:
 def write_outputs(result, out: str | os.PathLike, extra=None) -> Path:
     """Write ``summary.json``, ``summary.txt``, ``fixef.parquet`` and ``ranef.parquet``
     atomically into ``out`` (``extra(tmp_dir)`` may add files last, before the rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_dir(out) as tmp:
         (tmp / "summary.json").write_text(result.to_json(indent=2) + "\n")
         (tmp / "summary.txt").write_text(result.summary())
         result.fixef().to_parquet(tmp / "fixef.parquet", index=False)
         result.ranef_frame().to_parquet(tmp / "ranef.parquet", index=False)
         if extra is not None:
             extra(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def _fit(args: argparse.Namespace) -> int:

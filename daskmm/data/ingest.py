@@ -40,6 +40,7 @@ from daskmm.data.manifest import (
     is_level_column,
     read_manifest,
 )
+from daskmm.data.staging import staging_dir
 from daskmm.distributed.client import client_for
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError
@@ -231,11 +232,8 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
     nb = buckets or default_buckets(ddf, src)
     level_cols = [c for c in ddf.columns
                   if is_level_column(ddf.dtypes[c]) or c in (factors or []) or c == by]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
     tok = uuid.uuid4().hex[:8]
-    try:
+    with staging_dir(out) as tmp:
         with client_for(client) as c:
             split = dask.delayed(_split, pure=False)
             parts = [split(p, i, by, nb, str(tmp), na_action, level_cols,
@@ -270,13 +268,7 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
                             na_dropped=total["na"],
                             source=src if isinstance(src, str) else os.fspath(src)
                             if isinstance(src, os.PathLike) else type(src).__name__)
-        manifest.write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest.write(tmp)  # last: its presence marks a complete dataset
     dropped = sum(manifest.na_dropped.values())
     log.info("ingested %d rows into %d buckets by %r (%d dropped for missing values)",
              manifest.nrows, nb, by, dropped)

@@ -20,7 +20,6 @@ per worker is one bucket whatever ``rows`` is, and the data do not depend on the
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 from distributed import Client
 
 from daskmm.data.manifest import LEVELS_DIR, Manifest, bucket_file, bucket_of
+from daskmm.data.staging import staging_dir
 from daskmm.distributed.client import client_for
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError
@@ -110,11 +110,8 @@ def simulate(out: str | os.PathLike, rows: int, groups: int = 10_000, crossed: i
     bkt = bucket_of(gl, nb)
     order = np.argsort(bkt, kind="stable")
     starts = np.concatenate([[0], np.cumsum(np.bincount(bkt, minlength=nb))])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
     tok = uuid.uuid4().hex[:8]
-    try:
+    with staging_dir(out) as tmp:
         with client_for(client) as c:
             ch_f = c.scatter(ch, broadcast=True)
             futs = []
@@ -147,11 +144,5 @@ def simulate(out: str | os.PathLike, rows: int, groups: int = 10_000, crossed: i
                             source="simulate",
                             extra={"simulation": {"rows": rows, "groups": groups,
                                                   "crossed": crossed, "seed": seed, **p}})
-        manifest.write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest.write(tmp)  # last: its presence marks a complete dataset
     return manifest

@@ -4,6 +4,7 @@ over TCP on 127.0.0.1, and the CLI joining it with ``--scheduler`` and with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,9 +25,10 @@ from tests.conftest import load_fixture
 DASK = shutil.which("dask") or str(Path(sys.executable).with_name("dask"))
 
 
-@pytest.fixture(scope="module")
-def tcp_cluster(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def process_cluster(d: Path, nanny: bool = True):
+    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 over TCP; yields the
+    scheduler address and the worker processes (without a nanny a killed worker stays dead)."""
     sched_file = d / "scheduler.json"
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--no-dashboard", "--scheduler-file", str(sched_file)],
@@ -36,16 +38,17 @@ def tcp_cluster(tmp_path_factory):
         while not sched_file.exists() and time.time() < deadline:
             time.sleep(0.2)
         assert sched_file.exists(), "dask scheduler did not start"
-        for _ in range(2):
-            procs.append(subprocess.Popen(
-                [DASK, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
-                 "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(d)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        workers = [subprocess.Popen(
+            [DASK, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
+             "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(d)]
+            + ([] if nanny else ["--no-nanny"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        procs += workers
         address = json.loads(sched_file.read_text())["address"]
         with Client(address, set_as_default=False) as c:
             c.wait_for_workers(2, timeout=60)
         assert address.startswith("tcp://127.0.0.1:")
-        yield address
+        yield address, workers
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -54,6 +57,12 @@ def tcp_cluster(tmp_path_factory):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="module")
+def tcp_cluster(tmp_path_factory):
+    with process_cluster(tmp_path_factory.mktemp("cluster")) as (address, _):
+        yield address
 
 
 @pytest.mark.parametrize("via_env", [False, True])
@@ -77,34 +86,9 @@ def test_cli_fit_on_tcp_cluster(tcp_cluster, tmp_path, via_env):
 
 @pytest.fixture
 def killable_cluster(tmp_path):
-    """``dask scheduler`` and two ``dask worker --no-nanny`` processes: a killed worker stays
-    dead (a nanny would restart it)."""
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        workers = [subprocess.Popen(
-            [DASK, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
-             "--host", "127.0.0.1", "--no-dashboard", "--no-nanny", "--local-directory",
-             str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for _ in range(2)]
-        procs += workers
-        address = json.loads(sched_file.read_text())["address"]
-        with Client(address, set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=60)
-        yield address, workers
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    """A process cluster whose workers run without a nanny: a killed worker stays dead."""
+    with process_cluster(tmp_path, nanny=False) as out:
+        yield out
 
 
 def test_job_survives_a_killed_worker(killable_cluster, tmp_path):
