@@ -1,0 +1,185 @@
+"""The result of a GLMM fit: the LMM's document and tables with glmer's differences (no
+residual variance, z statistics and Wald p-values, the family and the integration method), plus
+fitted values and predictions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from daskmm.results.lmm_result import LmmResult, _abbrev, _clean
+
+
+@dataclass
+class GlmmResult(LmmResult):
+    """A fitted generalized linear mixed model (``glmerMod``).
+
+    Attributes (beyond :class:`~daskmm.results.lmm_result.LmmResult`)
+    ----------
+    family, link : str
+    nagq : int
+        1 for the Laplace approximation, more for adaptive Gauss-Hermite quadrature.
+    nb_size : float or None
+        Negative binomial size ``k`` (``Var = mu + mu^2 / k``), as ``glmer.nb``'s theta.
+    warnings : list of str
+        Conditions worth a look (levels with all-zero responses, separation, boundary).
+    """
+
+    family: str = "binomial"
+    link: str = "logit"
+    nagq: int = 1
+    nb_size: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    predictor: object = None  # set by glmm(): callable(data, kind, re) -> dask Series
+
+    @property
+    def method(self) -> str:
+        return "Laplace" if self.nagq == 1 else f"AGQ({self.nagq})"
+
+    @property
+    def df(self) -> int:
+        """Parameters counted by lme4's logLik: fixed effects and theta (and the NB size)."""
+        return len(self.beta) + len(self.theta) + (self.nb_size is not None)
+
+    def fixef(self) -> pd.DataFrame:
+        """``term, estimate, std_error, statistic`` (z) and ``p_value`` (Wald, two-sided)."""
+        se = self.se
+        z = self.beta / se
+        return pd.DataFrame({"term": self.fixef_names, "estimate": self.beta, "std_error": se,
+                             "statistic": z, "p_value": 2 * stats.norm.sf(np.abs(z))})
+
+    def varcorr(self) -> pd.DataFrame:
+        """Rows as ``as.data.frame(VarCorr(fit))`` of a glmer fit (no residual row)."""
+        vc = super().varcorr()
+        return vc[vc["grp"] != "Residual"].reset_index(drop=True)
+
+    def tidy(self) -> pd.DataFrame:
+        fe = self.fixef().assign(effect="fixed", group=None)
+        rows = []
+        for r in self.varcorr().itertuples(index=False):
+            term = f"sd__{r.var1}" if pd.isna(r.var2) else f"cor__{r.var1}.{r.var2}"
+            rows.append(("ran_pars", r.grp, term, r.sdcor))
+        rp = pd.DataFrame(rows, columns=["effect", "group", "term", "estimate"])
+        cols = ["effect", "group", "term", "estimate", "std_error", "statistic", "p_value"]
+        return pd.concat([fe[cols], rp.reindex(columns=cols)], ignore_index=True)
+
+    def fitted(self, kind: str = "response"):
+        """Fitted values on the ``"response"`` (``mu``; the success probability for the
+        binomial) or ``"link"`` (``eta``) scale, conditional on the modes, for the rows of the
+        data the model was fitted to, as a lazy dask Series in their order."""
+        return self.predict(None, kind=kind)
+
+    def predict(self, newdata=None, kind: str = "response", re: bool = True):
+        """Predictions as lme4's ``predict(fit, newdata, type=, re.form=)``.
+
+        Parameters
+        ----------
+        newdata : path, pandas or dask DataFrame, optional
+            Rows to predict for (the fitted data when omitted). Levels of a grouping factor not
+            in the fit get a random effect of 0 (lme4's ``allow.new.levels = TRUE``).
+        kind : {"response", "link"}
+        re : bool
+            Include the conditional modes (``re.form = NULL``) or not (``re.form = NA``).
+
+        Returns
+        -------
+        dask.dataframe.Series
+            Lazy; ``.compute()`` it or write it with ``.to_frame().to_parquet(...)``.
+        """
+        if kind not in ("response", "link"):
+            raise ValueError(f"kind={kind!r}; use 'response' or 'link'")
+        if self.predictor is None:
+            raise RuntimeError("this result has no data attached to predict from")
+        return self.predictor(newdata, kind, re)
+
+    def to_dict(self) -> dict:
+        vc = self.varcorr()
+        doc = {
+            "formula": self.formula, "family": self.family, "link": self.link,
+            "method": self.method, "nAGQ": self.nagq, "nobs": self.nobs,
+            "n_dropped_na": self.n_dropped,
+            "ngroups": {k: int(v) for k, v in self.ngroups.items()},
+            "objective": self.objective,
+            "objective_kind": ("-2 log-likelihood, Laplace approximation" if self.nagq == 1
+                               else f"-2 log-likelihood, adaptive Gauss-Hermite ({self.nagq} "
+                               "nodes)"),
+            "logLik": self.loglik, "df": self.df, "AIC": self.aic, "BIC": self.bic,
+            "theta": self.theta.tolist(),
+            "fixef": [{"term": r.term, "estimate": r.estimate, "std_error": r.std_error,
+                       "statistic": r.statistic, "p_value": r.p_value}
+                      for r in self.fixef().itertuples(index=False)],
+            "vcov": self.vcov.tolist(),
+            "varcorr": [{"grp": r.grp, "var1": r.var1, "var2": r.var2, "vcov": r.vcov,
+                         "sdcor": r.sdcor} for r in vc.itertuples(index=False)],
+            "converged": self.converged, "singular": self.singular,
+            "warnings": list(self.warnings), "optinfo": self.optinfo, "timing": self.timing,
+        }
+        if self.nb_size is not None:
+            doc["nb_size"] = self.nb_size
+        return _clean(doc)
+
+    def summary(self) -> str:
+        """Printed summary laid out like lme4's ``summary(glmer(...))``."""
+        how = ("Laplace Approximation" if self.nagq == 1
+               else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
+        fam = self.family if self.nb_size is None else f"Negative Binomial({self.nb_size:.4g})"
+        lines = [f"Generalized linear mixed model fit by maximum likelihood ({how}) "
+                 "['glmerMod']", f" Family: {fam}  ( {self.link} )",
+                 f"Formula: {self.formula}", ""]
+        w = [f"{x:.1f}" for x in (self.aic, self.bic, self.loglik, self.objective)]
+        w.append(str(self.nobs - self.df))
+        heads = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
+        width = max(len(s) for s in w + heads) + 1
+        lines += ["".join(h.rjust(width) for h in heads), "".join(s.rjust(width) for s in w),
+                  "", "Random effects:"]
+        vc = self.varcorr()
+        table = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
+        for grp in self.term_groups():
+            sub = vc[vc["grp"] == grp]
+            var, cor = sub[sub["var2"].isna()], sub[sub["var2"].notna()]
+            for i, r in enumerate(var.itertuples(index=False)):
+                corr = " ".join(f"{c:.2f}" for c in cor[cor["var2"] == r.var1]["sdcor"])
+                table.append((grp if i == 0 else "", r.var1, f"{r.vcov:.4g}", f"{r.sdcor:.4g}",
+                              corr))
+        widths = [max(len(r[i]) for r in table) for i in range(5)]
+        for r in table:
+            lines.append(" " + " ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip())
+        groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
+        lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
+        if self.n_dropped:
+            lines.append(f"({self.n_dropped} observations deleted due to missingness)")
+        lines += ["", "Fixed effects:"]
+        fe = self.fixef()
+        names = list(fe["term"])
+        nw = max(len(n) for n in names)
+        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'z value':>9}"
+                     f"{'Pr(>|z|)':>10}")
+        for r in fe.itertuples(index=False):
+            lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
+                         f"{r.statistic:>9.3f}{_pval(r.p_value):>10}")
+        if len(names) > 1:
+            lines += ["", "Correlation of Fixed Effects:"]
+            sd = self.se
+            corr = self.vcov / np.outer(sd, sd)
+            abbr = [_abbrev(n) for n in names]
+            lines.append(" " * (nw + 1) + " ".join(f"{a:>6}" for a in abbr[:-1]))
+            for i in range(1, len(names)):
+                lines.append(f"{names[i]:<{nw}} " + " ".join(f"{corr[i, j]:>6.3f}"
+                                                          for j in range(i)))
+        if self.singular:
+            lines += ["", "boundary (singular) fit: see help('isSingular')"]
+        for msg in self.warnings:
+            lines += ["", f"warning: {msg}"]
+        if not self.converged:
+            lines += ["", f"optimizer did not report convergence: {self.optinfo.get('message')}"]
+        return "\n".join(lines) + "\n"
+
+
+def _pval(p: float) -> str:
+    if not math.isfinite(p):
+        return "NA"
+    return "<2e-16" if p < 2e-16 else f"{p:.3g}"
