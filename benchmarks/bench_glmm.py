@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"evaluations {fit.optinfo['feval']}", flush=True)
             case = {"formula": formula, "family": family,
                     "daskmm": {"runs_s": runs, "objective": fit.objective,
-                               "beta": fit.beta.tolist(), "sd": [fit.theta]}}
+                               "beta": fit.beta.tolist(), "sd": fit.theta.tolist()}}
             for tool in ("glmer", "glmmTMB"):
                 case[tool] = time_r(csv, formula, family, args.r_repeats, tool)
             results.append(case)

@@ -8,9 +8,11 @@ from daskmm.errors import (
                            FormulaError,
                            ModelError,
 )
+from daskmm.glmm import glmm
 from daskmm.lmm import lmm
+from daskmm.results.glmm_result import GlmmResult
 from daskmm.results.lmm_result import LmmResult
 
-__all__ = ["lmm", "LmmResult", "DaskmmError", "FormulaError", "DataError",
+__all__ = ["lmm", "LmmResult", "glmm", "GlmmResult", "DaskmmError", "FormulaError", "DataError",
            "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"

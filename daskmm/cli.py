@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                      "categorical whatever their type")
     fit.add_argument("--weights", default=None, help="column of prior weights")
     fit.add_argument("--family", default="gaussian",
-                     choices=["gaussian", "binomial", "poisson"],
-                     help="gaussian: lmer; binomial or poisson: glmer (one (1 | g) term)")
+                     choices=["gaussian", "binomial", "poisson", "negative_binomial"],
+                     help="gaussian: lmer; binomial, poisson: glmer; negative_binomial: "
+                     "glmer.nb (NB2, size estimated)")
     fit.add_argument("--link", default=None, help="logit, probit, cloglog (binomial); log")
     fit.add_argument("--nagq", type=int, default=1,
                      help="GLMM: 1 = Laplace, up to 25 = adaptive Gauss-Hermite quadrature")
@@ -92,11 +93,11 @@ def _fit(args: argparse.Namespace) -> int:
     factors = _split_list(args.factors)
     if args.family != "gaussian":
         from daskmm.glmm import glmm
-        if args.ml or args.weights or args.mode != "auto":
-            raise DaskmmError("--ml, --weights and --mode apply to gaussian fits; a GLMM is "
-                              "always fitted by maximum likelihood")
+        if args.ml or args.mode != "auto":
+            raise DaskmmError("--ml and --mode apply to gaussian fits; a GLMM is always fitted "
+                              "by maximum likelihood")
         result = glmm(args.formula, args.data, args.family, link=args.link, nagq=args.nagq,
-                      factors=factors, client=args.scheduler)
+                      factors=factors, weights=args.weights, client=args.scheduler)
         out = write_outputs(result, args.out)
         print(result.summary())
         print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet")

@@ -44,30 +44,23 @@ from scipy.special import gammaln
 
 from daskmm.data.io import DataLike, open_data, read_data
 from daskmm.distributed.client import client_for
-from daskmm.distributed.passes import aligned, metadata_pass, shuffle_by
+from daskmm.distributed.passes import aligned, shuffle_by
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError, FitError, ModelError
 from daskmm.formula.parse import _split_top, identifiers, parse_formula
-from daskmm.formula.spec import (
-    FactorSpec,
-    ModelSpec,
-    check_columns,
-    is_categorical_dtype,
-    level_label,
-    sorted_levels,
-)
+from daskmm.formula.spec import ModelSpec, check_columns, is_categorical_dtype, level_label
 from daskmm.kernels import pirls as P
 from daskmm.kernels import scalar_re as K
-from daskmm.kernels.pls import group_modes, lambda_tilde, profiled
+from daskmm.kernels.pls import group_Lambda, group_modes, lambda_tilde, profiled
 from daskmm.kernels.stats import Layout
 from daskmm.lmm import (
-    _level_keys,
     _newton_polish,
+    _outside_bars,
     _ranef_tables,
     _snap_to_boundary,
-    _sorted_factor_levels,
-    choose_layout,
+    frozen_levels,
     lambdas,
+    model_layout,
 )
 from daskmm.results.glmm_result import GlmmResult
 from daskmm.results.lmm_result import RanefTable
@@ -76,7 +69,9 @@ log = logging.getLogger("daskmm")
 
 FAMILIES = {"binomial": (K.BINOMIAL, "logit", {"logit": K.LOGIT, "probit": K.PROBIT,
                                                "cloglog": K.CLOGLOG}),
-            "poisson": (K.POISSON, "log", {"log": K.LOG})}
+            "poisson": (K.POISSON, "log", {"log": K.LOG}),
+            "negative_binomial": (K.NEGBIN, "log", {"log": K.LOG})}
+ALIASES = {"nbinom2": "negative_binomial", "negbin": "negative_binomial"}
 MAX_NAGQ = 25
 
 
@@ -178,11 +173,12 @@ def _check_proportion(y, name) -> None:
 
 
 def _check_response(y, wt, family, name) -> None:
-    if family == K.POISSON:
+    if family in (K.POISSON, K.NEGBIN):
         bad = (y < 0) | (y != np.round(y))
         if bad.any():
+            fam = "Poisson" if family == K.POISSON else "negative binomial"
             raise DataError(f"response {name!r} has {int(bad.sum())} value(s) that are not "
-                            f"non-negative integers (e.g. {y[bad][0]!r}); the Poisson family "
+                            f"non-negative integers (e.g. {y[bad][0]!r}); the {fam} family "
                             "needs counts")
         return
     bad = (y < 0) | (y > wt) | (wt <= 0)
@@ -206,11 +202,18 @@ def _keys(part) -> tuple[np.ndarray, int, dict]:
         ysum = np.add.reduceat(part.y, part.starts[:-1]) if len(part.y) else np.zeros(0)
         wsum = np.add.reduceat(part.wt, part.starts[:-1]) if len(part.y) else np.zeros(0)
     else:
-        f = next(iter(part.index.start))  # the primary factor is indexed first
-        codes, levels = pd.factorize(part.keys[f], sort=True)
+        codes, levels = pd.factorize(part.keys[part.primary], sort=True)
         ysum = np.bincount(codes, part.y, minlength=len(levels))
         wsum = np.bincount(codes, part.wt, minlength=len(levels))
     return np.asarray(levels), part.n_dropped, {"ysum": ysum, "wsum": wsum}
+
+
+def _with_size(part, size: float | None):
+    """The negative binomial's size ``k`` travels to the kernels in ``wt`` (unused otherwise by
+    that family): set it on the cached partition before each use."""
+    if size is not None and (len(part.wt) == 0 or part.wt[0] != size):
+        part.wt = np.full(len(part.y), float(size))
+    return part
 
 
 def _irls(part, beta: np.ndarray, family: int, link: int):
@@ -219,7 +222,9 @@ def _irls(part, beta: np.ndarray, family: int, link: int):
 
 
 def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, link: int,
-              nodes: np.ndarray, weights: np.ndarray, modes: bool = False):
+              nodes: np.ndarray, weights: np.ndarray, modes: bool = False,
+              size: float | None = None):
+    _with_size(part, size)
     eta0 = part.X @ beta + part.offset
     m = len(part.levels)
     warm = part.u_warm is not None
@@ -235,24 +240,42 @@ def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, 
 
 
 def _local_eval(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
-                link: int) -> float:
+                link: int, size: float | None = None) -> float:
+    _with_size(data, size)
     return P.local_laplace(data, layout, lam, beta, family, link)
 
 
 def _local_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
-                 link: int) -> P.Point:
+                 link: int, size: float | None = None) -> P.Point:
+    _with_size(data, size)
     return P.local_point(data, layout, lam, beta, family, link)
 
 
 def _g_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
-             family: int, link: int) -> P.Point:
-    return P.point(data, layout, lam, data.X @ beta + data.offset, None, b_G, family, link)
+             family: int, link: int, size: float | None = None, warm: bool = True
+             ) -> P.Point:
+    """The first point of a global PIRLS: the local modes of the last evaluation (cached on
+    the partition, see :func:`_g_keep`) or zero."""
+    _with_size(data, size)
+    eta_fixed = data.X @ beta + data.offset
+    if warm and data.u_warm is not None and data.warm_groups is not None:
+        pt = P.point(data, layout, lam, eta_fixed, data.u_warm, b_G, family, link,
+                     data.warm_groups)
+        if np.isfinite(pt.ll):
+            return pt
+    return P.point(data, layout, lam, eta_fixed, None, b_G, family, link)
+
+
+def _g_keep(data: P.PirlsData, pt: P.Point) -> None:
+    """Cache the accepted local modes on the partition for the next evaluation's start."""
+    data.u_warm, data.warm_groups = pt.u, pt.groups
 
 
 def _g_candidate(data: P.PirlsData, pt: P.Point, layout: Layout, lam: dict, beta: np.ndarray,
-                 b_G_target: np.ndarray, b_G: np.ndarray, t: float, family: int, link: int
-                 ) -> P.Point:
+                 b_G_target: np.ndarray, b_G: np.ndarray, t: float, family: int, link: int,
+                 size: float | None = None) -> P.Point:
     """The point a step ``t`` towards the PLS solution (local modes given ``b_G_target``)."""
+    _with_size(data, size)
     target = P.local_modes(pt, layout, b_G_target)
     u = [a + t * (b - a) for a, b in zip(pt.u, target)]
     cand = P.point(data, layout, lam, data.X @ beta + data.offset, u, b_G, family, link,
@@ -262,14 +285,13 @@ def _g_candidate(data: P.PirlsData, pt: P.Point, layout: Layout, lam: dict, beta
 
 
 def _g_summary(pt: P.Point):
-    return pt.summary() + (getattr(pt, "step", (0.0, 0.0)),)
+    return pt.summary() + (pt.step,)
 
 
 def _g_modes(pt: P.Point, layout: Layout, lam: dict, prof, u_G: np.ndarray):
     LamT = lambda_tilde(layout, lam)
     out = []
     for g in pt.groups:
-        from daskmm.kernels.pls import group_Lambda
         b, cov = group_modes(g, group_Lambda(layout, lam, g.composition), LamT, prof,
                              np.zeros(0), u_G, 1.0, layout)
         out.append((g.composition, g.levels, g.nested_levels, b, cov))
@@ -293,9 +315,11 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         ``cbind(successes, failures)``, or a proportion with ``weights`` giving the trials. A
         Poisson response is a count column; ``offset(log(exposure))`` is allowed.
     data : str, path, pandas.DataFrame or dask.dataframe.DataFrame
-    family : {"binomial", "poisson"}
+    family : {"binomial", "poisson", "negative_binomial"}
+        ``"negative_binomial"`` (alias ``"nbinom2"``) is NB2, ``Var = mu + mu^2 / k``, with the
+        size ``k`` estimated jointly (``glmer.nb``'s ``theta``; glmmTMB's ``nbinom2``).
     link : str, optional
-        ``logit`` (default), ``probit``, ``cloglog`` for the binomial; ``log`` for Poisson.
+        ``logit`` (default), ``probit``, ``cloglog`` for the binomial; ``log`` otherwise.
     nagq : int
         1: Laplace; 2..25: adaptive Gauss-Hermite quadrature with that many nodes (one scalar
         random-effect term only, as glmer).
@@ -312,6 +336,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     -------
     GlmmResult
     """
+    family = ALIASES.get(family, family)
     if family not in FAMILIES:
         raise ModelError(f"family {family!r} is not available; use one of: "
                          f"{', '.join(FAMILIES)}")
@@ -348,30 +373,13 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     used = sorted(parsed.columns | ({weights} if weights else set()))
     ddf = ddf[used]
     group_cols = sorted({c for b in bars for c in b.factor})
-    from daskmm.lmm import _outside_bars
     outside = sorted(parsed.columns - {c for c in group_cols if c not in _outside_bars(parsed)})
     cat_cols = [c for c in outside if c in (factors or []) or is_categorical_dtype(schema[c])]
     factor_names = list(dict.fromkeys(b.factor_name for b in bars))
     opts = optimizer_options or {}
     with client_for(client) as c:
-        categorical: dict[str, list[str]] = {}
-        factor_levels: dict[str, list[str]] = {}
-        combos = None
-        from_manifest = [col for col in cat_cols if manifest is not None
-                         and (manifest.levels.get(col) or {}).get("file")]
-        for col in from_manifest:
-            categorical[col] = sorted_levels(manifest.level_table(col)["level"])
-        scan = [col for col in cat_cols if col not in from_manifest]
-        several = len(factor_names) > 1
-        if scan or several:
-            meta = metadata_pass(c, ddf, used, scan, group_cols if several else [])
-            if meta["n"] == 0:
-                raise DataError("no rows left after dropping rows with missing values")
-            categorical.update({col: sorted_levels(meta["levels"][col]) for col in scan})
-            combos = meta["combos"]
-            for name in factor_names if several else []:
-                factor_levels[name] = _sorted_factor_levels(
-                    FactorSpec(name, tuple(name.split(":"))), combos)
+        ddf, categorical, factor_levels, combos = frozen_levels(
+            c, ddf, used, cat_cols, factor_names, group_cols, manifest, hold=True)
         sch = {col: schema[col] for col in used}
         success = None
         if resp_col in categorical:
@@ -381,14 +389,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         trials = ModelSpec.build(dataclasses.replace(parsed, response=trials_text), sch,
                                  categorical, None, None) if trials_text else None
         resp = Response(resp_col, trials, success, weights)
-        q = {f.name: spec.factor_q(f.name) for f in spec.factors}
-        if combos is not None:
-            primary, nested, glob = choose_layout(spec, combos, q)
-        else:
-            primary, nested, glob = spec.factors[0].name, [], []
-        layout = Layout(primary=primary, nested=nested, global_factors=glob, q=q,
-                        global_levels={f: _level_keys(spec.factor(f), combos) for f in glob},
-                        p=0)
+        layout = model_layout(spec, combos, 0)
+        primary, glob = layout.primary, layout.global_factors
         part_layout = None if scalar else layout
         parts = _persist(c, ddf, spec, resp, fam_code, part_layout)
         info = c.gather(c.map(_keys, parts, pure=False))
@@ -398,6 +400,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             parts = _persist(c, shuffle_by(ddf, spec.factor(primary)), spec, resp, fam_code,
                              part_layout)
             info = c.gather(c.map(_keys, parts, pure=False))
+        del ddf  # the encoded partitions are all the fit needs from here on
         n_dropped = sum(d for _, d, _ in info)
         ngroups = {primary: sum(len(k) for k, _, _ in info)}
         for f in spec.factors:
@@ -408,7 +411,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                 raise DataError(f"grouping factor {name!r} has {nl} level; a random effect "
                                 "needs at least 2 levels (drop the term or use a fixed effect)")
         notes = _level_warnings(primary, info, family)
-        beta0, n, const = _glm_start(c, parts, fam_code, links[link], len(spec.fixef_names))
+        beta0, n, const = _glm_start(c, parts, K.POISSON if fam_code == K.NEGBIN else fam_code,
+                                     links[link], len(spec.fixef_names))
         if n == 0:
             raise DataError("no rows left after dropping rows with missing values in the "
                             f"columns the model uses ({', '.join(used)})")
@@ -420,27 +424,35 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             crit = _LocalCriterion(c, parts, spec, layout, fam_code, links[link], const)
         theta0 = np.concatenate([t.theta_init() for t in spec.terms])
         lower = np.concatenate([t.theta_lower() for t in spec.terms])
+        nb = fam_code == K.NEGBIN
         t1 = time.perf_counter()
-        x, optinfo = _optimise(crit, theta0, lower, beta0, opts)
+        if nb:  # log k is one more free parameter, after beta
+            x, optinfo = _optimise(_SizeAppended(crit), theta0, lower,
+                                   np.concatenate([beta0, [0.0]]), opts)
+            size = float(np.exp(x[-1]))
+            x = x[:-1]
+        else:
+            x, optinfo = _optimise(crit, theta0, lower, beta0, opts)
+            size = None
         t2 = time.perf_counter()
         nt = len(theta0)
         theta, beta = x[:nt], x[nt:]
-        objective = crit(theta, beta)
+        objective = crit(theta, beta, size)
         if not math.isfinite(objective):
             raise FitError("the criterion is not finite at the optimum; the model may be "
                            "overparameterised or the data separated")
-        H = _hessian(lambda v: crit(v[:nt], v[nt:]), x, np.concatenate([lower,
-                                                                       np.full(len(beta),
-                                                                               -np.inf)]))
+        # vcov at the estimated size, as glmer.nb reports it (the last glmer fit, k fixed)
+        H = _hessian(lambda v: crit(v[:nt], v[nt:], size), x,
+                     np.concatenate([lower, np.full(len(beta), -np.inf)]))
         vcov = _vcov(H, nt, theta, lower)
-        ranef = crit.ranef(theta, beta)
+        ranef = crit.ranef(theta, beta, size)
         t3 = time.perf_counter()
     notes += _fit_warnings(beta, vcov, spec.fixef_names, family)
     res = GlmmResult(formula=parsed.text, spec=spec, reml=False, theta=theta, beta=beta,
                      fixef_names=list(spec.fixef_names), vcov=vcov, sigma=1.0,
                      objective=objective, nobs=n, n_dropped=n_dropped, ngroups=ngroups,
                      ranef=ranef, optinfo=optinfo, family=family, link=link, nagq=nagq,
-                     warnings=notes)
+                     nb_size=size, warnings=notes)
     res.predictor = _Predictor(res, data, resp, links[link], npartitions)
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                   "total_s": time.perf_counter() - t0}
@@ -513,16 +525,16 @@ class _ScalarCriterion:
         self.factor = spec.factors[0]
         self.nodes, self.weights = np.polynomial.hermite_e.hermegauss(nagq)
 
-    def _map(self, theta, beta, modes=False):
+    def _map(self, theta, beta, size, modes=False):
         return self.c.map(_evaluate, self.parts, theta=float(theta[0]), beta=beta,
                           family=self.family, link=self.link, nodes=self.nodes,
-                          weights=self.weights, modes=modes, pure=False)
+                          weights=self.weights, modes=modes, size=size, pure=False)
 
-    def __call__(self, theta, beta) -> float:
-        return float(sum(self.c.gather(self._map(theta, beta)))) - 2.0 * self.const
+    def __call__(self, theta, beta, size=None) -> float:
+        return float(sum(self.c.gather(self._map(theta, beta, size)))) - 2.0 * self.const
 
-    def ranef(self, theta, beta) -> dict[str, RanefTable]:
-        pieces = self.c.gather(self._map(theta, beta, modes=True))
+    def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
+        pieces = self.c.gather(self._map(theta, beta, size, modes=True))
         lv = np.concatenate([p[1] for p in pieces])
         u = np.concatenate([p[2] for p in pieces])
         L = np.concatenate([p[3] for p in pieces])
@@ -533,6 +545,16 @@ class _ScalarCriterion:
                                              cov=((th / L) ** 2)[order][:, None, None])}
 
 
+class _SizeAppended:
+    """A criterion of ``(theta, [beta, log k])`` for the optimiser (negative binomial)."""
+
+    def __init__(self, crit):
+        self.crit = crit
+
+    def __call__(self, theta, rest) -> float:
+        return self.crit(theta, rest[:-1], float(np.exp(rest[-1])))
+
+
 class _LocalCriterion:
     """No crossed factors: PIRLS to convergence inside each partition, one map an evaluation."""
 
@@ -540,16 +562,16 @@ class _LocalCriterion:
         self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
         self.family, self.link, self.const = family, link, const
 
-    def __call__(self, theta, beta) -> float:
+    def __call__(self, theta, beta, size=None) -> float:
         lam = lambdas(self.spec, np.asarray(theta))
         futs = self.c.map(_local_eval, self.parts, layout=self.layout, lam=lam, beta=beta,
-                          family=self.family, link=self.link, pure=False)
+                          family=self.family, link=self.link, size=size, pure=False)
         return float(sum(self.c.gather(futs))) - 2.0 * self.const
 
-    def ranef(self, theta, beta) -> dict[str, RanefTable]:
+    def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
         lam = lambdas(self.spec, np.asarray(theta))
         pts = self.c.map(_local_point, self.parts, layout=self.layout, lam=lam, beta=beta,
-                         family=self.family, link=self.link, pure=False)
+                         family=self.family, link=self.link, size=size, pure=False)
         return _ranef(self.c, pts, self.spec, self.layout, lam, np.zeros(0))
 
 
@@ -579,17 +601,19 @@ class _GlobalCriterion:
         scale = max((o[5][1] for o in out), default=0.0)
         return ll, uu, logdet, RtR, G, step, scale
 
-    def _solve(self, theta, beta):
+    def _solve(self, theta, beta, size=None):
         c, lay = self.c, self.layout
         lam = lambdas(self.spec, np.asarray(theta))
         Lam_G = self._Lam_G(lam)
-        kw = dict(layout=lay, lam=lam, beta=beta, family=self.family, link=self.link)
+        kw = dict(layout=lay, lam=lam, beta=beta, family=self.family, link=self.link,
+                  size=size)
         u_G = self.u_G.copy()
         pts = c.map(_g_point, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
         ll, uu, logdet, RtR, G, _, _ = self._gather(pts)
         if not math.isfinite(ll):  # a warm start off in the tails: start from zero
             u_G = np.zeros(lay.n_G)
-            pts = c.map(_g_point, self.parts, b_G=np.zeros(lay.n_G), pure=False, **kw)
+            pts = c.map(_g_point, self.parts, b_G=np.zeros(lay.n_G), warm=False, pure=False,
+                        **kw)
             ll, uu, logdet, RtR, G, _, _ = self._gather(pts)
         p0 = P.pdev(ll, uu) + float(u_G @ u_G)
         for _ in range(P.MAX_ITER):
@@ -617,13 +641,14 @@ class _GlobalCriterion:
                 break
         _, ld_G, _ = P.global_step(G, RtR, Lam_G)
         self.u_G = u_G
+        c.gather(c.map(_g_keep, self.parts, pts, pure=False))
         return p0 + logdet + ld_G, pts, u_G, lam, (G, RtR, logdet)
 
-    def __call__(self, theta, beta) -> float:
-        return self._solve(theta, beta)[0] - 2.0 * self.const
+    def __call__(self, theta, beta, size=None) -> float:
+        return self._solve(theta, beta, size)[0] - 2.0 * self.const
 
-    def ranef(self, theta, beta) -> dict[str, RanefTable]:
-        _, pts, u_G, lam, sums = self._solve(theta, beta)
+    def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
+        _, pts, u_G, lam, sums = self._solve(theta, beta, size)
         return _ranef(self.c, pts, self.spec, self.layout, lam, u_G, sums)
 
 
@@ -668,14 +693,15 @@ class _Predictor:
 def _predict_partition(df: pd.DataFrame, spec: ModelSpec, resp: Response, beta: np.ndarray,
                        tables: dict, kind: str, link: int) -> pd.Series:
     df = df.copy()
-    for col in identifiers(spec.formula.response) | ({resp.weights} if resp.weights else set()):
-        if col not in df.columns:  # new data need no response: a placeholder of ones
-            df[col] = 1.0
+    # predictions need no response: a placeholder of ones (the offset, if any, is recovered
+    # as placeholder minus encoded response, so its value does not matter)
+    placeholders = identifiers(spec.formula.response) | ({resp.weights} if resp.weights
+                                                          else set())
+    for col in placeholders:
+        df[col] = 1.0
     used = [c for c in spec.used_columns if c in df.columns]
     ok = df[used].notna().all(axis=1).to_numpy()
     sub = df.loc[ok]
-    if resp.success is not None:
-        sub = sub.assign(**{resp.column: 0.0})
     enc = spec.encode(sub)
     eta = enc.X @ beta
     if spec._offset_specs and spec.formula.response in sub.columns:
@@ -764,7 +790,11 @@ def _optimise(crit, theta0: np.ndarray, lower_theta: np.ndarray, beta0: np.ndarr
     x = _snap_to_boundary(f, np.asarray(x, float), lower, opts.get("ftol_abs", 1e-8))
     polished = False
     if opts.get("polish", True) and code > 0:
-        x, polished = _newton_polish(f, x, lower)
+        # a step of 1e-3 (not the LMM's 1e-4): the Laplace criterion carries the PIRLS
+        # tolerance as well as rounding, and the wider stencil keeps that noise in the
+        # finite-difference gradient below what would move the point by 1e-8; the forward-
+        # difference Hessian is then rougher, so up to 3 Newton steps
+        x, polished = _newton_polish(f, x, lower, rel_step=1e-3, max_iter=3)
     messages = {1: "NLOPT_SUCCESS", 3: "NLOPT_FTOL_REACHED", 4: "NLOPT_XTOL_REACHED",
                 5: "NLOPT_MAXEVAL_REACHED"}
     return np.asarray(x, float), {"optimizer": "nloptwrap (NLOPT_LN_BOBYQA)",

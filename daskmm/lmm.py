@@ -158,34 +158,12 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
         raise DataError(f"weights column {weights!r} is not numeric ({schema[weights]}); "
                         "prior weights must be positive numbers")
     factor_names = list(dict.fromkeys(b.factor_name for b in parsed.bars))
-    categorical: dict[str, list[str]] = {}
-    factor_levels: dict[str, list[str]] = {}
-    combos = None
-    from_manifest = [c for c in cat_cols if manifest is not None
-                     and (manifest.levels.get(c) or {}).get("file")]
-    for c in from_manifest:
-        categorical[c] = sorted_levels(manifest.level_table(c)["level"])
-    scan = [c for c in cat_cols if c not in from_manifest]
-    if scan or len(factor_names) > 1:
-        several = len(factor_names) > 1
-        meta = metadata_pass(client, ddf, used, scan, group_cols if several else [])
-        if meta["n"] == 0:
-            raise DataError("no rows left after dropping rows with missing values")
-        categorical.update({c: sorted_levels(meta["levels"][c]) for c in scan})
-        combos = meta["combos"]
-        for name in factor_names if several else []:
-            cols = name.split(":")
-            factor_levels[name] = _sorted_factor_levels(FactorSpec(name, tuple(cols)), combos)
+    ddf, categorical, factor_levels, combos = frozen_levels(
+        client, ddf, used, cat_cols, factor_names, group_cols, manifest)
     spec = ModelSpec.build(parsed, {c: schema[c] for c in used}, categorical, weights,
                            factor_levels or None)
-    q = {f.name: spec.factor_q(f.name) for f in spec.factors}
-    if combos is not None:
-        primary, nested, glob = choose_layout(spec, combos, q)
-    else:
-        primary, nested, glob = spec.factors[0].name, [], []
-    layout = Layout(primary=primary, nested=nested, global_factors=glob, q=q,
-                    global_levels={f: _level_keys(spec.factor(f), combos) for f in glob},
-                    p=len(spec.fixef_names))
+    layout = model_layout(spec, combos, len(spec.fixef_names))
+    primary, nested = layout.primary, layout.nested
     futures = stats_pass(client, ddf, spec, layout)
     keys, summaries = stats_summary(client, futures)
     n = sum(s["n"] for s in summaries)
@@ -224,6 +202,53 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     G = G[np.ix_(_k_index(layout, keep), _k_index(layout, keep))]
     return Problem(spec, _reduced(layout, keep), evaluator, n, sum_log_w, n_dropped, G, keep,
                     ngroups)
+
+
+def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: list[str],
+                  factor_names: list[str], group_cols: list[str],
+                  manifest: Manifest | None = None, hold: bool = False):
+    """Levels of the categorical columns (from the manifest, else a metadata pass) and, with
+    several grouping factors, their sorted levels and combinations (for the layout).
+
+    With ``hold`` the projected input is kept on the workers when a pass runs, so that the
+    caller's own pass reads it from memory (the GLMM reads its input once per fit).
+
+    Returns ``(ddf, categorical, factor_levels, combos)``; ``combos`` is None without a pass.
+    """
+    categorical: dict[str, list[str]] = {}
+    factor_levels: dict[str, list[str]] = {}
+    combos = None
+    from_manifest = [c for c in cat_cols if manifest is not None
+                     and (manifest.levels.get(c) or {}).get("file")]
+    for c in from_manifest:
+        categorical[c] = sorted_levels(manifest.level_table(c)["level"])
+    scan = [c for c in cat_cols if c not in from_manifest]
+    several = len(factor_names) > 1
+    if scan or several:
+        if hold:
+            ddf = dd.from_delayed(client.compute(ddf.to_delayed()), meta=ddf._meta,
+                                  verify_meta=False)
+        meta = metadata_pass(client, ddf, used, scan, group_cols if several else [])
+        if meta["n"] == 0:
+            raise DataError("no rows left after dropping rows with missing values")
+        categorical.update({c: sorted_levels(meta["levels"][c]) for c in scan})
+        combos = meta["combos"]
+        for name in factor_names if several else []:
+            factor_levels[name] = _sorted_factor_levels(
+                FactorSpec(name, tuple(name.split(":"))), combos)
+    return ddf, categorical, factor_levels, combos
+
+
+def model_layout(spec: ModelSpec, combos: pd.DataFrame | None, p: int) -> Layout:
+    """The coefficient layout: :func:`choose_layout` over the combinations of several grouping
+    factors, else the one factor as primary."""
+    q = {f.name: spec.factor_q(f.name) for f in spec.factors}
+    if combos is not None:
+        primary, nested, glob = choose_layout(spec, combos, q)
+    else:
+        primary, nested, glob = spec.factors[0].name, [], []
+    return Layout(primary=primary, nested=nested, global_factors=glob, q=q,
+                  global_levels={f: _level_keys(spec.factor(f), combos) for f in glob}, p=p)
 
 
 def _outside_bars(parsed: ParsedFormula) -> set[str]:

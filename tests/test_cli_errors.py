@@ -60,6 +60,14 @@ CASES = [
     ("inf value", ["{d}/inf.parquet", "--formula", GOOD], "'Days' holds an infinite value"),
     ("unknown weights column", [SLEEP, "--formula", GOOD, "--weights", "wt"], "'wt'"),
     ("unknown factor column", [SLEEP, "--formula", GOOD, "--factors", "Dayz"], "'Dayz'"),
+    ("GLMM: non-integer counts", [SLEEP, "--formula", "Reaction ~ Days + (1 | Subject)",
+                                  "--family", "poisson"], "not non-negative integers"),
+    ("GLMM: response outside 0..1", [SLEEP, "--formula", "Reaction ~ Days + (1 | Subject)",
+                                     "--family", "binomial"], "out of range"),
+    ("GLMM: AGQ with slopes", [SLEEP, "--formula", GOOD, "--family", "poisson", "--nagq", "9"],
+     "nagq=9"),
+    ("GLMM: link of another family", [SLEEP, "--formula", GOOD, "--family", "poisson",
+                                      "--link", "logit"], "link 'logit' is not available"),
 ]
 
 

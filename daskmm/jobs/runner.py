@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from daskmm.data.manifest import read_manifest
-from daskmm.jobs.spec import Job, JobError, load_job
+from daskmm.jobs.spec import Job, load_job
 
 log = logging.getLogger("daskmm")
 
@@ -98,11 +98,8 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                                 mode=mode)
         else:
             from daskmm.glmm import glmm
-            if job.weights:
-                raise JobError("weights are not available for a GLMM job; use "
-                               "cbind(successes, failures) for binomial trials")
             result = glmm(job.formula, data, job.family, link=job.link, nagq=job.nagq,
-                          factors=list(job.factors), client=client)
+                          factors=list(job.factors), weights=job.weights, client=client)
         timing["fit_s"] = time.perf_counter() - t
 
     def extra(tmp: Path) -> None:

@@ -14,11 +14,13 @@ A job file is YAML::
       groups: 100000
     formula: "Reaction ~ Days + (Days | Subject)"
     family: gaussian                    # gaussian (lmer) | binomial | poisson (glmer)
+                                        #   | negative_binomial (glmer.nb)
     link: logit                         # GLMM only: logit | probit | cloglog | log
     nagq: 1                             # GLMM only: 1 = Laplace, up to 25 = AGQ
     method: REML                        # REML | ML (gaussian)
     factors: []                         # columns to treat as categorical
-    weights: null                       # column of prior weights
+    weights: null                       # column of prior weights (binomial: the trials of a
+                                        #   proportion response)
     output: ../results/sleepstudy       # result directory
     cluster:                            # optional
       scheduler: tcp://10.0.0.5:8786    # join this scheduler ...
@@ -94,7 +96,7 @@ SCHEMA = {
             },
         },
         "formula": {"type": "string", "minLength": 1},
-        "family": {"enum": ["gaussian", "binomial", "poisson"]},
+        "family": {"enum": ["gaussian", "binomial", "poisson", "negative_binomial"]},
         "link": {"enum": ["logit", "probit", "cloglog", "log"]},
         "nagq": {"type": "integer", "minimum": 1, "maximum": 25},
         "method": {"enum": ["REML", "ML"]},

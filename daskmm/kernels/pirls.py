@@ -69,8 +69,10 @@ class PirlsData:
     keys: dict[str, np.ndarray]
     const: float
     n_dropped: int
+    primary: str = ""
     index: ReIndex | None = None  # set by build_index
-    u_warm: list[np.ndarray] | None = None
+    u_warm: list[np.ndarray] | np.ndarray | None = None
+    warm_groups: list[LevelGroup] | None = None  # the level groups u_warm is laid out by
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Point:
     G: np.ndarray
     factors: list[tuple[np.ndarray, np.ndarray]]
     groups: list[LevelGroup]
+    step: tuple[float, float] = (0.0, 0.0)  # (max |u change|, max |u|) from the last point
 
     def summary(self) -> tuple[float, float, float, np.ndarray, np.ndarray]:
         return self.ll, self.uu, self.logdet, self.RtR, self.G
@@ -160,6 +163,7 @@ def build_index(data: PirlsData, layout: Layout) -> None:
     n = len(data.y)
     stats = partition_stats(np.zeros(n), np.empty((n, 0)), None, data.Z, data.keys, layout,
                             names=_z_names(data))
+    data.primary = layout.primary
     data.index = _index(data, stats.groups, layout)
 
 
@@ -306,7 +310,7 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
                          options={"SymmetricMode": True})
 
     u = None
-    if data.u_warm is not None and len(data.u_warm) == n_loc:
+    if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
         u = data.u_warm
         p0, sc, w = at(u)
     if u is None or not np.isfinite(p0):

@@ -21,7 +21,8 @@ criterion returned is ``-2 sum_l log I_l`` without the normalising constants of 
 the parameters.
 
 Families and links are integer codes so that one compiled kernel serves all of them:
-:data:`BINOMIAL`, :data:`POISSON`; :data:`LOGIT`, :data:`PROBIT`, :data:`CLOGLOG`, :data:`LOG`.
+:data:`BINOMIAL`, :data:`POISSON`, :data:`NEGBIN` (whose size ``k`` travels in ``wt``);
+:data:`LOGIT`, :data:`PROBIT`, :data:`CLOGLOG`, :data:`LOG`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import math
 import numba
 import numpy as np
 
-BINOMIAL, POISSON = 0, 1
+BINOMIAL, POISSON, NEGBIN = 0, 1, 2
 LOGIT, PROBIT, CLOGLOG, LOG = 0, 1, 2, 3
 
 _EPS = 1e-300
@@ -65,10 +66,19 @@ def _mu(eta, link):  # pragma: no cover - compiled
 def _row(eta, y, wt, family, link):  # pragma: no cover - compiled
     """(log-likelihood without constant, score d/d eta, Fisher weight) of one row.
 
-    Binomial rows carry ``y`` successes out of ``wt`` trials; Poisson rows a count ``y``."""
+    Binomial rows carry ``y`` successes out of ``wt`` trials; Poisson rows a count ``y``;
+    negative binomial (NB2, log link) rows a count ``y`` with ``wt`` the size ``k``
+    (``Var = mu + mu^2 / k``), whose log-likelihood terms in ``k`` are kept here because ``k``
+    is estimated."""
     if family == POISSON:
         mu = math.exp(eta)
         return y * eta - mu, y - mu, mu
+    if family == NEGBIN:
+        mu = math.exp(eta)
+        k = wt
+        ll = (math.lgamma(y + k) - math.lgamma(k) + k * math.log(k)
+              - (k + y) * math.log(k + mu) + y * eta)
+        return ll, k * (y - mu) / (k + mu), mu * k / (k + mu)
     if link == LOGIT:  # stable form y eta - n log(1 + e^eta), one exp: e = e^-|eta|
         e = math.exp(-abs(eta))
         l1 = math.log1p(e)
@@ -117,7 +127,7 @@ def levels_objective(starts, eta0, y, wt, theta, family, link, nodes, weights,
     m = starts.shape[0] - 1
     total = 0.0
     K = nodes.shape[0]
-    canonical = family == POISSON or link == LOGIT
+    canonical = family == POISSON or (family == BINOMIAL and link == LOGIT)
     for lv in range(m):
         lo = starts[lv]
         hi = starts[lv + 1]

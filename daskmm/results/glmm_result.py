@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from daskmm.results.lmm_result import LmmResult, _abbrev, _clean
+from daskmm.results.lmm_result import LmmResult, _clean
 
 
 @dataclass
@@ -130,28 +130,8 @@ class GlmmResult(LmmResult):
         lines = [f"Generalized linear mixed model fit by maximum likelihood ({how}) "
                  "['glmerMod']", f" Family: {fam}  ( {self.link} )",
                  f"Formula: {self.formula}", ""]
-        w = [f"{x:.1f}" for x in (self.aic, self.bic, self.loglik, self.objective)]
-        w.append(str(self.nobs - self.df))
-        heads = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-        width = max(len(s) for s in w + heads) + 1
-        lines += ["".join(h.rjust(width) for h in heads), "".join(s.rjust(width) for s in w),
-                  "", "Random effects:"]
-        vc = self.varcorr()
-        table = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
-        for grp in self.term_groups():
-            sub = vc[vc["grp"] == grp]
-            var, cor = sub[sub["var2"].isna()], sub[sub["var2"].notna()]
-            for i, r in enumerate(var.itertuples(index=False)):
-                corr = " ".join(f"{c:.2f}" for c in cor[cor["var2"] == r.var1]["sdcor"])
-                table.append((grp if i == 0 else "", r.var1, f"{r.vcov:.4g}", f"{r.sdcor:.4g}",
-                              corr))
-        widths = [max(len(r[i]) for r in table) for i in range(5)]
-        for r in table:
-            lines.append(" " + " ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip())
-        groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
-        lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
-        if self.n_dropped:
-            lines.append(f"({self.n_dropped} observations deleted due to missingness)")
+        lines += [*self._criteria_lines(), "", "Random effects:",
+                  *self._random_effects_lines(residual=False), *self._nobs_lines()]
         lines += ["", "Fixed effects:"]
         fe = self.fixef()
         names = list(fe["term"])
@@ -161,15 +141,7 @@ class GlmmResult(LmmResult):
         for r in fe.itertuples(index=False):
             lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
                          f"{r.statistic:>9.3f}{_pval(r.p_value):>10}")
-        if len(names) > 1:
-            lines += ["", "Correlation of Fixed Effects:"]
-            sd = self.se
-            corr = self.vcov / np.outer(sd, sd)
-            abbr = [_abbrev(n) for n in names]
-            lines.append(" " * (nw + 1) + " ".join(f"{a:>6}" for a in abbr[:-1]))
-            for i in range(1, len(names)):
-                lines.append(f"{names[i]:<{nw}} " + " ".join(f"{corr[i, j]:>6.3f}"
-                                                          for j in range(i)))
+        lines += self._correlation_lines(names, nw)
         if self.singular:
             lines += ["", "boundary (singular) fit: see help('isSingular')"]
         for msg in self.warnings:

@@ -193,13 +193,44 @@ class LmmResult:
         if self.reml:
             lines.append(f"REML criterion at convergence: {self.objective:.1f}")
         else:
-            w = [f"{x:.1f}" for x in (self.aic, self.bic, self.loglik, self.objective)]
-            w.append(str(self.nobs - self.df))
-            heads = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-            width = max(len(s) for s in w + heads) + 1
-            lines.append("".join(h.rjust(width) for h in heads))
-            lines.append("".join(s.rjust(width) for s in w))
-        lines += ["", "Random effects:"]
+            lines += self._criteria_lines()
+        lines += ["", "Random effects:", *self._random_effects_lines(residual=True),
+                  *self._nobs_lines()]
+        lines += ["", "Fixed effects:"]
+        fe = self.fixef()
+        names = list(fe["term"])
+        nw = max(len(n) for n in names)
+        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'t value':>9}")
+        for r in fe.itertuples(index=False):
+            lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
+                         f"{r.statistic:>9.3f}")
+        lines += self._correlation_lines(names, nw)
+        if self.singular:
+            lines += ["", "boundary (singular) fit: see help('isSingular')"]
+        if not self.converged:
+            lines += ["", f"optimizer did not report convergence: {self.optinfo.get('message')}"]
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _criteria_lines(self) -> list[str]:
+        """lme4's ``AIC BIC logLik deviance df.resid`` header and values."""
+        w = [f"{x:.1f}" for x in (self.aic, self.bic, self.loglik, self.objective)]
+        w.append(str(self.nobs - self.df))
+        heads = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
+        width = max(len(s) for s in w + heads) + 1
+        return ["".join(h.rjust(width) for h in heads), "".join(s.rjust(width) for s in w)]
+
+    def _nobs_lines(self) -> list[str]:
+        groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
+        lines = [f"Number of obs: {self.nobs}, groups:  {groups}"]
+        if self.n_dropped:
+            lines.append(f"({self.n_dropped} observations deleted due to missingness)")
+        return lines
+
+    def _random_effects_lines(self, residual: bool) -> list[str]:
+        """lme4's ``Random effects:`` table (``Groups Name Variance Std.Dev. Corr``)."""
         vc = self.varcorr()
         table = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
         for grp in self.term_groups():
@@ -210,39 +241,24 @@ class LmmResult:
                 corr = " ".join(f"{c:.2f}" for c in cor[cor["var2"] == r.var1]["sdcor"])
                 table.append((grp if i == 0 else "", r.var1, f"{r.vcov:.4g}", f"{r.sdcor:.4g}",
                               corr))
-        table.append(("Residual", "", f"{self.sigma ** 2:.4g}", f"{self.sigma:.4g}", ""))
+        if residual:
+            table.append(("Residual", "", f"{self.sigma ** 2:.4g}", f"{self.sigma:.4g}", ""))
         widths = [max(len(r[i]) for r in table) for i in range(5)]
-        for r in table:
-            lines.append(" " + " ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip())
-        groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
-        lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
-        if self.n_dropped:
-            lines.append(f"({self.n_dropped} observations deleted due to missingness)")
-        lines += ["", "Fixed effects:"]
-        fe = self.fixef()
-        names = list(fe["term"])
-        nw = max(len(n) for n in names)
-        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'t value':>9}")
-        for r in fe.itertuples(index=False):
-            lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
-                         f"{r.statistic:>9.3f}")
-        if len(names) > 1:
-            lines += ["", "Correlation of Fixed Effects:"]
-            sd = self.se
-            corr = self.vcov / np.outer(sd, sd)
-            abbr = [_abbrev(n) for n in names]
-            lines.append(" " * (nw + 1) + " ".join(f"{a:>6}" for a in abbr[:-1]))
-            for i in range(1, len(names)):
-                lines.append(f"{names[i]:<{nw}} " + " ".join(f"{corr[i, j]:>6.3f}"
-                                                          for j in range(i)))
-        if self.singular:
-            lines += ["", "boundary (singular) fit: see help('isSingular')"]
-        if not self.converged:
-            lines += ["", f"optimizer did not report convergence: {self.optinfo.get('message')}"]
-        return "\n".join(lines) + "\n"
+        return [" " + " ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip() for r in table]
 
-    def __str__(self) -> str:
-        return self.summary()
+    def _correlation_lines(self, names: list[str], nw: int) -> list[str]:
+        """lme4's ``Correlation of Fixed Effects:`` block (none for one fixed effect)."""
+        if len(names) < 2:
+            return []
+        sd = self.se
+        corr = self.vcov / np.outer(sd, sd)
+        abbr = [_abbrev(n) for n in names]
+        lines = ["", "Correlation of Fixed Effects:",
+                 " " * (nw + 1) + " ".join(f"{a:>6}" for a in abbr[:-1])]
+        for i in range(1, len(names)):
+            lines.append(f"{names[i]:<{nw}} " + " ".join(f"{corr[i, j]:>6.3f}"
+                                                      for j in range(i)))
+        return lines
 
 
 def _abbrev(name: str) -> str:
