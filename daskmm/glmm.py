@@ -389,7 +389,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         trials = ModelSpec.build(dataclasses.replace(parsed, response=trials_text), sch,
                                  categorical, None, None) if trials_text else None
         resp = Response(resp_col, trials, success, weights)
-        layout = model_layout(spec, combos, 0)
+        layout = model_layout(spec, combos, 0, prefer_local=True)
         primary, glob = layout.primary, layout.global_factors
         part_layout = None if scalar else layout
         parts = _persist(c, ddf, spec, resp, fam_code, part_layout)

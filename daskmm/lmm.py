@@ -239,12 +239,13 @@ def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: 
     return ddf, categorical, factor_levels, combos
 
 
-def model_layout(spec: ModelSpec, combos: pd.DataFrame | None, p: int) -> Layout:
+def model_layout(spec: ModelSpec, combos: pd.DataFrame | None, p: int,
+                 prefer_local: bool = False) -> Layout:
     """The coefficient layout: :func:`choose_layout` over the combinations of several grouping
     factors, else the one factor as primary."""
     q = {f.name: spec.factor_q(f.name) for f in spec.factors}
     if combos is not None:
-        primary, nested, glob = choose_layout(spec, combos, q)
+        primary, nested, glob = choose_layout(spec, combos, q, prefer_local)
     else:
         primary, nested, glob = spec.factors[0].name, [], []
     return Layout(primary=primary, nested=nested, global_factors=glob, q=q,
@@ -282,13 +283,17 @@ def _level_keys(fs: FactorSpec, combos: pd.DataFrame) -> np.ndarray:
     return np.asarray(_sorted_factor_levels(fs, combos), dtype=object)
 
 
-def choose_layout(spec: ModelSpec, combos: pd.DataFrame,
-                  q: dict[str, int]) -> tuple[str, list[str], list[str]]:
+def choose_layout(spec: ModelSpec, combos: pd.DataFrame, q: dict[str, int],
+                  prefer_local: bool = False) -> tuple[str, list[str], list[str]]:
     """Pick the primary factor: the one minimising the cost of factoring its local blocks
     (sum over its levels of block size cubed) plus the dense global block (size cubed).
 
     A factor is local to candidate ``P`` when each of its levels occurs with one level of
     ``P`` (nested); every other factor is global (crossed).
+
+    With ``prefer_local`` (the GLMM) a layout without global factors wins whatever its cost:
+    global coefficients make every PIRLS step a round trip through the client, while local
+    ones let each partition iterate on its own.
     """
     keys = {f.name: pd.Series(f.keys(combos)) for f in spec.factors}
     nlev = {name: k.nunique() for name, k in keys.items()}
@@ -308,6 +313,8 @@ def choose_layout(spec: ModelSpec, combos: pd.DataFrame,
                 size = size.add(pairs.groupby("P").size() * q[f.name], fill_value=0)
         n_G = sum(nlev[g] * q[g] for g in glob)
         cost = float((size.astype(float) ** 3).sum()) + float(n_G) ** 3
+        if prefer_local:
+            cost = (len(glob), cost)
         if best is None or cost < best[0]:
             best = (cost, P, nested, glob)
     return best[1], best[2], best[3]
