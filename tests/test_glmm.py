@@ -1,5 +1,6 @@
-"""``daskmm.glmm``: lme4 conformance (cbpp), an independent oracle by numerical integration,
-invariance over partitions, a single read of the input, and bad input."""
+"""``daskmm.glmm``: conformance with glmer (../shared/conformance and the fits made here in
+fixtures/glmm), independent oracles (numerical integration, a dense Laplace), invariance over
+partitions and workers, a single read of the input, predictions, and bad input."""
 
 from __future__ import annotations
 
