@@ -1,18 +1,51 @@
-"""daskmm: mixed models fitted on Dask, matching lme4."""
+"""daskmm: mixed models fitted on Dask, matching lme4.
+
+The models are imported when first used (``daskmm.lmm``, ``daskmm.glmm``), so ``import
+daskmm`` and the command line start quickly and a Ctrl-C during start-up is handled."""
+
+import sys
+import types
 
 from daskmm.errors import (
-                           ColumnNotFoundError,
-                           DaskmmError,
-                           DataError,
-                           FitError,
-                           FormulaError,
-                           ModelError,
+    ColumnNotFoundError,
+    DaskmmError,
+    DataError,
+    FitError,
+    FormulaError,
+    ModelError,
 )
-from daskmm.glmm import glmm
-from daskmm.lmm import lmm
-from daskmm.results.glmm_result import GlmmResult
-from daskmm.results.lmm_result import LmmResult
+
+_LAZY = {"lmm": ("daskmm.lmm", "lmm"), "glmm": ("daskmm.glmm", "glmm"),
+         "LmmResult": ("daskmm.results.lmm_result", "LmmResult"),
+         "GlmmResult": ("daskmm.results.glmm_result", "GlmmResult")}
 
 __all__ = ["lmm", "LmmResult", "glmm", "GlmmResult", "DaskmmError", "FormulaError", "DataError",
            "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'daskmm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``daskmm.lmm`` must not replace the function ``daskmm.lmm``
+    (Python sets a package attribute for each submodule it imports)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

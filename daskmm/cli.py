@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
-from daskmm.data.staging import staging_dir
+from daskmm.data.staging import RESULT_MARKER, check_output, result_marker, staging_dir
 from daskmm.errors import DaskmmError
 
 
@@ -38,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
     fit.add_argument("--mode", default="auto", choices=["auto", "gathered", "distributed"],
                      help="evaluate the objective on the client or on the workers")
-    fit.add_argument("--out", required=True, help="output directory")
+    fit.add_argument("--out", required=True, help="output directory: a new folder, or a "
+                     "previous daskmm fit with --force")
+    fit.add_argument("--force", action="store_true", help="replace a previous daskmm fit at "
+                     "--out (never a folder daskmm did not write)")
     fit.add_argument("-v", "--verbose", action="store_true")
 
     ing = sub.add_parser("ingest", help="write CSV/Parquet as a dataset bucketed by a factor")
@@ -46,8 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--by", required=True, help="grouping column to bucket by")
     ing.add_argument("--buckets", type=int, default=None,
                      help="number of buckets (default: about 2 million rows each)")
-    ing.add_argument("--na-action", default="omit", choices=["omit", "fail"],
-                     help="drop rows with missing values (lme4's na.omit) or stop")
+    ing.add_argument("--na-action", default="keep", choices=["keep", "omit", "fail"],
+                     help="keep rows with missing values (each fit drops those missing a "
+                     "value it uses, as lme4's na.omit, and reports them), drop every row "
+                     "with a missing value, or stop")
     ing.add_argument("--factors", default="", help="float columns whose levels to record")
     ing.add_argument("--scheduler", default=None, help="Dask scheduler address")
     ing.add_argument("--force", action="store_true", help="replace an existing dataset")
@@ -58,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--rows", type=int, required=True)
     sim.add_argument("--groups", type=int, default=10_000, help="levels of g")
     sim.add_argument("--crossed", type=int, default=200, help="levels of h (0: none)")
-    sim.add_argument("--buckets", type=int, default=None)
+    sim.add_argument("--buckets", type=int, default=None, help="number of buckets (>= 1)")
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--scheduler", default=None, help="Dask scheduler address")
     sim.add_argument("--force", action="store_true", help="replace an existing dataset")
@@ -74,38 +82,55 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_outputs(result, out: str | os.PathLike, extra=None) -> Path:
-    """Write ``summary.json``, ``summary.txt``, ``fixef.parquet`` and ``ranef.parquet``
-    atomically into ``out`` (``extra(tmp_dir)`` may add files last, before the rename)."""
+def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None = None) -> Path:
+    """Write ``summary.json``, ``summary.txt``, ``fixef.parquet``, ``ranef.parquet`` and the
+    result marker atomically into ``out`` (``extra(tmp_dir)`` may add files last, before the
+    rename). Check ``out`` with :func:`~daskmm.data.staging.check_output` first."""
     with staging_dir(out) as tmp:
         (tmp / "summary.json").write_text(result.to_json(indent=2) + "\n")
         (tmp / "summary.txt").write_text(result.summary())
         result.fixef().to_parquet(tmp / "fixef.parquet", index=False)
         result.ranef_frame().to_parquet(tmp / "ranef.parquet", index=False)
+        (tmp / RESULT_MARKER).write_text(result_marker("fit", name))
         if extra is not None:
             extra(tmp)
     return Path(out)
+
+
+def report_rows(result) -> None:
+    """The dropped-rows line on stderr (it is in summary.json and summary.txt too)."""
+    line = result.dropped_line()
+    if line:
+        print(f"daskmm: {line.strip('()')}", file=sys.stderr)
 
 
 def _fit(args: argparse.Namespace) -> int:
     import daskmm
 
     factors = _split_list(args.factors)
-    if args.family != "gaussian":
-        from daskmm.glmm import glmm
+    if args.family == "gaussian":
+        if args.link not in (None, "identity"):
+            raise DaskmmError(f"--link {args.link} does not apply to the gaussian family (its "
+                              "link is identity); give --family binomial|poisson|"
+                              "negative_binomial for a GLMM, or leave --link out")
+        if args.nagq != 1:
+            raise DaskmmError(f"--nagq {args.nagq} does not apply to the gaussian family (an "
+                              "LMM's likelihood is exact); leave --nagq out")
+    else:
         if args.ml or args.mode != "auto":
             raise DaskmmError("--ml and --mode apply to gaussian fits; a GLMM is always fitted "
                               "by maximum likelihood")
+    out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
+    if args.family != "gaussian":
+        from daskmm.glmm import glmm
         result = glmm(args.formula, args.data, args.family, link=args.link, nagq=args.nagq,
                       factors=factors, weights=args.weights, client=args.scheduler)
-        out = write_outputs(result, args.out)
-        print(result.summary())
-        print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet")
-        return 0
-    result = daskmm.lmm(args.formula, args.data, reml=not args.ml, factors=factors,
-                        weights=args.weights, client=args.scheduler, mode=args.mode)
-    out = write_outputs(result, args.out)
+    else:
+        result = daskmm.lmm(args.formula, args.data, reml=not args.ml, factors=factors,
+                            weights=args.weights, client=args.scheduler, mode=args.mode)
+    write_outputs(result, out)
     print(result.summary())
+    report_rows(result)
     print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet")
     return 0
 
@@ -120,9 +145,12 @@ def _ingest(args: argparse.Namespace) -> int:
     m = ingest(args.src, args.by, args.out, buckets=args.buckets, na_action=args.na_action,
                factors=_split_list(args.factors), client=args.scheduler, force=args.force)
     dropped = sum(m.na_dropped.values())
+    kept = sum(m.na_counts.values())
     print(f"wrote {args.out}: {m.nrows} rows in {m.buckets} buckets by {m.key!r}; "
           f"{dropped} rows dropped for missing values"
-          + (f" ({', '.join(f'{c}: {k}' for c, k in m.na_dropped.items())})" if dropped else ""))
+          + (f" ({', '.join(f'{c}: {k}' for c, k in m.na_dropped.items())})" if dropped else "")
+          + (f"; missing values kept ({', '.join(f'{c}: {k}' for c, k in m.na_counts.items())})"
+             ", each fit drops the rows it cannot use and reports them" if kept else ""))
     return 0
 
 
@@ -150,17 +178,70 @@ def _run(args: argparse.Namespace) -> int:
 COMMANDS = {"fit": _fit, "ingest": _ingest, "simulate": _simulate, "run": _run}
 
 
+def explain(exc: BaseException) -> str:
+    """One line for an exception that is not one of daskmm's own: what a reader of CSV or
+    Parquet said about the input, or an honest 'unexpected' with the way to see more."""
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if "Mismatched dtypes found in `pd.read_csv`" in text:
+        rows = re.findall(r"^\|\s*(.+?)\s*\|\s*(\S+)\s*\|\s*(\S+)\s*\|$", text, re.M)
+        rows = [r for r in rows if r[0] != "Column"]
+        cols = ", ".join(f"{c!r} (a {found} value where the first rows are {want})"
+                         for c, found, want in rows)
+        return (f"the CSV input has a value that does not match the type of its column in a "
+                f"later part of the file: {cols or 'see the data'}; fix or remove that "
+                "value, or convert the file to Parquet with explicit types")
+    mod = type(exc).__module__ or ""
+    if type(exc).__name__ == "ParserError" or "Error tokenizing data" in text:
+        return f"cannot read the CSV input: {first} (a row with more or fewer fields?)"
+    if mod.startswith("pyarrow"):
+        return f"cannot read the Parquet input: {first}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot read the input as UTF-8 text: {first}"
+    if isinstance(exc, MemoryError):
+        return ("out of memory; give the workers more memory (cluster.memory_limit), use more "
+                "partitions, or run on a larger cluster")
+    return (f"unexpected {type(exc).__name__}: {first}; this is an input daskmm does not "
+            "check yet, or a bug: set DASKMM_DEBUG=1 for the traceback and report it")
+
+
+_INTERRUPTED = []
+
+
+def _quiet_interrupt(signum, frame):
+    """Ctrl-C: no more log lines or asyncio noise from the shutdown, then KeyboardInterrupt
+    (remembered: a library that swallows it must not turn it into a result)."""
+    _INTERRUPTED.append(True)
+    logging.disable(logging.CRITICAL)
+    sys.unraisablehook = lambda *a: None
+    warnings.simplefilter("ignore")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not break the cleanup
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = getattr(args, "verbose", False) or (args.command != "fit"
                                                    and not getattr(args, "quiet", False))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="daskmm: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("daskmm: %(message)s"))
+    log = logging.getLogger("daskmm")  # ours only: Dask's loggers keep their own settings
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"daskmm: warning: {msg}\n"
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _quiet_interrupt)
     try:
-        return COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
+        if _INTERRUPTED:
+            raise KeyboardInterrupt
+        return rc
     except DaskmmError as exc:
+        if _INTERRUPTED:
+            print("daskmm: interrupted; no output written", file=sys.stderr)
+            return 130
         print(f"daskmm: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`: not an error of ours
@@ -169,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("daskmm: interrupted; no output written", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("DASKMM_DEBUG"):
+            raise
+        print(f"daskmm: error: {explain(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

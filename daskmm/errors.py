@@ -32,3 +32,15 @@ class ModelError(DaskmmError, ValueError):
 
 class FitError(DaskmmError, RuntimeError):
     """The optimiser or the linear algebra failed."""
+
+
+def num(x: object) -> str:
+    """A number as a user writes it (``2.0``, ``3``), never ``np.float64(2.0)``."""
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        try:
+            x = x.item()
+        except (ValueError, TypeError):
+            pass
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return repr(x)
+    return repr(x) if isinstance(x, (int, float)) else str(x)

@@ -43,14 +43,24 @@ import scipy.linalg as la
 from scipy.special import gammaln
 
 from daskmm.data.io import DataLike, open_data, read_data
+from daskmm.data.rows import DropCounts, missing_rows
 from daskmm.distributed.client import client_for
 from daskmm.distributed.passes import aligned, shuffle_by
 from daskmm.distributed.progress import track
-from daskmm.errors import DataError, FitError, ModelError
+from daskmm.errors import DataError, FitError, ModelError, num
+from daskmm.formula.checks import check_ranges, column_ranges
 from daskmm.formula.parse import _split_top, identifiers, parse_formula
-from daskmm.formula.spec import ModelSpec, check_columns, is_categorical_dtype, level_label
+from daskmm.formula.spec import (
+    ModelSpec,
+    check_column_types,
+    check_columns,
+    is_categorical_dtype,
+    level_label,
+)
+from daskmm.kernels import glm_start as G
 from daskmm.kernels import pirls as P
 from daskmm.kernels import scalar_re as K
+from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import group_Lambda, group_modes, lambda_tilde, profiled
 from daskmm.kernels.stats import Layout
 from daskmm.lmm import (
@@ -88,7 +98,7 @@ class GlmmPartition:
     wt: np.ndarray
     offset: np.ndarray
     const: float  # sum of the family's log normalising constants
-    n_dropped: int
+    n_dropped: DropCounts
     u_warm: np.ndarray | None = None  # modes of the last evaluation (a cache on the worker)
 
 
@@ -108,9 +118,8 @@ def _encode(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int):
     """Encoded arrays of one partition: ``(enc, X, y, wt, offset, const, dropped)``."""
     cols = sorted(set(spec.used_columns) | set(resp.trials.used_columns if resp.trials else []))
     df = df[cols]
-    ok = df.notna().all(axis=1).to_numpy()
-    dropped = int(len(df) - ok.sum())
-    if dropped:
+    ok, dropped = missing_rows(df, cols)
+    if ok is not None:
         df = df.loc[ok]
     if resp.success is not None:
         lab = df[resp.column].map(level_label)
@@ -169,7 +178,7 @@ def _check_proportion(y, name) -> None:
     bad = (y < 0) | (y > 1)
     if bad.any():
         raise DataError(f"binomial response {name!r} with weights must be a proportion in "
-                        f"[0, 1]; got {y[bad][0]!r}")
+                        f"[0, 1]; got {num(y[bad][0])}")
 
 
 def _check_response(y, wt, family, name) -> None:
@@ -178,23 +187,23 @@ def _check_response(y, wt, family, name) -> None:
         if bad.any():
             fam = "Poisson" if family == K.POISSON else "negative binomial"
             raise DataError(f"response {name!r} has {int(bad.sum())} value(s) that are not "
-                            f"non-negative integers (e.g. {y[bad][0]!r}); the {fam} family "
+                            f"non-negative integers (e.g. {num(y[bad][0])}); the {fam} family "
                             "needs counts")
         return
     bad = (y < 0) | (y > wt) | (wt <= 0)
     if bad.any():
         i = np.flatnonzero(bad)[0]
-        raise DataError(f"binomial response {name!r} out of range: {y[i]!r} successes of "
-                        f"{wt[i]!r} trials; use 0/1, a two-level factor, cbind(successes, "
+        raise DataError(f"binomial response {name!r} out of range: {num(y[i])} successes of "
+                        f"{num(wt[i])} trials; use 0/1, a two-level factor, cbind(successes, "
                         "failures) with non-negative counts, or a proportion with weights")
     frac = y != np.round(y)
     if frac.any():
         raise DataError(f"binomial response {name!r} has non-integer successes (e.g. "
-                        f"{y[frac][0]!r}); give cbind(successes, failures) counts, or a "
+                        f"{num(y[frac][0])}); give cbind(successes, failures) counts, or a "
                         "proportion whose weights are the trials")
 
 
-def _keys(part) -> tuple[np.ndarray, int, dict]:
+def _keys(part, family: int) -> tuple[np.ndarray, int, dict]:
     """Primary-level keys of a partition, rows dropped, and per-level response totals (for the
     all-zero / all-success warnings)."""
     if isinstance(part, GlmmPartition):
@@ -205,7 +214,9 @@ def _keys(part) -> tuple[np.ndarray, int, dict]:
         codes, levels = pd.factorize(part.keys[part.primary], sort=True)
         ysum = np.bincount(codes, part.y, minlength=len(levels))
         wsum = np.bincount(codes, part.wt, minlength=len(levels))
-    return np.asarray(levels), part.n_dropped, {"ysum": ysum, "wsum": wsum}
+    Z = {} if isinstance(part, GlmmPartition) else part.Z
+    ranges = column_ranges(part.y / part.wt if family == K.BINOMIAL else part.y, Z)
+    return np.asarray(levels), part.n_dropped, {"ysum": ysum, "wsum": wsum, "ranges": ranges}
 
 
 def _with_size(part, size: float | None):
@@ -216,8 +227,8 @@ def _with_size(part, size: float | None):
     return part
 
 
-def _irls(part, beta: np.ndarray, family: int, link: int):
-    return K.irls_crossprod(part.X, part.offset, beta, part.y, part.wt, family, link) + \
+def _scoring(part, beta: np.ndarray | None, family: int, link: int):
+    return G.scoring_step(part.X, part.offset, part.y, part.wt, family, link, beta) + \
         (len(part.y), part.const)
 
 
@@ -371,6 +382,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                             f"columns: {', '.join(map(str, ddf.columns))}")
     schema = {c: ddf.dtypes[c] for c in ddf.columns}
     used = sorted(parsed.columns | ({weights} if weights else set()))
+    check_column_types(schema, used)
     ddf = ddf[used]
     group_cols = sorted({c for b in bars for c in b.factor})
     outside = sorted(parsed.columns - {c for c in group_cols if c not in _outside_bars(parsed)})
@@ -393,13 +405,13 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         primary, glob = layout.primary, layout.global_factors
         part_layout = None if scalar else layout
         parts = _persist(c, ddf, spec, resp, fam_code, part_layout)
-        info = c.gather(c.map(_keys, parts, pure=False))
+        info = c.gather(c.map(_keys, parts, family=fam_code, pure=False))
         if not aligned([k for k, _, _ in info]):
             log.info("data are not partitioned by %s: shuffling", primary)
             c.cancel(parts)
             parts = _persist(c, shuffle_by(ddf, spec.factor(primary)), spec, resp, fam_code,
                              part_layout)
-            info = c.gather(c.map(_keys, parts, pure=False))
+            info = c.gather(c.map(_keys, parts, family=fam_code, pure=False))
         del ddf  # the encoded partitions are all the fit needs from here on
         n_dropped = sum(d for _, d, _ in info)
         ngroups = {primary: sum(len(k) for k, _, _ in info)}
@@ -410,9 +422,11 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             if nl < 2:
                 raise DataError(f"grouping factor {name!r} has {nl} level; a random effect "
                                 "needs at least 2 levels (drop the term or use a fixed effect)")
+        check_ranges([i[2]["ranges"] for i in info], spec, parsed.response)
         notes = _level_warnings(primary, info, family)
-        beta0, n, const = _glm_start(c, parts, K.POISSON if fam_code == K.NEGBIN else fam_code,
-                                     links[link], len(spec.fixef_names))
+        keep, beta0, n, const = _glm_start(c, parts,
+                                           K.POISSON if fam_code == K.NEGBIN else fam_code,
+                                           links[link], spec.fixef_names)
         if n == 0:
             raise DataError("no rows left after dropping rows with missing values in the "
                             f"columns the model uses ({', '.join(used)})")
@@ -422,6 +436,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             crit = _GlobalCriterion(c, parts, spec, layout, fam_code, links[link], const)
         else:
             crit = _LocalCriterion(c, parts, spec, layout, fam_code, links[link], const)
+        if not keep.all():
+            crit = _Estimable(crit, keep)
         theta0 = np.concatenate([t.theta_init() for t in spec.terms])
         lower = np.concatenate([t.theta_lower() for t in spec.terms])
         nb = fam_code == K.NEGBIN
@@ -447,12 +463,14 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         vcov = _vcov(H, nt, theta, lower)
         ranef = crit.ranef(theta, beta, size)
         t3 = time.perf_counter()
-    notes += _fit_warnings(beta, vcov, spec.fixef_names, family)
+    names = [nm for nm, k in zip(spec.fixef_names, keep) if k]
+    notes += _fit_warnings(beta, vcov, names, family)
     res = GlmmResult(formula=parsed.text, spec=spec, reml=False, theta=theta, beta=beta,
-                     fixef_names=list(spec.fixef_names), vcov=vcov, sigma=1.0,
+                     fixef_names=names, vcov=vcov, sigma=1.0,
                      objective=objective, nobs=n, n_dropped=n_dropped, ngroups=ngroups,
                      ranef=ranef, optinfo=optinfo, family=family, link=link, nagq=nagq,
                      nb_size=size, warnings=notes)
+    res.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     res.predictor = _Predictor(res, data, resp, links[link], npartitions)
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                   "total_s": time.perf_counter() - t0}
@@ -686,7 +704,9 @@ class _Predictor:
         res = self.res
         ddf = read_data(self.data if newdata is None else newdata, self.npartitions)
         tables = {f: (pd.Index(t.levels), t.b) for f, t in res.ranef.items()} if re else {}
-        return ddf.map_partitions(_predict_partition, res.spec, self.resp, res.beta, tables,
+        beta = np.zeros(len(res.spec.fixef_names))  # aliased columns: coefficient zero
+        beta[[res.spec.fixef_names.index(nm) for nm in res.fixef_names]] = res.beta
+        return ddf.map_partitions(_predict_partition, res.spec, self.resp, beta, tables,
                                   kind, self.link, meta=pd.Series(dtype=float, name=kind))
 
 
@@ -728,29 +748,80 @@ def _persist(c, ddf, spec, resp, family, layout) -> list:
     return futures
 
 
-def _glm_start(c, parts, family, link, p, iters: int = 25):
-    """``beta`` of the GLM without random effects, by IRLS over the partitions."""
-    beta = np.zeros(p)
-    n = const = 0
-    for _ in range(iters):
-        out = c.gather(c.map(_irls, parts, beta=beta, family=family, link=link, pure=False))
-        A = sum(o[0] for o in out)
-        b = sum(o[1] for o in out)
-        n = sum(o[2] for o in out)
-        const = sum(o[3] for o in out)
+def _glm_start(c, parts, family, link, names: list[str], max_iter: int = 50,
+               max_halvings: int = 30):
+    """The GLM without random effects, as ``glm.fit``: the estimable columns (aliased ones
+    dropped with a warning, as lme4), and their ``beta`` by Fisher scoring from ``glm``'s
+    ``mustart`` with step halving; each iteration one map over the partitions.
+
+    Returns ``(keep, beta, n, const)``."""
+    def step(beta):
+        out = c.gather(c.map(_scoring, parts, beta=beta, family=family, link=link,
+                             pure=False))
+        return (sum(o[0] for o in out), sum(o[1] for o in out), sum(o[2] for o in out),
+                sum(o[3] for o in out), sum(o[4] for o in out))
+
+    A, b, _, n, const = step(None)
+    if n == 0:
+        return np.ones(len(names), dtype=bool), np.zeros(len(names)), 0, 0.0
+    keep = estimable_columns(A, names)
+    sub = np.ix_(keep, keep)
+
+    def solve(A, b):
         try:
-            new = np.linalg.solve(A, b)
+            return np.linalg.solve(A[sub], b[keep])
         except np.linalg.LinAlgError as exc:
-            raise DataError("the fixed-effects matrix is rank deficient (or the response "
-                            "separates the data completely); drop aliased columns") from exc
-        if np.max(np.abs(new - beta)) < 1e-10 * (1 + np.max(np.abs(beta))):
-            beta = new
+            raise FitError("the GLM start failed: its weighted cross-product is singular; "
+                           "the response may separate the data completely") from exc
+
+    def full(beta_k):
+        out = np.zeros(len(names))
+        out[keep] = beta_k
+        return out
+
+    beta = solve(A, b)
+    A, b, ll, _, _ = step(full(beta))
+    for _ in range(max_iter):
+        new = solve(A, b)
+        A2, b2, ll2, _, _ = step(full(new))
+        halvings = 0
+        while not math.isfinite(ll2) or ll2 < ll - 1e-10 * abs(ll):
+            if halvings == max_halvings:
+                raise FitError("the GLM start cannot improve its log-likelihood by step "
+                               "halving; the response may separate the data completely")
+            new = 0.5 * (new + beta)
+            A2, b2, ll2, _, _ = step(full(new))
+            halvings += 1
+        done = (abs(ll2 - ll) <= 1e-12 * (abs(ll2) + 0.1)
+                and np.max(np.abs(new - beta)) <= 1e-8 * (1 + np.max(np.abs(new))))
+        beta, A, b, ll = new, A2, b2, ll2
+        if done:
             break
-        beta = new
     if not np.all(np.isfinite(beta)) or np.max(np.abs(beta)) > 30:
         raise DataError("the GLM start diverges (|beta| > 30): the response may separate the "
                         "data completely (a level or a column value with all 0 or all 1)")
-    return beta, int(n), float(const)
+    return keep, beta, int(n), float(const)
+
+
+class _Estimable:
+    """The criterion over the estimable fixed effects: aliased ones held at zero."""
+
+    def __init__(self, crit, keep: np.ndarray):
+        self.crit, self.keep = crit, keep
+
+    def full(self, beta: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(self.keep))
+        out[self.keep] = beta
+        return out
+
+    def __call__(self, theta, beta, size=None):
+        return self.crit(theta, self.full(beta), size)
+
+    def ranef(self, theta, beta, size=None):
+        return self.crit.ranef(theta, self.full(beta), size)
+
+    def __getattr__(self, name):
+        return getattr(self.crit, name)
 
 
 def _optimise(crit, theta0: np.ndarray, lower_theta: np.ndarray, beta0: np.ndarray,

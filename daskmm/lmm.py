@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 
 import dask.dataframe as dd
@@ -31,6 +30,7 @@ from distributed import Client
 
 from daskmm.data.io import DataLike, open_data
 from daskmm.data.manifest import Manifest
+from daskmm.data.rows import DropCounts
 from daskmm.distributed.client import client_for
 from daskmm.distributed.evaluator import DistributedEvaluator, GatheredEvaluator
 from daskmm.distributed.passes import (
@@ -42,15 +42,18 @@ from daskmm.distributed.passes import (
     stats_summary,
 )
 from daskmm.errors import DataError, FitError, ModelError
+from daskmm.formula.checks import check_ranges
 from daskmm.formula.parse import ParsedFormula, parse_formula
 from daskmm.formula.spec import (
     FactorSpec,
     ModelSpec,
+    check_column_types,
     check_columns,
     is_categorical_dtype,
     level_label,
     sorted_levels,
 )
+from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import global_modes, lambda_tilde, profiled
 from daskmm.kernels.stats import Layout, PartitionStats
 from daskmm.results.lmm_result import LmmResult, RanefTable
@@ -70,7 +73,7 @@ class Problem:
     evaluator: object
     n: int
     sum_log_w: float
-    n_dropped: int
+    n_dropped: DropCounts
     G: np.ndarray
     keep: np.ndarray
     ngroups: dict
@@ -125,6 +128,7 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         t3 = time.perf_counter()
     result.timing = {"statistics_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                      "total_s": t3 - t0}
+    result.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     return result
 
 
@@ -150,6 +154,7 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     schema = {c: ddf.dtypes[c] for c in ddf.columns}
     group_cols = sorted({c for b in parsed.bars for c in b.factor})
     used = sorted(parsed.columns | ({weights} if weights else set()))
+    check_column_types(schema, used)
     ddf = ddf[used]  # read only these columns (projection reaches the Parquet reader)
     outside = sorted(parsed.columns - {c for c in group_cols
                                        if c not in _outside_bars(parsed)})
@@ -189,6 +194,7 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
         if f.name != primary:
             ngroups[f.name] = len(factor_levels[f.name])
     _check_groups(spec, ngroups, n)
+    check_ranges([s.get("ranges") for s in summaries], spec, parsed.response)
     keep = _estimable_columns(G, layout, spec)
     if use_distributed:
         if not np.all(keep):
@@ -218,7 +224,11 @@ def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: 
     categorical: dict[str, list[str]] = {}
     factor_levels: dict[str, list[str]] = {}
     combos = None
-    from_manifest = [c for c in cat_cols if manifest is not None
+    # a dataset's level tables count every row; a fit's levels are those of its complete
+    # rows (lme4 drops unused levels after na.omit): only usable when no used column has a
+    # missing value in the dataset
+    complete = manifest is not None and not any(manifest.na_counts.get(c) for c in used)
+    from_manifest = [c for c in cat_cols if complete
                      and (manifest.levels.get(c) or {}).get("file")]
     for c in from_manifest:
         categorical[c] = sorted_levels(manifest.level_table(c)["level"])
@@ -338,40 +348,11 @@ def _check_groups(spec: ModelSpec, ngroups: dict, n: int) -> None:
                 "the model is not identifiable (lme4: check.nobs.vs.nRE)")
 
 
-def _estimable_columns(G: np.ndarray, layout: Layout, spec: ModelSpec,
-                       tol: float = 1e-7) -> np.ndarray:
-    """Fixed-effect columns to keep: drop each column that is (numerically) a linear
-    combination of the columns before it, as lme4 does, with a warning."""
+def _estimable_columns(G: np.ndarray, layout: Layout, spec: ModelSpec) -> np.ndarray:
+    """Fixed-effect columns to keep (:func:`~daskmm.kernels.aliasing.estimable_columns` on the
+    ``X'X`` block of the statistics)."""
     g, p = layout.n_G, layout.p
-    XtX = G[g:g + p, g:g + p]
-    keep = np.ones(p, dtype=bool)
-    if p == 0:
-        return keep
-    L = np.zeros((p, p))
-    scale = np.sqrt(np.maximum(np.diag(XtX), 1e-300))
-    C = XtX / np.outer(scale, scale)
-    kept: list[int] = []
-    for j in range(p):
-        if not kept:
-            d = C[j, j]
-        else:
-            lk = L[np.ix_(kept, kept)]
-            v = np.linalg.solve(lk, C[kept, j])
-            d = C[j, j] - v @ v
-        if np.diag(XtX)[j] == 0 or d <= tol:
-            keep[j] = False
-            continue
-        if kept:
-            L[j, kept] = v
-        L[j, j] = np.sqrt(d)
-        kept.append(j)
-    if not keep.all():
-        dropped = [spec.fixef_names[j] for j in np.flatnonzero(~keep)]
-        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping "
-                      f"{len(dropped)} column(s): {', '.join(dropped)}", stacklevel=3)
-    if not keep.any():
-        raise ModelError("every fixed-effect column is zero or aliased")
-    return keep
+    return estimable_columns(G[g:g + p, g:g + p], spec.fixef_names)
 
 
 def _k_index(layout: Layout, keep: np.ndarray) -> np.ndarray:

@@ -1,16 +1,16 @@
-"""Shared fixtures: a real LocalCluster and the conformance fixtures from ../shared."""
+"""Shared fixtures: a real LocalCluster and the conformance fixtures in tests/fixtures/conformance."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFORMANCE = Path(os.environ.get("DASKMM_CONFORMANCE", ROOT.parent / "shared" / "conformance"))
+CONFORMANCE = ROOT / "tests" / "fixtures" / "conformance"
+"""lme4/mgcv reference fits, inside the repository (README.md there: provenance)."""
 
 LMM_FIXTURES = ["dyestuff_reml", "dyestuff_ml", "dyestuff2_reml_singular", "sleepstudy_reml",
                 "sleepstudy_ml", "sleepstudy_uncorr_reml", "penicillin_crossed_reml",

@@ -1,4 +1,4 @@
-"""Every LMM fixture in ../shared/conformance, through the Python API and through the CLI.
+"""Every LMM fixture in tests/fixtures/conformance, through the Python API and through the CLI.
 
 Tolerances are the conformance README's: objective 1e-6 relative; fixed effects and sigma 1e-4
 relative; variance components, theta and standard errors 1e-3 relative. Conditional modes and
@@ -104,8 +104,9 @@ def test_cli_matches_lme4(fid, tmp_path, scheduler_address):
         cmd.append("--ml")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["fixef.parquet", "ranef.parquet",
-                                                     "summary.json", "summary.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["_daskmm.json", "fixef.parquet",
+                                                     "ranef.parquet", "summary.json",
+                                                     "summary.txt"]
     doc = json.loads((out / "summary.json").read_text())
     ranef = pd.read_parquet(out / "ranef.parquet")
     assert list(ranef.columns) == ["group", "level", "term", "estimate", "std_error"]

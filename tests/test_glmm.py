@@ -1,4 +1,4 @@
-"""``daskmm.glmm``: conformance with glmer (../shared/conformance and the fits made here in
+"""``daskmm.glmm``: conformance with glmer (tests/fixtures/conformance and the fits made here in
 fixtures/glmm), independent oracles (numerical integration, a dense Laplace), invariance over
 partitions and workers, a single read of the input, predictions, and bad input."""
 

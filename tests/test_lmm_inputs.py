@@ -44,9 +44,14 @@ def test_missing_values_are_dropped_and_counted(sleep, client):
     data = pd.concat([sleep.astype({"Subject": float}), extra], ignore_index=True)
     res = daskmm.lmm(fx["formula"], data, client=client, npartitions=2)
     assert res.nobs == 180
-    assert res.n_dropped == 7
-    assert res.to_dict()["n_dropped_na"] == 7
-    assert "7 observations deleted due to missingness" in res.summary()
+    # each dropped row counted once, under its first missing column (columns sorted)
+    assert res.n_dropped == {"Reaction": 3, "Days": 4}
+    assert res.to_dict()["n_dropped_na"] == 7 == len(data) - len(data.dropna())
+    assert res.to_dict()["rows"] == {"used": 180, "dropped": 7, "read": 187,
+                                     "dropped_missing": {"Reaction": 3, "Days": 4},
+                                     "dropped_at_ingest": {}}
+    assert ("(7 observations deleted due to missingness: missing values in Days: 4, "
+            "Reaction: 3)") in res.summary()
     assert res.objective == pytest.approx(fx["objective"], rel=1e-6)
 
 

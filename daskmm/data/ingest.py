@@ -38,16 +38,17 @@ from daskmm.data.manifest import (
     bucket_file,
     bucket_of,
     is_level_column,
-    read_manifest,
 )
-from daskmm.data.staging import staging_dir
+from daskmm.data.provenance import absolute_source, source_info
+from daskmm.data.rows import DropCounts, missing_rows
+from daskmm.data.staging import check_output, staging_dir
 from daskmm.distributed.client import client_for
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError
 
 log = logging.getLogger("daskmm")
 
-NA_ACTIONS = ("omit", "fail")
+NA_ACTIONS = ("keep", "omit", "fail")
 LEVEL_CAP = 10_000_000
 """A non-float column with more distinct values than this (a row id) gets no level table."""
 ROWS_PER_BUCKET = 2_000_000
@@ -74,7 +75,8 @@ def default_buckets(ddf, src: DataLike) -> int:
 def _split(df: pd.DataFrame, i: int, key: str, buckets: int, tmp: str, na_action: str,
            level_cols: list[str]) -> dict:
     n_in = len(df)
-    na = {}
+    na: dict[str, int] = {}
+    kept: dict[str, int] = {}
     if n_in:
         missing = df.isna()
         if missing.to_numpy().any():
@@ -83,12 +85,12 @@ def _split(df: pd.DataFrame, i: int, key: str, buckets: int, tmp: str, na_action
                 col = counts[counts > 0].index[0]
                 raise DataError(
                     f"column {col!r} has {int(counts[col])} missing value(s) in input block "
-                    f"{i} (na_action: fail); fill or drop them, or use na_action: omit")
-            first = missing.to_numpy().argmax(axis=1)
-            any_missing = missing.to_numpy().any(axis=1)
-            for j in np.unique(first[any_missing]):
-                na[str(df.columns[j])] = int(((first == j) & any_missing).sum())
-            df = df.loc[~any_missing]
+                    f"{i} (na_action: fail); fill or drop them, or use na_action: keep")
+            if na_action == "keep":
+                kept = {str(c): int(k) for c, k in counts.items() if k}
+            else:
+                ok, na = missing_rows(df, list(df.columns))
+                df = df.loc[ok]
     b = bucket_of(df[key], buckets)
     if buckets <= 2 ** 16:  # numpy's stable sort of 16-bit keys is a radix sort: O(n)
         b = b.astype(np.uint16)
@@ -104,15 +106,14 @@ def _split(df: pd.DataFrame, i: int, key: str, buckets: int, tmp: str, na_action
         pq.write_table(table.slice(starts[j], counts[j]), d / f"p{i:06d}.parquet",
                        compression="none")
     levels = {c: df[c].value_counts(sort=False) for c in level_cols}
-    return {"rows": counts, "na": na, "dtypes": [{c: str(t) for c, t in df.dtypes.items()}],
-            "levels": levels, "n_in": n_in}
+    return {"rows": counts, "na": na, "kept": kept,
+            "dtypes": [{c: str(t) for c, t in df.dtypes.items()}], "levels": levels,
+            "n_in": n_in}
 
 
 def _combine(parts: list[dict]) -> dict:
-    na: dict[str, int] = {}
-    for p in parts:
-        for c, k in p["na"].items():
-            na[c] = na.get(c, 0) + k
+    na = sum((DropCounts(p["na"]) for p in parts), DropCounts())
+    kept = sum((DropCounts(p["kept"]) for p in parts), DropCounts())
     levels = {}
     for c in parts[0]["levels"]:
         if any(p["levels"][c] is None for p in parts):
@@ -121,7 +122,7 @@ def _combine(parts: list[dict]) -> dict:
         s = pd.concat([p["levels"][c] for p in parts])
         s = s.groupby(level=0, sort=False).sum()
         levels[c] = s if len(s) <= LEVEL_CAP else None
-    return {"rows": sum(p["rows"] for p in parts), "na": na, "levels": levels,
+    return {"rows": sum(p["rows"] for p in parts), "na": na, "kept": kept, "levels": levels,
             "dtypes": [d for p in parts for d in p["dtypes"]],
             "n_in": sum(p["n_in"] for p in parts)}
 
@@ -146,7 +147,7 @@ def _finish_levels(total: dict, tmp: str) -> dict:
         pd.DataFrame({"level": s.index.to_numpy(), "count": s.to_numpy(dtype=np.int64)}) \
             .to_parquet(Path(tmp) / name, index=False)
         levels[c] = {"n_levels": int(len(s)), "file": name}
-    return {"rows": total["rows"], "na": total["na"], "levels": levels,
+    return {"rows": total["rows"], "na": total["na"], "kept": total["kept"], "levels": levels,
             "dtypes": total["dtypes"], "n_in": total["n_in"]}
 
 
@@ -184,7 +185,7 @@ def _compact(j: int, tmp: str, schema: pa.Schema) -> int:
 
 # ------------------------------------------------------------------ driver
 def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None = None,
-           na_action: str = "omit", factors: list[str] | None = None,
+           na_action: str = "keep", factors: list[str] | None = None,
            client: Client | str | None = None, force: bool = False) -> Manifest:
     """Write ``src`` as a dataset bucketed by ``by`` (see the module docstring).
 
@@ -195,17 +196,20 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
     by : str
         Partition key: the grouping factor the fits will be partitioned by.
     out : path
-        Dataset directory to create.
+        Dataset directory to create (a new folder, or a daskmm dataset with ``force``).
     buckets : int, optional
         Number of buckets (default: about :data:`ROWS_PER_BUCKET` rows each).
-    na_action : {"omit", "fail"}
-        Drop rows with a missing value (counted per column in the manifest), as lme4's
-        ``na.omit``, or stop with an error naming the column.
+    na_action : {"keep", "omit", "fail"}
+        Keep rows with missing values (default: each fit drops the rows missing a value in
+        the columns it uses, as lme4's ``na.omit``, and reports them; the manifest counts
+        the missing values per column), drop every row with a missing value in any column
+        (counted per column in the manifest and in every fit's report), or stop with an
+        error naming the column.
     factors : list of str, optional
         Floating-point columns whose levels should be recorded too.
     client : Client or str, optional
     force : bool
-        Replace an existing dataset at ``out``.
+        Replace an existing dataset at ``out`` (never a folder daskmm did not write).
 
     Returns
     -------
@@ -216,12 +220,11 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
                         f"{', '.join(NA_ACTIONS)}")
     if buckets is not None and buckets < 1:
         raise DataError(f"buckets must be a positive integer; got {buckets}")
-    out = Path(out)
-    if out.exists():
-        if not force:
-            what = "a dataset" if read_manifest(out) else "something"
-            raise DataError(f"{str(out)!r} already holds {what}; use --force to replace it")
-    ddf = read_data(src)
+    local_src = [src] if isinstance(src, (str, os.PathLike)) else []
+    out = check_output(out, "dataset", force=force, inputs=local_src, what="dataset")
+    source = absolute_source(src) if local_src else type(src).__name__
+    provenance = source_info(source) if local_src else {}
+    ddf = read_data(source if local_src else src)
     if by not in ddf.columns:
         raise DataError(f"partition key {by!r} is not a column of the data; available "
                         f"columns: {', '.join(map(str, ddf.columns))}")
@@ -229,7 +232,7 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
         if f not in ddf.columns:
             raise DataError(f"column {f!r} named as a factor is not in the data; available "
                             f"columns: {', '.join(map(str, ddf.columns))}")
-    nb = buckets or default_buckets(ddf, src)
+    nb = buckets or default_buckets(ddf, source if local_src else src)
     level_cols = [c for c in ddf.columns
                   if is_level_column(ddf.dtypes[c]) or c in (factors or []) or c == by]
     tok = uuid.uuid4().hex[:8]
@@ -249,7 +252,7 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
                 parts[0], str(tmp), dask_key_name=f"daskmm-ingest-levels-{tok}")
             fut = c.compute(final)
             track([fut], "ingest: split")
-            total = fut.result()
+            total = read_errors(fut)
             if total["n_in"] == 0:
                 raise DataError("the input has no rows; nothing to ingest")
             if int(total["rows"].sum()) == 0:
@@ -265,11 +268,41 @@ def ingest(src: DataLike, by: str, out: str | os.PathLike, buckets: int | None =
         shutil.rmtree(tmp / "_parts", ignore_errors=True)
         manifest = Manifest(key=by, buckets=nb, schema=schema, rows=[int(r) for r in rows],
                             levels=total["levels"], na_action=na_action,
-                            na_dropped=total["na"],
-                            source=src if isinstance(src, str) else os.fspath(src)
-                            if isinstance(src, os.PathLike) else type(src).__name__)
+                            na_dropped=dict(total["na"]), na_counts=dict(total["kept"]),
+                            source=source, source_info=provenance)
+        _check_complete(manifest, tmp, int(total["n_in"]) - DropCounts(total["na"]).total)
         manifest.write(tmp)  # last: its presence marks a complete dataset
     dropped = sum(manifest.na_dropped.values())
     log.info("ingested %d rows into %d buckets by %r (%d dropped for missing values)",
              manifest.nrows, nb, by, dropped)
     return manifest
+
+
+def read_errors(fut):
+    """``fut.result()``, with a CSV parser's error (a ragged row, a bad value after the first
+    block) turned into a :class:`DataError` naming the problem."""
+    try:
+        return fut.result()
+    except DataError:
+        raise
+    except (ValueError, TypeError, pd.errors.ParserError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read the input: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_complete(manifest: Manifest, tmp: Path, expected: int) -> None:
+    """Every bucket file is there and the rows add up, before the manifest is written: workers
+    that wrote to a filesystem this process does not see (no shared storage) are an error,
+    not a dataset with holes."""
+    missing = [q for q in manifest.bucket_paths(tmp) if not os.path.exists(q)]
+    if missing:
+        raise DataError(f"bucket file {missing[0]!r} written by a worker is not visible here "
+                        f"({len(missing)} of {manifest.buckets} missing); the workers and this "
+                        "process need shared storage for the dataset")
+    if manifest.nrows != expected:
+        raise DataError(f"the buckets hold {manifest.nrows} rows but {expected} were read; "
+                        "the dataset is incomplete: run the ingest again")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import dask.dataframe as dd
 import fsspec
 import pandas as pd
 
 from daskmm.data.manifest import Manifest, read_manifest
+from daskmm.data.provenance import absolute_source, stale_reason
 from daskmm.errors import DataError
 
 DataLike = str | os.PathLike | pd.DataFrame | dd.DataFrame
@@ -19,6 +21,7 @@ def open_data(data: DataLike, npartitions: int | None = None
     """:func:`read_data`, and the dataset's manifest when ``data`` is a local dataset written
     by ``daskmm ingest`` or ``daskmm simulate`` (one partition per bucket), else None."""
     if isinstance(data, (str, os.PathLike)) and "://" not in os.fspath(data):
+        data = absolute_source(data)  # remote workers resolve no relative path of ours
         manifest = read_manifest(data)
         if manifest is not None:
             paths = manifest.bucket_paths(data)
@@ -26,6 +29,11 @@ def open_data(data: DataLike, npartitions: int | None = None
             if missing:
                 raise DataError(f"dataset {os.fspath(data)!r} is incomplete: {missing[0]!r} "
                                 "is missing; re-run the ingest")
+            stale = stale_reason(manifest.source, manifest.source_info)
+            if stale:
+                warnings.warn(f"dataset {os.fspath(data)!r} may be stale: {stale}; fitting it "
+                              "as ingested (re-run daskmm ingest to fit the current data)",
+                              stacklevel=3)
             return dd.read_parquet(paths, split_row_groups=False), manifest
     return read_data(data, npartitions), None
 
@@ -55,8 +63,18 @@ def read_data(data: DataLike, npartitions: int | None = None,
         if len(data) == 0:
             raise DataError("the data frame is empty (0 rows); pass data with rows to fit")
         return dd.from_pandas(data, npartitions=npartitions or 1, sort=False)
-    path = os.fspath(data)
-    fs, _, paths = fsspec.get_fs_token_paths(path)
+    path = absolute_source(data)
+    try:
+        fs, _, paths = fsspec.get_fs_token_paths(path)
+    except ImportError as exc:
+        scheme = path.split("://", 1)[0]
+        pkg = _FS_PACKAGES.get(scheme, f"the fsspec backend for {scheme}://")
+        raise DataError(f"reading {scheme}:// paths needs the {pkg} package, which is not "
+                        f"installed; install it (pip install {pkg}) or copy the data to a "
+                        "local path") from exc
+    except ValueError as exc:
+        raise DataError(f"data path {path!r} is not a path or URL daskmm can open: "
+                        f"{exc}") from exc
     if not paths or not fs.exists(paths[0]):
         raise DataError(f"data path {path!r} does not exist; give a CSV file, a Parquet file "
                         "or a directory of Parquet files")
@@ -68,21 +86,66 @@ def read_data(data: DataLike, npartitions: int | None = None,
             ddf = dd.read_parquet(path, columns=columns)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DataError(f"cannot read Parquet data {path!r}: {exc}") from exc
-    elif lower.endswith((".csv", ".csv.gz", ".txt", ".tsv")):
+    elif lower.endswith(CSV_SUFFIXES):
         if fs.size(paths[0]) == 0:
             raise DataError(f"data file {path!r} is empty; it needs a header row and data rows")
-        sep = "\t" if lower.endswith(".tsv") else ","
+        compression = _compression(lower)
+        sep = "\t" if lower.removesuffix(f".{compression}" if compression else "").endswith(
+            ".tsv") else ","
         try:
-            head = pd.read_csv(fs.open(paths[0]), sep=sep, nrows=5)
+            with fs.open(paths[0], compression=compression) as fh:
+                head = pd.read_csv(fh, sep=sep, nrows=5)
         except pd.errors.EmptyDataError as exc:
             raise DataError(f"data file {path!r} is empty; it needs a header row and data "
                             "rows") from exc
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+            raise DataError(f"cannot read CSV data {path!r}: {_first_line(exc)}") from exc
         if len(head) == 0:
             raise DataError(f"data file {path!r} has a header but no data rows")
-        ddf = dd.read_csv(path, sep=sep, usecols=columns, blocksize="64MB",
-                          assume_missing=False, sample=2 ** 20)
+        _check_header(fs, paths[0], path, sep, compression)
+        # a compressed file cannot be split into blocks: one partition per file
+        blocksize = None if compression else os.environ.get("DASKMM_CSV_BLOCKSIZE", "64MB")
+        ddf = dd.read_csv(path, sep=sep, usecols=columns, blocksize=blocksize,
+                          compression=compression or "infer", assume_missing=False,
+                          sample=2 ** 20)
         # pandas guesses dtypes per block; read the typed head of the whole file for ints/floats
     else:
-        raise DataError(f"data path {path!r} is neither CSV (.csv, .tsv) nor Parquet "
-                        "(.parquet or a directory); convert it to one of those")
+        raise DataError(f"data path {path!r} is neither CSV (.csv, .tsv, .txt, optionally "
+                        ".gz/.bz2/.xz/.zst compressed) nor Parquet (.parquet or a directory); "
+                        "convert it to one of those")
     return ddf
+
+
+_FS_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
+                "abfs": "adlfs", "abfss": "adlfs", "hdfs": "pyarrow", "http": "aiohttp",
+                "https": "aiohttp"}
+_COMPRESSIONS = {"gz": "gzip", "bz2": "bz2", "xz": "xz", "zst": "zstd"}
+CSV_SUFFIXES = tuple(f"{base}{comp}" for base in (".csv", ".tsv", ".txt")
+                     for comp in ("", *(f".{c}" for c in _COMPRESSIONS)))
+
+
+def _compression(lower: str) -> str | None:
+    ext = lower.rsplit(".", 1)[-1]
+    return _COMPRESSIONS.get(ext)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_header(fs, file: str, path: str, sep: str, compression: str | None) -> None:
+    """A header naming a column twice is an error: pandas would rename the second copy
+    (``x.1``) and a model could silently use the wrong one."""
+    import csv
+    import io
+
+    with fs.open(file, "rb", compression=compression) as fh:
+        first = fh.readline().decode("utf-8", errors="replace")
+    names = next(csv.reader(io.StringIO(first), delimiter=sep), [])
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise DataError(f"data file {path!r} names the column {n!r} twice in its header; "
+                            "give every column its own name")
+        seen.add(n)

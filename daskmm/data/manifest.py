@@ -9,7 +9,8 @@ A dataset is a directory::
 
 Every row of a level of the partition key (``key``) is in the bucket ``hash(level) % buckets``
 (:func:`bucket_of`), so a fit by that factor needs no shuffle. The manifest records the schema,
-the rows per bucket, the rows dropped for missing values, and for every categorical column
+the rows per bucket, the missing values kept (or the rows dropped for them), where the data came
+from (path, sizes, modification times), and for every categorical column
 (strings, booleans, integers) its levels with their counts: a fit reads its encodings from
 here instead of scanning the data again.
 """
@@ -72,9 +73,15 @@ class Manifest:
         ``"omit"`` or ``"fail"``.
     na_dropped : dict
         Column -> rows dropped for a missing value in it (a row counts once, under its first
-        missing column).
+        missing column); empty unless ``na_action`` is ``"omit"``.
+    na_counts : dict
+        Column -> missing values kept in it (``na_action: keep``): each fit drops the rows
+        with a missing value in the columns it uses, as lme4's ``na.omit``.
     source : str
-        What was ingested (a path, or ``"simulate"``).
+        What was ingested (an absolute path or URL, or ``"simulate"``).
+    source_info : dict
+        Provenance of a local source: ``{"files": [[path, size, mtime_ns], ...]}``, compared
+        by :func:`~daskmm.data.provenance.is_stale`.
     extra : dict
         Anything else (the parameters of a simulation).
     """
@@ -86,7 +93,9 @@ class Manifest:
     levels: dict[str, dict]
     na_action: str = "omit"
     na_dropped: dict[str, int] = field(default_factory=dict)
+    na_counts: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    source_info: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     format: str = FORMAT
     root = ""  # the directory it was read from (a class attribute: not written)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from distributed import Client
 
 from daskmm.data.manifest import LEVELS_DIR, Manifest, bucket_file, bucket_of
-from daskmm.data.staging import staging_dir
+from daskmm.data.staging import check_output, staging_dir
 from daskmm.distributed.client import client_for
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError
@@ -100,9 +100,9 @@ def simulate(out: str | os.PathLike, rows: int, groups: int = 10_000, crossed: i
                         f"groups={groups}, crossed={crossed}")
     p = {**DEFAULTS, **(params or {})}
     nb = buckets or max(1, min(4096, -(-rows // ROWS_PER_BUCKET)))
-    out = Path(out)
-    if out.exists() and not force:
-        raise DataError(f"{str(out)!r} already exists; use --force to replace it")
+    if buckets is not None and buckets < 1:
+        raise DataError(f"buckets must be a positive integer; got {buckets}")
+    out = check_output(out, "dataset", force=force, what="dataset")
     rng = np.random.default_rng([seed, 0])
     counts = rng.multinomial(rows, np.full(groups, 1.0 / groups))
     ch = rng.normal(0.0, p["sd_h"], size=crossed)

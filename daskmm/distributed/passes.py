@@ -16,6 +16,7 @@ import pandas as pd
 from distributed import Client, Future
 
 from daskmm.distributed.progress import track
+from daskmm.formula.checks import column_ranges
 from daskmm.formula.spec import FactorSpec, ModelSpec
 from daskmm.kernels.stats import (
     Layout,
@@ -73,8 +74,10 @@ def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorica
 # ---------------------------------------------------------------- statistics pass
 def _stats_partition(df: pd.DataFrame, spec: ModelSpec, layout: Layout) -> PartitionStats:
     enc = spec.encode(df)
-    return partition_stats(enc.y, enc.X, enc.w, enc.Z, enc.keys, layout, enc.n_dropped,
-                           enc.names)
+    stats = partition_stats(enc.y, enc.X, enc.w, enc.Z, enc.keys, layout, enc.n_dropped,
+                            enc.names)
+    stats.ranges = column_ranges(enc.y, enc.Z)
+    return stats
 
 
 def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layout) -> list[Future]:
@@ -97,7 +100,8 @@ def _summary(stats: PartitionStats) -> tuple[np.ndarray, dict]:
     keys = (np.concatenate([g.levels for g in stats.groups]) if stats.groups
             else np.array([], dtype=object))
     return keys, {"n": stats.n, "nbytes": stats.nbytes, "G": stats.G,
-                  "sum_log_w": stats.sum_log_w, "n_dropped": stats.n_dropped}
+                  "sum_log_w": stats.sum_log_w, "n_dropped": stats.n_dropped,
+                  "ranges": stats.ranges}
 
 
 def stats_summary(client: Client, futures: list[Future]) -> tuple[list[np.ndarray], list[dict]]:

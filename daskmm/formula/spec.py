@@ -8,6 +8,7 @@ it depends on which partition it sees (formulaic's idea of a stateful, data-free
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -16,11 +17,13 @@ import pandas as pd
 from formulaic import model_matrix
 from formulaic.errors import FormulaicError
 
+from daskmm.data.rows import DropCounts, missing_rows
 from daskmm.errors import ColumnNotFoundError, DataError, FormulaError
 from daskmm.formula.parse import ParsedFormula, identifiers
 from daskmm.kernels.scratch import scratch
 from daskmm.reterm import RandomTerm
 
+_EXACT = float(2 ** 53)
 EVAL_CONTEXT = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "np": np}
 
 
@@ -106,7 +109,7 @@ class Encoded:
     w: np.ndarray | None
     Z: dict[str, np.ndarray]
     keys: dict[str, np.ndarray]
-    n_dropped: int
+    n_dropped: DropCounts
     names: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -211,6 +214,18 @@ class ModelSpec:
                    _direct_fixed=direct)
 
     # ------------------------------------------------------------------ queries
+    @functools.cached_property
+    def numeric_columns(self) -> set[str]:
+        """Columns read as numbers: in the response, fixed part, offsets and term columns,
+        and the weights, less the categorical ones."""
+        f = self.formula
+        names: set[str] = set()
+        for piece in (f.response, f.fixed, *f.offsets, *(b.lhs for b in f.bars)):
+            names |= identifiers(piece)
+        if self.weights:
+            names.add(self.weights)
+        return names - set(self.categorical)
+
     def factor(self, name: str) -> FactorSpec:
         return next(f for f in self.factors if f.name == name)
 
@@ -222,15 +237,24 @@ class ModelSpec:
         return sum(t.n_theta for t in self.terms)
 
     # ------------------------------------------------------------------ encoding
-    def prepare(self, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    def prepare(self, df: pd.DataFrame) -> tuple[pd.DataFrame, DropCounts]:
         """Select the used columns, drop rows with a missing value (lme4's ``na.omit``) and
-        check for infinities. Returns the frame and the number of rows dropped."""
+        check for infinities. Returns the frame and the rows dropped, by column."""
         if set(df.columns) != set(self.used_columns):
             df = df[self.used_columns]
-        mask = None
+        ok = {}
         for c in self.used_columns:
             col = df[c]
             if col.dtype.kind in "iub":  # no missing values, no infinities
+                if col.dtype.kind in "iu" and c in self.numeric_columns and len(col):
+                    a = col.to_numpy()
+                    big = np.abs(a.astype(np.float64)) > _EXACT
+                    if big.any():
+                        raise DataError(
+                            f"column {c!r} holds the integer {int(a[big][0])}, beyond 2^53: "
+                            "float64 cannot hold it exactly, so a model using it as a number "
+                            "would silently round it; if it is an identifier, use it as a "
+                            "grouping factor or name it in factors")
                 continue
             if col.dtype.kind == "f" and c not in self.categorical:
                 a = col.to_numpy()
@@ -240,14 +264,20 @@ class ModelSpec:
                 if np.isinf(a).any():
                     raise DataError(f"column {c!r} holds an infinite value; remove or replace "
                                     "it before fitting")
-                ok = finite
+                ok[c] = finite
             else:
-                ok = col.notna().to_numpy()
-            mask = ok if mask is None else mask & ok
-        dropped = 0 if mask is None else int(len(df) - mask.sum())
-        if dropped:
-            df = df.loc[mask]
-        return df, dropped
+                good = col.notna().to_numpy()
+                if col.dtype == object and good.any():
+                    first = col.iloc[int(np.argmax(good))]
+                    kind = unusable_value(first)
+                    if kind is not None:
+                        raise DataError(_type_message(c, kind, type(first).__name__))
+                if not good.all():
+                    ok[c] = good
+        if not ok:
+            return df, DropCounts()
+        mask, dropped = missing_rows(df, [c for c in self.used_columns if c in ok], ok)
+        return df.loc[mask], dropped
 
     def _direct_X(self, df: pd.DataFrame) -> np.ndarray:
         """Fixed-effects matrix of plain numeric columns (column-major: columns contiguous).
@@ -345,6 +375,59 @@ def _prototype(schema: dict[str, object], categorical: dict[str, list[str]]) -> 
         else:
             data[c] = np.linspace(1.0, 2.0, n)
     return pd.DataFrame(data)
+
+
+_TEMPORAL = ("timestamp", "date", "time", "duration")
+_NESTED = ("list", "struct", "map", "dictionary<")
+
+
+def _unusable_kind(dtype: object) -> str | None:
+    """``"timestamp"``, ``"list"``, ... for a dtype no model column can be made of."""
+    if getattr(dtype, "kind", None) in ("M", "m"):
+        return "timestamp" if dtype.kind == "M" else "duration"
+    text = str(dtype).lower()
+    if text.startswith("datetime64") or text.startswith("timedelta64"):
+        return "timestamp"
+    pa_type = getattr(dtype, "pyarrow_dtype", None)
+    if pa_type is not None:
+        t = str(pa_type).lower()
+        for k in _TEMPORAL + _NESTED:
+            if t.startswith(k):
+                return k.rstrip("<")
+    return None
+
+
+def unusable_value(value: object) -> str | None:
+    """The kind of a Python value in an object column that is no number or level: a list, a
+    dict (struct), a date or time, bytes."""
+    import datetime
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "list"
+    if isinstance(value, dict):
+        return "struct"
+    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta, pd.Timestamp)):
+        return "date/time"
+    if isinstance(value, (bytes, bytearray)):
+        return "binary"
+    return None
+
+
+def check_column_types(schema: dict[str, object], columns) -> None:
+    """Raise :class:`DataError` for a used column of a type a model cannot use (timestamps,
+    dates, durations, lists, structs): such a column is not a factor nor a number."""
+    for c in columns:
+        kind = _unusable_kind(schema[c])
+        if kind is not None:
+            raise DataError(_type_message(c, kind, schema[c]))
+
+
+def _type_message(c: str, kind: str, dtype: object) -> str:
+    if kind in ("timestamp", "date", "time", "duration", "date/time"):
+        return (f"column {c!r} is a {kind} ({dtype}); daskmm uses neither timestamps nor dates "
+                "as numbers or factors: convert it to a number (e.g. days since a start date) "
+                "or to a string of levels before fitting")
+    return (f"column {c!r} holds {kind} values ({dtype}); a model column must be numbers, "
+            "strings or booleans: flatten it into ordinary columns first")
 
 
 def check_columns(formula: ParsedFormula, columns: list[str], weights: str | None) -> None:

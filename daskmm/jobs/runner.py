@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 from daskmm.data.manifest import read_manifest
+from daskmm.data.provenance import stale_reason
+from daskmm.data.staging import check_output
+from daskmm.errors import DataError
 from daskmm.jobs.spec import Job, load_job
 
 log = logging.getLogger("daskmm")
@@ -35,6 +38,48 @@ def is_done(job: Job) -> bool:
     return marker.is_file() and marker.read_text().strip() == job.fingerprint()
 
 
+def _ingest_needed(job: Job, force: bool) -> str | None:
+    """Why the job's dataset must be (re)written, or None when the one there is current."""
+    ing = job.ingest
+    have = read_manifest(ing["out"])
+    if have is None:
+        return "no dataset yet"
+    if force:
+        return "--force"
+    if have.key != ing["by"]:
+        return f"it is bucketed by {have.key!r}, the job by {ing['by']!r}"
+    if ing.get("buckets") and have.buckets != ing["buckets"]:
+        return f"it has {have.buckets} buckets, the job asks for {ing['buckets']}"
+    if have.na_action != ing.get("na_action", "keep"):
+        return f"it was ingested with na_action {have.na_action!r}"
+    if have.source != job.data:
+        return f"it was ingested from {have.source!r}"
+    stale = stale_reason(have.source, have.source_info)
+    if stale:
+        return f"its source changed since the ingest: {stale}"
+    return None
+
+
+def check_paths(job: Job, force: bool = False) -> None:
+    """Every path the job writes, checked before any work (:func:`check_output`): the output
+    is new or a previous result of this job (another daskmm fit with ``force``); the dataset
+    folders are new or daskmm datasets; none of them is, holds or lies inside the input, the
+    job file's folder or each other."""
+    job_file = [job.path] if job.path else []
+    job_dir = [job.path.parent] if job.path else []
+    written = [job.output]
+    if job.ingest:
+        check_output(job.ingest["out"], "dataset", force=True, inputs=[job.data],
+                     protect=job_dir + [job.output], what="ingest.out")
+        written.append(Path(job.ingest["out"]))
+    if job.simulate:
+        check_output(job.data, "dataset", force=True, protect=job_dir + [job.output],
+                     what="data (simulate)")
+    inputs = [] if job.simulate else [job.data]
+    check_output(job.output, "fit", force=force, name=job.name,
+                 inputs=inputs + written[1:], protect=job_dir + job_file, what="output")
+
+
 def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
             force: bool = False) -> dict:
     """Run a job (a :class:`Job` or a job file path).
@@ -45,7 +90,8 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
         Scheduler address; overrides ``cluster.scheduler`` (``DASK_SCHEDULER_ADDRESS`` is used
         when neither is given).
     force : bool
-        Run even when the output is complete for this job.
+        Run even when the output is complete for this job, re-ingest, and replace a previous
+        daskmm fit at the output that another job wrote.
 
     Returns
     -------
@@ -53,14 +99,22 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
         ``{"status": "done" | "skipped", "output": path, "timing": {...}}``.
     """
     import daskmm
-    from daskmm.cli import write_outputs
+    from daskmm.cli import report_rows, write_outputs
     from daskmm.data.ingest import ingest
     from daskmm.data.simulate import simulate
     from daskmm.distributed.client import client_for
 
     if not isinstance(job, Job):
         job = load_job(job)
-    if is_done(job) and not force:
+    check_paths(job, force)
+    reingest = _ingest_needed(job, force) if job.ingest else None
+    have = None if job.ingest or job.simulate else read_manifest(job.data)
+    if have is not None:
+        stale = stale_reason(have.source, have.source_info)
+        if stale:
+            raise DataError(f"dataset {job.data!r} is stale: {stale}; re-run daskmm ingest, "
+                            "or give the job an ingest: section so it re-ingests by itself")
+    if is_done(job) and not force and reingest is None:
         log.info("job %r is already done (%s); use --force to run it again", job.name,
                  job.output)
         return {"status": "skipped", "output": str(job.output), "timing": {}}
@@ -74,22 +128,22 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
             if read_manifest(data) is None:
                 t = time.perf_counter()
                 log.info("simulating %d rows into %s", job.simulate["rows"], data)
-                simulate(data, client=client, force=os.path.exists(data), **job.simulate)
+                simulate(data, client=client, force=True, **job.simulate)
                 timing["simulate_s"] = time.perf_counter() - t
             else:
                 log.info("using the simulated dataset at %s", data)
         if job.ingest:
             ing = job.ingest
-            have = read_manifest(ing["out"])
-            if have is None or have.key != ing["by"] or force:
+            if reingest is not None:
                 t = time.perf_counter()
-                log.info("ingesting %s into %s by %r", data, ing["out"], ing["by"])
+                log.info("ingesting %s into %s by %r (%s)", data, ing["out"], ing["by"],
+                         reingest)
                 ingest(data, ing["by"], ing["out"], buckets=ing.get("buckets"),
-                       na_action=ing.get("na_action", "omit"), factors=list(job.factors),
+                       na_action=ing.get("na_action", "keep"), factors=list(job.factors),
                        client=client, force=True)
                 timing["ingest_s"] = time.perf_counter() - t
             else:
-                log.info("using the dataset at %s (key %r)", ing["out"], have.key)
+                log.info("using the dataset at %s (key %r)", ing["out"], ing["by"])
             data = ing["out"]
         t = time.perf_counter()
         if job.family == "gaussian":
@@ -107,6 +161,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                                                   "timing": timing}, indent=2) + "\n")
         (tmp / SUCCESS).write_text(job.fingerprint() + "\n")
 
-    write_outputs(result, job.output, extra=extra)
+    write_outputs(result, job.output, extra=extra, name=job.name)
+    report_rows(result)
     log.info("job %r done: %s", job.name, job.output)
     return {"status": "done", "output": str(job.output), "timing": timing, "result": result}

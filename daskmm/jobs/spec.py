@@ -8,7 +8,8 @@ A job file is YAML::
       by: Subject
       out: ../work/sleepstudy.dataset   # where the dataset goes
       buckets: 4                        # optional
-      na_action: omit                   # omit (lme4's na.omit) | fail
+      na_action: keep                   # keep (each fit drops the rows it cannot use, as
+                                        #   lme4's na.omit) | omit (drop at ingest) | fail
     simulate:                           # optional, instead of an existing `data`: create it
       rows: 100000000                   #   (written to `data` unless it exists)
       groups: 100000
@@ -80,7 +81,7 @@ SCHEMA = {
                 "by": {"type": "string", "minLength": 1},
                 "out": {"type": "string", "minLength": 1},
                 "buckets": {"type": "integer", "minimum": 1},
-                "na_action": {"enum": ["omit", "fail"]},
+                "na_action": {"enum": ["keep", "omit", "fail"]},
             },
         },
         "simulate": {
@@ -126,6 +127,7 @@ class Job:
     simulate: dict | None = None
     cluster: dict | None = None
     raw: dict | None = None
+    path: Path | None = None
 
     def fingerprint(self) -> str:
         """Hash of what determines the result (the parsed job, not its file's formatting)."""
@@ -195,4 +197,4 @@ def load_job(path: str | os.PathLike) -> Job:
                link=doc.get("link"), nagq=doc.get("nagq", 1),
                method=doc.get("method", "REML"), factors=tuple(doc.get("factors", [])),
                weights=doc.get("weights"), ingest=ingest, simulate=doc.get("simulate"),
-               cluster=doc.get("cluster"), raw=doc)
+               cluster=doc.get("cluster"), raw=doc, path=p.resolve())

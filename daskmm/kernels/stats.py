@@ -114,6 +114,7 @@ class PartitionStats:
     n: int
     sum_log_w: float
     n_dropped: int = 0
+    ranges: dict | None = None  # response and term-column ranges (daskmm.formula.checks)
 
     @property
     def nbytes(self) -> int:

@@ -101,7 +101,7 @@ class GlmmResult(LmmResult):
         doc = {
             "formula": self.formula, "family": self.family, "link": self.link,
             "method": self.method, "nAGQ": self.nagq, "nobs": self.nobs,
-            "n_dropped_na": self.n_dropped,
+            "n_dropped_na": self.rows_report()["dropped"], "rows": self.rows_report(),
             "ngroups": {k: int(v) for k, v in self.ngroups.items()},
             "objective": self.objective,
             "objective_kind": ("-2 log-likelihood, Laplace approximation" if self.nagq == 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from daskmm.data.rows import DropCounts
 from daskmm.formula.spec import ModelSpec
 from daskmm.reterm import split_theta
 
@@ -47,6 +48,10 @@ class LmmResult:
         Factor name -> :class:`RanefTable`.
     optinfo : dict
         Optimiser name, evaluations, message, ``converged``, evaluation mode.
+    n_dropped : DropCounts
+        Rows this fit dropped for a missing value in a column it uses, by column.
+    ingest_dropped : dict
+        Rows ``daskmm ingest`` dropped before (``na_action: omit``), by column.
     """
 
     formula: str
@@ -64,6 +69,7 @@ class LmmResult:
     ranef: dict
     optinfo: dict
     timing: dict = field(default_factory=dict)
+    ingest_dropped: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------ scalars
     @property
@@ -167,7 +173,8 @@ class LmmResult:
         vc = self.varcorr()
         return _clean({
             "formula": self.formula, "family": "gaussian", "link": "identity",
-            "method": self.method, "nobs": self.nobs, "n_dropped_na": self.n_dropped,
+            "method": self.method, "nobs": self.nobs,
+            "n_dropped_na": self.rows_report()["dropped"], "rows": self.rows_report(),
             "ngroups": {k: int(v) for k, v in self.ngroups.items()},
             "objective": self.objective,
             "objective_kind": ("REML criterion (-2 restricted log-likelihood)" if self.reml
@@ -222,11 +229,34 @@ class LmmResult:
         width = max(len(s) for s in w + heads) + 1
         return ["".join(h.rjust(width) for h in heads), "".join(s.rjust(width) for s in w)]
 
+    def rows_report(self) -> dict:
+        """Rows read, used and dropped, and why (``summary.json``'s ``rows``)."""
+        fit = DropCounts(self.n_dropped or {})
+        ing = DropCounts(self.ingest_dropped or {})
+        return {"used": int(self.nobs), "dropped": fit.total + ing.total,
+                "read": int(self.nobs) + fit.total,
+                "dropped_missing": dict(fit), "dropped_at_ingest": dict(ing)}
+
+    def dropped_line(self) -> str | None:
+        """lme4's ``(N observations deleted due to missingness)``, with the columns; None
+        when no row was dropped."""
+        fit = DropCounts(self.n_dropped or {})
+        ing = DropCounts(self.ingest_dropped or {})
+        total = fit.total + ing.total
+        if not total:
+            return None
+        why = []
+        if fit:
+            why.append(f"missing values in {fit.describe()}")
+        if ing:
+            why.append(f"at ingest for missing values in {ing.describe()}")
+        return f"({total} observations deleted due to missingness: {'; '.join(why)})"
+
     def _nobs_lines(self) -> list[str]:
         groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
         lines = [f"Number of obs: {self.nobs}, groups:  {groups}"]
-        if self.n_dropped:
-            lines.append(f"({self.n_dropped} observations deleted due to missingness)")
+        if self.dropped_line():
+            lines.append(self.dropped_line())
         return lines
 
     def _random_effects_lines(self, residual: bool) -> list[str]:

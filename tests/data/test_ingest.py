@@ -16,7 +16,7 @@ from distributed import get_task_stream
 import daskmm
 from daskmm.data.ingest import ingest
 from daskmm.data.manifest import MANIFEST, bucket_of, read_manifest
-from daskmm.errors import DataError
+from daskmm.errors import DaskmmError, DataError
 from tests.conftest import load_fixture
 
 
@@ -97,21 +97,47 @@ def test_categorical_levels_come_from_manifest(client, tmp_path):
     assert fit.objective == pytest.approx(ref.objective, rel=1e-10)
 
 
-def test_na_omit_counts_and_fail_names_column(client, tmp_path):
-    df = frame(500)
+def _with_missing(n=500):
+    df = frame(n)
     df.loc[[3, 10, 11], "y"] = np.nan
-    df.loc[[10, 20], "x"] = np.nan  # row 10 counts once, under y (its first missing column)
+    df.loc[[10, 20], "x"] = np.nan  # row 10 counts once, under its first missing column
     df["c"] = df["c"].astype(object)
     df.loc[30, "c"] = None
+    return df
+
+
+def test_missing_values_kept_and_each_fit_drops_its_own(client, tmp_path):
+    """By default ingest keeps every row (counting the missing values); a fit drops the rows
+    missing a value it uses, and reports exactly pandas' count of incomplete rows."""
+    df = _with_missing()
     m = ingest(df, "g", tmp_path / "ds", buckets=2, client=client)
+    assert m.na_action == "keep" and m.na_dropped == {}
+    assert m.na_counts == {"y": 3, "x": 2, "c": 1}
+    assert m.nrows == len(df)
+    fit = daskmm.lmm("y ~ x + (1 | g)", str(tmp_path / "ds"), client=client)
+    assert fit.nobs == len(df[["y", "x", "g"]].dropna())
+    assert fit.n_dropped == {"x": 2, "y": 2}  # sorted columns: row 10 counts under x
+    fit_c = daskmm.lmm("y ~ x + c + (1 | g)", str(tmp_path / "ds"), client=client)
+    assert fit_c.nobs == len(df[["y", "x", "c", "g"]].dropna())
+    assert fit_c.to_dict()["rows"]["dropped"] == len(df) - fit_c.nobs
+    # the levels of c are those of the complete rows (a missing c never becomes a level)
+    assert fit_c.fixef_names == ["(Intercept)", "x", "clo", "cmid"]
+
+
+def test_na_omit_counts_and_fail_names_column(client, tmp_path):
+    df = _with_missing()
+    m = ingest(df, "g", tmp_path / "ds", buckets=2, na_action="omit", client=client)
     assert m.na_dropped == {"y": 3, "x": 1, "c": 1}
-    assert m.nrows == len(df) - 5
+    assert m.nrows == len(df) - 5 == len(df.dropna())
     fit = daskmm.lmm("y ~ x + (1 | g)", str(tmp_path / "ds"), client=client)
     assert fit.nobs == len(df) - 5
+    rows = fit.to_dict()["rows"]
+    assert rows["dropped_at_ingest"] == {"y": 3, "x": 1, "c": 1} and rows["dropped"] == 5
+    assert "5 observations deleted due to missingness: at ingest" in fit.summary()
     with pytest.raises(DataError, match=r"column 'y' has 3 missing value\(s\).*na_action"):
         ingest(df, "g", tmp_path / "ds2", buckets=2, na_action="fail", client=client)
     assert not (tmp_path / "ds2").exists()
-    assert not list(tmp_path.glob(".ds2.tmp-*"))
+    assert not list(tmp_path.glob(".ds2.*"))
 
 
 def test_int_and_float_blocks_unify(client, tmp_path):
@@ -133,7 +159,7 @@ def test_int_and_float_blocks_unify(client, tmp_path):
 def test_refuses_to_overwrite_and_force_replaces(client, tmp_path):
     df = frame(200)
     ingest(df, "g", tmp_path / "ds", buckets=2, client=client)
-    with pytest.raises(DataError, match="already holds a dataset; use --force"):
+    with pytest.raises(DaskmmError, match="already holds a daskmm dataset; use --force"):
         ingest(df, "g", tmp_path / "ds", buckets=2, client=client)
     m = ingest(df.iloc[:100], "g", tmp_path / "ds", buckets=3, client=client, force=True)
     assert read_manifest(tmp_path / "ds").nrows == 100 == m.nrows
