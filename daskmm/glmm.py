@@ -56,6 +56,7 @@ from daskmm.formula.spec import (
     check_columns,
     is_categorical_dtype,
     level_label,
+    plan_formula,
 )
 from daskmm.kernels import glm_start as G
 from daskmm.kernels import pirls as P
@@ -390,16 +391,20 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     factor_names = list(dict.fromkeys(b.factor_name for b in bars))
     opts = optimizer_options or {}
     with client_for(client) as c:
+        rewriter = plan_formula(parsed_y, used)
         ddf, categorical, factor_levels, combos = frozen_levels(
-            c, ddf, used, cat_cols, factor_names, group_cols, manifest, hold=True)
+            c, ddf, used, cat_cols, factor_names, group_cols, manifest, hold=True,
+            rewriter=rewriter)
         sch = {col: schema[col] for col in used}
         success = None
         if resp_col in categorical:
             success = _two_levels(resp_col, categorical.pop(resp_col), family)
             sch[resp_col] = np.dtype(float)
-        spec = ModelSpec.build(parsed_y, sch, categorical, weights, factor_levels or None)
+        spec = ModelSpec.build(parsed_y, sch, categorical, weights, factor_levels or None,
+                               rewriter=rewriter)
         trials = ModelSpec.build(dataclasses.replace(parsed, response=trials_text), sch,
-                                 categorical, None, None) if trials_text else None
+                                 categorical, None, None, rewriter=rewriter) \
+            if trials_text else None
         resp = Response(resp_col, trials, success, weights)
         layout = model_layout(spec, combos, 0, prefer_local=True)
         primary, glob = layout.primary, layout.global_factors

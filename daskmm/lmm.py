@@ -51,8 +51,10 @@ from daskmm.formula.spec import (
     check_columns,
     is_categorical_dtype,
     level_label,
+    plan_formula,
     sorted_levels,
 )
+from daskmm.formula.transforms import Rewriter
 from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import global_modes, lambda_tilde, profiled
 from daskmm.kernels.stats import Layout, PartitionStats
@@ -163,10 +165,11 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
         raise DataError(f"weights column {weights!r} is not numeric ({schema[weights]}); "
                         "prior weights must be positive numbers")
     factor_names = list(dict.fromkeys(b.factor_name for b in parsed.bars))
+    rewriter = plan_formula(parsed, used)
     ddf, categorical, factor_levels, combos = frozen_levels(
-        client, ddf, used, cat_cols, factor_names, group_cols, manifest)
+        client, ddf, used, cat_cols, factor_names, group_cols, manifest, rewriter=rewriter)
     spec = ModelSpec.build(parsed, {c: schema[c] for c in used}, categorical, weights,
-                           factor_levels or None)
+                           factor_levels or None, rewriter=rewriter)
     layout = model_layout(spec, combos, len(spec.fixef_names))
     primary, nested = layout.primary, layout.nested
     futures = stats_pass(client, ddf, spec, layout)
@@ -212,7 +215,8 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
 
 def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: list[str],
                   factor_names: list[str], group_cols: list[str],
-                  manifest: Manifest | None = None, hold: bool = False):
+                  manifest: Manifest | None = None, hold: bool = False,
+                  rewriter: Rewriter | None = None):
     """Levels of the categorical columns (from the manifest, else a metadata pass) and, with
     several grouping factors, their sorted levels and combinations (for the layout).
 
@@ -234,13 +238,18 @@ def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: 
         categorical[c] = sorted_levels(manifest.level_table(c)["level"])
     scan = [c for c in cat_cols if c not in from_manifest]
     several = len(factor_names) > 1
-    if scan or several:
+    stateful = [t for t in (rewriter.transforms.values() if rewriter else []) if t.stateful]
+    if scan or several or stateful:
         if hold:
             ddf = dd.from_delayed(client.compute(ddf.to_delayed()), meta=ddf._meta,
                                   verify_meta=False)
-        meta = metadata_pass(client, ddf, used, scan, group_cols if several else [])
+        meta = metadata_pass(client, ddf, used, scan, group_cols if several else [],
+                             transforms=stateful,
+                             keys=rewriter.column_keys if rewriter else None)
         if meta["n"] == 0:
             raise DataError("no rows left after dropping rows with missing values")
+        for tr, summary in zip(stateful, meta["transforms"]):
+            tr.freeze(summary)
         categorical.update({c: sorted_levels(meta["levels"][c]) for c in scan})
         combos = meta["combos"]
         for name in factor_names if several else []:

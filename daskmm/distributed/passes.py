@@ -33,12 +33,22 @@ def _token() -> str:
 
 # ---------------------------------------------------------------- metadata pass
 def _meta_partition(df: pd.DataFrame, used: list[str], categorical: list[str],
-                    group_cols: list[str]) -> dict:
+                    group_cols: list[str], transforms: list | None = None,
+                    keys: dict | None = None) -> dict:
     df = df[used]
+    summaries = []
+    for tr in transforms or []:  # scale/poly over the rows where their argument is present
+        env = {keys[c]: df[c].to_numpy() for c in tr.columns}
+        ok = df[list(tr.columns)].notna().all(axis=1).to_numpy() if tr.columns else \
+            np.ones(len(df), dtype=bool)
+        if tr.kind == "factor":  # levels: those of the rows the fit keeps
+            ok = ok & df.notna().all(axis=1).to_numpy()
+        summaries.append(tr.summarise(env, ok))
     df = df.loc[df.notna().all(axis=1).to_numpy()]
     levels = {c: pd.unique(df[c]) for c in categorical}
     combos = df[group_cols].drop_duplicates() if group_cols else None
-    return {"levels": levels, "combos": combos, "n": len(df)}
+    return {"levels": levels, "combos": combos, "n": len(df), "transforms": summaries,
+            "_t": transforms or []}
 
 
 def _meta_combine(parts: list[dict]) -> dict:
@@ -49,16 +59,23 @@ def _meta_combine(parts: list[dict]) -> dict:
     combos = None
     if parts[0]["combos"] is not None:
         combos = pd.concat([p["combos"] for p in parts]).drop_duplicates()
-    return {"levels": levels, "combos": combos, "n": sum(p["n"] for p in parts)}
+    trs = parts[0]["_t"]
+    summaries = [tr.combine([p["transforms"][i] for p in parts]) for i, tr in enumerate(trs)]
+    return {"levels": levels, "combos": combos, "n": sum(p["n"] for p in parts),
+            "transforms": summaries, "_t": trs}
 
 
 def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorical: list[str],
-                  group_cols: list[str], split_every: int = 8) -> dict:
+                  group_cols: list[str], split_every: int = 8, transforms: list | None = None,
+                  keys: dict | None = None) -> dict:
     """Levels of the categorical columns and the distinct combinations of the grouping columns
-    (rows with a missing value in a used column dropped), as a tree reduction."""
+    (rows with a missing value in a used column dropped), and the combined summaries of the
+    ``transforms`` whose state needs the whole data (``scale``, ``poly``, ``factor``; ``keys``:
+    column -> variable), as a tree reduction."""
     tok = _token()
     meta = dask.delayed(_meta_partition, pure=False)
-    parts = [meta(p, used, categorical, group_cols, dask_key_name=f"daskmm-meta-{tok}-{i}")
+    parts = [meta(p, used, categorical, group_cols, transforms, keys,
+                  dask_key_name=f"daskmm-meta-{tok}-{i}")
              for i, p in enumerate(ddf.to_delayed())]
     level = 0
     while len(parts) > 1:
@@ -67,7 +84,8 @@ def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorica
             for j in range(0, len(parts), split_every)]
         level += 1
     if not parts:
-        return {"levels": {c: np.array([]) for c in categorical}, "combos": None, "n": 0}
+        return {"levels": {c: np.array([]) for c in categorical}, "combos": None, "n": 0,
+                "transforms": []}
     return client.compute(parts[0]).result()
 
 

@@ -14,12 +14,10 @@ Expansions follow lme4:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from daskmm.errors import FormulaError
-
-_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+from daskmm.formula import rexpr
 
 
 @dataclass(frozen=True)
@@ -64,29 +62,24 @@ class ParsedFormula:
         return names
 
 
-_FUNCS = {"log", "exp", "sqrt", "abs", "np", "I", "C", "poly", "scale", "center", "offset",
-          "cbind", "pi", "e"}
-
-
 def identifiers(expr: str) -> set[str]:
-    """Bare names in an expression that may be columns (not functions or attributes)."""
-    out = set()
-    for m in re.finditer(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_.]*)(\s*\()?", expr):
-        name, call = m.group(1), m.group(2)
-        if call or name in _FUNCS:
-            continue
-        if m.start() > 0 and expr[m.start() - 1] == ".":
-            continue
-        out.add(name)
-    return out
+    """Names in an R expression that may be columns (not functions, constants or argument
+    names): :func:`daskmm.formula.rexpr.identifiers`."""
+    return rexpr.identifiers(expr)
 
 
 def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
     """Split ``text`` at top-level separator characters; return (separator, piece) pairs."""
     pieces: list[tuple[str, str]] = []
     depth, start, sep = 0, 0, "+"
+    quote = None
     for i, ch in enumerate(text):
-        if ch == "(":
+        if quote:  # inside `a name` or a string: nothing splits
+            quote = None if ch == quote else quote
+            continue
+        if ch in "`'\"":
+            quote = ch
+        elif ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
@@ -106,8 +99,14 @@ def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
 def _bar_split(inner: str) -> tuple[str, str, bool] | None:
     """``"1 + x | g"`` -> (lhs, group, double); None when there is no top-level bar."""
     depth = 0
+    quote = None
     for i, ch in enumerate(inner):
-        if ch == "(":
+        if quote:
+            quote = None if ch == quote else quote
+            continue
+        if ch == "`":
+            quote = ch
+        elif ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
@@ -119,26 +118,35 @@ def _bar_split(inner: str) -> tuple[str, str, bool] | None:
 
 
 def _group_factors(group: str, where: str) -> list[tuple[str, ...]]:
-    """``"a/b"`` -> [("b", "a"), ("a",)]; ``"a:b"`` -> [("a", "b")]."""
-    group = group.strip()
-    if not group:
+    """``"a/b"`` -> [("b", "a"), ("a",)]; ``"a:b"`` -> [("a", "b")]; names may be back-quoted
+    (`` `site id` ``)."""
+    if not group.strip():
         raise FormulaError(f"random-effect term {where!r} has no grouping factor after '|'")
-    nest = [p.strip() for p in group.split("/")]
+    toks = rexpr.tokenize(group)
+    nest: list[list[str]] = [[]]
+    expect_name = True
+    for t in toks:
+        if expect_name and t.kind == "name":
+            nest[-1].append(t.text)
+            expect_name = False
+        elif not expect_name and t.kind == "op" and t.text in (":", "/"):
+            if t.text == "/":
+                nest.append([])
+            expect_name = True
+        else:
+            raise FormulaError(
+                f"grouping factor {group.strip()!r} in {where!r} is not a column name; use "
+                "column names joined by ':' or '/' (names with spaces in back quotes)")
+    if expect_name:
+        raise FormulaError(f"grouping factor {group.strip()!r} in {where!r} ends with an "
+                           "operator; use column names joined by ':' or '/'")
     out = []
     for depth in range(len(nest), 0, -1):
         parts: list[str] = []
         for level in reversed(nest[:depth]):
-            parts.extend(p.strip() for p in level.split(":"))
-        for p in parts:
-            if not _NAME.match(p):
-                raise FormulaError(
-                    f"grouping factor {p!r} in {where!r} is not a column name; "
-                    "use plain column names joined by ':' or '/'")
+            parts.extend(level)
         # lme4 writes the innermost first: a/b -> b:a
-        if depth > 1:
-            out.append(tuple(parts))
-        else:
-            out.append(tuple(p.strip() for p in nest[0].split(":")))
+        out.append(tuple(parts) if depth > 1 else tuple(nest[0]))
     return out
 
 

@@ -9,7 +9,6 @@ it depends on which partition it sees (formulaic's idea of a stateful, data-free
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,25 +18,13 @@ from formulaic.errors import FormulaicError
 
 from daskmm.data.rows import DropCounts, missing_rows
 from daskmm.errors import ColumnNotFoundError, DataError, FormulaError
-from daskmm.formula.parse import ParsedFormula, identifiers
+from daskmm.formula.parse import ParsedFormula
+from daskmm.formula.rexpr import identifiers, tokenize
+from daskmm.formula.transforms import Rewriter
 from daskmm.kernels.scratch import scratch
 from daskmm.reterm import RandomTerm
 
 _EXACT = float(2 ** 53)
-EVAL_CONTEXT = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "np": np}
-
-
-def r_name(formulaic_name: str) -> str:
-    """Column name as R writes it: ``recipe[T.B]:temp`` -> ``recipeB:temp``."""
-    if formulaic_name == "Intercept":
-        return "(Intercept)"
-    parts = []
-    for part in formulaic_name.split(":"):
-        m = re.fullmatch(r"(.*)\[(?:T\.)?(.*)\]", part)
-        parts.append(f"{m.group(1)}{m.group(2)}" if m else part)
-    return ":".join(parts)
-
-
 def level_label(value: object) -> str:
     """A level as R prints it (integral floats without the ``.0``)."""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
@@ -144,13 +131,16 @@ class ModelSpec:
     _term_specs: list = field(default_factory=list)
     _response_spec: object = None
     _offset_specs: list = field(default_factory=list)
-    _direct_fixed: bool = False
+    _direct_fixed: list | None = None  # raw column (None: intercept) of each X column
+    _rewriter: Rewriter | None = None
+    _response_column: str | None = None  # the response when it is a plain column
 
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, formula: ParsedFormula, schema: dict[str, object],
               categorical: dict[str, list[str]], weights: str | None = None,
-              factor_levels: dict[str, list[str]] | None = None) -> ModelSpec:
+              factor_levels: dict[str, list[str]] | None = None,
+              rewriter: Rewriter | None = None) -> ModelSpec:
         """Freeze the encodings.
 
         Parameters
@@ -163,24 +153,33 @@ class ModelSpec:
         weights : str, optional
         factor_levels : dict, optional
             Factor name -> sorted levels, when a metadata pass computed them.
+        rewriter : Rewriter, optional
+            From :func:`plan_formula`, with the state of ``scale()``, ``poly()`` and
+            ``factor()`` frozen (:func:`daskmm.distributed.passes.metadata_pass`); a new one
+            when the formula has no such call.
         """
         if not formula.bars:
             raise FormulaError(
                 f"formula {formula.text!r} has no random-effect term; add one such as '(1 | g)' "
                 "(for a model without random effects use an ordinary linear model)")
-        proto = _prototype(schema, categorical)
-        try:
-            resp = model_matrix(f"0 + {formula.response}", proto, context=EVAL_CONTEXT,
-                                na_action="ignore").model_spec
-        except FormulaicError as exc:
-            raise FormulaError(
-                f"cannot understand the response {formula.response!r}: {exc}") from exc
+        rw = rewriter if rewriter is not None else plan_formula(formula, list(schema))
+        missing = [t.r_name for t in rw.transforms.values() if t.stateful and t.state is None]
+        if missing:
+            raise FormulaError(f"{missing[0]} needs its state from the whole data, which was not "
+                               "computed (internal: pass the planned rewriter)")
+        proto = _prototype(schema, categorical, rw)
         if identifiers(formula.response) & set(categorical):
             raise DataError(
                 f"response {formula.response!r} is not numeric; a linear mixed model needs a "
                 "numeric response")
-        fixed = _materialize(formula.fixed, proto, "fixed part")
-        offsets = [_materialize(f"0 + {o}", proto, "offset") for o in formula.offsets]
+        resp = _materialize(f"0 + {rw.rewrite(formula.response)}", proto,
+                            f"response {formula.response!r}")
+        if len(resp.column_names) != 1:
+            raise FormulaError(f"the response {formula.response!r} must be one numeric column")
+        fixed = _materialize(rw.rewrite(formula.fixed), proto,
+                             f"fixed part {formula.fixed!r}")
+        offsets = [_materialize(f"0 + {rw.rewrite(o)}", proto, f"offset {o!r}")
+                   for o in formula.offsets]
         # group terms by factor; order terms by decreasing number of levels (lme4, stable)
         bars = list(formula.bars)
         nlev = {b.factor_name: len((factor_levels or {}).get(b.factor_name, ()))
@@ -191,8 +190,9 @@ class ModelSpec:
         factors: dict[str, FactorSpec] = {}
         for i in order:
             b = bars[i]
-            ts = _materialize(b.lhs, proto, f"random-effect term ({b.lhs} | {b.factor_name})")
-            cols = [r_name(c) for c in ts.column_names]
+            ts = _materialize(rw.rewrite(b.lhs), proto,
+                              f"random-effect term ({b.lhs} | {b.factor_name})")
+            cols = [rw.r_name(c) for c in ts.column_names]
             if not cols:
                 raise FormulaError(f"random-effect term ({b.lhs} | {b.factor_name}) has no columns")
             fs = factors.setdefault(b.factor_name, FactorSpec(b.factor_name, b.factor))
@@ -202,16 +202,21 @@ class ModelSpec:
             terms.append(RandomTerm(factor=b.factor_name, columns=tuple(cols), lhs=b.lhs))
             term_specs.append(ts)
         used = sorted(formula.columns | ({weights} if weights else set()))
-        fixef_names = [r_name(c) for c in fixed.column_names]
+        fixef_names = [rw.r_name(c) for c in fixed.column_names]
         # intercept and plain numeric columns: copied straight from the frame, no formula engine
-        direct = all(c == "(Intercept)" or (c in schema and c not in categorical
-                                            and not is_categorical_dtype(schema[c]))
-                     for c in fixef_names)
+        by_key = {k: c for c, k in rw.column_keys.items()}
+        direct = [None if c == "Intercept" else by_key.get(c) for c in fixed.column_names]
+        plain = all(c == "Intercept" or (c in by_key and by_key[c] not in categorical
+                                         and not is_categorical_dtype(schema[by_key[c]]))
+                    for c in fixed.column_names)
+        toks = tokenize(formula.response)
+        response_column = toks[0].text if len(toks) == 1 and toks[0].kind == "name" else None
         return cls(formula=formula, categorical=categorical, factors=list(factors.values()),
                    terms=terms, fixef_names=fixef_names,
                    weights=weights, used_columns=used, _fixed_spec=fixed,
                    _term_specs=term_specs, _response_spec=resp, _offset_specs=offsets,
-                   _direct_fixed=direct)
+                   _direct_fixed=direct if plain else None, _rewriter=rw,
+                   _response_column=response_column)
 
     # ------------------------------------------------------------------ queries
     @functools.cached_property
@@ -286,8 +291,8 @@ class ModelSpec:
         this thread, which is all the statistics pass needs."""
         n, p = len(df), len(self.fixef_names)
         X = scratch("direct_X", n * p).reshape(p, n).T  # column-major, reused across partitions
-        for j, c in enumerate(self.fixef_names):
-            X[:, j] = 1.0 if c == "(Intercept)" else df[c].to_numpy(dtype=float)
+        for j, c in enumerate(self._direct_fixed):
+            X[:, j] = 1.0 if c is None else df[c].to_numpy(dtype=float)
         return X
 
     def encode(self, df: pd.DataFrame) -> Encoded:
@@ -298,17 +303,11 @@ class ModelSpec:
         thread, or copy them (work that keeps encoded data across iterations, as PIRLS will).
         """
         df, dropped = self.prepare(df)
-        frame = df
-        if self.categorical:
-            frame = df.copy()
-            for c, levels in self.categorical.items():
-                frame[c] = pd.Categorical(frame[c].map(level_label), categories=levels)
-        if self.formula.response in df.columns:  # a plain column: no formula machinery
-            y = df[self.formula.response].to_numpy(dtype=float,
-                                                   copy=bool(self._offset_specs))
+        frame = _LazyFrame(self, df)
+        if self._response_column is not None:  # a plain column: no formula machinery
+            y = df[self._response_column].to_numpy(dtype=float, copy=bool(self._offset_specs))
         else:
-            y = np.asarray(self._response_spec.get_model_matrix(frame, context=EVAL_CONTEXT),
-                           dtype=float)
+            y = np.asarray(self._response_spec.get_model_matrix(frame.get()), dtype=float)
             if y.ndim != 2 or y.shape[1] != 1:
                 raise DataError(f"response {self.formula.response!r} must be one numeric column")
             y = y[:, 0].copy()
@@ -316,9 +315,9 @@ class ModelSpec:
             raise DataError(f"response {self.formula.response!r} has a non-finite value "
                             "(e.g. log of a non-positive number)")
         for spec in self._offset_specs:
-            y -= np.asarray(spec.get_model_matrix(frame, context=EVAL_CONTEXT), float)[:, 0]
-        X = self._direct_X(df) if self._direct_fixed else _dense(self._fixed_spec, frame,
-                                                                  len(frame))
+            y -= np.asarray(spec.get_model_matrix(frame.get()), float)[:, 0]
+        X = (self._direct_X(df) if self._direct_fixed is not None
+             else _dense(self._fixed_spec, frame, len(df)))
         w = np.asarray(df[self.weights], dtype=float) if self.weights else None
         if w is not None and (w <= 0).any():
             raise DataError(f"weights column {self.weights!r} has a value <= 0; "
@@ -337,7 +336,7 @@ class ModelSpec:
                     contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
                     mats.append(X[:, idx[0]:idx[0] + len(idx)] if contiguous else X[:, idx])
                 else:
-                    mats.append(_dense(self._term_specs[t], frame, len(frame)))
+                    mats.append(_dense(self._term_specs[t], frame, len(df)))
             Z[f.name] = np.hstack(mats) if len(mats) > 1 else mats[0]
             keys[f.name] = f.keys(df)
         names = {"X": list(self.fixef_names)}
@@ -346,8 +345,53 @@ class ModelSpec:
         return Encoded(y=y, X=X, w=w, Z=Z, keys=keys, n_dropped=dropped, names=names)
 
 
-def _dense(spec: object, frame: pd.DataFrame, n: int) -> np.ndarray:
-    m = spec.get_model_matrix(frame, context=EVAL_CONTEXT)
+class _LazyFrame:
+    """The frame formulaic encodes (columns and calls as plain variables), built on first use:
+    a fit of plain numeric columns never builds it."""
+
+    def __init__(self, spec: ModelSpec, df: pd.DataFrame):
+        self.spec, self.df, self.frame = spec, df, None
+
+    def get(self) -> pd.DataFrame:
+        if self.frame is None:
+            self.frame = encoding_frame(self.spec._rewriter, self.df, self.spec.categorical)
+        return self.frame
+
+
+def encoding_frame(rw: Rewriter, df: pd.DataFrame, categorical: dict[str, list[str]]
+                   ) -> pd.DataFrame:
+    """``df`` as formulaic sees it: each used column under its variable (categorical ones as
+    pandas Categoricals with the frozen levels) and each call's model column(s)."""
+    data: dict[str, object] = {}
+    env = {}
+    for c, k in rw.column_keys.items():
+        raw = df[c].to_numpy()
+        env[k] = raw
+        if c in categorical:
+            data[k] = pd.Categorical(df[c].map(level_label), categories=categorical[c])
+        else:
+            data[k] = raw
+    for tr in rw.transforms.values():
+        data.update(tr.columns_of({k: env[k] for k in (rw.column_keys[c] for c in tr.columns)}
+                                  | ({} if tr.columns else {"_n": np.zeros(len(df))})))
+    return pd.DataFrame(data, index=pd.RangeIndex(len(df)))
+
+
+def plan_formula(formula: ParsedFormula, columns: list[str]) -> Rewriter:
+    """Read every piece of ``formula`` (response, fixed part, offsets, term columns) into one
+    :class:`~daskmm.formula.transforms.Rewriter`: each column and call gets its variable, and
+    the calls whose state comes from the whole data (``scale``, ``poly``, ``factor``) are in
+    ``[t for t in rw.transforms.values() if t.stateful]``, to be frozen before
+    :meth:`ModelSpec.build`."""
+    rw = Rewriter([str(c) for c in columns])
+    for piece in (formula.response, formula.fixed, *formula.offsets,
+                  *(b.lhs for b in formula.bars)):
+        rw.rewrite(piece)
+    return rw
+
+
+def _dense(spec: object, frame: _LazyFrame, n: int) -> np.ndarray:
+    m = spec.get_model_matrix(frame.get())
     a = np.asarray(m, dtype=float)
     if a.shape[0] != n:  # formulaic collapses an intercept-only matrix on empty frames
         a = np.broadcast_to(a, (n, a.shape[1])).copy()
@@ -355,25 +399,32 @@ def _dense(spec: object, frame: pd.DataFrame, n: int) -> np.ndarray:
 
 
 def _materialize(text: str, proto: pd.DataFrame, what: str):
+    """formulaic's spec of ``text`` (rewritten by the Rewriter); ``what`` names the piece, as
+    the user wrote it, in the message."""
     try:
-        return model_matrix(text, proto, context=EVAL_CONTEXT, na_action="ignore").model_spec
-    except FormulaicError as exc:
-        raise FormulaError(f"cannot understand the {what} {text!r}: {exc}") from exc
-    except Exception as exc:  # formulaic raises plain errors for some syntax
-        raise FormulaError(f"cannot understand the {what} {text!r}: {exc}") from exc
+        return model_matrix(text, proto, na_action="ignore").model_spec
+    except (FormulaicError, Exception) as exc:  # formulaic raises plain errors for some syntax
+        raise FormulaError(f"cannot understand the {what}: {str(exc).splitlines()[0]}") from exc
 
 
-def _prototype(schema: dict[str, object], categorical: dict[str, list[str]]) -> pd.DataFrame:
-    """A small frame with every level of every categorical column, to build specs on."""
-    n = max([2] + [len(v) for v in categorical.values()])
+def _prototype(schema: dict[str, object], categorical: dict[str, list[str]],
+               rw: Rewriter) -> pd.DataFrame:
+    """A small frame, keyed as formulaic sees the data, with every level of every categorical
+    column and call, to build specs on."""
+    levels_of = {rw.column_keys[c]: categorical[c] for c in rw.column_keys if c in categorical}
+    for tr in rw.transforms.values():
+        if tr.kind == "factor":
+            levels_of[tr.key] = tr.state["levels"]
+    n = max([2] + [len(v) for v in levels_of.values()])
+    keys = list(rw.column_keys.values()) + [k for t in rw.transforms.values() for k in t.keys]
     data = {}
-    for c in schema:
-        if c in categorical:
-            levels = categorical[c]
+    for k in keys:
+        if k in levels_of:
+            levels = levels_of[k]
             vals = [levels[i % len(levels)] for i in range(n)] if levels else [None] * n
-            data[c] = pd.Categorical(vals, categories=levels)
+            data[k] = pd.Categorical(vals, categories=levels)
         else:
-            data[c] = np.linspace(1.0, 2.0, n)
+            data[k] = np.linspace(1.0, 2.0, n)
     return pd.DataFrame(data)
 
 
