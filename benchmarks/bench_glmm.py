@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from distributed import Client, LocalCluster, wait
 
+from daskmm.distributed.client import NO_DASHBOARD
 from daskmm.glmm import glmm
 
 HERE = Path(__file__).resolve().parent
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     if not csv.exists():
         df.to_csv(csv, index=False)
     results = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, **NO_DASHBOARD) as cluster, \
             Client(cluster) as client:
         ddf = dd.from_pandas(df.set_index("g"), npartitions=8, sort=True).reset_index()
         ddf = client.persist(ddf)

@@ -38,6 +38,7 @@ import daskmm
 from daskmm.data.ingest import ingest
 from daskmm.data.manifest import read_manifest
 from daskmm.data.simulate import simulate
+from daskmm.distributed.client import NO_DASHBOARD
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import PeakMemory, machine  # noqa: E402
@@ -60,7 +61,7 @@ def step(cl: Client, fn, *args, **kwargs) -> tuple[float, float, object]:
 def run(args: argparse.Namespace) -> dict:
     rows_out = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      memory_limit=args.memory_limit, dashboard_address=None) as cluster, \
+                      memory_limit=args.memory_limit, **NO_DASHBOARD) as cluster, \
             Client(cluster) as client:
         for size in args.sizes:
             n = int(float(size))

@@ -69,6 +69,7 @@ import pandas as pd
 from distributed import Client, LocalCluster, wait
 
 import daskmm
+from daskmm.distributed.client import NO_DASHBOARD
 
 HERE = Path(__file__).resolve().parent
 R_SCRIPT = HERE / "bench_lmer.R"
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"data for R: {r_path}", flush=True)
     cases = []
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      **NO_DASHBOARD) as cluster, Client(cluster) as client:
         for case in args.case:
             formula = FORMULAS[case]
             print(f"\n== {case}: {formula}", flush=True)

@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 from distributed import Client, LocalCluster
 
 import daskmm
+from daskmm.distributed.client import NO_DASHBOARD
 
 HERE = Path(__file__).resolve().parent
 FORMULA = "y ~ x + (x | g)"
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
     path = ensure_dataset(args.data_dir, args.rows, args.files, args.g_levels, args.seed)
     runs: list[dict] = []
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      memory_limit=args.memory_limit, dashboard_address=None) as cluster, \
+                      memory_limit=args.memory_limit, **NO_DASHBOARD) as cluster, \
             Client(cluster) as client:
         names = {}
         for rep in range(args.repeats):

@@ -219,6 +219,19 @@ def _quiet_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _interrupted_exit() -> int:
+    """Exit status 130. Before any local cluster started, leave at once: a Ctrl-C that landed
+    inside an extension module's import can otherwise kill the interpreter with SIGINT on its
+    way out (seen with numpy and numba). After one started, exit normally: its processes and
+    semaphores are released by the interpreter's own shutdown."""
+    client = sys.modules.get("daskmm.distributed.client")
+    if client is None or not getattr(client, "LOCAL_CLUSTER_STARTED", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = getattr(args, "verbose", False) or (args.command != "fit"
@@ -238,24 +251,21 @@ def main(argv: list[str] | None = None) -> int:
         if _INTERRUPTED:
             raise KeyboardInterrupt
         return rc
-    except DaskmmError as exc:
-        if _INTERRUPTED:
-            print("daskmm: interrupted; no output written", file=sys.stderr)
-            return 130
-        print(f"daskmm: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head`: not an error of ours
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("daskmm: interrupted; no output written", file=sys.stderr)
-        return 130
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
+        if _INTERRUPTED or isinstance(exc, KeyboardInterrupt):
+            # a Ctrl-C, however a library passed it on (an import it broke, a callback)
+            print("daskmm: interrupted; no output written", file=sys.stderr)
+            return _interrupted_exit()
+        if isinstance(exc, DaskmmError):
+            print(f"daskmm: error: {exc}", file=sys.stderr)
+            return 2
         if os.environ.get("DASKMM_DEBUG"):
             raise
         print(f"daskmm: error: {explain(exc)}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

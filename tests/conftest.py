@@ -1,4 +1,4 @@
-"""Shared fixtures: a real LocalCluster and the conformance fixtures in tests/fixtures/conformance."""
+"""Shared fixtures: a real LocalCluster and the reference fits in tests/fixtures/conformance."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
+
+from daskmm.distributed.client import NO_DASHBOARD
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = ROOT / "tests" / "fixtures" / "conformance"
@@ -28,5 +30,5 @@ def load_fixture(fid: str) -> dict:
 def client():
     """Two worker processes, one thread each: real serialisation between client and workers."""
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+                      **NO_DASHBOARD) as cluster, Client(cluster) as c:
         yield c

@@ -9,6 +9,7 @@ zero has no meaningful relative error).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -60,7 +61,7 @@ def check_document(doc: dict, ranef: pd.DataFrame, fx: dict) -> None:
     m = ref.merge(got, on=["group", "term", "level"], how="left", validate="1:1")
     assert m["estimate"].notna().all(), "levels or terms missing from ranef"
     # the SD of each (factor, term); lme4 names a second term on a factor "Subject.1"
-    sd_term = {(r["grp"].split(".")[0], r["var1"]): r["sdcor"] for r in fx["varcorr"]
+    sd_term = {(re.sub(r"\.\d+$", "", r["grp"]), r["var1"]): r["sdcor"] for r in fx["varcorr"]
                if r["var2"] is None and r["grp"] != "Residual"}
     floor = np.array([max(sd_term[(g, t)], 1e-8) for g, t in zip(m["group"], m["term"])])
     assert np.max(np.abs(m["estimate"] - m["condval"]) / np.maximum(np.abs(m["condval"]),

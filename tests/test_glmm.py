@@ -17,6 +17,7 @@ import pytest
 from distributed import Client, LocalCluster, get_task_stream
 from scipy import integrate, optimize, special, stats
 
+from daskmm.distributed.client import NO_DASHBOARD
 from daskmm.errors import DataError, ModelError
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import ModelSpec, sorted_levels
@@ -372,7 +373,7 @@ def test_invariant_to_workers():
     fits = []
     for workers in (1, 3):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cl, Client(cl) as c:
+                          **NO_DASHBOARD) as cl, Client(cl) as c:
             fits.append(glmm("y ~ x + (1 + x | g)", df, "poisson", client=c, npartitions=3))
     assert_same_fit(*fits)
 

@@ -98,7 +98,10 @@ def read_data(data: DataLike, npartitions: int | None = None,
         except pd.errors.EmptyDataError as exc:
             raise DataError(f"data file {path!r} is empty; it needs a header row and data "
                             "rows") from exc
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+        except UnicodeDecodeError as exc:
+            raise DataError(f"cannot read CSV data {path!r}: it is not UTF-8 text "
+                            f"({_first_line(exc)}); save it as UTF-8") from exc
+        except (pd.errors.ParserError, OSError, EOFError) as exc:
             raise DataError(f"cannot read CSV data {path!r}: {_first_line(exc)}") from exc
         if len(head) == 0:
             raise DataError(f"data file {path!r} has a header but no data rows")

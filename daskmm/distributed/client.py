@@ -18,6 +18,13 @@ from daskmm.errors import DaskmmError
 log = logging.getLogger("daskmm")
 
 
+LOCAL_CLUSTER_STARTED = False
+"""Set once this process starts a LocalCluster (the CLI's Ctrl-C exit looks at it)."""
+
+NO_DASHBOARD = {"dashboard_address": None, "scheduler_kwargs": {"dashboard_address": ":0"}}
+"""LocalCluster settings for no dashboard: the scheduler's own HTTP server (health, metrics)
+still starts, on a free port instead of 8787, which another cluster may hold."""
+
 _ADDRESS = re.compile(r"^(?:(tcp|tls|ws|wss|ucx)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)"
                       r":(\d{1,5})/?$")
 
@@ -112,7 +119,10 @@ def client_for(client: Client | str | None = None, timeout: float = 10.0,
     log.info("starting a LocalCluster (%s)", ", ".join(f"{k}={v}" for k, v in kwargs.items()))
     # workers' own error logs would repeat, as noise, what the fit raises here; workers
     # ignore SIGINT (worker_setup): a Ctrl-C stops this process, which closes the cluster
-    with LocalCluster(processes=True, dashboard_address=None, silence_logs=logging.CRITICAL,
-                      preload=["daskmm.distributed.worker_setup"], **kwargs) as cluster, \
+    global LOCAL_CLUSTER_STARTED
+    LOCAL_CLUSTER_STARTED = True
+    with LocalCluster(processes=True, silence_logs=logging.CRITICAL,
+                      preload=["daskmm.distributed.worker_setup"], **NO_DASHBOARD,
+                      **kwargs) as cluster, \
             Client(cluster) as c:
         yield c

@@ -17,7 +17,7 @@ from distributed import Client, Future
 
 from daskmm.distributed.progress import track
 from daskmm.formula.checks import column_ranges
-from daskmm.formula.spec import FactorSpec, ModelSpec
+from daskmm.formula.spec import FactorSpec, ModelSpec, check_values
 from daskmm.kernels.stats import (
     Layout,
     PartitionStats,
@@ -36,6 +36,8 @@ def _meta_partition(df: pd.DataFrame, used: list[str], categorical: list[str],
                     group_cols: list[str], transforms: list | None = None,
                     keys: dict | None = None) -> dict:
     df = df[used]
+    for c in used:
+        check_values(df[c])
     summaries = []
     for tr in transforms or []:  # scale/poly over the rows where their argument is present
         env = {keys[c]: df[c].to_numpy() for c in tr.columns}

@@ -128,7 +128,8 @@ def deparse(tokens: list[Token]) -> str:
     prev: Token | None = None
     for t in tokens:
         if t.kind == "name":
-            piece = r_quote(t.text)
+            piece = t.text if not t.quoted and t.text in _RESERVED | R_CONSTANTS \
+                else r_quote(t.text)
         elif t.kind == "num":
             piece = _deparse_number(t.text)
         elif t.kind == "str":

@@ -167,18 +167,22 @@ class ModelSpec:
         if missing:
             raise FormulaError(f"{missing[0]} needs its state from the whole data, which was not "
                                "computed (internal: pass the planned rewriter)")
+        # every piece rewritten first: a piece may add a call (the GLMM's trials) the
+        # prototype must hold
+        texts = {piece: rw.rewrite(piece) for piece in (
+            formula.response, formula.fixed, *formula.offsets, *(b.lhs for b in formula.bars))}
         proto = _prototype(schema, categorical, rw)
         if identifiers(formula.response) & set(categorical):
             raise DataError(
                 f"response {formula.response!r} is not numeric; a linear mixed model needs a "
                 "numeric response")
-        resp = _materialize(f"0 + {rw.rewrite(formula.response)}", proto,
+        resp = _materialize(f"0 + {texts[formula.response]}", proto,
                             f"response {formula.response!r}")
         if len(resp.column_names) != 1:
             raise FormulaError(f"the response {formula.response!r} must be one numeric column")
-        fixed = _materialize(rw.rewrite(formula.fixed), proto,
+        fixed = _materialize(texts[formula.fixed], proto,
                              f"fixed part {formula.fixed!r}")
-        offsets = [_materialize(f"0 + {rw.rewrite(o)}", proto, f"offset {o!r}")
+        offsets = [_materialize(f"0 + {texts[o]}", proto, f"offset {o!r}")
                    for o in formula.offsets]
         # group terms by factor; order terms by decreasing number of levels (lme4, stable)
         bars = list(formula.bars)
@@ -190,7 +194,7 @@ class ModelSpec:
         factors: dict[str, FactorSpec] = {}
         for i in order:
             b = bars[i]
-            ts = _materialize(rw.rewrite(b.lhs), proto,
+            ts = _materialize(texts[b.lhs], proto,
                               f"random-effect term ({b.lhs} | {b.factor_name})")
             cols = [rw.r_name(c) for c in ts.column_names]
             if not cols:
@@ -272,11 +276,7 @@ class ModelSpec:
                 ok[c] = finite
             else:
                 good = col.notna().to_numpy()
-                if col.dtype == object and good.any():
-                    first = col.iloc[int(np.argmax(good))]
-                    kind = unusable_value(first)
-                    if kind is not None:
-                        raise DataError(_type_message(c, kind, type(first).__name__))
+                check_values(col, good)
                 if not good.all():
                     ok[c] = good
         if not ok:
@@ -365,6 +365,8 @@ def encoding_frame(rw: Rewriter, df: pd.DataFrame, categorical: dict[str, list[s
     data: dict[str, object] = {}
     env = {}
     for c, k in rw.column_keys.items():
+        if c not in df.columns:  # a column of another spec sharing the rewriter
+            continue
         raw = df[c].to_numpy()
         env[k] = raw
         if c in categorical:
@@ -372,6 +374,8 @@ def encoding_frame(rw: Rewriter, df: pd.DataFrame, categorical: dict[str, list[s
         else:
             data[k] = raw
     for tr in rw.transforms.values():
+        if not all(rw.column_keys[c] in env for c in tr.columns):
+            continue
         data.update(tr.columns_of({k: env[k] for k in (rw.column_keys[c] for c in tr.columns)}
                                   | ({} if tr.columns else {"_n": np.zeros(len(df))})))
     return pd.DataFrame(data, index=pd.RangeIndex(len(df)))
@@ -433,18 +437,19 @@ _NESTED = ("list", "struct", "map", "dictionary<")
 
 
 def _unusable_kind(dtype: object) -> str | None:
-    """``"timestamp"``, ``"list"``, ... for a dtype no model column can be made of."""
-    if getattr(dtype, "kind", None) in ("M", "m"):
-        return "timestamp" if dtype.kind == "M" else "duration"
-    text = str(dtype).lower()
-    if text.startswith("datetime64") or text.startswith("timedelta64"):
-        return "timestamp"
+    """``"timestamp"``, ``"date"``, ``"list"``, ... for a dtype no model column can be made
+    of."""
     pa_type = getattr(dtype, "pyarrow_dtype", None)
     if pa_type is not None:
         t = str(pa_type).lower()
         for k in _TEMPORAL + _NESTED:
             if t.startswith(k):
                 return k.rstrip("<")
+    if getattr(dtype, "kind", None) in ("M", "m"):
+        return "timestamp" if dtype.kind == "M" else "duration"
+    text = str(dtype).lower()
+    if text.startswith("datetime64") or text.startswith("timedelta64"):
+        return "timestamp"
     return None
 
 
@@ -461,6 +466,19 @@ def unusable_value(value: object) -> str | None:
     if isinstance(value, (bytes, bytearray)):
         return "binary"
     return None
+
+
+def check_values(col: pd.Series, good: np.ndarray | None = None) -> None:
+    """Raise :class:`DataError` for an object column holding lists, structs, dates or bytes
+    (seen in its first present value): not numbers, not levels."""
+    if col.dtype != object or not len(col):
+        return
+    good = col.notna().to_numpy() if good is None else good
+    if good.any():
+        first = col.iloc[int(np.argmax(good))]
+        kind = unusable_value(first)
+        if kind is not None:
+            raise DataError(_type_message(str(col.name), kind, type(first).__name__))
 
 
 def check_column_types(schema: dict[str, object], columns) -> None:

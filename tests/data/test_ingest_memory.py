@@ -19,6 +19,7 @@ from distributed import Client, LocalCluster
 
 from daskmm.data.ingest import ingest
 from daskmm.data.manifest import read_manifest
+from daskmm.distributed.client import NO_DASHBOARD
 
 LIMIT = 600_000_000
 FILES, ROWS, FLOATS = 57, 200_000, 18  # 11.4e6 rows x 20 columns x 8 bytes = 1.82 GB
@@ -66,7 +67,7 @@ def test_ingest_input_three_times_the_worker_limit(big_input, tmp_path):
     assert in_memory >= 3 * LIMIT
     with dask.config.set({"distributed.worker.memory.pause": False}), \
             LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=LIMIT,
-                         dashboard_address=None) as cluster, Client(cluster) as c:
+                         **NO_DASHBOARD) as cluster, Client(cluster) as c:
         before = set(c.scheduler_info()["workers"])
         c.run(_start)
         m = ingest(str(src), "g", tmp_path / "ds", buckets=24, client=c)

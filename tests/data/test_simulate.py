@@ -10,6 +10,7 @@ from distributed import Client, LocalCluster
 import daskmm
 from daskmm.data.manifest import bucket_of, read_manifest
 from daskmm.data.simulate import DEFAULTS, simulate
+from daskmm.distributed.client import NO_DASHBOARD
 from daskmm.errors import DataError
 
 
@@ -33,7 +34,7 @@ def test_dataset_and_manifest(client, tmp_path):
 def test_same_data_on_any_cluster(client, tmp_path):
     """Each bucket has its own random stream: 1 or 2 workers write identical files."""
     simulate(tmp_path / "a", 20_000, groups=100, crossed=10, buckets=3, seed=3, client=client)
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as c, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, **NO_DASHBOARD) as c, \
             Client(c, set_as_default=False) as c1:
         simulate(tmp_path / "b", 20_000, groups=100, crossed=10, buckets=3, seed=3, client=c1)
     for pa_, pb in zip(read_manifest(tmp_path / "a").bucket_paths(tmp_path / "a"),

@@ -22,14 +22,15 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import daskmm
+from daskmm.distributed.client import NO_DASHBOARD
 
 
 @pytest.fixture(scope="module")
 def clients():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as c1, \
+                      **NO_DASHBOARD) as c1, \
             LocalCluster(n_workers=3, threads_per_worker=1, processes=True,
-                         dashboard_address=None) as c3, \
+                         **NO_DASHBOARD) as c3, \
             Client(c1, set_as_default=False) as cl1, Client(c3, set_as_default=False) as cl3:
         yield cl1, cl3
 
