@@ -2,7 +2,8 @@
 ``tests/fixtures/formula/make_fixtures.R``): ``I(age^2)``, ``poly(x, 2)``, ``scale(z)``,
 ``log``/``log1p``/``sqrt``/``exp``, ``factor(k)``, ``(u + v + w)^2``, back-quoted and unusual
 column names, and Poisson GLMMs with counts in the hundreds (two crossed intercepts and an
-interaction; an offset). Tolerances are the conformance README's."""
+interaction; an offset), rare events from glm's start, and aliased columns dropped as lme4
+drops them. Tolerances are the conformance README's."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from tests.test_glmm import check_document as check_glmm
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "formula"
 LMM = ["lmm_functions", "lmm_functions_ml", "lmm_odd_names"]
-GLMM = ["binomial_transforms", "poisson_crossed_counts", "poisson_offset_counts"]
+GLMM = ["binomial_transforms", "poisson_crossed_counts", "poisson_offset_counts",
+        "binomial_rare_events"]
 
 
 def load(fid: str) -> dict:
@@ -81,3 +83,17 @@ def test_cli_writes_r_names(client, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert list(pd.read_parquet(out / "fixef.parquet")["term"]) == fx["fixef_names"]
     assert "`my var`" in (out / "summary.txt").read_text()
+
+
+def test_glmm_drops_aliased_columns_as_lme4(client):
+    """A column that is a multiple of another is dropped with a warning naming it, and the
+    fit is glmer's fit without it."""
+    fx = load("poisson_offset_counts")
+    df = pd.read_csv(fx["data_path"]).assign(x2=lambda d: 2.0 * d["x"])
+    with pytest.warns(UserWarning, match=r"rank deficient so dropping 1 column\(s\): x2"):
+        fit = daskmm.glmm("y ~ x + x2 + offset(log(t)) + (1 | g)", df, "poisson",
+                          factors=fx["factors"], client=client)
+    assert fit.fixef_names == fx["fixef_names"]
+    assert fit.objective == pytest.approx(fx["objective"], rel=1e-6)
+    pred = fit.predict(df.iloc[:5], kind="link").compute()
+    assert np.all(np.isfinite(pred))

@@ -115,9 +115,10 @@ def test_glmer_fits(fid, client):
         assert fit.to_dict()["nb_size"] == fit.nb_size
 
 
-@pytest.mark.parametrize("fid, family", [("grouseticks_poisson", "poisson"),
-                                         ("cbpp_agq25", "binomial")])
+@pytest.mark.parametrize("fid, family", [("cbpp_agq25", "binomial")])
 def test_cli_matches_glmer(fid, family, client, tmp_path):
+    """The CLI path (the same fit as the API's; grouseticks through the CLI added 30 s and
+    nothing the API test does not check)."""
     fx = load_fixture(fid)
     out = tmp_path / "fit"
     proc = subprocess.run([sys.executable, "-m", "daskmm.cli", "fit", fx["data_path"],

@@ -49,6 +49,10 @@ def check_scheduler(address: str, timeout: float = 10.0) -> None:
         try:
             socket.create_connection((host, int(m.group(3))), timeout=timeout).close()
             connected.append(True)
+        except ConnectionRefusedError as exc:  # nothing listens: no use waiting
+            raise DaskmmError(f"no Dask scheduler answered at {address!r}: nothing listens "
+                              "on that port (connection refused); check the address or leave "
+                              "it out to use a local cluster") from exc
         except OSError:
             pass
 

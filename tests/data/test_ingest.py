@@ -176,3 +176,19 @@ def test_bad_arguments(client, tmp_path, bad, match):
     with pytest.raises(DataError, match=match):
         ingest(frame(100), kw.pop("by"), tmp_path / "ds", client=client, **kw)
     assert not (tmp_path / "ds").exists()
+
+
+def test_manifest_is_not_written_over_missing_buckets(tmp_path):
+    """Workers that wrote their buckets where this process cannot see them (no shared
+    storage) make an error, not a dataset with holes."""
+    from daskmm.data.ingest import _check_complete
+    from daskmm.data.manifest import Manifest, bucket_file
+    m = Manifest(key="g", buckets=3, schema={"y": "float64"}, rows=[2, 2, 2], levels={})
+    for j in (0, 2):
+        pq.write_table(pa.table({"y": [1.0, 2.0]}), tmp_path / bucket_file(j))
+    with pytest.raises(DataError, match=r"bucket-00001.parquet.*1 of 3 missing.*shared storage"):
+        _check_complete(m, tmp_path, 6)
+    pq.write_table(pa.table({"y": [1.0, 2.0]}), tmp_path / bucket_file(1))
+    with pytest.raises(DataError, match="hold 6 rows but 7 were read"):
+        _check_complete(m, tmp_path, 7)
+    _check_complete(m, tmp_path, 6)
