@@ -248,3 +248,26 @@ def test_ctrl_c_prints_one_line(tmp_path, after):
     assert proc.returncode == 130, err
     assert err.strip() == "daskmm: interrupted; no output written", err
     assert not out.exists() and not list(tmp_path.glob(".fit*"))
+
+
+def test_dropped_rows_reported_in_json_text_and_stderr(client, tmp_path):
+    """Rows with a missing value in a used column are dropped, as lme4's na.omit, and counted
+    exactly as pandas counts incomplete rows: in summary.json, summary.txt and on stderr. A
+    missing value in a column the model does not use drops nothing."""
+    df = frame().assign(note="n")
+    df.loc[[1, 2, 3], "y"] = np.nan
+    df.loc[[3, 9], "x"] = np.nan
+    df.loc[[20, 21], "note"] = None
+    df.to_csv(tmp_path / "na.csv", index=False)
+    out = tmp_path / "fit"
+    proc = subprocess.run([sys.executable, "-m", "daskmm.cli", "fit", str(tmp_path / "na.csv"),
+                           "--formula", SIMPLE, "--scheduler", client.scheduler.address,
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    complete = len(df[["y", "x", "g"]].dropna())
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["nobs"] == complete and doc["rows"]["dropped"] == len(df) - complete == 4
+    assert doc["rows"]["dropped_missing"] == {"x": 2, "y": 2}
+    line = "4 observations deleted due to missingness: missing values in x: 2, y: 2"
+    assert line in (out / "summary.txt").read_text()
+    assert f"daskmm: {line}" in proc.stderr
