@@ -1,6 +1,7 @@
 """daskmm: mixed models fitted on Dask, matching lme4.
 
-The models are imported when first used (``daskmm.lmm``, ``daskmm.glmm``), so ``import
+``daskmm.fit`` fits any model (``daskmm.lmm`` and ``daskmm.glmm`` are the familiar names).
+The models are imported when first used, so ``import
 daskmm`` and the command line start quickly and a Ctrl-C during start-up is handled."""
 
 import sys
@@ -15,12 +16,14 @@ from daskmm.errors import (
     ModelError,
 )
 
-_LAZY = {"lmm": ("daskmm.lmm", "lmm"), "glmm": ("daskmm.glmm", "glmm"),
+_LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.lmm", "lmm"),
+         "glmm": ("daskmm.glmm", "glmm"),
+         "MixedResult": ("daskmm.results.base", "MixedResult"),
          "LmmResult": ("daskmm.results.lmm_result", "LmmResult"),
          "GlmmResult": ("daskmm.results.glmm_result", "GlmmResult")}
 
-__all__ = ["lmm", "LmmResult", "glmm", "GlmmResult", "DaskmmError", "FormulaError", "DataError",
-           "ColumnNotFoundError", "ModelError", "FitError"]
+__all__ = ["fit", "MixedResult", "lmm", "LmmResult", "glmm", "GlmmResult", "DaskmmError",
+           "FormulaError", "DataError", "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"
 
 

@@ -14,9 +14,8 @@ import signal
 import sys
 import threading
 import warnings
-from pathlib import Path
 
-from daskmm.data.staging import RESULT_MARKER, check_output, result_marker, staging_dir
+from daskmm.data.staging import check_output
 from daskmm.errors import DaskmmError
 
 
@@ -39,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="GLMM: 1 = Laplace, up to 25 = adaptive Gauss-Hermite quadrature")
     fit.add_argument("--scheduler", default=None, help="Dask scheduler address "
                      "(default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
-    fit.add_argument("--mode", default="auto", choices=["auto", "gathered", "distributed"],
-                     help="evaluate the objective on the client or on the workers")
+    fit.add_argument("--mode", default="auto",
+                     choices=["auto", "in-process", "gathered", "distributed"],
+                     help="in-process: no cluster; gathered: statistics on a cluster, the "
+                     "optimiser here; distributed: every evaluation on the workers; auto: in "
+                     "process for small data when no scheduler is given (the default)")
     fit.add_argument("--out", required=True, help="output directory: a new folder, or a "
                      "previous daskmm fit with --force")
     fit.add_argument("--force", action="store_true", help="replace a previous daskmm fit at "
@@ -82,30 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None = None) -> Path:
-    """Write ``summary.json``, ``summary.txt``, ``fixef.parquet``, ``ranef.parquet`` and the
-    result marker atomically into ``out`` (``extra(tmp_dir)`` may add files last, before the
-    rename). Check ``out`` with :func:`~daskmm.data.staging.check_output` first."""
-    with staging_dir(out) as tmp:
-        (tmp / "summary.json").write_text(result.to_json(indent=2) + "\n")
-        (tmp / "summary.txt").write_text(result.summary())
-        result.fixef().to_parquet(tmp / "fixef.parquet", index=False)
-        result.ranef_frame().to_parquet(tmp / "ranef.parquet", index=False)
-        (tmp / RESULT_MARKER).write_text(result_marker("fit", name))
-        if extra is not None:
-            extra(tmp)
-    return Path(out)
-
-
-def report_rows(result) -> None:
-    """The dropped-rows line on stderr (it is in summary.json and summary.txt too)."""
-    line = result.dropped_line()
-    if line:
-        print(f"daskmm: {line.strip('()')}", file=sys.stderr)
-
-
 def _fit(args: argparse.Namespace) -> int:
     import daskmm
+    from daskmm.results.writing import report_rows, write_outputs
 
     factors = _split_list(args.factors)
     if args.family == "gaussian":
@@ -117,21 +98,22 @@ def _fit(args: argparse.Namespace) -> int:
             raise DaskmmError(f"--nagq {args.nagq} does not apply to the gaussian family (an "
                               "LMM's likelihood is exact); leave --nagq out")
     else:
-        if args.ml or args.mode != "auto":
-            raise DaskmmError("--ml and --mode apply to gaussian fits; a GLMM is always fitted "
-                              "by maximum likelihood")
+        if args.ml:
+            raise DaskmmError("--ml applies to gaussian fits; a GLMM is always fitted by "
+                              "maximum likelihood")
+        if args.mode == "gathered":
+            raise DaskmmError("--mode gathered applies to gaussian fits; a GLMM runs "
+                              "in-process or distributed (or auto)")
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
-    if args.family != "gaussian":
-        from daskmm.glmm import glmm
-        result = glmm(args.formula, args.data, args.family, link=args.link, nagq=args.nagq,
-                      factors=factors, weights=args.weights, client=args.scheduler)
-    else:
-        result = daskmm.lmm(args.formula, args.data, reml=not args.ml, factors=factors,
-                            weights=args.weights, client=args.scheduler, mode=args.mode)
+    result = daskmm.fit(args.formula, args.data, args.family, link=args.link,
+                        reml=(not args.ml) if args.family == "gaussian" else None,
+                        nagq=args.nagq, factors=factors, weights=args.weights,
+                        client=args.scheduler, mode=args.mode)
     write_outputs(result, out)
     print(result.summary())
     report_rows(result)
-    print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet")
+    print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet "
+          f"(fitted {result.mode})")
     return 0
 
 

@@ -36,20 +36,20 @@ import types
 import uuid
 
 import dask
-import nlopt
 import numpy as np
 import pandas as pd
 import scipy.linalg as la
-from scipy.special import gammaln
 
 from daskmm.data.io import DataLike, open_data, read_data
+from daskmm.data.local import estimate_cells
 from daskmm.data.rows import DropCounts, missing_rows
-from daskmm.distributed.client import client_for
-from daskmm.distributed.passes import aligned, shuffle_by
+from daskmm.distributed.passes import aligned, partitions, shuffle_by
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError, FitError, ModelError, num
+from daskmm.execution import MODES, executor, is_in_process, runs_in_process
+from daskmm.families import FAMILIES, get_family
 from daskmm.formula.checks import check_ranges, column_ranges
-from daskmm.formula.parse import _split_top, identifiers, parse_formula
+from daskmm.formula.parse import identifiers, parse_formula, split_top
 from daskmm.formula.spec import (
     ModelSpec,
     check_column_types,
@@ -64,26 +64,15 @@ from daskmm.kernels import scalar_re as K
 from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import group_Lambda, group_modes, lambda_tilde, profiled
 from daskmm.kernels.stats import Layout
-from daskmm.lmm import (
-    _newton_polish,
-    _outside_bars,
-    _ranef_tables,
-    _snap_to_boundary,
-    frozen_levels,
-    lambdas,
-    model_layout,
-)
+from daskmm.optimizer import minimize
+from daskmm.problem import frozen_levels, lambdas, model_layout, outside_bars, ranef_tables
+from daskmm.results.base import RanefTable, spec_terms
 from daskmm.results.glmm_result import GlmmResult
-from daskmm.results.lmm_result import RanefTable
 
 log = logging.getLogger("daskmm")
 
-FAMILIES = {"binomial": (K.BINOMIAL, "logit", {"logit": K.LOGIT, "probit": K.PROBIT,
-                                               "cloglog": K.CLOGLOG}),
-            "poisson": (K.POISSON, "log", {"log": K.LOG}),
-            "negative_binomial": (K.NEGBIN, "log", {"log": K.LOG})}
-ALIASES = {"nbinom2": "negative_binomial", "negbin": "negative_binomial"}
 MAX_NAGQ = 25
+_FAMILY_OF_CODE = {f.code: f for f in FAMILIES.values() if f.code is not None}
 
 
 # ------------------------------------------------------------------ per partition (workers)
@@ -147,11 +136,9 @@ def _encode(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int):
         y = np.where(np.abs(y - near) < 1e-8 * np.maximum(wt, 1.0), near, y)
     else:
         wt = np.ones(len(y))
-    _check_response(y, wt, family, spec.formula.response)
-    if family == K.BINOMIAL:
-        const = float(np.sum(gammaln(wt + 1) - gammaln(y + 1) - gammaln(wt - y + 1)))
-    else:
-        const = float(-np.sum(gammaln(y + 1)))
+    fam = _FAMILY_OF_CODE[family]
+    fam.check_response(y, wt, spec.formula.response)
+    const = fam.log_constant(y, wt)
     return enc, X, y, wt, offset, const, dropped + enc.n_dropped
 
 
@@ -180,28 +167,6 @@ def _check_proportion(y, name) -> None:
     if bad.any():
         raise DataError(f"binomial response {name!r} with weights must be a proportion in "
                         f"[0, 1]; got {num(y[bad][0])}")
-
-
-def _check_response(y, wt, family, name) -> None:
-    if family in (K.POISSON, K.NEGBIN):
-        bad = (y < 0) | (y != np.round(y))
-        if bad.any():
-            fam = "Poisson" if family == K.POISSON else "negative binomial"
-            raise DataError(f"response {name!r} has {int(bad.sum())} value(s) that are not "
-                            f"non-negative integers (e.g. {num(y[bad][0])}); the {fam} family "
-                            "needs counts")
-        return
-    bad = (y < 0) | (y > wt) | (wt <= 0)
-    if bad.any():
-        i = np.flatnonzero(bad)[0]
-        raise DataError(f"binomial response {name!r} out of range: {num(y[i])} successes of "
-                        f"{num(wt[i])} trials; use 0/1, a two-level factor, cbind(successes, "
-                        "failures) with non-negative counts, or a proportion with weights")
-    frac = y != np.round(y)
-    if frac.any():
-        raise DataError(f"binomial response {name!r} has non-integer successes (e.g. "
-                        f"{num(y[frac][0])}); give cbind(successes, failures) counts, or a "
-                        "proportion whose weights are the trials")
 
 
 def _keys(part, family: int) -> tuple[np.ndarray, int, dict]:
@@ -263,37 +228,29 @@ def _local_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray,
     return P.local_point(data, layout, lam, beta, family, link)
 
 
-def _g_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
-             family: int, link: int, size: float | None = None, warm: bool = True
-             ) -> P.Point:
-    """The first point of a global PIRLS: the local modes of the last evaluation (cached on
-    the partition, see :func:`_g_keep`) or zero."""
+def _g_outer(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
+             family: int, link: int, size: float | None = None, full: bool = False):
+    """One outer step of the crossed PIRLS, all in this task: the local modes to convergence
+    given the crossed factors' ``b_G`` (warm from the last call), then the Schur pieces there
+    that give the client its next global step (:func:`~daskmm.kernels.pirls.crossed_pieces`;
+    with ``full``, the whole :class:`~daskmm.kernels.pirls.Point`, for the conditional
+    modes). The result stays on the worker."""
     _with_size(data, size)
+    if not full:
+        pieces = P.crossed_pieces(data, layout, lam, beta, b_G, family, link)
+        return P.rejected_point(data, layout) if pieces is None else pieces
+    value = P.local_laplace(data, layout, lam, beta, family, link,
+                            eta_extra=P.global_zb(data, layout, b_G))
+    if not math.isfinite(value):
+        data.u_warm = None
+        return P.rejected_point(data, layout)
+    groups = getattr(data, "g_groups", None)
     eta_fixed = data.X @ beta + data.offset
-    if warm and data.u_warm is not None and data.warm_groups is not None:
-        pt = P.point(data, layout, lam, eta_fixed, data.u_warm, b_G, family, link,
-                     data.warm_groups)
-        if np.isfinite(pt.ll):
-            return pt
-    return P.point(data, layout, lam, eta_fixed, None, b_G, family, link)
-
-
-def _g_keep(data: P.PirlsData, pt: P.Point) -> None:
-    """Cache the accepted local modes on the partition for the next evaluation's start."""
-    data.u_warm, data.warm_groups = pt.u, pt.groups
-
-
-def _g_candidate(data: P.PirlsData, pt: P.Point, layout: Layout, lam: dict, beta: np.ndarray,
-                 b_G_target: np.ndarray, b_G: np.ndarray, t: float, family: int, link: int,
-                 size: float | None = None) -> P.Point:
-    """The point a step ``t`` towards the PLS solution (local modes given ``b_G_target``)."""
-    _with_size(data, size)
-    target = P.local_modes(pt, layout, b_G_target)
-    u = [a + t * (b - a) for a, b in zip(pt.u, target)]
-    cand = P.point(data, layout, lam, data.X @ beta + data.offset, u, b_G, family, link,
-                   pt.groups)
-    cand.step = P.max_step(pt.u, cand.u)
-    return cand
+    if groups is None:  # the level groups depend only on the keys: found once
+        groups = data.g_groups = P.point(data, layout, lam, eta_fixed, None, b_G, family,
+                                         link).groups
+    return P.point(data, layout, lam, eta_fixed, P.split_local(data, data.u_warm), b_G,
+                   family, link, groups)
 
 
 def _g_summary(pt: P.Point):
@@ -313,7 +270,7 @@ def _g_modes(pt: P.Point, layout: Layout, lam: dict, prof, u_G: np.ndarray):
 # ------------------------------------------------------------------ driver
 def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | None = None,
          nagq: int = 1, factors: list[str] | None = None, weights: str | None = None,
-         client=None, npartitions: int | None = None,
+         client=None, mode: str = "auto", npartitions: int | None = None,
          optimizer_options: dict | None = None) -> GlmmResult:
     """Fit a GLMM by maximum likelihood, as ``lme4::glmer``.
 
@@ -341,6 +298,10 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         Prior weights: the number of trials of a binomial proportion response.
     client, npartitions
         As for :func:`daskmm.lmm`.
+    mode : {"auto", "in-process", "distributed"}
+        ``in-process``: no cluster; ``distributed``: the data persisted on a cluster's
+        workers, each evaluation a map over them; ``auto``: in process for small data when no
+        client or scheduler is given (:func:`daskmm.lmm`). ``optinfo["mode"]`` says which ran.
     optimizer_options : dict, optional
         ``xtol_abs``, ``ftol_abs``, ``maxeval``, ``polish``.
 
@@ -348,15 +309,16 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     -------
     GlmmResult
     """
-    family = ALIASES.get(family, family)
-    if family not in FAMILIES:
-        raise ModelError(f"family {family!r} is not available; use one of: "
-                         f"{', '.join(FAMILIES)}")
-    fam_code, default_link, links = FAMILIES[family]
-    link = link or default_link
-    if link not in links:
-        raise ModelError(f"link {link!r} is not available for the {family} family; use one "
-                         f"of: {', '.join(links)}")
+    fam = get_family(family)
+    if fam.code is None:
+        raise ModelError("the gaussian family is a linear mixed model: use daskmm.lmm (or "
+                         "daskmm.fit, which chooses)")
+    family, fam_code = fam.name, fam.code
+    link_obj = fam.link(link)
+    link = link_obj.name
+    if mode not in MODES or mode == "gathered":
+        raise ModelError(f"mode={mode!r}; allowed for a GLMM: 'auto', 'in-process', "
+                         "'distributed'")
     if not (isinstance(nagq, int) and 1 <= nagq <= MAX_NAGQ):
         raise ModelError(f"nagq={nagq!r}; use an integer from 1 (Laplace) to {MAX_NAGQ}")
     t0 = time.perf_counter()
@@ -375,22 +337,23 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     if weights and trials_text:
         raise ModelError("give the trials either by cbind(successes, failures) or by weights "
                          "with a proportion response, not both")
-    ddf, manifest = open_data(data, npartitions=npartitions)
+    used = sorted(parsed.columns | ({weights} if weights else set()))
+    here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
+    ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
     check_columns(parsed, list(ddf.columns), weights)
     for f in factors or []:
         if f not in ddf.columns:
             raise DataError(f"column {f!r} named as a factor is not in the data; available "
                             f"columns: {', '.join(map(str, ddf.columns))}")
     schema = {c: ddf.dtypes[c] for c in ddf.columns}
-    used = sorted(parsed.columns | ({weights} if weights else set()))
     check_column_types(schema, used)
     ddf = ddf[used]
     group_cols = sorted({c for b in bars for c in b.factor})
-    outside = sorted(parsed.columns - {c for c in group_cols if c not in _outside_bars(parsed)})
+    outside = sorted(parsed.columns - {c for c in group_cols if c not in outside_bars(parsed)})
     cat_cols = [c for c in outside if c in (factors or []) or is_categorical_dtype(schema[c])]
     factor_names = list(dict.fromkeys(b.factor_name for b in bars))
     opts = optimizer_options or {}
-    with client_for(client) as c:
+    with executor(here, client) as c:
         rewriter = plan_formula(parsed_y, used)
         ddf, categorical, factor_levels, combos = frozen_levels(
             c, ddf, used, cat_cols, factor_names, group_cols, manifest, hold=True,
@@ -431,29 +394,42 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         notes = _level_warnings(primary, info, family)
         keep, beta0, n, const = _glm_start(c, parts,
                                            K.POISSON if fam_code == K.NEGBIN else fam_code,
-                                           links[link], spec.fixef_names)
+                                           link_obj.code, spec.fixef_names)
         if n == 0:
             raise DataError("no rows left after dropping rows with missing values in the "
                             f"columns the model uses ({', '.join(used)})")
         if scalar:
-            crit = _ScalarCriterion(c, parts, spec, fam_code, links[link], nagq, const)
+            crit = _ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const)
         elif glob:
-            crit = _GlobalCriterion(c, parts, spec, layout, fam_code, links[link], const)
+            crit = _GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const)
         else:
-            crit = _LocalCriterion(c, parts, spec, layout, fam_code, links[link], const)
+            crit = _LocalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const)
         if not keep.all():
             crit = _Estimable(crit, keep)
         theta0 = np.concatenate([t.theta_init() for t in spec.terms])
         lower = np.concatenate([t.theta_lower() for t in spec.terms])
         nb = fam_code == K.NEGBIN
         t1 = time.perf_counter()
+        where = "in-process" if is_in_process(c) else "distributed"
         if nb:  # log k is one more free parameter, after beta
             x, optinfo = _optimise(_SizeAppended(crit), theta0, lower,
-                                   np.concatenate([beta0, [0.0]]), opts)
+                                   np.concatenate([beta0, [0.0]]), opts, where)
             size = float(np.exp(x[-1]))
             x = x[:-1]
         else:
-            x, optinfo = _optimise(crit, theta0, lower, beta0, opts)
+            stage1 = None
+            if isinstance(crit, _LocalCriterion) and opts.get("stages", 2) == 2:
+                stage1 = _stage1(_JointCriterion(c, parts, spec, layout, fam_code,
+                                                 link_obj.code, const, beta0),
+                                 theta0, lower, opts, where)
+            if stage1 is not None:  # lme4's nAGQ = 0 stage: theta with beta inside PIRLS
+                theta0, beta0, info1 = stage1
+            x, optinfo = _optimise(crit, theta0, lower, beta0,
+                                   {k: v for k, v in opts.items() if k != "stages"}, where,
+                                   near=stage1 is not None)
+            if stage1 is not None:
+                optinfo.settings["stage1"] = info1
+                optinfo.feval += info1["feval"]
             size = None
         t2 = time.perf_counter()
         nt = len(theta0)
@@ -470,13 +446,14 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         t3 = time.perf_counter()
     names = [nm for nm, k in zip(spec.fixef_names, keep) if k]
     notes += _fit_warnings(beta, vcov, names, family)
-    res = GlmmResult(formula=parsed.text, spec=spec, reml=False, theta=theta, beta=beta,
-                     fixef_names=names, vcov=vcov, sigma=1.0,
-                     objective=objective, nobs=n, n_dropped=n_dropped, ngroups=ngroups,
-                     ranef=ranef, optinfo=optinfo, family=family, link=link, nagq=nagq,
-                     nb_size=size, warnings=notes)
+    terms, factor_terms = spec_terms(spec)
+    res = GlmmResult(formula=parsed.text, spec=spec, theta=theta, beta=beta,
+                     fixef_names=names, vcov=vcov, objective=objective, nobs=n,
+                     n_dropped=n_dropped, ngroups=ngroups, ranef=ranef, optinfo=optinfo,
+                     terms=terms, factor_terms=factor_terms, family=family, link=link,
+                     nagq=nagq, nb_size=size, warnings=notes)
     res.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
-    res.predictor = _Predictor(res, data, resp, links[link], npartitions)
+    res.predictor = _Predictor(res, data, resp, link_obj.code, npartitions)
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                   "total_s": time.perf_counter() - t0}
     return res
@@ -489,7 +466,7 @@ def _response(parsed, family: str):
         if family != "binomial":
             raise ModelError("cbind(successes, failures) is a binomial response; use a count "
                              f"column for the {family} family")
-        args = [p for _, p in _split_top(resp[len("cbind("):-1], ",")]
+        args = [p for _, p in split_top(resp[len("cbind("):-1], ",")]
         if len(args) != 2:
             raise ModelError(f"cbind() needs two arguments (successes, failures); got {resp!r}")
         a, b = args[0].strip(), args[1].strip()
@@ -598,6 +575,101 @@ class _LocalCriterion:
         return _ranef(self.c, pts, self.spec, self.layout, lam, np.zeros(0))
 
 
+def _joint_start(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
+                 link: int):
+    """Stage 1, first point of PIRLS over ``(u, beta)`` in this partition (warm modes if the
+    last evaluation left some)."""
+    sys_ = P.local_system(data, layout, lam)
+    data.joint_sys = sys_
+    n_loc = sys_[0].shape[1]
+    st = None
+    if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
+        st = P.joint_state(data, *sys_, data.u_warm, beta, family, link)
+    if st is None:
+        st = P.joint_state(data, *sys_, np.zeros(n_loc), beta, family, link)
+    data.joint, data.joint_cand = st, None
+    return None if st is None else (st.pdev, st.Sx, st.sx, st.logdet, 0.0, 0.0)
+
+
+def _joint_try(data: P.PirlsData, beta_target: np.ndarray, t: float, accept: bool,
+               family: int, link: int):
+    """A step ``t`` towards the PLS solution at ``beta_target`` (accepting the last
+    candidate first when ``accept``)."""
+    if accept:
+        data.joint = data.joint_cand
+    st = data.joint
+    u_target = st.Minv_c - st.Minv_C @ beta_target
+    u_c = st.u + t * (u_target - st.u)
+    cand = P.joint_state(data, *data.joint_sys, u_c, st.beta + t * (beta_target - st.beta),
+                         family, link)
+    data.joint_cand = cand
+    step = float(np.max(np.abs(u_target - st.u), initial=0.0))
+    scale = float(np.max(np.abs(st.u), initial=0.0))
+    return None if cand is None else (cand.pdev, cand.Sx, cand.sx, cand.logdet, step, scale)
+
+
+def _joint_finish(data: P.PirlsData, accept: bool) -> None:
+    if accept and data.joint_cand is not None:
+        data.joint = data.joint_cand
+    if data.joint is not None:
+        data.u_warm = data.joint.u
+    data.joint = data.joint_cand = data.joint_sys = None
+
+
+class _JointCriterion:
+    """The nAGQ = 0 criterion of lme4's first stage over ``theta``: PIRLS over the modes and
+    ``beta`` together (the LMM's system at the working weights: per-level blocks and the
+    fixed-effect Schur complement), the Laplace deviance at the joint modes. Each PIRLS step
+    is one map over the partitions; ``beta`` of the last evaluation is kept as ``beta``."""
+
+    def __init__(self, c, parts, spec, layout, family, link, const, beta0):
+        self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
+        self.family, self.link, self.const = family, link, const
+        self.beta = np.asarray(beta0, dtype=float).copy()
+
+    def _sum(self, outs):
+        if any(o is None for o in outs):
+            return None
+        return [sum(o[i] for o in outs) for i in range(4)] + [max(o[4] for o in outs),
+                                                             max(o[5] for o in outs)]
+
+    def __call__(self, theta) -> float:
+        c, kw = self.c, dict(family=self.family, link=self.link, pure=False)
+        lam = lambdas(self.spec, np.asarray(theta))
+        cur = self._sum(c.gather(c.map(_joint_start, self.parts, layout=self.layout, lam=lam,
+                                       beta=self.beta, **kw)))
+        if cur is None:
+            c.gather(c.map(_joint_finish, self.parts, accept=False, pure=False))
+            return math.inf
+        beta, accept = self.beta.copy(), False
+        for _ in range(P.MAX_ITER):
+            try:
+                target = np.linalg.solve(cur[1], cur[2])
+            except np.linalg.LinAlgError:
+                break
+            t = 1.0
+            while True:
+                new = self._sum(c.gather(c.map(_joint_try, self.parts, beta_target=target,
+                                               t=t, accept=accept, **kw)))
+                accept = False
+                if new is not None and (new[0] <= cur[0] + 1e-12 * abs(cur[0]) or t < 1e-8):
+                    break
+                if t < 1e-8:
+                    break
+                t *= 0.5
+            if new is None:
+                break
+            step = max(new[4], float(np.max(np.abs(target - beta), initial=0.0)))
+            scale = max(new[5], float(np.max(np.abs(beta), initial=0.0)))
+            beta = beta + t * (target - beta)
+            cur, accept = new, True
+            if step < P.TOL_U * (1.0 + scale):
+                break
+        c.gather(c.map(_joint_finish, self.parts, accept=accept, pure=False))
+        self.beta = beta
+        return float(cur[0] + cur[3]) - 2.0 * self.const
+
+
 class _GlobalCriterion:
     """Crossed factors: the client iterates PIRLS; each step maps over the persisted data
     (candidate points stay on the workers) and solves the dense global block here."""
@@ -625,53 +697,58 @@ class _GlobalCriterion:
         return ll, uu, logdet, RtR, G, step, scale
 
     def _solve(self, theta, beta, size=None):
+        """PIRLS over local and crossed modes. Each outer step is one map: every partition
+        finds its local modes given ``b_G`` (:func:`_g_outer`), the client then takes the
+        Newton step of the global block on their Schur complement (halved while the
+        penalised deviance rises). A handful of maps an evaluation, not one per PIRLS step."""
         c, lay = self.c, self.layout
         lam = lambdas(self.spec, np.asarray(theta))
         Lam_G = self._Lam_G(lam)
         kw = dict(layout=lay, lam=lam, beta=beta, family=self.family, link=self.link,
                   size=size)
         u_G = self.u_G.copy()
-        pts = c.map(_g_point, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
+        pts = c.map(_g_outer, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
         ll, uu, logdet, RtR, G, _, _ = self._gather(pts)
         if not math.isfinite(ll):  # a warm start off in the tails: start from zero
             u_G = np.zeros(lay.n_G)
-            pts = c.map(_g_point, self.parts, b_G=np.zeros(lay.n_G), warm=False, pure=False,
-                        **kw)
+            pts = c.map(_g_outer, self.parts, b_G=np.zeros(lay.n_G), pure=False, **kw)
             ll, uu, logdet, RtR, G, _, _ = self._gather(pts)
         p0 = P.pdev(ll, uu) + float(u_G @ u_G)
+        self.maps = getattr(self, "maps", 0) + 1
         for _ in range(P.MAX_ITER):
             try:
-                b_target, _, u_target = P.global_step(G, RtR, Lam_G)
+                _, _, u_target = P.global_step(G, RtR, Lam_G)
             except la.LinAlgError:
                 return math.inf, pts, u_G, lam, (G, RtR, logdet)
+            d_full = float(np.max(np.abs(u_target - u_G))) if lay.n_G else 0.0
+            if d_full < P.TOL_U * (1.0 + float(np.max(np.abs(u_G), initial=0.0))):
+                break  # the global Newton step is tiny: converged
             t = 1.0
             while True:
                 u_c = u_G + t * (u_target - u_G)
-                cands = c.map(_g_candidate, self.parts, pts, b_G_target=b_target,
-                              b_G=Lam_G @ u_c, t=t, pure=False, **kw)
+                cands = c.map(_g_outer, self.parts, b_G=Lam_G @ u_c, pure=False, **kw)
                 s = self._gather(cands)
+                self.maps += 1
                 p = P.pdev(s[0], s[1]) + float(u_c @ u_c)
                 if p <= p0 + 1e-12 * abs(p0) or t < 1e-8:
                     break
                 t *= 0.5
-            d_G = float(np.max(np.abs(u_c - u_G))) if lay.n_G else 0.0
-            scale = max(s[6], float(np.max(np.abs(u_G))) if lay.n_G else 0.0)
+            if not math.isfinite(p):
+                return math.inf, cands, u_c, lam, (s[4], s[3], s[2])
             pts, u_G, p0 = cands, u_c, p
             ll, uu, logdet, RtR, G = s[:5]
-            if not math.isfinite(p):
-                return math.inf, pts, u_G, lam, (G, RtR, logdet)
-            if max(s[5], d_G) / t < P.TOL_U * (1.0 + scale):  # the full step is tiny
-                break
         _, ld_G, _ = P.global_step(G, RtR, Lam_G)
         self.u_G = u_G
-        c.gather(c.map(_g_keep, self.parts, pts, pure=False))
         return p0 + logdet + ld_G, pts, u_G, lam, (G, RtR, logdet)
 
     def __call__(self, theta, beta, size=None) -> float:
         return self._solve(theta, beta, size)[0] - 2.0 * self.const
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
-        _, pts, u_G, lam, sums = self._solve(theta, beta, size)
+        _, _, u_G, lam, sums = self._solve(theta, beta, size)
+        pts = self.c.map(_g_outer, self.parts, layout=self.layout, lam=lam, beta=beta,
+                         b_G=self._Lam_G(lam) @ u_G, family=self.family, link=self.link,
+                         size=size, full=True, pure=False)
         return _ranef(self.c, pts, self.spec, self.layout, lam, u_G, sums)
 
 
@@ -693,7 +770,7 @@ def _ranef(c, pts, spec, layout, lam, u_G, sums=None) -> dict[str, RanefTable]:
                          pure=False)
             return [item for part in c.gather(futs) for item in part]
     prob = types.SimpleNamespace(spec=spec, layout=layout, evaluator=_Modes())
-    return _ranef_tables(prob, lam, prof, np.zeros(0), u_G, 1.0)
+    return ranef_tables(prob, lam, prof, np.zeros(0), u_G, 1.0)
 
 
 # ------------------------------------------------------------------ predictions
@@ -747,7 +824,7 @@ def _persist(c, ddf, spec, resp, family, layout) -> list:
     tok = uuid.uuid4().hex[:8]
     prep = dask.delayed(_prepare, pure=False)
     tasks = [prep(p, spec, resp, family, layout, dask_key_name=f"daskmm-glmm-data-{tok}-{i}")
-             for i, p in enumerate(ddf.to_delayed())]
+             for i, p in enumerate(partitions(ddf))]
     futures = c.compute(tasks)
     track(futures, "glmm: data")
     return futures
@@ -830,53 +907,48 @@ class _Estimable:
 
 
 def _optimise(crit, theta0: np.ndarray, lower_theta: np.ndarray, beta0: np.ndarray,
-              opts: dict) -> tuple[np.ndarray, dict]:
+              opts: dict, mode: str, near: bool = False):
     """BOBYQA over ``(theta, beta)`` from glmer's start with lme4's ``nloptwrap`` tolerances,
-    then the boundary snap and Newton polish the LMM uses.
+    then the boundary snap and Newton polish (:func:`daskmm.optimizer.minimize`).
+
+    A step of 1e-3 for the polish (not the LMM's 1e-4): the Laplace criterion carries the
+    PIRLS tolerance as well as rounding, and the wider stencil keeps that noise in the
+    finite-difference gradient below what would move the point by 1e-8; the forward-
+    difference Hessian is then rougher, so up to 3 Newton steps.
 
     (Searching ``beta`` in units of its GLM standard errors was tried: on grouseticks it took
     1364 evaluations against 765 in raw units, so the raw units stay.)"""
     nt = len(theta0)
     x0 = np.concatenate([theta0, beta0])
     lower = np.concatenate([lower_theta, np.full(len(beta0), -np.inf)])
-    nfev = [0]
-    best = [np.inf, x0]
+    step = np.concatenate([np.where(lower_theta == 0, 0.2, 0.1), np.full(len(beta0), 0.1)])
+    if near:  # from the nAGQ = 0 optimum: the Laplace optimum is close
+        step = step * NEAR_STEP
+    return minimize(x0, lower, f=lambda x: crit(x[:nt], x[nt:]),
+                    options={**opts, "method": "bobyqa"}, initial_step=step,
+                    polish_step=1e-3, polish_iter=3, mode=mode)
 
-    def f(x, grad=None):
-        nfev[0] += 1
-        x = np.asarray(x, dtype=float)
-        v = crit(x[:nt], x[nt:])
-        if v < best[0]:
-            best[0], best[1] = v, x.copy()
-        return v if math.isfinite(v) else 1e300
 
-    opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
-    opt.set_min_objective(f)
-    opt.set_lower_bounds(lower)
-    opt.set_initial_step(np.concatenate([np.where(lower_theta == 0, 0.2, 0.1),
-                                         np.full(len(beta0), 0.1)]))
-    opt.set_xtol_abs(opts.get("xtol_abs", 1e-8))
-    opt.set_ftol_abs(opts.get("ftol_abs", 1e-8))
-    opt.set_maxeval(int(opts.get("maxeval", 100_000)))
-    try:
-        x = opt.optimize(x0)
-    except nlopt.RoundoffLimited:
-        x = best[1]
-    code = opt.last_optimize_result()
-    x = _snap_to_boundary(f, np.asarray(x, float), lower, opts.get("ftol_abs", 1e-8))
-    polished = False
-    if opts.get("polish", True) and code > 0:
-        # a step of 1e-3 (not the LMM's 1e-4): the Laplace criterion carries the PIRLS
-        # tolerance as well as rounding, and the wider stencil keeps that noise in the
-        # finite-difference gradient below what would move the point by 1e-8; the forward-
-        # difference Hessian is then rougher, so up to 3 Newton steps
-        x, polished = _newton_polish(f, x, lower, rel_step=1e-3, max_iter=3)
-    messages = {1: "NLOPT_SUCCESS", 3: "NLOPT_FTOL_REACHED", 4: "NLOPT_XTOL_REACHED",
-                5: "NLOPT_MAXEVAL_REACHED"}
-    return np.asarray(x, float), {"optimizer": "nloptwrap (NLOPT_LN_BOBYQA)",
-                                  "feval": nfev[0], "code": int(code),
-                                  "message": messages.get(code, str(code)),
-                                  "converged": code in (1, 3, 4), "polished": polished}
+NEAR_STEP = 0.1
+"""BOBYQA's initial steps after the nAGQ = 0 stage, as a fraction of those from glmer's
+start."""
+
+
+def _stage1(crit: _JointCriterion, theta0: np.ndarray, lower: np.ndarray, opts: dict,
+            mode: str):
+    """lme4's first stage (``nAGQ = 0``): BOBYQA over ``theta`` alone, ``beta`` found with
+    the modes by PIRLS at each ``theta``. Returns ``(theta, beta, summary)`` or None when it
+    fails (the joint criterion is not finite at the start)."""
+    if not math.isfinite(crit(theta0)):
+        return None
+    step = np.where(lower == 0, 0.2, 0.1)
+    theta, info = minimize(theta0, lower, f=crit, options={"method": "bobyqa",
+                                                           "polish": False,
+                                                           "ftol_abs": 1e-6},
+                           initial_step=step, mode=mode)
+    crit(theta)
+    return theta, crit.beta.copy(), {"feval": info.feval, "message": info.message,
+                                     "theta": theta.tolist()}
 
 
 def _hessian(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4) -> np.ndarray:

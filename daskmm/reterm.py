@@ -11,9 +11,9 @@ Terms on the same factor are stacked block-diagonally into one ``Lambda`` per fa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-from scipy.linalg import block_diag
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,32 @@ def split_theta(terms: list[RandomTerm], theta: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+@lru_cache(maxsize=256)
+def _fill_index(terms: tuple[RandomTerm, ...], term_ids: tuple[int, ...]):
+    """``(size, rows, cols, theta positions)`` placing ``theta`` into a factor's ``Lambda``."""
+    start = np.cumsum([0] + [t.n_theta for t in terms])
+    rows, cols, pos, off = [], [], [], 0
+    for i in term_ids:
+        r, c = terms[i].tril_index()
+        rows.append(r + off)
+        cols.append(c + off)
+        pos.append(np.arange(start[i], start[i] + terms[i].n_theta))
+        off += terms[i].q
+    def cat(parts):
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+    return off, cat(rows), cat(cols), cat(pos)
+
+
 def factor_Lambda(terms: list[RandomTerm], term_ids: list[int], theta: np.ndarray) -> np.ndarray:
     """Block-diagonal ``Lambda`` for one level of a factor carrying ``term_ids``."""
-    parts = split_theta(terms, theta)
-    return block_diag(*[terms[i].Lambda(parts[i]) for i in term_ids])
+    size, rows, cols, pos = _fill_index(tuple(terms), tuple(term_ids))
+    out = np.zeros((size, size))
+    out[rows, cols] = np.asarray(theta, dtype=float)[pos]
+    return out
+
+
+def lambdas(terms: list[RandomTerm], factors, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-factor ``Lambda`` blocks (``factors``: objects with ``name`` and ``terms``, the
+    indices of their terms); ``Lambda`` is linear in ``theta``, so at a unit vector this is the
+    derivative along that parameter."""
+    return {f.name: factor_Lambda(terms, f.terms, theta) for f in factors}

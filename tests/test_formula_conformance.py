@@ -20,7 +20,7 @@ import daskmm
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import plan_formula
 from tests.test_conformance import check_document as check_lmm
-from tests.test_glmm import check_document as check_glmm
+from tests.glmm.helpers import check_document as check_glmm
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "formula"
 LMM = ["lmm_functions", "lmm_functions_ml", "lmm_odd_names"]
@@ -56,7 +56,7 @@ def test_glmm_formula_features_match_glmer(fid, client):
 def test_frozen_transforms_equal_r(client):
     """scale()'s centre and scale and poly()'s recurrence coefficients, frozen from the whole
     data over several partitions, equal R's attributes."""
-    from daskmm.lmm import frozen_levels
+    from daskmm.problem import frozen_levels
     fx = load("binomial_transforms")
     parsed = parse_formula(fx["formula"])
     df = pd.read_csv(fx["data_path"])

@@ -4,37 +4,56 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING, Union
 
-import dask.dataframe as dd
-import fsspec
 import pandas as pd
 
 from daskmm.data.manifest import Manifest, read_manifest
 from daskmm.data.provenance import absolute_source, stale_reason
 from daskmm.errors import DataError
 
-DataLike = str | os.PathLike | pd.DataFrame | dd.DataFrame
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+
+DataLike = Union[str, os.PathLike, pd.DataFrame, "dd.DataFrame"]
 
 
-def open_data(data: DataLike, npartitions: int | None = None
-              ) -> tuple[dd.DataFrame, Manifest | None]:
+def dataset_manifest(data: DataLike) -> tuple[DataLike, Manifest | None]:
+    """``(data, manifest)``: a local path made absolute (remote workers resolve no relative
+    path of ours) and, for a dataset written by ``daskmm ingest`` or ``daskmm simulate``, its
+    checked manifest (every bucket present; a stale source warned about); else None."""
+    if not (isinstance(data, (str, os.PathLike)) and "://" not in os.fspath(data)):
+        return data, None
+    data = absolute_source(data)
+    manifest = read_manifest(data)
+    if manifest is not None:
+        missing = [q for q in manifest.bucket_paths(data) if not os.path.exists(q)]
+        if missing:
+            raise DataError(f"dataset {os.fspath(data)!r} is incomplete: {missing[0]!r} "
+                            "is missing; re-run the ingest")
+        stale = stale_reason(manifest.source, manifest.source_info)
+        if stale:
+            warnings.warn(f"dataset {os.fspath(data)!r} may be stale: {stale}; fitting it "
+                          "as ingested (re-run daskmm ingest to fit the current data)",
+                          stacklevel=4)
+    return data, manifest
+
+
+def open_data(data: DataLike, npartitions: int | None = None, *, local: bool = False,
+              columns: list[str] | None = None
+              ) -> tuple[pd.DataFrame | dd.DataFrame, Manifest | None]:
     """:func:`read_data`, and the dataset's manifest when ``data`` is a local dataset written
-    by ``daskmm ingest`` or ``daskmm simulate`` (one partition per bucket), else None."""
-    if isinstance(data, (str, os.PathLike)) and "://" not in os.fspath(data):
-        data = absolute_source(data)  # remote workers resolve no relative path of ours
-        manifest = read_manifest(data)
-        if manifest is not None:
-            paths = manifest.bucket_paths(data)
-            missing = [q for q in paths if not os.path.exists(q)]
-            if missing:
-                raise DataError(f"dataset {os.fspath(data)!r} is incomplete: {missing[0]!r} "
-                                "is missing; re-run the ingest")
-            stale = stale_reason(manifest.source, manifest.source_info)
-            if stale:
-                warnings.warn(f"dataset {os.fspath(data)!r} may be stale: {stale}; fitting it "
-                              "as ingested (re-run daskmm ingest to fit the current data)",
-                              stacklevel=3)
-            return dd.read_parquet(paths, split_row_groups=False), manifest
+    by ``daskmm ingest`` or ``daskmm simulate`` (one partition per bucket), else None.
+
+    With ``local`` the data are read here into one pandas frame (an in-process fit; only the
+    ``columns`` present, when given)."""
+    data, manifest = dataset_manifest(data)
+    if local:
+        from daskmm.data.local import read_local
+        return read_local(data, manifest, columns), manifest
+    if manifest is not None:
+        import dask.dataframe as dd
+        return dd.read_parquet(manifest.bucket_paths(data), split_row_groups=False), manifest
     return read_data(data, npartitions), None
 
 
@@ -57,12 +76,38 @@ def read_data(data: DataLike, npartitions: int | None = None,
     DataError
         When the path does not exist, the file is empty, or the format is not CSV or Parquet.
     """
+    import dask.dataframe as dd
+
     if isinstance(data, dd.DataFrame):
         return data
     if isinstance(data, pd.DataFrame):
-        if len(data) == 0:
-            raise DataError("the data frame is empty (0 rows); pass data with rows to fit")
+        check_frame(data)
         return dd.from_pandas(data, npartitions=npartitions or 1, sort=False)
+    path, fs, paths, kind = locate(data)
+    if kind == "parquet":
+        try:
+            ddf = dd.read_parquet(path, columns=columns)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise DataError(f"cannot read Parquet data {path!r}: {exc}") from exc
+        return ddf
+    sep, compression = csv_checks(fs, paths[0], path)
+    # a compressed file cannot be split into blocks: one partition per file
+    blocksize = None if compression else os.environ.get("DASKMM_CSV_BLOCKSIZE", "64MB")
+    return dd.read_csv(path, sep=sep, usecols=columns, blocksize=blocksize,
+                       compression=compression or "infer", assume_missing=False,
+                       sample=2 ** 20)
+
+
+def check_frame(data: pd.DataFrame) -> None:
+    if len(data) == 0:
+        raise DataError("the data frame is empty (0 rows); pass data with rows to fit")
+
+
+def locate(data) -> tuple[str, object, list[str], str]:
+    """``(path, filesystem, paths, "parquet" | "csv")`` of a path or URL, checked to exist and
+    to be CSV or Parquet."""
+    import fsspec
+
     path = absolute_source(data)
     try:
         fs, _, paths = fsspec.get_fs_token_paths(path)
@@ -82,41 +127,38 @@ def read_data(data: DataLike, npartitions: int | None = None,
     if fs.isdir(paths[0]) or lower.endswith((".parquet", ".pq")):
         if fs.isdir(paths[0]) and not fs.find(paths[0]):
             raise DataError(f"data directory {path!r} is empty; it should hold Parquet files")
-        try:
-            ddf = dd.read_parquet(path, columns=columns)
-        except Exception as exc:  # pyarrow raises several types for a bad file
-            raise DataError(f"cannot read Parquet data {path!r}: {exc}") from exc
-    elif lower.endswith(CSV_SUFFIXES):
-        if fs.size(paths[0]) == 0:
-            raise DataError(f"data file {path!r} is empty; it needs a header row and data rows")
-        compression = _compression(lower)
-        sep = "\t" if lower.removesuffix(f".{compression}" if compression else "").endswith(
-            ".tsv") else ","
-        try:
-            with fs.open(paths[0], compression=compression) as fh:
-                head = pd.read_csv(fh, sep=sep, nrows=5)
-        except pd.errors.EmptyDataError as exc:
-            raise DataError(f"data file {path!r} is empty; it needs a header row and data "
-                            "rows") from exc
-        except UnicodeDecodeError as exc:
-            raise DataError(f"cannot read CSV data {path!r}: it is not UTF-8 text "
-                            f"({_first_line(exc)}); save it as UTF-8") from exc
-        except (pd.errors.ParserError, OSError, EOFError) as exc:
-            raise DataError(f"cannot read CSV data {path!r}: {_first_line(exc)}") from exc
-        if len(head) == 0:
-            raise DataError(f"data file {path!r} has a header but no data rows")
-        _check_header(fs, paths[0], path, sep, compression)
-        # a compressed file cannot be split into blocks: one partition per file
-        blocksize = None if compression else os.environ.get("DASKMM_CSV_BLOCKSIZE", "64MB")
-        ddf = dd.read_csv(path, sep=sep, usecols=columns, blocksize=blocksize,
-                          compression=compression or "infer", assume_missing=False,
-                          sample=2 ** 20)
-        # pandas guesses dtypes per block; read the typed head of the whole file for ints/floats
-    else:
-        raise DataError(f"data path {path!r} is neither CSV (.csv, .tsv, .txt, optionally "
-                        ".gz/.bz2/.xz/.zst compressed) nor Parquet (.parquet or a directory); "
-                        "convert it to one of those")
-    return ddf
+        return path, fs, paths, "parquet"
+    if lower.endswith(CSV_SUFFIXES):
+        return path, fs, paths, "csv"
+    raise DataError(f"data path {path!r} is neither CSV (.csv, .tsv, .txt, optionally "
+                    ".gz/.bz2/.xz/.zst compressed) nor Parquet (.parquet or a directory); "
+                    "convert it to one of those")
+
+
+def csv_checks(fs, file: str, path: str) -> tuple[str, str | None]:
+    """Check a CSV file (not empty, UTF-8, parseable head, no repeated column name); return
+    its ``(separator, compression)``."""
+    lower = path.rstrip("/").lower()
+    if fs.size(file) == 0:
+        raise DataError(f"data file {path!r} is empty; it needs a header row and data rows")
+    compression = compression_of(lower)
+    sep = "\t" if lower.removesuffix(f".{compression}" if compression else "").endswith(
+        ".tsv") else ","
+    try:
+        with fs.open(file, compression=compression) as fh:
+            head = pd.read_csv(fh, sep=sep, nrows=5)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"data file {path!r} is empty; it needs a header row and data "
+                        "rows") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read CSV data {path!r}: it is not UTF-8 text "
+                        f"({_first_line(exc)}); save it as UTF-8") from exc
+    except (pd.errors.ParserError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read CSV data {path!r}: {_first_line(exc)}") from exc
+    if len(head) == 0:
+        raise DataError(f"data file {path!r} has a header but no data rows")
+    _check_header(fs, file, path, sep, compression)
+    return sep, compression
 
 
 _FS_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
@@ -127,7 +169,7 @@ CSV_SUFFIXES = tuple(f"{base}{comp}" for base in (".csv", ".tsv", ".txt")
                      for comp in ("", *(f".{c}" for c in _COMPRESSIONS)))
 
 
-def _compression(lower: str) -> str | None:
+def compression_of(lower: str) -> str | None:
     ext = lower.rsplit(".", 1)[-1]
     return _COMPRESSIONS.get(ext)
 

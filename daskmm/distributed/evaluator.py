@@ -17,12 +17,22 @@ round finishes with the same numbers.
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
-from distributed import Client, Future
 
-from daskmm.kernels.pls import Workspace, eval_group, group_Lambda, group_modes, lambda_tilde
+from daskmm.kernels.pls import (
+    Workspace,
+    eval_group,
+    eval_group_grad,
+    group_Lambda,
+    group_modes,
+    lambda_tilde,
+)
 from daskmm.kernels.stats import Layout, PartitionStats
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
 
 
 def _stage1(stats: PartitionStats, layout: Layout, lam: dict,
@@ -36,8 +46,19 @@ def _stage1(stats: PartitionStats, layout: Layout, lam: dict,
     return logdet, RtR
 
 
-def _add(*parts: tuple[float, np.ndarray]) -> tuple[float, np.ndarray]:
-    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+def _stage1_grad(stats: PartitionStats, layout: Layout, lam: dict, dlams: list[dict]):
+    k, nd = layout.k, len(dlams)
+    out = [0.0, np.zeros((k, k)), np.zeros(nd), np.zeros((nd, k, k))]
+    for g in stats.groups:
+        Lam = group_Lambda(layout, lam, g.composition)
+        dL = [group_Lambda(layout, d, g.composition) for d in dlams]
+        for i, part in enumerate(eval_group_grad(g, Lam, dL)):
+            out[i] = out[i] + part
+    return tuple(out)
+
+
+def _add(*parts: tuple) -> tuple:
+    return tuple(sum(p[i] for p in parts) for i in range(len(parts[0])))
 
 
 def _modes(stats: PartitionStats, layout: Layout, lam: dict, prof, beta, u_G, sigma):
@@ -55,13 +76,19 @@ class GatheredEvaluator:
 
     mode = "gathered"
 
-    def __init__(self, stats: PartitionStats, layout: Layout):
+    def __init__(self, stats: PartitionStats, layout: Layout, mode: str = "gathered"):
+        self.mode = mode
         self.stats = stats
         self.layout = layout
         self.workspaces = [Workspace() for _ in stats.groups]
 
     def stage1(self, lam: dict) -> tuple[float, np.ndarray]:
         return _stage1(self.stats, self.layout, lam, self.workspaces)
+
+    def stage1_grad(self, lam: dict, dlams: list[dict]) -> tuple:
+        """``stage1`` with its derivatives along ``dlams`` (``(logdet, RtR, dlogdet,
+        dRtR)``)."""
+        return _stage1_grad(self.stats, self.layout, lam, dlams)
 
     def modes(self, lam, prof, beta, u_G, sigma):
         return _modes(self.stats, self.layout, lam, prof, beta, u_G, sigma)
@@ -81,9 +108,16 @@ class DistributedEvaluator:
         self.rounds = 0
 
     def stage1(self, lam: dict) -> tuple[float, np.ndarray]:
+        return self._round(_stage1, lam=lam)
+
+    def stage1_grad(self, lam: dict, dlams: list[dict]) -> tuple:
+        return self._round(_stage1_grad, lam=lam, dlams=dlams)
+
+    def _round(self, fn, **kw):
+        """One round of tasks: ``fn`` mapped over the statistics, then a tree sum."""
         tok = uuid.uuid4().hex[:8]
         self.rounds += 1
-        parts = self.client.map(_stage1, self.futures, layout=self.layout, lam=lam,
+        parts = self.client.map(fn, self.futures, layout=self.layout, **kw,
                                 key=[f"daskmm-pls-{tok}-{i}" for i in range(len(self.futures))])
         level = 0
         while len(parts) > 1:

@@ -8,12 +8,11 @@ to gather them (small) or to evaluate the objective where they are (large).
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import dask
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-from distributed import Client, Future
 
 from daskmm.distributed.progress import track
 from daskmm.formula.checks import column_ranges
@@ -25,6 +24,17 @@ from daskmm.kernels.stats import (
     merge_levels,
     partition_stats,
 )
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    from distributed import Client, Future
+
+
+def partitions(frame) -> list:
+    """The partitions of a frame as task inputs: a pandas frame (an in-process fit) is one."""
+    if isinstance(frame, pd.DataFrame):
+        return [frame]
+    return frame.to_delayed()
 
 
 def _token() -> str:
@@ -78,7 +88,7 @@ def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorica
     meta = dask.delayed(_meta_partition, pure=False)
     parts = [meta(p, used, categorical, group_cols, transforms, keys,
                   dask_key_name=f"daskmm-meta-{tok}-{i}")
-             for i, p in enumerate(ddf.to_delayed())]
+             for i, p in enumerate(partitions(ddf))]
     level = 0
     while len(parts) > 1:
         parts = [dask.delayed(_meta_combine, pure=False)(
@@ -110,7 +120,7 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
     layout_d = dask.delayed(layout, name=f"daskmm-layout-{tok}", traverse=False)
     stats = dask.delayed(_stats_partition, pure=False)
     tasks = [stats(p, spec_d, layout_d, dask_key_name=f"daskmm-stats-{tok}-{i}")
-             for i, p in enumerate(ddf.to_delayed())]
+             for i, p in enumerate(partitions(ddf))]
     futures = client.compute(tasks)
     track(futures, "statistics pass")
     return futures

@@ -6,12 +6,10 @@ import logging
 import sys
 import time
 
-from distributed import Future, as_completed
-
 log = logging.getLogger("daskmm")
 
 
-def track(futures: list[Future], label: str, every_s: float = 5.0) -> None:
+def track(futures: list, label: str, every_s: float = 5.0) -> None:
     """Wait for ``futures``, showing progress.
 
     On a terminal (stderr is a TTY) this is ``distributed.progress``'s text bar. Otherwise
@@ -19,8 +17,9 @@ def track(futures: list[Future], label: str, every_s: float = 5.0) -> None:
     every ``every_s`` seconds, and once at the end. Failures are not raised here: the caller
     gathers the results and gets the task's exception then.
     """
-    if not futures:
+    if not futures or getattr(futures[0], "client", None) is None:  # none, or in process
         return
+    from distributed import as_completed
     client = futures[0].client  # not necessarily the default client (set_as_default=False)
     if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
         from distributed.diagnostics.progressbar import progress

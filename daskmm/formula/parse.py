@@ -68,7 +68,7 @@ def identifiers(expr: str) -> set[str]:
     return rexpr.identifiers(expr)
 
 
-def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
+def split_top(text: str, seps: str) -> list[tuple[str, str]]:
     """Split ``text`` at top-level separator characters; return (separator, piece) pairs."""
     pieces: list[tuple[str, str]] = []
     depth, start, sep = 0, 0, "+"
@@ -151,7 +151,7 @@ def _group_factors(group: str, where: str) -> list[tuple[str, ...]]:
 
 
 def _has_intercept(lhs: str) -> tuple[bool, list[str]]:
-    pieces = _split_top(lhs, "+-")
+    pieces = split_top(lhs, "+-")
     intercept = True
     rest = []
     for sep, p in pieces:
@@ -195,11 +195,11 @@ def parse_formula(text: str) -> ParsedFormula:
         raise FormulaError(f"formula {text!r} has more than one '~'")
     if not rhs.strip():
         raise FormulaError(f"formula {text!r} has nothing after '~'")
-    _split_top(response, "+")  # balance check
+    split_top(response, "+")  # balance check
     fixed: list[tuple[str, str]] = []
     offsets: list[str] = []
     bars: list[BarTerm] = []
-    for sep, piece in _split_top(rhs, "+-"):
+    for sep, piece in split_top(rhs, "+-"):
         if piece == "":
             if sep == "-":
                 raise FormulaError(f"formula {text!r} has a dangling '-'")

@@ -16,6 +16,7 @@ hidden ``.NAME.tmp-*`` directory, which the next run ignores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,18 @@ from daskmm.jobs.spec import Job, load_job
 log = logging.getLogger("daskmm")
 
 SUCCESS = "_SUCCESS"
+
+
+@contextlib.contextmanager
+def _cluster(needed: bool, address: str | None, local: dict):
+    """A client when ``needed`` (the scheduler at ``address``, or a LocalCluster with the job's
+    ``local`` settings), else None."""
+    if not needed:
+        yield None
+        return
+    from daskmm.distributed.client import client_for
+    with client_for(address, local=local) as client:
+        yield client
 
 
 def is_done(job: Job) -> bool:
@@ -99,10 +112,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
         ``{"status": "done" | "skipped", "output": path, "timing": {...}}``.
     """
     import daskmm
-    from daskmm.cli import report_rows, write_outputs
-    from daskmm.data.ingest import ingest
-    from daskmm.data.simulate import simulate
-    from daskmm.distributed.client import client_for
+    from daskmm.results.writing import report_rows, write_outputs
 
     if not isinstance(job, Job):
         job = load_job(job)
@@ -122,10 +132,16 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     address = scheduler or cluster.pop("scheduler", None)
     mode = cluster.pop("mode", "auto")
     timing: dict[str, float] = {}
-    with client_for(address, local=cluster) as client:
+    # a cluster when the job names one (cluster:, --scheduler) or has data to write;
+    # otherwise daskmm.fit chooses (in this process for small data)
+    simulating = bool(job.simulate) and read_manifest(job.data) is None
+    need_cluster = bool(job.cluster) or address is not None or simulating or \
+        reingest is not None
+    with _cluster(need_cluster, address, cluster) as client:
         data = job.data
         if job.simulate:
-            if read_manifest(data) is None:
+            if simulating:
+                from daskmm.data.simulate import simulate
                 t = time.perf_counter()
                 log.info("simulating %d rows into %s", job.simulate["rows"], data)
                 simulate(data, client=client, force=True, **job.simulate)
@@ -135,6 +151,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
         if job.ingest:
             ing = job.ingest
             if reingest is not None:
+                from daskmm.data.ingest import ingest
                 t = time.perf_counter()
                 log.info("ingesting %s into %s by %r (%s)", data, ing["out"], ing["by"],
                          reingest)
@@ -146,14 +163,10 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                 log.info("using the dataset at %s (key %r)", ing["out"], ing["by"])
             data = ing["out"]
         t = time.perf_counter()
-        if job.family == "gaussian":
-            result = daskmm.lmm(job.formula, data, reml=job.method == "REML",
-                                factors=list(job.factors), weights=job.weights, client=client,
-                                mode=mode)
-        else:
-            from daskmm.glmm import glmm
-            result = glmm(job.formula, data, job.family, link=job.link, nagq=job.nagq,
-                          factors=list(job.factors), weights=job.weights, client=client)
+        result = daskmm.fit(job.formula, data, job.family, link=job.link,
+                            reml=(job.method == "REML") if job.family == "gaussian" else None,
+                            nagq=job.nagq, factors=list(job.factors), weights=job.weights,
+                            client=client, mode=mode)
         timing["fit_s"] = time.perf_counter() - t
 
     def extra(tmp: Path) -> None:

@@ -28,7 +28,7 @@ A job file is YAML::
       n_workers: 2                      # ... or start a LocalCluster of this shape
       threads_per_worker: 1
       memory_limit: 4GB
-      mode: auto                        # auto | gathered | distributed
+      mode: auto                        # auto | in-process | gathered | distributed
 
 Relative paths are taken from the job file's directory, so a job runs the same from anywhere.
 The schema (:data:`SCHEMA`) is checked before any work starts.
@@ -60,7 +60,7 @@ _CLUSTER = {
         "n_workers": {"type": "integer", "minimum": 1},
         "threads_per_worker": {"type": "integer", "minimum": 1},
         "memory_limit": {"type": ["string", "integer"]},
-        "mode": {"enum": ["auto", "gathered", "distributed"]},
+        "mode": {"enum": ["auto", "in-process", "gathered", "distributed"]},
     },
 }
 

@@ -1,101 +1,54 @@
-"""Per-level sums of column products in one pass over the rows (numba-compiled).
+"""Per-level sums of column products in one pass over the rows.
 
 The single-factor statistics need, for every level ``l`` of the primary factor and a handful
 of column pairs ``(a, b)``, the weighted sums ``sum_{r in l} w_r a_r b_r``. With numpy each
 pair is its own pass (a product into a buffer, then a weighted ``bincount``) plus the passes
-that turn keys into level codes: about ten passes over a million rows. Here one compiled loop
-reads each row once, looks its level up and adds every product into a small per-level row
-that stays in cache. The sums are taken in row order within a level, exactly as ``bincount``
-does, so the result does not depend on which path computed it.
+that turn keys into level codes: about ten passes over a million rows. From
+:data:`JIT_MIN_ROWS` rows on, one compiled loop (:mod:`daskmm.kernels.level_sums_jit`) reads
+each row once, looks its level up and adds every product into a small per-level row that stays
+in cache. Both paths sum in row order within a level and form the products in the same order
+(``a * b``, then times ``w``), so the result is the same to the last bit whichever ran; the
+numpy path saves a small fit the compiler's import (half a second).
 
-The kernels are compiled on first use and cached on disk (``cache=True``: beside this file,
-or under ``NUMBA_CACHE_DIR``), so a worker pays the compilation once per machine, not per fit.
+The compiled kernels are cached on disk (``cache=True``: beside their file, or under
+``NUMBA_CACHE_DIR``), so a worker pays the compilation once per machine, not per fit.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pandas as pd
 
 from daskmm.kernels.scratch import scratch
 
+JIT_MIN_ROWS = 100_000
+"""Partitions with at least this many rows use the compiled kernels."""
+
 ONES = -1
 """Column index meaning "the constant 1" (an intercept column) in a pair list."""
-
-
-@numba.njit(cache=True, nogil=True)
-def _key_range(keys):  # pragma: no cover - compiled
-    lo = keys[0]
-    hi = keys[0]
-    for r in range(1, keys.shape[0]):
-        v = keys[r]
-        if v < lo:
-            lo = v
-        elif v > hi:
-            hi = v
-    return lo, hi
-
-
-@numba.njit(cache=True, nogil=True)
-def _compact_codes(keys, lo, span):  # pragma: no cover - compiled
-    """``remap[key - lo]`` = rank of ``key`` among the keys present (so codes follow key order)."""
-    remap = np.zeros(span, dtype=np.int64)
-    for r in range(keys.shape[0]):
-        remap[keys[r] - lo] = 1
-    m = 0
-    for i in range(span):
-        if remap[i]:
-            remap[i] = m
-            m += 1
-        else:
-            remap[i] = -1
-    return remap, m
-
-
-@numba.njit(cache=True, nogil=True)
-def _codes(keys, lo, remap, codes):  # pragma: no cover - compiled
-    for r in range(keys.shape[0]):
-        codes[r] = remap[keys[r] - lo]
-
-
-@numba.njit(cache=True, nogil=True)
-def _accumulate(codes, o, xa, xb, w, kind, weighted):  # pragma: no cover - compiled
-    """``o[codes[r]] += xa[r] * xb[r] (* w[r])`` over the rows; ``kind`` 0 drops both factors
-    (a count), 1 drops ``xa`` (a column sum). One tight loop per case keeps it in registers."""
-    n = codes.shape[0]
-    if kind == 0:
-        if weighted:
-            for r in range(n):
-                o[codes[r]] += w[r]
-        else:
-            for r in range(n):
-                o[codes[r]] += 1.0
-    elif kind == 1:
-        if weighted:
-            for r in range(n):
-                o[codes[r]] += xb[r] * w[r]
-        else:
-            for r in range(n):
-                o[codes[r]] += xb[r]
-    else:
-        if weighted:
-            for r in range(n):
-                o[codes[r]] += xa[r] * xb[r] * w[r]
-        else:
-            for r in range(n):
-                o[codes[r]] += xa[r] * xb[r]
 
 
 def _pair_sums(codes: np.ndarray, m: int, cols: tuple, pairs: np.ndarray,
                w: np.ndarray, weighted: bool) -> np.ndarray:
     out = np.zeros((len(pairs), m))
+    jit = len(codes) >= JIT_MIN_ROWS
+    if jit:
+        from daskmm.kernels.level_sums_jit import accumulate
     for k, (a, b) in enumerate(pairs):
         a, b = min(a, b), max(a, b)
         kind = 0 if b < 0 else 1 if a < 0 else 2
         xb = cols[b] if b >= 0 else w
         xa = cols[a] if a >= 0 else xb
-        _accumulate(codes, out[k], xa, xb, w, kind, weighted)
+        if jit:
+            accumulate(codes, out[k], xa, xb, w, kind, weighted)
+            continue
+        if kind == 0:
+            v = w if weighted else None
+        elif kind == 1:
+            v = xb * w if weighted else xb
+        else:
+            v = xa * xb * w if weighted else xa * xb
+        out[k] = np.bincount(codes, v, minlength=m)
     return out
 
 
@@ -145,13 +98,14 @@ def level_pair_sums(keys: np.ndarray, cols: list[np.ndarray], pairs: np.ndarray,
     if n == 0:
         return np.zeros((len(pairs), 0)), np.asarray(keys[:0]), codes if want_codes else None
     levels = None
-    if keys.dtype.kind in "iu":
+    if keys.dtype.kind in "iu" and n >= JIT_MIN_ROWS:
+        from daskmm.kernels.level_sums_jit import compact_codes, fill_codes, key_range
         k64 = keys.astype(np.int64, copy=False)
-        lo, hi = _key_range(k64)
+        lo, hi = key_range(k64)
         span = int(hi) - int(lo) + 1
         if span <= 4 * n + 1024:
-            remap, m = _compact_codes(k64, lo, span)
-            _codes(k64, lo, remap, codes)
+            remap, m = compact_codes(k64, lo, span)
+            fill_codes(k64, lo, remap, codes)
             levels = (np.flatnonzero(remap >= 0) + int(lo)).astype(keys.dtype)
     if levels is None:
         fcodes, uniq = pd.factorize(keys, sort=True)

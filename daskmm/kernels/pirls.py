@@ -38,9 +38,15 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as la
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
-from daskmm.kernels.pls import _backward, eval_group, group_Lambda
+from daskmm.kernels.block_chol import (
+    block_layout,
+    chol_blocks,
+    chol_solve_blocks,
+    normal_blocks,
+    solve_blocks,
+)
+from daskmm.kernels.pls import backward_solve, eval_group, group_Lambda
 from daskmm.kernels.scalar_re import row_terms
 from daskmm.kernels.stats import Layout, LevelGroup, partition_stats
 
@@ -249,7 +255,7 @@ def local_modes(pt: Point, layout: Layout, b_G: np.ndarray | None) -> list[np.nd
         c = R[:, -1, :].T.copy()
         if g and b_G is not None:
             c -= np.einsum("sgm,g->ms", R[:, :g, :], b_G)
-        out.append(_backward(L, c))
+        out.append(backward_solve(L, c))
     return out
 
 
@@ -270,32 +276,68 @@ def max_step(u_old: list[np.ndarray], u_new: list[np.ndarray]) -> tuple[float, f
 
 
 def _lambda_loc(index: ReIndex, layout: Layout, lam: dict[str, np.ndarray]) -> sp.csr_matrix:
-    """The partition's local ``Lambda``: each level group's block, once per level."""
-    cache: dict[tuple[int, ...], np.ndarray] = {}
-    blocks = []
-    for (m, _), comp in zip(index.group_shapes, index.compositions):
-        if comp not in cache:
-            cache[comp] = group_Lambda(layout, lam, comp)
-        blocks.append(sp.kron(sp.identity(m, format="csr"), sp.csr_matrix(cache[comp])))
-    return sp.block_diag(blocks, format="csr") if blocks else sp.csr_matrix((0, 0))
+    """The partition's local ``Lambda``: each level group's block, once per level.
+
+    The structure (every entry a block's ``Lambda`` may hold, repeated per level, and which
+    entry of which factor's ``Lambda`` it is) is built once per partition and cached on
+    ``index``; an evaluation is one gather of the values."""
+    names = sorted(lam)
+    pattern = getattr(index, "_lambda_pattern", None)
+    if pattern is None:
+        offs, pos = {}, 0
+        for f in names:
+            offs[f] = pos
+            pos += lam[f].size
+        marks = {f: np.tril(offs[f] + 1.0 + np.arange(lam[f].size).reshape(lam[f].shape))
+                 for f in names}  # 1 + position in the flat vector; 0: a structural zero
+        rows, cols, src, base = [], [], [], 0
+        for (m, s), comp in zip(index.group_shapes, index.compositions):
+            block = group_Lambda(layout, marks, comp)
+            r, c = np.nonzero(block)
+            offs_l = base + np.arange(m)[:, None] * s
+            rows.append((offs_l + r).ravel())
+            cols.append((offs_l + c).ravel())
+            src.append(np.tile(block[r, c].astype(np.int64) - 1, m))
+            base += m * s
+        cat = (lambda parts: np.concatenate(parts) if parts else  # noqa: E731
+               np.zeros(0, dtype=np.int64))
+        shell = sp.csr_matrix((np.arange(len(cat(src)), dtype=float), (cat(rows), cat(cols))),
+                              shape=(base, base))
+        order = shell.data.astype(np.int64)  # where each stored entry came from
+        pattern = (shell.indices, shell.indptr, cat(src)[order], base)
+        index._lambda_pattern = pattern
+    indices, indptr, src, n = pattern
+    flat = np.concatenate([lam[f].ravel() for f in names]) if names else np.zeros(0)
+    return sp.csr_matrix((flat[src], indices, indptr), shape=(n, n))
 
 
 def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
-                  beta: np.ndarray, family: int, link: int) -> float:
-    """PIRLS to convergence inside one partition (no crossed factors); returns the partition's
-    Laplace deviance without the family constants.
+                  beta: np.ndarray, family: int, link: int,
+                  eta_extra: np.ndarray | None = None) -> float:
+    """PIRLS to convergence inside one partition over its local modes (``eta_extra``: a fixed
+    addition to the linear predictor, the crossed factors' ``Z_G b_G``); returns the
+    partition's Laplace deviance without the family constants (the local part of it).
 
     With ``Z~ = Z Lambda`` (sparse, block diagonal by primary level in its columns) each step
-    solves ``(Z~' W Z~ + I) u_new = Z~' (W Z~ u + score)`` by a sparse LU in the natural order
-    (the blocks are contiguous, so there is no fill outside them and no pivoting: the matrix is
-    symmetric positive definite), and ``log|L|^2`` is the sum of ``log U_ii``. Levels are
+    solves ``(Z~' W Z~ + I) u_new = Z~' (W Z~ u + score)`` block by block
+    (:mod:`daskmm.kernels.block_chol`: one compiled pass accumulates the dense blocks, one
+    factors and solves them), and ``log|L|^2`` is the sum over the blocks. Levels are
     independent, so halving the step on the partition's total ``pdev`` is a valid (if
     conservative) line search; the stopping rule is per coefficient."""
     idx = data.index
     eta_fixed = data.X @ beta + data.offset
+    if eta_extra is not None:
+        eta_fixed = eta_fixed + eta_extra
     ZL = (idx.Z_loc @ _lambda_loc(idx, layout, lam)).tocsr()
+    ZL.sum_duplicates()
     n_loc = ZL.shape[1]
-    eye = sp.identity(n_loc, format="csc")
+    blocks = getattr(idx, "_blocks", None)
+    if blocks is None:  # one block per primary level, in the flattened order
+        blocks = idx._blocks = block_layout(np.concatenate(
+            [np.full(m, s, dtype=np.int64) for m, s in idx.group_shapes] or [np.zeros(0)]))
+    start, size, off, col_block = blocks
+    total = int(np.sum(size * size))
+    ZLT = ZL.T.tocsr()
 
     def at(u):
         eta = eta_fixed + ZL @ u
@@ -304,10 +346,13 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
             return np.inf, None, None
         return -2.0 * ll.sum() + u @ u, sc, w
 
-    def factor(w):
-        M = (ZL.T @ ZL.multiply(w[:, None])).tocsc() + eye
-        return spla.splu(M, permc_spec="NATURAL", diag_pivot_thresh=0.0,
-                         options={"SymmetricMode": True})
+    def solve(w, rhs):
+        M = normal_blocks(ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64), ZL.data,
+                          w, col_block, start, size, off, total)
+        x, logdet, ok = chol_solve_blocks(M, start, size, off, rhs)
+        if not ok:
+            raise RuntimeError("not positive definite")
+        return x, logdet
 
     u = None
     if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
@@ -320,7 +365,7 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         return np.inf
     for _ in range(MAX_ITER):
         try:
-            target = factor(w).solve(ZL.T @ (w * (ZL @ u) + sc))
+            target, _ = solve(w, ZLT @ (w * (ZL @ u) + sc))
         except RuntimeError:  # singular: weights so extreme that rounding broke it
             return np.inf
         t = 1.0
@@ -338,8 +383,161 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         if step < TOL_U * (1.0 + scale):  # the full PLS step is tiny
             break
     data.u_warm = u
-    logdet = float(np.log(factor(w).U.diagonal()).sum()) if n_loc else 0.0
+    logdet = solve(w, np.zeros(n_loc))[1] if n_loc else 0.0
     return p0 + logdet
+
+
+@dataclass
+class JointState:
+    """One partition's PIRLS state over ``(u, beta)`` at one point (nAGQ = 0): the modes, the
+    penalised deviance, ``log|M|`` and the pieces of the fixed-effect Schur complement,
+    ``M^{-1} C`` and ``M^{-1} c`` with ``C = Z~' W X``, ``c = Z~' W r``."""
+
+    u: np.ndarray
+    beta: np.ndarray
+    pdev: float
+    logdet: float
+    Minv_C: np.ndarray
+    Minv_c: np.ndarray
+    Sx: np.ndarray
+    sx: np.ndarray
+
+
+def local_system(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray]):
+    """``Z~ = Z Lambda`` (CSR), its transpose and the block layout of ``M``."""
+    idx = data.index
+    ZL = (idx.Z_loc @ _lambda_loc(idx, layout, lam)).tocsr()
+    ZL.sum_duplicates()
+    blocks = getattr(idx, "_blocks", None)
+    if blocks is None:  # one block per primary level, in the flattened order
+        blocks = idx._blocks = block_layout(np.concatenate(
+            [np.full(m, s, dtype=np.int64) for m, s in idx.group_shapes] or [np.zeros(0)]))
+    return ZL, ZL.T.tocsr(), blocks
+
+
+def joint_state(data: PirlsData, ZL, ZLT, blocks, u: np.ndarray, beta: np.ndarray,
+                family: int, link: int) -> JointState | None:
+    """The joint PIRLS state at ``(u, beta)``; None when the point is unusable (weights
+    overflow, a block not positive definite)."""
+    eta = data.X @ beta + data.offset + ZL @ u
+    ll, sc, w = row_terms(eta, data.y, data.wt, family, link)
+    if not (np.isfinite(ll).all() and np.all(w < _W_MAX)):
+        return None
+    w = np.maximum(w, _W_MIN)
+    start, size, off, col_block = blocks
+    total = int(np.sum(size * size))
+    M = normal_blocks(ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64), ZL.data, w,
+                      col_block, start, size, off, total)
+    logdet, ok = chol_blocks(M, start, size, off)
+    if not ok:
+        return None
+    r = ZL @ u + data.X @ beta + sc / w  # working response, without the offset
+    WX = data.X * w[:, None]
+    C = np.asarray(ZLT @ WX)
+    c = ZLT @ (w * r)
+    sol = solve_blocks(M, start, size, off, np.column_stack([C, c]))
+    Minv_C, Minv_c = sol[:, :-1], sol[:, -1]
+    Sx = data.X.T @ WX - C.T @ Minv_C
+    sx = WX.T @ r - C.T @ Minv_c
+    return JointState(u, beta, float(-2.0 * ll.sum() + u @ u), float(logdet), Minv_C, Minv_c,
+                      Sx, sx)
+
+
+def global_zb(data: PirlsData, layout: Layout, b_G: np.ndarray) -> np.ndarray:
+    """``Z_G b_G`` per row: the crossed factors' part of the linear predictor."""
+    return _zb(data, layout, None, b_G)
+
+
+def split_local(data: PirlsData, u_flat: np.ndarray) -> list[np.ndarray]:
+    """Flattened local modes as one ``(m, s)`` array per level group."""
+    out, k = [], 0
+    for m, s in data.index.group_shapes:
+        out.append(u_flat[k:k + m * s].reshape(m, s))
+        k += m * s
+    return out
+
+
+@dataclass
+class CrossedPieces:
+    """What the client needs of one partition for a global PIRLS step, at the local modes
+    given ``b_G``: ``ll``, ``uu = |u_loc|^2``, ``logdet = log|M_loc|``, ``RtR`` and ``G`` over
+    the global columns and the working residual (``k = n_G + 1``), as :class:`Point`'s."""
+
+    ll: float
+    uu: float
+    logdet: float
+    RtR: np.ndarray
+    G: np.ndarray
+    step: tuple[float, float] = (0.0, 0.0)
+
+    def summary(self) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+        return self.ll, self.uu, self.logdet, self.RtR, self.G
+
+
+def _global_matrix(data: PirlsData, layout: Layout) -> sp.csr_matrix:
+    """Rows x global coefficients (``Z_G``), built once per partition."""
+    ZG = getattr(data, "_ZG", None)
+    if ZG is None:
+        n, rows, cols, vals = len(data.y), [], [], []
+        for f in layout.global_factors:
+            for j in range(layout.q[f]):
+                rows.append(np.arange(n))
+                cols.append(data.index.start[f] + j)
+                vals.append(data.Z[f][:, j])
+        ZG = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                           shape=(n, layout.n_G))
+        data._ZG = ZG
+    return ZG
+
+
+def crossed_pieces(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
+                   beta: np.ndarray, b_G: np.ndarray, family: int, link: int
+                   ) -> CrossedPieces | None:
+    """The local modes to convergence given ``b_G`` (warm from ``data.u_warm``), then the
+    Schur pieces there from the same block factors: ``RtR = C' M^{-1} C`` with
+    ``C = Z~_loc' W [Z_G, r]``, ``G = [Z_G, r]' W [Z_G, r]``. None if the modes cannot be
+    found."""
+    ZG = _global_matrix(data, layout)
+    zg = ZG @ b_G
+    value = local_laplace(data, layout, lam, beta, family, link, eta_extra=zg)
+    if not np.isfinite(value):
+        data.u_warm = None
+        return None
+    ZL, ZLT, blocks = local_system(data, layout, lam)
+    u = data.u_warm
+    zl = ZL @ u
+    eta = data.X @ beta + data.offset + zg + zl
+    ll, sc, w = row_terms(eta, data.y, data.wt, family, link)
+    if not (np.isfinite(ll).all() and np.all(w < _W_MAX)):
+        return None
+    w = np.maximum(w, _W_MIN)
+    start, size, off, col_block = blocks
+    M = normal_blocks(ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64), ZL.data, w,
+                      col_block, start, size, off, int(np.sum(size * size)))
+    logdet, ok = chol_blocks(M, start, size, off)
+    if not ok:
+        return None
+    r = zl + zg + sc / w
+    wr = w * r
+    WZG = ZG.multiply(w[:, None]).tocsr()  # Z_G stays sparse: rows x n_G dense would not fit
+    g = layout.n_G
+    G = np.empty((g + 1, g + 1))
+    G[:g, :g] = (ZG.T @ WZG).toarray()
+    G[:g, g] = G[g, :g] = ZG.T @ wr
+    G[g, g] = r @ wr
+    C = np.empty((ZL.shape[1], g + 1))
+    C[:, :g] = (ZLT @ WZG).toarray()
+    C[:, g] = ZLT @ wr
+    RtR = C.T @ solve_blocks(M, start, size, off, C)
+    return CrossedPieces(float(ll.sum()), float(u @ u), float(logdet), RtR, G)
+
+
+def rejected_point(data: PirlsData, layout: Layout) -> Point:
+    """A point that no line search accepts (the modes could not be found)."""
+    k = layout.k
+    u = [np.zeros(s) for s in data.index.group_shapes]
+    return Point(u, -np.inf, 0.0, np.inf, np.full((k, k), np.nan), np.full((k, k), np.nan),
+                 [], [])
 
 
 def local_point(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
@@ -366,6 +564,9 @@ def global_step(G: np.ndarray, RtR: np.ndarray, Lam_G: np.ndarray
     D = 0.5 * (D + D.T)
     S = Lam_G.T @ D[:g, :g] @ Lam_G + np.eye(g)
     rhs = Lam_G.T @ D[:g, g]
-    c, low = la.cho_factor(S, lower=True)
-    u_G = la.cho_solve((c, low), rhs)
+    try:
+        c = np.linalg.cholesky(S)  # numpy's: scipy's wrappers cost ~0.1 ms a call here
+    except np.linalg.LinAlgError as exc:
+        raise la.LinAlgError(str(exc)) from exc
+    u_G, info = la.lapack.dpotrs(c, rhs, lower=1)
     return Lam_G @ u_G, float(2.0 * np.log(np.diagonal(c)).sum()), u_G

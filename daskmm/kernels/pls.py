@@ -51,13 +51,15 @@ def group_Lambda(layout: Layout, lam: dict[str, np.ndarray],
     return out
 
 
-def lambda_tilde(layout: Layout, lam: dict[str, np.ndarray]) -> sp.csr_matrix:
-    """``blockdiag(Lambda_G, I_{p+1})`` as a sparse ``k x k`` matrix."""
+def lambda_tilde(layout: Layout, lam: dict[str, np.ndarray], tail: float = 1.0
+                 ) -> sp.csr_matrix:
+    """``blockdiag(Lambda_G, tail I_{p+1})`` as a sparse ``k x k`` matrix (``tail=0`` for its
+    derivative along a parameter of a global factor)."""
     if not layout.global_factors:
-        return sp.identity(layout.p + 1, format="csr")
+        return sp.identity(layout.p + 1, format="csr") * tail
     blocks = [sp.kron(sp.identity(len(layout.global_levels[f])), sp.csr_matrix(lam[f]))
               for f in layout.global_factors]
-    blocks.append(sp.identity(layout.p + 1))
+    blocks.append(sp.identity(layout.p + 1) * tail)
     return sp.block_diag(blocks, format="csr")
 
 
@@ -121,7 +123,7 @@ def _solve_levels(L: np.ndarray, rhs: np.ndarray, ws: Workspace | None = None) -
     return T
 
 
-def _backward(L: np.ndarray, c: np.ndarray) -> np.ndarray:
+def backward_solve(L: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Batched ``L^{-T} c`` for lower-triangular ``L`` (m, s, s) and ``c`` (m, s)."""
     s = L.shape[1]
     if s > SMALL_BLOCK:
@@ -291,7 +293,7 @@ def group_modes(group: LevelGroup, Lam: np.ndarray, LamT: sp.csr_matrix, prof: P
     c = (R[:, -1, :] - np.einsum("spm,p->sm", R[:, g:g + p, :], beta)).T
     if g:
         c -= np.einsum("sgm,g->sm", R[:, :g, :], u_G).T
-    u = _backward(L, c)
+    u = backward_solve(L, c)
     b = u @ Lam.T
     Linv = np.linalg.inv(L)
     inner = np.broadcast_to(np.eye(s), (m, s, s)).copy()
@@ -321,3 +323,100 @@ def global_modes(prof: Profile, u_G: np.ndarray, lam: dict[str, np.ndarray], lay
         u = u_G[cols].reshape(nl, q)
         out[f] = (u @ Lam.T, sigma ** 2 * np.matmul(Lam, np.matmul(Uinv, Lam.T)))
     return out
+
+
+# ------------------------------------------------------------------ gradient
+def eval_group_grad(group: LevelGroup, Lam: np.ndarray, dLams: list[np.ndarray]):
+    """Stage 1 for one level group with its derivatives along ``dLams`` (``dLambda_l /
+    dtheta_i`` for the parameters of the primary and nested factors; ``Lambda`` is linear in
+    ``theta``, so each is ``Lambda`` at a unit vector).
+
+    With ``M_l = Lambda' A_l Lambda + I``, ``P_l = M_l^{-1} Lambda'`` and ``D = dLambda``:
+
+    * ``d log|M_l| = tr(M_l^{-1} dM_l) = 2 tr(P_l A_l D)``;
+    * ``R_l'R_l = B_l' Lambda P_l B_l``, so ``d(R_l'R_l) = B_l' C_l B_l`` with
+      ``C_l = D P_l + P_l' D' - P_l' dM_l P_l``, ``dM_l = D' A_l Lambda + Lambda' A_l D``.
+
+    Returns
+    -------
+    logdet, RtR : as :func:`eval_group`
+    dlogdet : ndarray, shape (len(dLams),)
+    dRtR : ndarray, shape (len(dLams), k, k)
+    """
+    s, k, m = group.B.shape
+    A = group.A  # (m, s, s)
+    AL = A @ Lam
+    M = Lam.T @ AL
+    M[:, np.arange(s), np.arange(s)] += 1.0
+    L = np.linalg.cholesky(M)
+    logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
+    P = np.linalg.solve(M, np.broadcast_to(Lam.T, (m, s, s)))  # M^{-1} Lambda'
+    Bm = np.moveaxis(group.B, -1, 0)  # (m, s, k)
+    W = Lam @ P  # Lambda M^{-1} Lambda'
+    WB = W @ Bm
+    RtR = np.einsum("msk,msj->kj", Bm, WB)
+    PA = (P @ A).sum(axis=0)  # sum_l P_l A_l, for the log-determinant derivatives
+    dlogdet = np.empty(len(dLams))
+    dRtR = np.empty((len(dLams), k, k))
+    for i, D in enumerate(dLams):
+        dlogdet[i] = 2.0 * float(np.sum(PA * D.T))
+        dM = D.T @ AL
+        dM = dM + np.swapaxes(dM, 1, 2)
+        DP = D @ P
+        C = DP + np.swapaxes(DP, 1, 2) - np.swapaxes(P, 1, 2) @ dM @ P
+        dRtR[i] = np.einsum("msk,msj->kj", Bm, C @ Bm)
+    return logdet, RtR, dlogdet, dRtR
+
+
+def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.ndarray,
+                  dRtR: np.ndarray, LamT: sp.csr_matrix, dLamT: list, reml: bool
+                  ) -> np.ndarray:
+    """Gradient of the profiled criterion of :func:`profiled` with respect to ``theta``.
+
+    The criterion is a sum of log-determinants of the leading blocks ``S_1`` (global
+    coefficients), ``S_2`` (and ``X``) and ``S`` (and ``y``) of the Schur complement:
+    ``log|L_ZZ|^2 = logdet_loc + log|S_1|``, ``log|L_XX|^2 = log|S_2| - log|S_1|``,
+    ``log r^2 = log|S| - log|S_2|``. Each ``d log|S_j| = tr(S_j^{-1} dS_j)`` is a partial sum
+    of the diagonal of ``L_S^{-1} dS L_S^{-T}`` (``L_S^{-1}`` is lower triangular, so its
+    leading block inverts the leading block of ``L_S``).
+
+    Parameters
+    ----------
+    dlogdet, dRtR
+        Derivatives of stage 1 for the local parameters (:func:`eval_group_grad`, summed).
+    dLamT
+        For each parameter, in ``theta`` order: None for a local one (stage 1 carries it), or
+        ``d Lambda~`` (sparse) for a parameter of a global factor.
+    """
+    g, p, n = prof.n_G, prof.p, prof.n
+    Linv, info = la.lapack.dtrtri(prof.L_S, lower=1)
+    if info:
+        raise np.linalg.LinAlgError("the Schur complement's factor is singular")
+    Linv = np.tril(Linv)
+    Dd = G - RtR
+    Dd = 0.5 * (Dd + Dd.T)
+    grad = np.empty(len(dLamT))
+    j = 0
+    for i, dL in enumerate(dLamT):
+        if dL is None and not g:  # no global factors: Lambda~ is the identity
+            dS = -dRtR[j]
+            dld = dlogdet[j]
+            j += 1
+        elif dL is None:
+            dS = -np.asarray(LamT.T @ (LamT.T @ dRtR[j]).T)
+            dld = dlogdet[j]
+            j += 1
+        else:
+            X = np.asarray(LamT.T @ (dL.T @ Dd).T)  # Lambda~' Dd dLambda~
+            dS = X + X.T
+            dld = 0.0
+        diag = np.einsum("ij,ij->i", Linv @ dS, Linv)
+        c = np.cumsum(diag)
+        t1 = c[g - 1] if g else 0.0
+        t2 = c[g + p - 1] if g + p else 0.0
+        t3 = c[-1]
+        if reml:
+            grad[i] = dld + t2 + (n - p) * (t3 - t2)
+        else:
+            grad[i] = dld + t1 + n * (t3 - t2)
+    return grad

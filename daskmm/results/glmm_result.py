@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from daskmm.results.lmm_result import LmmResult, _clean
+from daskmm.results.base import MixedResult
 
 
 @dataclass
-class GlmmResult(LmmResult):
+class GlmmResult(MixedResult):
     """A fitted generalized linear mixed model (``glmerMod``).
 
-    Attributes (beyond :class:`~daskmm.results.lmm_result.LmmResult`)
+    Attributes (beyond :class:`~daskmm.results.base.MixedResult`)
     ----------
     family, link : str
     nagq : int
@@ -36,6 +36,8 @@ class GlmmResult(LmmResult):
     warnings: list[str] = field(default_factory=list)
     predictor: object = None  # set by glmm(): callable(data, kind, re) -> dask Series
 
+    kind = "glmm"
+
     @property
     def method(self) -> str:
         return "Laplace" if self.nagq == 1 else f"AGQ({self.nagq})"
@@ -51,11 +53,6 @@ class GlmmResult(LmmResult):
         z = self.beta / se
         return pd.DataFrame({"term": self.fixef_names, "estimate": self.beta, "std_error": se,
                              "statistic": z, "p_value": 2 * stats.norm.sf(np.abs(z))})
-
-    def varcorr(self) -> pd.DataFrame:
-        """Rows as ``as.data.frame(VarCorr(fit))`` of a glmer fit (no residual row)."""
-        vc = super().varcorr()
-        return vc[vc["grp"] != "Residual"].reset_index(drop=True)
 
     def tidy(self) -> pd.DataFrame:
         fe = self.fixef().assign(effect="fixed", group=None)
@@ -96,31 +93,22 @@ class GlmmResult(LmmResult):
             raise RuntimeError("this result has no data attached to predict from")
         return self.predictor(newdata, kind, re)
 
-    def to_dict(self) -> dict:
-        vc = self.varcorr()
-        doc = {
-            "formula": self.formula, "family": self.family, "link": self.link,
-            "method": self.method, "nAGQ": self.nagq, "nobs": self.nobs,
-            "n_dropped_na": self.rows_report()["dropped"], "rows": self.rows_report(),
-            "ngroups": {k: int(v) for k, v in self.ngroups.items()},
-            "objective": self.objective,
-            "objective_kind": ("-2 log-likelihood, Laplace approximation" if self.nagq == 1
-                               else f"-2 log-likelihood, adaptive Gauss-Hermite ({self.nagq} "
-                               "nodes)"),
-            "logLik": self.loglik, "df": self.df, "AIC": self.aic, "BIC": self.bic,
-            "theta": self.theta.tolist(),
-            "fixef": [{"term": r.term, "estimate": r.estimate, "std_error": r.std_error,
-                       "statistic": r.statistic, "p_value": r.p_value}
-                      for r in self.fixef().itertuples(index=False)],
-            "vcov": self.vcov.tolist(),
-            "varcorr": [{"grp": r.grp, "var1": r.var1, "var2": r.var2, "vcov": r.vcov,
-                         "sdcor": r.sdcor} for r in vc.itertuples(index=False)],
-            "converged": self.converged, "singular": self.singular,
-            "warnings": list(self.warnings), "optinfo": self.optinfo, "timing": self.timing,
-        }
+    def _doc(self) -> dict:
+        doc = self._common_doc()
+        doc.update({"family": self.family, "link": self.link, "method": self.method,
+                    "nAGQ": self.nagq,
+                    "objective_kind": ("-2 log-likelihood, Laplace approximation"
+                                       if self.nagq == 1 else "-2 log-likelihood, adaptive "
+                                       f"Gauss-Hermite ({self.nagq} nodes)"),
+                    "warnings": list(self.warnings)})
         if self.nb_size is not None:
             doc["nb_size"] = self.nb_size
-        return _clean(doc)
+        return doc
+
+    @classmethod
+    def _own_fields(cls, doc: dict) -> dict:
+        return {"family": doc["family"], "link": doc["link"], "nagq": int(doc["nAGQ"]),
+                "nb_size": doc.get("nb_size"), "warnings": list(doc.get("warnings") or [])}
 
     def summary(self) -> str:
         """Printed summary laid out like lme4's ``summary(glmer(...))``."""
@@ -141,13 +129,10 @@ class GlmmResult(LmmResult):
         for r in fe.itertuples(index=False):
             lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
                          f"{r.statistic:>9.3f}{_pval(r.p_value):>10}")
-        lines += self._correlation_lines(names, nw)
-        if self.singular:
-            lines += ["", "boundary (singular) fit: see help('isSingular')"]
+        lines += self._correlation_lines(names, nw) + self._tail_lines()
         for msg in self.warnings:
             lines += ["", f"warning: {msg}"]
-        if not self.converged:
-            lines += ["", f"optimizer did not report convergence: {self.optinfo.get('message')}"]
+        lines += self._convergence_lines()
         return "\n".join(lines) + "\n"
 
 

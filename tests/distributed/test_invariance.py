@@ -8,8 +8,9 @@ error.
 Every pair agrees to 1e-8: the same partitioning on 1 or 3 workers, gathered or distributed
 evaluation (bit for bit in practice: the reduction order follows partitions, not workers), and
 1 versus 7 partitions, where rows are summed in another order. For the last, BOBYQA alone can stop
-several 1e-8 apart; the Newton polish (``optimizer_options["polish"]``, on by default) brings the
-fits together, and ``test_without_polish_fits_differ_by_more`` shows the test can tell.
+several 1e-8 apart; the default optimiser (L-BFGS-B with the exact gradient, then Newton to a
+projected gradient of 1e-8) and BOBYQA's Newton polish both bring the fits together, and
+``test_without_polish_fits_differ_by_more`` shows the test can tell.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def test_without_polish_fits_differ_by_more(clients):
     test passing vacuously. Which data make BOBYQA alone stop more than 1e-8 apart depends on
     rounding in the statistics, so the test looks for such a case among a few seeds (most
     have one; the nested formula most often) and then shows that the polished fits agree on it."""
-    opts = {"polish": False}
+    opts = {"method": "bobyqa", "polish": False}
     found = None
     for formula in (FORMULAS[2], FORMULAS[1]):
         for seed in range(62609, 62621):
@@ -101,7 +102,12 @@ def test_without_polish_fits_differ_by_more(clients):
         if found is not None:
             break
     assert found is not None, "BOBYQA alone agreed to 1e-8 on every case tried"
-    pa = daskmm.lmm(formula, found, client=clients[0], npartitions=1)
-    pb = daskmm.lmm(formula, found, client=clients[1], npartitions=7)
+    polish = {"method": "bobyqa"}
+    pa = daskmm.lmm(formula, found, client=clients[0], npartitions=1, optimizer_options=polish)
+    pb = daskmm.lmm(formula, found, client=clients[1], npartitions=7, optimizer_options=polish)
     assert pa.optinfo["polished"] and pb.optinfo["polished"]
     assert_rel_norm(pb.theta, pa.theta, 1e-8)
+    ga = daskmm.lmm(formula, found, client=clients[0], npartitions=1)  # the gradient method
+    gb = daskmm.lmm(formula, found, client=clients[1], npartitions=7)
+    assert ga.optinfo.gradient_norm < 1e-6 and gb.optinfo.gradient_norm < 1e-6
+    assert_rel_norm(gb.theta, ga.theta, 1e-8)
