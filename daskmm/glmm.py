@@ -576,44 +576,43 @@ class _LocalCriterion:
 
 
 def _joint_start(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
-                 link: int):
-    """Stage 1, first point of PIRLS over ``(u, beta)`` in this partition (warm modes if the
-    last evaluation left some)."""
+                 link: int) -> P.JointState | None:
+    """Stage 1, the first point of PIRLS over ``(u, beta)`` in this partition (from the modes
+    the last evaluation left, if any). The state stays on the worker as a future."""
     sys_ = P.local_system(data, layout, lam)
-    data.joint_sys = sys_
     n_loc = sys_[0].shape[1]
     st = None
     if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
         st = P.joint_state(data, *sys_, data.u_warm, beta, family, link)
     if st is None:
         st = P.joint_state(data, *sys_, np.zeros(n_loc), beta, family, link)
-    data.joint, data.joint_cand = st, None
-    return None if st is None else (st.pdev, st.Sx, st.sx, st.logdet, 0.0, 0.0)
+    return st
 
 
-def _joint_try(data: P.PirlsData, beta_target: np.ndarray, t: float, accept: bool,
-               family: int, link: int):
-    """A step ``t`` towards the PLS solution at ``beta_target`` (accepting the last
-    candidate first when ``accept``)."""
-    if accept:
-        data.joint = data.joint_cand
-    st = data.joint
+def _joint_try(data: P.PirlsData, st: P.JointState, layout: Layout, lam: dict,
+               beta_target: np.ndarray, t: float, family: int, link: int
+               ) -> P.JointState | None:
+    """The state a step ``t`` from ``st`` towards the PLS solution at ``beta_target``."""
     u_target = st.Minv_c - st.Minv_C @ beta_target
-    u_c = st.u + t * (u_target - st.u)
-    cand = P.joint_state(data, *data.joint_sys, u_c, st.beta + t * (beta_target - st.beta),
+    cand = P.joint_state(data, *P.local_system(data, layout, lam),
+                         st.u + t * (u_target - st.u), st.beta + t * (beta_target - st.beta),
                          family, link)
-    data.joint_cand = cand
-    step = float(np.max(np.abs(u_target - st.u), initial=0.0))
-    scale = float(np.max(np.abs(st.u), initial=0.0))
-    return None if cand is None else (cand.pdev, cand.Sx, cand.sx, cand.logdet, step, scale)
+    if cand is not None:
+        cand.step = (float(np.max(np.abs(u_target - st.u), initial=0.0)),
+                     float(np.max(np.abs(st.u), initial=0.0)))
+    return cand
 
 
-def _joint_finish(data: P.PirlsData, accept: bool) -> None:
-    if accept and data.joint_cand is not None:
-        data.joint = data.joint_cand
-    if data.joint is not None:
-        data.u_warm = data.joint.u
-    data.joint = data.joint_cand = data.joint_sys = None
+def _joint_summary(st: P.JointState | None):
+    if st is None:
+        return None
+    return (st.pdev, st.Sx, st.sx, st.logdet) + getattr(st, "step", (0.0, 0.0))
+
+
+def _joint_finish(data: P.PirlsData, st: P.JointState | None) -> None:
+    """Keep the modes as the next evaluation's start (a cache: only a warm start)."""
+    if st is not None:
+        data.u_warm = st.u
 
 
 class _JointCriterion:
@@ -636,12 +635,12 @@ class _JointCriterion:
     def __call__(self, theta) -> float:
         c, kw = self.c, dict(family=self.family, link=self.link, pure=False)
         lam = lambdas(self.spec, np.asarray(theta))
-        cur = self._sum(c.gather(c.map(_joint_start, self.parts, layout=self.layout, lam=lam,
-                                       beta=self.beta, **kw)))
+        states = c.map(_joint_start, self.parts, layout=self.layout, lam=lam, beta=self.beta,
+                       **kw)
+        cur = self._sum(c.gather(c.map(_joint_summary, states, pure=False)))
         if cur is None:
-            c.gather(c.map(_joint_finish, self.parts, accept=False, pure=False))
             return math.inf
-        beta, accept = self.beta.copy(), False
+        beta = self.beta.copy()
         for _ in range(P.MAX_ITER):
             try:
                 target = np.linalg.solve(cur[1], cur[2])
@@ -649,10 +648,10 @@ class _JointCriterion:
                 break
             t = 1.0
             while True:
-                new = self._sum(c.gather(c.map(_joint_try, self.parts, beta_target=target,
-                                               t=t, accept=accept, **kw)))
-                accept = False
-                if new is not None and (new[0] <= cur[0] + 1e-12 * abs(cur[0]) or t < 1e-8):
+                cands = c.map(_joint_try, self.parts, states, layout=self.layout, lam=lam,
+                              beta_target=target, t=t, **kw)
+                new = self._sum(c.gather(c.map(_joint_summary, cands, pure=False)))
+                if new is not None and new[0] <= cur[0] + 1e-12 * abs(cur[0]):
                     break
                 if t < 1e-8:
                     break
@@ -662,10 +661,10 @@ class _JointCriterion:
             step = max(new[4], float(np.max(np.abs(target - beta), initial=0.0)))
             scale = max(new[5], float(np.max(np.abs(beta), initial=0.0)))
             beta = beta + t * (target - beta)
-            cur, accept = new, True
+            cur, states = new, cands
             if step < P.TOL_U * (1.0 + scale):
                 break
-        c.gather(c.map(_joint_finish, self.parts, accept=accept, pure=False))
+        c.gather(c.map(_joint_finish, self.parts, states, pure=False))
         self.beta = beta
         return float(cur[0] + cur[3]) - 2.0 * self.const
 

@@ -6,14 +6,49 @@ triangle column by column (lme4's order), so ``theta = [L11, L21, L22]``. Diagon
 bounded below by zero, off-diagonal ones are free. The starting value is the identity, as lme4.
 
 Terms on the same factor are stacked block-diagonally into one ``Lambda`` per factor level.
+
+Every kind of random-effect term the engine fits follows the small protocol :class:`ReTerm`:
+its parameters (``n_theta``, ``theta_init``, ``theta_lower``), ``Lambda(theta)``, and where
+its block lives (``placement``): ``None`` for an lme4 bar, whose block the layout makes local
+to a level of the primary factor (the primary factor itself and factors nested in it) or
+global (crossed factors, :func:`daskmm.problem.choose_layout`); ``"global"`` for a term
+whose block is one dense or sparse block over all its coefficients (a smooth's penalised
+block, a kinship term). ``Lambda`` is linear in ``theta``, so ``Lambda`` at a unit vector is
+its derivative, which the exact gradient uses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+
+@runtime_checkable
+class ReTerm(Protocol):
+    """What the engine needs of a random-effect term."""
+
+    factor: str
+    placement: ClassVar[str | None]
+
+    @property
+    def q(self) -> int:
+        """Columns per level."""
+
+    @property
+    def n_theta(self) -> int:
+        """Number of covariance parameters."""
+
+    def Lambda(self, theta_t: np.ndarray) -> np.ndarray:
+        """The ``q x q`` relative covariance factor (linear in ``theta_t``)."""
+
+    def theta_init(self) -> np.ndarray:
+        """lme4's start."""
+
+    def theta_lower(self) -> np.ndarray:
+        """Lower bounds (0 for a standard deviation, ``-inf`` for a free parameter)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +68,8 @@ class RandomTerm:
     factor: str
     columns: tuple[str, ...]
     lhs: str
+
+    placement: ClassVar[str | None] = None  # the layout decides: local or global
 
     @property
     def q(self) -> int:

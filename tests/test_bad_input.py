@@ -230,19 +230,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("after", [0.3, 6.0])
-def test_ctrl_c_prints_one_line(tmp_path, after):
+def _crossed_csv(path) -> None:
+    rng = np.random.default_rng(11)
+    n = 10_000
+    a, b, x = rng.integers(0, 300, n), rng.integers(0, 25, n), rng.normal(size=n)
+    eta = 0.5 * x + rng.normal(0, 0.7, 300)[a] + rng.normal(0, 0.4, 25)[b]
+    pd.DataFrame({"y": (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int), "x": x,
+                  "a": a, "b": b}).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("after, where", [(0.3, "in-process"), (6.0, "distributed"),
+                                          (3.5, "in-process")])
+def test_ctrl_c_prints_one_line(tmp_path, after, where):
     """Ctrl-C at the terminal (SIGINT to the whole process group, workers included), during
-    start-up and during the fit: one line, exit 130, no traceback or asyncio noise, no output
-    and no temporary folder."""
+    start-up and during the fit, on a cluster and in process: one line, exit 130, no
+    traceback or asyncio noise, no output and no temporary folder."""
     out = tmp_path / "fit"
+    if after == 3.5:  # an in-process fit that takes several seconds: interrupted inside it
+        _crossed_csv(tmp_path / "crossed.csv")
+        args = [str(tmp_path / "crossed.csv"), "--formula", "y ~ x + (1 | a) + (1 | b)",
+                "--family", "binomial", "--factors", "a,b"]
+    else:
+        args = [str(CONFORMANCE / "data" / "grouseticks.csv"), "--formula",
+                "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)",
+                "--family", "poisson", "--factors", "YEAR,BROOD,INDEX,LOCATION"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daskmm.cli", "fit",
-         str(CONFORMANCE / "data" / "grouseticks.csv"), "--formula",
-         "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)", "--family",
-         "poisson", "--factors", "YEAR,BROOD,INDEX,LOCATION", "--out", str(out)],
+        [sys.executable, "-m", "daskmm.cli", "fit", *args, "--mode", where, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     time.sleep(after)
+    assert proc.poll() is None, "the fit ended before the Ctrl-C: make it longer"
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

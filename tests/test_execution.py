@@ -50,17 +50,36 @@ def test_cli_says_where_it_ran(tmp_path):
     assert doc["mode"] == "in-process" and doc["optinfo"]["mode"] == "in-process"
 
 
+CHOICES = """
+from daskmm.execution import in_process_limit, runs_in_process
+assert runs_in_process("auto", None, 1000)
+assert runs_in_process("auto", None, lambda: 1000)  # sized only when it matters
+assert not runs_in_process("auto", None, in_process_limit() + 1)
+assert not runs_in_process("auto", None, None)  # size unknown: a dask DataFrame
+assert not runs_in_process("auto", "tcp://127.0.0.1:1", 10)  # a scheduler named
+assert runs_in_process("in-process", None, 10 ** 12)
+assert not runs_in_process("gathered", None, 10)
+from distributed import Client, LocalCluster
+with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as lc, Client(lc):
+    assert not runs_in_process("auto", None, 10)  # a current client counts as named
+print("ok")
+"""
+
+
 def test_choice_of_where():
-    assert runs_in_process("auto", None, 1000)
-    assert not runs_in_process("auto", None, in_process_limit() + 1)
-    assert not runs_in_process("auto", None, None)  # size unknown: a dask DataFrame
-    assert not runs_in_process("auto", "tcp://127.0.0.1:1", 10)  # a scheduler named
-    assert runs_in_process("in-process", None, 10 ** 12)
-    assert not runs_in_process("gathered", None, 10)
+    """In a clean process (this one holds the suite's current client)."""
+    out = subprocess.run([sys.executable, "-c", CHOICES], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
     with pytest.raises(DaskmmError, match="runs without a cluster"):
         runs_in_process("in-process", "tcp://127.0.0.1:1", 10)
     with pytest.raises(DaskmmError, match="allowed"):
         runs_in_process("fast", None, 10)
+
+
+def test_current_client_is_used(client):
+    fx = load_fixture("sleepstudy_reml")
+    assert daskmm.lmm(fx["formula"], pd.read_csv(fx["data_path"])).mode == "gathered"
 
 
 def test_threshold_is_overridable(monkeypatch):
@@ -95,7 +114,7 @@ def _same(a, b, tol=1e-10):
 def test_lmm_in_process_equals_cluster(fid, client):
     fx = load_fixture(fid)
     kw = dict(reml=fx["REML"], factors=fx["factors"])
-    here = daskmm.lmm(fx["formula"], pd.read_csv(fx["data_path"]), **kw)
+    here = daskmm.lmm(fx["formula"], pd.read_csv(fx["data_path"]), mode="in-process", **kw)
     there = daskmm.lmm(fx["formula"], fx["data_path"], client=client, npartitions=2, **kw)
     assert here.mode == "in-process" and there.mode == "gathered"
     _same(here.objective, there.objective)
@@ -110,7 +129,8 @@ def test_lmm_in_process_equals_cluster(fid, client):
 def test_glmm_in_process_equals_cluster(fid, client):
     fx = load_fixture(fid)
     kw = dict(factors=fx["factors"], nagq=fx["nAGQ"])
-    here = daskmm.glmm(fx["formula"], fx["data_path"], fx["family"], **kw)
+    here = daskmm.glmm(fx["formula"], fx["data_path"], fx["family"], mode="in-process",
+                       **kw)
     there = daskmm.glmm(fx["formula"], fx["data_path"], fx["family"], client=client, **kw)
     assert here.mode == "in-process" and there.mode == "distributed"
     _same(here.objective, there.objective)

@@ -19,8 +19,8 @@ import pytest
 import daskmm
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import plan_formula
-from tests.test_conformance import check_document as check_lmm
 from tests.glmm.helpers import check_document as check_glmm
+from tests.test_conformance import check_document as check_lmm
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "formula"
 LMM = ["lmm_functions", "lmm_functions_ml", "lmm_odd_names"]

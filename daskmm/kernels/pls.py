@@ -68,6 +68,45 @@ SMALL_BLOCK = 8
 ``m`` numbers per entry) rather than LAPACK calls per level, which cost ~1 us each."""
 
 
+SPARSE_B_MIN_K = 256
+SPARSE_B_MAX_DENSITY = 0.25
+"""A level group whose ``B`` has at least ``SPARSE_B_MIN_K`` columns of which at most this
+share are non-zero (crossed factors: each level meets few levels of the others) forms
+``sum_l R_l'R_l`` as a sparse product, ``B' blockdiag(T_l'T_l) B``, instead of a dense one."""
+
+
+def sparse_B(group: LevelGroup) -> sp.csr_matrix | None:
+    """``B`` as a sparse ``(m s) x k`` matrix (row ``l s + i``), cached on the group; None when
+    it is small or dense."""
+    cached = getattr(group, "_B_sparse", False)
+    if cached is not False:
+        return cached
+    s, k, m = group.B.shape
+    out = None
+    if k >= SPARSE_B_MIN_K:
+        flat = np.moveaxis(group.B, -1, 0).reshape(m * s, k)
+        if np.count_nonzero(flat) <= SPARSE_B_MAX_DENSITY * flat.size:
+            out = sp.csr_matrix(flat)
+    group._B_sparse = out
+    return out
+
+
+def _level_blocks(W: np.ndarray) -> sp.csr_matrix:
+    """``blockdiag(W_1, ..., W_m)`` for ``W`` of shape (m, s, s)."""
+    m, s, _ = W.shape
+    if s == 1:
+        return sp.diags(W[:, 0, 0], format="csr")
+    base = (np.arange(m) * s)[:, None, None]
+    rows = np.broadcast_to(base + np.arange(s)[None, :, None], W.shape).ravel()
+    cols = np.broadcast_to(base + np.arange(s)[None, None, :], W.shape).ravel()
+    return sp.csr_matrix((W.ravel(), (rows, cols)), shape=(m * s, m * s))
+
+
+def sparse_rtr(Bsp: sp.csr_matrix, W: np.ndarray) -> np.ndarray:
+    """``sum_l B_l' W_l B_l`` (dense ``k x k``) for sparse ``B`` and per-level ``W`` (m, s, s)."""
+    return np.asarray((Bsp.T @ (_level_blocks(W) @ Bsp)).toarray())
+
+
 class Workspace:
     """Scratch arrays reused across evaluations of one level group.
 
@@ -172,6 +211,9 @@ def eval_group(group: LevelGroup, Lam: np.ndarray, keep_factors: bool = False,
         det *= L[i, i]
     logdet = 2.0 * np.log(det, out=det).sum()
     T = _solve_levels(L, Lam.T, ws)
+    Bsp = None if keep_factors else sparse_B(group)
+    if Bsp is not None:  # sum_l B_l' T_l'T_l B_l, sparse
+        return logdet, sparse_rtr(Bsp, np.einsum("iam,ibm->mab", T, T))
     B = group.B
     R = ws.get("R", B.shape)
     tmp = ws.get("R_tmp", (k, m))
@@ -197,6 +239,9 @@ def _eval_group_batched(group: LevelGroup, Lam: np.ndarray, keep_factors: bool):
     L = np.linalg.cholesky(M)
     logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
     T = np.linalg.solve(L, np.broadcast_to(Lam.T, (m, s, s)))  # L_l^{-1} Lambda'
+    Bsp = None if keep_factors else sparse_B(group)
+    if Bsp is not None:
+        return logdet, sparse_rtr(Bsp, np.swapaxes(T, 1, 2) @ T)
     Rm = T @ np.moveaxis(group.B, -1, 0)  # (m, s, k)
     RtR = np.einsum("msk,msj->kj", Rm, Rm)
     if keep_factors:
@@ -351,10 +396,10 @@ def eval_group_grad(group: LevelGroup, Lam: np.ndarray, dLams: list[np.ndarray])
     L = np.linalg.cholesky(M)
     logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
     P = np.linalg.solve(M, np.broadcast_to(Lam.T, (m, s, s)))  # M^{-1} Lambda'
-    Bm = np.moveaxis(group.B, -1, 0)  # (m, s, k)
+    Bsp = sparse_B(group)
+    Bm = None if Bsp is not None else np.moveaxis(group.B, -1, 0)  # (m, s, k)
     W = Lam @ P  # Lambda M^{-1} Lambda'
-    WB = W @ Bm
-    RtR = np.einsum("msk,msj->kj", Bm, WB)
+    RtR = sparse_rtr(Bsp, W) if Bsp is not None else np.einsum("msk,msj->kj", Bm, W @ Bm)
     PA = (P @ A).sum(axis=0)  # sum_l P_l A_l, for the log-determinant derivatives
     dlogdet = np.empty(len(dLams))
     dRtR = np.empty((len(dLams), k, k))
@@ -364,7 +409,8 @@ def eval_group_grad(group: LevelGroup, Lam: np.ndarray, dLams: list[np.ndarray])
         dM = dM + np.swapaxes(dM, 1, 2)
         DP = D @ P
         C = DP + np.swapaxes(DP, 1, 2) - np.swapaxes(P, 1, 2) @ dM @ P
-        dRtR[i] = np.einsum("msk,msj->kj", Bm, C @ Bm)
+        dRtR[i] = sparse_rtr(Bsp, C) if Bsp is not None else \
+            np.einsum("msk,msj->kj", Bm, C @ Bm)
     return logdet, RtR, dlogdet, dRtR
 
 
@@ -376,9 +422,11 @@ def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.nda
     The criterion is a sum of log-determinants of the leading blocks ``S_1`` (global
     coefficients), ``S_2`` (and ``X``) and ``S`` (and ``y``) of the Schur complement:
     ``log|L_ZZ|^2 = logdet_loc + log|S_1|``, ``log|L_XX|^2 = log|S_2| - log|S_1|``,
-    ``log r^2 = log|S| - log|S_2|``. Each ``d log|S_j| = tr(S_j^{-1} dS_j)`` is a partial sum
-    of the diagonal of ``L_S^{-1} dS L_S^{-T}`` (``L_S^{-1}`` is lower triangular, so its
-    leading block inverts the leading block of ``L_S``).
+    ``log r^2 = log|S| - log|S_2|``. Each ``d log|S_j| = tr(S_j^{-1} dS_j)`` is a sum of
+    elements of ``S^{-1} dS``: ``S^{-1}`` is formed once from ``L_S``; a leading block's
+    inverse differs from the leading block of ``S^{-1}`` by a correction of the rank of the
+    trailing rows (the fixed effects and the response), so each derivative costs
+    ``O(k^2 (p + 1))`` after the inverse.
 
     Parameters
     ----------
@@ -389,32 +437,46 @@ def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.nda
         ``d Lambda~`` (sparse) for a parameter of a global factor.
     """
     g, p, n = prof.n_G, prof.p, prof.n
-    Linv, info = la.lapack.dtrtri(prof.L_S, lower=1)
+    K = prof.L_S.shape[0]
+    Sinv, info = la.lapack.dpotri(prof.L_S, lower=1)
     if info:
         raise np.linalg.LinAlgError("the Schur complement's factor is singular")
-    Linv = np.tril(Linv)
+    Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
+    # S_j^{-1} of a leading block = Sinv[:j, :j] - U V U' with U = Sinv[:j, j:] and
+    # V = (Sinv[j:, j:])^{-1}: the trailing rows (X and y, or y) are few
+    lead = {}
+    for j in {g, g + p}:
+        if 0 < j < K:
+            U = Sinv[:j, j:]
+            lead[j] = (U, np.linalg.inv(Sinv[j:, j:]))
     Dd = G - RtR
     Dd = 0.5 * (Dd + Dd.T)
+
+    def tr_lead(j: int, dS: np.ndarray) -> float:
+        if j == 0:
+            return 0.0
+        if j == K:
+            return float(np.sum(Sinv * dS))
+        U, V = lead[j]
+        D = dS[:j, :j]
+        return float(np.sum(Sinv[:j, :j] * D) - np.sum(V * (U.T @ (D @ U))))
+
     grad = np.empty(len(dLamT))
-    j = 0
+    k_loc = 0
     for i, dL in enumerate(dLamT):
         if dL is None and not g:  # no global factors: Lambda~ is the identity
-            dS = -dRtR[j]
-            dld = dlogdet[j]
-            j += 1
+            dS = -dRtR[k_loc]
+            dld = dlogdet[k_loc]
+            k_loc += 1
         elif dL is None:
-            dS = -np.asarray(LamT.T @ (LamT.T @ dRtR[j]).T)
-            dld = dlogdet[j]
-            j += 1
+            dS = -np.asarray(LamT.T @ (LamT.T @ dRtR[k_loc]).T)
+            dld = dlogdet[k_loc]
+            k_loc += 1
         else:
             X = np.asarray(LamT.T @ (dL.T @ Dd).T)  # Lambda~' Dd dLambda~
             dS = X + X.T
             dld = 0.0
-        diag = np.einsum("ij,ij->i", Linv @ dS, Linv)
-        c = np.cumsum(diag)
-        t1 = c[g - 1] if g else 0.0
-        t2 = c[g + p - 1] if g + p else 0.0
-        t3 = c[-1]
+        t1, t2, t3 = tr_lead(g, dS), tr_lead(g + p, dS), tr_lead(K, dS)
         if reml:
             grad[i] = dld + t2 + (n - p) * (t3 - t2)
         else:
