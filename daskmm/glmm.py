@@ -253,6 +253,37 @@ def _g_outer(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G
                    family, link, groups)
 
 
+def _c_start(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
+             family: int, link: int, size: float | None = None) -> P.CrossedState | None:
+    """In process: the joint PIRLS state at the last evaluation's local modes (or zero)."""
+    _with_size(data, size)
+    n_loc = data.index.Z_loc.shape[1]
+    st = None
+    if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
+        st = P.crossed_state(data, layout, lam, beta, data.u_warm, b_G, family, link)
+    if st is None:
+        st = P.crossed_state(data, layout, lam, beta, np.zeros(n_loc), b_G, family, link)
+    return st
+
+
+def _c_try(data: P.PirlsData, st: P.CrossedState, layout: Layout, lam: dict, beta: np.ndarray,
+           b_G_target: np.ndarray, t: float, family: int, link: int,
+           size: float | None = None) -> P.CrossedState | None:
+    _with_size(data, size)
+    return P.crossed_try(data, st, layout, lam, beta, b_G_target, t, family, link)
+
+
+def _c_summary(st: P.CrossedState | None):
+    if st is None:
+        return (-math.inf, 0.0, math.inf, None, None, (0.0, 0.0))
+    return st.pieces.summary() + (st.step,)
+
+
+def _c_finish(data: P.PirlsData, st: P.CrossedState | None) -> None:
+    if st is not None:
+        data.u_warm = st.u
+
+
 def _g_summary(pt: P.Point):
     return pt.summary() + (pt.step,)
 
@@ -411,6 +442,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         nb = fam_code == K.NEGBIN
         t1 = time.perf_counter()
         where = "in-process" if is_in_process(c) else "distributed"
+        log.info("optimising: %d rows, %s, %s evaluation", n,
+                 ", ".join(f"{k} {v} levels" for k, v in ngroups.items()), where)
         if nb:  # log k is one more free parameter, after beta
             x, optinfo = _optimise(_SizeAppended(crit), theta0, lower,
                                    np.concatenate([beta0, [0.0]]), opts, where)
@@ -603,6 +636,19 @@ def _joint_try(data: P.PirlsData, st: P.JointState, layout: Layout, lam: dict,
     return cand
 
 
+def _joint_outer(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
+                 link: int):
+    """On a cluster, one outer step of stage 1 in one task: the local modes to convergence at
+    ``beta`` (warm), then the fixed-effect Schur pieces there (the client's Newton step for
+    ``beta``)."""
+    if not math.isfinite(P.local_laplace(data, layout, lam, beta, family, link)):
+        data.u_warm = None
+        return None
+    st = P.joint_state(data, *P.local_system(data, layout, lam), data.u_warm, beta, family,
+                       link)
+    return None if st is None else (st.pdev, st.Sx, st.sx, st.logdet, 0.0, 0.0)
+
+
 def _joint_summary(st: P.JointState | None):
     if st is None:
         return None
@@ -632,7 +678,45 @@ class _JointCriterion:
         return [sum(o[i] for o in outs) for i in range(4)] + [max(o[4] for o in outs),
                                                              max(o[5] for o in outs)]
 
+    def _fused(self, theta) -> float:
+        """On a cluster: each outer step one map, the local modes converged inside each task
+        (:func:`_joint_outer`), Newton steps on ``beta`` here."""
+        c = self.c
+        lam = lambdas(self.spec, np.asarray(theta))
+
+        def at(beta):
+            return self._sum(c.gather(c.map(_joint_outer, self.parts, layout=self.layout,
+                                            lam=lam, beta=beta, family=self.family,
+                                            link=self.link, pure=False)))
+        beta = self.beta.copy()
+        cur = at(beta)
+        if cur is None:
+            return math.inf
+        for _ in range(P.MAX_ITER):
+            try:
+                target = np.linalg.solve(cur[1], cur[2])
+            except np.linalg.LinAlgError:
+                break
+            step = float(np.max(np.abs(target - beta), initial=0.0))
+            if step < P.TOL_U * (1.0 + float(np.max(np.abs(beta), initial=0.0))):
+                break
+            t = 1.0
+            while True:
+                new = at(beta + t * (target - beta))
+                if new is not None and new[0] <= cur[0] + 1e-12 * abs(cur[0]):
+                    break
+                if t < 1e-8:
+                    break
+                t *= 0.5
+            if new is None:
+                break
+            beta, cur = beta + t * (target - beta), new
+        self.beta = beta
+        return float(cur[0] + cur[3]) - 2.0 * self.const
+
     def __call__(self, theta) -> float:
+        if not is_in_process(self.c):
+            return self._fused(theta)
         c, kw = self.c, dict(family=self.family, link=self.link, pure=False)
         lam = lambdas(self.spec, np.asarray(theta))
         states = c.map(_joint_start, self.parts, layout=self.layout, lam=lam, beta=self.beta,
@@ -696,8 +780,70 @@ class _GlobalCriterion:
         return ll, uu, logdet, RtR, G, step, scale
 
     def _solve(self, theta, beta, size=None):
-        """PIRLS over local and crossed modes. Each outer step is one map: every partition
-        finds its local modes given ``b_G`` (:func:`_g_outer`), the client then takes the
+        if is_in_process(self.c):
+            return self._solve_joint(theta, beta, size)
+        return self._solve_fused(theta, beta, size)
+
+    def _solve_joint(self, theta, beta, size=None):
+        """In process: PIRLS steps over the local and crossed modes together (lme4's), each the
+        PLS solution at the current weights: the crossed block by its Schur complement here,
+        the local modes from the same block factors in the partition (:func:`_c_try`); the
+        step halved while the penalised deviance rises. No round trips to save, so no inner
+        loop either."""
+        c, lay = self.c, self.layout
+        lam = lambdas(self.spec, np.asarray(theta))
+        Lam_G = self._Lam_G(lam)
+        kw = dict(layout=lay, lam=lam, beta=beta, family=self.family, link=self.link,
+                  size=size)
+        u_G = self.u_G.copy()
+        states = c.map(_c_start, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
+        s = self._sum_states(states)
+        if not math.isfinite(s[0]):
+            u_G = np.zeros(lay.n_G)
+            states = c.map(_c_start, self.parts, b_G=np.zeros(lay.n_G), pure=False, **kw)
+            s = self._sum_states(states)
+            if not math.isfinite(s[0]):
+                return math.inf, None, u_G, lam, None
+        p0 = P.pdev(s[0], s[1]) + float(u_G @ u_G)
+        for _ in range(P.MAX_ITER):
+            try:
+                _, _, u_target = P.global_step(s[4], s[3], Lam_G)
+            except la.LinAlgError:
+                return math.inf, None, u_G, lam, None
+            b_target = Lam_G @ u_target
+            t = 1.0
+            while True:
+                u_c = u_G + t * (u_target - u_G)
+                cands = c.map(_c_try, self.parts, states, b_G_target=b_target, t=t,
+                              pure=False, **kw)
+                new = self._sum_states(cands)
+                p = P.pdev(new[0], new[1]) + float(u_c @ u_c)
+                if p <= p0 + 1e-12 * abs(p0) or t < 1e-8:
+                    break
+                t *= 0.5
+            if not math.isfinite(p):
+                return math.inf, None, u_G, lam, None
+            d_G = float(np.max(np.abs(u_target - u_G), initial=0.0))
+            scale = max(new[6], float(np.max(np.abs(u_G), initial=0.0)))
+            states, u_G, p0, s = cands, u_c, p, new
+            if max(new[5], d_G) < P.TOL_U * (1.0 + scale):  # the full step is tiny
+                break
+        _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)
+        c.gather(c.map(_c_finish, self.parts, states, pure=False))
+        self.u_G = u_G
+        return p0 + s[2] + ld_G, None, u_G, lam, (s[4], s[3], s[2])
+
+    def _sum_states(self, states):
+        out = self.c.gather(self.c.map(_c_summary, states, pure=False))
+        if any(o[3] is None for o in out):
+            return (-math.inf, 0.0, math.inf, None, None, math.inf, 0.0)
+        return (sum(o[0] for o in out), sum(o[1] for o in out), sum(o[2] for o in out),
+                sum(o[3] for o in out), sum(o[4] for o in out),
+                max(o[5][0] for o in out), max(o[5][1] for o in out))
+
+    def _solve_fused(self, theta, beta, size=None):
+        """On a cluster: PIRLS over local and crossed modes. Each outer step is one map: every
+        partition finds its local modes given ``b_G`` (:func:`_g_outer`), the client then takes the
         Newton step of the global block on their Schur complement (halved while the
         penalised deviance rises). A handful of maps an evaluation, not one per PIRLS step."""
         c, lay = self.c, self.layout

@@ -490,21 +490,29 @@ def _global_matrix(data: PirlsData, layout: Layout) -> sp.csr_matrix:
     return ZG
 
 
-def crossed_pieces(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
-                   beta: np.ndarray, b_G: np.ndarray, family: int, link: int
-                   ) -> CrossedPieces | None:
-    """The local modes to convergence given ``b_G`` (warm from ``data.u_warm``), then the
-    Schur pieces there from the same block factors: ``RtR = C' M^{-1} C`` with
-    ``C = Z~_loc' W [Z_G, r]``, ``G = [Z_G, r]' W [Z_G, r]``. None if the modes cannot be
-    found."""
+@dataclass
+class CrossedState:
+    """One partition's PIRLS state with crossed factors at local modes ``u`` (flattened) and
+    the crossed factors' ``b_G``: the pieces for the client's global step, and
+    ``M^{-1} Z~' W [Z_G, r]``, from which the local PLS solution for any global step follows
+    without another factorisation."""
+
+    u: np.ndarray
+    b_G: np.ndarray
+    pieces: CrossedPieces
+    Minv_C: np.ndarray
+    step: tuple[float, float] = (0.0, 0.0)
+
+
+def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
+                  beta: np.ndarray, u: np.ndarray, b_G: np.ndarray, family: int, link: int
+                  ) -> CrossedState | None:
+    """The state at ``(u, b_G)``: weights there, the local block factors, and the Schur pieces
+    ``RtR = C' M^{-1} C`` with ``C = Z~_loc' W [Z_G, r]``, ``G = [Z_G, r]' W [Z_G, r]``. None
+    when the point is unusable."""
     ZG = _global_matrix(data, layout)
-    zg = ZG @ b_G
-    value = local_laplace(data, layout, lam, beta, family, link, eta_extra=zg)
-    if not np.isfinite(value):
-        data.u_warm = None
-        return None
     ZL, ZLT, blocks = local_system(data, layout, lam)
-    u = data.u_warm
+    zg = ZG @ b_G
     zl = ZL @ u
     eta = data.X @ beta + data.offset + zg + zl
     ll, sc, w = row_terms(eta, data.y, data.wt, family, link)
@@ -528,8 +536,39 @@ def crossed_pieces(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     C = np.empty((ZL.shape[1], g + 1))
     C[:, :g] = (ZLT @ WZG).toarray()
     C[:, g] = ZLT @ wr
-    RtR = C.T @ solve_blocks(M, start, size, off, C)
-    return CrossedPieces(float(ll.sum()), float(u @ u), float(logdet), RtR, G)
+    Minv_C = solve_blocks(M, start, size, off, C)
+    pieces = CrossedPieces(float(ll.sum()), float(u @ u), float(logdet), C.T @ Minv_C, G)
+    return CrossedState(u, b_G, pieces, Minv_C)
+
+
+def crossed_try(data: PirlsData, st: CrossedState, layout: Layout, lam: dict[str, np.ndarray],
+                beta: np.ndarray, b_G_target: np.ndarray, t: float, family: int, link: int
+                ) -> CrossedState | None:
+    """One joint PIRLS step from ``st``: the local PLS solution given ``b_G_target``
+    (``u = M^{-1} (Z~' W r - Z~' W Z_G b_G)``, from ``st``'s factors), a fraction ``t`` of the
+    way for both."""
+    g = layout.n_G
+    u_target = st.Minv_C[:, g] - st.Minv_C[:, :g] @ b_G_target
+    new = crossed_state(data, layout, lam, beta, st.u + t * (u_target - st.u),
+                        st.b_G + t * (b_G_target - st.b_G), family, link)
+    if new is not None:
+        new.step = (float(np.max(np.abs(u_target - st.u), initial=0.0)),
+                    float(np.max(np.abs(st.u), initial=0.0)))
+    return new
+
+
+def crossed_pieces(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
+                   beta: np.ndarray, b_G: np.ndarray, family: int, link: int
+                   ) -> CrossedPieces | None:
+    """The local modes to convergence given ``b_G`` (warm from ``data.u_warm``), then the
+    Schur pieces there (:func:`crossed_state`). None if the modes cannot be found."""
+    value = local_laplace(data, layout, lam, beta, family, link,
+                          eta_extra=_global_matrix(data, layout) @ b_G)
+    if not np.isfinite(value):
+        data.u_warm = None
+        return None
+    st = crossed_state(data, layout, lam, beta, data.u_warm, b_G, family, link)
+    return None if st is None else st.pieces
 
 
 def rejected_point(data: PirlsData, layout: Layout) -> Point:
