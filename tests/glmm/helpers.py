@@ -65,9 +65,12 @@ def check_document(doc: dict, ranef: pd.DataFrame, fx: dict) -> None:
     assert np.max(np.abs(m["std_error"] - m["condsd"]) / np.maximum(m["condsd"], floor)) < 1e-3
 
 
-def fit_fixture(fx, client, **kw):
+def fit_fixture(fx, client=None, **kw):
+    """The fixture's fit: on ``client``, or in process when None (the conformance checks run
+    in process; tests/test_execution.py shows cluster fits agree)."""
+    where = {"client": client} if client is not None else {"mode": "in-process"}
     return glmm(fx["formula"], fx["data_path"], fx["family"], nagq=fx["nAGQ"],
-                factors=fx["factors"], client=client, **kw)
+                factors=fx["factors"], **where, **kw)
 
 
 def simulate(seed, family, n=120, m=8):

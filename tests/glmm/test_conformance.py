@@ -15,9 +15,9 @@ from tests.glmm.helpers import LOCAL_FIXTURES, check_document, fit_fixture, load
 
 
 @pytest.mark.parametrize("fid", ["cbpp_agq25", "grouseticks_poisson"])
-def test_conformance_api(fid, client):
+def test_conformance_api(fid):
     fx = load_fixture(fid)
-    fit = fit_fixture(fx, client)
+    fit = fit_fixture(fx)
     assert fit.converged
     check_document(fit.to_dict(), fit.ranef_frame(), fx)
 
@@ -34,11 +34,11 @@ def test_cbpp_laplace(client):
 
 
 @pytest.mark.parametrize("fid", LOCAL_FIXTURES)
-def test_glmer_fits(fid, client):
+def test_glmer_fits(fid):
     """Crossed, correlated slopes, nested with cbind, a two-level factor response, cbpp with a
     tight PIRLS and the negative binomial (glmer.nb), against glmer."""
     fx = load_local(fid)
-    fit = fit_fixture(fx, client)
+    fit = fit_fixture(fx)
     assert fit.converged
     check_document(fit.to_dict(), fit.ranef_frame(), fx)
     if fid == "nb2_glmernb":
