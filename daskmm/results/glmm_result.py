@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy.special import ndtr
 
 from daskmm.results.base import MixedResult
 
@@ -52,7 +52,7 @@ class GlmmResult(MixedResult):
         se = self.se
         z = self.beta / se
         return pd.DataFrame({"term": self.fixef_names, "estimate": self.beta, "std_error": se,
-                             "statistic": z, "p_value": 2 * stats.norm.sf(np.abs(z))})
+                             "statistic": z, "p_value": 2 * ndtr(-np.abs(z))})
 
     def tidy(self) -> pd.DataFrame:
         fe = self.fixef().assign(effect="fixed", group=None)
