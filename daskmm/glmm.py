@@ -9,18 +9,22 @@ The fit:
    whole levels of the primary grouping factor; input that does not is shuffled by it first.
 2. **Start.** ``beta`` from the GLM without random effects (IRLS, each step a map of
    ``X'WX, X'Wz`` over the partitions), ``theta`` at lme4's start (ones on the diagonal).
-3. **Optimisation** of the Laplace (``nagq=1``) or AGQ criterion over ``(theta, beta)``
-   jointly, as glmer's second stage does, by BOBYQA, then a Newton polish on finite differences
-   as for the LMM. Each evaluation finds the conditional modes by PIRLS:
+3. **Optimisation** in glmer's two stages (:func:`daskmm.optimizer.minimize`): BOBYQA over
+   ``theta`` with ``beta`` found with the modes by PIRLS (``nAGQ = 0``, :class:`_JointCriterion`;
+   for nested structures), then BOBYQA over ``(theta, beta)`` on the Laplace (``nagq=1``) or
+   AGQ criterion from there, and a Newton polish on finite differences. Each evaluation finds
+   the conditional modes by PIRLS:
 
    * one scalar random intercept, ``(1 | g)``: per level, inside the partitions, by a compiled
      kernel (:mod:`daskmm.kernels.scalar_re`), which also does adaptive Gauss-Hermite
      quadrature;
    * any other structure the LMM accepts: the blocked PIRLS of :mod:`daskmm.kernels.pirls`.
      Without crossed factors every primary level is independent and each partition iterates to
-     convergence on its own (one map per evaluation). Crossed factors couple the partitions:
-     the client iterates, each PIRLS step one map over the persisted data and a dense solve of
-     the small global block.
+     convergence on its own (one map per evaluation; the per-level blocks factored by the
+     compiled :mod:`daskmm.kernels.block_chol`). Crossed factors couple the partitions: in
+     process, joint PIRLS steps; on a cluster, each outer step one map in which every
+     partition converges its local modes given the crossed ones, and the client takes the
+     Newton step of the small global block (a few maps an evaluation, not one a PIRLS step).
 4. **Results.** ``vcov(beta)`` from the finite-difference Hessian of the criterion in
    ``(theta, beta)`` (glmer's default, ``use.hessian = TRUE``): ``2 [H^-1]_beta``; conditional
    modes and their SDs (lme4's ``condVar``) from the factors at the modes.
@@ -35,7 +39,6 @@ import time
 import types
 import uuid
 
-import dask
 import numpy as np
 import pandas as pd
 import scipy.linalg as la
@@ -754,14 +757,14 @@ class _JointCriterion:
 
 
 class _GlobalCriterion:
-    """Crossed factors: the client iterates PIRLS; each step maps over the persisted data
-    (candidate points stay on the workers) and solves the dense global block here."""
+    """Crossed factors: PIRLS over local and crossed modes, the dense global block solved here
+    (:meth:`_solve_joint` in process, :meth:`_solve_fused` on a cluster); states and points
+    stay where the data are."""
 
     def __init__(self, c, parts, spec, layout, family, link, const):
         self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
         self.family, self.link, self.const = family, link, const
         self.u_G = np.zeros(layout.n_G)
-        self.last_points = None
 
     def _Lam_G(self, lam) -> np.ndarray:
         blocks = [np.kron(np.eye(len(self.layout.global_levels[f])), lam[f])
@@ -859,7 +862,6 @@ class _GlobalCriterion:
             pts = c.map(_g_outer, self.parts, b_G=np.zeros(lay.n_G), pure=False, **kw)
             ll, uu, logdet, RtR, G, _, _ = self._gather(pts)
         p0 = P.pdev(ll, uu) + float(u_G @ u_G)
-        self.maps = getattr(self, "maps", 0) + 1
         for _ in range(P.MAX_ITER):
             try:
                 _, _, u_target = P.global_step(G, RtR, Lam_G)
@@ -873,7 +875,6 @@ class _GlobalCriterion:
                 u_c = u_G + t * (u_target - u_G)
                 cands = c.map(_g_outer, self.parts, b_G=Lam_G @ u_c, pure=False, **kw)
                 s = self._gather(cands)
-                self.maps += 1
                 p = P.pdev(s[0], s[1]) + float(u_c @ u_c)
                 if p <= p0 + 1e-12 * abs(p0) or t < 1e-8:
                     break
@@ -966,6 +967,10 @@ def _predict_partition(df: pd.DataFrame, spec: ModelSpec, resp: Response, beta: 
 
 
 def _persist(c, ddf, spec, resp, family, layout) -> list:
+    if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
+        return c.map(_prepare, [ddf], spec=spec, resp=resp, family=family, layout=layout)
+    import dask
+
     tok = uuid.uuid4().hex[:8]
     prep = dask.delayed(_prepare, pure=False)
     tasks = [prep(p, spec, resp, family, layout, dask_key_name=f"daskmm-glmm-data-{tok}-{i}")

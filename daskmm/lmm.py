@@ -6,14 +6,15 @@ The fit is three steps:
    grouping factors, a metadata pass (:func:`~daskmm.distributed.passes.metadata_pass`) finds
    every level so encodings are frozen, and tells which factors nest in which. The primary
    factor (the one data are partitioned by) is the one whose local blocks are cheapest to
-   factor (:func:`choose_layout`).
+   factor (:func:`daskmm.problem.choose_layout`).
 2. **Statistics.** One pass over the data computes each partition's cross-products on the
    workers. Partitions that split a level of the primary factor are merged by level (single
    factor) or the data are shuffled by that factor first (nested factors).
-3. **Optimisation.** BOBYQA (NLopt, lme4's default ``nloptwrap`` with its tolerances) over
-   ``theta``; each evaluation is one call of an evaluator: in this process when the statistics
-   are small (``mode="gathered"``), or a map + tree reduction on the workers
-   (``mode="distributed"``).
+3. **Optimisation.** L-BFGS-B with the exact gradient of the profiled criterion, then Newton
+   steps to a projected gradient of 1e-8 (BOBYQA, lme4's ``nloptwrap``, as the fallback;
+   :mod:`daskmm.optimizer`); each evaluation with its gradient is one call of an evaluator: in
+   this process (``mode="in-process"`` or ``"gathered"``), or a map + tree reduction on the
+   workers (``mode="distributed"``).
 """
 
 from __future__ import annotations

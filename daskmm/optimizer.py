@@ -110,6 +110,9 @@ class OptSummary:
     def __contains__(self, key: str) -> bool:
         return key in self.__dataclass_fields__
 
+    def items(self):
+        return self.to_dict().items()
+
 
 def projected_gradient(g: np.ndarray, x: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """``g`` with the components that push an active lower bound outwards set to zero."""

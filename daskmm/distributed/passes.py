@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-import dask
 import numpy as np
 import pandas as pd
 
@@ -84,6 +83,10 @@ def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorica
     (rows with a missing value in a used column dropped), and the combined summaries of the
     ``transforms`` whose state needs the whole data (``scale``, ``poly``, ``factor``; ``keys``:
     column -> variable), as a tree reduction."""
+    if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
+        return _meta_partition(ddf, used, categorical, group_cols, transforms, keys)
+    import dask
+
     tok = _token()
     meta = dask.delayed(_meta_partition, pure=False)
     parts = [meta(p, used, categorical, group_cols, transforms, keys,
@@ -115,6 +118,10 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
 
     The spec and layout go out once, as one key each, instead of being pickled into every
     task: unpickling a formula spec per partition costs milliseconds a task."""
+    if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
+        return client.map(_stats_partition, [ddf], spec=spec, layout=layout)
+    import dask
+
     tok = _token()
     spec_d = dask.delayed(spec, name=f"daskmm-spec-{tok}", traverse=False)
     layout_d = dask.delayed(layout, name=f"daskmm-layout-{tok}", traverse=False)

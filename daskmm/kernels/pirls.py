@@ -264,17 +264,6 @@ def pdev(ll: float, uu: float) -> float:
     return -2.0 * ll + uu
 
 
-def _blend(u_old: list[np.ndarray], u_new: list[np.ndarray], t: float) -> list[np.ndarray]:
-    return [a + t * (b - a) for a, b in zip(u_old, u_new)]
-
-
-def max_step(u_old: list[np.ndarray], u_new: list[np.ndarray]) -> tuple[float, float]:
-    """(max |u_new - u_old|, max |u_old|) over the local modes."""
-    d = max((float(np.max(np.abs(b - a))) for a, b in zip(u_old, u_new) if a.size), default=0.0)
-    s = max((float(np.max(np.abs(a))) for a in u_old if a.size), default=0.0)
-    return d, s
-
-
 def _lambda_loc(index: ReIndex, layout: Layout, lam: dict[str, np.ndarray]) -> sp.csr_matrix:
     """The partition's local ``Lambda``: each level group's block, once per level.
 
