@@ -454,7 +454,11 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             x = x[:-1]
         else:
             stage1 = None
-            if isinstance(crit, _LocalCriterion) and opts.get("stages", 2) == 2:
+            # the first stage by default in process; on a cluster each of its PIRLS steps is
+            # a round of maps, which pays only when evaluations are expensive: ask for it
+            # with stages=2
+            stages = opts.get("stages", 2 if is_in_process(c) else 1)
+            if isinstance(crit, _LocalCriterion) and stages == 2:
                 stage1 = _stage1(_JointCriterion(c, parts, spec, layout, fam_code,
                                                  link_obj.code, const, beta0),
                                  theta0, lower, opts, where)
