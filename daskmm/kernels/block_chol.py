@@ -53,43 +53,6 @@ def normal_blocks(indptr, indices, data, w, col_block, start, size, off, total
 
 
 @numba.njit(cache=True, nogil=True)
-def chol_solve_blocks(M, start, size, off, rhs):  # pragma: no cover - compiled
-    """Factor every block in place (lower Cholesky), solve ``M x = rhs``; returns
-    ``(x, log|M|, ok)`` (``ok`` False if a block is not positive definite)."""
-    x = rhs.copy()
-    logdet = 0.0
-    for k in range(start.shape[0]):
-        s = size[k]
-        o = off[k]
-        b = start[k]
-        for j in range(s):
-            d = M[o + j * s + j]
-            for t in range(j):
-                d -= M[o + j * s + t] * M[o + j * s + t]
-            if not d > 0.0:
-                return x, math.inf, False
-            d = math.sqrt(d)
-            M[o + j * s + j] = d
-            logdet += 2.0 * math.log(d)
-            for i in range(j + 1, s):
-                v = M[o + i * s + j]
-                for t in range(j):
-                    v -= M[o + i * s + t] * M[o + j * s + t]
-                M[o + i * s + j] = v / d
-        for i in range(s):  # forward: L y = rhs
-            v = x[b + i]
-            for t in range(i):
-                v -= M[o + i * s + t] * x[b + t]
-            x[b + i] = v / M[o + i * s + i]
-        for i in range(s - 1, -1, -1):  # backward: L' x = y
-            v = x[b + i]
-            for t in range(i + 1, s):
-                v -= M[o + t * s + i] * x[b + t]
-            x[b + i] = v / M[o + i * s + i]
-    return x, logdet, True
-
-
-@numba.njit(cache=True, nogil=True)
 def chol_blocks(M, start, size, off):  # pragma: no cover - compiled
     """Factor every block of ``M`` in place (lower Cholesky); ``(log|M|, ok)``."""
     logdet = 0.0

@@ -42,7 +42,6 @@ import scipy.sparse as sp
 from daskmm.kernels.block_chol import (
     block_layout,
     chol_blocks,
-    chol_solve_blocks,
     normal_blocks,
     solve_blocks,
 )
@@ -338,10 +337,10 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     def solve(w, rhs):
         M = normal_blocks(ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64), ZL.data,
                           w, col_block, start, size, off, total)
-        x, logdet, ok = chol_solve_blocks(M, start, size, off, rhs)
+        logdet, ok = chol_blocks(M, start, size, off)
         if not ok:
             raise RuntimeError("not positive definite")
-        return x, logdet
+        return solve_blocks(M, start, size, off, rhs[:, None])[:, 0], logdet
 
     u = None
     if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
