@@ -92,11 +92,13 @@ def read_local(data, manifest: Manifest | None, columns: list[str] | None = None
                            if not os.path.basename(f).startswith((".", "_")))
         return _read_parquet(files, columns, path)
     sep, compression = csv_checks(fs, paths[0], path)
+    # every column is parsed: with ``usecols`` pandas ignores a row's extra fields, and a
+    # ragged row must be an error here as on a cluster
     with fs.open(paths[0], compression=compression) as fh:
-        header = list(pd.read_csv(fh, sep=sep, nrows=0).columns)
-    usecols = [c for c in columns if c in header] if columns else None
-    with fs.open(paths[0], compression=compression) as fh:
-        return pd.read_csv(fh, sep=sep, usecols=usecols)
+        frame = pd.read_csv(fh, sep=sep)
+    if columns:
+        frame = frame[[c for c in columns if c in frame.columns]]
+    return frame
 
 
 def _read_parquet(files: list[str], columns: list[str] | None, what: str) -> pd.DataFrame:

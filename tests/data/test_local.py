@@ -48,3 +48,16 @@ def test_bad_csv_gets_the_same_message(tmp_path):
     bad.write_text("y,y\n1,2\n")
     with pytest.raises(DataError, match="names the column 'y' twice"):
         read_local(str(bad), None, ["y"])
+
+
+def test_ragged_row_is_an_error_even_outside_the_used_columns(frame, tmp_path):
+    """A row with an extra field fails to parse, as it does on a cluster, even when only the
+    first columns are asked for (pandas' ``usecols`` alone would skip the extra field)."""
+    lines = frame.to_csv(index=False).splitlines()
+    lines[7] += ",7"
+    bad = tmp_path / "ragged.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(pd.errors.ParserError, match="Expected 3 fields"):
+        read_local(str(bad), None, ["y"])
+    with pytest.raises(pd.errors.ParserError, match="Expected 3 fields"):
+        read_data(str(bad)).compute()
