@@ -172,17 +172,18 @@ class ModelSpec:
         texts = {piece: rw.rewrite(piece) for piece in (
             formula.response, formula.fixed, *formula.offsets, *(b.lhs for b in formula.bars))}
         proto = _prototype(schema, categorical, rw)
+        pkey = _proto_key(proto)
         if identifiers(formula.response) & set(categorical):
             raise DataError(
                 f"response {formula.response!r} is not numeric; a linear mixed model needs a "
                 "numeric response")
         resp = _materialize(f"0 + {texts[formula.response]}", proto,
-                            f"response {formula.response!r}")
+                            f"response {formula.response!r}", pkey)
         if len(resp.column_names) != 1:
             raise FormulaError(f"the response {formula.response!r} must be one numeric column")
         fixed = _materialize(texts[formula.fixed], proto,
-                             f"fixed part {formula.fixed!r}")
-        offsets = [_materialize(f"0 + {texts[o]}", proto, f"offset {o!r}")
+                             f"fixed part {formula.fixed!r}", pkey)
+        offsets = [_materialize(f"0 + {texts[o]}", proto, f"offset {o!r}", pkey)
                    for o in formula.offsets]
         # group terms by factor; order terms by decreasing number of levels (lme4, stable)
         bars = list(formula.bars)
@@ -195,7 +196,7 @@ class ModelSpec:
         for i in order:
             b = bars[i]
             ts = _materialize(texts[b.lhs], proto,
-                              f"random-effect term ({b.lhs} | {b.factor_name})")
+                              f"random-effect term ({b.lhs} | {b.factor_name})", pkey)
             cols = [rw.r_name(c) for c in ts.column_names]
             if not cols:
                 raise FormulaError(f"random-effect term ({b.lhs} | {b.factor_name}) has no columns")
@@ -402,13 +403,35 @@ def _dense(spec: object, frame: _LazyFrame, n: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _materialize(text: str, proto: pd.DataFrame, what: str):
+_SPEC_CACHE: dict[tuple, object] = {}
+SPEC_CACHE_SIZE = 256
+"""formulaic specs kept per (text, prototype): building one costs milliseconds, a fit of a
+small model a few more, and a service or a loop fits the same formula many times."""
+
+
+def _proto_key(proto: pd.DataFrame) -> tuple:
+    """What :func:`_prototype` put in ``proto``: each column's name and levels (numeric
+    columns all hold the same values), and the row count."""
+    return (len(proto),) + tuple(
+        (c, tuple(proto[c].cat.categories) if isinstance(proto[c].dtype, pd.CategoricalDtype)
+         else None) for c in proto.columns)
+
+
+def _materialize(text: str, proto: pd.DataFrame, what: str, key: tuple | None = None):
     """formulaic's spec of ``text`` (rewritten by the Rewriter); ``what`` names the piece, as
-    the user wrote it, in the message."""
+    the user wrote it, in the message. ``key`` (:func:`_proto_key` of ``proto``) looks it up
+    in, and adds it to, a bounded cache; formulaic's specs are immutable."""
+    if key is not None and (text, key) in _SPEC_CACHE:
+        return _SPEC_CACHE[text, key]
     try:
-        return model_matrix(text, proto, na_action="ignore").model_spec
+        spec = model_matrix(text, proto, na_action="ignore").model_spec
     except (FormulaicError, Exception) as exc:  # formulaic raises plain errors for some syntax
         raise FormulaError(f"cannot understand the {what}: {str(exc).splitlines()[0]}") from exc
+    if key is not None:
+        if len(_SPEC_CACHE) >= SPEC_CACHE_SIZE:
+            _SPEC_CACHE.pop(next(iter(_SPEC_CACHE)))
+        _SPEC_CACHE[text, key] = spec
+    return spec
 
 
 def _prototype(schema: dict[str, object], categorical: dict[str, list[str]],

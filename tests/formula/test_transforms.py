@@ -116,3 +116,20 @@ def test_unsupported_calls_say_what_is_allowed(formula, match):
     df = pd.DataFrame({"y": [1.0, 2, 3, 4], "x": [1.0, 2, 3, 5], "g": [1, 1, 2, 2]})
     with pytest.raises(FormulaError, match=match):
         _spec(formula, df)
+
+
+def test_cached_specs_follow_levels_and_frozen_state():
+    """formulaic specs are cached per formula and prototype: a second build with other levels
+    or another ``scale()`` state gets its own columns and values, not the first build's."""
+    df = pd.DataFrame({"y": [1.0, 2, 3, 4, 5, 6], "x": [1.0, 2, 3, 5, 8, 13],
+                       "f": ["a", "b", "a", "b", "c", "c"], "g": [1, 1, 2, 2, 3, 3]})
+    two = _spec("y ~ f + (1 | g)", df.iloc[:4], {"f": ["a", "b"]})
+    three = _spec("y ~ f + (1 | g)", df, {"f": ["a", "b", "c"]})
+    assert two.fixef_names == ["(Intercept)", "fb"]
+    assert three.fixef_names == ["(Intercept)", "fb", "fc"]
+    first = _spec("y ~ scale(x) + (1 | g)", df.iloc[:4]).encode(df.iloc[:4])
+    again = _spec("y ~ scale(x) + (1 | g)", df).encode(df)
+    x = df["x"].to_numpy()
+    np.testing.assert_allclose(again.X[:, 1], (x - x.mean()) / x.std(ddof=1), rtol=1e-12)
+    x4 = x[:4]
+    np.testing.assert_allclose(first.X[:, 1], (x4 - x4.mean()) / x4.std(ddof=1), rtol=1e-12)
