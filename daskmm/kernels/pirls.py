@@ -42,6 +42,7 @@ import scipy.sparse as sp
 from daskmm.kernels.block_chol import (
     block_layout,
     chol_blocks,
+    crossed_products,
     normal_blocks,
     solve_blocks,
 )
@@ -335,7 +336,8 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         return -2.0 * ll.sum() + u @ u, sc, w
 
     def solve(w, rhs):
-        M = normal_blocks(ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64), ZL.data,
+        M = normal_blocks(ZL.indptr.astype(np.int64, copy=False),
+                          ZL.indices.astype(np.int64, copy=False), ZL.data,
                           w, col_block, start, size, off, total)
         logdet, ok = chol_blocks(M, start, size, off)
         if not ok:
@@ -394,13 +396,21 @@ class JointState:
 def local_system(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray]):
     """``Z~ = Z Lambda`` (CSR), its transpose and the block layout of ``M``."""
     idx = data.index
-    ZL = (idx.Z_loc @ _lambda_loc(idx, layout, lam)).tocsr()
-    ZL.sum_duplicates()
     blocks = getattr(idx, "_blocks", None)
     if blocks is None:  # one block per primary level, in the flattened order
         blocks = idx._blocks = block_layout(np.concatenate(
             [np.full(m, s, dtype=np.int64) for m, s in idx.group_shapes] or [np.zeros(0)]))
-    return ZL, ZL.T.tocsr(), blocks
+    # every PIRLS step of one evaluation has the same Lambda: build Z~ once for it
+    key = tuple((f, lam[f].tobytes()) for f in sorted(lam))
+    cached = getattr(idx, "_ZL", None)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2], blocks
+    ZL = (idx.Z_loc @ _lambda_loc(idx, layout, lam)).tocsr()
+    ZL.sum_duplicates()
+    ZL.indptr, ZL.indices = ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64)
+    ZLT = ZL.T.tocsr()
+    idx._ZL = (key, ZL, ZLT)
+    return ZL, ZLT, blocks
 
 
 def joint_state(data: PirlsData, ZL, ZLT, blocks, u: np.ndarray, beta: np.ndarray,
@@ -414,7 +424,8 @@ def joint_state(data: PirlsData, ZL, ZLT, blocks, u: np.ndarray, beta: np.ndarra
     w = np.maximum(w, _W_MIN)
     start, size, off, col_block = blocks
     total = int(np.sum(size * size))
-    M = normal_blocks(ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64), ZL.data, w,
+    M = normal_blocks(ZL.indptr.astype(np.int64, copy=False),
+                      ZL.indices.astype(np.int64, copy=False), ZL.data, w,
                       col_block, start, size, off, total)
     logdet, ok = chol_blocks(M, start, size, off)
     if not ok:
@@ -474,6 +485,8 @@ def _global_matrix(data: PirlsData, layout: Layout) -> sp.csr_matrix:
                 vals.append(data.Z[f][:, j])
         ZG = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                            shape=(n, layout.n_G))
+        ZG.sum_duplicates()
+        ZG.indptr, ZG.indices = ZG.indptr.astype(np.int64), ZG.indices.astype(np.int64)
         data._ZG = ZG
     return ZG
 
@@ -508,22 +521,14 @@ def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         return None
     w = np.maximum(w, _W_MIN)
     start, size, off, col_block = blocks
-    M = normal_blocks(ZL.indptr.astype(np.int64), ZL.indices.astype(np.int64), ZL.data, w,
+    M = normal_blocks(ZL.indptr, ZL.indices, ZL.data, w,
                       col_block, start, size, off, int(np.sum(size * size)))
     logdet, ok = chol_blocks(M, start, size, off)
     if not ok:
         return None
     r = zl + zg + sc / w
-    wr = w * r
-    WZG = ZG.multiply(w[:, None]).tocsr()  # Z_G stays sparse: rows x n_G dense would not fit
-    g = layout.n_G
-    G = np.empty((g + 1, g + 1))
-    G[:g, :g] = (ZG.T @ WZG).toarray()
-    G[:g, g] = G[g, :g] = ZG.T @ wr
-    G[g, g] = r @ wr
-    C = np.empty((ZL.shape[1], g + 1))
-    C[:, :g] = (ZLT @ WZG).toarray()
-    C[:, g] = ZLT @ wr
+    G, C = crossed_products(ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data,
+                            w, r, ZL.shape[1], layout.n_G)
     Minv_C = solve_blocks(M, start, size, off, C)
     pieces = CrossedPieces(float(ll.sum()), float(u @ u), float(logdet), C.T @ Minv_C, G)
     return CrossedState(u, b_G, pieces, Minv_C)
