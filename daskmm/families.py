@@ -79,12 +79,16 @@ class Family:
         Allowed links, the default first.
     label : str
         As printed in messages.
+    canonical : str or None
+        The canonical link, for which Fisher scoring (PIRLS) is Newton's method and converges
+        quadratically (the negative binomial's log link is not its canonical one).
     """
 
     name: str
     code: int | None
     links: tuple[str, ...]
     label: str
+    canonical: str | None = None
 
     @property
     def default_link(self) -> str:
@@ -142,9 +146,10 @@ class Family:
 
 
 FAMILIES = {
-    "gaussian": Family("gaussian", None, ("identity",), "Gaussian"),
-    "binomial": Family("binomial", BINOMIAL, ("logit", "probit", "cloglog"), "binomial"),
-    "poisson": Family("poisson", POISSON, ("log",), "Poisson"),
+    "gaussian": Family("gaussian", None, ("identity",), "Gaussian", "identity"),
+    "binomial": Family("binomial", BINOMIAL, ("logit", "probit", "cloglog"), "binomial",
+                       "logit"),
+    "poisson": Family("poisson", POISSON, ("log",), "Poisson", "log"),
     "negative_binomial": Family("negative_binomial", NEGBIN, ("log",), "negative binomial"),
 }
 ALIASES = {"nbinom2": "negative_binomial", "negbin": "negative_binomial", "normal": "gaussian"}

@@ -435,7 +435,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         if scalar:
             crit = _ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const)
         elif glob:
-            crit = _GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const)
+            crit = _GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
+                                    newton=link == fam.canonical)
         else:
             crit = _LocalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const)
         if not keep.all():
@@ -765,9 +766,10 @@ class _GlobalCriterion:
     (:meth:`_solve_joint` in process, :meth:`_solve_fused` on a cluster); states and points
     stay where the data are."""
 
-    def __init__(self, c, parts, spec, layout, family, link, const):
+    def __init__(self, c, parts, spec, layout, family, link, const, newton=False):
         self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
         self.family, self.link, self.const = family, link, const
+        self.newton = newton  # a canonical link: PIRLS is Newton's method
         self.u_G = np.zeros(layout.n_G)
 
     def _Lam_G(self, lam) -> np.ndarray:
@@ -812,6 +814,7 @@ class _GlobalCriterion:
             if not math.isfinite(s[0]):
                 return math.inf, None, u_G, lam, None
         p0 = P.pdev(s[0], s[1]) + float(u_G @ u_G)
+        prev = None  # the last full step's size
         for _ in range(P.MAX_ITER):
             try:
                 _, _, u_target = P.global_step(s[4], s[3], Lam_G)
@@ -833,8 +836,13 @@ class _GlobalCriterion:
             d_G = float(np.max(np.abs(u_target - u_G), initial=0.0))
             scale = max(new[6], float(np.max(np.abs(u_G), initial=0.0)))
             states, u_G, p0, s = cands, u_c, p, new
-            if max(new[5], d_G) < P.TOL_U * (1.0 + scale):  # the full step is tiny
+            step = max(new[5], d_G)
+            if step < P.TOL_U * (1.0 + scale):  # the full step is tiny
                 break
+            if self.newton and t == 1.0 and prev is not None and \
+                    max(1.0, step / prev ** 2) * step ** 2 < P.TOL_U * (1.0 + scale):
+                break  # Newton: the point reached is within C step^2 of the modes
+            prev = step if t == 1.0 else None
         _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)
         c.gather(c.map(_c_finish, self.parts, states, pure=False))
         self.u_G = u_G

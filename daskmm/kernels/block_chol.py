@@ -17,6 +17,8 @@ import math
 import numba
 import numpy as np
 
+from daskmm.kernels.scalar_re import _row
+
 
 def block_layout(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(start, size, off, col_block)`` for blocks of the given sizes, in order."""
@@ -101,37 +103,70 @@ def solve_blocks(L, start, size, off, R):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def crossed_products(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, w, r, n_loc, n_g
-                     ):  # pragma: no cover - compiled
-    """The crossed PIRLS step's products in one pass over the rows, for ``Z~`` (local
-    columns, CSR), ``Z_G`` (global columns, CSR), weights ``w`` and working response ``r``:
+def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, family,
+                 link, col_block, start, size, off, total, w_min, w_max
+                 ):  # pragma: no cover - compiled
+    """One crossed PIRLS state in one pass over the rows: ``eta = eta0 + Z~ u + Z_G b_G``, each
+    row's log-likelihood, score and weight there (:func:`daskmm.kernels.scalar_re._row`), the
+    working response ``r = eta - eta0 + score / w``, and from them the factored blocks of
+    ``M = Z~' W Z~ + I`` and the products
 
     * ``G = [Z_G, r]' W [Z_G, r]``, ``(n_g + 1) x (n_g + 1)``;
     * ``C = Z~' W [Z_G, r]``, ``n_loc x (n_g + 1)``.
 
-    Each row touches a few columns of each, so this is ``O(n nnz_row^2)``: the sparse matrix
-    products it replaces cost more in their set-up than in their arithmetic."""
+    Each row touches a few columns of each, so this is ``O(n nnz_row^2)``: sparse matrix
+    products cost more in their set-up than in this arithmetic.
+
+    Returns ``(ok, ll, logdet, M, G, C)``; ``ok`` is False when a row's log-likelihood is not
+    finite, a weight reaches ``w_max`` or a block is not positive definite."""
+    n_loc = col_block.shape[0]
+    n_g = b_G.shape[0]
+    M = np.zeros(total)
     G = np.zeros((n_g + 1, n_g + 1))
     C = np.zeros((n_loc, n_g + 1))
+    ll = 0.0
     n = l_ptr.shape[0] - 1
     for i in range(n):
-        wi = w[i]
-        wri = wi * r[i]
+        lo = l_ptr[i]
+        hi = l_ptr[i + 1]
         g_lo = g_ptr[i]
         g_hi = g_ptr[i + 1]
-        for a in range(g_lo, g_hi):
-            ja = g_idx[a]
-            va = g_val[a] * wi
-            for b in range(g_lo, g_hi):
-                G[ja, g_idx[b]] += va * g_val[b]
-            G[ja, n_g] += g_val[a] * wri
-        G[n_g, n_g] += r[i] * wri
-        for a in range(l_ptr[i], l_ptr[i + 1]):
-            ja = l_idx[a]
-            va = l_val[a] * wi
-            for b in range(g_lo, g_hi):
-                C[ja, g_idx[b]] += va * g_val[b]
-            C[ja, n_g] += l_val[a] * wri
+        d = 0.0
+        for p in range(lo, hi):
+            d += l_val[p] * u[l_idx[p]]
+        for p in range(g_lo, g_hi):
+            d += g_val[p] * b_G[g_idx[p]]
+        li, sc, wi = _row(eta0[i] + d, y[i], wt[i], family, link)
+        if not (math.isfinite(li) and wi < w_max):
+            return False, ll, 0.0, M, G, C
+        ll += li
+        if wi < w_min:
+            wi = w_min
+        ri = d + sc / wi
+        wri = wi * ri
+        for p in range(lo, hi):
+            ja = l_idx[p]
+            k = col_block[ja]
+            s = size[k]
+            va = l_val[p] * wi
+            base = off[k] + (ja - start[k]) * s - start[k]
+            for q in range(lo, hi):
+                M[base + l_idx[q]] += va * l_val[q]
+            for q in range(g_lo, g_hi):
+                C[ja, g_idx[q]] += va * g_val[q]
+            C[ja, n_g] += l_val[p] * wri
+        for p in range(g_lo, g_hi):
+            ja = g_idx[p]
+            va = g_val[p] * wi
+            for q in range(g_lo, g_hi):
+                G[ja, g_idx[q]] += va * g_val[q]
+            G[ja, n_g] += g_val[p] * wri
+        G[n_g, n_g] += ri * wri
     for a in range(n_g):
         G[n_g, a] = G[a, n_g]
-    return G, C
+    for k in range(start.shape[0]):
+        s = size[k]
+        for a in range(s):
+            M[off[k] + a * s + a] += 1.0
+    logdet, ok = chol_blocks(M, start, size, off)
+    return ok, ll, logdet, M, G, C

@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from daskmm.kernels.block_chol import (
     block_layout,
     chol_blocks,
-    crossed_products,
+    crossed_pass,
     normal_blocks,
     solve_blocks,
 )
@@ -505,6 +505,16 @@ class CrossedState:
     step: tuple[float, float] = (0.0, 0.0)
 
 
+def _eta_fixed(data: PirlsData, beta: np.ndarray) -> np.ndarray:
+    """``X beta + offset``, kept for the last ``beta`` (every PIRLS step of an evaluation)."""
+    cached = getattr(data, "_eta_fixed", None)
+    if cached is not None and np.array_equal(cached[0], beta):
+        return cached[1]
+    eta0 = data.X @ beta + data.offset
+    data._eta_fixed = (np.array(beta, dtype=float), eta0)
+    return eta0
+
+
 def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
                   beta: np.ndarray, u: np.ndarray, b_G: np.ndarray, family: int, link: int
                   ) -> CrossedState | None:
@@ -512,25 +522,16 @@ def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     ``RtR = C' M^{-1} C`` with ``C = Z~_loc' W [Z_G, r]``, ``G = [Z_G, r]' W [Z_G, r]``. None
     when the point is unusable."""
     ZG = _global_matrix(data, layout)
-    ZL, ZLT, blocks = local_system(data, layout, lam)
-    zg = ZG @ b_G
-    zl = ZL @ u
-    eta = data.X @ beta + data.offset + zg + zl
-    ll, sc, w = row_terms(eta, data.y, data.wt, family, link)
-    if not (np.isfinite(ll).all() and np.all(w < _W_MAX)):
-        return None
-    w = np.maximum(w, _W_MIN)
+    ZL, _, blocks = local_system(data, layout, lam)
     start, size, off, col_block = blocks
-    M = normal_blocks(ZL.indptr, ZL.indices, ZL.data, w,
-                      col_block, start, size, off, int(np.sum(size * size)))
-    logdet, ok = chol_blocks(M, start, size, off)
+    ok, ll, logdet, M, G, C = crossed_pass(
+        ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, u, b_G,
+        _eta_fixed(data, beta), data.y, data.wt, family, link, col_block, start, size, off,
+        int(np.sum(size * size)), _W_MIN, _W_MAX)
     if not ok:
         return None
-    r = zl + zg + sc / w
-    G, C = crossed_products(ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data,
-                            w, r, ZL.shape[1], layout.n_G)
     Minv_C = solve_blocks(M, start, size, off, C)
-    pieces = CrossedPieces(float(ll.sum()), float(u @ u), float(logdet), C.T @ Minv_C, G)
+    pieces = CrossedPieces(float(ll), float(u @ u), float(logdet), C.T @ Minv_C, G)
     return CrossedState(u, b_G, pieces, Minv_C)
 
 

@@ -58,3 +58,45 @@ def test_batched_block_factor_equals_entrywise(s, monkeypatch):
     np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got[2][0], want[2][0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got[2][1], want[2][1], rtol=1e-10, atol=1e-12)
+
+
+def test_crossed_pass_equals_dense_algebra():
+    """One crossed PIRLS state from the one-pass kernel equals dense algebra: the
+    log-likelihood at ``eta = eta0 + Z~ u + Z_G b_G``, ``log|M|`` of ``M = Z~' W Z~ + I``
+    (blocks of 2: a random slope), ``G = [Z_G, r]' W [Z_G, r]`` and ``C = Z~' W [Z_G, r]``."""
+    import scipy.sparse as sp
+    from scipy.special import expit
+
+    from daskmm.kernels.block_chol import block_layout, crossed_pass
+
+    rng = np.random.default_rng(5)
+    n, m, n_g = 600, 30, 12
+    lev = rng.integers(0, m, n)  # each row: its level's intercept and slope columns
+    x = rng.normal(size=n)
+    rows = np.repeat(np.arange(n), 2)
+    ZL = sp.csr_matrix((np.column_stack([0.8 + 0 * x, 0.5 * x]).ravel(),
+                        (rows, np.column_stack([2 * lev, 2 * lev + 1]).ravel())),
+                       shape=(n, 2 * m))
+    ZG = sp.csr_matrix((rng.normal(size=2 * n), (rows, np.concatenate(
+        [rng.choice(n_g, 2, replace=False) for _ in range(n)]))), shape=(n, n_g))
+    for z in (ZL, ZG):
+        z.indptr, z.indices = z.indptr.astype(np.int64), z.indices.astype(np.int64)
+    u, b_G = 0.3 * rng.normal(size=2 * m), 0.3 * rng.normal(size=n_g)
+    eta0, y, wt = rng.normal(size=n), rng.integers(0, 2, n).astype(float), np.ones(n)
+    start, size, off, col_block = block_layout(np.full(m, 2))
+    ok, ll, logdet, _, G, C = crossed_pass(
+        ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, u, b_G, eta0, y, wt,
+        K.BINOMIAL, K.LOGIT, col_block, start, size, off, 4 * m, 1e-300, 1e100)
+    assert ok
+    Zl, Zg = ZL.toarray(), ZG.toarray()
+    eta = eta0 + Zl @ u + Zg @ b_G
+    mu = expit(eta)
+    w = mu * (1 - mu)
+    r = Zl @ u + Zg @ b_G + (y - mu) / w
+    A = np.column_stack([Zg, r])
+    assert ll == pytest.approx(float(np.sum(y * np.log(mu) + (1 - y) * np.log1p(-mu))),
+                               rel=1e-12)
+    M = Zl.T @ (w[:, None] * Zl) + np.eye(2 * m)
+    assert logdet == pytest.approx(np.linalg.slogdet(M)[1], rel=1e-12)
+    np.testing.assert_allclose(G, A.T @ (w[:, None] * A), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(C, Zl.T @ (w[:, None] * A), rtol=1e-12, atol=1e-12)
