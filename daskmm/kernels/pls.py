@@ -91,20 +91,24 @@ def sparse_B(group: LevelGroup) -> sp.csr_matrix | None:
     return out
 
 
-def _level_blocks(W: np.ndarray) -> sp.csr_matrix:
-    """``blockdiag(W_1, ..., W_m)`` for ``W`` of shape (m, s, s)."""
-    m, s, _ = W.shape
-    if s == 1:
-        return sp.diags(W[:, 0, 0], format="csr")
-    base = (np.arange(m) * s)[:, None, None]
-    rows = np.broadcast_to(base + np.arange(s)[None, :, None], W.shape).ravel()
-    cols = np.broadcast_to(base + np.arange(s)[None, None, :], W.shape).ravel()
-    return sp.csr_matrix((W.ravel(), (rows, cols)), shape=(m * s, m * s))
-
-
 def sparse_rtr(Bsp: sp.csr_matrix, W: np.ndarray) -> np.ndarray:
-    """``sum_l B_l' W_l B_l`` (dense ``k x k``) for sparse ``B`` and per-level ``W`` (m, s, s)."""
-    return np.asarray((Bsp.T @ (_level_blocks(W) @ Bsp)).toarray())
+    """``sum_l B_l' W_l B_l`` (dense ``k x k``) for sparse ``B`` and symmetric per-level ``W``
+    (m, s, s)."""
+    return sparse_rtrs(Bsp, W[None])[0]
+
+
+def sparse_rtrs(Bsp: sp.csr_matrix, Ws: np.ndarray) -> np.ndarray:
+    """:func:`sparse_rtr` for several ``W`` (T, m, s, s) in one pass over ``B``, by the compiled
+    :func:`~daskmm.kernels.level_quad.level_quads` (imported here: only large crossed
+    problems need it)."""
+    from daskmm.kernels.level_quad import level_quads
+
+    if Bsp.indptr.dtype != np.int64:
+        Bsp.indptr, Bsp.indices = Bsp.indptr.astype(np.int64), Bsp.indices.astype(np.int64)
+    if not Bsp.has_sorted_indices:
+        Bsp.sort_indices()
+    return level_quads(Bsp.indptr, Bsp.indices, Bsp.data,
+                       np.ascontiguousarray(Ws, dtype=float), Bsp.shape[1])
 
 
 class Workspace:
@@ -249,6 +253,26 @@ def _eval_group_batched(group: LevelGroup, Lam: np.ndarray, keep_factors: bool):
     return logdet, RtR
 
 
+def diagonal_of(A: sp.spmatrix) -> np.ndarray | None:
+    """The diagonal of a square sparse matrix that has no other entries, else None (scalar
+    random effects make ``Lambda~`` and its derivatives diagonal)."""
+    A = A.tocoo()
+    if not np.array_equal(A.row, A.col):
+        return None
+    out = np.zeros(A.shape[0])
+    np.add.at(out, A.row, A.data)
+    return out
+
+
+def scale_sym(Lam: sp.spmatrix, D: np.ndarray) -> np.ndarray:
+    """``Lam' D Lam`` for symmetric dense ``D``: two column scalings when ``Lam`` is diagonal
+    (a sparse-dense product costs ten times more at ``k`` in the thousands)."""
+    d = diagonal_of(Lam)
+    if d is not None:
+        return d[:, None] * D * d[None, :]
+    return np.asarray(Lam.T @ (Lam.T @ D).T)
+
+
 @dataclass
 class Profile:
     """Stage 2: the global factor and the profiled criterion at one ``theta``."""
@@ -297,11 +321,13 @@ def profiled(G: np.ndarray, RtR: np.ndarray, logdet_loc: float, LamT: sp.csr_mat
     D = G - RtR
     S = 0.5 * (D + D.T)
     if n_G:
-        S = np.asarray(LamT.T @ (LamT.T @ S).T)  # Lambda~' D Lambda~ (D symmetric)
+        S = scale_sym(LamT, S)  # Lambda~' D Lambda~ (D symmetric)
         S[np.arange(n_G), np.arange(n_G)] += 1.0
-    try:
-        L_S = np.linalg.cholesky(S)
-    except np.linalg.LinAlgError:
+    # scipy's LAPACK, as the inverse of profiled_grad: numpy and scipy each bundle an OpenBLAS
+    # whose idle threads spin, so alternating between the two costs both several times over.
+    # S is symmetric: its transpose is the same matrix in Fortran order, factored in place
+    L_S, info = la.lapack.dpotrf(S.T, lower=1, overwrite_a=1, clean=1)
+    if info:
         return Profile(np.inf, np.full_like(S, np.nan), np.inf, np.inf, np.inf, n, p, n_G)
     d = np.diagonal(L_S)
     ldL2 = logdet_loc + 2.0 * np.log(d[:n_G]).sum()
@@ -403,19 +429,23 @@ def eval_group_grad(group: LevelGroup, Lam: np.ndarray, dLams: list[np.ndarray])
     Bf = None if Bm is None else Bm.reshape(m * s, k)
 
     def quad(X):
-        return sparse_rtr(Bsp, X) if Bsp is not None else Bf.T @ (X @ Bm).reshape(m * s, k)
-    RtR = quad(W)
+        return Bf.T @ (X @ Bm).reshape(m * s, k)
     PA = (P @ A).sum(axis=0)  # sum_l P_l A_l, for the log-determinant derivatives
     dlogdet = np.empty(len(dLams))
-    dRtR = np.empty((len(dLams), k, k))
+    Cs = []
     for i, D in enumerate(dLams):
         dlogdet[i] = 2.0 * float(np.sum(PA * D.T))
         dM = D.T @ AL
         dM = dM + np.swapaxes(dM, 1, 2)
         DP = D @ P
-        C = DP + np.swapaxes(DP, 1, 2) - np.swapaxes(P, 1, 2) @ dM @ P
+        Cs.append(DP + np.swapaxes(DP, 1, 2) - np.swapaxes(P, 1, 2) @ dM @ P)
+    if Bsp is not None:  # one pass over the sparse B for all of them
+        quads = sparse_rtrs(Bsp, np.stack([W, *Cs]))
+        return logdet, quads[0], dlogdet, quads[1:]
+    dRtR = np.empty((len(dLams), k, k))
+    for i, C in enumerate(Cs):
         dRtR[i] = quad(C)
-    return logdet, RtR, dlogdet, dRtR
+    return logdet, quad(W), dlogdet, dRtR
 
 
 def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.ndarray,
@@ -442,45 +472,93 @@ def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.nda
     """
     g, p, n = prof.n_G, prof.p, prof.n
     K = prof.L_S.shape[0]
+    # scipy's LAPACK and BLAS throughout (see profiled); the lower triangle of S^{-1} only:
+    # L_S is clean above its diagonal, so Sinv is zero there
     Sinv, info = la.lapack.dpotri(prof.L_S, lower=1)
     if info:
         raise np.linalg.LinAlgError("the Schur complement's factor is singular")
-    Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
-    # S_j^{-1} of a leading block = Sinv[:j, :j] - U V U' with U = Sinv[:j, j:] and
-    # V = (Sinv[j:, j:])^{-1}: the trailing rows (X and y, or y) are few
+    diag = np.diagonal(Sinv).copy()
+    # T = the full S^{-1}'s columns g.. (the fixed effects and the response; few)
+    T = np.array(Sinv[g:, :].T, order="C")  # a copy: for g = 0 a view would write into Sinv
+    tail = Sinv[g:, g:]
+    T[g:, :] = np.tril(tail) + np.tril(tail, -1).T
+    # S_j^{-1} of a leading block = S^{-1}[:j, :j] - U V U' with U = S^{-1}[:j, j:] and
+    # V = (S^{-1}[j:, j:])^{-1}
     lead = {}
     for j in {g, g + p}:
         if 0 < j < K:
-            U = Sinv[:j, j:]
-            lead[j] = (U, np.linalg.inv(Sinv[j:, j:]))
-    Dd = G - RtR
-    Dd = 0.5 * (Dd + Dd.T)
+            lead[j] = (T[:j, j - g:], np.linalg.inv(T[j:, j - g:]))
 
-    def tr_lead(j: int, dS: np.ndarray) -> float:
+    def traces(dS: np.ndarray) -> tuple[float, float, float]:
+        """``tr(S_j^{-1} dS_j)`` for the leading blocks ``j = g, g + p, K`` of a symmetric
+        ``dS``: one pass over ``S^{-1} * dS`` and one product with ``T``."""
+        P = Sinv * dS  # lower triangle: the full trace sums it twice, less the diagonal
+        dd = diag * np.diagonal(dS)
+        total = float(P.sum())
+        Y = la.blas.dgemm(1.0, dS.T, T) if g < K else None  # dS T (dS.T: Fortran order)
+        out = []
+        for j in (g, g + p, K):
+            if j == 0:
+                out.append(0.0)
+                continue
+            t = 2.0 * (total - float(P[j:, :].sum())) - float(dd[:j].sum())
+            if j < K:
+                U, V = lead[j]
+                Z = Y[:j, j - g:] - dS[:j, j:] @ T[j:, j - g:]  # dS[:j, :j] U
+                t -= float(np.sum(V * (U.T @ Z)))
+            out.append(t)
+        return out[0], out[1], out[2]
+
+    dd_cache = []
+
+    def Dd() -> np.ndarray:
+        if not dd_cache:
+            D = G - RtR
+            dd_cache.append(0.5 * (D + D.T))
+        return dd_cache[0]
+
+    lam_d = diagonal_of(LamT) if g else None
+    inv_diag = {}  # diagonals of the leading blocks' inverses, when a shortcut needs them
+
+    def lead_diag(j: int) -> np.ndarray:
+        if j not in inv_diag:
+            if j == K:
+                inv_diag[j] = diag
+            else:
+                U, V = lead[j]
+                inv_diag[j] = diag[:j] - np.sum((U @ V) * U, axis=1)
+        return inv_diag[j]
+
+    def tr_scalar(j: int, e: np.ndarray) -> float:
+        # tr(S_j^{-1} dS_j) for a diagonal Lambda~ and dLambda~ = diag(e) on global columns
+        # with lambda > 0 there: Lambda~' D = (S - diag(I_G, 0)) Lambda~^{-1}, so the trace is
+        # 2 sum_c (e_c / lambda_c) (1 - [S_j^{-1}]_cc), from the diagonal of S_j^{-1} alone
         if j == 0:
             return 0.0
-        if j == K:
-            return float(np.sum(Sinv * dS))
-        U, V = lead[j]
-        D = dS[:j, :j]
-        return float(np.sum(Sinv[:j, :j] * D) - np.sum(V * (U.T @ (D @ U))))
+        c = np.flatnonzero(e[:j])
+        return float(2.0 * np.sum(e[c] / lam_d[c] * (1.0 - lead_diag(j)[c])))
 
     grad = np.empty(len(dLamT))
     k_loc = 0
     for i, dL in enumerate(dLamT):
-        if dL is None and not g:  # no global factors: Lambda~ is the identity
-            dS = -dRtR[k_loc]
-            dld = dlogdet[k_loc]
-            k_loc += 1
-        elif dL is None:
-            dS = -np.asarray(LamT.T @ (LamT.T @ dRtR[k_loc]).T)
-            dld = dlogdet[k_loc]
-            k_loc += 1
-        else:
-            X = np.asarray(LamT.T @ (dL.T @ Dd).T)  # Lambda~' Dd dLambda~
-            dS = X + X.T
+        e = diagonal_of(dL) if dL is not None and lam_d is not None else None
+        if e is not None and np.all(lam_d[e != 0] > 0):
+            t1, t2, t3 = tr_scalar(g, e), tr_scalar(g + p, e), tr_scalar(K, e)
             dld = 0.0
-        t1, t2, t3 = tr_lead(g, dS), tr_lead(g + p, dS), tr_lead(K, dS)
+        else:
+            if dL is None and not g:  # no global factors: Lambda~ is the identity
+                dS = -dRtR[k_loc]
+                dld = dlogdet[k_loc]
+                k_loc += 1
+            elif dL is None:
+                dS = -scale_sym(LamT, dRtR[k_loc])
+                dld = dlogdet[k_loc]
+                k_loc += 1
+            else:
+                X = np.asarray(LamT.T @ (dL.T @ Dd()).T)  # Lambda~' Dd dLambda~
+                dS = X + X.T
+                dld = 0.0
+            t1, t2, t3 = traces(np.ascontiguousarray(dS))
         if reml:
             grad[i] = dld + t2 + (n - p) * (t3 - t2)
         else:

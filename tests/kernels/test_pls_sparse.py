@@ -48,3 +48,21 @@ def test_sparse_equals_dense(formula, reml, monkeypatch):
         out[name] = lmm_module.objective_grad(prob, theta, reml)
     assert out["sparse"][0] == pytest.approx(out["dense"][0], rel=1e-12)
     np.testing.assert_allclose(out["sparse"][1], out["dense"][1], rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_scalar_shortcut_equals_general_gradient(reml, monkeypatch):
+    """For scalar crossed terms the gradient along a global ``theta`` comes from the diagonal
+    of the leading blocks' inverses alone; it equals the general trace formula, also with
+    another global ``theta`` on its zero bound (where the shortcut is not used for it)."""
+    parsed = parse_formula("y ~ x + (1 | s) + (1 | i) + (1 | d)")
+    df = courses(6)
+    prob = lmm_module.prepare_problem(InProcess(), parsed, df[sorted(parsed.columns)], [],
+                                      None, "auto")
+    for theta in (np.array([0.8, 0.6, 0.4]), np.array([0.8, 0.6, 0.0])):
+        short = lmm_module.objective_grad(prob, theta, reml)
+        with monkeypatch.context() as mp:
+            mp.setattr(pls, "diagonal_of", lambda A: None)
+            general = lmm_module.objective_grad(prob, theta, reml)
+        assert short[0] == pytest.approx(general[0], rel=1e-12)
+        np.testing.assert_allclose(short[1], general[1], rtol=1e-9, atol=1e-9)
