@@ -226,14 +226,22 @@ def _gradient_method(crit: _Counted, x0: np.ndarray, lower: np.ndarray,
     bounds = [(lo if math.isfinite(lo) else None, None) for lo in lower]
     start, steps, runs = x0, 0, 0
     while True:
-        res = sp_minimize(crit.value_grad, start, jac=True, method="L-BFGS-B", bounds=bounds,
-                          options={"ftol": 1e-12, "gtol": 1e-5, "maxcor": 20,
-                                   "maxiter": int(opts["maxeval"]), "maxls": 40})
+        watch = _Stall(crit)
+        try:
+            res = sp_minimize(watch, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                              options={"ftol": 1e-12, "gtol": 1e-5, "maxcor": 20,
+                                       "maxiter": int(opts["maxeval"]), "maxls": 40})
+            x, message = np.asarray(res.x, dtype=float), str(res.message)
+        except _Stalled:
+            x, message = watch.best_x, "STALLED: NO DECREASE ABOVE ROUNDING; NEWTON FROM BEST"
         runs += 1
-        log.debug("L-BFGS-B: %d evaluations, %s", res.nfev, res.message)
-        x = np.maximum(np.asarray(res.x, dtype=float), lower)
-        summary.message = str(res.message)
-        fx, g = crit.value_grad(x)
+        log.debug("L-BFGS-B: %d evaluations, %s", watch.n, message)
+        x = np.maximum(x, lower)
+        summary.message = message
+        if watch.best_x is not None and np.array_equal(x, watch.best_x):
+            fx, g = watch.best_fg
+        else:
+            fx, g = crit.value_grad(x)
         x, fx, g, k = _newton_gradient(crit, x, fx, g, lower, opts["gtol"])
         steps += k
         # a parameter on its bound with a zero derivative (Lambda enters the criterion
@@ -253,6 +261,42 @@ def _gradient_method(crit: _Counted, x0: np.ndarray, lower: np.ndarray,
         summary.fallback = (f"projected gradient {summary.gradient_norm:.3g} after "
                             f"L-BFGS-B ({summary.message})")
     return x, summary
+
+
+class _Stalled(Exception):
+    pass
+
+
+STALL_EVALS = 3
+"""L-BFGS-B stops after this many evaluations in a row that do not lower the best value by
+more than rounding (``1e-13`` relative): near the optimum of a criterion of ~10^5 the decrease
+a small gradient promises is below the rounding of the criterion itself, and its line search
+would try the same point again and again. The Newton steps on the exact gradient that follow
+finish from the best point."""
+
+
+class _Stall:
+    """``value_grad`` for L-BFGS-B, remembering the best point and raising :class:`_Stalled`
+    after :data:`STALL_EVALS` evaluations without a decrease above rounding."""
+
+    def __init__(self, crit: _Counted):
+        self.crit = crit
+        self.n = self.flat = 0
+        self.best_x, self.best_fg = None, (math.inf, None)
+
+    def __call__(self, x):
+        v, g = self.crit.value_grad(x)
+        self.n += 1
+        best = self.best_fg[0]
+        if v < best - 1e-13 * max(1.0, abs(best)) or self.best_x is None:
+            self.flat = 0
+        else:
+            self.flat += 1
+        if v < best:
+            self.best_x, self.best_fg = np.array(x, dtype=float), (v, g)
+        if self.flat >= STALL_EVALS:
+            raise _Stalled
+        return v, g
 
 
 def _inside_bound(crit: _Counted, x: np.ndarray, fx: float, g: np.ndarray,

@@ -171,3 +171,25 @@ def test_growth_curve_reaches_the_tight_optimum():
     sd = res.varcorr()["sdcor"].to_numpy()
     assert np.max(np.abs(sd - tight["sd"])) < 1e-6
     assert res.optinfo.gradient_norm < 1e-6
+
+
+def test_stalled_lbfgsb_hands_over_to_newton():
+    """A criterion whose values are rounded (here to 1e-4; a large criterion's rounding does the
+    same near its optimum) with an exact gradient: L-BFGS-B's line search cannot see the
+    decrease a small gradient promises and would try again and again; after a few flat
+    evaluations the Newton steps finish from the best point, to the exact optimum."""
+    rng = np.random.default_rng(2)
+    c, w = rng.uniform(0.5, 2.0, 3), rng.uniform(1e3, 1e5, 3)
+    A = np.diag(w) + 0.3 * np.sqrt(np.outer(w, w)) * (1 - np.eye(3))
+
+    def fg(x):
+        d = x - c
+        e = np.exp(d)
+        f = float(d @ A @ d) + 1e4 * float(np.sum(e - 1 - d))
+        return round(f, 4), 2.0 * A @ d + 1e4 * (e - 1)
+
+    x, summary = minimize(np.full(3, 3.0), np.zeros(3), fg=fg)
+    assert summary.converged and summary.polished
+    assert summary.message.startswith("STALLED"), summary.message
+    np.testing.assert_allclose(x, c, rtol=0, atol=1e-9)
+    assert summary.feval < 30, summary  # L-BFGS-B alone spins to 50 here
