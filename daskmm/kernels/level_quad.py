@@ -20,33 +20,41 @@ import numpy as np
 def level_quads(indptr, indices, data, W, k):  # pragma: no cover - compiled
     """``out[t] = sum_l B_l' W[t, l] B_l`` (dense, ``(T, k, k)``) for ``B`` as CSR with sorted
     column indices and row ``l s + i`` holding row ``i`` of level ``l``'s block, and symmetric
-    ``W`` of shape (T, m, s, s)."""
+    ``W`` of shape (T, m, s, s).
+
+    Each sum is accumulated in its lower triangle only (its own pass: one matrix's scattered
+    updates stay in cache better than several interleaved), then mirrored in tiles."""
     nt, m, s, _ = W.shape
-    Wt = np.empty((m, s, s, nt))  # the T weights of one entry side by side
+    out = np.zeros((nt, k, k))
     for t in range(nt):
-        Wt[:, :, :, t] = W[t]
-    acc = np.zeros((k, k, nt))
-    for lv in range(m):
-        for i in range(s):
-            ri = lv * s + i
-            for j in range(s):
-                rj = lv * s + j
-                for p in range(indptr[ri], indptr[ri + 1]):
-                    a = indices[p]
-                    vp = data[p]
-                    for q in range(indptr[rj], indptr[rj + 1]):
-                        b = indices[q]
-                        if b < a:
-                            continue
-                        vq = vp * data[q]
-                        for t in range(nt):
-                            acc[a, b, t] += Wt[lv, i, j, t] * vq
-    out = np.empty((nt, k, k))
-    for t in range(nt):
-        for a in range(k):
-            out[t, a, a] = acc[a, a, t]
-            for b in range(a + 1, k):
-                v = acc[a, b, t]
-                out[t, a, b] = v
-                out[t, b, a] = v
+        acc = out[t]
+        for lv in range(m):
+            for i in range(s):
+                ri = lv * s + i
+                for j in range(s):
+                    w = W[t, lv, i, j]
+                    if w == 0.0:
+                        continue
+                    rj = lv * s + j
+                    for p in range(indptr[ri], indptr[ri + 1]):
+                        a = indices[p]
+                        vp = data[p] * w
+                        for q in range(indptr[rj], indptr[rj + 1]):
+                            b = indices[q]
+                            if b > a:
+                                break  # sorted: the rest lie above the diagonal
+                            acc[a, b] += vp * data[q]
+        _mirror_lower(acc)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _mirror_lower(A):  # pragma: no cover - compiled
+    """Copy the strict lower triangle of square ``A`` onto the upper, in 64 x 64 tiles."""
+    k = A.shape[0]
+    tile = 64
+    for i0 in range(0, k, tile):
+        for j0 in range(0, i0 + 1, tile):
+            for i in range(i0, min(i0 + tile, k)):
+                for j in range(j0, min(j0 + tile, i)):
+                    A[j, i] = A[i, j]

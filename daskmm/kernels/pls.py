@@ -57,6 +57,10 @@ def lambda_tilde(layout: Layout, lam: dict[str, np.ndarray], tail: float = 1.0
     derivative along a parameter of a global factor)."""
     if not layout.global_factors:
         return sp.identity(layout.p + 1, format="csr") * tail
+    if all(lam[f].shape == (1, 1) for f in layout.global_factors):  # scalar terms: diagonal
+        d = [np.full(len(layout.global_levels[f]), float(lam[f][0, 0]))
+             for f in layout.global_factors]
+        return sp.diags(np.concatenate(d + [np.full(layout.p + 1, float(tail))]), format="csr")
     blocks = [sp.kron(sp.identity(len(layout.global_levels[f])), sp.csr_matrix(lam[f]))
               for f in layout.global_factors]
     blocks.append(sp.identity(layout.p + 1) * tail)
@@ -318,10 +322,19 @@ def profiled(G: np.ndarray, RtR: np.ndarray, logdet_loc: float, LamT: sp.csr_mat
     A Schur complement that is not positive definite (``theta`` far outside the useful range)
     gives an objective of ``+inf`` rather than an exception, so the optimiser steps back.
     """
-    D = G - RtR
-    S = 0.5 * (D + D.T)
+    # in place where it can be: each pass over a k x k array costs ~1 ms at k = 1000, and a
+    # new array a page fault per 4 KiB on top
+    S = G - RtR
+    S += S.T
+    d = diagonal_of(LamT) if n_G else None
+    if d is not None:  # Lambda~' S Lambda~ / 2, by two scalings
+        S *= (0.5 * d)[:, None]
+        S *= d[None, :]
+    else:
+        S *= 0.5
+        if n_G:
+            S = scale_sym(LamT, S)  # Lambda~' D Lambda~ (D symmetric)
     if n_G:
-        S = scale_sym(LamT, S)  # Lambda~' D Lambda~ (D symmetric)
         S[np.arange(n_G), np.arange(n_G)] += 1.0
     # scipy's LAPACK, as the inverse of profiled_grad: numpy and scipy each bundle an OpenBLAS
     # whose idle threads spin, so alternating between the two costs both several times over.
@@ -548,6 +561,12 @@ def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.nda
         else:
             if dL is None and not g:  # no global factors: Lambda~ is the identity
                 dS = -dRtR[k_loc]
+                dld = dlogdet[k_loc]
+                k_loc += 1
+            elif dL is None and lam_d is not None:  # scaled in place: dRtR is not used again
+                dS = dRtR[k_loc]
+                dS *= (-lam_d)[:, None]
+                dS *= lam_d[None, :]
                 dld = dlogdet[k_loc]
                 k_loc += 1
             elif dL is None:
