@@ -220,9 +220,9 @@ def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, 
 
 
 def _local_eval(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
-                link: int, size: float | None = None) -> float:
+                link: int, size: float | None = None, newton: bool = False) -> float:
     _with_size(data, size)
-    return P.local_laplace(data, layout, lam, beta, family, link)
+    return P.local_laplace(data, layout, lam, beta, family, link, newton=newton)
 
 
 def _local_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
@@ -438,7 +438,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             crit = _GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
                                     newton=link == fam.canonical)
         else:
-            crit = _LocalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const)
+            crit = _LocalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
+                                   newton=link == fam.canonical)
         if not keep.all():
             crit = _Estimable(crit, keep)
         theta0 = np.concatenate([t.theta_init() for t in spec.terms])
@@ -599,14 +600,16 @@ class _SizeAppended:
 class _LocalCriterion:
     """No crossed factors: PIRLS to convergence inside each partition, one map an evaluation."""
 
-    def __init__(self, c, parts, spec, layout, family, link, const):
+    def __init__(self, c, parts, spec, layout, family, link, const, newton=False):
         self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
         self.family, self.link, self.const = family, link, const
+        self.newton = newton  # a canonical link: PIRLS is Newton's method
 
     def __call__(self, theta, beta, size=None) -> float:
         lam = lambdas(self.spec, np.asarray(theta))
         futs = self.c.map(_local_eval, self.parts, layout=self.layout, lam=lam, beta=beta,
-                          family=self.family, link=self.link, size=size, pure=False)
+                          family=self.family, link=self.link, size=size, newton=self.newton,
+                          pure=False)
         return float(sum(self.c.gather(futs))) - 2.0 * self.const
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
@@ -839,8 +842,7 @@ class _GlobalCriterion:
             step = max(new[5], d_G)
             if step < P.TOL_U * (1.0 + scale):  # the full step is tiny
                 break
-            if self.newton and t == 1.0 and prev is not None and \
-                    max(1.0, step / prev ** 2) * step ** 2 < P.TOL_U * (1.0 + scale):
+            if self.newton and t == 1.0 and P.newton_done(prev, step, scale):
                 break  # Newton: the point reached is within C step^2 of the modes
             prev = step if t == 1.0 else None
         _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)

@@ -300,9 +300,17 @@ def _lambda_loc(index: ReIndex, layout: Layout, lam: dict[str, np.ndarray]) -> s
     return sp.csr_matrix((flat[src], indices, indptr), shape=(n, n))
 
 
+def newton_done(prev: float | None, step: float, scale: float) -> bool:
+    """After two full Newton steps of sizes ``prev`` then ``step``, whether the point reached
+    is within the tolerance of the modes: Newton's error after a step is ``C step^2``, with
+    ``C`` estimated as ``step / prev^2`` and taken as at least 1."""
+    return prev is not None and prev > 0 and \
+        max(1.0, step / prev ** 2) * step ** 2 < TOL_U * (1.0 + scale)
+
+
 def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
                   beta: np.ndarray, family: int, link: int,
-                  eta_extra: np.ndarray | None = None) -> float:
+                  eta_extra: np.ndarray | None = None, newton: bool = False) -> float:
     """PIRLS to convergence inside one partition over its local modes (``eta_extra``: a fixed
     addition to the linear predictor, the crossed factors' ``Z_G b_G``); returns the
     partition's Laplace deviance without the family constants (the local part of it).
@@ -312,7 +320,10 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     (:mod:`daskmm.kernels.block_chol`: one compiled pass accumulates the dense blocks, one
     factors and solves them), and ``log|L|^2`` is the sum over the blocks. Levels are
     independent, so halving the step on the partition's total ``pdev`` is a valid (if
-    conservative) line search; the stopping rule is per coefficient."""
+    conservative) line search; the stopping rule is per coefficient. With ``newton`` (a
+    canonical link, for which these steps are Newton's) it also stops once a full step leaves
+    ``C step^2`` below the tolerance (:func:`newton_done`), saving the step that would only
+    confirm it."""
     idx = data.index
     eta_fixed = data.X @ beta + data.offset
     if eta_extra is not None:
@@ -353,6 +364,7 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         p0, sc, w = at(u)
     if not np.isfinite(p0):
         return np.inf
+    prev = None  # the last full step's size
     for _ in range(MAX_ITER):
         try:
             target, _ = solve(w, ZLT @ (w * (ZL @ u) + sc))
@@ -372,6 +384,9 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         u, p0, sc, w = cand, p, sc_c, w_c
         if step < TOL_U * (1.0 + scale):  # the full PLS step is tiny
             break
+        if newton and t == 1.0 and newton_done(prev, step, scale):
+            break
+        prev = step if t == 1.0 else None
     data.u_warm = u
     logdet = solve(w, np.zeros(n_loc))[1] if n_loc else 0.0
     return p0 + logdet

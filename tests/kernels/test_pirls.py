@@ -16,7 +16,11 @@ from daskmm.kernels.stats import Layout, LevelGroup
 @pytest.mark.parametrize("family, link", [(K.BINOMIAL, K.LOGIT), (K.BINOMIAL, K.PROBIT),
                                           (K.POISSON, K.LOG), (K.NEGBIN, K.LOG)])
 @pytest.mark.parametrize("warm", [False, True])
-def test_local_laplace_equals_scalar_kernel(family, link, warm):
+@pytest.mark.parametrize("newton", [False, True])
+def test_local_laplace_equals_scalar_kernel(family, link, warm, newton):
+    """The blocked PIRLS equals the scalar kernel's Laplace deviance and modes, also when it
+    stops early on Newton's error estimate (``newton``; only canonical links ask for it, but
+    the estimate must not stop short on the others either)."""
     rng = np.random.default_rng(1)
     n, m = 300, 12
     g = rng.integers(0, m, n)
@@ -32,7 +36,8 @@ def test_local_laplace_equals_scalar_kernel(family, link, warm):
     beta, theta = np.array([-0.3, 0.6]), 0.8
     if warm:  # a warm start from another point converges to the same modes
         P.local_laplace(data, layout, {"g": np.array([[1.4]])}, beta + 0.2, family, link)
-    val = P.local_laplace(data, layout, {"g": np.array([[theta]])}, beta, family, link)
+    val = P.local_laplace(data, layout, {"g": np.array([[theta]])}, beta, family, link,
+                          newton=newton)
     order = np.argsort(g, kind="stable")
     starts = np.searchsorted(g[order], np.arange(m + 1))
     u, L = np.zeros(m), np.ones(m)
