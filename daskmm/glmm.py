@@ -476,6 +476,11 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         t2 = time.perf_counter()
         nt = len(theta0)
         theta, beta = x[:nt], x[nt:]
+        # the vcov Hessian divides differences of the criterion by delta^2 = 1e-8: from here
+        # on PIRLS runs to its full tolerance, without Newton's early stop
+        base = crit.crit if isinstance(crit, _Estimable) else crit
+        if hasattr(base, "newton"):
+            base.newton = False
         objective = crit(theta, beta, size)
         if not math.isfinite(objective):
             raise FitError("the criterion is not finite at the optimum; the model may be "

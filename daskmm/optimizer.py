@@ -430,8 +430,10 @@ def newton_polish(f: Callable, x: np.ndarray, lower: np.ndarray, rel_step: float
     except np.linalg.LinAlgError:
         return x, False  # not a strict minimum in the free parameters: leave BOBYQA's point
     z = x.copy()
-    for _ in range(max_iter):
-        g = np.array([(at(z, E[i]) - at(z, -E[i])) / (2 * h[i]) for i in range(d)])
+    for it in range(max_iter):
+        # at the start the forward points are the Hessian's: reuse them (the same numbers)
+        fwd = fp if it == 0 else [at(z, E[i]) for i in range(d)]
+        g = np.array([(fwd[i] - at(z, -E[i])) / (2 * h[i]) for i in range(d)])
         step = np.linalg.solve(H, g)
         z[free] -= step
         if np.all(np.abs(step) <= 1e-3 * h):
