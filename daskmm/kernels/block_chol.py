@@ -17,7 +17,7 @@ import math
 import numba
 import numpy as np
 
-from daskmm.kernels.scalar_re import _row
+from daskmm.kernels.scalar_re import row_term
 
 
 def block_layout(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +107,7 @@ def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, 
                  link, col_block, start, size, off, total, w_min, w_max
                  ):  # pragma: no cover - compiled
     """One crossed PIRLS state in one pass over the rows: ``eta = eta0 + Z~ u + Z_G b_G``, each
-    row's log-likelihood, score and weight there (:func:`daskmm.kernels.scalar_re._row`), the
+    row's log-likelihood, score and weight there (:func:`daskmm.kernels.scalar_re.row_term`), the
     working response ``r = eta - eta0 + score / w``, and from them the factored blocks of
     ``M = Z~' W Z~ + I`` and the products
 
@@ -137,7 +137,7 @@ def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, 
             d += l_val[p] * u[l_idx[p]]
         for p in range(g_lo, g_hi):
             d += g_val[p] * b_G[g_idx[p]]
-        li, sc, wi = _row(eta0[i] + d, y[i], wt[i], family, link)
+        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
         if not (math.isfinite(li) and wi < w_max):
             return False, ll, 0.0, M, G, C
         # Neumaier's compensated sum: a plain running sum over 10^4..10^6 rows carries an

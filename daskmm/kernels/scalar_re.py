@@ -63,7 +63,7 @@ def _mu(eta, link):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _row(eta, y, wt, family, link):  # pragma: no cover - compiled
+def row_term(eta, y, wt, family, link):  # pragma: no cover - compiled
     """(log-likelihood without constant, score d/d eta, Fisher weight) of one row.
 
     Binomial rows carry ``y`` successes out of ``wt`` trials; Poisson rows a count ``y``;
@@ -107,7 +107,7 @@ def _level_ll(lo, hi, eta0, y, wt, theta, u, family, link):  # pragma: no cover 
     s_sc = 0.0
     s_w = 0.0
     for i in range(lo, hi):
-        ll, sc, w = _row(eta0[i] + theta * u, y[i], wt[i], family, link)
+        ll, sc, w = row_term(eta0[i] + theta * u, y[i], wt[i], family, link)
         s_ll += ll
         s_sc += sc
         s_w += w
@@ -185,7 +185,7 @@ def irls_crossprod(X, eta0_off, beta, y, wt, family, link):  # pragma: no cover 
         eta = eta0_off[i]
         for j in range(p):
             eta += X[i, j] * beta[j]
-        _, sc, w = _row(eta, y[i], wt[i], family, link)
+        _, sc, w = row_term(eta, y[i], wt[i], family, link)
         if w <= 0.0:
             continue
         z = eta - eta0_off[i] + sc / w
@@ -208,7 +208,7 @@ def row_terms(eta, y, wt, family, link):  # pragma: no cover - compiled
     sc = np.empty(n)
     w = np.empty(n)
     for i in range(n):
-        ll[i], sc[i], w[i] = _row(eta[i], y[i], wt[i], family, link)
+        ll[i], sc[i], w[i] = row_term(eta[i], y[i], wt[i], family, link)
     return ll, sc, w
 
 
