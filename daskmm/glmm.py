@@ -232,7 +232,8 @@ def _local_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray,
 
 
 def _g_outer(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
-             family: int, link: int, size: float | None = None, full: bool = False):
+             family: int, link: int, size: float | None = None, full: bool = False,
+             newton: bool = False):
     """One outer step of the crossed PIRLS, all in this task: the local modes to convergence
     given the crossed factors' ``b_G`` (warm from the last call), then the Schur pieces there
     that give the client its next global step (:func:`~daskmm.kernels.pirls.crossed_pieces`;
@@ -240,7 +241,7 @@ def _g_outer(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G
     modes). The result stays on the worker."""
     _with_size(data, size)
     if not full:
-        pieces = P.crossed_pieces(data, layout, lam, beta, b_G, family, link)
+        pieces = P.crossed_pieces(data, layout, lam, beta, b_G, family, link, newton=newton)
         return P.rejected_point(data, layout) if pieces is None else pieces
     value = P.local_laplace(data, layout, lam, beta, family, link,
                             eta_extra=P.global_zb(data, layout, b_G))
@@ -872,7 +873,7 @@ class _GlobalCriterion:
         lam = lambdas(self.spec, np.asarray(theta))
         Lam_G = self._Lam_G(lam)
         kw = dict(layout=lay, lam=lam, beta=beta, family=self.family, link=self.link,
-                  size=size)
+                  size=size, newton=self.newton)
         u_G = self.u_G.copy()
         pts = c.map(_g_outer, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
         ll, uu, logdet, RtR, G, _, _ = self._gather(pts)

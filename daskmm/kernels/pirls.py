@@ -324,20 +324,13 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     canonical link, for which these steps are Newton's) it also stops once a full step leaves
     ``C step^2`` below the tolerance (:func:`newton_done`), saving the step that would only
     confirm it."""
-    idx = data.index
     eta_fixed = data.X @ beta + data.offset
     if eta_extra is not None:
         eta_fixed = eta_fixed + eta_extra
-    ZL = (idx.Z_loc @ _lambda_loc(idx, layout, lam)).tocsr()
-    ZL.sum_duplicates()
+    ZL, ZLT, blocks = local_system(data, layout, lam)  # Z~ once per Lambda
     n_loc = ZL.shape[1]
-    blocks = getattr(idx, "_blocks", None)
-    if blocks is None:  # one block per primary level, in the flattened order
-        blocks = idx._blocks = block_layout(np.concatenate(
-            [np.full(m, s, dtype=np.int64) for m, s in idx.group_shapes] or [np.zeros(0)]))
     start, size, off, col_block = blocks
     total = int(np.sum(size * size))
-    ZLT = ZL.T.tocsr()
 
     def at(u):
         eta = eta_fixed + ZL @ u
@@ -347,9 +340,8 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         return -2.0 * ll.sum() + u @ u, sc, w
 
     def solve(w, rhs):
-        M = normal_blocks(ZL.indptr.astype(np.int64, copy=False),
-                          ZL.indices.astype(np.int64, copy=False), ZL.data,
-                          w, col_block, start, size, off, total)
+        M = normal_blocks(ZL.indptr, ZL.indices, ZL.data, w, col_block, start, size, off,
+                          total)
         logdet, ok = chol_blocks(M, start, size, off)
         if not ok:
             raise RuntimeError("not positive definite")
@@ -567,12 +559,13 @@ def crossed_try(data: PirlsData, st: CrossedState, layout: Layout, lam: dict[str
 
 
 def crossed_pieces(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
-                   beta: np.ndarray, b_G: np.ndarray, family: int, link: int
-                   ) -> CrossedPieces | None:
-    """The local modes to convergence given ``b_G`` (warm from ``data.u_warm``), then the
-    Schur pieces there (:func:`crossed_state`). None if the modes cannot be found."""
+                   beta: np.ndarray, b_G: np.ndarray, family: int, link: int,
+                   newton: bool = False) -> CrossedPieces | None:
+    """The local modes to convergence given ``b_G`` (warm from ``data.u_warm``; ``newton`` as
+    for :func:`local_laplace`), then the Schur pieces there (:func:`crossed_state`). None if
+    the modes cannot be found."""
     value = local_laplace(data, layout, lam, beta, family, link,
-                          eta_extra=_global_matrix(data, layout) @ b_G)
+                          eta_extra=_global_matrix(data, layout) @ b_G, newton=newton)
     if not np.isfinite(value):
         data.u_warm = None
         return None
