@@ -279,7 +279,11 @@ def scale_sym(Lam: sp.spmatrix, D: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Profile:
-    """Stage 2: the global factor and the profiled criterion at one ``theta``."""
+    """Stage 2: the global factor and the profiled criterion at one ``theta``.
+
+    ``L_S`` is lower triangular and exactly zero above its diagonal (LAPACK's ``dpotrf`` with
+    ``clean``): :func:`profiled_grad` relies on it to read ``S^{-1}`` from its lower
+    triangle."""
 
     objective: float
     L_S: np.ndarray
