@@ -25,8 +25,9 @@ normalising constants of the family included by the caller.
 Local coefficients (the primary factor and factors nested in it) live with their partition;
 every primary level's block is independent, so without crossed factors a partition runs PIRLS
 to convergence on its own (:func:`local_laplace`). Crossed factors couple the partitions: the
-caller iterates, each step one map of :func:`point` / :func:`local_modes` and one small dense
-solve of the global block (:func:`global_step`).
+caller iterates over local and crossed modes together, each step one map of
+:func:`crossed_try` over the partitions' :class:`CrossedState` and one small dense solve of the
+global block (:func:`global_step`).
 """
 
 from __future__ import annotations
@@ -465,9 +466,10 @@ def split_local(data: PirlsData, u_flat: np.ndarray) -> list[np.ndarray]:
 
 @dataclass
 class CrossedPieces:
-    """What the client needs of one partition for a global PIRLS step, at the local modes
-    given ``b_G``: ``ll``, ``uu = |u_loc|^2``, ``logdet = log|M_loc|``, ``RtR`` and ``G`` over
-    the global columns and the working residual (``k = n_G + 1``), as :class:`Point`'s."""
+    """What the client needs of one partition for a global PIRLS step, at a
+    :class:`CrossedState`: ``ll``, ``uu = |u_loc|^2``, ``logdet = log|M_loc|``, ``RtR`` and
+    ``G`` over the global columns and the working residual (``k = n_G + 1``), as
+    :class:`Point`'s."""
 
     ll: float
     uu: float
@@ -556,21 +558,6 @@ def crossed_try(data: PirlsData, st: CrossedState, layout: Layout, lam: dict[str
         new.step = (float(np.max(np.abs(u_target - st.u), initial=0.0)),
                     float(np.max(np.abs(st.u), initial=0.0)))
     return new
-
-
-def crossed_pieces(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
-                   beta: np.ndarray, b_G: np.ndarray, family: int, link: int,
-                   newton: bool = False) -> CrossedPieces | None:
-    """The local modes to convergence given ``b_G`` (warm from ``data.u_warm``; ``newton`` as
-    for :func:`local_laplace`), then the Schur pieces there (:func:`crossed_state`). None if
-    the modes cannot be found."""
-    value = local_laplace(data, layout, lam, beta, family, link,
-                          eta_extra=_global_matrix(data, layout) @ b_G, newton=newton)
-    if not np.isfinite(value):
-        data.u_warm = None
-        return None
-    st = crossed_state(data, layout, lam, beta, data.u_warm, b_G, family, link)
-    return None if st is None else st.pieces
 
 
 def rejected_point(data: PirlsData, layout: Layout) -> Point:
