@@ -10,7 +10,7 @@ size). Prints every run, the medians and the ratios (daskmm / reference: below 1
    in-process against glmer (default control, nAGQ = 1) and glmmTMB, fit only. Target: at
    least 3x faster.
 4. **crossed binomial, 10^6 rows**, 10^4 x 100 levels, on a 2-worker LocalCluster (the frame
-   in 8 partitions) against
+   in 2 partitions) against
    glmer and glmmTMB, fit only (``--big`` to run it: glmer takes minutes). Target: 10x.
 5. **LMM with three crossed intercepts, 10^5 rows**, 3,000 x 1,000 x 30 levels (each level of
    the first meets ~25 of the second), ML, against lmer, fit only. Target: 10x.
@@ -144,8 +144,8 @@ def fit_only(name: str, df: pd.DataFrame, formula: str, family: str, repeats: in
     import daskmm
     path = tmp / f"{name}.csv"
     df.to_csv(path, index=False)
-    # on a cluster, 8 partitions (the frame's default is one: one worker would do it all)
-    kw = {"client": client, "npartitions": 8} if client is not None else {}
+    # on a cluster, one partition a worker (the frame's default is one: one worker would do it all)
+    kw = {"client": client, "npartitions": 2} if client is not None else {}
     if family == "gaussian":
         kw["reml"] = reml
     res = daskmm.fit(formula, df, family, **kw)  # warm-up (compiles on a fresh machine)
