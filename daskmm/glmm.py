@@ -766,7 +766,7 @@ class _JointCriterion:
 
 
 class _GlobalCriterion:
-    """Crossed factors: PIRLS over local and crossed modes together (:meth:`_solve_joint`), the
+    """Crossed factors: PIRLS over local and crossed modes together (:meth:`_solve`), the
     dense global block solved here; the partitions' states stay where the data are."""
 
     def __init__(self, c, parts, spec, layout, family, link, const, newton=False):
@@ -781,9 +781,6 @@ class _GlobalCriterion:
         return la.block_diag(*blocks)
 
     def _solve(self, theta, beta, size=None):
-        return self._solve_joint(theta, beta, size)
-
-    def _solve_joint(self, theta, beta, size=None):
         """PIRLS steps over the local and crossed modes together (lme4's), each the PLS
         solution at the current weights: the crossed block by its Schur complement here, the
         local modes from the same block factors in the partition (:func:`_c_try`); the step

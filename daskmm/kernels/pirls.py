@@ -432,9 +432,7 @@ def joint_state(data: PirlsData, ZL, ZLT, blocks, u: np.ndarray, beta: np.ndarra
     w = np.maximum(w, _W_MIN)
     start, size, off, col_block = blocks
     total = int(np.sum(size * size))
-    M = normal_blocks(ZL.indptr.astype(np.int64, copy=False),
-                      ZL.indices.astype(np.int64, copy=False), ZL.data, w,
-                      col_block, start, size, off, total)
+    M = normal_blocks(ZL.indptr, ZL.indices, ZL.data, w, col_block, start, size, off, total)
     logdet, ok = chol_blocks(M, start, size, off)
     if not ok:
         return None
