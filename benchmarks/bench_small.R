@@ -7,6 +7,8 @@
 #   caller times the whole process.
 # MODE "warm": read DATA, fit once untimed, then REPEATS timed fits in this session
 #   (system.time, gc() before each); prints "RUN <i> <seconds>".
+# MODE "cold": read DATA, one timed fit (for fits of minutes, where a warm-up fit would only
+#   double the wait); prints "RUN 1 <seconds>".
 # FAMILY is gaussian (lmer), binomial or poisson; TOOL is lme4 or glmmTMB; REML TRUE/FALSE.
 # Always prints OBJECTIVE (-2 log-likelihood, or the REML criterion) of the last fit.
 args <- commandArgs(trailingOnly = TRUE)
@@ -32,6 +34,9 @@ fitfun <- function() {
 if (mode == "whole") {
   fit <- fitfun()
   writeLines(capture.output(print(summary(fit))), out)
+} else if (mode == "cold") {
+  tm <- system.time(fit <- fitfun())
+  cat(sprintf("RUN 1 %.6f\n", tm[["elapsed"]]))
 } else {
   fit <- fitfun()
   for (i in seq_len(repeats)) {

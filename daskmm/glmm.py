@@ -9,11 +9,13 @@ The fit:
    whole levels of the primary grouping factor; input that does not is shuffled by it first.
 2. **Start.** ``beta`` from the GLM without random effects (IRLS, each step a map of
    ``X'WX, X'Wz`` over the partitions), ``theta`` at lme4's start (ones on the diagonal).
-3. **Optimisation** in glmer's two stages (:func:`daskmm.optimizer.minimize`): BOBYQA over
+3. **Optimisation** in glmer's two stages (:func:`daskmm.optimizer.minimize`): over
    ``theta`` with ``beta`` found with the modes by PIRLS (``nAGQ = 0``, :class:`_JointCriterion`;
-   for nested structures), then BOBYQA over ``(theta, beta)`` on the Laplace (``nagq=1``) or
-   AGQ criterion from there, and a Newton polish on finite differences. Each evaluation finds
-   the conditional modes by PIRLS:
+   for nested structures), then over ``(theta, beta)`` on the Laplace (``nagq=1``) or AGQ
+   criterion from there. Where the criterion has an exact gradient (crossed factors, one scalar
+   term a factor, a canonical link: :mod:`daskmm.kernels.laplace_grad`) the joint stage is
+   L-BFGS-B with a Newton finish on that gradient, BOBYQA the fallback; otherwise BOBYQA and a
+   Newton polish on finite differences. Each evaluation finds the conditional modes by PIRLS:
 
    * one scalar random intercept, ``(1 | g)``: per level, inside the partitions, by a compiled
      kernel (:mod:`daskmm.kernels.scalar_re`), which also does adaptive Gauss-Hermite
@@ -21,13 +23,14 @@ The fit:
    * any other structure the LMM accepts: the blocked PIRLS of :mod:`daskmm.kernels.pirls`.
      Without crossed factors every primary level is independent and each partition iterates to
      convergence on its own (one map per evaluation; the per-level blocks factored by the
-     compiled :mod:`daskmm.kernels.block_chol`). Crossed factors couple the partitions: in
-     process, joint PIRLS steps; on a cluster, each outer step one map in which every
-     partition converges its local modes given the crossed ones, and the client takes the
-     Newton step of the small global block (a few maps an evaluation, not one a PIRLS step).
-4. **Results.** ``vcov(beta)`` from the finite-difference Hessian of the criterion in
-   ``(theta, beta)`` (glmer's default, ``use.hessian = TRUE``): ``2 [H^-1]_beta``; conditional
-   modes and their SDs (lme4's ``condVar``) from the factors at the modes.
+     compiled :mod:`daskmm.kernels.block_chol`). Crossed factors couple the partitions: joint
+     PIRLS steps, in process or, on a cluster, one round a step (each partition's state a
+     future on its worker, the small global block solved on the client); the gradient is one
+     more round.
+4. **Results.** ``vcov(beta)`` from the Hessian in ``(theta, beta)`` (glmer's default,
+   ``use.hessian = TRUE``): ``2 [H^-1]_beta``, by central differences of the exact gradient
+   where there is one and of the criterion otherwise; conditional modes and their SDs (lme4's
+   ``condVar``) from the factors at the modes.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from daskmm.formula.spec import (
     plan_formula,
 )
 from daskmm.kernels import glm_start as G
+from daskmm.kernels import laplace_grad as LG
 from daskmm.kernels import pirls as P
 from daskmm.kernels import scalar_re as K
 from daskmm.kernels.aliasing import estimable_columns
@@ -71,6 +75,7 @@ from daskmm.optimizer import minimize
 from daskmm.problem import frozen_levels, lambdas, model_layout, outside_bars, ranef_tables
 from daskmm.results.base import RanefTable, spec_terms
 from daskmm.results.glmm_result import GlmmResult
+from daskmm.reterm import RandomTerm
 
 log = logging.getLogger("daskmm")
 
@@ -151,9 +156,14 @@ def _prepare(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int,
     else PIRLS data for ``layout`` (:func:`daskmm.kernels.pirls.pls_layout`)."""
     enc, X, y, wt, offset, const, dropped = _encode(df, spec, resp, family)
     if layout is not None:
-        data = P.PirlsData(X, y, wt, offset, {f: np.array(z, dtype=float) for f, z in
-                                              enc.Z.items()},
-                           {f: np.asarray(k).copy() for f, k in enc.keys.items()}, const,
+        # rows grouped by primary level: each pass then reads and writes one level's block
+        # and its row of the crossed products at a time, not a random one a row (the order
+        # changes sums by rounding only; nothing per row leaves the fit)
+        codes = pd.factorize(np.asarray(enc.keys[layout.primary]), sort=True)[0]
+        o = np.argsort(codes, kind="stable")
+        data = P.PirlsData(X[o], y[o], wt[o], offset[o],
+                           {f: np.array(z, dtype=float)[o] for f, z in enc.Z.items()},
+                           {f: np.asarray(k)[o] for f, k in enc.keys.items()}, const,
                            dropped)
         P.build_index(data, layout)
         return data
@@ -252,13 +262,22 @@ def _g_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G
 
 
 def _c_start(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
-             family: int, link: int, size: float | None = None) -> P.CrossedState | None:
+             family: int, link: int, size: float | None = None,
+             shift: tuple[np.ndarray, np.ndarray] | None = None) -> P.CrossedState | None:
     """The joint PIRLS state at the last evaluation's local modes (or zero); it stays on the
-    worker as a future."""
+    worker as a future. With ``shift = (w, Lambda_G dv_G)`` and the pieces the last gradient
+    left (:func:`daskmm.kernels.pirls.crossed_gradient`), the modes are first moved to first
+    order in the change of ``(theta, beta)`` (:func:`daskmm.kernels.laplace_grad.local_shift`)."""
     _with_size(data, size)
     n_loc = data.index.Z_loc.shape[1]
     st = None
-    if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
+    warm = isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc
+    pieces = getattr(data, "_shift", None)
+    if warm and shift is not None and pieces is not None:
+        L, blocks, E, Y_loc = pieces
+        u0 = data.u_warm + LG.local_shift(L, blocks, E, Y_loc, shift[0], shift[1])
+        st = P.crossed_state(data, layout, lam, beta, u0, b_G, family, link)
+    if st is None and warm:
         st = P.crossed_state(data, layout, lam, beta, data.u_warm, b_G, family, link)
     if st is None:
         st = P.crossed_state(data, layout, lam, beta, np.zeros(n_loc), b_G, family, link)
@@ -272,6 +291,12 @@ def _c_try(data: P.PirlsData, st: P.CrossedState, layout: Layout, lam: dict, bet
     return P.crossed_try(data, st, layout, lam, beta, b_G_target, t, family, link)
 
 
+def _c_grad(data: P.PirlsData, st: P.CrossedState, layout: Layout, lam: dict,
+            factors: tuple[str, ...], beta: np.ndarray, u_G: np.ndarray, T: np.ndarray,
+            family: int, link: int) -> tuple:
+    return P.crossed_gradient(data, st, layout, lam, factors, beta, u_G, T, family, link)
+
+
 def _c_summary(st: P.CrossedState | None):
     if st is None:
         return (-math.inf, 0.0, math.inf, None, None, (0.0, 0.0))
@@ -281,6 +306,7 @@ def _c_summary(st: P.CrossedState | None):
 def _c_finish(data: P.PirlsData, st: P.CrossedState | None) -> None:
     if st is not None:
         data.u_warm = st.u
+    data._shift = None  # the modes moved: the last gradient's pieces no longer apply
 
 
 def _g_summary(pt: P.Point):
@@ -474,16 +500,22 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         theta, beta = x[:nt], x[nt:]
         # the vcov Hessian divides differences of the criterion by delta^2 = 1e-8: from here
         # on PIRLS runs to its full tolerance, without Newton's early stop
+        # (differences of the exact gradient divide by 1e-4 only: the early stop stays)
         base = crit.crit if isinstance(crit, _Estimable) else crit
-        if hasattr(base, "newton"):
+        graded = getattr(crit, "has_gradient", False)
+        if hasattr(base, "newton") and not graded:
             base.newton = False
         objective = crit(theta, beta, size)
         if not math.isfinite(objective):
             raise FitError("the criterion is not finite at the optimum; the model may be "
                            "overparameterised or the data separated")
         # vcov at the estimated size, as glmer.nb reports it (the last glmer fit, k fixed)
-        H = _hessian(lambda v: crit(v[:nt], v[nt:], size), x,
-                     np.concatenate([lower, np.full(len(beta), -np.inf)]))
+        bounds = np.concatenate([lower, np.full(len(beta), -np.inf)])
+        if graded:
+            H = _hessian_of_gradient(lambda v: crit.value_grad(v[:nt], v[nt:], size)[1], x,
+                                     bounds)
+        else:
+            H = _hessian(lambda v: crit(v[:nt], v[nt:], size), x, bounds)
         vcov = _vcov(H, nt, theta, lower)
         ranef = crit.ranef(theta, beta, size)
         t3 = time.perf_counter()
@@ -774,6 +806,21 @@ class _GlobalCriterion:
         self.family, self.link, self.const = family, link, const
         self.newton = newton  # a canonical link: PIRLS is Newton's method
         self.u_G = np.zeros(layout.n_G)
+        self.c_newton: float | None = None  # Newton's constant, from the last two-step solve
+        self._shift = None  # (theta, beta, size, S^-1, psi, lam_G) of the last gradient
+        # the exact gradient (daskmm.kernels.laplace_grad): a canonical link and one scalar
+        # term a factor, in theta's order
+        names = tuple(t.factor for t in spec.terms)
+        self.factors = names if newton and len(set(names)) == len(names) and all(
+            isinstance(t, RandomTerm) and t.q == 1 for t in spec.terms) else None
+        if self.factors is not None:
+            self.g_factor = np.concatenate(
+                [np.full(len(layout.global_levels[f]), names.index(f), dtype=np.int64)
+                 for f in layout.global_factors])
+
+    @property
+    def has_gradient(self) -> bool:
+        return self.factors is not None
 
     def _Lam_G(self, lam) -> np.ndarray:
         blocks = [np.kron(np.eye(len(self.layout.global_levels[f])), lam[f])
@@ -798,8 +845,16 @@ class _GlobalCriterion:
         kw = dict(layout=lay, lam=lam, beta=beta, family=self.family, link=self.link,
                   size=size)
         u_G = self.u_G.copy()
-        states = c.map(_c_start, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
+        shift, self._shift = self._predict(theta, beta, size), None
+        if shift is not None:  # the modes moved to first order (value_grad's pieces)
+            u_G = u_G + shift[2]
+            shift = shift[:2]
+        states = c.map(_c_start, self.parts, b_G=Lam_G @ u_G, shift=shift, pure=False, **kw)
         s = self._sum_states(states)
+        if not math.isfinite(s[0]) and shift is not None:
+            u_G = self.u_G.copy()
+            states = c.map(_c_start, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
+            s = self._sum_states(states)
         if not math.isfinite(s[0]):
             u_G = np.zeros(lay.n_G)
             states = c.map(_c_start, self.parts, b_G=np.zeros(lay.n_G), pure=False, **kw)
@@ -832,13 +887,15 @@ class _GlobalCriterion:
             step = max(new[5], d_G)
             if step < P.TOL_U * (1.0 + scale):  # the full step is tiny
                 break
-            if self.newton and t == 1.0 and P.newton_done(prev, step, scale):
+            if self.newton and t == 1.0 and P.newton_done(prev, step, scale, self.c_newton):
                 break  # Newton: the point reached is within C step^2 of the modes
+            if self.newton and t == 1.0 and prev is not None:
+                self.c_newton = P.newton_constant(prev, step)
             prev = step if t == 1.0 else None
         _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)
         c.gather(c.map(_c_finish, self.parts, states, pure=False))
         self.u_G = u_G
-        return p0 + s[2] + ld_G, None, u_G, lam, (s[4], s[3], s[2])
+        return p0 + s[2] + ld_G, states, u_G, lam, (s[4], s[3], s[2])
 
     def _sum_states(self, states):
         out = self.c.gather(self.c.map(_c_summary, states, pure=False))
@@ -850,6 +907,43 @@ class _GlobalCriterion:
 
     def __call__(self, theta, beta, size=None) -> float:
         return self._solve(theta, beta, size)[0] - 2.0 * self.const
+
+    def value_grad(self, theta, beta, size=None) -> tuple[float, np.ndarray]:
+        """The criterion and its exact gradient in ``(theta, beta)``
+        (:mod:`daskmm.kernels.laplace_grad`): after the PIRLS steps, one more round, a map of
+        :func:`_c_grad` over the partitions' states with the crossed block's ``T``."""
+        theta = np.asarray(theta, dtype=float)
+        val, states, u_G, lam, sums = self._solve(theta, beta, size)
+        nan = np.full(len(theta) + len(beta), np.nan)
+        if not math.isfinite(val):
+            return math.inf, nan
+        lam_G = np.concatenate([np.full(len(self.layout.global_levels[f]),
+                                        float(lam[f][0, 0]))
+                                for f in self.layout.global_factors])
+        try:
+            S_inv = P.global_inverse(sums[0], sums[1], np.diag(lam_G))
+        except la.LinAlgError:
+            return math.inf, nan
+        T = LG.crossed_T(S_inv, lam_G)
+        pieces = self.c.gather(self.c.map(
+            _c_grad, self.parts, states, layout=self.layout, lam=lam, factors=self.factors,
+            beta=beta, u_G=u_G, T=T, family=self.family, link=self.link, pure=False))
+        g, psi = LG.combine(pieces, S_inv, lam_G, self.g_factor, theta, len(beta))
+        self._shift = (theta.copy(), np.array(beta, dtype=float), size, S_inv, psi, lam_G)
+        return val - 2.0 * self.const, g
+
+    def _predict(self, theta, beta, size):
+        """``(w, Lambda_G dv_G, dv_G)``: the first-order move of the modes from the last
+        gradient's point to ``(theta, beta)`` (:func:`daskmm.kernels.laplace_grad.
+        crossed_shift`), or None without one."""
+        if self._shift is None:
+            return None
+        theta0, beta0, size0, S_inv, psi, lam_G = self._shift
+        if size0 != size or len(beta0) != len(beta):
+            return None
+        w = LG.shift_weights(np.asarray(theta, float) - theta0, np.asarray(beta, float) - beta0)
+        dv_G = LG.crossed_shift(S_inv, psi, w)
+        return w, lam_G * dv_G, dv_G
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
         _, _, u_G, lam, sums = self._solve(theta, beta, size)
@@ -1010,6 +1104,11 @@ class _Estimable:
     def __call__(self, theta, beta, size=None):
         return self.crit(theta, self.full(beta), size)
 
+    def value_grad(self, theta, beta, size=None):
+        v, g = self.crit.value_grad(theta, self.full(beta), size)
+        nt = len(theta)
+        return v, np.concatenate([g[:nt], g[nt:][self.keep]])
+
     def ranef(self, theta, beta, size=None):
         return self.crit.ranef(theta, self.full(beta), size)
 
@@ -1035,9 +1134,14 @@ def _optimise(crit, theta0: np.ndarray, lower_theta: np.ndarray, beta0: np.ndarr
     step = np.concatenate([np.where(lower_theta == 0, 0.2, 0.1), np.full(len(beta0), 0.1)])
     if near:  # from the nAGQ = 0 optimum: the Laplace optimum is close
         step = step * NEAR_STEP
-    return minimize(x0, lower, f=lambda x: crit(x[:nt], x[nt:]),
-                    options={**opts, "method": "bobyqa"}, initial_step=step,
-                    polish_step=1e-3, polish_iter=3, mode=mode)
+    fg = None
+    if getattr(crit, "has_gradient", False):
+        def fg(x):
+            return crit.value_grad(x[:nt], x[nt:])
+    else:
+        opts = {**opts, "method": "bobyqa"}
+    return minimize(x0, lower, f=lambda x: crit(x[:nt], x[nt:]), fg=fg, options=opts,
+                    initial_step=step, polish_step=1e-3, polish_iter=3, mode=mode)
 
 
 NEAR_STEP = 0.1
@@ -1087,6 +1191,30 @@ def _hessian(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4) -> np.nda
                                  - at((i, -si + ci), (j, sj + cj))
                                  + at((i, -si + ci), (j, -sj + cj))) / (4 * si * sj)
     return H
+
+
+def _hessian_of_gradient(grad, x: np.ndarray, lower: np.ndarray,
+                         delta: float = 1e-4) -> np.ndarray:
+    """The Hessian from central differences of the exact gradient (``2 d`` gradients, step
+    ``delta`` as :func:`_hessian`); a coordinate within ``delta`` of its lower bound takes the
+    one-sided second-order difference ``(-3 g(x) + 4 g(x + h) - g(x + 2h)) / 2h`` inside it.
+    Symmetrised."""
+    d = len(x)
+    H = np.empty((d, d))
+    g0 = None
+    for i in range(d):
+        up, dn = x.copy(), x.copy()
+        if np.isfinite(lower[i]) and x[i] - delta < lower[i]:
+            if g0 is None:
+                g0 = grad(x)
+            up[i] += delta
+            dn[i] += 2 * delta
+            H[:, i] = (-3.0 * g0 + 4.0 * grad(up) - grad(dn)) / (2 * delta)
+        else:
+            up[i] += delta
+            dn[i] -= delta
+            H[:, i] = (grad(up) - grad(dn)) / (2 * delta)
+    return 0.5 * (H + H.T)
 
 
 def _vcov(H: np.ndarray, nt: int, theta: np.ndarray, lower: np.ndarray) -> np.ndarray:

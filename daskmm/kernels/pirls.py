@@ -47,6 +47,7 @@ from daskmm.kernels.block_chol import (
     normal_blocks,
     solve_blocks,
 )
+from daskmm.kernels.laplace_grad import gradient_pass, local_inverse
 from daskmm.kernels.pls import backward_solve, eval_group, group_Lambda
 from daskmm.kernels.scalar_re import row_terms
 from daskmm.kernels.stats import Layout, LevelGroup, partition_stats
@@ -301,12 +302,25 @@ def _lambda_loc(index: ReIndex, layout: Layout, lam: dict[str, np.ndarray]) -> s
     return sp.csr_matrix((flat[src], indices, indptr), shape=(n, n))
 
 
-def newton_done(prev: float | None, step: float, scale: float) -> bool:
+def newton_done(prev: float | None, step: float, scale: float,
+                c_known: float | None = None) -> bool:
     """After two full Newton steps of sizes ``prev`` then ``step``, whether the point reached
     is within the tolerance of the modes: Newton's error after a step is ``C step^2``, with
-    ``C`` estimated as ``step / prev^2`` and taken as at least 1."""
-    return prev is not None and prev > 0 and \
-        max(1.0, step / prev ** 2) * step ** 2 < TOL_U * (1.0 + scale)
+    ``C`` estimated as ``step / prev^2`` and taken as at least 1 (:func:`newton_constant`).
+    After one step (``prev`` None) only with ``c_known``, an estimate from an earlier solve
+    of the same model."""
+    if prev is not None and prev > 0:
+        c = newton_constant(prev, step)
+    elif prev is None and c_known is not None:
+        c = c_known
+    else:
+        return False
+    return c * step ** 2 < TOL_U * (1.0 + scale)
+
+
+def newton_constant(prev: float, step: float) -> float:
+    """``C`` of Newton's ``|e_new| <= C |e|^2`` from two full steps, at least 1."""
+    return max(1.0, step / prev ** 2) if prev > 0 else 1.0
 
 
 def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
@@ -510,6 +524,7 @@ class CrossedState:
     pieces: CrossedPieces
     Minv_C: np.ndarray
     step: tuple[float, float] = (0.0, 0.0)
+    M: np.ndarray | None = None  # the factored local blocks (flat), for the gradient
 
 
 def _eta_fixed(data: PirlsData, beta: np.ndarray) -> np.ndarray:
@@ -539,7 +554,7 @@ def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         return None
     Minv_C = solve_blocks(M, start, size, off, C)
     pieces = CrossedPieces(float(ll), float(u @ u), float(logdet), C.T @ Minv_C, G)
-    return CrossedState(u, b_G, pieces, Minv_C)
+    return CrossedState(u, b_G, pieces, Minv_C, M=M)
 
 
 def crossed_try(data: PirlsData, st: CrossedState, layout: Layout, lam: dict[str, np.ndarray],
@@ -556,6 +571,55 @@ def crossed_try(data: PirlsData, st: CrossedState, layout: Layout, lam: dict[str
         new.step = (float(np.max(np.abs(u_target - st.u), initial=0.0)),
                     float(np.max(np.abs(st.u), initial=0.0)))
     return new
+
+
+def _scalar_columns(data: PirlsData, layout: Layout, factors: tuple[str, ...]):
+    """Per factor (in ``theta``'s order, one scalar term each): every row's column in the
+    local ``u`` or in ``u_G``, its raw model value, whether the factor is local, and each local
+    column's factor. Built once per partition."""
+    cached = getattr(data, "_scalar_cols", None)
+    if cached is not None and cached[0] == factors:
+        return cached[1]
+    n = len(data.y)
+    cols = np.array([data.index.start[f] for f in factors], dtype=np.int64).reshape(-1, n)
+    zs = np.array([data.Z[f][:, 0] for f in factors], dtype=float).reshape(-1, n)
+    is_local = np.array([f not in layout.global_factors for f in factors])
+    n_loc = data.index.Z_loc.shape[1]
+    col_factor = np.zeros(n_loc, dtype=np.int64)
+    for k in np.flatnonzero(is_local):
+        col_factor[cols[k]] = k
+    out = (cols, zs, is_local, col_factor)
+    data._scalar_cols = (factors, out)
+    return out
+
+
+def crossed_gradient(data: PirlsData, st: CrossedState, layout: Layout,
+                     lam: dict[str, np.ndarray], factors: tuple[str, ...], beta: np.ndarray,
+                     u_G: np.ndarray, T: np.ndarray, family: int, link: int) -> tuple:
+    """This partition's part of the Laplace deviance's gradient at the modes of ``st``
+    (:mod:`daskmm.kernels.laplace_grad`; scalar terms, canonical link): the row sums of
+    :func:`~daskmm.kernels.laplace_grad.gradient_pass` reduced to what the client combines,
+    ``(X's, X'c, s'a, c'a, (A^-1 r_l)' Y_l, E' r_l, E' Y_l, Z_G' c, Y_G, local traces)``
+    (:func:`~daskmm.kernels.laplace_grad.combine`)."""
+    cols, zs, is_local, col_factor = _scalar_columns(data, layout, factors)
+    _, _, blocks = local_system(data, layout, lam)
+    start, size, off, col_block = blocks
+    theta_f = np.array([float(lam[f][0, 0]) for f in factors])
+    E = st.Minv_C[:, :layout.n_G]
+    ET = E @ T
+    Minv = local_inverse(st.M, start, size, off, E, ET)
+    Xs, Xc, sa, ca, r_l, ZGc, Yl, YG = gradient_pass(
+        cols, zs, is_local, theta_f, st.u, u_G, _eta_fixed(data, beta), data.y, data.wt,
+        data.X, family, link, Minv, start, size, off, col_block, ET, T, _W_MIN)
+    # what the next evaluation's start needs to move the modes to first order
+    # (laplace_grad.local_shift); cleared when the modes move (crossed_finish)
+    data._shift = (st.M, blocks, E, Yl)
+    Ar = solve_blocks(st.M, start, size, off, r_l[:, None])[:, 0]
+    j = np.arange(len(st.u))
+    rel = j - start[col_block]
+    diag = Minv[off[col_block] + rel * size[col_block] + rel]
+    tr_loc = np.bincount(col_factor, 1.0 - diag, minlength=len(factors))
+    return Xs, Xc, sa, ca, Ar @ Yl, E.T @ r_l, E.T @ Yl, ZGc, YG, tr_loc
 
 
 def rejected_point(data: PirlsData, layout: Layout) -> Point:
@@ -578,6 +642,19 @@ def local_point(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     eta_fixed = data.X @ beta + data.offset
     first = point(data, layout, lam, eta_fixed, None, None, family, link)
     return point(data, layout, lam, eta_fixed, groups_u, None, family, link, first.groups)
+
+
+def global_inverse(G: np.ndarray, RtR: np.ndarray, Lam_G: np.ndarray) -> np.ndarray:
+    """``S^{-1}`` of the global block (:func:`global_step`'s ``S``)."""
+    g = Lam_G.shape[0]
+    D = G - RtR
+    D = 0.5 * (D + D.T)
+    S = Lam_G.T @ D[:g, :g] @ Lam_G + np.eye(g)
+    c, info = la.lapack.dpotrf(S, lower=1, clean=1)
+    if info != 0:
+        raise la.LinAlgError("the global block is not positive definite")
+    inv, info = la.lapack.dpotri(c, lower=1)
+    return np.tril(inv) + np.tril(inv, -1).T
 
 
 def global_step(G: np.ndarray, RtR: np.ndarray, Lam_G: np.ndarray
