@@ -16,9 +16,9 @@ import daskmm
 from daskmm.errors import DaskmmError
 from daskmm.execution import InProcess, in_process_limit, runs_in_process
 from tests.conftest import LMM_FIXTURES, ROOT, load_fixture
-from tests.glmm.helpers import load_local
+from tests.glmm.helpers import LOCAL_FIXTURES, load_local
 
-GLMM_FIXTURES = ["cbpp_laplace", "grouseticks_poisson", "crossed_binomial"]
+GLMM_FIXTURES = ["cbpp_laplace", "cbpp_agq25", "grouseticks_poisson", *LOCAL_FIXTURES]
 
 
 def test_small_fit_runs_here_without_cluster_imports():
@@ -128,7 +128,7 @@ def test_lmm_in_process_equals_cluster(fid, client):
 
 @pytest.mark.parametrize("fid", GLMM_FIXTURES)
 def test_glmm_in_process_equals_cluster(fid, client):
-    fx = load_local(fid) if fid == "crossed_binomial" else load_fixture(fid)
+    fx = load_local(fid) if fid in LOCAL_FIXTURES else load_fixture(fid)
     kw = dict(factors=fx["factors"], nagq=fx["nAGQ"])
     here = daskmm.glmm(fx["formula"], fx["data_path"], fx["family"], mode="in-process",
                        **kw)
