@@ -49,7 +49,7 @@ import scipy.linalg as la
 from daskmm.data.io import DataLike, open_data, read_data
 from daskmm.data.local import estimate_cells
 from daskmm.data.rows import DropCounts, missing_rows
-from daskmm.distributed.passes import aligned, partitions, shuffle_by
+from daskmm.distributed.passes import aligned, partitions, raw_aligned, shuffle_by
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError, FitError, ModelError, num
 from daskmm.execution import MODES, executor, is_in_process, runs_in_process
@@ -157,10 +157,15 @@ def _prepare(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int,
     enc, X, y, wt, offset, const, dropped = _encode(df, spec, resp, family)
     if layout is not None:
         # rows grouped by primary level: each pass then reads and writes one level's block
-        # and its row of the crossed products at a time, not a random one a row (the order
-        # changes sums by rounding only; nothing per row leaves the fit)
-        codes = pd.factorize(np.asarray(enc.keys[layout.primary]), sort=True)[0]
-        o = np.argsort(codes, kind="stable")
+        # and its row of the crossed products at a time, not a random one a row; within a
+        # level, ordered by all their values, so that the sums do not depend on the order in
+        # which a shuffle delivered the rows (nothing per row leaves the fit)
+        codes = {f: pd.factorize(np.asarray(k), sort=True)[0] for f, k in enc.keys.items()}
+        values = [*X.T[::-1], offset, wt, y,
+                  *(col for z in enc.Z.values()
+                    for col in np.asarray(z, float).reshape(len(y), -1).T)]
+        o = np.lexsort([*values, *(codes[f] for f in codes if f != layout.primary),
+                        codes[layout.primary]])
         data = P.PirlsData(X[o], y[o], wt[o], offset[o],
                            {f: np.array(z, dtype=float)[o] for f, z in enc.Z.items()},
                            {f: np.asarray(k)[o] for f, k in enc.keys.items()}, const,
@@ -414,6 +419,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         ddf, categorical, factor_levels, combos = frozen_levels(
             c, ddf, used, cat_cols, factor_names, group_cols, manifest, hold=True,
             rewriter=rewriter)
+        held = not isinstance(ddf, pd.DataFrame) and len(factor_names) > 1
         sch = {col: schema[col] for col in used}
         success = None
         if resp_col in categorical:
@@ -428,6 +434,11 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         layout = model_layout(spec, combos, 0, prefer_local=True)
         primary, glob = layout.primary, layout.global_factors
         part_layout = None if scalar else layout
+        if held and not raw_aligned(c, ddf, spec.factor(primary)):
+            # the input is on the workers already (several factors: frozen_levels held it):
+            # shuffle before encoding rather than encode twice
+            log.info("data are not partitioned by %s: shuffling", primary)
+            ddf = shuffle_by(ddf, spec.factor(primary))
         parts = _persist(c, ddf, spec, resp, fam_code, part_layout)
         info = c.gather(c.map(_keys, parts, family=fam_code, pure=False))
         if not aligned([k for k, _, _ in info]):

@@ -177,6 +177,29 @@ def aligned(keys: list[np.ndarray]) -> bool:
     return len(pd.unique(allk)) == len(allk)
 
 
+def _raw_levels(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """The distinct values (tuples for several columns) of ``columns`` in one partition."""
+    sub = df[columns].dropna()
+    if len(columns) == 1:
+        return pd.unique(sub[columns[0]].to_numpy(dtype=object))
+    rows = list(sub.drop_duplicates().itertuples(index=False, name=None))
+    out = np.empty(len(rows), dtype=object)  # 1-d, one tuple an entry
+    out[:] = rows
+    return out
+
+
+def raw_aligned(client, ddf: dd.DataFrame, factor: FactorSpec) -> bool:
+    """:func:`aligned` on the raw columns of ``factor``, before any encoding: one map that
+    reads only those columns (cheap where the input is held on the workers)."""
+    import dask
+
+    if ddf.npartitions <= 1:
+        return True
+    get = dask.delayed(_raw_levels, pure=False)
+    return aligned(client.gather(client.compute(
+        [get(p, list(factor.columns)) for p in partitions(ddf)])))
+
+
 def shuffle_by(ddf: dd.DataFrame, factor: FactorSpec) -> dd.DataFrame:
     """Repartition rows so that every level of ``factor`` sits in one partition."""
     return ddf.shuffle(on=list(factor.columns), npartitions=max(ddf.npartitions, 1))
