@@ -30,8 +30,8 @@ columns unscaled) and ``T = Lambda_G S^{-1} Lambda_G'``:
                                                       - 2 z_l' E T z_G + z_G' T z_G
 
 (``z_l`` a row's scaled local columns, ``z_G`` its raw crossed ones). A partition returns the
-sums over its rows (:func:`gradient_pieces`); the client adds the crossed block's part
-(:func:`combine`).
+sums over its rows (:func:`daskmm.kernels.pirls.crossed_gradient`); the client adds the
+crossed block's part (:func:`combine`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import math
 import numba
 import numpy as np
 
+from daskmm.kernels.block_chol import solve_blocks
 from daskmm.kernels.scalar_re import POISSON, row_term
 
 
@@ -175,9 +176,10 @@ def crossed_T(S_inv: np.ndarray, lam_G: np.ndarray) -> np.ndarray:
 
 def combine(pieces: list[tuple], S_inv: np.ndarray, lam_G: np.ndarray, g_factor: np.ndarray,
             theta: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-    """The gradient ``(d/dtheta, d/dbeta)`` from the partitions' :func:`gradient_pieces` and
-    the crossed block's ``S^{-1}``; ``lam_G``, ``g_factor``: each crossed column's
-    ``theta`` and factor (index into ``theta``).
+    """The gradient ``(d/dtheta, d/dbeta)`` from the partitions' pieces
+    (:func:`daskmm.kernels.pirls.crossed_gradient`) and the crossed block's ``S^{-1}``;
+    ``lam_G``, ``g_factor``: each crossed column's ``theta`` and factor (index into
+    ``theta``).
 
     Also returns ``psi = Y_G - Lambda_G E' Y_loc``, the crossed rows of ``Y`` after the local
     block's elimination, for :func:`crossed_shift`."""
@@ -219,7 +221,6 @@ def local_shift(L: np.ndarray, blocks: tuple, E: np.ndarray, Y_loc: np.ndarray,
                 w: np.ndarray, lam_dv_G: np.ndarray) -> np.ndarray:
     """The local modes' first-order move ``A^{-1} Y_loc w - E (Lambda_G dv_G)``
     (:func:`crossed_shift`), from the factored local blocks ``L`` at the last point."""
-    from daskmm.kernels.block_chol import solve_blocks
     start, size, off, _ = blocks
     out = solve_blocks(L, start, size, off, (Y_loc @ w)[:, None])[:, 0]
     return out - E @ lam_dv_G
