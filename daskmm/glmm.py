@@ -246,11 +246,12 @@ def _local_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray,
     return P.local_point(data, layout, lam, beta, family, link)
 
 
-def _g_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
-             family: int, link: int, size: float | None = None) -> P.Point:
+def _g_point(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.ndarray,
+             b_G: np.ndarray, family: int, link: int, size: float | None = None) -> P.Point:
     """The whole :class:`~daskmm.kernels.pirls.Point` at the final ``(theta, beta)``, for the
     conditional modes: the local modes to convergence given the crossed factors' ``b_G``
-    (warm from the fit), then the blocked point there. The result stays on the worker."""
+    (warm from the fit), then the blocked point there. The result stays on the worker.
+    ``done``: the last solve's :func:`_c_finish` on this partition (run first)."""
     _with_size(data, size)
     value = P.local_laplace(data, layout, lam, beta, family, link,
                             eta_extra=P.global_zb(data, layout, b_G))
@@ -266,13 +267,14 @@ def _g_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G
                    family, link, groups)
 
 
-def _c_start(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, b_G: np.ndarray,
-             family: int, link: int, size: float | None = None,
+def _c_start(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.ndarray,
+             b_G: np.ndarray, family: int, link: int, size: float | None = None,
              shift: tuple[np.ndarray, np.ndarray] | None = None) -> P.CrossedState | None:
     """The joint PIRLS state at the last evaluation's local modes (or zero); it stays on the
     worker as a future. With ``shift = (w, Lambda_G dv_G)`` and the pieces the last gradient
     left (:func:`daskmm.kernels.pirls.crossed_gradient`), the modes are first moved to first
-    order in the change of ``(theta, beta)`` (:func:`daskmm.kernels.laplace_grad.local_shift`)."""
+    order in the change of ``(theta, beta)`` (:func:`daskmm.kernels.laplace_grad.local_shift`).
+    ``done``: the last solve's :func:`_c_finish` on this partition (run first)."""
     _with_size(data, size)
     n_loc = data.index.Z_loc.shape[1]
     st = None
@@ -296,9 +298,11 @@ def _c_try(data: P.PirlsData, st: P.CrossedState, layout: Layout, lam: dict, bet
     return P.crossed_try(data, st, layout, lam, beta, b_G_target, t, family, link)
 
 
-def _c_grad(data: P.PirlsData, st: P.CrossedState, layout: Layout, lam: dict,
-            factors: tuple[str, ...], beta: np.ndarray, u_G: np.ndarray, T: np.ndarray,
-            family: int, link: int) -> tuple:
+def _c_grad(data: P.PirlsData, st: P.CrossedState, done: None, layout: Layout,
+            lam: dict, factors: tuple[str, ...], beta: np.ndarray, u_G: np.ndarray,
+            T: np.ndarray, family: int, link: int) -> tuple:
+    """:func:`daskmm.kernels.pirls.crossed_gradient` at the solve's final state, after that
+    solve's :func:`_c_finish` (``done``), which would otherwise clear what it leaves."""
     return P.crossed_gradient(data, st, layout, lam, factors, beta, u_G, T, family, link)
 
 
@@ -516,7 +520,10 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         graded = getattr(crit, "has_gradient", False)
         if hasattr(base, "newton") and not graded:
             base.newton = False
-        objective = crit(theta, beta, size)
+        # with the gradient the optimiser's last value is the criterion at x, modes
+        # converged: no solve again
+        objective = optinfo.fmin if graded and optinfo.fmin < 1e299 else \
+            crit(theta, beta, size)
         if not math.isfinite(objective):
             raise FitError("the criterion is not finite at the optimum; the model may be "
                            "overparameterised or the data separated")
@@ -819,6 +826,8 @@ class _GlobalCriterion:
         self.u_G = np.zeros(layout.n_G)
         self.c_newton: float | None = None  # Newton's constant, from the last two-step solve
         self._shift = None  # (theta, beta, size, S^-1, psi, lam_G) of the last gradient
+        self._solved: dict = {}  # (theta, beta, size) -> (u_G, sums) of the recent solves
+        self._done = [None] * len(parts)  # the last solve's _c_finish tasks
         # the exact gradient (daskmm.kernels.laplace_grad): a canonical link and one scalar
         # term a factor, in theta's order
         names = tuple(t.factor for t in spec.terms)
@@ -860,15 +869,17 @@ class _GlobalCriterion:
         if shift is not None:  # the modes moved to first order (value_grad's pieces)
             u_G = u_G + shift[2]
             shift = shift[:2]
-        states = c.map(_c_start, self.parts, b_G=Lam_G @ u_G, shift=shift, pure=False, **kw)
+        states = c.map(_c_start, self.parts, self._done, b_G=Lam_G @ u_G, shift=shift,
+                       pure=False, **kw)
         s = self._sum_states(states)
         if not math.isfinite(s[0]) and shift is not None:
             u_G = self.u_G.copy()
-            states = c.map(_c_start, self.parts, b_G=Lam_G @ u_G, pure=False, **kw)
+            states = c.map(_c_start, self.parts, self._done, b_G=Lam_G @ u_G, pure=False, **kw)
             s = self._sum_states(states)
         if not math.isfinite(s[0]):
             u_G = np.zeros(lay.n_G)
-            states = c.map(_c_start, self.parts, b_G=np.zeros(lay.n_G), pure=False, **kw)
+            states = c.map(_c_start, self.parts, self._done, b_G=np.zeros(lay.n_G), pure=False,
+                           **kw)
             s = self._sum_states(states)
             if not math.isfinite(s[0]):
                 return math.inf, None, u_G, lam, None
@@ -904,9 +915,19 @@ class _GlobalCriterion:
                 self.c_newton = P.newton_constant(prev, step)
             prev = step if t == 1.0 else None
         _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)
-        c.gather(c.map(_c_finish, self.parts, states, pure=False))
+        # not waited for: the next task on each partition (a start, the gradient, the
+        # modes) takes it as an argument, so runs after it
+        self._done = c.map(_c_finish, self.parts, states, pure=False)
         self.u_G = u_G
-        return p0 + s[2] + ld_G, states, u_G, lam, (s[4], s[3], s[2])
+        sums = (s[4], s[3], s[2])
+        self._solved[self._key(theta, beta, size)] = (u_G.copy(), sums)
+        while len(self._solved) > 16:
+            self._solved.pop(next(iter(self._solved)))
+        return p0 + s[2] + ld_G, states, u_G, lam, sums
+
+    @staticmethod
+    def _key(theta, beta, size):
+        return (np.asarray(theta, float).tobytes(), np.asarray(beta, float).tobytes(), size)
 
     def _sum_states(self, states):
         out = self.c.gather(self.c.map(_c_summary, states, pure=False))
@@ -937,8 +958,9 @@ class _GlobalCriterion:
             return math.inf, nan
         T = LG.crossed_T(S_inv, lam_G)
         pieces = self.c.gather(self.c.map(
-            _c_grad, self.parts, states, layout=self.layout, lam=lam, factors=self.factors,
-            beta=beta, u_G=u_G, T=T, family=self.family, link=self.link, pure=False))
+            _c_grad, self.parts, states, self._done, layout=self.layout, lam=lam,
+            factors=self.factors, beta=beta, u_G=u_G, T=T, family=self.family, link=self.link,
+            pure=False))
         g, psi = LG.combine(pieces, S_inv, lam_G, self.g_factor, theta, len(beta))
         self._shift = (theta.copy(), np.array(beta, dtype=float), size, S_inv, psi, lam_G)
         return val - 2.0 * self.const, g
@@ -957,8 +979,16 @@ class _GlobalCriterion:
         return w, lam_G * dv_G, dv_G
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
-        _, _, u_G, lam, sums = self._solve(theta, beta, size)
-        pts = self.c.map(_g_point, self.parts, layout=self.layout, lam=lam, beta=beta,
+        """The conditional modes at ``(theta, beta)``: the crossed ones from the solve there
+        (one of the recent ones when the optimiser evaluated this point), the local ones to
+        convergence given them (:func:`_g_point`)."""
+        done = self._solved.get(self._key(theta, beta, size))
+        if done is not None:
+            u_G, sums = done
+            lam = lambdas(self.spec, np.asarray(theta))
+        else:
+            _, _, u_G, lam, sums = self._solve(theta, beta, size)
+        pts = self.c.map(_g_point, self.parts, self._done, layout=self.layout, lam=lam, beta=beta,
                          b_G=self._Lam_G(lam) @ u_G, family=self.family, link=self.link,
                          size=size, pure=False)
         return _ranef(self.c, pts, self.spec, self.layout, lam, u_G, sums)

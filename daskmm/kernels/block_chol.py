@@ -179,3 +179,82 @@ def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, 
             M[off[k] + a * s + a] += 1.0
     logdet, ok = chol_blocks(M, start, size, off)
     return ok, ll + comp, logdet, M, G, C
+
+
+@numba.njit(cache=True, nogil=True)
+def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, link,
+                        col_block, start, size, off, total, w_min, w_max
+                        ):  # pragma: no cover - compiled
+    """:func:`crossed_pass` when every factor has one column (scalar terms): row ``i``'s
+    column on local factor ``k`` is ``l_col[k, i]`` with the scaled value ``l_val[k, i]`` (a
+    column of ``Z~``), on crossed factor ``k`` ``g_col[k, i]`` with the raw ``g_val[k, i]``.
+
+    The same sums in the same row order, without the CSR indirections, and with the crossed
+    block's diagonal and working-residual column held in short vectors (a row's crossed
+    columns are on different factors, so ``G``'s off-diagonal entries come only from pairs of
+    crossed factors): about 2.5x fewer nanoseconds a row than the general pass."""
+    KL, n = l_col.shape
+    KG = g_col.shape[0]
+    n_loc = col_block.shape[0]
+    n_g = b_G.shape[0]
+    M = np.zeros(total)
+    G = np.zeros((n_g + 1, n_g + 1))
+    C = np.zeros((n_loc, n_g + 1))
+    g_diag = np.zeros(n_g)
+    g_res = np.zeros(n_g)
+    rr = 0.0
+    ll = 0.0
+    comp = 0.0
+    for i in range(n):
+        d = 0.0
+        for k in range(KL):
+            d += l_val[k, i] * u[l_col[k, i]]
+        for k in range(KG):
+            d += g_val[k, i] * b_G[g_col[k, i]]
+        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
+        if not (math.isfinite(li) and wi < w_max):
+            return False, ll, 0.0, M, G, C
+        tot = ll + li  # Neumaier's compensated sum, as crossed_pass
+        if abs(ll) >= abs(li):
+            comp += (ll - tot) + li
+        else:
+            comp += (li - tot) + ll
+        ll = tot
+        if wi < w_min:
+            wi = w_min
+        ri = d + sc / wi
+        wri = wi * ri
+        for k in range(KL):
+            ja = l_col[k, i]
+            va = l_val[k, i] * wi
+            blk = col_block[ja]
+            base = off[blk] + (ja - start[blk]) * size[blk] - start[blk]
+            for k2 in range(KL):
+                M[base + l_col[k2, i]] += va * l_val[k2, i]
+            for k2 in range(KG):
+                C[ja, g_col[k2, i]] += va * g_val[k2, i]
+            C[ja, n_g] += l_val[k, i] * wri
+        for k in range(KG):
+            ja = g_col[k, i]
+            gv = g_val[k, i]
+            va = gv * wi
+            g_diag[ja] += va * gv
+            for k2 in range(k + 1, KG):
+                G[ja, g_col[k2, i]] += va * g_val[k2, i]
+            g_res[ja] += gv * wri
+        rr += ri * wri
+    for a in range(n_g):
+        for b in range(a):  # the pairs were added once, either way round
+            s = G[a, b] + G[b, a]
+            G[a, b] = s
+            G[b, a] = s
+        G[a, a] = g_diag[a]
+        G[a, n_g] = g_res[a]
+        G[n_g, a] = g_res[a]
+    G[n_g, n_g] = rr
+    for k in range(start.shape[0]):
+        s = size[k]
+        for a in range(s):
+            M[off[k] + a * s + a] += 1.0
+    logdet, ok = chol_blocks(M, start, size, off)
+    return ok, ll + comp, logdet, M, G, C

@@ -42,18 +42,21 @@ import numba
 import numpy as np
 
 from daskmm.kernels.block_chol import solve_blocks
-from daskmm.kernels.scalar_re import POISSON, row_term
+from daskmm.kernels.scalar_re import POISSON
 
 
 @numba.njit(cache=True, nogil=True)
-def _dweight(eta, wt, family):  # pragma: no cover - compiled
-    """``d W / d eta`` for a canonical link: ``mu`` (Poisson log), ``wt p (1 - p)(1 - 2p)``
-    (binomial logit)."""
+def _canonical_row(eta, y, wt, family):  # pragma: no cover - compiled
+    """``(s, W, d W / d eta)`` of one row for a canonical link, one ``exp``: score and weight
+    exactly as :func:`~daskmm.kernels.scalar_re.row_term`'s, and ``d W / d eta`` = ``mu``
+    (Poisson log) or ``W (1 - 2p)`` (binomial logit)."""
     if family == POISSON:
-        return math.exp(eta)
+        mu = math.exp(eta)
+        return y - mu, mu, mu
     e = math.exp(-abs(eta))
     p = 1.0 / (1.0 + e) if eta > 0 else e / (1.0 + e)
-    return wt * p * (1.0 - p) * (1.0 - 2.0 * p)
+    w = wt * p * (1.0 - p)
+    return y - wt * p, w, w * (1.0 - 2.0 * p)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -91,17 +94,21 @@ def local_inverse(L, start, size, off, E, ET):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def gradient_pass(cols, zs, is_local, lam, u, u_G, eta0, y, wt, X, family, link, Minv,
-                  start, size, off, col_block, ET, T, w_min):  # pragma: no cover - compiled
+def gradient_pass(l_col, l_z, l_th, g_col, g_z, g_th, lam, u, u_G, eta0, y, wt, X, family,
+                  Minv, start, size, off, col_block, ET, T, w_min):  # pragma: no cover
     """The row sums of the gradient at the modes ``(u, u_G)``, in one pass.
 
-    ``cols[k, i]``, ``zs[k, i]``: row ``i``'s column on factor ``k`` (in the local ``u`` or in
-    ``u_G`` as ``is_local[k]`` says) and its raw model value; ``lam[k] = theta_k``; ``Minv``:
-    :func:`local_inverse`. Returns ``(Xs, Xc, sa, ca, r_l, ZGc, Yl, YG)``: ``X' s``, ``X' c``,
-    ``s' a_k``, ``c' a_k``, ``Z~_loc' c``, ``Z_G' c`` (raw), and the columns
+    ``l_col[k, i]``, ``l_z[k, i]``: row ``i``'s column in the local ``u`` on local factor
+    ``k`` and its raw model value (:class:`~daskmm.kernels.pirls.ScalarRows`), ``l_th[k]``
+    the factor's place in ``theta``; ``g_col``, ``g_z``, ``g_th`` the same for the crossed
+    factors (columns in ``u_G``); ``lam[t] = theta_t``; ``Minv``: :func:`local_inverse`.
+    Returns ``(Xs, Xc, sa, ca, r_l, ZGc, Yl, YG)``: ``X' s``, ``X' c``, ``s' a_k``,
+    ``c' a_k``, ``Z~_loc' c``, ``Z_G' c`` (raw), and the columns
     ``Y = [Z~' W X, Z_k' s - Z~' W a_k]`` split into local rows and crossed rows (``u``
     scale)."""
-    K, n = cols.shape
+    KL, n = l_col.shape
+    KG = g_col.shape[0]
+    K = KL + KG
     p = X.shape[1]
     n_loc = u.shape[0]
     n_g = u_G.shape[0]
@@ -113,59 +120,71 @@ def gradient_pass(cols, zs, is_local, lam, u, u_G, eta0, y, wt, X, family, link,
     ZGc = np.zeros(n_g)
     Yl = np.zeros((n_loc, p + K))
     YG = np.zeros((n_g, p + K))
-    a = np.empty(K)
-    zt = np.empty(K)
+    T_diag = np.empty(n_g)
+    for j in range(n_g):
+        T_diag[j] = T[j, j]
+    a = np.empty(K)  # a_t = z v on factor t, in theta's order
+    zl = np.empty(KL)  # the scaled local values
     for i in range(n):
         d = 0.0
-        for k in range(K):
-            c = cols[k, i]
-            v = u[c] if is_local[k] else u_G[c]
-            a[k] = zs[k, i] * v
-            zt[k] = zs[k, i] * lam[k]
-            d += zt[k] * v
+        for k in range(KL):
+            t = l_th[k]
+            v = u[l_col[k, i]]
+            a[t] = l_z[k, i] * v
+            zl[k] = l_z[k, i] * lam[t]
+            d += zl[k] * v
+        for k in range(KG):
+            t = g_th[k]
+            v = u_G[g_col[k, i]]
+            a[t] = g_z[k, i] * v
+            d += g_z[k, i] * lam[t] * v
         eta = eta0[i] + d
-        _, sc, wi = row_term(eta, y[i], wt[i], family, link)
-        dw = _dweight(eta, wt[i], family)
+        sc, wi, dw = _canonical_row(eta, y[i], wt[i], family)
         if wi < w_min:
             wi = w_min
         h = 0.0
-        for k in range(K):
-            ck = cols[k, i]
-            for k2 in range(K):
-                c2 = cols[k2, i]
-                if is_local[k]:
-                    if is_local[k2]:
-                        blk = col_block[ck]
-                        s = size[blk]
-                        h += zt[k] * zt[k2] * Minv[off[blk] + (ck - start[blk]) * s
-                                                   + c2 - start[blk]]
-                    else:
-                        h -= 2.0 * zt[k] * zs[k2, i] * ET[ck, c2]
-                elif not is_local[k2]:
-                    h += zs[k, i] * zs[k2, i] * T[ck, c2]
+        for k in range(KL):
+            ck = l_col[k, i]
+            blk = col_block[ck]
+            s = size[blk]
+            base = off[blk] + (ck - start[blk]) * s - start[blk]
+            for k2 in range(KL):
+                h += zl[k] * zl[k2] * Minv[base + l_col[k2, i]]
+            for k2 in range(KG):
+                h -= 2.0 * zl[k] * g_z[k2, i] * ET[ck, g_col[k2, i]]
+        for k in range(KG):
+            ck = g_col[k, i]
+            gz = g_z[k, i]
+            h += gz * gz * T_diag[ck]
+            for k2 in range(k + 1, KG):
+                h += 2.0 * gz * g_z[k2, i] * T[ck, g_col[k2, i]]
         ci = h * dw
         for j in range(p):
             Xs[j] += X[i, j] * sc
             Xc[j] += X[i, j] * ci
-        for k in range(K):
-            sa[k] += sc * a[k]
-            ca[k] += ci * a[k]
-            ck = cols[k, i]
-            zw = zt[k] * wi
-            if is_local[k]:
-                r_l[ck] += zt[k] * ci
-                for j in range(p):
-                    Yl[ck, j] += zw * X[i, j]
-                Yl[ck, p + k] += zs[k, i] * sc
-                for k2 in range(K):
-                    Yl[ck, p + k2] -= zw * a[k2]
-            else:
-                ZGc[ck] += zs[k, i] * ci
-                for j in range(p):
-                    YG[ck, j] += zw * X[i, j]
-                YG[ck, p + k] += zs[k, i] * sc
-                for k2 in range(K):
-                    YG[ck, p + k2] -= zw * a[k2]
+        for t in range(K):
+            sa[t] += sc * a[t]
+            ca[t] += ci * a[t]
+        for k in range(KL):
+            ck = l_col[k, i]
+            t = l_th[k]
+            zw = zl[k] * wi
+            r_l[ck] += zl[k] * ci
+            for j in range(p):
+                Yl[ck, j] += zw * X[i, j]
+            Yl[ck, p + t] += l_z[k, i] * sc
+            for t2 in range(K):
+                Yl[ck, p + t2] -= zw * a[t2]
+        for k in range(KG):
+            ck = g_col[k, i]
+            t = g_th[k]
+            zw = g_z[k, i] * lam[t] * wi
+            ZGc[ck] += g_z[k, i] * ci
+            for j in range(p):
+                YG[ck, j] += zw * X[i, j]
+            YG[ck, p + t] += g_z[k, i] * sc
+            for t2 in range(K):
+                YG[ck, p + t2] -= zw * a[t2]
     return Xs, Xc, sa, ca, r_l, ZGc, Yl, YG
 
 

@@ -44,6 +44,7 @@ from daskmm.kernels.block_chol import (
     block_layout,
     chol_blocks,
     crossed_pass,
+    crossed_scalar_pass,
     normal_blocks,
     solve_blocks,
 )
@@ -415,13 +416,19 @@ class JointState:
     sx: np.ndarray
 
 
+def _blocks(idx: ReIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The block layout of ``M``: one block per primary level, in the flattened order."""
+    blocks = getattr(idx, "_blocks", None)
+    if blocks is None:
+        blocks = idx._blocks = block_layout(np.concatenate(
+            [np.full(m, s, dtype=np.int64) for m, s in idx.group_shapes] or [np.zeros(0)]))
+    return blocks
+
+
 def local_system(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray]):
     """``Z~ = Z Lambda`` (CSR), its transpose and the block layout of ``M``."""
     idx = data.index
-    blocks = getattr(idx, "_blocks", None)
-    if blocks is None:  # one block per primary level, in the flattened order
-        blocks = idx._blocks = block_layout(np.concatenate(
-            [np.full(m, s, dtype=np.int64) for m, s in idx.group_shapes] or [np.zeros(0)]))
+    blocks = _blocks(idx)
     # every PIRLS step of one evaluation has the same Lambda: build Z~ once for it
     key = tuple((f, lam[f].tobytes()) for f in sorted(lam))
     cached = getattr(idx, "_ZL", None)
@@ -543,13 +550,24 @@ def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     """The state at ``(u, b_G)``: weights there, the local block factors, and the Schur pieces
     ``RtR = C' M^{-1} C`` with ``C = Z~_loc' W [Z_G, r]``, ``G = [Z_G, r]' W [Z_G, r]``. None
     when the point is unusable."""
-    ZG = _global_matrix(data, layout)
-    ZL, _, blocks = local_system(data, layout, lam)
-    start, size, off, col_block = blocks
-    ok, ll, logdet, M, G, C = crossed_pass(
-        ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, u, b_G,
-        _eta_fixed(data, beta), data.y, data.wt, family, link, col_block, start, size, off,
-        int(np.sum(size * size)), _W_MIN, _W_MAX)
+    eta0 = _eta_fixed(data, beta)
+    rows = scalar_rows(data, layout)
+    if rows is not None:  # every factor one column: the pass without CSR indirections
+        blocks = _blocks(data.index)
+        start, size, off, col_block = blocks
+        l_col, l_z, g_col, g_z = rows.l_col, rows.l_z, rows.g_col, rows.g_z
+        l_val = l_z * np.array([float(lam[f][0, 0]) for f in rows.local])[:, None]
+        ok, ll, logdet, M, G, C = crossed_scalar_pass(
+            l_col, l_val, g_col, g_z, u, b_G, eta0, data.y, data.wt, family, link,
+            col_block, start, size, off, int(np.sum(size * size)), _W_MIN, _W_MAX)
+    else:
+        ZG = _global_matrix(data, layout)
+        ZL, _, blocks = local_system(data, layout, lam)
+        start, size, off, col_block = blocks
+        ok, ll, logdet, M, G, C = crossed_pass(
+            ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, u, b_G, eta0,
+            data.y, data.wt, family, link, col_block, start, size, off,
+            int(np.sum(size * size)), _W_MIN, _W_MAX)
     if not ok:
         return None
     Minv_C = solve_blocks(M, start, size, off, C)
@@ -573,23 +591,48 @@ def crossed_try(data: PirlsData, st: CrossedState, layout: Layout, lam: dict[str
     return new
 
 
-def _scalar_columns(data: PirlsData, layout: Layout, factors: tuple[str, ...]):
-    """Per factor (in ``theta``'s order, one scalar term each): every row's column in the
-    local ``u`` or in ``u_G``, its raw model value, whether the factor is local, and each local
-    column's factor. Built once per partition."""
-    cached = getattr(data, "_scalar_cols", None)
-    if cached is not None and cached[0] == factors:
-        return cached[1]
+@dataclass
+class ScalarRows:
+    """Every row's column and raw model value on each factor, when every factor has one
+    column (scalar terms): ``l_col[k, i]`` in the local ``u`` for ``local[k]``, ``g_col[k, i]``
+    in ``u_G`` for ``crossed[k]``; ``l_factor``: each local column's factor (an index into
+    ``local``)."""
+
+    local: tuple[str, ...]
+    crossed: tuple[str, ...]
+    l_col: np.ndarray
+    l_z: np.ndarray
+    g_col: np.ndarray
+    g_z: np.ndarray
+    l_factor: np.ndarray
+
+
+def scalar_rows(data: PirlsData, layout: Layout) -> ScalarRows | None:
+    """:class:`ScalarRows` of a partition (built once), or None when a factor has more than
+    one column."""
+    cached = getattr(data, "_scalar_rows", None)
+    if cached is not None:
+        return cached or None
+    local = (layout.primary, *layout.nested)
+    crossed = tuple(layout.global_factors)
+    if any(layout.q[f] != 1 for f in local + crossed):
+        data._scalar_rows = False
+        return None
     n = len(data.y)
-    cols = np.array([data.index.start[f] for f in factors], dtype=np.int64).reshape(-1, n)
-    zs = np.array([data.Z[f][:, 0] for f in factors], dtype=float).reshape(-1, n)
-    is_local = np.array([f not in layout.global_factors for f in factors])
-    n_loc = data.index.Z_loc.shape[1]
-    col_factor = np.zeros(n_loc, dtype=np.int64)
-    for k in np.flatnonzero(is_local):
-        col_factor[cols[k]] = k
-    out = (cols, zs, is_local, col_factor)
-    data._scalar_cols = (factors, out)
+
+    def stack(names, dtype, get):
+        return np.ascontiguousarray(np.array([get(f) for f in names], dtype=dtype)
+                                    .reshape(len(names), n))
+
+    idx = data.index
+    l_col = stack(local, np.int64, lambda f: idx.start[f])
+    l_factor = np.zeros(idx.Z_loc.shape[1], dtype=np.int64)
+    for k in range(len(local)):
+        l_factor[l_col[k]] = k
+    out = ScalarRows(local, crossed, l_col, stack(local, float, lambda f: data.Z[f][:, 0]),
+                     stack(crossed, np.int64, lambda f: idx.start[f]),
+                     stack(crossed, float, lambda f: data.Z[f][:, 0]), l_factor)
+    data._scalar_rows = out
     return out
 
 
@@ -601,16 +644,19 @@ def crossed_gradient(data: PirlsData, st: CrossedState, layout: Layout,
     :func:`~daskmm.kernels.laplace_grad.gradient_pass` reduced to what the client combines,
     ``(X's, X'c, s'a, c'a, (A^-1 r_l)' Y_l, E' r_l, E' Y_l, Z_G' c, Y_G, local traces)``
     (:func:`~daskmm.kernels.laplace_grad.combine`)."""
-    cols, zs, is_local, col_factor = _scalar_columns(data, layout, factors)
-    _, _, blocks = local_system(data, layout, lam)
+    rows = scalar_rows(data, layout)
+    blocks = _blocks(data.index)
     start, size, off, col_block = blocks
     theta_f = np.array([float(lam[f][0, 0]) for f in factors])
+    l_th = np.array([factors.index(f) for f in rows.local], dtype=np.int64)
+    g_th = np.array([factors.index(f) for f in rows.crossed], dtype=np.int64)
     E = st.Minv_C[:, :layout.n_G]
     ET = E @ T
     Minv = local_inverse(st.M, start, size, off, E, ET)
     Xs, Xc, sa, ca, r_l, ZGc, Yl, YG = gradient_pass(
-        cols, zs, is_local, theta_f, st.u, u_G, _eta_fixed(data, beta), data.y, data.wt,
-        data.X, family, link, Minv, start, size, off, col_block, ET, T, _W_MIN)
+        rows.l_col, rows.l_z, l_th, rows.g_col, rows.g_z, g_th, theta_f, st.u, u_G,
+        _eta_fixed(data, beta), data.y, data.wt, data.X, family, Minv, start, size, off,
+        col_block, ET, T, _W_MIN)
     # what the next evaluation's start needs to move the modes to first order
     # (laplace_grad.local_shift); cleared when the modes move (crossed_finish)
     data._shift = (st.M, blocks, E, Yl)
@@ -618,7 +664,7 @@ def crossed_gradient(data: PirlsData, st: CrossedState, layout: Layout,
     j = np.arange(len(st.u))
     rel = j - start[col_block]
     diag = Minv[off[col_block] + rel * size[col_block] + rel]
-    tr_loc = np.bincount(col_factor, 1.0 - diag, minlength=len(factors))
+    tr_loc = np.bincount(l_th[rows.l_factor], 1.0 - diag, minlength=len(factors))
     return Xs, Xc, sa, ca, Ar @ Yl, E.T @ r_l, E.T @ Yl, ZGc, YG, tr_loc
 
 
