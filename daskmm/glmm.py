@@ -258,9 +258,9 @@ def _g_point(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.
     if not math.isfinite(value):
         data.u_warm = None
         return P.rejected_point(data, layout)
-    groups = getattr(data, "g_groups", None)
+    groups = data.g_groups  # the level groups depend only on the keys (build_index's)
     eta_fixed = data.X @ beta + data.offset
-    if groups is None:  # the level groups depend only on the keys: found once
+    if groups is None:
         groups = data.g_groups = P.point(data, layout, lam, eta_fixed, None, b_G, family,
                                          link).groups
     return P.point(data, layout, lam, eta_fixed, P.split_local(data, data.u_warm), b_G,

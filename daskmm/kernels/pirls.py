@@ -82,6 +82,7 @@ class PirlsData:
     index: ReIndex | None = None  # set by build_index
     u_warm: list[np.ndarray] | np.ndarray | None = None
     warm_groups: list[LevelGroup] | None = None  # the level groups u_warm is laid out by
+    g_groups: list[LevelGroup] | None = None  # the level groups (of the keys), build_index's
 
 
 @dataclass
@@ -174,6 +175,7 @@ def build_index(data: PirlsData, layout: Layout) -> None:
                             names=_z_names(data))
     data.primary = layout.primary
     data.index = _index(data, stats.groups, layout)
+    data.g_groups = stats.groups  # the level groups every later point is laid out by
 
 
 def _zb(data: PirlsData, layout: Layout, b_loc: np.ndarray | None,
