@@ -81,24 +81,30 @@ def chol_blocks(M, start, size, off):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def solve_blocks(L, start, size, off, R):  # pragma: no cover - compiled
     """``M^{-1} R`` for the factored blocks ``L`` (:func:`chol_blocks`) and a matrix ``R``
-    (coefficients x columns)."""
+    (coefficients x columns). Row operations on whole rows of ``R`` (contiguous), so a wide
+    ``R`` (the crossed columns) is read once a block."""
     X = R.copy()
     ncol = R.shape[1]
     for k in range(start.shape[0]):
         s = size[k]
         o = off[k]
         b = start[k]
-        for c in range(ncol):
-            for i in range(s):
-                v = X[b + i, c]
-                for t in range(i):
-                    v -= L[o + i * s + t] * X[b + t, c]
-                X[b + i, c] = v / L[o + i * s + i]
-            for i in range(s - 1, -1, -1):
-                v = X[b + i, c]
-                for t in range(i + 1, s):
-                    v -= L[o + t * s + i] * X[b + t, c]
-                X[b + i, c] = v / L[o + i * s + i]
+        for i in range(s):  # L y = r
+            for t in range(i):
+                f = L[o + i * s + t]
+                for c in range(ncol):
+                    X[b + i, c] -= f * X[b + t, c]
+            d = 1.0 / L[o + i * s + i]
+            for c in range(ncol):
+                X[b + i, c] *= d
+        for i in range(s - 1, -1, -1):  # L' x = y
+            for t in range(i + 1, s):
+                f = L[o + t * s + i]
+                for c in range(ncol):
+                    X[b + i, c] -= f * X[b + t, c]
+            d = 1.0 / L[o + i * s + i]
+            for c in range(ncol):
+                X[b + i, c] *= d
     return X
 
 
