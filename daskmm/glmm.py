@@ -35,6 +35,7 @@ The fit:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -1069,8 +1070,17 @@ def _persist(c, ddf, spec, resp, family, layout) -> list:
 
     tok = uuid.uuid4().hex[:8]
     prep = dask.delayed(_prepare, pure=False)
-    tasks = [prep(p, spec, resp, family, layout, dask_key_name=f"daskmm-glmm-data-{tok}-{i}")
-             for i, p in enumerate(partitions(ddf))]
+    # partition i on worker i mod n: every pass of the fit runs where its partition is, so
+    # two partitions on one worker (as a shuffle's outputs sometimes land) would halve the
+    # speed, or move the data when the scheduler steals a task; another worker takes over
+    # if that one is lost
+    workers = sorted(c.scheduler_info(n_workers=-1)["workers"])
+    tasks = []
+    for i, p in enumerate(partitions(ddf)):
+        with (dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
+              if workers else contextlib.nullcontext()):
+            tasks.append(prep(p, spec, resp, family, layout,
+                              dask_key_name=f"daskmm-glmm-data-{tok}-{i}"))
     futures = c.compute(tasks)
     track(futures, "glmm: data")
     return futures

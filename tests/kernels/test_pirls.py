@@ -133,3 +133,86 @@ def test_crossed_pass_sums_the_log_likelihood_compensated():
     terms = K.row_terms(eta0 + ZL @ u + ZG @ b_G, y, wt, K.POISSON, K.LOG)[0]
     exact = math.fsum(terms)
     assert ok and abs(ll - exact) <= 4 * np.spacing(abs(exact))
+
+
+@pytest.mark.parametrize("n_local, n_crossed", [(1, 1), (2, 2)])
+def test_crossed_scalar_pass_equals_the_general_pass(n_local, n_crossed):
+    """With one column a factor, the pass over stacked columns gives the general (CSR) pass's
+    log-likelihood, ``log|M|``, blocks, ``G`` and ``C``: one local and one crossed factor, and
+    a nested factor (blocks of 3: a primary level and its two nested levels) with two crossed
+    factors (``G``'s off-diagonal crossings)."""
+    import scipy.sparse as sp
+
+    from daskmm.kernels.block_chol import block_layout, crossed_pass, crossed_scalar_pass
+
+    rng = np.random.default_rng(11)
+    n, m = 2000, 40
+    s = 1 if n_local == 1 else 3
+    prim = rng.integers(0, m, n)
+    l_col = [s * prim] if n_local == 1 else [s * prim, s * prim + 1 + rng.integers(0, 2, n)]
+    l_val = [rng.uniform(0.5, 1.5, n) for _ in l_col]
+    sizes = [6, 4][:n_crossed]
+    g_col = [rng.integers(0, k, n) + sum(sizes[:j]) for j, k in enumerate(sizes)]
+    g_val = [rng.normal(size=n) for _ in g_col]
+    n_g = sum(sizes)
+
+    def csr(cols, vals, width):
+        M = sp.csr_matrix((np.column_stack(vals).ravel(), np.column_stack(cols).ravel(),
+                           np.arange(0, len(cols) * n + 1, len(cols))), shape=(n, width))
+        M.indptr, M.indices = M.indptr.astype(np.int64), M.indices.astype(np.int64)
+        return M
+
+    ZL, ZG = csr(l_col, l_val, s * m), csr(g_col, g_val, n_g)
+    u, b_G = 0.4 * rng.normal(size=s * m), 0.4 * rng.normal(size=n_g)
+    eta0, y, wt = rng.normal(size=n), rng.integers(0, 2, n).astype(float), np.ones(n)
+    blocks = block_layout(np.full(m, s))
+    start, size, off, col_block = blocks
+    rest = (u, b_G, eta0, y, wt, K.BINOMIAL, K.LOGIT, col_block, start, size, off, s * s * m,
+            1e-300, 1e100)
+    want = crossed_pass(ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, *rest)
+    got = crossed_scalar_pass(np.array(l_col), np.array(l_val), np.array(g_col),
+                              np.array(g_val), *rest)
+    assert got[0] and want[0]
+    assert got[1] == pytest.approx(want[1], rel=1e-13)
+    assert got[2] == pytest.approx(want[2], rel=1e-13)
+    for a, b in zip(got[3:], want[3:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert np.any(want[4][:sizes[0], sizes[0]:n_g]) == (n_crossed == 2)
+
+
+def test_logit_log_likelihood_is_within_an_ulp_of_log1p():
+    """The binomial-logit row term computes ``log1p(e^-|eta|)`` as ``log(1 + e)`` corrected
+    for the rounding of ``1 + e``: within an ulp or two of ``math.log1p`` from ``|eta|`` near
+    0 to beyond where ``1 + e`` rounds to 1."""
+    import math
+
+    worst = 0.0
+    for eta in np.concatenate([np.linspace(-45, 45, 4001), [1e-300, -1e-12, 36.7, -38.0]]):
+        ll, _, _ = K.row_term(float(eta), 0.0, 1.0, K.BINOMIAL, K.LOGIT)
+        e = math.exp(-abs(eta))
+        ref = -(max(eta, 0.0) + math.log1p(e))
+        worst = max(worst, abs(ll - ref) / np.spacing(abs(ref)))
+    assert worst <= 2
+
+
+def test_solve_blocks_solves_every_block():
+    """``M^{-1} R`` for blocks of sizes 1 to 4 and a wide ``R``: each block's residual is at
+    rounding."""
+    from daskmm.kernels.block_chol import block_layout, chol_blocks, solve_blocks
+
+    rng = np.random.default_rng(2)
+    sizes = rng.integers(1, 5, 60)
+    start, size, off, _ = block_layout(sizes)
+    blocks = []
+    for s in sizes:
+        A = rng.normal(size=(s, s))
+        blocks.append(A @ A.T + s * np.eye(s))
+    M = np.concatenate([b.ravel() for b in blocks])
+    L = M.copy()
+    _, ok = chol_blocks(L, start, size, off)
+    R = rng.normal(size=(int(sizes.sum()), 37))
+    X = solve_blocks(L, start, size, off, R)
+    assert ok
+    for k, A in enumerate(blocks):
+        b, s = start[k], size[k]
+        np.testing.assert_allclose(A @ X[b:b + s], R[b:b + s], atol=1e-12)
