@@ -48,7 +48,7 @@ from daskmm.kernels.block_chol import (
     normal_blocks,
     solve_blocks,
 )
-from daskmm.kernels.laplace_grad import gradient_pass, local_inverse
+from daskmm.kernels.laplace_grad import gradient_pass, gradient_pass_two, local_inverse
 from daskmm.kernels.pls import backward_solve, eval_group, group_Lambda
 from daskmm.kernels.scalar_re import row_terms
 from daskmm.kernels.stats import Layout, LevelGroup, partition_stats
@@ -655,7 +655,8 @@ def crossed_gradient(data: PirlsData, st: CrossedState, layout: Layout,
     E = st.Minv_C[:, :layout.n_G]
     ET = E @ T
     Minv = local_inverse(st.M, start, size, off, E, ET)
-    Xs, Xc, sa, ca, r_l, ZGc, Yl, YG = gradient_pass(
+    one_each = len(rows.local) == 1 and len(rows.crossed) == 1
+    Xs, Xc, sa, ca, r_l, ZGc, Yl, YG = (gradient_pass_two if one_each else gradient_pass)(
         rows.l_col, rows.l_z, l_th, rows.g_col, rows.g_z, g_th, theta_f, st.u, u_G,
         _eta_fixed(data, beta), data.y, data.wt, data.X, family, Minv, start, size, off,
         col_block, ET, T, _W_MIN)

@@ -129,3 +129,27 @@ def test_gradient_method_ends_at_the_bobyqa_optimum(captured):
     assert grad.optinfo["gradient_norm"] < 1e-6
     assert grad.objective <= bob.objective + 1e-8 * abs(bob.objective)
     assert grad.optinfo["feval"] < bob.optinfo["feval"]
+
+
+@pytest.mark.parametrize("order", ["ab", "ba"])
+def test_two_factor_gradient_pass_equals_the_general_one(order):
+    """The scalar loop for one local and one crossed factor gives the general pass's sums,
+    with ``theta`` in either order of the two factors."""
+    from daskmm.kernels.laplace_grad import gradient_pass, gradient_pass_two
+
+    rng = np.random.default_rng(4)
+    n, m, n_g, p = 3000, 60, 11, 2
+    l_col, g_col = rng.integers(0, m, (1, n)), rng.integers(0, n_g, (1, n))
+    l_z, g_z = rng.uniform(0.5, 1.5, (1, n)), rng.normal(size=(1, n))
+    l_th, g_th = (np.array([0]), np.array([1])) if order == "ab" else \
+        (np.array([1]), np.array([0]))
+    lam = np.array([0.7, 0.4])
+    start = np.arange(m, dtype=np.int64)
+    size, col_block = np.ones(m, dtype=np.int64), np.arange(m, dtype=np.int64)
+    T = rng.normal(size=(n_g, n_g))
+    args = (l_col, l_z, l_th, g_col, g_z, g_th, lam, rng.normal(size=m),
+            rng.normal(size=n_g), rng.normal(size=n), rng.integers(0, 2, n).astype(float),
+            np.ones(n), rng.normal(size=(n, p)), 0, rng.uniform(0.1, 1, m), start, size,
+            start.copy(), col_block, rng.normal(size=(m, n_g)), T @ T.T, 1e-300)
+    for got, want in zip(gradient_pass_two(*args), gradient_pass(*args), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
