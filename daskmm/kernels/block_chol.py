@@ -198,7 +198,7 @@ def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family,
     The same sums in the same row order, without the CSR indirections, and with the crossed
     block's diagonal and working-residual column held in short vectors (a row's crossed
     columns are on different factors, so ``G``'s off-diagonal entries come only from pairs of
-    crossed factors): about 2.5x fewer nanoseconds a row than the general pass."""
+    crossed factors): about 1.25x fewer nanoseconds a row than the general pass."""
     KL, n = l_col.shape
     KG = g_col.shape[0]
     n_loc = col_block.shape[0]
@@ -254,6 +254,65 @@ def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family,
             s = G[a, b] + G[b, a]
             G[a, b] = s
             G[b, a] = s
+        G[a, a] = g_diag[a]
+        G[a, n_g] = g_res[a]
+        G[n_g, a] = g_res[a]
+    G[n_g, n_g] = rr
+    for k in range(start.shape[0]):
+        s = size[k]
+        for a in range(s):
+            M[off[k] + a * s + a] += 1.0
+    logdet, ok = chol_blocks(M, start, size, off)
+    return ok, ll + comp, logdet, M, G, C
+
+
+@numba.njit(cache=True, nogil=True)
+def crossed_pass_two(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, link,
+                     col_block, start, size, off, total, w_min, w_max
+                     ):  # pragma: no cover - compiled
+    """:func:`crossed_scalar_pass` for one local and one crossed factor (``(1 | a) +
+    (1 | b)``): the same sums in the same order, every per-row quantity a scalar (1.4x fewer
+    nanoseconds a row)."""
+    n = l_col.shape[1]
+    n_loc = col_block.shape[0]
+    n_g = b_G.shape[0]
+    M = np.zeros(total)
+    G = np.zeros((n_g + 1, n_g + 1))
+    C = np.zeros((n_loc, n_g + 1))
+    g_diag = np.zeros(n_g)
+    g_res = np.zeros(n_g)
+    rr = 0.0
+    ll = 0.0
+    comp = 0.0
+    for i in range(n):
+        ja = l_col[0, i]
+        jg = g_col[0, i]
+        lv = l_val[0, i]
+        gv = g_val[0, i]
+        d = lv * u[ja] + gv * b_G[jg]
+        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
+        if not (math.isfinite(li) and wi < w_max):
+            return False, ll, 0.0, M, G, C
+        tot = ll + li  # Neumaier's compensated sum, as crossed_pass
+        if abs(ll) >= abs(li):
+            comp += (ll - tot) + li
+        else:
+            comp += (li - tot) + ll
+        ll = tot
+        if wi < w_min:
+            wi = w_min
+        ri = d + sc / wi
+        wri = wi * ri
+        va = lv * wi
+        blk = col_block[ja]
+        rel = ja - start[blk]
+        M[off[blk] + rel * size[blk] + rel] += va * lv
+        C[ja, jg] += va * gv
+        C[ja, n_g] += lv * wri
+        g_diag[jg] += gv * wi * gv
+        g_res[jg] += gv * wri
+        rr += ri * wri
+    for a in range(n_g):
         G[a, a] = g_diag[a]
         G[a, n_g] = g_res[a]
         G[n_g, a] = g_res[a]

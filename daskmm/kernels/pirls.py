@@ -44,6 +44,7 @@ from daskmm.kernels.block_chol import (
     block_layout,
     chol_blocks,
     crossed_pass,
+    crossed_pass_two,
     crossed_scalar_pass,
     normal_blocks,
     solve_blocks,
@@ -559,7 +560,9 @@ def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         start, size, off, col_block = blocks
         l_col, l_z, g_col, g_z = rows.l_col, rows.l_z, rows.g_col, rows.g_z
         l_val = l_z * np.array([float(lam[f][0, 0]) for f in rows.local])[:, None]
-        ok, ll, logdet, M, G, C = crossed_scalar_pass(
+        kernel = crossed_pass_two if len(rows.local) == len(rows.crossed) == 1 else \
+            crossed_scalar_pass
+        ok, ll, logdet, M, G, C = kernel(
             l_col, l_val, g_col, g_z, u, b_G, eta0, data.y, data.wt, family, link,
             col_block, start, size, off, int(np.sum(size * size)), _W_MIN, _W_MAX)
     else:

@@ -143,7 +143,12 @@ def test_crossed_scalar_pass_equals_the_general_pass(n_local, n_crossed):
     factors (``G``'s off-diagonal crossings)."""
     import scipy.sparse as sp
 
-    from daskmm.kernels.block_chol import block_layout, crossed_pass, crossed_scalar_pass
+    from daskmm.kernels.block_chol import (
+        block_layout,
+        crossed_pass,
+        crossed_pass_two,
+        crossed_scalar_pass,
+    )
 
     rng = np.random.default_rng(11)
     n, m = 2000, 40
@@ -178,6 +183,11 @@ def test_crossed_scalar_pass_equals_the_general_pass(n_local, n_crossed):
     for a, b in zip(got[3:], want[3:]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert np.any(want[4][:sizes[0], sizes[0]:n_g]) == (n_crossed == 2)
+    if n_local == n_crossed == 1:  # and the loop for exactly one of each
+        two = crossed_pass_two(np.array(l_col), np.array(l_val), np.array(g_col),
+                               np.array(g_val), *rest)
+        for a, b in zip(two[1:], got[1:]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_logit_log_likelihood_is_within_an_ulp_of_log1p():
