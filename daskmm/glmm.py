@@ -423,7 +423,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         rewriter = plan_formula(parsed_y, used)
         ddf, categorical, factor_levels, combos = frozen_levels(
             c, ddf, used, cat_cols, factor_names, group_cols, manifest, hold=True,
-            rewriter=rewriter)
+            rewriter=rewriter, declared=factors or ())
         held = not isinstance(ddf, pd.DataFrame) and len(factor_names) > 1
         sch = {col: schema[col] for col in used}
         success = None

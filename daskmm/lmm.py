@@ -182,7 +182,8 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     factor_names = list(dict.fromkeys(b.factor_name for b in parsed.bars))
     rewriter = plan_formula(parsed, used)
     ddf, categorical, factor_levels, combos = frozen_levels(
-        client, ddf, used, cat_cols, factor_names, group_cols, manifest, rewriter=rewriter)
+        client, ddf, used, cat_cols, factor_names, group_cols, manifest, rewriter=rewriter,
+        declared=factors)
     spec = ModelSpec.build(parsed, {c: schema[c] for c in used}, categorical, weights,
                            factor_levels or None, rewriter=rewriter)
     layout = model_layout(spec, combos, len(spec.fixef_names))

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: list[str],
                   factor_names: list[str], group_cols: list[str],
                   manifest: Manifest | None = None, hold: bool = False,
-                  rewriter: Rewriter | None = None):
+                  rewriter: Rewriter | None = None, declared: tuple | list = ()):
     """Levels of the categorical columns (from the manifest, else a metadata pass) and, with
     several grouping factors, their sorted levels and combinations (for the layout).
 
@@ -38,6 +38,8 @@ def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: 
     caller's own pass reads it from memory (the GLMM reads its input once per fit).
 
     Returns ``(ddf, categorical, factor_levels, combos)``; ``combos`` is None without a pass.
+    A text column whose levels are nearly all numbers is an error unless ``declared`` (the
+    caller's ``factors``) or ``factor()`` names it (:func:`check_numbers_as_text`).
     """
     categorical: dict[str, list[str]] = {}
     factor_levels: dict[str, list[str]] = {}
@@ -70,7 +72,39 @@ def frozen_levels(client: Client, ddf: dd.DataFrame, used: list[str], cat_cols: 
         for name in factor_names if several else []:
             factor_levels[name] = _sorted_factor_levels(
                 FactorSpec(name, tuple(name.split(":"))), combos)
+    wrapped = {c for t in (rewriter.transforms.values() if rewriter else [])
+               if t.kind == "factor" for c in t.columns}
+    check_numbers_as_text({c: v for c, v in categorical.items()
+                           if c not in declared and c not in wrapped})
     return ddf, categorical, factor_levels, combos
+
+
+NUMBERS_AS_TEXT = (20, 0.9)
+"""A text column with at least this many distinct numbers making at least this share of its
+levels is taken for a numeric column with a stray value (:func:`check_numbers_as_text`)."""
+
+
+def check_numbers_as_text(categorical: dict[str, list[str]]) -> None:
+    """Raise :class:`DataError` for a column of numbers with a few values that are not
+    (``3.1, 2.7, abc``): a CSV reader then types the whole column as text, and the formula
+    would take it as a factor with a level per distinct number, fitted without a word. Level
+    codes (``a1``, ``ctrl``) and small sets of numeric codes with a named level pass."""
+    least, share = NUMBERS_AS_TEXT
+    for c, levels in categorical.items():
+        bad = []
+        for v in levels:
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                bad.append(v)
+        numbers = len(levels) - len(bad)
+        if bad and numbers >= least and numbers >= share * len(levels):
+            raise DataError(
+                f"column {c!r} holds numbers but also {bad[0]!r} ({len(bad)} distinct "
+                f"value(s) that are not numbers, among {len(levels)}), so it would be fitted "
+                "as a factor with a level per number; correct those values or leave the cells "
+                "empty for missing, or name the column in factors (--factors) if it is a "
+                "factor")
 
 
 def model_layout(spec: ModelSpec, combos: pd.DataFrame | None, p: int,

@@ -100,6 +100,8 @@ CASES = [
      "Expected 3 fields", {"DASKMM_CSV_BLOCKSIZE": "4KB"}),
     ("bad value after the first block", ["fit", "{d}/late_bad.csv", "--formula", SIMPLE],
      "'x' (a str value where the first rows are float64)", {"DASKMM_CSV_BLOCKSIZE": "4KB"}),
+    ("number column with a stray word", ["fit", "{d}/late_bad.csv", "--formula", SIMPLE],
+     "column 'x' holds numbers but also 'abc'", {}),
     ("integer beyond float64", ["fit", "{d}/bigint.parquet", "--formula",
                                 "y ~ big + (1 | g)"], "beyond 2^53", {}),
     ("timestamp column", ["fit", "{d}/types.parquet", "--formula", "y ~ ts + (1 | g)"],
@@ -168,7 +170,10 @@ Every case runs in the default mode, which for these small files is in process."
 
 CLUSTER_ONLY = {"bad value after the first block"}
 """A CSV read in blocks (on a cluster) can meet a value of another type after the first block;
-a file read whole (in process) types the column from all of its values, as R does."""
+a file read whole (in process) types the column from all of its values, as R does, and the
+stray word is then found among the column's levels ("number column with a stray word"). (The
+dask reader types a column from its first rows, so on a cluster the same file meets the
+mismatch message.)"""
 
 RUNS = [(case, where) for case in CASES
         for where in (("cluster",) if case[0] in CLUSTER_ONLY else

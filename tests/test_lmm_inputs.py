@@ -124,3 +124,43 @@ def test_starts_its_own_local_cluster_when_no_client():
                           timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout.split()[0]) == pytest.approx(fx["objective"], rel=1e-6)
+
+
+def _stray(sleep, value="abc"):
+    """sleepstudy with Days as text (as a CSV reader types a column with one stray word) and
+    a numeric covariate z read the same way."""
+    df = sleep.copy()
+    df["z"] = (df["Reaction"] / 100).round(3).astype(str)
+    df.loc[17, "z"] = value
+    return df
+
+
+def test_numbers_with_a_stray_word_are_an_error(sleep):
+    """A column of numbers holding one word is not fitted as a factor with a level per number:
+    one error naming the column and the word, in process and for the GLMM too."""
+    df = _stray(sleep)
+    with pytest.raises(daskmm.DataError, match=r"column 'z' holds numbers but also 'abc' "
+                                               r"\(1 distinct value"):
+        daskmm.lmm("Reaction ~ z + (1 | Subject)", df, mode="in-process")
+    df["hit"] = (df["Reaction"] > 300).astype(int)
+    with pytest.raises(daskmm.DataError, match="column 'z' holds numbers but also 'abc'"):
+        daskmm.glmm("hit ~ z + (1 | Subject)", df, "binomial", mode="in-process")
+
+
+def test_level_codes_and_declared_factors_are_not_numbers_with_a_stray_word(sleep):
+    """Codes that are words (``d0``), a few numeric codes beside a named level, and a column
+    named in ``factors`` are factors, as they are in R."""
+    df = sleep.copy()
+    df["words"] = "d" + df["Days"].astype(str)
+    df["codes"] = np.where(df["Days"] < 9, df["Days"].astype(str), "ctrl")
+    for col in ("words", "codes"):
+        res = daskmm.lmm(f"Reaction ~ {col} + (1 | Subject)", df, mode="in-process")
+        assert len(res.fixef_names) == 10
+    df["z"] = (df["Days"] * 3 + df.index % 3).astype(str)  # 30 numeric codes
+    df.loc[df.index % 11 == 0, "z"] = "ctrl"
+    with pytest.raises(daskmm.DataError, match="name the column in factors"):
+        daskmm.lmm("Reaction ~ z + (1 | Subject)", df, mode="in-process")
+    res = daskmm.lmm("Reaction ~ z + (1 | Subject)", df, mode="in-process", factors=["z"])
+    assert len([n for n in res.fixef_names if n.startswith("z")]) == 30
+    res = daskmm.lmm("Reaction ~ factor(z) + (1 | Subject)", df, mode="in-process")
+    assert len([n for n in res.fixef_names if n.startswith("factor(z)")]) == 30
