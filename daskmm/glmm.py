@@ -1074,7 +1074,8 @@ def _persist(c, ddf, spec, resp, family, layout) -> list:
     # two partitions on one worker (as a shuffle's outputs sometimes land) would halve the
     # speed, or move the data when the scheduler steals a task; another worker takes over
     # if that one is lost
-    workers = sorted(c.scheduler_info(n_workers=-1)["workers"])
+    info = getattr(c, "scheduler_info", None)
+    workers = sorted(info(n_workers=-1)["workers"]) if info is not None else []
     tasks = []
     for i, p in enumerate(partitions(ddf)):
         with (dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
