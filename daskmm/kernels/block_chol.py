@@ -109,6 +109,47 @@ def solve_blocks(L, start, size, off, R):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _compensated(total, comp, term):  # pragma: no cover - compiled
+    """One step of Neumaier's compensated sum: ``(total + term, comp)``, the error of the
+    addition kept in ``comp``. A plain running sum over 10^4..10^6 rows carries an error of
+    ~n eps, which the criterion's finite differences (the vcov Hessian divides by 1e-8) would
+    magnify."""
+    tot = total + term
+    if abs(total) >= abs(term):
+        comp += (total - tot) + term
+    else:
+        comp += (term - tot) + total
+    return tot, comp
+
+
+@numba.njit(cache=True, nogil=True)
+def _crossed_arrays(total, n_loc, n_g):  # pragma: no cover - compiled
+    """The scalar passes' accumulators: ``M``'s flat blocks, ``G``, ``C`` and the crossed
+    block's diagonal and working-residual column."""
+    return (np.zeros(total), np.zeros((n_g + 1, n_g + 1)), np.zeros((n_loc, n_g + 1)),
+            np.zeros(n_g), np.zeros(n_g))
+
+
+@numba.njit(cache=True, nogil=True)
+def _crossed_finish(ll, M, G, C, g_diag, g_res, rr, start, size, off
+                    ):  # pragma: no cover - compiled
+    """The scalar passes' end: ``G``'s diagonal, working-residual row and column and corner
+    from the short vectors, the identity added to ``M``'s blocks and their factors."""
+    n_g = g_diag.shape[0]
+    for a in range(n_g):
+        G[a, a] = g_diag[a]
+        G[a, n_g] = g_res[a]
+        G[n_g, a] = g_res[a]
+    G[n_g, n_g] = rr
+    for k in range(start.shape[0]):
+        s = size[k]
+        for a in range(s):
+            M[off[k] + a * s + a] += 1.0
+    logdet, ok = chol_blocks(M, start, size, off)
+    return ok, ll, logdet, M, G, C
+
+
+@numba.njit(cache=True, nogil=True)
 def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, family,
                  link, col_block, start, size, off, total, w_min, w_max
                  ):  # pragma: no cover - compiled
@@ -146,15 +187,7 @@ def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, 
         li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
         if not (math.isfinite(li) and wi < w_max):
             return False, ll, 0.0, M, G, C
-        # Neumaier's compensated sum: a plain running sum over 10^4..10^6 rows carries an
-        # error of ~n eps, which the criterion's finite differences (the vcov Hessian divides
-        # by 1e-8) would magnify
-        tot = ll + li
-        if abs(ll) >= abs(li):
-            comp += (ll - tot) + li
-        else:
-            comp += (li - tot) + ll
-        ll = tot
+        ll, comp = _compensated(ll, comp, li)
         if wi < w_min:
             wi = w_min
         ri = d + sc / wi
@@ -203,11 +236,7 @@ def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family,
     KG = g_col.shape[0]
     n_loc = col_block.shape[0]
     n_g = b_G.shape[0]
-    M = np.zeros(total)
-    G = np.zeros((n_g + 1, n_g + 1))
-    C = np.zeros((n_loc, n_g + 1))
-    g_diag = np.zeros(n_g)
-    g_res = np.zeros(n_g)
+    M, G, C, g_diag, g_res = _crossed_arrays(total, n_loc, n_g)
     rr = 0.0
     ll = 0.0
     comp = 0.0
@@ -220,12 +249,7 @@ def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family,
         li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
         if not (math.isfinite(li) and wi < w_max):
             return False, ll, 0.0, M, G, C
-        tot = ll + li  # Neumaier's compensated sum, as crossed_pass
-        if abs(ll) >= abs(li):
-            comp += (ll - tot) + li
-        else:
-            comp += (li - tot) + ll
-        ll = tot
+        ll, comp = _compensated(ll, comp, li)
         if wi < w_min:
             wi = w_min
         ri = d + sc / wi
@@ -254,16 +278,7 @@ def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family,
             s = G[a, b] + G[b, a]
             G[a, b] = s
             G[b, a] = s
-        G[a, a] = g_diag[a]
-        G[a, n_g] = g_res[a]
-        G[n_g, a] = g_res[a]
-    G[n_g, n_g] = rr
-    for k in range(start.shape[0]):
-        s = size[k]
-        for a in range(s):
-            M[off[k] + a * s + a] += 1.0
-    logdet, ok = chol_blocks(M, start, size, off)
-    return ok, ll + comp, logdet, M, G, C
+    return _crossed_finish(ll + comp, M, G, C, g_diag, g_res, rr, start, size, off)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -276,11 +291,7 @@ def crossed_pass_two(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, li
     n = l_col.shape[1]
     n_loc = col_block.shape[0]
     n_g = b_G.shape[0]
-    M = np.zeros(total)
-    G = np.zeros((n_g + 1, n_g + 1))
-    C = np.zeros((n_loc, n_g + 1))
-    g_diag = np.zeros(n_g)
-    g_res = np.zeros(n_g)
+    M, G, C, g_diag, g_res = _crossed_arrays(total, n_loc, n_g)
     rr = 0.0
     ll = 0.0
     comp = 0.0
@@ -293,12 +304,7 @@ def crossed_pass_two(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, li
         li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
         if not (math.isfinite(li) and wi < w_max):
             return False, ll, 0.0, M, G, C
-        tot = ll + li  # Neumaier's compensated sum, as crossed_pass
-        if abs(ll) >= abs(li):
-            comp += (ll - tot) + li
-        else:
-            comp += (li - tot) + ll
-        ll = tot
+        ll, comp = _compensated(ll, comp, li)
         if wi < w_min:
             wi = w_min
         ri = d + sc / wi
@@ -312,14 +318,4 @@ def crossed_pass_two(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, li
         g_diag[jg] += gv * wi * gv
         g_res[jg] += gv * wri
         rr += ri * wri
-    for a in range(n_g):
-        G[a, a] = g_diag[a]
-        G[a, n_g] = g_res[a]
-        G[n_g, a] = g_res[a]
-    G[n_g, n_g] = rr
-    for k in range(start.shape[0]):
-        s = size[k]
-        for a in range(s):
-            M[off[k] + a * s + a] += 1.0
-    logdet, ok = chol_blocks(M, start, size, off)
-    return ok, ll + comp, logdet, M, G, C
+    return _crossed_finish(ll + comp, M, G, C, g_diag, g_res, rr, start, size, off)
