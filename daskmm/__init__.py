@@ -1,6 +1,7 @@
 """daskmm: mixed models fitted on Dask, matching lme4.
 
-``daskmm.fit`` fits any model (``daskmm.lmm`` and ``daskmm.glmm`` are the familiar names).
+``daskmm.fit`` fits any model (``daskmm.lmm``, ``daskmm.glmm`` and ``daskmm.gam`` are the
+familiar names).
 The models are imported when first used, so ``import
 daskmm`` and the command line start quickly and a Ctrl-C during start-up is handled."""
 
@@ -17,12 +18,14 @@ from daskmm.errors import (
 )
 
 _LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.lmm", "lmm"),
-         "glmm": ("daskmm.glmm", "glmm"),
+         "glmm": ("daskmm.glmm", "glmm"), "gam": ("daskmm.gam.model", "gam"),
          "MixedResult": ("daskmm.results.base", "MixedResult"),
          "LmmResult": ("daskmm.results.lmm_result", "LmmResult"),
-         "GlmmResult": ("daskmm.results.glmm_result", "GlmmResult")}
+         "GlmmResult": ("daskmm.results.glmm_result", "GlmmResult"),
+         "GamResult": ("daskmm.results.gam_result", "GamResult")}
 
-__all__ = ["fit", "MixedResult", "lmm", "LmmResult", "glmm", "GlmmResult", "DaskmmError",
+__all__ = ["fit", "MixedResult", "lmm", "LmmResult", "glmm", "GlmmResult", "gam", "GamResult",
+           "DaskmmError",
            "FormulaError", "DataError", "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"
 

@@ -10,8 +10,10 @@ from daskmm.families import get_family
 def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None,
         reml: bool | None = None, nagq: int = 1, factors: list[str] | None = None,
         weights: str | None = None, client=None, mode: str = "auto",
-        npartitions: int | None = None, optimizer_options: dict | None = None):
-    """Fit a mixed model: ``lmer`` for the Gaussian family, ``glmer`` otherwise.
+        npartitions: int | None = None, optimizer_options: dict | None = None,
+        method: str | None = None):
+    """Fit a mixed model (``lmer`` for the Gaussian family, ``glmer`` otherwise) or, for a
+    formula with smooth terms (``s()``, ``te()``, ``ti()``), a GAM (``mgcv::bam``).
 
     Parameters
     ----------
@@ -29,12 +31,33 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         GLMM only: 1 (Laplace) or up to 25 adaptive Gauss-Hermite nodes.
     factors, weights, client, mode, npartitions, optimizer_options
         As :func:`daskmm.lmm` and :func:`daskmm.glmm`.
+    method : str, optional
+        GAM: ``"fREML"`` (default) or ``"REML"``; a mixed model: ``"REML"`` or ``"ML"`` (the
+        same as ``reml``).
 
     Returns
     -------
-    LmmResult or GlmmResult
-        Both are :class:`daskmm.results.base.MixedResult`.
+    LmmResult, GlmmResult or GamResult
+        The first two are :class:`daskmm.results.base.MixedResult`.
     """
+    from daskmm.gam.model import gam, is_gam_formula
+    if is_gam_formula(formula):
+        if reml is False or method == "ML":
+            raise ModelError("ML smoothing-parameter selection is not available for a GAM; "
+                             "use method 'fREML' (bam's default) or 'REML'")
+        if nagq != 1:
+            raise ModelError(f"nagq={nagq} does not apply to a GAM; leave nagq out")
+        if optimizer_options:
+            raise ModelError("optimizer_options apply to mixed models; a GAM's smoothing "
+                             "parameters are found by Newton's method on the REML score")
+        return gam(formula, data, family, link=link, method=method or "fREML",
+                   factors=factors, weights=weights, client=client, mode=mode,
+                   npartitions=npartitions)
+    if method is not None:
+        if method not in ("REML", "ML"):
+            raise ModelError(f"method={method!r}; a mixed model takes 'REML' or 'ML' "
+                             "('fREML' is for GAMs, formulas with s() terms)")
+        reml = method == "REML"
     fam = get_family(family)
     if fam.code is None:
         if link not in (None, "identity"):

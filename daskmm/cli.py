@@ -22,17 +22,22 @@ from daskmm.errors import DaskmmError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="daskmm", description="Mixed models on Dask.")
     sub = p.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="fit a linear mixed model (lme4's lmer)")
+    fit = sub.add_parser("fit", help="fit a mixed model (lme4's lmer, glmer) or, for a formula "
+                         "with s()/te()/ti() terms, a GAM (mgcv's bam)")
     fit.add_argument("data", help="CSV file, Parquet file or directory, local or fsspec URL")
-    fit.add_argument("--formula", required=True, help="lme4 formula, e.g. 'y ~ x + (x | g)'")
+    fit.add_argument("--formula", required=True, help="lme4 formula, e.g. 'y ~ x + (x | g)', "
+                     "or mgcv formula, e.g. 'y ~ s(x0) + te(x1, x2) + z'")
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    fit.add_argument("--method", default=None, choices=["fREML", "REML", "ML"],
+                     help="GAM: fREML (bam's default) or REML; mixed model: REML or ML")
     fit.add_argument("--factors", default="", help="comma-separated columns to treat as "
                      "categorical whatever their type")
     fit.add_argument("--weights", default=None, help="column of prior weights")
     fit.add_argument("--family", default="gaussian",
-                     choices=["gaussian", "binomial", "poisson", "negative_binomial"],
+                     choices=["gaussian", "binomial", "poisson", "negative_binomial",
+                              "gamma"],
                      help="gaussian: lmer; binomial, poisson: glmer; negative_binomial: "
-                     "glmer.nb (NB2, size estimated)")
+                     "glmer.nb (NB2, size estimated); gamma: GAMs only")
     fit.add_argument("--link", default=None, help="logit, probit, cloglog (binomial); log")
     fit.add_argument("--nagq", type=int, default=1,
                      help="GLMM: 1 = Laplace, up to 25 = adaptive Gauss-Hermite quadrature")
@@ -47,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                      "previous daskmm fit with --force")
     fit.add_argument("--force", action="store_true", help="replace a previous daskmm fit at "
                      "--out (never a folder daskmm did not write)")
+    fit.add_argument("--plots", action="store_true", help="GAM: write one PNG per smooth "
+                     "(with its +-2 SE band and a rug) under OUT/plots")
     fit.add_argument("-v", "--verbose", action="store_true")
 
     ing = sub.add_parser("ingest", help="write CSV/Parquet as a dataset bucketed by a factor")
@@ -89,6 +96,9 @@ def _fit(args: argparse.Namespace) -> int:
     from daskmm.results.writing import report_rows, write_outputs
 
     factors = _split_list(args.factors)
+    from daskmm.gam.model import is_gam_formula
+    if is_gam_formula(args.formula):
+        return _fit_gam(args, factors)
     if args.family == "gaussian":
         if args.link not in (None, "identity"):
             raise DaskmmError(f"--link {args.link} does not apply to the gaussian family (its "
@@ -105,8 +115,12 @@ def _fit(args: argparse.Namespace) -> int:
             raise DaskmmError("--mode gathered applies to gaussian fits; a GLMM runs "
                               "in-process or distributed (or auto)")
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
+    if args.method is not None and args.method not in ("REML", "ML"):
+        raise DaskmmError(f"--method {args.method} is for GAMs (formulas with s() terms); a "
+                          "mixed model takes --method REML or ML")
+    ml = args.ml or args.method == "ML"
     result = daskmm.fit(args.formula, args.data, args.family, link=args.link,
-                        reml=(not args.ml) if args.family == "gaussian" else None,
+                        reml=(not ml) if args.family == "gaussian" else None,
                         nagq=args.nagq, factors=factors, weights=args.weights,
                         client=args.scheduler, mode=args.mode)
     write_outputs(result, out)
@@ -115,6 +129,50 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet "
           f"(fitted {result.mode})")
     return 0
+
+
+def _fit_gam(args: argparse.Namespace, factors: list[str]) -> int:
+    import daskmm
+    from daskmm.results.writing import report_rows, write_outputs
+
+    if args.ml or args.method == "ML":
+        raise DaskmmError("ML is not available for a GAM; use --method fREML (bam's default) "
+                          "or REML")
+    if args.nagq != 1:
+        raise DaskmmError(f"--nagq {args.nagq} does not apply to a GAM; leave --nagq out")
+    if args.mode == "gathered":
+        raise DaskmmError("--mode gathered applies to mixed models; a GAM runs in-process or "
+                          "distributed (or auto)")
+    out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
+    result = daskmm.fit(args.formula, args.data, args.family, link=args.link,
+                        method=args.method or "fREML", factors=factors, weights=args.weights,
+                        client=args.scheduler, mode=args.mode)
+    write_outputs(result, out, extra=gam_extra(result, args.data, plots=args.plots))
+    print(result.summary())
+    report_rows(result)
+    print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, fitted.parquet"
+          + (", plots" if args.plots else "") + f" (fitted {result.mode})")
+    return 0
+
+
+def gam_extra(result, data, plots: bool = False):
+    """What a GAM adds to its result directory: ``fitted.parquet`` (column ``fitted``, one
+    row per input row in input order, NaN where the fit dropped the row) and, with
+    ``plots``, one PNG per smooth."""
+    def extra(tmp) -> None:
+        import pandas as pd
+
+        from daskmm.data.io import read_data
+        from daskmm.gam.predict import fitted_frame
+
+        src = data if isinstance(data, pd.DataFrame) else read_data(data)
+        fitted = fitted_frame(result, src)
+        if not isinstance(fitted, pd.DataFrame):
+            fitted = fitted.compute()
+        fitted.reset_index(drop=True).to_parquet(tmp / "fitted.parquet", index=False)
+        if plots:
+            result.plot(tmp / "plots", data=src)
+    return extra
 
 
 def _split_list(text: str) -> list[str]:

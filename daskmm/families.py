@@ -22,7 +22,8 @@ from daskmm.errors import DataError, ModelError, num
 # integer codes shared with daskmm.kernels.scalar_re (kept equal there: the kernels must not
 # import this module's scipy dependencies at compile time)
 BINOMIAL, POISSON, NEGBIN = 0, 1, 2
-LOGIT, PROBIT, CLOGLOG, LOG, IDENTITY = 0, 1, 2, 3, 4
+GAMMA = 3  # GAMs only: no mixed-model kernel takes it
+LOGIT, PROBIT, CLOGLOG, LOG, IDENTITY, INVERSE = 0, 1, 2, 3, 4, 5
 
 
 def _expit(eta):
@@ -62,6 +63,8 @@ LINKS = {
     "log": Link("log", LOG, np.log, np.exp, np.exp),
     "identity": Link("identity", IDENTITY, lambda mu: mu, lambda eta: eta,
                      lambda eta: np.ones_like(eta)),
+    "inverse": Link("inverse", INVERSE, lambda mu: 1 / mu, lambda eta: 1 / eta,
+                    lambda eta: -1 / eta ** 2),
 }
 
 
@@ -110,6 +113,8 @@ class Family:
             return mu * (1 - mu)
         if self.code == POISSON:
             return mu
+        if self.code == GAMMA:
+            return mu ** 2
         return mu + mu ** 2 / size
 
     def check_response(self, y: np.ndarray, wt: np.ndarray, column: str) -> None:
@@ -152,6 +157,9 @@ FAMILIES = {
     "poisson": Family("poisson", POISSON, ("log",), "Poisson", "log"),
     "negative_binomial": Family("negative_binomial", NEGBIN, ("log",), "negative binomial"),
 }
+GAMMA_FAMILY = Family("gamma", GAMMA, ("inverse", "log", "identity"), "Gamma", "inverse")
+"""The Gamma family (``V(mu) = mu^2``), for GAMs: not among the mixed models' families."""
+
 ALIASES = {"nbinom2": "negative_binomial", "negbin": "negative_binomial", "normal": "gaussian"}
 
 

@@ -140,7 +140,7 @@ class ModelSpec:
     def build(cls, formula: ParsedFormula, schema: dict[str, object],
               categorical: dict[str, list[str]], weights: str | None = None,
               factor_levels: dict[str, list[str]] | None = None,
-              rewriter: Rewriter | None = None) -> ModelSpec:
+              rewriter: Rewriter | None = None, require_bars: bool = True) -> ModelSpec:
         """Freeze the encodings.
 
         Parameters
@@ -157,8 +157,10 @@ class ModelSpec:
             From :func:`plan_formula`, with the state of ``scale()``, ``poly()`` and
             ``factor()`` frozen (:func:`daskmm.distributed.passes.metadata_pass`); a new one
             when the formula has no such call.
+        require_bars : bool
+            A mixed model needs a random-effect term; a GAM's parametric part does not.
         """
-        if not formula.bars:
+        if require_bars and not formula.bars:
             raise FormulaError(
                 f"formula {formula.text!r} has no random-effect term; add one such as '(1 | g)' "
                 "(for a model without random effects use an ordinary linear model)")

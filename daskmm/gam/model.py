@@ -1,0 +1,362 @@
+"""Generalized additive models, ``mgcv::bam``'s job: ``daskmm.gam``.
+
+The fit is four steps, each a map over the data's partitions (in this process for small data,
+as named tasks on the workers otherwise):
+
+1. **Levels.** The metadata pass (:func:`daskmm.problem.frozen_levels`) freezes the levels of
+   categorical columns (parametric factors, ``by`` factors, ``re`` factors).
+2. **Setup rows.** A pass counts each partition's complete rows; the bases are then set up
+   from all rows when there are at most :data:`SETUP_ROWS` of them (as ``bam``, whose
+   ``chunk.size`` is 10000), else from a fixed sample of that many rows, by global row number
+   (so the sample does not depend on partitioning), plus the rows holding each smooth
+   covariate's minimum and maximum (as mgcv's ``mini.mf``). Knots, constraints and penalty
+   scales are frozen in a :class:`~daskmm.gam.spec.GamSpec`.
+3. **Cross-products.** Each partition builds its model matrix and returns ``X'WX``, ``X'Wz``,
+   ``z'Wz``; a tree of tasks sums them (bam's ``use.chol``).
+4. **Smoothing parameters.** mgcv's fast REML on the summed matrices
+   (:func:`daskmm.kernels.freml.fit`). Gaussian identity: once. Other families: PIRLS
+   performance iteration (``bgam.fit``): steps 3 and 4 repeat with the working response and
+   weights at the current coefficients, the partitions' model matrices kept on the workers,
+   until the deviance changes by less than ``1e-7`` relative.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from daskmm.data.io import DataLike, open_data
+from daskmm.data.local import estimate_cells
+from daskmm.errors import ColumnNotFoundError, DataError, FitError, FormulaError, ModelError
+from daskmm.execution import MODES, executor, is_in_process, runs_in_process
+from daskmm.families import GAMMA_FAMILY, get_family
+from daskmm.formula.parse import parse_formula
+from daskmm.formula.spec import (
+    ModelSpec,
+    check_column_types,
+    check_columns,
+    is_categorical_dtype,
+    plan_formula,
+)
+from daskmm.gam.smooth import build_smooths
+from daskmm.gam.spec import GamSpec
+from daskmm.gam.terms import split_smooths
+from daskmm.kernels import freml, gam_stats
+from daskmm.problem import frozen_levels
+from daskmm.results.gam_result import GamResult, post_fit
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("daskmm")
+
+SETUP_ROWS = 10_000
+"""Rows the bases are set up from (bam's ``chunk.size``): all rows up to this many."""
+
+SETUP_SEED = 66
+"""Seed of the setup sample above :data:`SETUP_ROWS` rows (mgcv's ``mini.mf`` uses 66)."""
+
+METHODS = ("fREML", "REML")
+GAM_FAMILIES = ("gaussian", "binomial", "poisson", "gamma")
+PIRLS_EPSILON = 1e-7
+PIRLS_MAXIT = 200
+
+
+def is_gam_formula(formula: str) -> bool:
+    """Whether ``formula`` has a smooth term (``s()``, ``te()``, ``ti()``)."""
+    try:
+        return bool(split_smooths(formula)[1])
+    except FormulaError:
+        return False
+
+
+def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | None = None,
+        method: str = "fREML", factors: list[str] | None = None, weights: str | None = None,
+        client=None, mode: str = "auto", npartitions: int | None = None) -> GamResult:
+    """Fit a generalized additive model by REML, as ``mgcv::bam``.
+
+    Parameters
+    ----------
+    formula : str
+        mgcv formula, e.g. ``"y ~ s(x0) + te(x1, x2) + s(g, bs = 're') + z"``.
+    data : str, path, pandas.DataFrame or dask.dataframe.DataFrame
+    family : {"gaussian", "binomial", "poisson", "gamma"}
+    link : str, optional
+        The family's default (identity, logit, log, inverse) when None.
+    method : {"fREML", "REML"}
+        The smoothing-parameter criterion. Both are the restricted likelihood; ``fREML`` is
+        bam's default and name for it.
+    factors : list of str, optional
+        Columns to treat as categorical whatever their dtype.
+    weights : str, optional
+        Column of prior weights.
+    client, mode, npartitions
+        Where it runs, as :func:`daskmm.lmm`.
+
+    Returns
+    -------
+    GamResult
+    """
+    if mode not in MODES:
+        raise ModelError(f"mode={mode!r}; allowed: {', '.join(map(repr, MODES))}")
+    if method not in METHODS:
+        raise ModelError(f"method={method!r}; allowed: {', '.join(map(repr, METHODS))} "
+                         "(REML estimation of the smoothing parameters)")
+    fam = _family(family)
+    lk = fam.link(link)
+    t0 = time.perf_counter()
+    rest, calls = split_smooths(formula)
+    if not calls:
+        raise FormulaError(f"formula {formula!r} has no smooth term such as s(x); fit it with "
+                           "daskmm.lmm or daskmm.glmm")
+    parsed = parse_formula(rest)
+    if parsed.bars:
+        raise FormulaError(
+            f"formula {formula!r}: lme4 bars in a GAM formula (gamm4's model) are not "
+            "available yet; write the random intercept as s(g, bs = 're')")
+    smooth_cols = set().union(*(c.columns for c in calls))
+    used = sorted(parsed.columns | smooth_cols | ({weights} if weights else set()))
+    here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
+    ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
+    with executor(here, client) as c:
+        gspec = _freeze(c, parsed, calls, ddf, used, factors or [], weights, manifest, fam)
+        t1 = time.perf_counter()
+        parts = _partitions(c, ddf)
+        fit, stats, iters = _fit(c, parts, gspec, fam, lk)
+        t2 = time.perf_counter()
+        result = post_fit(gspec, fit, stats, fam, lk, method, iters, formula)
+        result.mode = "in-process" if is_in_process(c) else "distributed"
+    result.timing = {"setup_s": t1 - t0, "fit_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    result.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
+    return result
+
+
+def _family(name: str):
+    if name in ("gamma", "Gamma"):
+        return GAMMA_FAMILY
+    fam = get_family(name)
+    if fam.name not in GAM_FAMILIES:
+        raise ModelError(f"family {name!r} is not available for a GAM; use one of: "
+                         f"{', '.join(GAM_FAMILIES)}")
+    return fam
+
+
+# ------------------------------------------------------------------ steps 1 and 2
+def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam) -> GamSpec:
+    cols = list(ddf.columns)
+    check_columns(parsed, cols, weights)
+    for call in calls:
+        for v in call.variables:
+            if v not in cols:
+                raise ColumnNotFoundError(f"smooth {call.text}: column {v!r} is not in the "
+                                          f"data; available columns: {', '.join(cols)}")
+        if call.by is not None and call.by not in cols:
+            raise ColumnNotFoundError(f"smooth {call.text}: by = {call.by!r} names a column "
+                                      f"the data lack; available columns: {', '.join(cols)}")
+    for f in factors:
+        if f not in cols:
+            raise DataError(f"column {f!r} named as a factor is not in the data; "
+                            f"available columns: {', '.join(cols)}")
+    schema = {c: ddf.dtypes[c] for c in cols}
+    check_column_types(schema, used)
+    ddf = ddf[used]
+    response_cols = parse_formula(f"{parsed.response} ~ 1").columns
+    cat_cols = [c for c in used if c not in response_cols
+                and (c in factors or is_categorical_dtype(schema[c]))]
+    if weights and is_categorical_dtype(schema[weights]):
+        raise DataError(f"weights column {weights!r} is not numeric ({schema[weights]}); "
+                        "prior weights must be positive numbers")
+    rewriter = plan_formula(parsed, used)
+    ddf, categorical, _, _ = frozen_levels(client, ddf, used, cat_cols, [], [], manifest,
+                                           rewriter=rewriter, declared=factors)
+    param_cat = {c: v for c, v in categorical.items()}
+    param = ModelSpec.build(parsed, {c: schema[c] for c in used}, param_cat, weights,
+                            rewriter=rewriter, require_bars=False)
+    param.used_columns = list(used)
+    levels = dict(categorical)
+    smooth_cols = sorted(set().union(*(c.columns for c in calls)))
+    setup = _setup_rows(client, ddf, param, smooth_cols, levels)
+    if len(setup) == 0:
+        raise DataError("no rows left after dropping rows with missing values in the columns "
+                        f"the model uses ({', '.join(used)})")
+    smooths = [s for call in calls for s in build_smooths(call, setup, levels)]
+    return GamSpec(param=param, smooths=smooths, columns=used)
+
+
+def _count_partition(df: pd.DataFrame, param: ModelSpec, numeric: list[str]) -> dict:
+    frame, _ = param.prepare(df)
+    ext = {}
+    for c in numeric:
+        v = frame[c].to_numpy(dtype=float)
+        if len(v):
+            ext[c] = (float(v.min()), int(np.argmin(v)), float(v.max()), int(np.argmax(v)))
+    return {"n": len(frame), "ext": ext}
+
+
+def _take_partition(df: pd.DataFrame, param: ModelSpec, columns: list[str],
+                    rows: np.ndarray | None) -> pd.DataFrame:
+    frame, _ = param.prepare(df)
+    frame = frame[columns]
+    return frame if rows is None else frame.iloc[rows]
+
+
+def _setup_rows(client, ddf, param: ModelSpec, columns: list[str], levels: dict) -> pd.DataFrame:
+    numeric = [c for c in columns if c not in levels]
+    parts = _partitions(client, ddf)
+    counts = client.gather(_map(client, _count_partition, parts, param=param,
+                                       numeric=numeric))
+    sizes = np.array([c["n"] for c in counts])
+    total = int(sizes.sum())
+    if total <= SETUP_ROWS:
+        taken = client.gather(_map(client, _take_partition, parts, param=param,
+                                   columns=columns, rows=None))
+        return pd.concat(taken, ignore_index=True) if taken else pd.DataFrame()
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    rng = np.random.default_rng(SETUP_SEED)
+    pick = set(rng.choice(total, SETUP_ROWS, replace=False).tolist())
+    for c in numeric:  # the rows of each covariate's extremes, so knots span the range
+        lo = min((p["ext"][c][0], i) for i, p in enumerate(counts) if c in p["ext"])
+        hi = max((p["ext"][c][2], -i) for i, p in enumerate(counts) if c in p["ext"])
+        pick.add(int(starts[lo[1]] + counts[lo[1]]["ext"][c][1]))
+        pick.add(int(starts[-hi[1]] + counts[-hi[1]]["ext"][c][3]))
+    g = np.array(sorted(pick))
+    part = np.searchsorted(starts, g, side="right") - 1
+    rows = [g[part == i] - starts[i] for i in range(len(parts))]
+    taken = client.gather(_map(client, _take_partition, parts, per_part={"rows": rows},
+                               param=param, columns=columns))
+    return pd.concat(taken, ignore_index=True)
+
+
+def _partitions(client, ddf) -> list:
+    """Task inputs, one per partition: the pandas frame in process, else delayed reads (each
+    pass reads the files again; only PIRLS keeps its encoded partitions on the workers)."""
+    if isinstance(ddf, pd.DataFrame):
+        return [ddf]
+    return list(ddf.to_delayed())
+
+
+def _map(client, fn, parts: list, per_part: dict | None = None, **kwargs) -> list:
+    """``fn(part, **kwargs)`` for each partition, as futures (tasks on a cluster); values in
+    ``per_part`` are lists, one entry a partition. Specs go to the workers once."""
+    per_part = per_part or {}
+    if is_in_process(client):
+        return [client.submit(fn, p, **kwargs, **{k: v[i] for k, v in per_part.items()})
+                for i, p in enumerate(parts)]
+    import dask
+    from dask.delayed import Delayed
+
+    kw = {k: (client.scatter(v, broadcast=True) if isinstance(v, (GamSpec, ModelSpec))
+              else v) for k, v in kwargs.items()}
+    if parts and not isinstance(parts[0], Delayed):  # futures held on the workers
+        return [client.submit(fn, p, **kw, **{k: v[i] for k, v in per_part.items()},
+                              pure=False) for i, p in enumerate(parts)]
+    task = dask.delayed(fn, pure=False)
+    return client.compute([task(p, **kw, **{k: v[i] for k, v in per_part.items()})
+                           for i, p in enumerate(parts)])
+
+
+# ------------------------------------------------------------------ steps 3 and 4
+def _encode_partition(df: pd.DataFrame, gspec: GamSpec) -> dict:
+    y, X, w, dropped = gspec.design(df)
+    off = gspec.offset(df)
+    return {"y": y + off, "off": off, "X": X, "w": np.ones(len(y)) if w is None else w,
+            "has_w": w is not None, "dropped": dropped}
+
+
+def _gauss_stats(df: pd.DataFrame, gspec: GamSpec) -> dict:
+    y, X, w, dropped = gspec.design(df)
+    st = gam_stats.cross_products(X, y, w)
+    st["dropped"] = dropped
+    return st
+
+
+def _working_stats(enc: dict, beta: np.ndarray | None, fam, link) -> dict:
+    y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
+    if beta is None:
+        mu = _mustart(y, w, fam)
+        eta = link.link(mu)
+    else:
+        eta = X @ beta + off
+        mu = link.inverse(eta)
+    z, ww = gam_stats.working_response(y, eta, w, fam, link)
+    st = gam_stats.cross_products(X, z - off, ww)
+    st["dev"] = gam_stats.deviance(y, mu, w, fam)
+    st["pw"], st["pwy"] = float(w.sum()), float(w @ y)
+    st["dropped"] = enc["dropped"]
+    return st
+
+
+def _mustart(y: np.ndarray, w: np.ndarray, fam) -> np.ndarray:
+    if fam.name == "binomial":
+        return (w * y + 0.5) / (w + 1)
+    if fam.name == "poisson":
+        return y + 0.1
+    return y.copy()  # gamma
+
+
+def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float) -> dict:
+    """Sums for the summaries at the final coefficients: deviance, null deviance and the
+    residual sums of R-sq.(adj) (weights: the prior weights)."""
+    y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
+    mu = link.inverse(X @ beta + off)
+    r = np.sqrt(w)
+    e = y - mu
+    return {"dev": gam_stats.deviance(y, mu, w, fam),
+            "null_dev": gam_stats.deviance(y, np.full(len(y), ybar), w, fam),
+            "r1": float(r @ e), "r2": float(w @ (e * e)), "ys": float(r @ y),
+            "yy": float(w @ (y * y)), "sqw": float(r.sum()), "sw": float(w.sum()),
+            "swy": float(w @ y), "n": len(y)}
+
+
+def _reduce(client, futures: list, split_every: int = 8):
+    futures = list(futures)
+    while len(futures) > 1:
+        futures = [client.submit(gam_stats.add, futures[j:j + split_every], pure=False)
+                   for j in range(0, len(futures), split_every)]
+    return client.gather(futures[0])
+
+
+def _fit(client, parts: list, gspec: GamSpec, fam, link):
+    pen = gspec.penalties()
+    if fam.name == "gaussian" and link.name == "identity":
+        st = _reduce(client, _map(client, _gauss_stats, parts, gspec=gspec))
+        _check_n(st, gspec)
+        fit = freml.fit(st["A"], st["b"], st["c"], st["n"], pen)
+        st["mode"] = "gaussian"
+        return fit, st, 1
+    enc = _map(client, _encode_partition, parts, gspec=gspec)
+    scale = None if fam.name == "gamma" else 1.0
+    beta, dev, fit, st, ybar = None, None, None, None, None
+    for it in range(1, PIRLS_MAXIT + 1):
+        st = _reduce(client, _map(client, _working_stats, enc, beta=beta, fam=fam, link=link))
+        if it == 1:
+            _check_n(st, gspec)
+            ybar = st["pwy"] / st["pw"]
+        if not np.isfinite(st["dev"]):
+            raise FitError(f"the deviance is not finite at PIRLS iteration {it}")
+        if it > 2 and abs(st["dev"] - dev) / (0.1 + abs(st["dev"])) < PIRLS_EPSILON:
+            break
+        dev = st["dev"]
+        fit = freml.fit(st["A"], st["b"], st["c"], st["n"], pen, phi=scale,
+                        rho0=None if fit is None else fit.point.rho)
+        beta = fit.point.beta
+    else:
+        log.warning("PIRLS did not converge in %d iterations", PIRLS_MAXIT)
+    fin = _reduce(client, _map(client, _final_stats, enc, beta=beta, fam=fam, link=link,
+                                    ybar=ybar))
+    st.update({"final": fin, "mode": "pirls"})
+    client.cancel(enc)
+    return fit, st, it
+
+
+def _check_n(st: dict, gspec: GamSpec) -> None:
+    if st is None or st["n"] == 0:
+        raise DataError("no rows left after dropping rows with missing values in the columns "
+                        f"the model uses ({', '.join(gspec.columns)})")
+    if st["n"] <= gspec.p:
+        raise DataError(f"{st['n']} complete rows for {gspec.p} coefficients; a GAM needs more "
+                        "rows than coefficients: lower k or drop terms")

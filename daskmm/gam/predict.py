@@ -1,0 +1,129 @@
+"""Predictions from a fitted GAM, as mgcv's ``predict.gam``: the model matrix of new rows from
+the frozen :class:`~daskmm.gam.spec.GamSpec`, times the coefficients; standard errors from
+``Vp``. A dask DataFrame is predicted lazily, partition by partition, on the workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from daskmm.errors import ColumnNotFoundError, DataError, ModelError
+
+TYPES = ("link", "response", "terms")
+
+
+def _complete(spec, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a placeholder response and weights when absent (predictions do not read
+    them); a missing covariate value is an error, not a silently dropped row."""
+    df = df.copy()
+    resp = spec.param._response_column
+    need = [c for c in spec.columns if c != resp and c != spec.param.weights]
+    for c in need:
+        if c not in df.columns:
+            raise ColumnNotFoundError(f"column {c!r} the model uses is not in the new data; "
+                                      f"available columns: {', '.join(map(str, df.columns))}")
+        if df[c].isna().any():
+            raise DataError(f"column {c!r} of the new data has {int(df[c].isna().sum())} "
+                            "missing value(s); predictions need every covariate")
+    if resp and resp not in df.columns:
+        df[resp] = 1.0
+    if spec.param.weights and spec.param.weights not in df.columns:
+        df[spec.param.weights] = 1.0
+    return df
+
+
+def model_matrix(spec, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, offset)`` of new rows (``mgcv``'s ``type = "lpmatrix"``)."""
+    df = _complete(spec, df)
+    _, X, _, _ = spec.design(df)
+    return X, spec.offset(df)
+
+
+def _one(df: pd.DataFrame, result, type: str, se_fit: bool):
+    from daskmm.families import LINKS
+
+    spec = result.spec
+    X, off = model_matrix(spec, df)
+    beta, Vp = result.coef, result.Vp
+    if type == "terms":
+        cols = {}
+        ses = {}
+        names = spec.param.fixef_names
+        for j, nm in enumerate(names):
+            if nm == "(Intercept)":
+                continue
+            cols[nm] = X[:, j] * beta[j]
+            ses[nm] = np.abs(X[:, j]) * np.sqrt(Vp[j, j])
+        for s, sl in zip(spec.smooths, spec.slices()):
+            Xs = X[:, sl]
+            cols[s.label] = Xs @ beta[sl]
+            ses[s.label] = np.sqrt(np.einsum("ij,jk,ik->i", Xs, Vp[sl, sl], Xs))
+        fit = pd.DataFrame(cols, index=df.index)
+        return (fit, pd.DataFrame(ses, index=df.index)) if se_fit else fit
+    eta = X @ beta + off
+    se = np.sqrt(np.einsum("ij,jk,ik->i", X, Vp, X)) if se_fit else None
+    if type == "response":
+        link = LINKS[result.link]
+        mu = link.inverse(eta)
+        if se_fit:
+            se = se * np.abs(link.mu_eta(eta))
+        eta = mu
+    if se_fit:
+        return pd.DataFrame({"fit": eta, "se_fit": se}, index=df.index)
+    return pd.Series(eta, index=df.index, name="fit")
+
+
+def predict_frame(result, newdata, type: str = "link", se_fit: bool = False):
+    """Predictions at ``newdata`` (pandas or dask DataFrame, or a path)."""
+    if type not in TYPES:
+        raise ModelError(f"type={type!r}; allowed: {', '.join(map(repr, TYPES))}")
+    if result.spec is None:
+        raise ModelError("this result was read back from its document, without the model "
+                         "spec; predictions need the fitted result object")
+    if isinstance(newdata, pd.DataFrame):
+        out = _one(newdata, result, type, se_fit)
+        if type == "terms" and se_fit:
+            return out
+        return out.to_numpy() if isinstance(out, pd.Series) else out
+    from daskmm.data.io import read_data
+    ddf = newdata if hasattr(newdata, "map_partitions") else read_data(newdata)
+    if type == "terms" or se_fit:
+        sample = _one(ddf._meta_nonempty, result, type, se_fit)
+        meta = sample[0].iloc[:0] if isinstance(sample, tuple) else sample.iloc[:0]
+        if isinstance(sample, tuple):
+            raise ModelError("type='terms' with se_fit on a dask DataFrame: predict each "
+                             "separately")
+    else:
+        meta = pd.Series([], dtype=float, name="fit")
+    return ddf.map_partitions(_one, result, type, se_fit, meta=meta)
+
+
+def _fitted_part(df: pd.DataFrame, result) -> pd.DataFrame:
+    spec = result.spec
+    frame, _ = spec.prepare(df)
+    out = np.full(len(df), np.nan)
+    if len(frame):
+        X, off = model_matrix(spec, frame)
+        from daskmm.families import LINKS
+        mu = LINKS[result.link].inverse(X @ result.coef + off)
+        pos = df.index.get_indexer(frame.index) if df.index.is_unique else None
+        if pos is None or (pos < 0).any():
+            keep = np.zeros(len(df), dtype=bool)
+            keep[np.flatnonzero(spec.param.prepare(df.reset_index(drop=True))[0].index)] = True
+            out[keep] = mu
+        else:
+            out[pos] = mu
+    return pd.DataFrame({"fitted": out})
+
+
+def fitted_frame(result, data) -> pd.DataFrame:
+    """Fitted values (response scale) of every input row, in input order: ``NaN`` for rows
+    the fit dropped for a missing value (as R's ``na.exclude``). Returns a pandas frame for
+    a pandas input, else a lazy dask frame."""
+    if isinstance(data, pd.DataFrame):
+        return _fitted_part(data, result)
+    from daskmm.data.io import read_data
+    ddf = data if hasattr(data, "map_partitions") else read_data(data)
+    return ddf.map_partitions(_fitted_part, result,
+                              meta=pd.DataFrame({"fitted": pd.Series([], dtype=float)}))
