@@ -67,11 +67,16 @@ PIRLS_MAXIT = 200
 
 
 def is_gam_formula(formula: str) -> bool:
-    """Whether ``formula`` has a smooth term (``s()``, ``te()``, ``ti()``)."""
+    """Whether ``formula`` has a smooth term (``s()``, ``te()``, ``ti()``) at its top level;
+    a malformed one still counts, so that its error comes from the GAM code."""
+    if not isinstance(formula, str) or "~" not in formula:
+        return False
+    from daskmm.formula.parse import split_top
     try:
-        return bool(split_smooths(formula)[1])
+        pieces = split_top(formula.partition("~")[2], "+-")
     except FormulaError:
         return False
+    return any(p.startswith(("s(", "te(", "ti(")) for _, p in pieces)
 
 
 def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | None = None,

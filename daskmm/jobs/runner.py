@@ -163,13 +163,26 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                 log.info("using the dataset at %s (key %r)", ing["out"], ing["by"])
             data = ing["out"]
         t = time.perf_counter()
-        result = daskmm.fit(job.formula, data, job.family, link=job.link,
-                            reml=(job.method == "REML") if job.family == "gaussian" else None,
-                            nagq=job.nagq, factors=list(job.factors), weights=job.weights,
-                            client=client, mode=mode)
+        from daskmm.gam.model import is_gam_formula
+        gam = is_gam_formula(job.formula)
+        if gam:
+            result = daskmm.fit(job.formula, data, job.family, link=job.link,
+                                method=job.method, nagq=job.nagq, factors=list(job.factors),
+                                weights=job.weights, client=client, mode=mode)
+        else:
+            result = daskmm.fit(job.formula, data, job.family, link=job.link,
+                                reml=(job.method == "REML") if job.family == "gaussian"
+                                else None, method=job.method if job.method != "REML" else None,
+                                nagq=job.nagq, factors=list(job.factors),
+                                weights=job.weights, client=client, mode=mode)
         timing["fit_s"] = time.perf_counter() - t
+        if gam:
+            from daskmm.cli import gam_extra
+            gam_files = gam_extra(result, data)
 
     def extra(tmp: Path) -> None:
+        if gam:
+            gam_files(tmp)
         (tmp / "job.json").write_text(json.dumps({"name": job.name, "job": job.raw,
                                                   "timing": timing}, indent=2) + "\n")
         (tmp / SUCCESS).write_text(job.fingerprint() + "\n")

@@ -18,7 +18,7 @@ A job file is YAML::
                                         #   | negative_binomial (glmer.nb)
     link: logit                         # GLMM only: logit | probit | cloglog | log
     nagq: 1                             # GLMM only: 1 = Laplace, up to 25 = AGQ
-    method: REML                        # REML | ML (gaussian)
+    method: REML                        # REML | ML (gaussian); GAM: fREML (default) | REML
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)
@@ -97,10 +97,10 @@ SCHEMA = {
             },
         },
         "formula": {"type": "string", "minLength": 1},
-        "family": {"enum": ["gaussian", "binomial", "poisson", "negative_binomial"]},
-        "link": {"enum": ["logit", "probit", "cloglog", "log"]},
+        "family": {"enum": ["gaussian", "binomial", "poisson", "negative_binomial", "gamma"]},
+        "link": {"enum": ["logit", "probit", "cloglog", "log", "identity", "inverse"]},
         "nagq": {"type": "integer", "minimum": 1, "maximum": 25},
-        "method": {"enum": ["REML", "ML"]},
+        "method": {"enum": ["REML", "ML", "fREML"]},
         "factors": {"type": "array", "items": {"type": "string"}},
         "weights": {"type": ["string", "null"]},
         "output": {"type": "string", "minLength": 1},
@@ -195,6 +195,12 @@ def load_job(path: str | os.PathLike) -> Job:
     return Job(name=doc.get("name", p.stem), data=resolve(doc["data"]), formula=doc["formula"],
                output=Path(resolve(doc["output"])), family=doc.get("family", "gaussian"),
                link=doc.get("link"), nagq=doc.get("nagq", 1),
-               method=doc.get("method", "REML"), factors=tuple(doc.get("factors", [])),
+               method=doc.get("method", "fREML" if _is_gam(doc["formula"]) else "REML"),
+               factors=tuple(doc.get("factors", [])),
                weights=doc.get("weights"), ingest=ingest, simulate=doc.get("simulate"),
                cluster=doc.get("cluster"), raw=doc, path=p.resolve())
+
+
+def _is_gam(formula: str) -> bool:
+    from daskmm.gam.model import is_gam_formula
+    return is_gam_formula(formula)

@@ -1,0 +1,88 @@
+"""``daskmm fit`` and ``daskmm run`` with GAM formulas: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.gam.helpers import GAM, load
+
+SIM1 = str(GAM / "data" / "sim1.csv")
+SIM4 = str(GAM / "data" / "sim4.csv")
+
+
+def daskmm(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "daskmm.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_fit_writes_gam_outputs(tmp_path):
+    ref, data, fitted = load(GAM, "by_factor")
+    out = tmp_path / "fit"
+    r = daskmm("fit", SIM4, "--formula", ref["formula"], "--factors", "fac", "--out", str(out),
+               "--plots")
+    assert r.returncode == 0, r.stderr
+    assert "Approximate significance of smooth terms:" in r.stdout
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["score"] == pytest.approx(ref["score"], rel=1e-6)
+    assert [s["label"] for s in doc["smooths"]] == [s["label"] for s in ref["smooths"]]
+    f = pd.read_parquet(out / "fitted.parquet")
+    assert list(f.columns) == ["fitted"] and len(f) == len(data)
+    sd = data["y"].std()
+    assert (f["fitted"] - fitted["fitted"]).abs().max() < 1e-3 * sd
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert len(pngs) == len(ref["smooths"])
+    assert all((out / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_fitted_rows_keep_input_order_with_dropped_rows(tmp_path):
+    data = pd.read_csv(SIM1)
+    data.loc[[3, 10], "x0"] = None
+    src = tmp_path / "holes.csv"
+    data.to_csv(src, index=False)
+    out = tmp_path / "fit"
+    r = daskmm("fit", str(src), "--formula", "y ~ s(x0, bs = 'cr') + s(x1, bs = 'cr')",
+               "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "2 observations deleted due to missingness" in r.stderr
+    f = pd.read_parquet(out / "fitted.parquet")["fitted"]
+    assert len(f) == len(data) and f.isna().sum() == 2
+    assert f.isna()[[3, 10]].all()
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["nobs"] == len(data) - 2 and doc["rows"]["dropped"] == 2
+
+
+def test_job_file_takes_a_gam(tmp_path):
+    out = tmp_path / "job_out"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: g\ndata: {SIM1}\nformula: \"y ~ s(x0, bs = 'cr') + s(fac, bs = "
+                   f"'re')\"\nfactors: [fac]\nmethod: REML\noutput: {out}\n")
+    r = daskmm("run", str(job))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["method"] == "REML" and (out / "fitted.parquet").exists()
+
+
+@pytest.mark.parametrize("formula, extra, words", [
+    ("y ~ s(fac, bs = 'cr')", ["--factors", "fac"], ["'fac'", "categorical"]),
+    ("y ~ s(x0, k = 5000, bs = 'cr')", [], ["distinct values", "k = 5000"]),
+    ("y ~ s(x0, bs = 'zz')", [], ["unknown basis", "'zz'"]),
+    ("y ~ s(x0, by = nothere, bs = 'cr')", [], ["by = 'nothere'", "available columns"]),
+    ("y ~ s(nothere, bs = 'cr')", [], ["'nothere'", "not in the data"]),
+    ("y ~ s(x0, bs = 'cr')", ["--ml"], ["ML is not available for a GAM"]),
+    ("y ~ s(x0, bs = 'cr')", ["--family", "negative_binomial"], ["not available for a GAM"]),
+])
+def test_bad_gam_input_is_one_line(tmp_path, formula, extra, words):
+    out = tmp_path / "fit"
+    r = daskmm("fit", SIM1, "--formula", formula, *extra, "--out", str(out))
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert not out.exists()
