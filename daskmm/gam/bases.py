@@ -272,3 +272,133 @@ class RandomEffect:
         ok = codes >= 0
         X[np.flatnonzero(ok), codes[ok]] = v[ok]
         return X
+
+
+def _tps_m(d: int, m: int) -> int:
+    return m if 2 * m > d and m > 0 else (d + 1) // 2 + 1
+
+
+def _poly_powers(d: int, m: int) -> list[tuple[int, ...]]:
+    """Exponents of the monomials of total degree below ``m`` in ``d`` variables, in the
+    order mgcv's ``gen_tps_poly_powers`` lists them (first variable fastest)."""
+    out = []
+
+    def rec(prefix, left, i):
+        if i == d:
+            out.append(tuple(prefix))
+            return
+        for p in range(left + 1):
+            rec(prefix + [p], left - p, i + 1)
+
+    rec([], m - 1, 0)
+    out.sort(key=lambda p: (sum(p), tuple(reversed(p))))
+    return out
+
+
+def _eta(r: np.ndarray, d: int, m: int) -> np.ndarray:
+    """The thin-plate radial basis function of order ``m`` in ``d`` dimensions."""
+    from math import gamma, pi
+    if d % 2:
+        c = gamma(d / 2 - m) / (2 ** (2 * m) * pi ** (d / 2) * gamma(m))
+        return c * r ** (2 * m - d)
+    c = (-1) ** (m + 1 + d // 2) / (2 ** (2 * m - 1) * pi ** (d / 2) * gamma(m)
+                                    * gamma(m - d // 2 + 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = c * r ** (2 * m - d) * np.log(r)
+    return np.where(r > 0, out, 0.0)
+
+
+@dataclass
+class ThinPlate:
+    """``bs = "tp"``: Wood's (2003) thin plate regression spline: the ``k - M`` leading
+    eigenvectors of the radial-basis matrix at the knots (the unique covariate values),
+    constrained orthogonal to the polynomials of degree below ``m``, plus those ``M``
+    polynomials; covariates centred (mgcv's ``tprs.smooth``)."""
+
+    knots: np.ndarray  # unique centred covariate rows (n_knots x d)
+    shift: np.ndarray
+    m: int
+    k: int
+    UZ: np.ndarray = field(repr=False)  # n_knots x (k - M)
+    D: np.ndarray = field(repr=False)  # (k - M) x (k - M) penalty on the range columns
+    powers: list = field(default_factory=list)
+    tscale: np.ndarray | None = None
+
+    MAX_KNOTS = 2000
+    SEED = 1
+
+    @classmethod
+    def setup(cls, x: np.ndarray, k: int, m: int | None = None) -> ThinPlate:
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 1:
+            x = x[:, None]
+        d = x.shape[1]
+        m = _tps_m(d, 0 if m is None else m)
+        powers = _poly_powers(d, m)
+        M = len(powers)
+        if k < 0:
+            k = M + (8, 27, 100)[min(d, 3) - 1]
+        k = max(k, M + 1)
+        shift = x.mean(axis=0)
+        xs = x - shift
+        xu = np.unique(xs, axis=0)
+        if len(xu) > cls.MAX_KNOTS:  # a fixed random subset, as mgcv (its RNG differs)
+            rng = np.random.default_rng(cls.SEED)
+            xu = xu[np.sort(rng.choice(len(xu), cls.MAX_KNOTS, replace=False))]
+        E = _eta(_dist(xu, xu), d, m)
+        if len(xu) > 3 * k:
+            from scipy.sparse.linalg import eigsh
+            ev, U = eigsh(E, k=k, which="LM", tol=1e-13)
+        else:
+            ev, U = np.linalg.eigh(E)
+        order = np.argsort(-np.abs(ev))[:k]
+        ev, U = ev[order], U[:, order]
+        T = _poly(xu, powers)
+        # null space of T'U_k delta = 0 by a Householder QR of U_k'T
+        Q, _ = np.linalg.qr(U.T @ T, mode="complete")
+        Z = Q[:, M:]
+        D = Z.T @ (ev[:, None] * Z)
+        # mgcv scales each polynomial column to unit mean square over the knots
+        tscale = 1 / np.sqrt(np.mean(T ** 2, axis=0))
+        return cls(knots=xu, shift=shift, m=m, k=k, UZ=U @ Z, D=(D + D.T) / 2,
+                   powers=powers, tscale=tscale)
+
+    @property
+    def M(self) -> int:
+        return len(self.powers)
+
+    @property
+    def S(self) -> np.ndarray:
+        S = np.zeros((self.k, self.k))
+        r = self.k - self.M
+        S[:r, :r] = self.D
+        return S
+
+    rank = property(lambda self: self.k - self.M)
+    null_space_dim = property(lambda self: self.M)
+    penalties = property(lambda self: [self.S])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 1:
+            x = x[:, None]
+        xs = x - self.shift
+        d = xs.shape[1]
+        out = np.empty((len(xs), self.k))
+        step = 20000
+        for a in range(0, len(xs), step):
+            E = _eta(_dist(xs[a:a + step], self.knots), d, self.m)
+            out[a:a + step, :self.k - self.M] = E @ self.UZ
+        out[:, self.k - self.M:] = _poly(xs, self.powers) * self.tscale
+        return out
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.shape[1] == 1:
+        return np.abs(a[:, :1] - b[:, 0][None, :])
+    sq = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0))
+
+
+def _poly(x: np.ndarray, powers: list) -> np.ndarray:
+    return np.column_stack([np.prod(x ** np.array(p)[None, :], axis=1) for p in powers])

@@ -28,7 +28,7 @@ import pandas as pd
 
 from daskmm.errors import DataError, FormulaError
 from daskmm.formula.spec import level_label
-from daskmm.gam.bases import CubicRegression, Cyclic, PSpline, RandomEffect
+from daskmm.gam.bases import CubicRegression, Cyclic, PSpline, RandomEffect, ThinPlate
 from daskmm.gam.terms import SmoothCall
 
 DEFAULT_K = {"cr": 10, "cs": 10, "cc": 10, "ps": -1, "tp": 10}
@@ -132,6 +132,8 @@ class Smooth:
             codes = factor_codes(frame[re.factor], self.levels[re.factor])
             covs = [frame[v].to_numpy(dtype=float) for v in re.covariates]
             return re.predict_frame(codes, covs)
+        if c.kind == "s" and c.bs[0] == "tp":
+            return self.margins[0].predict(frame[list(c.variables)].to_numpy(dtype=float))
         mats = []
         for i, (m, v) in enumerate(zip(self.margins, c.variables)):
             Xm = m.predict(frame[v].to_numpy(dtype=float))
@@ -247,10 +249,23 @@ def build_smooths(call: SmoothCall, setup: pd.DataFrame, levels: dict[str, list[
                     S=[np.eye(re.k)], rank=[re.k], levels=levels)
         X = sm.raw(setup)
         S_raw, C_rows = [np.eye(re.k)], 0
+    elif call.kind == "s" and call.bs[0] == "tp":
+        x = setup[list(call.variables)].to_numpy(dtype=float)
+        nu = len(np.unique(x, axis=0))
+        b = ThinPlate.setup(x, call.k[0], call.m[0] if call.m else None)
+        if nu < b.k:
+            raise DataError(f"smooth {where}: the covariates have {nu} distinct values, too "
+                            f"few for k = {b.k}; lower k below {nu}")
+        margins = [b]
+        X = b.predict(x)
+        S_raw = [b.S]
+        ranks = [b.rank]
+        C_rows = 1
     elif call.kind == "s":
-        if call.bs[0] in ("tp", "fs"):
-            raise FormulaError(f"smooth {where}: basis {call.bs[0]!r} is not implemented yet; "
-                               "use bs = 'cr', 'ps', 'cc' or 're'")
+        if call.bs[0] == "fs":
+            raise FormulaError(f"smooth {where}: basis 'fs' is not implemented yet; use "
+                               "s(x, by = g) with g in the parametric part, or s(x, g, "
+                               "bs = 're') for random slopes")
         x = setup[call.variables[0]].to_numpy(dtype=float)
         b = _margin(call.bs[0], x, call.k[0], call.m, where)
         margins = [b]

@@ -35,9 +35,14 @@ def test_matches_bam(root, fid):
     assert res.scale == pytest.approx(ref["scale"], rel=1e-4)
     # smoothing parameters in mgcv's order; a large one sits on a flat stretch of the score
     # (the term is nearly in its null space), where it is only loosely determined
+    # tp: the range space of the basis is an orthogonal rotation of mgcv's (whose C code
+    # picks its own); the fit, score and edf do not depend on it, the penalty's scale factor
+    # (norm(S) / norm(X)^2), and so sp, does
     sp_ref = np.asarray(ref["sp"])
     assert len(res.sp) == len(sp_ref)
-    np.testing.assert_allclose(res.sp[sp_ref < 1e4], sp_ref[sp_ref < 1e4], rtol=1e-2)
+    sp_ok = (sp_ref < 1e4) & np.array([s.call.bs[0] != "tp" for s in res.spec.smooths
+                                       for _ in s.S])
+    np.testing.assert_allclose(res.sp[sp_ok], sp_ref[sp_ok], rtol=1e-2)
     refs = ref.get("smooths") or [{"label": lab, "edf": e} for lab, e in
                                   zip(ref["smooth_labels"], ref["edf_smooth"])]
     assert [s["label"] for s in res.smooth_table] == [s["label"] for s in refs]
