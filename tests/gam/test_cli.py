@@ -67,16 +67,35 @@ def test_job_file_takes_a_gam(tmp_path):
     assert doc["method"] == "REML" and (out / "fitted.parquet").exists()
 
 
+BAD = [
+    ("y ~ s(fac, bs = 'cr')", {"factors": ["fac"]}, ["'fac'", "categorical"]),
+    ("y ~ s(x0, k = 5000, bs = 'cr')", {}, ["distinct values", "k = 5000"]),
+    ("y ~ s(x0, bs = 'zz')", {}, ["unknown basis", "'zz'"]),
+    ("y ~ s(x0, by = nothere, bs = 'cr')", {}, ["by = 'nothere'", "available columns"]),
+    ("y ~ s(nothere, bs = 'cr')", {}, ["'nothere'", "not in the data"]),
+    ("y ~ s(x0, bs = 'cr')", {"method": "ML"}, ["ML", "not available for a GAM"]),
+    ("y ~ s(x0, bs = 'cr')", {"family": "negative_binomial"}, ["not available for a GAM"]),
+]
+
+
+@pytest.mark.parametrize("formula, kw, words", BAD)
+def test_bad_gam_input_is_one_line(formula, kw, words):
+    import daskmm
+    kw = dict(kw)
+    family = kw.pop("family", "gaussian")
+    with pytest.raises(daskmm.DaskmmError) as e:
+        daskmm.fit(formula, pd.read_csv(SIM1), family, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
 @pytest.mark.parametrize("formula, extra, words", [
     ("y ~ s(fac, bs = 'cr')", ["--factors", "fac"], ["'fac'", "categorical"]),
-    ("y ~ s(x0, k = 5000, bs = 'cr')", [], ["distinct values", "k = 5000"]),
-    ("y ~ s(x0, bs = 'zz')", [], ["unknown basis", "'zz'"]),
     ("y ~ s(x0, by = nothere, bs = 'cr')", [], ["by = 'nothere'", "available columns"]),
-    ("y ~ s(nothere, bs = 'cr')", [], ["'nothere'", "not in the data"]),
-    ("y ~ s(x0, bs = 'cr')", ["--ml"], ["ML is not available for a GAM"]),
-    ("y ~ s(x0, bs = 'cr')", ["--family", "negative_binomial"], ["not available for a GAM"]),
 ])
-def test_bad_gam_input_is_one_line(tmp_path, formula, extra, words):
+def test_bad_gam_input_cli(tmp_path, formula, extra, words):
     out = tmp_path / "fit"
     r = daskmm("fit", SIM1, "--formula", formula, *extra, "--out", str(out))
     assert r.returncode != 0
