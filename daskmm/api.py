@@ -32,7 +32,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     factors, weights, client, mode, npartitions, optimizer_options
         As :func:`daskmm.lmm` and :func:`daskmm.glmm`.
     method : str, optional
-        GAM: ``"fREML"`` (default) or ``"REML"``; a mixed model: ``"REML"`` or ``"ML"`` (the
+        GAM: ``"fREML"`` (default), ``"REML"`` or ``"ML"``; a mixed model: ``"REML"`` or ``"ML"`` (the
         same as ``reml``).
 
     Returns
@@ -42,9 +42,11 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     """
     from daskmm.gam.model import gam, is_gam_formula
     if is_gam_formula(formula):
-        if reml is False or method == "ML":
-            raise ModelError("ML smoothing-parameter selection is not available for a GAM; "
-                             "use method 'fREML' (bam's default) or 'REML'")
+        if reml is False and method not in (None, "ML"):
+            raise ModelError(f"reml=False and method={method!r} disagree; for a GAM give "
+                             "method 'fREML', 'REML' or 'ML'")
+        if reml is False:
+            method = "ML"
         if nagq != 1:
             raise ModelError(f"nagq={nagq} does not apply to a GAM; leave nagq out")
         if optimizer_options:

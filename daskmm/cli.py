@@ -135,9 +135,10 @@ def _fit_gam(args: argparse.Namespace, factors: list[str]) -> int:
     import daskmm
     from daskmm.results.writing import report_rows, write_outputs
 
-    if args.ml or args.method == "ML":
-        raise DaskmmError("ML is not available for a GAM; use --method fREML (bam's default) "
-                          "or REML")
+    if args.ml and args.method not in (None, "ML"):
+        raise DaskmmError(f"--ml and --method {args.method} disagree; give one of them")
+    if args.ml:
+        args.method = "ML"
     if args.nagq != 1:
         raise DaskmmError(f"--nagq {args.nagq} does not apply to a GAM; leave --nagq out")
     if args.mode == "gathered":

@@ -115,10 +115,14 @@ def client_for(client: Client | str | None = None, timeout: float = 10.0,
             c.close()
         return
     try:
-        yield Client.current()
+        current = Client.current()
+    except ValueError:  # no current client
+        current = None
+    if current is not None:
+        # outside the try: an error of the caller's (a ValueError too) must not be taken
+        # for "no current client"
+        yield current
         return
-    except ValueError:
-        pass
     kwargs = {"threads_per_worker": 1, **(local or {})}
     log.info("starting a LocalCluster (%s)", ", ".join(f"{k}={v}" for k, v in kwargs.items()))
     # workers' own error logs would repeat, as noise, what the fit raises here; workers

@@ -23,6 +23,7 @@ as named tasks on the workers otherwise):
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import time
 from typing import TYPE_CHECKING
 
@@ -44,8 +45,8 @@ from daskmm.formula.spec import (
 )
 from daskmm.gam.smooth import build_smooths
 from daskmm.gam.spec import GamSpec
-from daskmm.gam.terms import split_smooths
-from daskmm.kernels import freml, gam_stats
+from daskmm.gam.terms import bar_smooths, split_smooths
+from daskmm.kernels import freml, freml_blocked, gam_stats
 from daskmm.problem import frozen_levels
 from daskmm.results.gam_result import GamResult, post_fit
 
@@ -60,7 +61,11 @@ SETUP_ROWS = 10_000
 SETUP_SEED = 66
 """Seed of the setup sample above :data:`SETUP_ROWS` rows (mgcv's ``mini.mf`` uses 66)."""
 
-METHODS = ("fREML", "REML")
+BLOCK_LEVELS = 200
+"""``re`` terms on a factor with at least this many levels are kept per level (one ``q x q``
+block a level) instead of as dense columns; the fit is the same."""
+
+METHODS = ("fREML", "REML", "ML")
 GAM_FAMILIES = ("gaussian", "binomial", "poisson", "gamma")
 PIRLS_EPSILON = 1e-7
 PIRLS_MAXIT = 200
@@ -92,9 +97,10 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
     family : {"gaussian", "binomial", "poisson", "gamma"}
     link : str, optional
         The family's default (identity, logit, log, inverse) when None.
-    method : {"fREML", "REML"}
-        The smoothing-parameter criterion. Both are the restricted likelihood; ``fREML`` is
-        bam's default and name for it.
+    method : {"fREML", "REML", "ML"}
+        The smoothing-parameter criterion. ``fREML`` and ``REML`` are the restricted
+        likelihood (``fREML`` is bam's default and name for it); ``ML`` the marginal
+        likelihood with the unpenalised coefficients maximised (bam's ``method = "ML"``).
     factors : list of str, optional
         Columns to treat as categorical whatever their dtype.
     weights : str, optional
@@ -110,7 +116,7 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
         raise ModelError(f"mode={mode!r}; allowed: {', '.join(map(repr, MODES))}")
     if method not in METHODS:
         raise ModelError(f"method={method!r}; allowed: {', '.join(map(repr, METHODS))} "
-                         "(REML estimation of the smoothing parameters)")
+                         "(REML or ML estimation of the smoothing parameters)")
     fam = _family(family)
     lk = fam.link(link)
     t0 = time.perf_counter()
@@ -119,10 +125,9 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
         raise FormulaError(f"formula {formula!r} has no smooth term such as s(x); fit it with "
                            "daskmm.lmm or daskmm.glmm")
     parsed = parse_formula(rest)
-    if parsed.bars:
-        raise FormulaError(
-            f"formula {formula!r}: lme4 bars in a GAM formula (gamm4's model) are not "
-            "available yet; write the random intercept as s(g, bs = 're')")
+    if parsed.bars:  # gamm4's model: lme4 bars as the re smooths they equal
+        calls = calls + bar_smooths(parsed.bars, formula)
+        parsed = replace(parsed, bars=())
     smooth_cols = set().union(*(c.columns for c in calls))
     used = sorted(parsed.columns | smooth_cols | ({weights} if weights else set()))
     here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
@@ -131,10 +136,11 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
         gspec = _freeze(c, parsed, calls, ddf, used, factors or [], weights, manifest, fam)
         t1 = time.perf_counter()
         parts = _partitions(c, ddf)
-        fit, stats, iters = _fit(c, parts, gspec, fam, lk)
+        fit, coef, stats, iters = _fit(c, parts, gspec, fam, lk, ml=method == "ML")
         t2 = time.perf_counter()
-        result = post_fit(gspec, fit, stats, fam, lk, method, iters, formula)
+        result = post_fit(gspec, fit, coef, stats, fam, lk, method, iters, formula)
         result.mode = "in-process" if is_in_process(c) else "distributed"
+        result.optinfo["blocked_terms"] = [gspec.smooths[i].label for i in gspec.blocked]
     result.timing = {"setup_s": t1 - t0, "fit_s": t2 - t1, "total_s": time.perf_counter() - t0}
     result.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     return result
@@ -188,8 +194,28 @@ def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam) -
     if len(setup) == 0:
         raise DataError("no rows left after dropping rows with missing values in the columns "
                         f"the model uses ({', '.join(used)})")
-    smooths = [s for call in calls for s in build_smooths(call, setup, levels)]
+    blocked = _blocked_factor(calls, levels)
+    smooths = [s for call in calls for s in build_smooths(
+        call, setup, levels, blocked=blocked is not None and _re_factor(call, levels) == blocked)]
     return GamSpec(param=param, smooths=smooths, columns=used)
+
+
+def _re_factor(call, levels: dict) -> str | None:
+    """The factor of an ``re`` smooth that can be kept per level (no ``by``)."""
+    if call.kind != "s" or call.bs[0] != "re" or call.by is not None:
+        return None
+    facs = [v for v in call.variables if v in levels]
+    return facs[0] if len(facs) == 1 else None
+
+
+def _blocked_factor(calls, levels: dict) -> str | None:
+    """The factor whose ``re`` terms are kept per level: the one with most levels, if it has
+    at least :data:`BLOCK_LEVELS` (fewer are cheaper as dense columns)."""
+    facs = {f for f in (_re_factor(c, levels) for c in calls) if f is not None}
+    if not facs:
+        return None
+    best = max(sorted(facs), key=lambda f: len(levels[f]))
+    return best if len(levels[best]) >= BLOCK_LEVELS else None
 
 
 def _count_partition(df: pd.DataFrame, param: ModelSpec, numeric: list[str]) -> dict:
@@ -268,27 +294,55 @@ def _map(client, fn, parts: list, per_part: dict | None = None, **kwargs) -> lis
 def _encode_partition(df: pd.DataFrame, gspec: GamSpec) -> dict:
     y, X, w, dropped = gspec.design(df)
     off = gspec.offset(df)
-    return {"y": y + off, "off": off, "X": X, "w": np.ones(len(y)) if w is None else w,
-            "has_w": w is not None, "dropped": dropped}
+    enc = {"y": y + off, "off": off, "X": X, "w": np.ones(len(y)) if w is None else w,
+           "has_w": w is not None, "dropped": dropped}
+    if gspec.blocked:
+        frame, _ = gspec.prepare(df)
+        enc["codes"], enc["Zv"] = gspec.level_columns(frame)
+    return enc
+
+
+def _level_stats(st: dict, X, z, w, codes, Zv, gspec: GamSpec) -> dict:
+    if gspec.blocked:
+        st.update(gam_stats.level_cross_products(X, z, w, codes, Zv, gspec.n_levels))
+    return st
+
+
+def linear_predictor(X: np.ndarray, codes: np.ndarray | None, Zv: np.ndarray | None,
+                     coef: np.ndarray, p_dense: int) -> np.ndarray:
+    """``X beta_d + sum_t Zv_t b_t[codes]`` (coefficients in the fit's layout; a row of a
+    level the fit did not see gets no level effect)."""
+    eta = X @ coef[:p_dense]
+    if codes is not None and Zv is not None and Zv.shape[1]:
+        q = Zv.shape[1]
+        b = coef[p_dense:].reshape(q, -1).T  # (L, q)
+        ok = codes >= 0
+        eta[ok] += np.sum(Zv[ok] * b[codes[ok]], axis=1)
+    return eta
 
 
 def _gauss_stats(df: pd.DataFrame, gspec: GamSpec) -> dict:
     y, X, w, dropped = gspec.design(df)
     st = gam_stats.cross_products(X, y, w)
+    if gspec.blocked:
+        frame, _ = gspec.prepare(df)
+        codes, Zv = gspec.level_columns(frame)
+        _level_stats(st, X, y, w, codes, Zv, gspec)
     st["dropped"] = dropped
     return st
 
 
-def _working_stats(enc: dict, beta: np.ndarray | None, fam, link) -> dict:
+def _working_stats(enc: dict, beta: np.ndarray | None, fam, link, gspec: GamSpec) -> dict:
     y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
     if beta is None:
         mu = _mustart(y, w, fam)
         eta = link.link(mu)
     else:
-        eta = X @ beta + off
+        eta = linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta, X.shape[1]) + off
         mu = link.inverse(eta)
     z, ww = gam_stats.working_response(y, eta, w, fam, link)
     st = gam_stats.cross_products(X, z - off, ww)
+    _level_stats(st, X, z - off, ww, enc.get("codes"), enc.get("Zv"), gspec)
     st["dev"] = gam_stats.deviance(y, mu, w, fam)
     st["pw"], st["pwy"] = float(w.sum()), float(w @ y)
     st["dropped"] = enc["dropped"]
@@ -307,7 +361,8 @@ def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float) -> dict:
     """Sums for the summaries at the final coefficients: deviance, null deviance and the
     residual sums of R-sq.(adj) (weights: the prior weights)."""
     y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
-    mu = link.inverse(X @ beta + off)
+    mu = link.inverse(linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta, X.shape[1])
+                      + off)
     r = np.sqrt(w)
     e = y - mu
     return {"dev": gam_stats.deviance(y, mu, w, fam),
@@ -325,19 +380,42 @@ def _reduce(client, futures: list, split_every: int = 8):
     return client.gather(futures[0])
 
 
-def _fit(client, parts: list, gspec: GamSpec, fam, link):
+def _reml(st: dict, gspec: GamSpec, pen, phi, rho0, ml: bool = False):
+    """Smoothing parameters from the summed statistics: the dense kernel, or the blocked one
+    when ``re`` terms are kept per level. Returns the fit and the coefficients in the fit's
+    layout (dense, then each blocked term's levels)."""
+    if gspec.blocked:
+        bst = freml_blocked.BlockedStats.from_sums(st, gspec.blocked_scales())
+        fit = freml_blocked.fit(bst, pen, phi=phi, rho0=rho0, ml=ml)
+        coef = np.concatenate([fit.point.beta, fit.point.b_re.T.ravel()])
+        return fit, coef
+    fit = freml.fit(st["A"], st["b"], st["c"], st["n"], pen, phi=phi, rho0=rho0, ml=ml)
+    return fit, fit.point.beta
+
+
+def _share(client, spec):
+    """The spec as the tasks take it: scattered to the workers once per fit (scattering the
+    same value again each round races with the release of its last copy)."""
+    if is_in_process(client):
+        return spec
+    return client.scatter(spec, broadcast=True)
+
+
+def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
     pen = gspec.penalties()
+    shared = _share(client, gspec)
     if fam.name == "gaussian" and link.name == "identity":
-        st = _reduce(client, _map(client, _gauss_stats, parts, gspec=gspec))
+        st = _reduce(client, _map(client, _gauss_stats, parts, gspec=shared))
         _check_n(st, gspec)
-        fit = freml.fit(st["A"], st["b"], st["c"], st["n"], pen)
+        fit, coef = _reml(st, gspec, pen, None, None, ml)
         st["mode"] = "gaussian"
-        return fit, st, 1
-    enc = _map(client, _encode_partition, parts, gspec=gspec)
+        return fit, coef, st, 1
+    enc = _map(client, _encode_partition, parts, gspec=shared)
     scale = None if fam.name == "gamma" else 1.0
     beta, dev, fit, st, ybar = None, None, None, None, None
     for it in range(1, PIRLS_MAXIT + 1):
-        st = _reduce(client, _map(client, _working_stats, enc, beta=beta, fam=fam, link=link))
+        st = _reduce(client, _map(client, _working_stats, enc, beta=beta, fam=fam, link=link,
+                                  gspec=shared))
         if it == 1:
             _check_n(st, gspec)
             ybar = st["pwy"] / st["pw"]
@@ -346,16 +424,14 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link):
         if it > 2 and abs(st["dev"] - dev) / (0.1 + abs(st["dev"])) < PIRLS_EPSILON:
             break
         dev = st["dev"]
-        fit = freml.fit(st["A"], st["b"], st["c"], st["n"], pen, phi=scale,
-                        rho0=None if fit is None else fit.point.rho)
-        beta = fit.point.beta
+        fit, beta = _reml(st, gspec, pen, scale, None if fit is None else fit.point.rho, ml)
     else:
         log.warning("PIRLS did not converge in %d iterations", PIRLS_MAXIT)
     fin = _reduce(client, _map(client, _final_stats, enc, beta=beta, fam=fam, link=link,
-                                    ybar=ybar))
+                               ybar=ybar))
     st.update({"final": fin, "mode": "pirls"})
     client.cancel(enc)
-    return fit, st, it
+    return fit, beta, st, it
 
 
 def _check_n(st: dict, gspec: GamSpec) -> None:

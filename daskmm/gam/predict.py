@@ -34,10 +34,34 @@ def _complete(spec, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_matrix(spec, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, offset)`` of new rows (``mgcv``'s ``type = "lpmatrix"``)."""
+    """``(X, offset)`` of new rows (``mgcv``'s ``type = "lpmatrix"``; the dense columns only
+    when ``re`` terms are kept per level)."""
     df = _complete(spec, df)
     _, X, _, _ = spec.design(df)
     return X, spec.offset(df)
+
+
+def _level_part(spec, result, df: pd.DataFrame, X: np.ndarray, se: bool):
+    """The blocked terms' contributions: per term ``Zv_t b_t[codes]``, and the pieces of the
+    standard errors (``u = sum_t Zv_t W_l,t``; ``z' M_l^-1 z``)."""
+    frame, _ = spec.prepare(_complete(spec, df))
+    codes, Zv = spec.level_columns(frame)
+    pd_ = spec.p_dense
+    q = Zv.shape[1]
+    b = result.coef[pd_:].reshape(q, -1).T
+    ok = codes >= 0
+    c = np.where(ok, codes, 0)
+    Zv = Zv * ok[:, None]
+    terms = Zv * b[c]
+    if not se:
+        return terms, None, None, None
+    vscale, Minv, W = result.level_cov
+    u = np.einsum("nt,nti->ni", Zv, W[c])
+    zmz = np.einsum("nt,nts,ns->n", Zv, Minv[c], Zv) * vscale
+    var_t = np.stack([vscale * (Minv[c, t, t] + np.einsum(
+        "ni,ij,nj->n", W[c, t, :], result.Vp / vscale, W[c, t, :])) for t in range(q)],
+        axis=1) * Zv ** 2
+    return terms, u, zmz, var_t
 
 
 def _one(df: pd.DataFrame, result, type: str, se_fit: bool):
@@ -45,7 +69,11 @@ def _one(df: pd.DataFrame, result, type: str, se_fit: bool):
 
     spec = result.spec
     X, off = model_matrix(spec, df)
-    beta, Vp = result.coef, result.Vp
+    pd_ = spec.p_dense
+    beta, Vp = result.coef[:pd_], result.Vp
+    blocked = bool(spec.blocked)
+    if blocked:
+        lev, u, zmz, var_t = _level_part(spec, result, df, X, se_fit or type == "terms")
     if type == "terms":
         cols = {}
         ses = {}
@@ -55,14 +83,26 @@ def _one(df: pd.DataFrame, result, type: str, se_fit: bool):
                 continue
             cols[nm] = X[:, j] * beta[j]
             ses[nm] = np.abs(X[:, j]) * np.sqrt(Vp[j, j])
-        for s, sl in zip(spec.smooths, spec.slices()):
+        for i, (s, sl) in enumerate(zip(spec.smooths, spec.slices())):
+            if s.blocked:
+                t = spec.blocked.index(i)
+                cols[s.label] = lev[:, t]
+                ses[s.label] = np.sqrt(var_t[:, t])
+                continue
             Xs = X[:, sl]
             cols[s.label] = Xs @ beta[sl]
             ses[s.label] = np.sqrt(np.einsum("ij,jk,ik->i", Xs, Vp[sl, sl], Xs))
         fit = pd.DataFrame(cols, index=df.index)
         return (fit, pd.DataFrame(ses, index=df.index)) if se_fit else fit
     eta = X @ beta + off
-    se = np.sqrt(np.einsum("ij,jk,ik->i", X, Vp, X)) if se_fit else None
+    se = None
+    if blocked:
+        eta = eta + lev.sum(axis=1)
+        if se_fit:
+            D = X - u
+            se = np.sqrt(np.einsum("ij,jk,ik->i", D, Vp, D) + zmz)
+    elif se_fit:
+        se = np.sqrt(np.einsum("ij,jk,ik->i", X, Vp, X))
     if type == "response":
         link = LINKS[result.link]
         mu = link.inverse(eta)
@@ -104,9 +144,7 @@ def _fitted_part(df: pd.DataFrame, result) -> pd.DataFrame:
     frame, _ = spec.prepare(df)
     out = np.full(len(df), np.nan)
     if len(frame):
-        X, off = model_matrix(spec, frame)
-        from daskmm.families import LINKS
-        mu = LINKS[result.link].inverse(X @ result.coef + off)
+        mu = _one(frame, result, "response", False).to_numpy()
         pos = df.index.get_indexer(frame.index) if df.index.is_unique else None
         if pos is None or (pos < 0).any():
             keep = np.zeros(len(df), dtype=bool)

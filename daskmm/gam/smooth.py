@@ -112,6 +112,24 @@ class Smooth:
     S_scale: list[float] = field(default_factory=list)
     p: int = 0
     sweep: tuple[np.ndarray, np.ndarray] | None = None
+    blocked_scale: float | None = None
+
+    @property
+    def blocked(self) -> bool:
+        """An ``re`` term kept as a per-level block (no dense columns, no dense penalty):
+        its penalty is ``blocked_scale * I``."""
+        return self.blocked_scale is not None
+
+    def level_values(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """A blocked term's ``(codes, values)``: each row's level of the factor (-1 for a
+        level the fit did not see) and its value in that level's column (1, or the product
+        of the covariates)."""
+        re = self.margins[0]
+        codes = factor_codes(frame[re.factor], self.levels[re.factor])
+        v = np.ones(len(frame))
+        for c in re.covariates:
+            v = v * frame[c].to_numpy(dtype=float)
+        return codes, v
 
     @property
     def random(self) -> bool:
@@ -208,7 +226,7 @@ def _max_abs_row_sum(X: np.ndarray) -> float:
 
 
 def build_smooths(call: SmoothCall, setup: pd.DataFrame, levels: dict[str, list[str]],
-                  constraint: str = "sweep") -> list[Smooth]:
+                  constraint: str = "sweep", blocked: bool = False) -> list[Smooth]:
     """Freeze ``call`` on the setup rows.
 
     Parameters
@@ -222,6 +240,9 @@ def build_smooths(call: SmoothCall, setup: pd.DataFrame, levels: dict[str, list[
         How the sum-to-zero constraint is absorbed: ``"sweep"`` as ``bam`` (drop a column,
         centre the rest: ``sparse.cons = -1``), ``"qr"`` as ``gam`` and ``bam(discrete =
         TRUE)`` (the null space of the constraint by a Householder reflection).
+    blocked : bool
+        An ``re`` term kept as a per-level block: no dense penalty or columns are built (its
+        scaled penalty is ``blocked_scale * I``).
 
     Returns
     -------
@@ -245,6 +266,14 @@ def build_smooths(call: SmoothCall, setup: pd.DataFrame, levels: dict[str, list[
                                "s(x, g, bs = 're')")
         re = RandomEffect(factor=facs[0], levels=levels[facs[0]], covariates=covs)
         margins = [re]
+        if blocked:  # each row has one non-zero: smoothCon's scale is max |value|^2
+            v = np.ones(len(setup))
+            for cv in covs:
+                v = v * setup[cv].to_numpy(dtype=float)
+            maXX = float(np.max(np.abs(v))) ** 2 if len(v) else 1.0
+            return [Smooth(label=call.label, call=call, margins=margins, margin_Z=None, Z=None,
+                           S=[], rank=[re.k], levels=levels, S_scale=[1.0 / maXX], p=re.k,
+                           blocked_scale=maXX)]
         sm = Smooth(label=call.label, call=call, margins=margins, margin_Z=None, Z=None,
                     S=[np.eye(re.k)], rank=[re.k], levels=levels)
         X = sm.raw(setup)

@@ -45,25 +45,76 @@ class GamSpec:
     def p(self) -> int:
         return self.n_param + sum(s.p for s in self.smooths)
 
+    @property
+    def p_dense(self) -> int:
+        """Coefficients with a model column: all but the blocked ``re`` terms'."""
+        return self.n_param + sum(s.p for s in self.smooths if not s.blocked)
+
+    @property
+    def blocked(self) -> list[int]:
+        """Indices of the smooths kept as a per-level block (``re`` terms on one factor with
+        many levels; see :mod:`daskmm.kernels.freml_blocked`)."""
+        return [i for i, s in enumerate(self.smooths) if s.blocked]
+
+    @property
+    def n_levels(self) -> int:
+        """Levels of the blocked factor (0 without one)."""
+        b = self.blocked
+        return self.smooths[b[0]].p if b else 0
+
     def slices(self) -> list[slice]:
-        """The coefficients of each smooth."""
-        out, o = [], self.n_param
-        for s in self.smooths:
-            out.append(slice(o, o + s.p))
-            o += s.p
+        """The coefficients of each smooth (in the smooths' order). Coefficients are laid out
+        as the parametric ones, the dense smooths' in formula order, then the blocked terms'
+        (all levels of the first blocked term, then the next); without blocked terms this
+        is mgcv's order."""
+        out: list[slice | None] = [None] * len(self.smooths)
+        o = self.n_param
+        for dense in (True, False):
+            for i, s in enumerate(self.smooths):
+                if (not s.blocked) == dense:
+                    out[i] = slice(o, o + s.p)
+                    o += s.p
         return out
+
+    def sp_order(self) -> np.ndarray:
+        """For each smoothing parameter in mgcv's order (the smooths' order), its position in
+        the fit's order (the dense penalties first, then one per blocked term)."""
+        fit_pos, k = {}, 0
+        for dense in (True, False):
+            for i, s in enumerate(self.smooths):
+                if (not s.blocked) == dense:
+                    for j in range(1 if s.blocked else len(s.S)):
+                        fit_pos[(i, j)] = k
+                        k += 1
+        return np.array([fit_pos[(i, j)] for i, s in enumerate(self.smooths)
+                         for j in range(1 if s.blocked else len(s.S))], dtype=int)
+
+    def level_columns(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The blocked terms' ``(codes, Zv)`` of complete rows: the level of the blocked
+        factor (-1 for one the fit did not see) and one value column per blocked term."""
+        b = self.blocked
+        codes, vals = None, []
+        for i in b:
+            codes, v = self.smooths[i].level_values(frame)
+            vals.append(v)
+        return codes, np.column_stack(vals) if vals else np.zeros((len(frame), 0))
+
+    def blocked_scales(self) -> np.ndarray:
+        return np.array([self.smooths[i].blocked_scale for i in self.blocked], dtype=float)
 
     def coef_names(self) -> list[str]:
         """As mgcv names them: ``(Intercept)``, ``s(x0).1``, ..."""
-        names = list(self.param.fixef_names)
-        for s in self.smooths:
-            names += [f"{s.label}.{i + 1}" for i in range(s.p)]
+        names = [""] * self.p
+        names[:self.n_param] = list(self.param.fixef_names)
+        for s, sl in zip(self.smooths, self.slices()):
+            names[sl] = [f"{s.label}.{i + 1}" for i in range(s.p)]
         return names
 
     def penalties(self) -> Penalties:
+        """The dense coefficients' penalties (blocked terms are not in it)."""
         blocks = [PenaltyBlock(sl.start, sl.stop, s.S)
-                  for s, sl in zip(self.smooths, self.slices()) if s.S]
-        return Penalties(self.p, blocks)
+                  for s, sl in zip(self.smooths, self.slices()) if s.S and not s.blocked]
+        return Penalties(self.p_dense, blocks)
 
     def prepare(self, df: pd.DataFrame) -> tuple[pd.DataFrame, DropCounts]:
         """Complete rows of the columns the model uses (rows missing one are dropped and
@@ -72,12 +123,15 @@ class GamSpec:
 
     def design(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
                                                  DropCounts]:
-        """``(y, X, w, dropped)`` of one partition; ``y`` has the offset subtracted."""
+        """``(y, X, w, dropped)`` of one partition; ``y`` has the offset subtracted. ``X``
+        holds the dense columns only (parametric and smooth; blocked terms are read with
+        :meth:`level_columns`)."""
         enc = self.param.encode(df)
         frame, _ = self.param.prepare(df)
         mats = [np.asarray(enc.X, dtype=float)]
         for s in self.smooths:
-            mats.append(s.design(frame))
+            if not s.blocked:
+                mats.append(s.design(frame))
         X = np.hstack(mats) if len(mats) > 1 else mats[0].copy()
         return np.asarray(enc.y, dtype=float).copy(), X, (
             None if enc.w is None else np.asarray(enc.w, dtype=float).copy()), enc.n_dropped

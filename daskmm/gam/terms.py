@@ -51,10 +51,14 @@ class SmoothCall:
     m: tuple[int, ...] | None = None
     fx: bool = False
     text: str = ""
+    bar: bool = False
 
     @property
     def label(self) -> str:
-        """mgcv's label before any ``by``: ``s(x0)``, ``te(x,z)``, ``s(x,g)``."""
+        """mgcv's label before any ``by``: ``s(x0)``, ``te(x,z)``, ``s(x,g)``; an lme4 bar
+        keeps lme4's: ``(1 | g)``, ``(0 + x | g)``."""
+        if self.bar:
+            return self.text
         return f"{self.kind}({','.join(self.variables)})"
 
     @property
@@ -219,3 +223,37 @@ def _ints(arg: list[rexpr.Token], piece: str, what: str) -> tuple[int, ...]:
         v = int(float(a2[0].text.rstrip("L")))
         out.append(-v if neg else v)
     return tuple(out)
+
+
+def bar_smooths(bars, formula: str) -> list[SmoothCall]:
+    """gamm4's random effects: each lme4 bar of a GAM formula as the ``re`` smooth it equals
+    (``(1 | g)`` is ``s(g, bs = "re")``, ``(0 + x | g)`` is ``s(x, g, bs = "re")``; ``(x ||
+    g)`` is both). Correlated terms (``(1 + x | g)``) have no ``re``-smooth form."""
+    out = []
+    for b in bars:
+        if len(b.factor) != 1:
+            raise FormulaError(f"formula {formula!r}: the random-effect term (… | "
+                               f"{':'.join(b.factor)}) groups by an interaction; in a GAM "
+                               "formula make the interaction a column first")
+        g = b.factor[0]
+        lhs = " ".join(b.lhs.split())
+        toks = [t.strip() for t in lhs.replace("-", "+-").split("+") if t.strip()]
+        intercept = "1" in toks
+        cols = [t for t in toks if t not in ("0", "1", "-1")]
+        if "0" in toks or "-1" in toks:
+            intercept = False
+        elif cols:
+            intercept = True
+        if (intercept and cols) or len(cols) > 1 or any(
+                not c.replace("_", "").replace(".", "").isalnum() for c in cols):
+            raise FormulaError(
+                f"formula {formula!r}: random-effect term ({b.lhs} | {g}) is not available in "
+                "a GAM formula: use independent terms, (1 | g), (0 + x | g) or (x || g) "
+                "(gamm4's model with uncorrelated effects)")
+        if intercept:
+            out.append(SmoothCall(kind="s", variables=(g,), bs=("re",), k=(-1,),
+                                  text=f"(1 | {g})", bar=True))
+        else:
+            out.append(SmoothCall(kind="s", variables=(cols[0], g), bs=("re",), k=(-1,),
+                                  text=f"(0 + {cols[0]} | {g})", bar=True))
+    return out

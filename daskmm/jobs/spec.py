@@ -18,7 +18,7 @@ A job file is YAML::
                                         #   | negative_binomial (glmer.nb)
     link: logit                         # GLMM only: logit | probit | cloglog | log
     nagq: 1                             # GLMM only: 1 = Laplace, up to 25 = AGQ
-    method: REML                        # REML | ML (gaussian); GAM: fREML (default) | REML
+    method: REML                        # REML | ML (gaussian); GAM: fREML (default) | REML | ML
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)

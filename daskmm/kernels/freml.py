@@ -122,7 +122,7 @@ class RemlPoint:
     logdet_S: float
 
 
-def _chol_inverse(H: np.ndarray) -> tuple[np.ndarray, float]:
+def chol_inverse(H: np.ndarray) -> tuple[np.ndarray, float]:
     d = np.sqrt(np.abs(np.diag(H)))
     d[d == 0] = 1.0
     Hs = H / d[:, None] / d[None, :]
@@ -137,18 +137,41 @@ def _chol_inverse(H: np.ndarray) -> tuple[np.ndarray, float]:
     return (P + P.T) / 2, float(2 * np.sum(np.log(np.diag(c))) + 2 * np.sum(np.log(d)))
 
 
+def penalty_range(pen: Penalties) -> np.ndarray:
+    """``U_r``: an orthonormal basis of the range of the total penalty (``p x rank``)."""
+    cols = []
+    for blk in pen.blocks:
+        U = np.zeros((pen.p, blk.U.shape[1]))
+        U[blk.start:blk.stop] = blk.U
+        cols.append(U)
+    return np.hstack(cols) if cols else np.zeros((pen.p, 0))
+
+
+def ml_logdet(H: np.ndarray, Ur: np.ndarray) -> tuple[np.ndarray, float]:
+    """For ``method = "ML"``: ``log|U_r'HU_r|`` (the penalised coefficients only: the
+    unpenalised ones are maximised, not integrated) and ``U_r (U_r'HU_r)^-1 U_r'``, which
+    takes ``H^-1``'s place in the derivatives of the log determinant."""
+    Pr, ld = chol_inverse(Ur.T @ H @ Ur)
+    return Ur @ Pr @ Ur.T, ld
+
+
 def evaluate(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
-             rho: np.ndarray, phi: float | None = None, derivs: bool = True) -> RemlPoint:
-    """The REML criterion at ``rho`` (``phi=None``: scale profiled out)."""
+             rho: np.ndarray, phi: float | None = None, derivs: bool = True,
+             ml: bool = False) -> RemlPoint:
+    """The REML criterion at ``rho`` (``phi=None``: scale profiled out); with ``ml`` mgcv's
+    ML criterion: ``n`` for ``n - M_p`` and ``log|U_r'HU_r|`` for ``log|H|``."""
     m = pen.n_sp
     lam = np.exp(rho)
     H = A + pen.full(lam)
-    P, ldH = _chol_inverse(H)
+    P, ldH = chol_inverse(H)
+    Pt = P
+    if ml:
+        Pt, ldH = ml_logdet(H, penalty_range(pen))
     beta = P @ b
     r = float(c - beta @ b)
     r = max(r, EPS * abs(c))
     ldS, dS1, dS2 = pen.logdet(rho)
-    nmp = n - pen.Mp
+    nmp = n if ml else n - pen.Mp
     if phi is None:
         phi_hat = r / nmp
         value = 0.5 * (nmp * math.log(2 * math.pi * phi_hat) + nmp + ldH - ldS)
@@ -167,7 +190,7 @@ def evaluate(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
             vk = np.zeros(pen.p)
             vk[s] = lam[k] * (Sk @ beta[s])
             v.append(vk)
-            PS.append(lam[k] * (P[:, s] @ Sk))
+            PS.append(lam[k] * (Pt[:, s] @ Sk))
             sl.append(s)
         rk = np.array([beta @ vk for vk in v])
         trk = np.array([np.trace(PS[k][sl[k]]) for k in range(m)])
@@ -217,11 +240,23 @@ class RemlFit:
 
 def fit(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
         phi: float | None = None, rho0: np.ndarray | None = None,
-        conv_tol: float = EPS ** 0.5, maxit: int = 200) -> RemlFit:
-    """Minimise the REML criterion over ``rho`` by Newton's method (``fast.REML.fit``)."""
+        conv_tol: float = EPS ** 0.5, maxit: int = 200, ml: bool = False) -> RemlFit:
+    """Minimise the REML (``ml``: ML) criterion over ``rho`` by Newton's method
+    (``fast.REML.fit``)."""
     rho = initial_rho(A, pen) if rho0 is None else np.asarray(rho0, dtype=float).copy()
-    best = evaluate(A, b, c, n, pen, rho, phi)
-    if pen.n_sp == 0:
+    return newton(lambda r: evaluate(A, b, c, n, pen, r, phi, ml=ml), rho, n, conv_tol,
+                  maxit)
+
+
+def newton(evaluate_at, rho: np.ndarray, n: float, conv_tol: float = EPS ** 0.5,
+           maxit: int = 200) -> RemlFit:
+    """mgcv's ``fast.REML.fit`` Newton loop on any criterion: ``evaluate_at(rho)`` returns a
+    point with ``value``, ``grad``, ``hess`` and ``r`` (the penalised residual sum of squares,
+    for the convergence scale). Eigenvalue-floored Hessian, steps of at most 5, step halving,
+    parameters with a flat gradient and curvature left out of the step."""
+    rho = np.asarray(rho, dtype=float).copy()
+    best = evaluate_at(rho)
+    if len(rho) == 0:
         return RemlFit(best, 0, True, "no smoothing parameters")
     scale = abs(best.value) + best.r / n
     active = (np.abs(best.grad) > scale * conv_tol * 0.1) | (
@@ -241,7 +276,7 @@ def fit(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
             step_a *= 5 / ms
         step = np.zeros_like(rho)
         step[active] = step_a
-        trial = evaluate(A, b, c, n, pen, rho + step, phi)
+        trial = evaluate_at(rho + step)
         k, not_moved, failed = 0, 0, False
         while trial.value > best.value:
             not_moved = not_moved + 1 if trial.value - best.value < conv_tol * scale else 0
@@ -250,7 +285,7 @@ def fit(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
                 break
             step /= 2
             k += 1
-            trial = evaluate(A, b, c, n, pen, rho + step, phi)
+            trial = evaluate_at(rho + step)
         if failed:
             message = "step failed"
             converged = bool(np.all(np.abs(best.grad) <= scale * conv_tol * 10))
@@ -270,3 +305,4 @@ def fit(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
             break
         scale = abs(best.value) + best.r / n
     return RemlFit(best, iterations, converged, message)
+

@@ -5,6 +5,7 @@ PIRLS step. Additive over partitions (sum them in any order); pure numpy.
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 
 def cross_products(X: np.ndarray, z: np.ndarray, w: np.ndarray | None) -> dict:
@@ -85,3 +86,35 @@ def unit_deviance(y: np.ndarray, mu: np.ndarray, family, size: float | None = No
     if name == "negative_binomial":
         return 2 * (xlogy(y, y / mu) - (y + size) * np.log((y + size) / (mu + size)))
     raise ValueError(f"no deviance for family {name!r}")
+
+
+def level_cross_products(X: np.ndarray, z: np.ndarray, w: np.ndarray | None,
+                         codes: np.ndarray, Zv: np.ndarray, n_levels: int) -> dict:
+    """The per-level block of a model with ``q`` coefficients per level of one factor (see
+    :mod:`daskmm.kernels.freml_blocked`): ``ZtZ`` ``(L, q, q)``, ``C = Z_l'WX`` ``(L, q,
+    p)``, ``bz = Z_l'Wz`` ``(L, q)`` and ``zs = Z_l' sqrt(w)`` ``(L, q)``.
+
+    ``codes`` is each row's level (``0..L-1``), ``Zv`` ``(n, q)`` the value of each blocked
+    column on the row (1 for an intercept, the covariate for a slope). Additive over rows.
+    """
+    n, q = Zv.shape
+    p = X.shape[1]
+    ww = np.ones(n) if w is None else w
+    L = int(n_levels)
+    ZtZ = np.empty((L, q, q))
+    for t in range(q):
+        for s in range(t, q):
+            ZtZ[:, t, s] = ZtZ[:, s, t] = np.bincount(codes, ww * Zv[:, t] * Zv[:, s],
+                                                      minlength=L)
+    C = np.empty((L, q, p))
+    bz = np.empty((L, q))
+    zs = np.empty((L, q))
+    r = np.sqrt(ww)
+    rows = np.arange(n)
+    for t in range(q):
+        wz = ww * Zv[:, t]
+        Zt = sparse.csr_matrix((wz, (codes, rows)), shape=(L, n))
+        C[:, t, :] = Zt @ X
+        bz[:, t] = np.bincount(codes, wz * z, minlength=L)
+        zs[:, t] = np.bincount(codes, r * Zv[:, t], minlength=L)
+    return {"ZtZ": ZtZ, "C": C, "bz": bz, "zs": zs}

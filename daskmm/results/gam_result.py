@@ -73,6 +73,8 @@ class GamResult:
     timing: dict = field(default_factory=dict)
     mode: str = "in-process"
     spec: object = field(default=None, repr=False)
+    warnings: list = field(default_factory=list)
+    level_cov: object = field(default=None, repr=False)
 
     kind = "gam"
 
@@ -135,7 +137,25 @@ class GamResult:
             "fixef": [dict(r._asdict()) for r in self.fixef().itertuples(index=False)],
             "coefficients": {"names": self.coef_names, "estimate": self.coef.tolist(),
                              "std_error": np.sqrt(np.diag(self.Vp)).tolist()},
+            "random": self.varcomp().to_dict("records"), "warnings": list(self.warnings),
             "optinfo": self.optinfo, "mode": self.mode, "timing": self.timing})
+
+    def varcomp(self) -> pd.DataFrame:
+        """Variance components of the random-effect terms (``re`` smooths and lme4 bars), as
+        mgcv's ``gam.vcomp``: ``term, group, variance, sd``, the variance ``scale / (sp s)``
+        for the penalty ``sp s I``."""
+        rows = []
+        if self.spec is not None:
+            k = 0
+            for sm in self.spec.smooths:
+                nsp = 1 if sm.blocked else len(sm.S)
+                if sm.random and nsp == 1:
+                    s = sm.blocked_scale if sm.blocked else float(sm.S[0][0, 0])
+                    var = self.scale / (self.sp[k] * s)
+                    rows.append({"term": sm.label, "group": sm.margins[0].factor,
+                                 "variance": float(var), "sd": float(math.sqrt(var))})
+                k += nsp
+        return pd.DataFrame(rows, columns=["term", "group", "variance", "sd"])
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -163,7 +183,7 @@ class GamResult:
             stat = "F" if self.scale_estimated else "Chi.sq"
             rows = [("", "edf", "Ref.df", stat, "p-value", "")]
             for s in self.smooth_table:
-                rows.append((s["label"], f"{s['edf']:.3f}", f"{s['ref_df']:.3f}",
+                rows.append((s["label"], f"{s['edf']:.3f}", _f3(s["ref_df"]),
                              _g(s["statistic"], 3), _pv(s["p_value"]), _star(s["p_value"])))
             lines += ["Approximate significance of smooth terms:"] + _table(rows)
             lines.append("---")
@@ -171,11 +191,19 @@ class GamResult:
             lines.append("")
         lines.append(f"R-sq.(adj) = {_g(self.r_sq, 3)}   Deviance explained = "
                      f"{100 * self.dev_expl:.3g}%")
-        crit = "fREML" if self.method == "fREML" else "-REML"
+        crit = {"fREML": "fREML", "REML": "-REML", "ML": "-ML"}.get(self.method, self.method)
         lines.append(f"{crit} = {_g(self.score, 5)}  Scale est. = {_g(self.scale, 5)}"
                      f"    n = {self.nobs}")
         if self.dropped_line():
             lines.append(self.dropped_line())
+        vc = self.varcomp()
+        if len(vc):
+            lines += ["", "Random effects (variance components):"]
+            rows = [("", "Groups", "Variance", "Std.Dev.")]
+            rows += [(r.term, r.group, _g(r.variance), _g(r.sd)) for r in vc.itertuples()]
+            lines += _table([r + ("",) for r in rows])
+        for w in self.warnings:
+            lines.append(f"Note: {w}")
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
@@ -211,11 +239,19 @@ def _g(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.{digits}g}"
 
 
-def _pv(p: float) -> str:
+def _f3(x: float | None) -> str:
+    return "NA" if x is None else f"{x:.3f}"
+
+
+def _pv(p: float | None) -> str:
+    if p is None:
+        return "NA"
     return "<2e-16" if p < 2e-16 else f"{p:.3g}"
 
 
-def _star(p: float) -> str:
+def _star(p: float | None) -> str:
+    if p is None:
+        return ""
     for cut, s in _STARS:
         if p <= cut:
             return s
@@ -268,12 +304,76 @@ def _pinv_psd(M: np.ndarray) -> np.ndarray:
     return (U * inv) @ U.T
 
 
-def post_fit(gspec, fit, st: dict, fam, link, method: str, iterations: int,
+DENSE_POST_COEFS = 3000
+"""Blocked ``re`` terms with at most this many coefficients are written out as dense columns
+after the fit, so the result is exactly a dense fit's (mgcv's coefficient order, ``Vp``,
+``reTest``); above it the result keeps the per-level block (no ``reTest``)."""
+
+
+def post_fit(gspec, fit, coef: np.ndarray, st: dict, fam, link, method: str, iterations: int,
              formula: str) -> GamResult:
     """The result from the REML fit and the summed statistics (mgcv's ``Sl.postproc`` and
-    ``summary.gam``)."""
+    ``summary.gam``). ``coef``: the coefficients in the fit's layout."""
+    if gspec.blocked:
+        from daskmm.kernels import freml_blocked as fb
+        bst = fb.BlockedStats.from_sums(st, gspec.blocked_scales())
+        if bst.L * bst.q > DENSE_POST_COEFS:
+            return _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations,
+                                 formula)
+        # write the level block out as dense columns, in mgcv's (formula) order
+        A, b = fb.dense_cross_products(bst)
+        P = fb.dense_inverse(fit.point)
+        dense = _dense_spec(gspec)
+        perm = _fit_positions(gspec, dense)
+        st = dict(st, A=A[np.ix_(perm, perm)], b=b[perm],
+                  xs=np.concatenate([st["xs"], st["zs"].T.ravel()])[perm])
+        return _post_dense(dense, fit, coef[perm], P[np.ix_(perm, perm)],
+                           np.exp(fit.point.rho)[gspec.sp_order()], st, fam, link, method,
+                           iterations, formula)
+    return _post_dense(gspec, fit, coef, fit.point.P, np.exp(fit.point.rho), st, fam, link,
+                       method, iterations, formula)
+
+
+def _dense_spec(gspec):
+    """``gspec`` with its blocked terms as ordinary dense ``re`` smooths."""
+    from dataclasses import replace
+    smooths = [replace(s, S=[s.blocked_scale * np.eye(s.p)], blocked_scale=None)
+               if s.blocked else s for s in gspec.smooths]
+    return replace(gspec, smooths=smooths)
+
+
+def _fit_positions(gspec, dense) -> np.ndarray:
+    """For each coefficient of ``dense`` (mgcv's order), its position in ``gspec``'s layout."""
+    perm = np.arange(gspec.p)
+    for a, b in zip(dense.slices(), gspec.slices()):
+        perm[a] = np.arange(b.start, b.stop)
+    return perm
+
+
+def _smooth_index(gspec) -> dict:
+    sp_of, k = {}, 0
+    for i, s in enumerate(gspec.smooths):
+        n = 1 if s.blocked else len(s.S)
+        sp_of[i] = list(range(k, k + n))
+        k += n
+    return sp_of
+
+
+def _r2_dev(st: dict, beta: np.ndarray, fam, n: float, residual_df: float,
+            level_part: float = 0.0, rss: float | None = None) -> tuple[dict, float, float]:
+    fin = _final_sums(st, beta, fam, level_part, rss)
+    var1 = (fin["r2"] - fin["r1"] ** 2 / n) / (n - 1)
+    ybar = fin["swy"] / fin["sw"]
+    s0 = fin["ys"] - ybar * fin["sqw"]
+    s00 = fin["yy"] - 2 * ybar * fin["swy"] + ybar ** 2 * fin["sw"]
+    var0 = (s00 - s0 ** 2 / n) / (n - 1)
+    r_sq = 1 - var1 * (n - 1) / (var0 * residual_df)
+    dev_expl = (fin["null_dev"] - fin["dev"]) / fin["null_dev"]
+    return fin, float(r_sq), float(dev_expl)
+
+
+def _post_dense(gspec, fit, beta, P, lam, st, fam, link, method, iterations, formula):
     pt = fit.point
-    beta, P = pt.beta, pt.P
     A, b, c = st["A"], st["b"], st["c"]
     n = st["n"]
     F = P @ A
@@ -282,24 +382,20 @@ def post_fit(gspec, fit, st: dict, fam, link, method: str, iterations: int,
     scale_estimated = fam.name in ("gaussian", "gamma")
     rss = float(c - 2 * beta @ b + beta @ A @ beta)
     if scale_estimated:
-        sig2 = pt.phi
         vscale = rss / (n - edf.sum())
+        sig2 = vscale if method == "ML" else pt.phi  # mgcv reports the Pearson-type scale
     else:
         sig2 = vscale = 1.0
     Vp = P * vscale
     residual_df = n - float(edf.sum())
     R = _root(A)
-    pen = gspec.penalties()
-    lam = np.exp(pt.rho)
     slices = gspec.slices()
-    sp_of = {}
-    k = 0
-    for i, s in enumerate(gspec.smooths):
-        sp_of[i] = list(range(k, k + len(s.S)))
-        k += len(s.S)
+    sp_of = _smooth_index(gspec)
     Ve = F @ Vp
     table = []
     for i, (s, sl) in enumerate(zip(gspec.smooths, slices)):
+        if s.call.bar:  # gamm4: lme4 bars are variance components, not smooth terms
+            continue
         edf_i = float(edf[sl].sum())
         edf1_i = float(edf1[sl].sum())
         if s.S and s.null_space_dim == 0:
@@ -313,35 +409,88 @@ def post_fit(gspec, fit, st: dict, fam, link, method: str, iterations: int,
         table.append({"label": s.label, "edf": edf_i, "ref_df": rank,
                       "statistic": stat / rank if scale_estimated else stat,
                       "p_value": pval})
-    fin = _final_sums(st, beta, fam)
-    var1 = (fin["r2"] - fin["r1"] ** 2 / n) / (n - 1)
-    ybar = fin["swy"] / fin["sw"]
-    s0 = fin["ys"] - ybar * fin["sqw"]
-    s00 = fin["yy"] - 2 * ybar * fin["swy"] + ybar ** 2 * fin["sw"]
-    var0 = (s00 - s0 ** 2 / n) / (n - 1)
-    r_sq = 1 - var1 * (n - 1) / (var0 * residual_df)
-    dev_expl = (fin["null_dev"] - fin["dev"]) / fin["null_dev"]
-    del pen
+    fin, r_sq, dev_expl = _r2_dev(st, beta, fam, n, residual_df)
     return GamResult(
         formula=formula, family=fam.name, link=link.name, method=method, coef=beta,
         coef_names=gspec.coef_names(), Vp=Vp, edf=edf, sp=lam, score=float(pt.value),
         scale=float(sig2), scale_estimated=scale_estimated, n_param=gspec.n_param,
-        smooth_table=table, nobs=int(n), r_sq=float(r_sq), dev_expl=float(dev_expl),
+        smooth_table=table, nobs=int(n), r_sq=r_sq, dev_expl=dev_expl,
         deviance=float(fin["dev"]), null_deviance=float(fin["null_dev"]),
         residual_df=residual_df, n_dropped=DropCounts(st.get("dropped") or {}),
-        optinfo={"reml_iterations": fit.iterations, "reml_converged": fit.converged,
-                 "reml_message": fit.message, "pirls_iterations": iterations,
-                 "gradient": np.asarray(pt.grad).tolist()},
-        spec=gspec)
+        optinfo=_optinfo(fit, iterations), spec=gspec)
 
 
-def _final_sums(st: dict, beta: np.ndarray, fam) -> dict:
+def _optinfo(fit, iterations: int) -> dict:
+    return {"reml_iterations": fit.iterations, "reml_converged": fit.converged,
+            "reml_message": fit.message, "pirls_iterations": iterations,
+            "gradient": np.asarray(fit.point.grad).tolist()}
+
+
+def _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations, formula):
+    """The result of a fit whose ``re`` terms stay per level: ``edf`` and the tests of the
+    dense smooths from the blocked factor; ``Vp`` of the dense coefficients only (the level
+    block's variances are kept per level, for predictions)."""
+    from daskmm.kernels import freml_blocked as fb
+    pt = fit.point
+    pen = gspec.penalties()
+    post = fb.post(bst, pen, pt)
+    n = st["n"]
+    pd = gspec.p_dense
+    edf = np.concatenate([post.edf_d, post.edf_z.T.ravel()])
+    scale_estimated = fam.name in ("gaussian", "gamma")
+    if scale_estimated:
+        vscale = post.rss / (n - edf.sum())
+        sig2 = vscale if method == "ML" else pt.phi
+    else:
+        sig2 = vscale = 1.0
+    Vp = pt.P * vscale
+    residual_df = n - float(edf.sum())
+    A = st["A"]
+    table, warns = [], []
+    for s, sl in zip(gspec.smooths, gspec.slices()):
+        if s.call.bar:
+            continue
+        if s.blocked:
+            t = gspec.blocked.index(gspec.smooths.index(s))
+            table.append({"label": s.label, "edf": float(post.edf_z[:, t].sum()),
+                          "ref_df": None, "statistic": None, "p_value": None})
+            warns.append(f"{s.label}: the random-effect test (mgcv's reTest) is not computed "
+                         f"for a term of {s.p} levels, kept per level (it needs a dense "
+                         f"{s.p} x {s.p} eigendecomposition); its edf is exact")
+            continue
+        edf1_i = float(post.edf1_d[sl].sum())
+        stat, pval, rank = test_stat(coef[sl], _root(A[sl, sl]), Vp[sl, sl],
+                                     min(sl.stop - sl.start, edf1_i),
+                                     residual_df if scale_estimated else -1)
+        table.append({"label": s.label, "edf": float(post.edf_d[sl].sum()), "ref_df": rank,
+                      "statistic": stat / rank if scale_estimated else stat,
+                      "p_value": pval})
+    level_part = float(np.sum(st["zs"] * pt.b_re))
+    fin, r_sq, dev_expl = _r2_dev(st, coef[:pd], fam, n, residual_df, level_part, post.rss)
+    res = GamResult(
+        formula=formula, family=fam.name, link=link.name, method=method, coef=coef,
+        coef_names=gspec.coef_names(), Vp=Vp, edf=edf,
+        sp=np.exp(pt.rho)[gspec.sp_order()], score=float(pt.value),
+        scale=float(sig2), scale_estimated=scale_estimated, n_param=gspec.n_param,
+        smooth_table=table, nobs=int(n), r_sq=r_sq, dev_expl=dev_expl,
+        deviance=float(fin["dev"]), null_deviance=float(fin["null_dev"]),
+        residual_df=residual_df, n_dropped=DropCounts(st.get("dropped") or {}),
+        optinfo=_optinfo(fit, iterations), spec=gspec)
+    res.warnings = warns
+    res.level_cov = (vscale, pt.Minv, pt.W)
+    return res
+
+
+def _final_sums(st: dict, beta: np.ndarray, fam, level_part: float = 0.0,
+                rss: float | None = None) -> dict:
+    """``level_part``: the blocked terms' ``sum sqrt(w) Z b``; ``rss`` when ``beta`` is only
+    the dense part of the coefficients."""
     if "final" in st:
         return st["final"]
     A, b, c = st["A"], st["b"], st["c"]
     ybar = st["swz"] / st["sw"]
-    r2 = float(c - 2 * beta @ b + beta @ A @ beta)
-    return {"r1": float(st["ys"] - beta @ st["xs"]), "r2": r2, "ys": st["ys"], "yy": c,
+    r2 = float(c - 2 * beta @ b + beta @ A @ beta) if rss is None else rss
+    return {"r1": float(st["ys"] - beta @ st["xs"] - level_part), "r2": r2, "ys": st["ys"], "yy": c,
             "sqw": st["sqw"], "sw": st["sw"], "swy": st["swz"], "dev": r2,
             "null_dev": float(c - 2 * ybar * st["swz"] + ybar ** 2 * st["sw"])}
 

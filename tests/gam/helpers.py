@@ -16,7 +16,8 @@ FAMILY = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson",
 
 
 def cases() -> list[tuple[Path, str]]:
-    out = [(GAM, p.stem) for p in sorted((GAM / "fits").glob("*.json")) if p.stem != "bases"]
+    out = [(GAM, p.stem) for p in sorted((GAM / "fits").glob("*.json"))
+           if p.stem != "bases" and not p.stem.startswith("gamm4_")]
     out += [(SHARED, p.stem) for p in sorted((SHARED / "fits").glob("gamsim1_*.json"))]
     return out
 

@@ -22,13 +22,18 @@ CASES = cases()
 def fit_case(root, fid):
     ref, data, fitted = load(root, fid)
     res = gam(ref["formula"], data, FAMILY[ref["family"]], link=ref["link"],
-              factors=ref["factors"])
+              factors=ref["factors"], method=ref.get("method", "fREML"))
     return ref, data, fitted, res
 
 
 @pytest.mark.parametrize("root, fid", CASES, ids=[f for _, f in CASES])
 def test_matches_bam(root, fid):
-    ref, data, fitted, res = fit_case(root, fid)
+    check_against_bam(*fit_case(root, fid))
+
+
+def check_against_bam(ref, data, fitted, res, re_tests: bool = True):
+    """``res`` against bam's fit ``ref`` at the issue's tolerances (``re_tests=False``: the
+    random-effect terms' test columns are not computed, so only their edf is compared)."""
     assert res.optinfo["reml_converged"]
     assert res.nobs == ref["nobs"]
     assert res.score == pytest.approx(ref["score"], rel=1e-6)
@@ -41,13 +46,16 @@ def test_matches_bam(root, fid):
     sp_ref = np.asarray(ref["sp"])
     assert len(res.sp) == len(sp_ref)
     sp_ok = (sp_ref < 1e4) & np.array([s.call.bs[0] != "tp" for s in res.spec.smooths
-                                       for _ in s.S])
+                                       for _ in range(1 if s.blocked else len(s.S))])
     np.testing.assert_allclose(res.sp[sp_ok], sp_ref[sp_ok], rtol=1e-2)
     refs = ref.get("smooths") or [{"label": lab, "edf": e} for lab, e in
                                   zip(ref["smooth_labels"], ref["edf_smooth"])]
     assert [s["label"] for s in res.smooth_table] == [s["label"] for s in refs]
     for ours, theirs in zip(res.smooth_table, refs):
         assert abs(ours["edf"] - theirs["edf"]) < 1e-2, ours["label"]
+        if not re_tests and ours["p_value"] is None:
+            assert any(ours["label"] in w for w in res.warnings)
+            continue
         if "ref_df" in theirs:
             assert abs(ours["ref_df"] - theirs["ref_df"]) < 1e-2, ours["label"]
             assert ours["statistic"] == pytest.approx(theirs["statistic"], rel=1e-2)
