@@ -12,7 +12,7 @@ gets the same numbers (raw float64 columns; reading is not timed for either... d
 fit time includes reading the Parquet files, bam's excludes reading). Prints every run, the
 medians, the ratios, each tool's fREML score and the peak resident memory of each worker.
 
-    python benchmarks/bench_gam.py --rows 10000000 --json /tmp/gam_bench.json
+    python benchmarks/bench_gam.py --rows 10000000 --levels 10000 --json /tmp/gam_bench.json
     python benchmarks/bench_gam.py --scale 1000000,3000000,10000000 --no-r   # per-row time
 """
 
@@ -140,10 +140,15 @@ def time_r(path: Path, rows: int, levels: int, rd: int, re: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--levels", type=int, default=0)
+    ap.add_argument("--levels", type=int, default=10_000,
+                    help="levels of the random intercept s(g, bs = 're') (0: none)")
     ap.add_argument("--partitions", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--repeats-exact", type=int, default=1)
+    ap.add_argument("--repeats-exact", type=int, default=None,
+                    help="bam(discrete = FALSE) fits (default 1 without levels, 0 with: bam "
+                    "builds a dense column per level, 10^4 columns at 10^7 rows)")
+    ap.add_argument("--r-repeats", type=int, default=None,
+                    help="bam(discrete = TRUE) fits (default: --repeats)")
     ap.add_argument("--no-r", action="store_true")
     ap.add_argument("--scale", default=None, help="comma-separated row counts: daskmm only, "
                     "time per row at each size")
@@ -165,8 +170,9 @@ def main() -> None:
                   f"{d['us_per_row']:.3f} us/row", flush=True)
             rec["runs"].append(d)
     if not a.no_r and not a.scale:
-        c.close() if False else None
-        rs = time_r(path, a.rows, a.levels, a.repeats, a.repeats_exact)
+        exact = a.repeats_exact if a.repeats_exact is not None else (0 if a.levels else 1)
+        rs = time_r(path, a.rows, a.levels,
+                    a.r_repeats if a.r_repeats is not None else a.repeats, exact)
         rec["runs"] += rs
         dm = rec["runs"][0]["median_s"]
         for r in rs:

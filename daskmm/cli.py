@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
                      "or mgcv formula, e.g. 'y ~ s(x0) + te(x1, x2) + z'")
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--method", default=None, choices=["fREML", "REML", "ML"],
-                     help="GAM: fREML (bam's default) or REML; mixed model: REML or ML")
+                     help="GAM: fREML (bam's default), REML or ML; mixed model: REML or ML")
+    fit.add_argument("--rho", type=float, default=0.0,
+                     help="GAM: AR1 correlation of the residuals within series (bam's rho)")
+    fit.add_argument("--ar-start", default=None, help="GAM: logical column, true on the "
+                     "first row of each series (bam's AR.start)")
     fit.add_argument("--factors", default="", help="comma-separated columns to treat as "
                      "categorical whatever their type")
     fit.add_argument("--weights", default=None, help="column of prior weights")
@@ -114,6 +118,9 @@ def _fit(args: argparse.Namespace) -> int:
         if args.mode == "gathered":
             raise DaskmmError("--mode gathered applies to gaussian fits; a GLMM runs "
                               "in-process or distributed (or auto)")
+    if args.rho or args.ar_start is not None:
+        raise DaskmmError("--rho and --ar-start (AR1 residuals) apply to GAMs, formulas with "
+                          "s() terms; a mixed model has independent residuals")
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
     if args.method is not None and args.method not in ("REML", "ML"):
         raise DaskmmError(f"--method {args.method} is for GAMs (formulas with s() terms); a "
@@ -147,7 +154,8 @@ def _fit_gam(args: argparse.Namespace, factors: list[str]) -> int:
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
     result = daskmm.fit(args.formula, args.data, args.family, link=args.link,
                         method=args.method or "fREML", factors=factors, weights=args.weights,
-                        client=args.scheduler, mode=args.mode)
+                        client=args.scheduler, mode=args.mode, rho=args.rho,
+                        ar_start=args.ar_start)
     write_outputs(result, out, extra=gam_extra(result, args.data, plots=args.plots))
     print(result.summary())
     report_rows(result)

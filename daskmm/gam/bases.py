@@ -402,3 +402,92 @@ def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _poly(x: np.ndarray, powers: list) -> np.ndarray:
     return np.column_stack([np.prod(x ** np.array(p)[None, :], axis=1) for p in powers])
+
+
+@dataclass
+class FactorSmooth:
+    """``bs = "fs"``: one thin plate smooth of ``x`` per level of a factor, every part of it
+    penalised (mgcv's ``fs.interaction``: gamm4's random smooth curves). The base ``tp``
+    basis is reparametrised as mgcv's ``nat.param(type = 1)``: the range-space columns
+    ``X'X``-orthogonal to the null space with penalty ``D I``, each null-space column with a
+    penalty of its own. mgcv leaves the basis of the null space to its eigen solver (an
+    arbitrary rotation of {1, x}: its fits change with the row order of the data); here it
+    is fixed as nat.param's ``type = 3`` fixes it: the constant first, then the directions
+    orthogonal to it (over the setup rows, centred), each block scaled to unit mean square.
+    """
+
+    base: ThinPlate
+    P: np.ndarray = field(repr=False)  # k x k: base columns -> reparametrised columns
+    D: float
+    factor: str
+    levels: list[str]
+
+    @classmethod
+    def setup(cls, x: np.ndarray, k: int, m: int | None, factor: str,
+              levels: list[str]) -> FactorSmooth:
+        base = ThinPlate.setup(x, k, m)
+        X = base.predict(x)
+        S = base.S
+        r = base.rank
+        Q, R = np.linalg.qr(X)
+        Ri = np.linalg.solve(R, np.eye(len(R)))
+        RSR = Ri.T @ S @ Ri
+        ev, U = np.linalg.eigh((RSR + RSR.T) / 2)
+        order = np.argsort(-ev)
+        ev, U = ev[order], U[:, order]
+        E = np.concatenate([np.sqrt(ev[:r]), np.ones(len(ev) - r)])
+        P = (Ri @ U) / E
+        Xn = (Q @ U) / E
+        # the null space: constant first, then the rest orthogonal to it (type = 3)
+        N = Xn[:, r:]
+        Nc = N - N.mean(axis=0)
+        nv, um = np.linalg.eigh(Nc.T @ Nc)
+        um = um[:, np.argsort(-nv)][:, ::-1]  # smallest (the constant) first
+        Xn[:, r:] = N @ um
+        P[:, r:] = P[:, r:] @ um
+        scale = 1 / np.sqrt(np.mean(Xn[:, :r] ** 2))
+        P[:, :r] *= scale
+        scalef = 1 / np.sqrt(np.mean(Xn[:, r:] ** 2))
+        P[:, r:] *= scalef
+        return cls(base=base, P=P, D=float(scale ** 2), factor=factor, levels=list(levels))
+
+    @property
+    def kb(self) -> int:
+        """Columns per level."""
+        return self.base.k
+
+    @property
+    def k(self) -> int:
+        return self.kb * len(self.levels)
+
+    @property
+    def rank(self) -> int:
+        return self.base.rank
+
+    null_space_dim = 0
+
+    @property
+    def penalties(self) -> list[np.ndarray]:
+        """The range-space penalty ``D I`` of every level, then one per null-space column
+        (that column of every level)."""
+        nf, r = len(self.levels), self.base.rank
+        d = np.zeros(self.kb)
+        d[:r] = self.D
+        out = [np.diag(np.tile(d, nf))]
+        for i in range(self.kb - r):
+            e = np.zeros(self.kb)
+            e[r + i] = 1.0
+            out.append(np.diag(np.tile(e, nf)))
+        return out
+
+    def ranks(self) -> list[int]:
+        nf = len(self.levels)
+        return [self.base.rank * nf] + [nf] * (self.kb - self.base.rank)
+
+    def predict_frame(self, codes: np.ndarray, x: np.ndarray) -> np.ndarray:
+        Xb = self.base.predict(x) @ self.P
+        X = np.zeros((len(codes), self.k))
+        for lev in range(len(self.levels)):
+            rows = np.flatnonzero(codes == lev)
+            X[rows, lev * self.kb:(lev + 1) * self.kb] = Xb[rows]
+        return X

@@ -23,8 +23,9 @@ as named tasks on the workers otherwise):
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import math
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -86,7 +87,8 @@ def is_gam_formula(formula: str) -> bool:
 
 def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | None = None,
         method: str = "fREML", factors: list[str] | None = None, weights: str | None = None,
-        client=None, mode: str = "auto", npartitions: int | None = None) -> GamResult:
+        client=None, mode: str = "auto", npartitions: int | None = None, rho: float = 0.0,
+        ar_start: str | None = None) -> GamResult:
     """Fit a generalized additive model by REML, as ``mgcv::bam``.
 
     Parameters
@@ -107,6 +109,12 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
         Column of prior weights.
     client, mode, npartitions
         Where it runs, as :func:`daskmm.lmm`.
+    rho : float
+        AR1 correlation of the residuals, within series in row order (bam's ``rho``, given,
+        not estimated); Gaussian identity models only.
+    ar_start : str, optional
+        Logical (or 0/1) column, true on the first row of each series (bam's ``AR.start``);
+        without it the data are one series.
 
     Returns
     -------
@@ -119,6 +127,7 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
                          "(REML or ML estimation of the smoothing parameters)")
     fam = _family(family)
     lk = fam.link(link)
+    _check_ar(rho, ar_start, fam, lk)
     t0 = time.perf_counter()
     rest, calls = split_smooths(formula)
     if not calls:
@@ -129,21 +138,39 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
         calls = calls + bar_smooths(parsed.bars, formula)
         parsed = replace(parsed, bars=())
     smooth_cols = set().union(*(c.columns for c in calls))
-    used = sorted(parsed.columns | smooth_cols | ({weights} if weights else set()))
+    used = sorted(parsed.columns | smooth_cols | ({weights} if weights else set())
+                  | ({ar_start} if ar_start else set()))
     here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
     ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
     with executor(here, client) as c:
-        gspec = _freeze(c, parsed, calls, ddf, used, factors or [], weights, manifest, fam)
+        gspec = _freeze(c, parsed, calls, ddf, used, factors or [], weights, manifest, fam,
+                        rho, ar_start)
         t1 = time.perf_counter()
         parts = _partitions(c, ddf)
         fit, coef, stats, iters = _fit(c, parts, gspec, fam, lk, ml=method == "ML")
         t2 = time.perf_counter()
         result = post_fit(gspec, fit, coef, stats, fam, lk, method, iters, formula)
+        if rho:  # bam's correction of the score for the transform's Jacobian
+            starts = stats["ar_starts"] if ar_start else 1
+            result.score -= (result.nobs - starts) * math.log(1 / math.sqrt(1 - rho * rho))
+            result.optinfo["ar1"] = {"rho": rho, "series": starts}
         result.mode = "in-process" if is_in_process(c) else "distributed"
         result.optinfo["blocked_terms"] = [gspec.smooths[i].label for i in gspec.blocked]
     result.timing = {"setup_s": t1 - t0, "fit_s": t2 - t1, "total_s": time.perf_counter() - t0}
     result.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     return result
+
+
+def _check_ar(rho: float, ar_start: str | None, fam, link) -> None:
+    if not isinstance(rho, (int, float)) or not -1 < rho < 1:
+        raise ModelError(f"rho={rho!r}: the AR1 correlation must be a number strictly between "
+                         "-1 and 1")
+    if rho and (fam.name != "gaussian" or link.name != "identity"):
+        raise ModelError(f"rho={rho}: AR1 residuals are available for the gaussian family "
+                         f"with the identity link, not {fam.name}({link.name})")
+    if ar_start is not None and not rho:
+        raise ModelError(f"ar_start={ar_start!r} is given but rho is 0; give rho, the AR1 "
+                         "correlation, too")
 
 
 def _family(name: str):
@@ -157,7 +184,8 @@ def _family(name: str):
 
 
 # ------------------------------------------------------------------ steps 1 and 2
-def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam) -> GamSpec:
+def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, rho=0.0,
+            ar_start=None) -> GamSpec:
     cols = list(ddf.columns)
     check_columns(parsed, cols, weights)
     for call in calls:
@@ -168,6 +196,9 @@ def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam) -
         if call.by is not None and call.by not in cols:
             raise ColumnNotFoundError(f"smooth {call.text}: by = {call.by!r} names a column "
                                       f"the data lack; available columns: {', '.join(cols)}")
+    if ar_start is not None and ar_start not in cols:
+        raise ColumnNotFoundError(f"ar_start = {ar_start!r} names a column the data lack; "
+                                  f"available columns: {', '.join(cols)}")
     for f in factors:
         if f not in cols:
             raise DataError(f"column {f!r} named as a factor is not in the data; "
@@ -194,10 +225,17 @@ def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam) -
     if len(setup) == 0:
         raise DataError("no rows left after dropping rows with missing values in the columns "
                         f"the model uses ({', '.join(used)})")
-    blocked = _blocked_factor(calls, levels)
+    # AR1 rows mix two rows' levels, so re terms stay dense columns with rho
+    blocked = _blocked_factor(calls, levels) if not rho else None
     smooths = [s for call in calls for s in build_smooths(
         call, setup, levels, blocked=blocked is not None and _re_factor(call, levels) == blocked)]
-    return GamSpec(param=param, smooths=smooths, columns=used)
+    if ar_start is not None:
+        v = ddf[ar_start].head(1000).dropna()
+        if not (pd.api.types.is_bool_dtype(v) or set(pd.unique(v)) <= {0, 1}):
+            raise DataError(f"AR.start column {ar_start!r} must be logical (TRUE where a "
+                            f"series starts) or 0/1, got values such as {list(v[:3])}")
+    return GamSpec(param=param, smooths=smooths, columns=used, ar_rho=float(rho),
+                   ar_start=ar_start)
 
 
 def _re_factor(call, levels: dict) -> str | None:
@@ -323,6 +361,8 @@ def linear_predictor(X: np.ndarray, codes: np.ndarray | None, Zv: np.ndarray | N
 
 def _gauss_stats(df: pd.DataFrame, gspec: GamSpec) -> dict:
     y, X, w, dropped = gspec.design(df)
+    if gspec.ar_rho:
+        return _ar1_stats(df, gspec, y, X, w, dropped)
     st = gam_stats.cross_products(X, y, w)
     if gspec.blocked:
         frame, _ = gspec.prepare(df)
@@ -330,6 +370,44 @@ def _gauss_stats(df: pd.DataFrame, gspec: GamSpec) -> dict:
         _level_stats(st, X, y, w, codes, Zv, gspec)
     st["dropped"] = dropped
     return st
+
+
+def _ar1_stats(df, gspec: GamSpec, y, X, w, dropped) -> dict:
+    """bam's AR1 model: cross-products of the transformed rows (all but the partition's
+    first, which needs the previous partition's last row: kept in ``ar_bounds`` and joined
+    on the client), and the untransformed sums (``raw``) for the summaries."""
+    r = np.ones(len(y)) if w is None else np.sqrt(w)
+    start = gspec.ar_starts(df)
+    Ms = np.column_stack([X * r[:, None], y * r])
+    T = gam_stats.ar1_rows(Ms, start, gspec.ar_rho)
+    st = gam_stats.cross_products(T[1:, :-1], T[1:, -1], None)
+    st["raw"] = gam_stats.cross_products(X, y, w)
+    n = len(y)
+    st["ar_bounds"] = [{"n": n, "head": Ms[0] if n else None,
+                        "head_start": bool(start[0]) if n else False,
+                        "tail": Ms[-1] if n else None}]
+    st["ar_starts"] = int(start.sum())
+    st["dropped"] = dropped
+    return st
+
+
+def _ar1_join(st: dict, rho: float) -> dict:
+    """Add each partition's first transformed row (bam: the very first row, and a row that
+    starts a series, are kept as they are)."""
+    A, b, c, n = st["A"].copy(), st["b"].copy(), st["c"], st["n"]
+    last = None
+    for bd in st.pop("ar_bounds"):
+        if not bd["n"]:
+            continue
+        row = bd["head"] if last is None or bd["head_start"] else gam_stats.ar1_boundary(
+            bd["head"], last, rho)
+        x, z = row[:-1], row[-1]
+        A += np.outer(x, x)
+        b += x * z
+        c += float(z * z)
+        n += 1
+        last = bd["tail"]
+    return dict(st, A=A, b=b, c=c, n=n)
 
 
 def _working_stats(enc: dict, beta: np.ndarray | None, fam, link, gspec: GamSpec) -> dict:
@@ -406,6 +484,8 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
     shared = _share(client, gspec)
     if fam.name == "gaussian" and link.name == "identity":
         st = _reduce(client, _map(client, _gauss_stats, parts, gspec=shared))
+        if gspec.ar_rho:
+            st = _ar1_join(st, gspec.ar_rho)
         _check_n(st, gspec)
         fit, coef = _reml(st, gspec, pen, None, None, ml)
         st["mode"] = "gaussian"

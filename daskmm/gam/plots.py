@@ -55,6 +55,19 @@ def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> l
             ax.plot(q, b, "o", ms=3)
             ax.set_xlabel("Gaussian quantiles")
             ax.set_ylabel("effects")
+        elif c.kind == "s" and c.bs[0] == "fs":  # one curve per level, as plot.gam
+            fs = s.margins[0]
+            v = [x for x in c.variables if x != fs.factor][0]
+            lo, hi = (float(data[v].min()), float(data[v].max())) if data is not None \
+                and len(data) else (float(fs.base.knots.min() + fs.base.shift[0]),
+                                     float(fs.base.knots.max() + fs.base.shift[0]))
+            xs = np.linspace(lo, hi, GRID)
+            for lev in fs.levels:
+                grid = pd.DataFrame({v: xs, fs.factor: [lev] * GRID})
+                f, _ = _curve(result, i, grid)
+                ax.plot(xs, f, "-", lw=1)
+            ax.set_xlabel(v)
+            ax.set_ylabel(s.label)
         elif len(c.variables) == 1:
             v = c.variables[0]
             lo, hi = _range(s, 0, data, v)

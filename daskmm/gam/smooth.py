@@ -28,7 +28,14 @@ import pandas as pd
 
 from daskmm.errors import DataError, FormulaError
 from daskmm.formula.spec import level_label
-from daskmm.gam.bases import CubicRegression, Cyclic, PSpline, RandomEffect, ThinPlate
+from daskmm.gam.bases import (
+    CubicRegression,
+    Cyclic,
+    FactorSmooth,
+    PSpline,
+    RandomEffect,
+    ThinPlate,
+)
 from daskmm.gam.terms import SmoothCall
 
 DEFAULT_K = {"cr": 10, "cs": 10, "cc": 10, "ps": -1, "tp": 10}
@@ -150,6 +157,11 @@ class Smooth:
             codes = factor_codes(frame[re.factor], self.levels[re.factor])
             covs = [frame[v].to_numpy(dtype=float) for v in re.covariates]
             return re.predict_frame(codes, covs)
+        if c.kind == "s" and c.bs[0] == "fs":
+            fs = self.margins[0]
+            codes = factor_codes(frame[fs.factor], self.levels[fs.factor])
+            cov = [v for v in c.variables if v != fs.factor][0]
+            return fs.predict_frame(codes, frame[cov].to_numpy(dtype=float))
         if c.kind == "s" and c.bs[0] == "tp":
             return self.margins[0].predict(frame[list(c.variables)].to_numpy(dtype=float))
         mats = []
@@ -290,11 +302,25 @@ def build_smooths(call: SmoothCall, setup: pd.DataFrame, levels: dict[str, list[
         S_raw = [b.S]
         ranks = [b.rank]
         C_rows = 1
+    elif call.kind == "s" and call.bs[0] == "fs":
+        facs = [v for v in call.variables if v in levels]
+        covs = [v for v in call.variables if v not in levels]
+        if len(facs) != 1 or len(covs) != 1:
+            raise FormulaError(f"smooth {where}: an 'fs' smooth is s(x, g, bs = 'fs'): one "
+                               "numeric covariate and one factor")
+        x = setup[covs[0]].to_numpy(dtype=float)
+        nu = len(np.unique(x))
+        k = 10 if call.k[0] < 0 else call.k[0]
+        if nu < k:
+            raise DataError(f"smooth {where}: the covariate has {nu} distinct values, too "
+                            f"few for k = {k}; lower k below {nu}")
+        b = FactorSmooth.setup(x, k, call.m[0] if call.m else None, facs[0], levels[facs[0]])
+        margins = [b]
+        X = None
+        S_raw = b.penalties
+        ranks = b.ranks()
+        C_rows = 0
     elif call.kind == "s":
-        if call.bs[0] == "fs":
-            raise FormulaError(f"smooth {where}: basis 'fs' is not implemented yet; use "
-                               "s(x, by = g) with g in the parametric part, or s(x, g, "
-                               "bs = 're') for random slopes")
         x = setup[call.variables[0]].to_numpy(dtype=float)
         b = _margin(call.bs[0], x, call.k[0], call.m, where)
         margins = [b]
@@ -344,6 +370,9 @@ def build_smooths(call: SmoothCall, setup: pd.DataFrame, levels: dict[str, list[
         z = setup[call.by].to_numpy(dtype=float)
         if z.std(ddof=1) > abs(z.mean()) * np.finfo(float).eps * 1000:
             C_rows = 0
+    if X is None:  # fs: the columns of the setup rows, one block per level
+        X = Smooth(label=call.label, call=call, margins=margins, margin_Z=None, Z=None,
+                   S=[], rank=[], levels=levels).raw(setup)
     # penalty scaling (smoothCon's scale.penalty), on the unconstrained basis
     maXX = _max_abs_row_sum(X) ** 2
     scales = [float(np.abs(S).sum(axis=0).max() / maXX) for S in S_raw]

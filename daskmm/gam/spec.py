@@ -31,11 +31,17 @@ class GamSpec:
         In mgcv's order.
     columns : list of str
         Every data column the model reads.
+    ar_rho : float
+        AR1 correlation of the residuals within a series (bam's ``rho``; 0: independent).
+    ar_start : str or None
+        Logical column, true where a series starts (bam's ``AR.start``).
     """
 
     param: ModelSpec
     smooths: list[Smooth]
     columns: list[str]
+    ar_rho: float = 0.0
+    ar_start: str | None = None
 
     @property
     def n_param(self) -> int:
@@ -145,3 +151,10 @@ class GamSpec:
         if y_raw is None or not self.param._offset_specs:
             return np.zeros(len(frame))
         return y_raw - enc.y
+
+    def ar_starts(self, df: pd.DataFrame) -> np.ndarray:
+        """Whether each complete row starts an AR1 series (all false without ``ar_start``)."""
+        frame, _ = self.param.prepare(df)
+        if self.ar_start is None:
+            return np.zeros(len(frame), dtype=bool)
+        return frame[self.ar_start].to_numpy().astype(bool)

@@ -19,6 +19,8 @@ A job file is YAML::
     link: logit                         # GLMM only: logit | probit | cloglog | log
     nagq: 1                             # GLMM only: 1 = Laplace, up to 25 = AGQ
     method: REML                        # REML | ML (gaussian); GAM: fREML (default) | REML | ML
+    rho: 0.6                            # GAM only: AR1 residuals (bam's rho, AR.start)
+    ar_start: start
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)
@@ -101,6 +103,8 @@ SCHEMA = {
         "link": {"enum": ["logit", "probit", "cloglog", "log", "identity", "inverse"]},
         "nagq": {"type": "integer", "minimum": 1, "maximum": 25},
         "method": {"enum": ["REML", "ML", "fREML"]},
+        "rho": {"type": "number", "exclusiveMinimum": -1, "exclusiveMaximum": 1},
+        "ar_start": {"type": ["string", "null"]},
         "factors": {"type": "array", "items": {"type": "string"}},
         "weights": {"type": ["string", "null"]},
         "output": {"type": "string", "minLength": 1},
@@ -121,6 +125,8 @@ class Job:
     link: str | None = None
     nagq: int = 1
     method: str = "REML"
+    rho: float = 0.0
+    ar_start: str | None = None
     factors: tuple[str, ...] = ()
     weights: str | None = None
     ingest: dict | None = None
@@ -196,8 +202,9 @@ def load_job(path: str | os.PathLike) -> Job:
                output=Path(resolve(doc["output"])), family=doc.get("family", "gaussian"),
                link=doc.get("link"), nagq=doc.get("nagq", 1),
                method=doc.get("method", "fREML" if _is_gam(doc["formula"]) else "REML"),
-               factors=tuple(doc.get("factors", [])),
-               weights=doc.get("weights"), ingest=ingest, simulate=doc.get("simulate"),
+               factors=tuple(doc.get("factors", [])), rho=doc.get("rho", 0.0),
+               ar_start=doc.get("ar_start"), weights=doc.get("weights"), ingest=ingest,
+               simulate=doc.get("simulate"),
                cluster=doc.get("cluster"), raw=doc, path=p.resolve())
 
 

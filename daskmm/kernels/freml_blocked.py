@@ -142,7 +142,7 @@ def evaluate(st: BlockedStats, pen: Penalties, rho: np.ndarray, phi: float | Non
     ldH = ldM + ldSc
     ldSd, dS1d, dS2d = pen.logdet(rho[:md])
     ldS = ldSd + float(L * np.sum(rho[md:] + np.log(st.s)))
-    n, nmp = st.n, (st.n if ml else st.n - pen.Mp)
+    nmp = st.n if ml else st.n - pen.Mp
     if phi is None:
         phi_hat = r / nmp
         value = 0.5 * (nmp * math.log(2 * math.pi * phi_hat) + nmp + ldH - ldS)

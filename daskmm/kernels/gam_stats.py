@@ -118,3 +118,24 @@ def level_cross_products(X: np.ndarray, z: np.ndarray, w: np.ndarray | None,
         bz[:, t] = np.bincount(codes, wz * z, minlength=L)
         zs[:, t] = np.bincount(codes, r * Zv[:, t], minlength=L)
     return {"ZtZ": ZtZ, "C": C, "bz": bz, "zs": zs}
+
+
+def ar1_rows(M: np.ndarray, start: np.ndarray, rho: float) -> np.ndarray:
+    """bam's AR1 transform of rows already scaled by ``sqrt(w)``: row ``i`` becomes
+    ``(M_i - rho M_{i-1}) / sqrt(1 - rho^2)``, except where a series starts (``start``),
+    which is kept as it is; the first row is returned untransformed (its predecessor, if any,
+    is in another partition: :func:`ar1_boundary` joins them)."""
+    ld = 1 / np.sqrt(1 - rho * rho)
+    out = M.copy()
+    if len(M) > 1:
+        out[1:] = ld * M[1:] - rho * ld * M[:-1]
+        keep = np.flatnonzero(start[1:]) + 1
+        out[keep] = M[keep]
+    return out
+
+
+def ar1_boundary(first: np.ndarray, prev_last: np.ndarray, rho: float) -> np.ndarray:
+    """The transformed first row of a partition whose series began in the partition
+    before: ``(first - rho prev_last) / sqrt(1 - rho^2)``."""
+    ld = 1 / np.sqrt(1 - rho * rho)
+    return ld * first - rho * ld * prev_last

@@ -136,9 +136,21 @@ class GamResult:
             "deviance": self.deviance, "null_deviance": self.null_deviance,
             "fixef": [dict(r._asdict()) for r in self.fixef().itertuples(index=False)],
             "coefficients": {"names": self.coef_names, "estimate": self.coef.tolist(),
-                             "std_error": np.sqrt(np.diag(self.Vp)).tolist()},
+                             "std_error": self.std_errors().tolist()},
             "random": self.varcomp().to_dict("records"), "warnings": list(self.warnings),
             "optinfo": self.optinfo, "mode": self.mode, "timing": self.timing})
+
+    def std_errors(self) -> np.ndarray:
+        """Standard error of every coefficient (``sqrt(diag(Vp))``; for ``re`` terms kept per
+        level, from each level's block of ``Vp``)."""
+        se = np.sqrt(np.diag(self.Vp))
+        if self.level_cov is None or len(se) == len(self.coef):
+            return se
+        vscale, Minv, W = self.level_cov
+        P = self.Vp / vscale
+        var = vscale * (np.diagonal(Minv, axis1=1, axis2=2)
+                        + np.einsum("lti,ij,ltj->lt", W, P, W))
+        return np.concatenate([se, np.sqrt(var.T.ravel())])
 
     def varcomp(self) -> pd.DataFrame:
         """Variance components of the random-effect terms (``re`` smooths and lme4 bars), as
@@ -487,6 +499,8 @@ def _final_sums(st: dict, beta: np.ndarray, fam, level_part: float = 0.0,
     the dense part of the coefficients."""
     if "final" in st:
         return st["final"]
+    if "raw" in st:  # AR1: the summaries are of the untransformed data
+        st = st["raw"]
     A, b, c = st["A"], st["b"], st["c"]
     ybar = st["swz"] / st["sw"]
     r2 = float(c - 2 * beta @ b + beta @ A @ beta) if rss is None else rss

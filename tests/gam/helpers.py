@@ -17,7 +17,7 @@ FAMILY = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson",
 
 def cases() -> list[tuple[Path, str]]:
     out = [(GAM, p.stem) for p in sorted((GAM / "fits").glob("*.json"))
-           if p.stem != "bases" and not p.stem.startswith("gamm4_")]
+           if p.stem != "bases" and not p.stem.startswith(("gamm4_", "fsref_"))]
     out += [(SHARED, p.stem) for p in sorted((SHARED / "fits").glob("gamsim1_*.json"))]
     return out
 

@@ -105,3 +105,25 @@ def test_bad_gam_input_cli(tmp_path, formula, extra, words):
     for w in words:
         assert w in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_fit_takes_ml_and_ar1(tmp_path):
+    """``--method ML`` and ``--rho/--ar-start`` reach the fit (bam's fixtures ml_cr and
+    ar1_start); an LMM formula refuses --rho."""
+    ref, _, _ = load(GAM, "ml_cr")
+    out = tmp_path / "ml"
+    r = daskmm("fit", SIM1, "--formula", ref["formula"], "--method", "ML", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["method"] == "ML" and doc["score"] == pytest.approx(ref["score"], rel=1e-6)
+    ref, _, _ = load(GAM, "ar1_start")
+    out = tmp_path / "ar"
+    r = daskmm("fit", str(GAM / ref["data"]), "--formula", ref["formula"], "--rho", "0.6",
+               "--ar-start", "start", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["score"] == pytest.approx(ref["score"], rel=1e-6)
+    r = daskmm("fit", SIM1, "--formula", "y ~ x0 + (1 | fac)", "--rho", "0.5", "--out",
+               str(tmp_path / "lmm"))
+    assert r.returncode == 2 and "apply to GAMs" in r.stderr
+    assert not (tmp_path / "lmm").exists()

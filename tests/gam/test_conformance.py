@@ -22,7 +22,8 @@ CASES = cases()
 def fit_case(root, fid):
     ref, data, fitted = load(root, fid)
     res = gam(ref["formula"], data, FAMILY[ref["family"]], link=ref["link"],
-              factors=ref["factors"], method=ref.get("method", "fREML"))
+              factors=ref["factors"], method=ref.get("method", "fREML"),
+              rho=ref.get("rho", 0.0), ar_start=ref.get("ar_start"))
     return ref, data, fitted, res
 
 

@@ -41,7 +41,13 @@ def test_invariant_to_partitions(client, family):
         assert_same(ref, gam(FORMULA, df, family, client=client, npartitions=parts))
 
 
-def test_invariant_to_workers():
+@pytest.mark.parametrize("blocked", [False, True])
+def test_invariant_to_workers(monkeypatch, blocked):
+    if blocked:  # the re term kept per level, and the result too
+        import importlib
+        monkeypatch.setattr(importlib.import_module("daskmm.gam.model"), "BLOCK_LEVELS", 1)
+        monkeypatch.setattr(importlib.import_module("daskmm.results.gam_result"),
+                            "DENSE_POST_COEFS", 0)
     df = frame(3000, "poisson", seed=9)
     fits = []
     for workers in (1, 3):
@@ -49,6 +55,7 @@ def test_invariant_to_workers():
                           **NO_DASHBOARD) as cl, Client(cl) as c:
             fits.append(gam(FORMULA, df, "poisson", client=c, npartitions=4))
     assert fits[0].mode == "distributed"
+    assert bool(fits[0].optinfo["blocked_terms"]) == blocked
     assert_same(*fits)
 
 

@@ -83,3 +83,17 @@ def test_unsupported_bars_are_one_line(formula, words):
     assert "\n" not in str(e.value)
     for w in words:
         assert w in str(e.value)
+
+
+def test_per_level_result_keeps_each_coefficients_standard_error(monkeypatch):
+    """re_slope's terms come last in mgcv's order too, so the per-level layout and the
+    written-out one list the coefficients alike."""
+    monkeypatch.setattr(model, "BLOCK_LEVELS", 1)
+    _, _, _, dense = fit_case(GAM, "re_slope")
+    monkeypatch.setattr(gam_result, "DENSE_POST_COEFS", 0)
+    _, _, _, per_level = fit_case(GAM, "re_slope")
+    assert per_level.coef_names == dense.coef_names
+    np.testing.assert_allclose(per_level.coef, dense.coef, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(per_level.std_errors(), dense.std_errors(), rtol=1e-8)
+    doc = per_level.to_dict()
+    assert len(doc["coefficients"]["std_error"]) == len(doc["coefficients"]["names"])
