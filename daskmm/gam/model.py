@@ -67,7 +67,10 @@ BLOCK_LEVELS = 200
 block a level) instead of as dense columns; the fit is the same."""
 
 METHODS = ("fREML", "REML", "ML")
-GAM_FAMILIES = ("gaussian", "binomial", "poisson", "gamma")
+GAM_FAMILIES = ("gaussian", "binomial", "poisson", "gamma", "negative_binomial")
+THETA_START = 1.0
+"""Negative binomial: theta of the first PIRLS step (bam's ``nb()`` starts at log theta = 0);
+from the second step on, theta is the ML estimate at the current means."""
 PIRLS_EPSILON = 1e-7
 PIRLS_MAXIT = 200
 
@@ -156,6 +159,8 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
             result.optinfo["ar1"] = {"rho": rho, "series": starts}
         result.mode = "in-process" if is_in_process(c) else "distributed"
         result.optinfo["blocked_terms"] = [gspec.smooths[i].label for i in gspec.blocked]
+        if stats.get("theta") is not None:
+            result.theta = float(stats["theta"])
     result.timing = {"setup_s": t1 - t0, "fit_s": t2 - t1, "total_s": time.perf_counter() - t0}
     result.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     return result
@@ -410,7 +415,8 @@ def _ar1_join(st: dict, rho: float) -> dict:
     return dict(st, A=A, b=b, c=c, n=n)
 
 
-def _working_stats(enc: dict, beta: np.ndarray | None, fam, link, gspec: GamSpec) -> dict:
+def _working_stats(enc: dict, beta: np.ndarray | None, fam, link, gspec: GamSpec,
+                   theta: float | None = None) -> dict:
     y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
     if beta is None:
         mu = _mustart(y, w, fam)
@@ -418,10 +424,12 @@ def _working_stats(enc: dict, beta: np.ndarray | None, fam, link, gspec: GamSpec
     else:
         eta = linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta, X.shape[1]) + off
         mu = link.inverse(eta)
-    z, ww = gam_stats.working_response(y, eta, w, fam, link)
+    z, ww = gam_stats.working_response(y, eta, w, fam, link, theta)
     st = gam_stats.cross_products(X, z - off, ww)
     _level_stats(st, X, z - off, ww, enc.get("codes"), enc.get("Zv"), gspec)
-    st["dev"] = gam_stats.deviance(y, mu, w, fam)
+    st["dev"] = gam_stats.deviance(y, mu, w, fam, theta)
+    if theta is not None and beta is not None:  # for theta's ML step at these means
+        st["theta_sums"] = gam_stats.nb_theta_sums(y, mu, w, theta)
     st["pw"], st["pwy"] = float(w.sum()), float(w @ y)
     st["dropped"] = enc["dropped"]
     return st
@@ -432,10 +440,43 @@ def _mustart(y: np.ndarray, w: np.ndarray, fam) -> np.ndarray:
         return (w * y + 0.5) / (w + 1)
     if fam.name == "poisson":
         return y + 0.1
+    if fam.name == "negative_binomial":  # nb()'s initialize
+        return y + (y == 0) / 6
     return y.copy()  # gamma
 
 
-def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float) -> dict:
+def _theta_sums(enc: dict, beta: np.ndarray, link, theta: float) -> dict:
+    y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
+    mu = link.inverse(linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta, X.shape[1])
+                      + off)
+    return gam_stats.nb_theta_sums(y, mu, w, theta)
+
+
+def _estimate_theta(client, enc, beta, link, theta: float, first: dict) -> float:
+    """ML of the negative binomial theta at the means of ``beta`` (mgcv's
+    ``estimate.theta``): Newton in ``log theta`` with step halving, one pass a trial;
+    ``first`` are the sums at ``theta``, from the PIRLS pass."""
+    t, cur = math.log(theta), first
+    for _ in range(100):
+        h = cur["h"]
+        step = -cur["g"] / h if h < 0 else cur["g"] / max(abs(h), 1e-8)
+        step = max(-4.0, min(4.0, step))
+        for _ in range(30):
+            trial = _reduce(client, _map(client, _theta_sums, enc, beta=beta, link=link,
+                                         theta=math.exp(t + step)))
+            if trial["ll"] >= cur["ll"]:
+                break
+            step /= 2
+        else:
+            break
+        t, cur = t + step, trial
+        if abs(step) < 1e-9 or abs(cur["g"]) < 1e-10 * max(1.0, abs(cur["ll"])):
+            break
+    return math.exp(t)
+
+
+def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float,
+                 theta: float | None = None) -> dict:
     """Sums for the summaries at the final coefficients: deviance, null deviance and the
     residual sums of R-sq.(adj) (weights: the prior weights)."""
     y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
@@ -443,8 +484,8 @@ def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float) -> dict:
                       + off)
     r = np.sqrt(w)
     e = y - mu
-    return {"dev": gam_stats.deviance(y, mu, w, fam),
-            "null_dev": gam_stats.deviance(y, np.full(len(y), ybar), w, fam),
+    return {"dev": gam_stats.deviance(y, mu, w, fam, theta),
+            "null_dev": gam_stats.deviance(y, np.full(len(y), ybar), w, fam, theta),
             "r1": float(r @ e), "r2": float(w @ (e * e)), "ys": float(r @ y),
             "yy": float(w @ (y * y)), "sqw": float(r.sum()), "sw": float(w.sum()),
             "swy": float(w @ y), "n": len(y)}
@@ -493,9 +534,11 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
     enc = _map(client, _encode_partition, parts, gspec=shared)
     scale = None if fam.name == "gamma" else 1.0
     beta, dev, fit, st, ybar = None, None, None, None, None
+    nb = fam.name == "negative_binomial"
+    theta = THETA_START if nb else None
     for it in range(1, PIRLS_MAXIT + 1):
         st = _reduce(client, _map(client, _working_stats, enc, beta=beta, fam=fam, link=link,
-                                  gspec=shared))
+                                  gspec=shared, theta=theta))
         if it == 1:
             _check_n(st, gspec)
             ybar = st["pwy"] / st["pw"]
@@ -504,12 +547,14 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
         if it > 2 and abs(st["dev"] - dev) / (0.1 + abs(st["dev"])) < PIRLS_EPSILON:
             break
         dev = st["dev"]
+        if nb and it > 1:  # as bam: theta at these means, for the next step's working model
+            theta = _estimate_theta(client, enc, beta, link, theta, st["theta_sums"])
         fit, beta = _reml(st, gspec, pen, scale, None if fit is None else fit.point.rho, ml)
     else:
         log.warning("PIRLS did not converge in %d iterations", PIRLS_MAXIT)
     fin = _reduce(client, _map(client, _final_stats, enc, beta=beta, fam=fam, link=link,
-                               ybar=ybar))
-    st.update({"final": fin, "mode": "pirls"})
+                               ybar=ybar, theta=theta))
+    st.update({"final": fin, "mode": "pirls", "theta": theta})
     client.cancel(enc)
     return fit, beta, st, it
 

@@ -179,7 +179,12 @@ class Smooth:
             X = X @ self.Z
         elif self.sweep is not None:
             keep, shift = self.sweep
-            X = X[:, keep] - shift
+            # the kept columns by a selection product (a BLAS call; a fancy-indexed copy of
+            # the columns of a C-ordered matrix costs several times more), then centred
+            sel = np.zeros((X.shape[1], len(keep)))
+            sel[keep, np.arange(len(keep))] = 1.0
+            X = X @ sel
+            X -= shift
         by = self.call.by
         if by is not None:
             if self.by_numeric:

@@ -139,3 +139,25 @@ def ar1_boundary(first: np.ndarray, prev_last: np.ndarray, rho: float) -> np.nda
     before: ``(first - rho prev_last) / sqrt(1 - rho^2)``."""
     ld = 1 / np.sqrt(1 - rho * rho)
     return ld * first - rho * ld * prev_last
+
+
+def nb_theta_sums(y: np.ndarray, mu: np.ndarray, w: np.ndarray, theta: float) -> dict:
+    """The negative binomial log-likelihood in ``t = log(theta)`` at fixed means, summed over
+    rows with prior weights ``w``: ``ll``, ``dll/dt`` and ``d2ll/dt2`` (what mgcv's
+    ``estimate.theta`` maximises for ``nb()``, ``dev/2 - ls`` being ``-ll``)."""
+    from scipy.special import gammaln, polygamma, psi
+
+    th = float(theta)
+    yt, mt = y + th, mu + th
+    ll = gammaln(yt) - gammaln(th) - gammaln(y + 1) + th * np.log(th) + _xlogy(y, mu) \
+        - yt * np.log(mt)
+    d1 = psi(yt) - psi(th) + np.log(th) + 1 - np.log(mt) - yt / mt
+    d2 = polygamma(1, yt) - polygamma(1, th) + 1 / th - 2 / mt + yt / mt ** 2
+    g = th * d1
+    h = th * th * d2 + g
+    return {"ll": float(w @ ll), "g": float(w @ g), "h": float(w @ h)}
+
+
+def _xlogy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.special import xlogy
+    return xlogy(a, b)

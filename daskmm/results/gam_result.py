@@ -75,6 +75,7 @@ class GamResult:
     spec: object = field(default=None, repr=False)
     warnings: list = field(default_factory=list)
     level_cov: object = field(default=None, repr=False)
+    theta: float | None = None
 
     kind = "gam"
 
@@ -137,6 +138,7 @@ class GamResult:
             "fixef": [dict(r._asdict()) for r in self.fixef().itertuples(index=False)],
             "coefficients": {"names": self.coef_names, "estimate": self.coef.tolist(),
                              "std_error": self.std_errors().tolist()},
+            "theta": self.theta,
             "random": self.varcomp().to_dict("records"), "warnings": list(self.warnings),
             "optinfo": self.optinfo, "mode": self.mode, "timing": self.timing})
 
@@ -177,6 +179,8 @@ class GamResult:
         """The fit printed as ``print(summary(fit))`` prints a ``gam``."""
         fam = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson",
                "gamma": "Gamma"}.get(self.family, self.family)
+        if self.theta is not None:  # mgcv's nb(): "Negative Binomial(3.053)"
+            fam = f"Negative Binomial({('%.3f' % self.theta).rstrip('0').rstrip('.')})"
         lines = ["", f"Family: {fam} ", f"Link function: {self.link} ", "", "Formula:",
                  self.formula, ""]
         fe = self.fixef()
