@@ -549,7 +549,9 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
         dev = st["dev"]
         if nb and it > 1:  # as bam: theta at these means, for the next step's working model
             theta = _estimate_theta(client, enc, beta, link, theta, st["theta_sums"])
-        fit, beta = _reml(st, gspec, pen, scale, None if fit is None else fit.point.rho, ml)
+        # as bgam.fit: each step's REML starts again from initial.sp of its working model
+        # (a warm start can settle in another local optimum of a multimodal score)
+        fit, beta = _reml(st, gspec, pen, scale, None, ml)
     else:
         log.warning("PIRLS did not converge in %d iterations", PIRLS_MAXIT)
     fin = _reduce(client, _map(client, _final_stats, enc, beta=beta, fam=fam, link=link,

@@ -6,7 +6,6 @@ matrix instead of through n x k temporaries."""
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)

@@ -180,7 +180,7 @@ class GamResult:
         fam = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson",
                "gamma": "Gamma"}.get(self.family, self.family)
         if self.theta is not None:  # mgcv's nb(): "Negative Binomial(3.053)"
-            fam = f"Negative Binomial({('%.3f' % self.theta).rstrip('0').rstrip('.')})"
+            fam = f"Negative Binomial({f'{self.theta:.3f}'.rstrip('0').rstrip('.')})"
         lines = ["", f"Family: {fam} ", f"Link function: {self.link} ", "", "Formula:",
                  self.formula, ""]
         fe = self.fixef()
@@ -405,6 +405,8 @@ def _post_dense(gspec, fit, beta, P, lam, st, fam, link, method, iterations, for
     Vp = P * vscale
     residual_df = n - float(edf.sum())
     R = _root(A)
+    # bam marks an nb() fit's scale (1) as estimated: its summary tests by F and t
+    f_tests = scale_estimated or fam.name == "negative_binomial"
     slices = gspec.slices()
     sp_of = _smooth_index(gspec)
     Ve = F @ Vp
@@ -417,19 +419,19 @@ def _post_dense(gspec, fit, beta, P, lam, st, fam, link, method, iterations, for
         if s.S and s.null_space_dim == 0:
             others = [j for j, o in enumerate(gspec.smooths) if o.random and j != i]
             stat, pval, rank = _re_test(i, others, gspec, A, lam, sp_of, Vp, Ve, P, beta,
-                                        sig2, scale_estimated, residual_df, slices)
+                                        sig2, f_tests, residual_df, slices)
         else:
             stat, pval, rank = test_stat(beta[sl], R[:, sl], Vp[sl, sl],
                                          min(sl.stop - sl.start, edf1_i),
-                                         residual_df if scale_estimated else -1)
+                                         residual_df if f_tests else -1)
         table.append({"label": s.label, "edf": edf_i, "ref_df": rank,
-                      "statistic": stat / rank if scale_estimated else stat,
+                      "statistic": stat / rank if f_tests else stat,
                       "p_value": pval})
     fin, r_sq, dev_expl = _r2_dev(st, beta, fam, n, residual_df)
     return GamResult(
         formula=formula, family=fam.name, link=link.name, method=method, coef=beta,
         coef_names=gspec.coef_names(), Vp=Vp, edf=edf, sp=lam, score=float(pt.value),
-        scale=float(sig2), scale_estimated=scale_estimated, n_param=gspec.n_param,
+        scale=float(sig2), scale_estimated=f_tests, n_param=gspec.n_param,
         smooth_table=table, nobs=int(n), r_sq=r_sq, dev_expl=dev_expl,
         deviance=float(fin["dev"]), null_deviance=float(fin["null_dev"]),
         residual_df=residual_df, n_dropped=DropCounts(st.get("dropped") or {}),
@@ -462,6 +464,7 @@ def _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations, form
     Vp = pt.P * vscale
     residual_df = n - float(edf.sum())
     A = st["A"]
+    f_tests = scale_estimated or fam.name == "negative_binomial"
     table, warns = [], []
     for s, sl in zip(gspec.smooths, gspec.slices()):
         if s.call.bar:
@@ -477,9 +480,9 @@ def _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations, form
         edf1_i = float(post.edf1_d[sl].sum())
         stat, pval, rank = test_stat(coef[sl], _root(A[sl, sl]), Vp[sl, sl],
                                      min(sl.stop - sl.start, edf1_i),
-                                     residual_df if scale_estimated else -1)
+                                     residual_df if f_tests else -1)
         table.append({"label": s.label, "edf": float(post.edf_d[sl].sum()), "ref_df": rank,
-                      "statistic": stat / rank if scale_estimated else stat,
+                      "statistic": stat / rank if f_tests else stat,
                       "p_value": pval})
     level_part = float(np.sum(st["zs"] * pt.b_re))
     fin, r_sq, dev_expl = _r2_dev(st, coef[:pd], fam, n, residual_df, level_part, post.rss)
@@ -487,7 +490,7 @@ def _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations, form
         formula=formula, family=fam.name, link=link.name, method=method, coef=coef,
         coef_names=gspec.coef_names(), Vp=Vp, edf=edf,
         sp=np.exp(pt.rho)[gspec.sp_order()], score=float(pt.value),
-        scale=float(sig2), scale_estimated=scale_estimated, n_param=gspec.n_param,
+        scale=float(sig2), scale_estimated=f_tests, n_param=gspec.n_param,
         smooth_table=table, nobs=int(n), r_sq=r_sq, dev_expl=dev_expl,
         deviance=float(fin["dev"]), null_deviance=float(fin["null_dev"]),
         residual_df=residual_df, n_dropped=DropCounts(st.get("dropped") or {}),

@@ -74,7 +74,7 @@ BAD = [
     ("y ~ s(x0, by = nothere, bs = 'cr')", {}, ["by = 'nothere'", "available columns"]),
     ("y ~ s(nothere, bs = 'cr')", {}, ["'nothere'", "not in the data"]),
     ("y ~ s(x0, bs = 'cr')", {"method": "GCV"}, ["'GCV'", "'ML'"]),
-    ("y ~ s(x0, bs = 'cr')", {"family": "negative_binomial"}, ["not available for a GAM"]),
+    ("y ~ s(x0, bs = 'cr')", {"family": "cauchy"}, ["cauchy"]),
 ]
 
 
