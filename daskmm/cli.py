@@ -306,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Exception) as exc:
         if _INTERRUPTED or isinstance(exc, KeyboardInterrupt):
             # a Ctrl-C, however a library passed it on (an import it broke, a callback)
-            print("daskmm: interrupted; no output written", file=sys.stderr)
+            done = getattr(sys.modules.get("daskmm.results.writing"), "WRITTEN", None)
+            if done:  # during the cluster's shutdown, after the result was complete
+                print(f"daskmm: interrupted after writing {done[-1]}", file=sys.stderr)
+            else:
+                print("daskmm: interrupted; no output written", file=sys.stderr)
             return _interrupted_exit()
         if isinstance(exc, DaskmmError):
             print(f"daskmm: error: {exc}", file=sys.stderr)

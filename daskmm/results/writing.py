@@ -23,7 +23,12 @@ def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None =
         (tmp / RESULT_MARKER).write_text(result_marker("fit", name))
         if extra is not None:
             extra(tmp)
+    WRITTEN.append(Path(out))
     return Path(out)
+
+
+WRITTEN: list[Path] = []
+"""Result directories this process has completed (the CLI's Ctrl-C message names them)."""
 
 
 def report_rows(result) -> None:
