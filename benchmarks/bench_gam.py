@@ -13,7 +13,8 @@ fit time includes reading the Parquet files, bam's excludes reading). Prints eve
 medians, the ratios, each tool's fREML score and the peak resident memory of each worker.
 
     python benchmarks/bench_gam.py --rows 10000000 --levels 10000 --json /tmp/gam_bench.json
-    python benchmarks/bench_gam.py --scale 1000000,3000000,10000000 --no-r   # per-row time
+    python benchmarks/bench_gam.py --scale 10000000,30000000,100000000 --no-r   # per-row time
+    python benchmarks/bench_gam.py --rows 10000000 --levels 0 --discrete   # with discrete=True
 """
 
 from __future__ import annotations
@@ -102,20 +103,22 @@ class PeakRSS:
         self._t.join()
 
 
-def time_daskmm(client, path: Path, levels: int, repeats: int) -> dict:
+def time_daskmm(client, path: Path, levels: int, repeats: int, discrete: bool = False) -> dict:
     runs, score, peaks = [], None, []
     for _ in range(repeats):
         with PeakRSS(client) as mem:
             t = time.perf_counter()
             r = gam(formula(levels), str(path / "parquet"), factors=["g"] if levels else None,
-                    client=client)
+                    client=client, discrete=discrete)
             runs.append(time.perf_counter() - t)
         score = r.score
         peaks.append(max(mem.peak) / 2 ** 30)
-        print(f"RUN daskmm {runs[-1]:.2f} s  fREML {r.score:.6f}  peak worker RSS "
+        tool = "daskmm_discrete" if discrete else "daskmm"
+        print(f"RUN {tool} {runs[-1]:.2f} s  fREML {r.score:.6f}  peak worker RSS "
               f"{peaks[-1]:.2f} GiB", flush=True)
-    return {"tool": "daskmm", "runs_s": runs, "median_s": statistics.median(runs),
-            "score": score, "peak_worker_rss_gib": max(peaks), "timing": r.timing}
+    return {"tool": tool, "runs_s": runs, "median_s": statistics.median(runs),
+            "score": score, "peak_worker_rss_gib": max(peaks), "timing": r.timing,
+            "coef": r.coef[:r.spec.p_dense]}
 
 
 def time_r(path: Path, rows: int, levels: int, rd: int, re: int) -> list[dict]:
@@ -152,6 +155,8 @@ def main() -> None:
     ap.add_argument("--no-r", action="store_true")
     ap.add_argument("--scale", default=None, help="comma-separated row counts: daskmm only, "
                     "time per row at each size")
+    ap.add_argument("--discrete", action="store_true", help="also time daskmm's "
+                    "discrete=True fit and print its difference from the exact one")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     rec: dict = {"machine": f"{psutil.cpu_count()} cores, "
@@ -169,6 +174,15 @@ def main() -> None:
             print(f"daskmm {rows} rows: median {d['median_s']:.2f} s, "
                   f"{d['us_per_row']:.3f} us/row", flush=True)
             rec["runs"].append(d)
+            if a.discrete:
+                dd = time_daskmm(c, path, a.levels, a.repeats, discrete=True)
+                dd["rows"] = rows
+                dd["score_rel_diff"] = dd["score"] / d["score"] - 1
+                dd["coef_max_abs_diff"] = float(np.abs(dd["coef"] - d["coef"]).max())
+                print(f"daskmm discrete {rows} rows: median {dd['median_s']:.2f} s; fREML "
+                      f"{dd['score_rel_diff']:+.2e} relative to exact, coefficients within "
+                      f"{dd['coef_max_abs_diff']:.2e}", flush=True)
+                rec["runs"].append(dd)
     if not a.no_r and not a.scale:
         exact = a.repeats_exact if a.repeats_exact is not None else (0 if a.levels else 1)
         rs = time_r(path, a.rows, a.levels,
@@ -180,6 +194,8 @@ def main() -> None:
                   f"{r['median_s'] / dm:.2f}x faster; fREML {r['score']:.6f} vs daskmm "
                   f"{rec['runs'][0]['score']:.6f}")
     if a.json:
+        for r in rec["runs"]:
+            r.pop("coef", None)
         Path(a.json).write_text(json.dumps(rec, indent=2, default=float) + "\n")
 
 

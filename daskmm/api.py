@@ -11,7 +11,8 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         reml: bool | None = None, nagq: int = 1, factors: list[str] | None = None,
         weights: str | None = None, client=None, mode: str = "auto",
         npartitions: int | None = None, optimizer_options: dict | None = None,
-        method: str | None = None, rho: float = 0.0, ar_start: str | None = None):
+        method: str | None = None, rho: float = 0.0, ar_start: str | None = None,
+        discrete: bool | int = False):
     """Fit a mixed model (``lmer`` for the Gaussian family, ``glmer`` otherwise) or, for a
     formula with smooth terms (``s()``, ``te()``, ``ti()``), a GAM (``mgcv::bam``).
 
@@ -54,10 +55,10 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
                              "parameters are found by Newton's method on the REML score")
         return gam(formula, data, family, link=link, method=method or "fREML",
                    factors=factors, weights=weights, client=client, mode=mode,
-                   npartitions=npartitions, rho=rho, ar_start=ar_start)
-    if rho or ar_start is not None:
-        raise ModelError("rho and ar_start (AR1 residuals) apply to GAMs, formulas with s() "
-                         "terms; a mixed model has independent residuals")
+                   npartitions=npartitions, rho=rho, ar_start=ar_start, discrete=discrete)
+    if rho or ar_start is not None or discrete:
+        raise ModelError("rho, ar_start (AR1 residuals) and discrete apply to GAMs, formulas "
+                         "with s() terms")
     if method is not None:
         if method not in ("REML", "ML"):
             raise ModelError(f"method={method!r}; a mixed model takes 'REML' or 'ML' "

@@ -44,6 +44,7 @@ from daskmm.formula.spec import (
     is_categorical_dtype,
     plan_formula,
 )
+from daskmm.gam import discrete as discrete_grid
 from daskmm.gam.smooth import build_smooths
 from daskmm.gam.spec import GamSpec
 from daskmm.gam.terms import bar_smooths, split_smooths
@@ -91,7 +92,7 @@ def is_gam_formula(formula: str) -> bool:
 def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | None = None,
         method: str = "fREML", factors: list[str] | None = None, weights: str | None = None,
         client=None, mode: str = "auto", npartitions: int | None = None, rho: float = 0.0,
-        ar_start: str | None = None) -> GamResult:
+        ar_start: str | None = None, discrete: bool | int = False) -> GamResult:
     """Fit a generalized additive model by REML, as ``mgcv::bam``.
 
     Parameters
@@ -118,6 +119,11 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
     ar_start : str, optional
         Logical (or 0/1) column, true on the first row of each series (bam's ``AR.start``);
         without it the data are one series.
+    discrete : bool or int
+        Fit on a covariate grid (``bam(discrete = TRUE)``'s idea, daskmm's grid: see
+        :mod:`daskmm.gam.discrete`), at most about 1000 cells a smooth (or this many, given
+        an int). An approximation of the exact fit, for speed; predictions and fitted values
+        use the exact covariates.
 
     Returns
     -------
@@ -131,6 +137,7 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
     fam = _family(family)
     lk = fam.link(link)
     _check_ar(rho, ar_start, fam, lk)
+    _grid_size(discrete)
     t0 = time.perf_counter()
     rest, calls = split_smooths(formula)
     if not calls:
@@ -147,7 +154,7 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
     ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
     with executor(here, client) as c:
         gspec = _freeze(c, parsed, calls, ddf, used, factors or [], weights, manifest, fam,
-                        rho, ar_start)
+                        rho, ar_start, _grid_size(discrete))
         t1 = time.perf_counter()
         parts = _partitions(c, ddf)
         fit, coef, stats, iters = _fit(c, parts, gspec, fam, lk, ml=method == "ML")
@@ -159,6 +166,8 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
             result.optinfo["ar1"] = {"rho": rho, "series": starts}
         result.mode = "in-process" if is_in_process(c) else "distributed"
         result.optinfo["blocked_terms"] = [gspec.smooths[i].label for i in gspec.blocked]
+        result.optinfo["discrete"] = {"cells": _grid_size(discrete), "smooths": [
+            gspec.smooths[d.smooth].label for d in gspec.discrete]} if gspec.discrete else None
         if stats.get("theta") is not None:
             result.theta = float(stats["theta"])
     result.timing = {"setup_s": t1 - t0, "fit_s": t2 - t1, "total_s": time.perf_counter() - t0}
@@ -190,7 +199,7 @@ def _family(name: str):
 
 # ------------------------------------------------------------------ steps 1 and 2
 def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, rho=0.0,
-            ar_start=None) -> GamSpec:
+            ar_start=None, grid: int = 0) -> GamSpec:
     cols = list(ddf.columns)
     check_columns(parsed, cols, weights)
     for call in calls:
@@ -240,7 +249,20 @@ def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, r
             raise DataError(f"AR.start column {ar_start!r} must be logical (TRUE where a "
                             f"series starts) or 0/1, got values such as {list(v[:3])}")
     return GamSpec(param=param, smooths=smooths, columns=used, ar_rho=float(rho),
-                   ar_start=ar_start)
+                   ar_start=ar_start,
+                   discrete=discrete_grid.build(smooths, setup, grid) if grid else [])
+
+
+def _grid_size(discrete: bool | int) -> int:
+    if discrete is True:
+        return discrete_grid.DEFAULT_M
+    if discrete is False or discrete is None:
+        return 0
+    if isinstance(discrete, int) and discrete >= 4:
+        return discrete
+    raise ModelError(f"discrete={discrete!r}: give True (a grid of about "
+                     f"{discrete_grid.DEFAULT_M} cells a smooth), False, or a number of cells "
+                     "of at least 4")
 
 
 def _re_factor(call, levels: dict) -> str | None:
@@ -365,6 +387,11 @@ def linear_predictor(X: np.ndarray, codes: np.ndarray | None, Zv: np.ndarray | N
 
 
 def _gauss_stats(df: pd.DataFrame, gspec: GamSpec) -> dict:
+    if gspec.discrete and not gspec.blocked and not gspec.ar_rho:
+        y, Xd, w, dropped, pos, terms = gspec.discrete_parts(df)
+        st = gam_stats.discrete_cross_products(Xd, pos, terms, y, w, gspec.p_dense)
+        st["dropped"] = dropped
+        return st
     y, X, w, dropped = gspec.design(df)
     if gspec.ar_rho:
         return _ar1_stats(df, gspec, y, X, w, dropped)

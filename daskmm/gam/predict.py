@@ -37,7 +37,7 @@ def model_matrix(spec, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``(X, offset)`` of new rows (``mgcv``'s ``type = "lpmatrix"``; the dense columns only
     when ``re`` terms are kept per level)."""
     df = _complete(spec, df)
-    _, X, _, _ = spec.design(df)
+    _, X, _, _ = spec.design(df, exact=True)
     return X, spec.offset(df)
 
 

@@ -8,7 +8,7 @@ in formula order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ class GamSpec:
         AR1 correlation of the residuals within a series (bam's ``rho``; 0: independent).
     ar_start : str or None
         Logical column, true where a series starts (bam's ``AR.start``).
+    discrete : list of Discretised
+        The smooths fitted on a covariate grid (:mod:`daskmm.gam.discrete`); empty for the
+        exact fit.
     """
 
     param: ModelSpec
@@ -42,6 +45,7 @@ class GamSpec:
     columns: list[str]
     ar_rho: float = 0.0
     ar_start: str | None = None
+    discrete: list = field(default_factory=list)
 
     @property
     def n_param(self) -> int:
@@ -127,16 +131,20 @@ class GamSpec:
         counted by column, as ``na.omit``)."""
         return self.param.prepare(df)
 
-    def design(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
-                                                 DropCounts]:
+    def design(self, df: pd.DataFrame, exact: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, DropCounts]:
         """``(y, X, w, dropped)`` of one partition; ``y`` has the offset subtracted. ``X``
         holds the dense columns only (parametric and smooth; blocked terms are read with
-        :meth:`level_columns`)."""
+        :meth:`level_columns`); discretised smooths at their grid cells unless ``exact``
+        (predictions use the exact covariates)."""
         enc = self.param.encode(df)
         frame, _ = self.param.prepare(df)
         mats = [np.asarray(enc.X, dtype=float)]
-        for s in self.smooths:
-            if not s.blocked:
+        grids = {} if exact else {d.smooth: d for d in self.discrete}
+        for i, s in enumerate(self.smooths):
+            if i in grids:  # the smooth at its grid cell (the discretised model)
+                mats.append(grids[i].B[grids[i].index(frame)])
+            elif not s.blocked:
                 mats.append(s.design(frame))
         X = np.hstack(mats) if len(mats) > 1 else mats[0].copy()
         return np.asarray(enc.y, dtype=float).copy(), X, (
@@ -158,3 +166,23 @@ class GamSpec:
         if self.ar_start is None:
             return np.zeros(len(frame), dtype=bool)
         return frame[self.ar_start].to_numpy().astype(bool)
+
+    def discrete_parts(self, df: pd.DataFrame):
+        """For :func:`daskmm.kernels.gam_stats.discrete_cross_products`: ``(y, Xd, w,
+        dropped, dense_pos, terms)``, ``Xd`` the columns that are not discretised."""
+        enc = self.param.encode(df)
+        frame, _ = self.param.prepare(df)
+        grids = {d.smooth: d for d in self.discrete}
+        mats = [np.asarray(enc.X, dtype=float)]
+        pos = [np.arange(self.n_param)]
+        terms = []
+        for i, (s, sl) in enumerate(zip(self.smooths, self.slices())):
+            if i in grids:
+                terms.append((grids[i].index(frame), grids[i].B, np.arange(sl.start, sl.stop)))
+            elif not s.blocked:
+                mats.append(s.design(frame))
+                pos.append(np.arange(sl.start, sl.stop))
+        Xd = np.hstack(mats) if len(mats) > 1 else mats[0]
+        w = None if enc.w is None else np.asarray(enc.w, dtype=float)
+        return (np.asarray(enc.y, dtype=float), Xd, w, enc.n_dropped, np.concatenate(pos),
+                terms)

@@ -169,7 +169,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
             result = daskmm.fit(job.formula, data, job.family, link=job.link,
                                 method=job.method, nagq=job.nagq, factors=list(job.factors),
                                 weights=job.weights, client=client, mode=mode, rho=job.rho,
-                                ar_start=job.ar_start)
+                                ar_start=job.ar_start, discrete=job.discrete)
         else:
             result = daskmm.fit(job.formula, data, job.family, link=job.link,
                                 reml=(job.method == "REML") if job.family == "gaussian"

@@ -21,6 +21,7 @@ A job file is YAML::
     method: REML                        # REML | ML (gaussian); GAM: fREML (default) | REML | ML
     rho: 0.6                            # GAM only: AR1 residuals (bam's rho, AR.start)
     ar_start: start
+    discrete: false                     # GAM only: fit on a covariate grid (faster, approximate)
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)
@@ -105,6 +106,7 @@ SCHEMA = {
         "method": {"enum": ["REML", "ML", "fREML"]},
         "rho": {"type": "number", "exclusiveMinimum": -1, "exclusiveMaximum": 1},
         "ar_start": {"type": ["string", "null"]},
+        "discrete": {"type": ["boolean", "integer"]},
         "factors": {"type": "array", "items": {"type": "string"}},
         "weights": {"type": ["string", "null"]},
         "output": {"type": "string", "minLength": 1},
@@ -127,6 +129,7 @@ class Job:
     method: str = "REML"
     rho: float = 0.0
     ar_start: str | None = None
+    discrete: bool | int = False
     factors: tuple[str, ...] = ()
     weights: str | None = None
     ingest: dict | None = None
@@ -203,7 +206,8 @@ def load_job(path: str | os.PathLike) -> Job:
                link=doc.get("link"), nagq=doc.get("nagq", 1),
                method=doc.get("method", "fREML" if _is_gam(doc["formula"]) else "REML"),
                factors=tuple(doc.get("factors", [])), rho=doc.get("rho", 0.0),
-               ar_start=doc.get("ar_start"), weights=doc.get("weights"), ingest=ingest,
+               ar_start=doc.get("ar_start"), discrete=doc.get("discrete", False),
+               weights=doc.get("weights"), ingest=ingest,
                simulate=doc.get("simulate"),
                cluster=doc.get("cluster"), raw=doc, path=p.resolve())
 

@@ -137,6 +137,27 @@ def chol_inverse(H: np.ndarray) -> tuple[np.ndarray, float]:
     return (P + P.T) / 2, float(2 * np.sum(np.log(np.diag(c))) + 2 * np.sum(np.log(d)))
 
 
+def score(r: float, nmp: float, ldH: float, ldS: float, phi: float | None
+          ) -> tuple[float, float]:
+    """The criterion from its pieces: ``r`` the penalised RSS, ``nmp`` ``n - M_p`` (``n`` for
+    ML), ``log|H|``, ``log|S|_+``; ``phi=None`` profiles the scale out. Returns the value and
+    the scale."""
+    if phi is None:
+        phi_hat = r / nmp
+        return 0.5 * (nmp * math.log(2 * math.pi * phi_hat) + nmp + ldH - ldS), phi_hat
+    return 0.5 * (r / phi + nmp * math.log(2 * math.pi * phi) + ldH - ldS), phi
+
+
+def score_derivatives(rk, rkl, trk, tkl, dS1, dS2, r: float, nmp: float,
+                      phi: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient and Hessian of :func:`score` in ``rho`` from those of ``r`` (``rk``,
+    ``rkl``), of ``log|H|`` (``trk``, ``tkl``) and of ``log|S|_+`` (``dS1``, ``dS2``)."""
+    if phi is None:
+        return (0.5 * (nmp * rk / r + trk - dS1),
+                0.5 * (nmp * (rkl / r - np.outer(rk, rk) / r ** 2) + tkl - dS2))
+    return 0.5 * (rk / phi + trk - dS1), 0.5 * (rkl / phi + tkl - dS2)
+
+
 def penalty_range(pen: Penalties) -> np.ndarray:
     """``U_r``: an orthonormal basis of the range of the total penalty (``p x rank``)."""
     cols = []
@@ -172,12 +193,7 @@ def evaluate(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
     r = max(r, EPS * abs(c))
     ldS, dS1, dS2 = pen.logdet(rho)
     nmp = n if ml else n - pen.Mp
-    if phi is None:
-        phi_hat = r / nmp
-        value = 0.5 * (nmp * math.log(2 * math.pi * phi_hat) + nmp + ldH - ldS)
-    else:
-        phi_hat = phi
-        value = 0.5 * (r / phi + nmp * math.log(2 * math.pi * phi) + ldH - ldS)
+    value, phi_hat = score(r, nmp, ldH, ldS, phi)
     grad = np.zeros(m)
     hess = np.zeros((m, m))
     if derivs and m:
@@ -203,12 +219,7 @@ def evaluate(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
                 tkl[k, l] = tkl[l, k] = -np.sum(PS[k][sl[l]] * PS[l][sl[k]].T)
         rkl += np.diag(rk)
         tkl += np.diag(trk)
-        if phi is None:
-            grad = 0.5 * (nmp * rk / r + trk - dS1)
-            hess = 0.5 * (nmp * (rkl / r - np.outer(rk, rk) / r ** 2) + tkl - dS2)
-        else:
-            grad = 0.5 * (rk / phi + trk - dS1)
-            hess = 0.5 * (rkl / phi + tkl - dS2)
+        grad, hess = score_derivatives(rk, rkl, trk, tkl, dS1, dS2, r, nmp, phi)
     return RemlPoint(rho=rho, value=value, grad=grad, hess=hess, beta=beta, P=P, r=r,
                      phi=phi_hat, logdet_H=ldH, logdet_S=ldS)
 

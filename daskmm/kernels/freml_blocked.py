@@ -36,6 +36,8 @@ from daskmm.kernels.freml import (
     ml_logdet,
     newton,
     penalty_range,
+    score,
+    score_derivatives,
 )
 
 
@@ -143,12 +145,7 @@ def evaluate(st: BlockedStats, pen: Penalties, rho: np.ndarray, phi: float | Non
     ldSd, dS1d, dS2d = pen.logdet(rho[:md])
     ldS = ldSd + float(L * np.sum(rho[md:] + np.log(st.s)))
     nmp = st.n if ml else st.n - pen.Mp
-    if phi is None:
-        phi_hat = r / nmp
-        value = 0.5 * (nmp * math.log(2 * math.pi * phi_hat) + nmp + ldH - ldS)
-    else:
-        phi_hat = phi
-        value = 0.5 * (r / phi + nmp * math.log(2 * math.pi * phi) + ldH - ldS)
+    value, phi_hat = score(r, nmp, ldH, ldS, phi)
     m = md + q
     pt = BlockedPoint(rho=rho, value=value, grad=np.zeros(m), hess=np.zeros((m, m)),
                       beta=beta, b_re=b_re, P=P, Minv=Minv, W=W, r=r, phi=phi_hat,
@@ -207,12 +204,7 @@ def evaluate(st: BlockedStats, pen: Penalties, rho: np.ndarray, phi: float | Non
     dS1 = np.concatenate([dS1d, np.full(q, float(L))])
     dS2 = np.zeros((m, m))
     dS2[:md, :md] = dS2d
-    if phi is None:
-        pt.grad = 0.5 * (nmp * rk / r + trk - dS1)
-        pt.hess = 0.5 * (nmp * (rkl / r - np.outer(rk, rk) / r ** 2) + tkl - dS2)
-    else:
-        pt.grad = 0.5 * (rk / phi + trk - dS1)
-        pt.hess = 0.5 * (rkl / phi + tkl - dS2)
+    pt.grad, pt.hess = score_derivatives(rk, rkl, trk, tkl, dS1, dS2, r, nmp, phi)
     return pt
 
 

@@ -161,3 +161,49 @@ def nb_theta_sums(y: np.ndarray, mu: np.ndarray, w: np.ndarray, theta: float) ->
 def _xlogy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     from scipy.special import xlogy
     return xlogy(a, b)
+
+
+def discrete_cross_products(Xd: np.ndarray, dense_pos: np.ndarray, terms: list,
+                            z: np.ndarray, w: np.ndarray | None, p: int) -> dict:
+    """:func:`cross_products` of a model matrix whose discretised terms are held as an index
+    and a small basis: term ``j`` is ``(k_j, B_j, pos_j)``, its columns ``B_j[k_j]`` at
+    positions ``pos_j`` of the ``p`` columns; ``Xd`` the other columns (at ``dense_pos``).
+
+    Every product goes through tables of weights over the distinct values: ``B_i'(sum_rows w
+    [k_i = a][k_j = b])B_j``, so the discretised columns are never formed (Wood et al.
+    2017's compressed cross-products, without their tensor-margin refinement).
+    """
+    n = len(z)
+    ww = np.ones(n) if w is None else w
+    r = np.sqrt(ww)
+    rows = np.arange(n)
+    A = np.zeros((p, p))
+    b = np.zeros(p)
+    xs = np.zeros(p)
+    dp = np.asarray(dense_pos, dtype=int)
+    Xw = Xd * ww[:, None]
+    A[np.ix_(dp, dp)] = Xw.T @ Xd
+    b[dp] = Xw.T @ z
+    xs[dp] = r @ Xd
+    onehot = []
+    for k, B, pos in terms:
+        O = sparse.csr_matrix((np.ones(n), (rows, k)), shape=(n, B.shape[0]))
+        onehot.append(O)
+        Ow = O.T.tocsr().multiply(ww[None, :]).tocsr()  # u x n, weighted
+        A[np.ix_(dp, pos)] = (Ow @ Xd).T @ B
+        A[np.ix_(pos, dp)] = A[np.ix_(dp, pos)].T
+        b[pos] = B.T @ np.bincount(k, ww * z, minlength=B.shape[0])
+        xs[pos] = B.T @ np.bincount(k, r, minlength=B.shape[0])
+    for i, (ki, Bi, pi) in enumerate(terms):
+        for j in range(i, len(terms)):
+            kj, Bj, pj = terms[j]
+            if i == j:
+                t = np.bincount(ki, ww, minlength=Bi.shape[0])
+                A[np.ix_(pi, pi)] = (Bi * t[:, None]).T @ Bi
+                continue
+            T = (onehot[i].T.multiply(ww[None, :]).tocsr() @ onehot[j]).toarray()
+            A[np.ix_(pi, pj)] = Bi.T @ T @ Bj
+            A[np.ix_(pj, pi)] = A[np.ix_(pi, pj)].T
+    sw, swz = float(ww.sum()), float(ww @ z)
+    return {"A": A, "b": b, "c": float(z @ (ww * z)), "n": n, "sw": sw, "swz": swz,
+            "xs": xs, "ys": float(r @ z), "sqw": float(r.sum())}

@@ -127,3 +127,14 @@ def test_fit_takes_ml_and_ar1(tmp_path):
                str(tmp_path / "lmm"))
     assert r.returncode == 2 and "apply to GAMs" in r.stderr
     assert not (tmp_path / "lmm").exists()
+
+
+def test_job_file_takes_a_discrete_gam(tmp_path):
+    out = tmp_path / "job_out"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: g\ndata: {SIM1}\nformula: \"y ~ s(x0, bs = 'cr') + s(x1, bs = "
+                   f"'cr')\"\ndiscrete: true\noutput: {out}\n")
+    r = daskmm("run", str(job))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["optinfo"]["discrete"]["smooths"] == ["s(x0)", "s(x1)"]
