@@ -44,8 +44,10 @@ def formula(levels: int) -> str:
     return f + (" + s(g, bs = 're')" if levels else "")
 
 
-def simulate(rows: int, levels: int, out: Path, partitions: int, seed: int = 1) -> Path:
-    """Write the Parquet dataset (and raw columns for R) under ``out``; reuse if present."""
+def simulate(rows: int, levels: int, out: Path, partitions: int, seed: int = 1,
+             with_raw: bool = True) -> Path:
+    """Write the Parquet dataset (and, ``with_raw``, raw columns for R) under ``out``; reuse
+    if present."""
     pq, raw = out / "parquet", out / "raw"
     if (out / "_done").exists():
         return out
@@ -67,10 +69,12 @@ def simulate(rows: int, levels: int, out: Path, partitions: int, seed: int = 1) 
             part["g"] = g.astype(float)
         part["y"] = eta + rng.normal(size=m)
         pd.DataFrame(part).to_parquet(pq / f"part-{i:04d}.parquet", index=False)
-        for c in cols:
-            cols[c].append(part[c])
+        if with_raw:
+            for c in cols:
+                cols[c].append(part[c])
     for c, v in cols.items():
-        np.concatenate(v).astype("<f8").tofile(raw / f"{c}.bin")
+        if with_raw:
+            np.concatenate(v).astype("<f8").tofile(raw / f"{c}.bin")
     (out / "_done").write_text("ok\n")
     return out
 
@@ -167,7 +171,8 @@ def main() -> None:
         rec["runs"] = []
         for rows in sizes:
             path = simulate(rows, a.levels, HERE / "_data" / f"gam_{rows}_{a.levels}",
-                            max(a.partitions * rows // a.rows, 2) if a.scale else a.partitions)
+                            max(a.partitions * rows // a.rows, 2) if a.scale else a.partitions,
+                            with_raw=not (a.no_r or a.scale))
             d = time_daskmm(c, path, a.levels, a.repeats)
             d["rows"] = rows
             d["us_per_row"] = d["median_s"] / rows * 1e6
