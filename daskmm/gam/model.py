@@ -489,8 +489,8 @@ def _estimate_theta(client, enc, beta, link, theta: float, first: dict) -> float
         step = -cur["g"] / h if h < 0 else cur["g"] / max(abs(h), 1e-8)
         step = max(-4.0, min(4.0, step))
         for _ in range(30):
-            trial = _reduce(client, _map(client, _theta_sums, enc, beta=beta, link=link,
-                                         theta=math.exp(t + step)))
+            trial = _map_reduce(client, _theta_sums, enc, beta=beta, link=link,
+                                theta=math.exp(t + step))
             if trial["ll"] >= cur["ll"]:
                 break
             step /= 2
@@ -519,11 +519,34 @@ def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float,
 
 
 def _reduce(client, futures: list, split_every: int = 8):
+    """Sum the partitions' statistics by a tree of tasks, and gather the sum."""
+    return client.gather(_tree(client, futures, split_every))
+
+
+def _tree(client, futures: list, split_every: int = 8):
     futures = list(futures)
     while len(futures) > 1:
         futures = [client.submit(gam_stats.add, futures[j:j + split_every], pure=False)
                    for j in range(0, len(futures), split_every)]
-    return client.gather(futures[0])
+    return futures[0]
+
+
+def _map_reduce(client, fn, parts: list, **kwargs) -> dict:
+    """``sum(fn(part, **kwargs))`` over the partitions. On a cluster the partitions go in
+    waves of 16 a worker, each wave summed to one future while the next runs, so the workers
+    hold at most two waves of statistics, not one per partition (with a 10^4-level random
+    effect, 5 MB a partition: all 600 partitions of 3x10^8 rows held at once took the peak
+    worker memory from 0.95 to 1.9 GiB)."""
+    if is_in_process(client) or not parts:
+        return _reduce(client, _map(client, fn, parts, **kwargs))
+    from distributed import wait
+    wave = 16 * max(1, len(client.scheduler_info()["workers"]))
+    partials = []
+    for i in range(0, len(parts), wave):
+        partials.append(_tree(client, _map(client, fn, parts[i:i + wave], **kwargs)))
+        if len(partials) >= 2:
+            wait(partials[-2])
+    return _reduce(client, partials)
 
 
 def _reml(st: dict, gspec: GamSpec, pen, phi, rho0, ml: bool = False):
@@ -551,7 +574,7 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
     pen = gspec.penalties()
     shared = _share(client, gspec)
     if fam.name == "gaussian" and link.name == "identity":
-        st = _reduce(client, _map(client, _gauss_stats, parts, gspec=shared))
+        st = _map_reduce(client, _gauss_stats, parts, gspec=shared)
         if gspec.ar_rho:
             st = _ar1_join(st, gspec.ar_rho)
         _check_n(st, gspec)
@@ -564,8 +587,8 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
     nb = fam.name == "negative_binomial"
     theta = THETA_START if nb else None
     for it in range(1, PIRLS_MAXIT + 1):
-        st = _reduce(client, _map(client, _working_stats, enc, beta=beta, fam=fam, link=link,
-                                  gspec=shared, theta=theta))
+        st = _map_reduce(client, _working_stats, enc, beta=beta, fam=fam, link=link,
+                         gspec=shared, theta=theta)
         if it == 1:
             _check_n(st, gspec)
             ybar = st["pwy"] / st["pw"]
@@ -581,8 +604,8 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
         fit, beta = _reml(st, gspec, pen, scale, None, ml)
     else:
         log.warning("PIRLS did not converge in %d iterations", PIRLS_MAXIT)
-    fin = _reduce(client, _map(client, _final_stats, enc, beta=beta, fam=fam, link=link,
-                               ybar=ybar, theta=theta))
+    fin = _map_reduce(client, _final_stats, enc, beta=beta, fam=fam, link=link,
+                      ybar=ybar, theta=theta)
     st.update({"final": fin, "mode": "pirls", "theta": theta})
     client.cancel(enc)
     return fit, beta, st, it
