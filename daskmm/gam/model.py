@@ -345,8 +345,10 @@ def _map(client, fn, parts: list, per_part: dict | None = None, **kwargs) -> lis
     import dask
     from dask.delayed import Delayed
 
-    kw = {k: (client.scatter(v, broadcast=True) if isinstance(v, (GamSpec, ModelSpec))
-              else v) for k, v in kwargs.items()}
+    # hash=False: a new key each time (the same value scattered again under its old key
+    # races with the release of the previous copy: "lost dependencies")
+    kw = {k: (client.scatter(v, broadcast=True, hash=False)
+              if isinstance(v, (GamSpec, ModelSpec)) else v) for k, v in kwargs.items()}
     if parts and not isinstance(parts[0], Delayed):  # futures held on the workers
         return [client.submit(fn, p, **kw, **{k: v[i] for k, v in per_part.items()},
                               pure=False) for i, p in enumerate(parts)]
@@ -567,7 +569,7 @@ def _share(client, spec):
     same value again each round races with the release of its last copy)."""
     if is_in_process(client):
         return spec
-    return client.scatter(spec, broadcast=True)
+    return client.scatter(spec, broadcast=True, hash=False)
 
 
 def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
