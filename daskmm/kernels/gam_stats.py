@@ -170,13 +170,14 @@ def discrete_cross_products(Xd: np.ndarray, dense_pos: np.ndarray, terms: list,
     positions ``pos_j`` of the ``p`` columns; ``Xd`` the other columns (at ``dense_pos``).
 
     Every product goes through tables of weights over the distinct values: ``B_i'(sum_rows w
-    [k_i = a][k_j = b])B_j``, so the discretised columns are never formed (Wood et al.
-    2017's compressed cross-products, without their tensor-margin refinement).
+    [k_i = a][k_j = b])B_j``, all filled in one compiled pass over the rows
+    (:func:`daskmm.kernels.spline_jit.cell_tables`), so the discretised columns are never
+    formed (Wood et al. 2017's compressed cross-products, without their tensor-margin
+    refinement).
     """
     n = len(z)
     ww = np.ones(n) if w is None else w
     r = np.sqrt(ww)
-    rows = np.arange(n)
     A = np.zeros((p, p))
     b = np.zeros(p)
     xs = np.zeros(p)
@@ -185,25 +186,40 @@ def discrete_cross_products(Xd: np.ndarray, dense_pos: np.ndarray, terms: list,
     A[np.ix_(dp, dp)] = Xw.T @ Xd
     b[dp] = Xw.T @ z
     xs[dp] = r @ Xd
-    onehot = []
-    for k, B, pos in terms:
-        O = sparse.csr_matrix((np.ones(n), (rows, k)), shape=(n, B.shape[0]))
-        onehot.append(O)
-        Ow = O.T.tocsr().multiply(ww[None, :]).tocsr()  # u x n, weighted
-        A[np.ix_(dp, pos)] = (Ow @ Xd).T @ B
-        A[np.ix_(pos, dp)] = A[np.ix_(dp, pos)].T
-        b[pos] = B.T @ np.bincount(k, ww * z, minlength=B.shape[0])
-        xs[pos] = B.T @ np.bincount(k, r, minlength=B.shape[0])
-    for i, (ki, Bi, pi) in enumerate(terms):
-        for j in range(i, len(terms)):
-            kj, Bj, pj = terms[j]
-            if i == j:
-                t = np.bincount(ki, ww, minlength=Bi.shape[0])
-                A[np.ix_(pi, pi)] = (Bi * t[:, None]).T @ Bi
-                continue
-            T = (onehot[i].T.multiply(ww[None, :]).tocsr() @ onehot[j]).toarray()
-            A[np.ix_(pi, pj)] = Bi.T @ T @ Bj
-            A[np.ix_(pj, pi)] = A[np.ix_(pi, pj)].T
+    m = len(terms)
+    if m:
+        from daskmm.kernels.spline_jit import cell_tables
+        sizes = np.array([B.shape[0] for _, B, _ in terms], dtype=np.int64)
+        offsets = np.zeros((m, m), dtype=np.int64)
+        o = 0
+        for a in range(m):
+            offsets[a, a] = o
+            o += sizes[a]
+            for c in range(a + 1, m):
+                offsets[a, c] = o
+                o += sizes[a] * sizes[c]
+        flat = np.zeros(o)
+        bz, br = np.zeros(o), np.zeros(o)
+        ks = np.ascontiguousarray(np.column_stack([k for k, _, _ in terms]), dtype=np.int64)
+        cell_tables(ks, np.ascontiguousarray(ww, dtype=float),
+                    np.ascontiguousarray(z, dtype=float), r, sizes, offsets, flat, bz, br)
+    for a, (k, B, pos) in enumerate(terms):
+        u = B.shape[0]
+        d = slice(offsets[a, a], offsets[a, a] + u)
+        if len(dp):  # the other columns against the term: their weighted sums by cell
+            S = np.zeros((u, len(dp)))
+            for c in range(len(dp)):
+                S[:, c] = np.bincount(k, ww * Xd[:, c], minlength=u)
+            A[np.ix_(dp, pos)] = S.T @ B
+            A[np.ix_(pos, dp)] = A[np.ix_(dp, pos)].T
+        b[pos] = B.T @ bz[d]
+        xs[pos] = B.T @ br[d]
+        A[np.ix_(pos, pos)] = (B * flat[d][:, None]).T @ B
+        for c in range(a + 1, m):
+            kc, Bc, pc = terms[c]
+            T = flat[offsets[a, c]:offsets[a, c] + u * Bc.shape[0]].reshape(u, Bc.shape[0])
+            A[np.ix_(pos, pc)] = B.T @ T @ Bc
+            A[np.ix_(pc, pos)] = A[np.ix_(pos, pc)].T
     sw, swz = float(ww.sum()), float(ww @ z)
     return {"A": A, "b": b, "c": float(z @ (ww * z)), "n": n, "sw": sw, "swz": swz,
             "xs": xs, "ys": float(r @ z), "sqw": float(r.sum())}

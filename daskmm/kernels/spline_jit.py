@@ -60,3 +60,24 @@ def cr_rows(x, xk, F, out):  # pragma: no cover - compiled
                 out[r, c] = cm * F[j, c] + cp * F[j + 1, c]
             out[r, j] += dm / h
             out[r, j + 1] += dp / h
+
+
+@numba.njit(cache=True, nogil=True)
+def cell_tables(ks, w, z, r, sizes, offsets, out, bz, br):  # pragma: no cover
+    """One pass over the rows for :func:`daskmm.kernels.gam_stats.discrete_cross_products`:
+    for every pair of discretised terms ``i <= j`` the table ``sum w [k_i = a][k_j = b]``
+    (flattened at ``offsets[i, j]``; ``i = j``: the diagonal only), and per term the sums of
+    ``w z`` and ``sqrt(w)`` by cell (``bz``, ``br`` at ``offsets[i, i]``; the sum of ``w``
+    is the diagonal table)."""
+    n, m = ks.shape
+    for row in range(n):
+        wr = w[row]
+        for i in range(m):
+            a = ks[row, i]
+            o = offsets[i, i]
+            out[o + a] += wr
+            bz[o + a] += wr * z[row]
+            br[o + a] += r[row]
+            for j in range(i + 1, m):
+                out[offsets[i, j] + a * sizes[j] + ks[row, j]] += wr
+    return 0
