@@ -375,19 +375,6 @@ def _level_stats(st: dict, X, z, w, codes, Zv, gspec: GamSpec) -> dict:
     return st
 
 
-def linear_predictor(X: np.ndarray, codes: np.ndarray | None, Zv: np.ndarray | None,
-                     coef: np.ndarray, p_dense: int) -> np.ndarray:
-    """``X beta_d + sum_t Zv_t b_t[codes]`` (coefficients in the fit's layout; a row of a
-    level the fit did not see gets no level effect)."""
-    eta = X @ coef[:p_dense]
-    if codes is not None and Zv is not None and Zv.shape[1]:
-        q = Zv.shape[1]
-        b = coef[p_dense:].reshape(q, -1).T  # (L, q)
-        ok = codes >= 0
-        eta[ok] += np.sum(Zv[ok] * b[codes[ok]], axis=1)
-    return eta
-
-
 def _gauss_stats(df: pd.DataFrame, gspec: GamSpec) -> dict:
     if gspec.discrete and not gspec.blocked and not gspec.ar_rho:
         y, Xd, w, dropped, pos, terms = gspec.discrete_parts(df)
@@ -426,22 +413,17 @@ def _ar1_stats(df, gspec: GamSpec, y, X, w, dropped) -> dict:
 
 
 def _ar1_join(st: dict, rho: float) -> dict:
-    """Add each partition's first transformed row (bam: the very first row, and a row that
-    starts a series, are kept as they are)."""
-    A, b, c, n = st["A"].copy(), st["b"].copy(), st["c"], st["n"]
-    last = None
-    for bd in st.pop("ar_bounds"):
-        if not bd["n"]:
-            continue
-        row = bd["head"] if last is None or bd["head_start"] else gam_stats.ar1_boundary(
-            bd["head"], last, rho)
-        x, z = row[:-1], row[-1]
-        A += np.outer(x, x)
-        b += x * z
-        c += float(z * z)
-        n += 1
-        last = bd["tail"]
+    """The partitions' first transformed rows added on the client (in partition order)."""
+    bounds = st.pop("ar_bounds")
+    A, b, c, n = gam_stats.ar1_join(st["A"], st["b"], st["c"], st["n"], bounds, rho)
     return dict(st, A=A, b=b, c=c, n=n)
+
+
+def _eta(enc: dict, beta: np.ndarray) -> np.ndarray:
+    """The linear predictor of an encoded partition (offset included)."""
+    X = enc["X"]
+    return gam_stats.linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta,
+                                      X.shape[1]) + enc["off"]
 
 
 def _working_stats(enc: dict, beta: np.ndarray | None, fam, link, gspec: GamSpec,
@@ -451,7 +433,7 @@ def _working_stats(enc: dict, beta: np.ndarray | None, fam, link, gspec: GamSpec
         mu = _mustart(y, w, fam)
         eta = link.link(mu)
     else:
-        eta = linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta, X.shape[1]) + off
+        eta = _eta(enc, beta)
         mu = link.inverse(eta)
     z, ww = gam_stats.working_response(y, eta, w, fam, link, theta)
     st = gam_stats.cross_products(X, z - off, ww)
@@ -475,9 +457,8 @@ def _mustart(y: np.ndarray, w: np.ndarray, fam) -> np.ndarray:
 
 
 def _theta_sums(enc: dict, beta: np.ndarray, link, theta: float) -> dict:
-    y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
-    mu = link.inverse(linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta, X.shape[1])
-                      + off)
+    y, w = enc["y"], enc["w"]
+    mu = link.inverse(_eta(enc, beta))
     return gam_stats.nb_theta_sums(y, mu, w, theta)
 
 
@@ -508,9 +489,8 @@ def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float,
                  theta: float | None = None) -> dict:
     """Sums for the summaries at the final coefficients: deviance, null deviance and the
     residual sums of R-sq.(adj) (weights: the prior weights)."""
-    y, X, w, off = enc["y"], enc["X"], enc["w"], enc["off"]
-    mu = link.inverse(linear_predictor(X, enc.get("codes"), enc.get("Zv"), beta, X.shape[1])
-                      + off)
+    y, w = enc["y"], enc["w"]
+    mu = link.inverse(_eta(enc, beta))
     r = np.sqrt(w)
     e = y - mu
     return {"dev": gam_stats.deviance(y, mu, w, fam, theta),

@@ -223,3 +223,37 @@ def discrete_cross_products(Xd: np.ndarray, dense_pos: np.ndarray, terms: list,
     sw, swz = float(ww.sum()), float(ww @ z)
     return {"A": A, "b": b, "c": float(z @ (ww * z)), "n": n, "sw": sw, "swz": swz,
             "xs": xs, "ys": float(r @ z), "sqw": float(r.sum())}
+
+
+def linear_predictor(X: np.ndarray, codes: np.ndarray | None, Zv: np.ndarray | None,
+                     coef: np.ndarray, p_dense: int) -> np.ndarray:
+    """``X beta_d + sum_t Zv_t b_t[codes]`` (coefficients in the fit's layout; a row of a
+    level the fit did not see gets no level effect)."""
+    eta = X @ coef[:p_dense]
+    if codes is not None and Zv is not None and Zv.shape[1]:
+        q = Zv.shape[1]
+        b = coef[p_dense:].reshape(q, -1).T  # (L, q)
+        ok = codes >= 0
+        eta[ok] += np.sum(Zv[ok] * b[codes[ok]], axis=1)
+    return eta
+
+
+def ar1_join(A: np.ndarray, b: np.ndarray, c: float, n: int, bounds: list, rho: float):
+    """Add each partition's first transformed row to the summed cross-products: the rows
+    :func:`ar1_rows` left out, joined to the last row of the partition before (bam keeps
+    the very first row, and a row that starts a series, as they are). ``bounds`` in
+    partition order; returns ``(A, b, c, n)``."""
+    A, b = A.copy(), b.copy()
+    last = None
+    for bd in bounds:
+        if not bd["n"]:
+            continue
+        row = bd["head"] if last is None or bd["head_start"] else ar1_boundary(
+            bd["head"], last, rho)
+        x, z = row[:-1], row[-1]
+        A += np.outer(x, x)
+        b += x * z
+        c += float(z * z)
+        n += 1
+        last = bd["tail"]
+    return A, b, c, n
