@@ -15,6 +15,8 @@ medians, the ratios, each tool's fREML score and the peak resident memory of eac
     python benchmarks/bench_gam.py --rows 10000000 --levels 10000 --json /tmp/gam_bench.json
     python benchmarks/bench_gam.py --scale 10000000,30000000,100000000 --no-r   # per-row time
     python benchmarks/bench_gam.py --rows 10000000 --levels 0 --discrete   # with discrete=True
+    python benchmarks/bench_gam.py --scale 10000000,100000000,1000000000 --single-above \
+        100000000 --json /tmp/gam_scale.json   # 10^9 rows: 64 GB of Parquet, one fit
 """
 
 from __future__ import annotations
@@ -159,6 +161,8 @@ def main() -> None:
     ap.add_argument("--no-r", action="store_true")
     ap.add_argument("--scale", default=None, help="comma-separated row counts: daskmm only, "
                     "time per row at each size")
+    ap.add_argument("--single-above", type=int, default=None,
+                    help="with --scale: sizes above this many rows are fitted once")
     ap.add_argument("--discrete", action="store_true", help="also time daskmm's "
                     "discrete=True fit and print its difference from the exact one")
     ap.add_argument("--json", default=None)
@@ -173,7 +177,8 @@ def main() -> None:
             path = simulate(rows, a.levels, HERE / "_data" / f"gam_{rows}_{a.levels}",
                             max(a.partitions * rows // a.rows, 2) if a.scale else a.partitions,
                             with_raw=not (a.no_r or a.scale))
-            d = time_daskmm(c, path, a.levels, a.repeats)
+            reps = 1 if a.single_above is not None and rows > a.single_above else a.repeats
+            d = time_daskmm(c, path, a.levels, reps)
             d["rows"] = rows
             d["us_per_row"] = d["median_s"] / rows * 1e6
             print(f"daskmm {rows} rows: median {d['median_s']:.2f} s, "

@@ -1,7 +1,7 @@
 """daskmm: mixed models fitted on Dask, matching lme4.
 
 ``daskmm.fit`` fits any model (``daskmm.lmm``, ``daskmm.glmm`` and ``daskmm.gam`` are the
-familiar names).
+familiar names); ``daskmm.gwas`` runs a mixed-model association scan.
 The models are imported when first used, so ``import
 daskmm`` and the command line start quickly and a Ctrl-C during start-up is handled."""
 
@@ -22,9 +22,11 @@ _LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.lmm", "lmm"),
          "MixedResult": ("daskmm.results.base", "MixedResult"),
          "LmmResult": ("daskmm.results.lmm_result", "LmmResult"),
          "GlmmResult": ("daskmm.results.glmm_result", "GlmmResult"),
-         "GamResult": ("daskmm.results.gam_result", "GamResult")}
+         "GamResult": ("daskmm.results.gam_result", "GamResult"),
+         "gwas": ("daskmm.gwas.api", "gwas"), "GwasResult": ("daskmm.gwas.api", "GwasResult")}
 
 __all__ = ["fit", "MixedResult", "lmm", "LmmResult", "glmm", "GlmmResult", "gam", "GamResult",
+           "gwas", "GwasResult",
            "DaskmmError",
            "FormulaError", "DataError", "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""Command line: ``daskmm fit``, ``daskmm ingest``, ``daskmm simulate``, ``daskmm run``.
+"""Command line: ``daskmm fit``, ``daskmm ingest``, ``daskmm simulate``, ``daskmm run``,
+``daskmm gwas``, ``daskmm gwas-ingest``.
 
 Outputs are written to a temporary sibling directory and renamed into place at the end, so a
 failed or killed run never leaves a ``DIR`` that looks complete.
@@ -87,6 +88,42 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--force", action="store_true", help="replace an existing dataset")
     sim.add_argument("--out", required=True, help="dataset directory to create")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    gw = sub.add_parser("gwas", help="mixed-model association scan (FaST-LMM's exact test, "
+                        "leaving out each chromosome)")
+    src = gw.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bed", help="PLINK prefix: PREFIX.bed, .bim, .fam")
+    src.add_argument("--zarr", help="sgkit / VCF-Zarr store (e.g. from daskmm gwas-ingest)")
+    gw.add_argument("--pheno", required=True, help="trait table: FID IID or one sample-id "
+                    "column, then traits (whitespace or CSV, with a header)")
+    gw.add_argument("--pheno-name", nargs="+", default=None, help="traits to scan "
+                    "(default: every column of --pheno but the ids)")
+    gw.add_argument("--covar", default=None, help="covariate table (as --pheno)")
+    gw.add_argument("--covar-name", nargs="+", default=None, help="covariates to use "
+                    "(default: every column of --covar but the ids); an intercept is added")
+    gw.add_argument("--no-loco", action="store_true", help="one relationship matrix from "
+                    "every chromosome (default: leave the tested chromosome out)")
+    gw.add_argument("--maf", type=float, default=0.01, help="skip variants with a minor "
+                    "allele frequency below this (default 0.01)")
+    gw.add_argument("--max-missing", type=float, default=0.1, help="skip variants with a "
+                    "larger missing-call rate (default 0.1)")
+    gw.add_argument("--mode", default="exact", choices=["exact", "sparse"],
+                    help="exact: FaST-LMM's dense scan")
+    gw.add_argument("--block-size", type=int, default=None, help="variants per task")
+    gw.add_argument("--scheduler", default=None, help="Dask scheduler address")
+    gw.add_argument("--no-plots", action="store_true", help="skip manhattan.png and qq.png")
+    gw.add_argument("--force", action="store_true", help="replace a previous scan at --out")
+    gw.add_argument("--out", required=True, help="result folder; a rerun of an unfinished "
+                    "scan resumes it")
+    gw.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    gi = sub.add_parser("gwas-ingest", help="convert PLINK .bed to a chunked Zarr store "
+                        "(sgkit layout) for repeated scans")
+    gi.add_argument("--bed", required=True, help="PLINK prefix")
+    gi.add_argument("--out", required=True, help="Zarr store to create (a new folder)")
+    gi.add_argument("--chunk-variants", type=int, default=10_000)
+    gi.add_argument("--scheduler", default=None, help="Dask scheduler address")
+    gi.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     run = sub.add_parser("run", help="run a job file (YAML): data, model, output, cluster")
     run.add_argument("job", help="job file, e.g. jobs/example.yaml")
@@ -214,6 +251,40 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gwas(args: argparse.Namespace) -> int:
+    from daskmm.gwas import gwas
+
+    r = gwas(bed=args.bed, zarr=args.zarr, pheno=args.pheno, pheno_name=args.pheno_name,
+             covar=args.covar, covar_name=args.covar_name, out=args.out,
+             loco=not args.no_loco, maf=args.maf, max_missing=args.max_missing,
+             mode=args.mode, block_size=args.block_size, client=args.scheduler,
+             force=args.force, plot=not args.no_plots)
+    print(r.summary())
+    print(f"wrote {r.path}/results.parquet, skipped.parquet, summary.json, summary.txt"
+          + ("" if args.no_plots else ", manhattan.png, qq.png"))
+    return 0
+
+
+def _gwas_ingest(args: argparse.Namespace) -> int:
+    from daskmm.gwas.genotypes import BedGenotypes, bed_to_zarr
+
+    if args.chunk_variants < 1:
+        raise DaskmmError(f"--chunk-variants {args.chunk_variants}; give a positive number")
+    src = BedGenotypes(args.bed)
+    out = check_output(args.out, "zarr", inputs=[str(f) for f in src.files()], what="--out")
+    if out.exists() and any(out.iterdir()):
+        raise DaskmmError(f"--out {str(out)!r} exists and is not empty; give a new folder")
+    if args.scheduler:
+        from daskmm.distributed.client import client_for
+        with client_for(args.scheduler) as c:
+            bed_to_zarr(src, out, args.chunk_variants, client=c)
+    else:
+        bed_to_zarr(src, out, args.chunk_variants)
+    print(f"wrote {out}: {src.n_variants} variants x {src.n_samples} samples "
+          f"(call_genotype, chunks of {args.chunk_variants} variants)")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from daskmm.jobs.runner import run_job
 
@@ -226,7 +297,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": _fit, "ingest": _ingest, "simulate": _simulate, "run": _run}
+COMMANDS = {"fit": _fit, "ingest": _ingest, "simulate": _simulate, "run": _run,
+            "gwas": _gwas, "gwas-ingest": _gwas_ingest}
 
 
 def explain(exc: BaseException) -> str:

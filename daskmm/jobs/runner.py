@@ -27,7 +27,7 @@ from daskmm.data.manifest import read_manifest
 from daskmm.data.provenance import stale_reason
 from daskmm.data.staging import check_output
 from daskmm.errors import DataError
-from daskmm.jobs.spec import Job, load_job
+from daskmm.jobs.spec import GwasJob, Job, load_job
 
 log = logging.getLogger("daskmm")
 
@@ -114,8 +114,10 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     import daskmm
     from daskmm.results.writing import report_rows, write_outputs
 
-    if not isinstance(job, Job):
+    if not isinstance(job, (Job, GwasJob)):
         job = load_job(job)
+    if isinstance(job, GwasJob):
+        return run_gwas_job(job, scheduler, force)
     check_paths(job, force)
     reingest = _ingest_needed(job, force) if job.ingest else None
     have = None if job.ingest or job.simulate else read_manifest(job.data)
@@ -192,3 +194,24 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     report_rows(result)
     log.info("job %r done: %s", job.name, job.output)
     return {"status": "done", "output": str(job.output), "timing": timing, "result": result}
+
+
+def run_gwas_job(job: GwasJob, scheduler: str | None = None, force: bool = False) -> dict:
+    """Run a ``kind: gwas`` job; a scan already complete with the same inputs is skipped."""
+    from daskmm.gwas import gwas
+    from daskmm.gwas.output import ScanComplete
+
+    cluster = dict(job.cluster or {})
+    address = scheduler or cluster.pop("scheduler", None)
+    cluster.pop("mode", None)
+    t = time.perf_counter()
+    with _cluster(bool(job.cluster) or address is not None, address, cluster) as client:
+        try:
+            result = gwas(out=job.output, client=client, force=force, **job.options)
+        except ScanComplete:
+            log.info("job %r is already done (%s); use --force to run it again", job.name,
+                     job.output)
+            return {"status": "skipped", "output": str(job.output), "timing": {}}
+    log.info("job %r done: %s", job.name, job.output)
+    return {"status": "done", "output": str(job.output),
+            "timing": {"gwas_s": time.perf_counter() - t}, "result": result}

@@ -33,6 +33,20 @@ A job file is YAML::
       memory_limit: 4GB
       mode: auto                        # auto | in-process | gathered | distributed
 
+A GWAS job (``kind: gwas``) names genotypes and traits instead of data and a formula::
+
+    kind: gwas
+    bed: ../data/geno                   # PLINK prefix, or  zarr: ../data/geno.zarr
+    pheno: ../data/pheno.txt            # FID IID (or one id column) and traits
+    pheno_name: [height]                # optional: traits to scan (default: all)
+    covar: ../data/covar.txt            # optional, and covar_name: [...]
+    loco: true                          # leave the tested chromosome out (default)
+    maf: 0.01                           # skip rarer variants (default 0.01)
+    max_missing: 0.1                    # skip variants with more missing calls (default 0.1)
+    mode: exact
+    output: ../results/gwas1            # the scan's folder; an unfinished one resumes
+    cluster: {...}                      # as above
+
 Relative paths are taken from the job file's directory, so a job runs the same from anywhere.
 The schema (:data:`SCHEMA`) is checked before any work starts.
 """
@@ -74,6 +88,7 @@ SCHEMA = {
     "additionalProperties": False,
     "required": ["data", "formula", "output"],
     "properties": {
+        "kind": {"enum": ["fit", "gwas"]},
         "name": {"type": "string", "minLength": 1},
         "data": {"type": "string", "minLength": 1},
         "ingest": {
@@ -113,6 +128,47 @@ SCHEMA = {
         "cluster": _CLUSTER,
     },
 }
+
+
+_STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+GWAS_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "daskmm gwas job",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "pheno", "output"],
+    "properties": {
+        "kind": {"enum": ["gwas"]},
+        "name": {"type": "string", "minLength": 1},
+        "bed": {"type": "string", "minLength": 1},
+        "zarr": {"type": "string", "minLength": 1},
+        "pheno": {"type": "string", "minLength": 1},
+        "pheno_name": _STRINGS,
+        "covar": {"type": ["string", "null"]},
+        "covar_name": _STRINGS,
+        "loco": {"type": "boolean"},
+        "maf": {"type": "number", "minimum": 0, "exclusiveMaximum": 0.5},
+        "max_missing": {"type": "number", "minimum": 0, "maximum": 1},
+        "mode": {"enum": ["exact", "sparse"]},
+        "block_size": {"type": "integer", "minimum": 1},
+        "plots": {"type": "boolean"},
+        "output": {"type": "string", "minLength": 1},
+        "cluster": _CLUSTER,
+    },
+}
+
+
+@dataclass
+class GwasJob:
+    """A validated ``kind: gwas`` job; ``options`` are :func:`daskmm.gwas.gwas`'s keywords
+    (paths resolved)."""
+
+    name: str
+    output: Path
+    options: dict
+    cluster: dict | None = None
+    raw: dict | None = None
+    path: Path | None = None
 
 
 @dataclass
@@ -173,14 +229,18 @@ def validate(doc: object, source: str = "job file") -> None:
     if not isinstance(doc, dict):
         raise JobError(f"{source}: a job file is a YAML mapping (name: value lines); "
                        f"got {type(doc).__name__}")
-    validator = jsonschema.Draft202012Validator(SCHEMA)
+    schema = GWAS_SCHEMA if doc.get("kind") == "gwas" else SCHEMA
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path),
                                                                str(e.absolute_path)))
     if errors:
         raise JobError(f"{source}: {_message(errors[0])}")
+    if schema is GWAS_SCHEMA and ("bed" in doc) == ("zarr" in doc):
+        raise JobError(f"{source}: a gwas job names its genotypes with exactly one of bed "
+                       "(a PLINK prefix) or zarr (a store)")
 
 
-def load_job(path: str | os.PathLike) -> Job:
+def load_job(path: str | os.PathLike) -> Job | GwasJob:
     """Read and validate a job file."""
     p = Path(path)
     if not p.is_file():
@@ -198,6 +258,15 @@ def load_job(path: str | os.PathLike) -> Job:
     def resolve(s: str) -> str:
         return s if "://" in s or os.path.isabs(s) else str((base / s).resolve())
 
+    if doc.get("kind") == "gwas":
+        opts = {k: v for k, v in doc.items() if k not in ("kind", "name", "output", "cluster",
+                                                            "plots")}
+        for k in ("bed", "zarr", "pheno", "covar"):
+            if opts.get(k) is not None:
+                opts[k] = resolve(opts[k])
+        opts["plot"] = doc.get("plots", True)
+        return GwasJob(name=doc.get("name", p.stem), output=Path(resolve(doc["output"])),
+                       options=opts, cluster=doc.get("cluster"), raw=doc, path=p.resolve())
     ingest = dict(doc["ingest"]) if "ingest" in doc else None
     if ingest:
         ingest["out"] = resolve(ingest["out"])

@@ -1,0 +1,258 @@
+"""FaST-LMM's exact association scan, as pure numpy/scipy kernels.
+
+The model (Lippert et al. 2011; ``fastlmm.association.single_snp``)::
+
+    y = X beta + g + e,   g ~ N(0, sigma^2 h2 K),   e ~ N(0, sigma^2 (1 - h2) I)
+
+``K`` is the genetic relationship matrix of unit-standardised variants scaled to trace ``n``.
+With ``P = I - X X^+`` and ``P (K + I) P = U (S + 1) U'`` on the complement of ``X`` (``r =
+n - d`` columns), the restricted likelihood is that of ``U'y``, whose covariance is diagonal::
+
+    Sd_i = h2 S_i + 1 - h2,   nLL(h2) = 1/2 [sum log Sd + r (log(2 pi yKy / r) + 1)]
+
+with ``yKy = sum (U'y)_i^2 / Sd_i`` (``sigma^2`` profiled out). ``h2`` is the minimum over
+``[0, H2_MAX]``. Each variant ``z`` (standardised: mean 0, SD 1 over the called samples,
+missing calls 0) is then tested with ``h2`` held at the null value::
+
+    zKz = sum (U'z)^2 / Sd,  zKy = sum (U'z)(U'y) / Sd,  beta = zKy / zKz
+    var(beta) = (yKy - zKy beta) / (r - 1) / zKz,  F = beta^2 / var(beta) ~ F(1, n - d - 1)
+
+Names follow the maths: ``S`` eigenvalues, ``U`` eigenvectors, ``UY`` rotated traits, ``UZ``
+rotated variants, ``Sd`` the rotated variances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+from scipy import optimize, stats
+
+H2_MAX = 0.99999
+"""FaST-LMM's upper bound on h2 (the covariance stays positive definite)."""
+H2_GRID = 10
+"""Grid intervals before the local refinement (FaST-LMM's ``nGridH2``)."""
+
+
+@dataclass
+class VariantStats:
+    """Per-variant statistics over the analysis samples, for the allele counted (allele 1).
+
+    ``n_called`` calls, ``mean`` dosage, ``sd`` (population SD of the calls), ``af`` = mean/2.
+    """
+
+    n_called: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+
+    @property
+    def af(self) -> np.ndarray:
+        return self.mean / 2.0
+
+
+def variant_stats(G: np.ndarray) -> VariantStats:
+    """Calls, mean and population SD of each column of ``G`` (samples x variants, NaN for a
+    missing call)."""
+    called = ~np.isnan(G)
+    n = called.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.nansum(G, 0) / np.maximum(n, 1), np.nan)
+        dev = np.where(called, G - mean, 0.0)
+        sd = np.sqrt((dev * dev).sum(0) / np.maximum(n, 1))
+    sd[n == 0] = 0.0
+    return VariantStats(n, mean, sd)
+
+
+def standardize(G: np.ndarray, st: VariantStats) -> np.ndarray:
+    """Unit-standardise the columns of ``G`` (as pysnptools' ``Unit``): ``(g - mean) / sd``,
+    missing calls 0, a constant column all 0. Returns a new float64 array."""
+    Z = np.asarray(G, dtype=np.float64) - st.mean
+    Z[np.isnan(Z)] = 0.0
+    sd = np.where(st.sd > 0, st.sd, np.inf)
+    Z /= sd
+    return Z
+
+
+def grm_update(K: np.ndarray | None, Z: np.ndarray) -> np.ndarray:
+    """``K + Z Z'`` (lower triangle only, by ``dsyrk``; :func:`symmetrize` fills the rest)."""
+    if Z.shape[1] == 0:
+        return np.zeros((Z.shape[0],) * 2) if K is None else K
+    Zf = np.asfortranarray(Z)
+    if K is None:
+        return scipy.linalg.blas.dsyrk(1.0, Zf, lower=1)
+    return scipy.linalg.blas.dsyrk(1.0, Zf, beta=1.0, c=K, lower=1, overwrite_c=1)
+
+
+def symmetrize(K: np.ndarray) -> np.ndarray:
+    """Copy the lower triangle of ``K`` onto the upper, in place."""
+    iu = np.triu_indices_from(K, 1)
+    K[iu] = K.T[iu]
+    return K
+
+
+def covariate_basis(X: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the column space of ``X`` (``n x d``); raises ValueError
+    naming the rank when the columns are collinear."""
+    Q, R = np.linalg.qr(X)
+    diag = np.abs(np.diag(R))
+    if X.shape[1] and diag.min() <= 1e-10 * max(diag.max(), 1.0):
+        raise ValueError(f"the {X.shape[1]} covariate columns (with the intercept) have rank "
+                         f"{np.linalg.matrix_rank(X)}")
+    return Q
+
+
+def complement_eigh(K: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues ``S`` (ascending, clipped at 0) and eigenvectors ``U`` (``n x (n - d)``) of
+    ``K`` on the complement of the columns of ``X``, as FaST-LMM's ``setSU_fromK``:
+    the eigendecomposition of ``P (K + I) P``, its ``d`` null directions dropped, minus 1.
+
+    ``K`` is overwritten."""
+    n, d = X.shape
+    Q = covariate_basis(X)
+    K.flat[:: n + 1] += 1.0
+    KQ = K @ Q
+    QKQ = Q.T @ KQ
+    # P K P = K - Q (KQ)' - KQ Q' + Q (Q'KQ) Q'
+    K -= Q @ KQ.T
+    K -= KQ @ Q.T
+    K += Q @ QKQ @ Q.T
+    S, U = scipy.linalg.eigh(K, overwrite_a=True, check_finite=False, driver="evd")
+    return np.maximum(S[d:] - 1.0, 0.0), U[:, d:]
+
+
+def neg_reml(h2: float, S: np.ndarray, uy: np.ndarray) -> float:
+    """FaST-LMM's ``nLL`` at ``h2`` for one rotated trait ``uy`` (REML, ``sigma^2``
+    profiled)."""
+    r = uy.shape[0]
+    Sd = h2 * S + (1.0 - h2)
+    yKy = float(np.sum(uy * uy / Sd))
+    return 0.5 * (float(np.log(Sd).sum()) + r * (np.log(2.0 * np.pi * yKy / r) + 1.0))
+
+
+def neg_reml_grad(h2: float, S: np.ndarray, uy: np.ndarray) -> float:
+    """The derivative of :func:`neg_reml` in ``h2``."""
+    r = uy.shape[0]
+    Sd = h2 * S + (1.0 - h2)
+    dS = S - 1.0
+    w = uy * uy / Sd
+    return 0.5 * (float(np.sum(dS / Sd)) - r * float(np.sum(w * dS / Sd)) / float(w.sum()))
+
+
+def fit_h2(S: np.ndarray, uy: np.ndarray) -> tuple[float, float]:
+    """``(h2, nLL)`` minimising :func:`neg_reml` over ``[0, H2_MAX]``.
+
+    As FaST-LMM: a grid of ``H2_GRID + 1`` points; every grid point lower than both
+    neighbours, and an end point lower than its neighbour, brackets a local minimum; the best
+    wins. Each minimum is located as the root of the analytic derivative (Brent's root
+    finder, to ``1e-14``), or at the bound where the derivative points out of the interval,
+    so ``h2`` is exact to rounding. FaST-LMM minimises the function values (Brent), which
+    locates ``h2`` to about ``1e-8``, and at the bounds to ``1e-5``.
+    """
+    grid = np.linspace(0.0, H2_MAX, H2_GRID + 1)
+    vals = np.array([neg_reml(h, S, uy) for h in grid])
+    best = (float(grid[vals.argmin()]), float(vals.min()))
+    brackets = []
+    if vals[0] < vals[1]:
+        brackets.append((grid[0], grid[1]))
+    if vals[-1] < vals[-2]:
+        brackets.append((grid[-2], grid[-1]))
+    for i in range(1, len(grid) - 1):
+        if vals[i] < vals[i - 1] and vals[i] < vals[i + 1]:
+            brackets.append((grid[i - 1], grid[i + 1]))
+    for lo, hi in brackets:
+        g_lo, g_hi = neg_reml_grad(lo, S, uy), neg_reml_grad(hi, S, uy)
+        if lo == grid[0] and g_lo >= 0:
+            x = lo
+        elif hi == grid[-1] and g_hi <= 0:
+            x = hi
+        elif g_lo < 0 < g_hi:
+            x = optimize.brentq(neg_reml_grad, lo, hi, args=(S, uy), xtol=1e-14,
+                                rtol=4 * np.finfo(float).eps, maxiter=200)
+        else:   # no sign change: the grid's minimum of the bracket
+            x = lo if neg_reml(lo, S, uy) < neg_reml(hi, S, uy) else hi
+        v = neg_reml(x, S, uy)
+        if v <= best[1]:
+            best = (float(x), float(v))
+    return best
+
+
+@dataclass
+class NullModel:
+    """The null model of one LOCO block for the traits that share one sample set.
+
+    ``S`` (r), ``U`` (n x r), ``UY`` (r x t) rotated traits, ``h2`` (t), ``nll`` (t), ``yKy``
+    (t) at ``h2``, ``sigma2`` (t: total variance, ``sigma_g^2 + sigma_e^2``), ``n`` samples,
+    ``d`` covariate columns with the intercept."""
+
+    S: np.ndarray
+    U: np.ndarray
+    UY: np.ndarray
+    h2: np.ndarray
+    nll: np.ndarray
+    yKy: np.ndarray
+    sigma2: np.ndarray
+    n: int
+    d: int
+
+    @property
+    def Sd(self) -> np.ndarray:
+        """``r x t``: the rotated variances at each trait's ``h2``."""
+        return self.S[:, None] * self.h2[None, :] + (1.0 - self.h2)[None, :]
+
+    def variance_components(self) -> list[dict]:
+        """Per trait: ``h2``, ``sigma_g2`` and ``sigma_e2`` (REML), ``neg_reml``."""
+        return [{"h2": float(h), "sigma_g2": float(h * s), "sigma_e2": float((1 - h) * s),
+                 "neg_reml": float(v)}
+                for h, s, v in zip(self.h2, self.sigma2, self.nll)]
+
+
+def fit_null(K: np.ndarray, X: np.ndarray, Y: np.ndarray,
+             h2: np.ndarray | None = None) -> NullModel:
+    """Scale ``K`` (``n x n``, overwritten) to trace ``n``, rotate, and fit ``h2`` for each
+    column of ``Y`` (``n x t``, no missing values); ``h2`` given: held at those values."""
+    n, d = X.shape
+    K *= n / np.trace(K)
+    S, U = complement_eigh(K, X)
+    UY = U.T @ Y
+    r = U.shape[1]
+    fixed = h2
+    h2, nll, yKy = (np.empty(Y.shape[1]) for _ in range(3))
+    for j in range(Y.shape[1]):
+        if fixed is None:
+            h2[j], nll[j] = fit_h2(S, UY[:, j])
+        else:
+            h2[j] = fixed[j]
+            nll[j] = neg_reml(h2[j], S, UY[:, j])
+        yKy[j] = np.sum(UY[:, j] ** 2 / (h2[j] * S + 1 - h2[j]))
+    return NullModel(S, U, UY, h2, nll, yKy, yKy / r, n, d)
+
+
+def test_variants(null: NullModel, Z: np.ndarray) -> dict[str, np.ndarray]:
+    """FaST-LMM's per-variant test of the standardised columns of ``Z`` (``n x m``) for every
+    trait of ``null``. Returns ``m x t`` arrays ``beta``, ``se`` (per standard deviation of
+    the variant), ``statistic`` (F), ``p_value`` (F(1, n - d - 1))."""
+    return rotated_tests(null, null.U.T @ Z)
+
+
+def rotated_tests(null: NullModel, UZ: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`test_variants` from the rotated variants ``UZ = U'Z`` (``r x m``).
+
+    A variant in the span of the covariates (SD of its residual at most 1e-10, as FaST-LMM)
+    carries nothing to test: beta 0, statistic 0, p-value 1."""
+    explained = np.sqrt((UZ * UZ).sum(0) / null.n) <= 1e-10
+    if explained.any():
+        UZ = UZ.copy()
+        UZ[:, explained] = 0.0
+    iSd = 1.0 / null.Sd                                  # r x t
+    zKz = (UZ * UZ).T @ iSd                              # m x t
+    zKy = UZ.T @ (null.UY * iSd)                         # m x t
+    r = null.U.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = np.where(zKz > 0, zKy / zKz, 0.0)
+        resid = null.yKy[None, :] - zKy * beta
+        var = resid / (r - 1.0) / zKz
+        stat = beta * beta / var
+    stat = np.where(zKz > 0, stat, 0.0)
+    p = stats.f.sf(stat, 1, null.n - null.d - 1)
+    return {"beta": beta, "se": np.sqrt(var), "statistic": stat, "p_value": p}
