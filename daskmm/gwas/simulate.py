@@ -4,8 +4,9 @@ Founders come from ``populations`` strata whose allele frequencies differ (Baldi
 ``fst``); each family is two founders of one stratum and ``children`` offspring, each inheriting
 one allele of each parent at every variant (unlinked variants). Traits::
 
-    y_causal = sum_j b_j g_j  (the causal variants, returned)  + stratum + covariates + noise
-    y_null   = stratum + family environment + covariates + noise   (no variant has an effect)
+    y_causal = sum_j b_j z_j  (standardised causal variants, each explaining causal_h2 / causal
+               of the variance, random signs)  + stratum + family environment + covariates + noise
+    y_null   = stratum + covariates + noise   (no variant has an effect; the strata confound)
 
 Written as PLINK ``.bed/.bim/.fam`` (bed-reader) and whitespace ``FID IID ...`` tables.
 """
@@ -35,9 +36,10 @@ class SimulatedGwas:
 def simulate_gwas(out: str | os.PathLike, families: int = 100, children: int = 3,
                   unrelated: int = 100, chromosomes: int = 4, variants_per_chrom: int = 500,
                   populations: int = 2, fst: float = 0.05, causal: int = 5,
-                  causal_h2: float = 0.3, missing_rate: float = 0.0,
+                  causal_h2: float = 0.3, missing_rate: float = 0.0, null_traits: int = 1,
                   seed: int = 1) -> SimulatedGwas:
-    """Write ``OUT/geno.{bed,bim,fam}``, ``OUT/pheno.txt`` (``FID IID y_causal y_null``) and
+    """Write ``OUT/geno.{bed,bim,fam}``, ``OUT/pheno.txt`` (``FID IID y_causal y_null``, and
+    ``y_null_2 ... y_null_K`` with ``null_traits = K``) and
     ``OUT/covar.txt`` (``FID IID age sex``); return their paths and the causal variants."""
     from bed_reader import to_bed
 
@@ -102,15 +104,17 @@ def simulate_gwas(out: str | os.PathLike, families: int = 100, children: int = 3
     age = rng.normal(50, 10, n)
     Gi = np.where(np.isnan(G), np.nanmean(G, 0), G)
     cidx = rng.choice(m, causal, replace=False) if causal else np.array([], int)
-    gval = Gi[:, cidx] @ rng.normal(0, 1, len(cidx)) if causal else np.zeros(n)
-    if causal:
-        gval = (gval - gval.mean()) / gval.std() * np.sqrt(causal_h2)
+    gval = np.zeros(n)
+    if causal:   # equal shares of causal_h2, random signs
+        Zc = (Gi[:, cidx] - Gi[:, cidx].mean(0)) / Gi[:, cidx].std(0)
+        gval = Zc @ (rng.choice([-1.0, 1.0], len(cidx)) * np.sqrt(causal_h2 / len(cidx)))
     fam_env = rng.normal(0, 0.5, families + unrelated)[np.array(family)]
     base = 0.5 * stratum + 0.02 * (age - 50) + 0.2 * (sex - 1.5)
     y_causal = base + gval + fam_env + rng.normal(0, np.sqrt(1 - causal_h2), n)
-    y_null = base + fam_env + rng.normal(0, 1, n)
+    nulls = {"y_null" if k == 0 else f"y_null_{k + 1}": base + rng.normal(0, 1, n)
+             for k in range(null_traits)}
     ids = pd.DataFrame({"FID": fid, "IID": iid})
-    ids.assign(y_causal=y_causal, y_null=y_null).to_csv(out / "pheno.txt", sep=" ",
+    ids.assign(y_causal=y_causal, **nulls).to_csv(out / "pheno.txt", sep=" ",
                                                         index=False, float_format="%.10g")
     ids.assign(age=age, sex=sex).to_csv(out / "covar.txt", sep=" ", index=False,
                                         float_format="%.10g")
