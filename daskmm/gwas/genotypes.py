@@ -23,6 +23,11 @@ from daskmm.errors import DataError
 VARIANT_COLUMNS = ["chrom", "pos", "variant_id", "allele1", "allele2"]
 
 
+def _strings(a) -> np.ndarray:
+    """A Zarr string array (fixed, variable-length or numpy's StringDType) as ``<U``."""
+    return np.asarray(a, dtype=object).astype(str)
+
+
 class GenotypeSource:
     """Samples (``FID``, ``IID``), variants (``chrom, pos, variant_id, allele1, allele2``, in
     file order) and block reads."""
@@ -147,20 +152,20 @@ class ZarrGenotypes(GenotypeSource):
                             "sgkit's VCF-Zarr layout (call_genotype or call_dosage, "
                             "variant_contig, variant_position, variant_allele, sample_id)")
         self.field = "call_dosage" if "call_dosage" in names else "call_genotype"
-        sample_id = np.asarray(g["sample_id"][:]).astype(str)
+        sample_id = _strings(g["sample_id"][:])
         self.samples = pd.DataFrame({"FID": sample_id, "IID": sample_id})
         contig = np.asarray(g["variant_contig"][:])
         if "contig_id" in names:
-            contigs = np.asarray(g["contig_id"][:]).astype(str)
+            contigs = _strings(g["contig_id"][:])
         else:
             contigs = np.asarray(g.attrs.get("contigs", []), dtype=str)
         chrom = contigs[contig] if len(contigs) else contig.astype(str)
-        alleles = np.asarray(g["variant_allele"][:]).astype(str)
+        alleles = _strings(g["variant_allele"][:])
         if alleles.ndim != 2 or alleles.shape[1] < 2:
             raise DataError(f"--zarr {self.path!r}: variant_allele must have two or more "
                             "alleles per variant")
         m = len(contig)
-        vid = (np.asarray(g["variant_id"][:]).astype(str) if "variant_id" in names
+        vid = (_strings(g["variant_id"][:]) if "variant_id" in names
                else np.array([f"{c}:{p}" for c, p in zip(chrom, g["variant_position"][:])]))
         self.variants = pd.DataFrame({"chrom": chrom.astype(str),
                                       "pos": np.asarray(g["variant_position"][:], np.int64),
@@ -242,13 +247,16 @@ def bed_to_zarr(src: GenotypeSource, out: str | os.PathLike, chunk_variants: int
     contigs, codes = np.unique(src.variants["chrom"].to_numpy(), return_inverse=True)
     g.create_array("contig_id", shape=(len(contigs),), dtype=str)[:] = contigs
     g.create_array("variant_contig", shape=(m,), dtype="i2")[:] = codes
-    g.create_array("variant_position", shape=(m,), dtype="i8")[:] = src.variants["pos"]
-    g.create_array("variant_id", shape=(m,), dtype=str)[:] = src.variants["variant_id"]
+    g.create_array("variant_position", shape=(m,), dtype="i8")[:] = \
+        src.variants["pos"].to_numpy()
+    g.create_array("variant_id", shape=(m,), dtype=str)[:] = \
+        src.variants["variant_id"].to_numpy().astype(str)
     g.create_array("variant_allele", shape=(m, 2), dtype=str)[:] = np.c_[
         src.variants["allele2"].to_numpy(), src.variants["allele1"].to_numpy()]
     ids = src.samples["IID"].to_numpy().astype(str)
     g.create_array("sample_id", shape=(n,), dtype=str)[:] = ids
-    g.create_array("sample_family_id", shape=(n,), dtype=str)[:] = src.samples["FID"]
+    g.create_array("sample_family_id", shape=(n,), dtype=str)[:] = \
+        src.samples["FID"].to_numpy().astype(str)
     g.attrs["contigs"] = [str(c) for c in contigs]
     g.attrs["source"] = f"daskmm gwas-ingest of {src.path}"
     starts = list(range(0, m, chunk_variants))

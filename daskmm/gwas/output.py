@@ -103,7 +103,9 @@ class ScanFolder:
     def write_null(self, chrom: str, set_id: int, doc: dict) -> None:
         p = self.path / "_null" / f"{_safe(chrom)}-{set_id}.json"
         p.parent.mkdir(exist_ok=True)
-        p.write_text(json.dumps(doc) + "\n")
+        tmp = p.with_name("." + p.name + ".tmp")
+        tmp.write_text(json.dumps(doc) + "\n")
+        tmp.replace(p)
 
     def nulls(self) -> dict[tuple[str, int], dict]:
         out = {}

@@ -229,6 +229,8 @@ def validate(doc: object, source: str = "job file") -> None:
     if not isinstance(doc, dict):
         raise JobError(f"{source}: a job file is a YAML mapping (name: value lines); "
                        f"got {type(doc).__name__}")
+    if doc.get("kind", "fit") not in ("fit", "gwas"):
+        raise JobError(f"{source}: kind is {doc['kind']!r}; allowed: 'fit', 'gwas'")
     schema = GWAS_SCHEMA if doc.get("kind") == "gwas" else SCHEMA
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path),
