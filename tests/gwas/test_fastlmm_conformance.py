@@ -2,12 +2,12 @@
 every variant, in FaST-LMM's coding: effects per standard deviation of the variant.
 
 Tolerances: with ``h2`` held at FaST-LMM's value, every number to 1e-9 relative (the formulas
-agree). With each tool's own ``h2``: ``h2`` to 1e-6 relative; -log10 p to 1e-6 relative; beta
-and SE to 1e-6 of ``max(|beta|, SE)``; -log10 p to 1e-6 of ``max(-log10 p, -log10 0.5)``
-(for p near 1, -log10 p is near 0 and a relative difference means nothing). FaST-LMM locates ``h2`` by Brent's minimisation of the
-function values, to about 1e-8 (see ``test_h2_is_exact_where_fastlmm_is_coarser``), which moves
-a near-zero beta by ~1e-7 of its SE: a relative tolerance on beta alone would test FaST-LMM's
-search, not the scan.
+agree). With each tool's own ``h2``: ``h2`` to 1e-6 relative; beta and SE to 1e-6 of
+``max(|beta|, SE)``; -log10 p to 1e-6 of ``max(-log10 p, -log10 0.5)`` (for p near 1, -log10 p
+is near 0 and a relative difference means nothing). FaST-LMM locates ``h2`` by Brent's
+minimisation of the function values, to about 1e-8 (see
+``test_h2_is_exact_where_fastlmm_is_coarser``), which moves a near-zero beta by ~1e-7 of its
+SE: a relative tolerance on beta alone would test FaST-LMM's search, not the scan.
 """
 
 from __future__ import annotations
