@@ -108,7 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--max-missing", type=float, default=0.1, help="skip variants with a "
                     "larger missing-call rate (default 0.1)")
     gw.add_argument("--mode", default="exact", choices=["exact", "sparse"],
-                    help="exact: FaST-LMM's dense scan")
+                    help="exact: FaST-LMM's dense scan, LOCO; sparse: fastGWA's sparse GRM of "
+                    "close relatives (biobank N), no LOCO")
+    gw.add_argument("--sparse-threshold", type=float, default=0.05, help="sparse mode: GRM "
+                    "entries kept above this (default 0.05, fastGWA's)")
+    gw.add_argument("--grm-variants", type=int, default=None, help="sparse mode: evenly "
+                    "spaced variants for the GRM (default: all)")
     gw.add_argument("--block-size", type=int, default=None, help="variants per task")
     gw.add_argument("--scheduler", default=None, help="Dask scheduler address")
     gw.add_argument("--no-plots", action="store_true", help="skip manhattan.png and qq.png")
@@ -256,8 +261,10 @@ def _gwas(args: argparse.Namespace) -> int:
 
     r = gwas(bed=args.bed, zarr=args.zarr, pheno=args.pheno, pheno_name=args.pheno_name,
              covar=args.covar, covar_name=args.covar_name, out=args.out,
-             loco=not args.no_loco, maf=args.maf, max_missing=args.max_missing,
-             mode=args.mode, block_size=args.block_size, client=args.scheduler,
+             loco=False if args.no_loco else None, maf=args.maf,
+             max_missing=args.max_missing, mode=args.mode,
+             sparse_threshold=args.sparse_threshold, grm_variants=args.grm_variants,
+             block_size=args.block_size, client=args.scheduler,
              force=args.force, plot=not args.no_plots)
     print(r.summary())
     print(f"wrote {r.path}/results.parquet, skipped.parquet, summary.json, summary.txt"

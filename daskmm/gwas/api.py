@@ -20,7 +20,11 @@ from daskmm.gwas.tasks import Filters
 
 log = logging.getLogger("daskmm")
 
-MODES = ("exact",)
+MODES = ("exact", "sparse")
+SPARSE_THRESHOLD = 0.05
+"""fastGWA's (GCTA ``--make-bK-sparse``) cut-off: GRM entries at or below it are set to 0."""
+MAX_GROUP = 20_000
+"""The most samples one group of relatives may hold in sparse mode (one dense eigh each)."""
 
 
 @dataclass
@@ -56,10 +60,11 @@ def _fingerprint(src, pheno, covar, options: dict) -> dict:
 
 def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
          pheno_name: list[str] | None = None, covar: str | None = None,
-         covar_name: list[str] | None = None, out: str | os.PathLike, loco: bool = True,
-         maf: float = 0.01, max_missing: float = 0.1, mode: str = "exact",
-         block_size: int | None = None, client=None, force: bool = False,
-         plot: bool = True) -> GwasResult:
+         covar_name: list[str] | None = None, out: str | os.PathLike,
+         loco: bool | None = None, maf: float = 0.01, max_missing: float = 0.1,
+         mode: str = "exact", sparse_threshold: float = SPARSE_THRESHOLD,
+         grm_variants: int | None = None, block_size: int | None = None, client=None,
+         force: bool = False, plot: bool = True) -> GwasResult:
     """Scan every variant for association with each trait under a linear mixed model.
 
     FaST-LMM's model and test (``fastlmm.association.single_snp``): the genetic relationship
@@ -79,14 +84,23 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         Table of covariates and the columns to use (default: all). An intercept is added.
     out : path
         Result folder (see :mod:`daskmm.gwas.output`); a rerun with the same inputs resumes.
-    loco : bool
-        Leave the tested variant's chromosome out of the relationship matrix (default).
+    loco : bool, optional
+        Leave the tested variant's chromosome out of the relationship matrix (the default in
+        exact mode; sparse mode, as fastGWA, has one matrix of close relatives).
     maf, max_missing : float
         Variants with a minor allele frequency below ``maf`` or a missing-call rate above
         ``max_missing`` (over a trait's samples) are skipped, and listed in ``skipped.parquet``;
         they are also left out of the relationship matrix.
-    mode : {"exact"}
-        The exact scan (dense ``n x n`` relationship matrices).
+    mode : {"exact", "sparse"}
+        ``"exact"``: FaST-LMM's scan with dense ``n x n`` relationship matrices. ``"sparse"``:
+        fastGWA's model for biobank N: the GRM with entries at or below
+        ``sparse_threshold`` set to 0, kept sparse (no ``n x n`` matrix), eigendecomposed
+        family by family, then the same REML and the exact GLS test per variant.
+    sparse_threshold : float
+        Sparse mode: GRM entries kept above this (default 0.05, fastGWA's).
+    grm_variants : int, optional
+        Sparse mode: build the GRM from this many evenly spaced variants (default: all that
+        pass the filters).
     block_size : int, optional
         Variants per task (default: about 64 MB of dosages).
     client : distributed.Client or str, optional
@@ -98,6 +112,11 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     if mode not in MODES:
         raise DaskmmError(f"mode={mode!r}; allowed: {', '.join(map(repr, MODES))} (the sparse "
                           "biobank mode is not built yet)")
+    if loco is None:
+        loco = mode == "exact"
+    if mode == "sparse" and loco:
+        raise DaskmmError("sparse mode has no LOCO: as fastGWA, its GRM holds only close "
+                          "relatives; leave loco out (or --mode exact for LOCO)")
     if not 0 <= maf < 0.5:
         raise DaskmmError(f"maf={maf}; give a minor allele frequency in [0, 0.5)")
     if not 0 <= max_missing <= 1:
@@ -112,11 +131,18 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     chrom = src.variants["chrom"].to_numpy().astype(str)
     blocks = plan_blocks(chrom, bs)
     chrom_order = list(dict.fromkeys(chrom))
+    if grm_variants is not None and grm_variants < 1:
+        raise DaskmmError(f"grm_variants={grm_variants}; give a positive number of variants")
     if loco and len(chrom_order) < 2:
         raise DataError(f"LOCO needs variants on two or more chromosomes; the genotypes have "
                         f"only chromosome {chrom_order[0]!r}: give --no-loco (loco=False)")
     options = {"mode": mode, "loco": loco, "maf": maf, "max_missing": max_missing,
                "pheno_name": pheno_name, "covar_name": covar_name, "block_size": bs}
+    sparse = None
+    if mode == "sparse":
+        sparse = {"threshold": sparse_threshold, "grm_variants": grm_variants,
+                  "n_variants": src.n_variants, "max_group": MAX_GROUP}
+        options.update(sparse_threshold=sparse_threshold, grm_variants=grm_variants)
     inputs = [p for p in (pheno, covar) if p is not None] + [str(f) for f in src.files()]
     folder = ScanFolder(out, _fingerprint(src, pheno, covar, options), force=force,
                         inputs=inputs)
@@ -138,7 +164,8 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     def on_null(c, set_id, null):
         doc = {"chrom": c, "set": set_id, "traits": sset_traits[set_id], "n": null.n,
                "covariates": null.d, "components": dict(zip(sset_traits[set_id],
-                                                             null.variance_components()))}
+                                                             null.variance_components())),
+               "sparse_grm": getattr(null, "grm", None)}
         folder.write_null(c, set_id, doc)
 
     sset_traits = {i: s.traits for i, s in enumerate(match.sets)}
@@ -151,7 +178,7 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         for i, sset in enumerate(match.sets):
             nk = {k[0]: v for k, v in known.items() if k[1] == i}
             timing.append(scan_set(c, reader, sset, i, blocks, filters, loco, done, on_block,
-                                   on_null, nk))
+                                   on_null, nk, sparse))
         where = "in-process" if c.__class__.__name__ == "InProcess" else "distributed"
     summary, text = _summarize(folder, src, match, blocks, chrom_order, loco, options,
                                timing, time.perf_counter() - t0, where)
@@ -179,8 +206,16 @@ def _summarize(folder, src, match, blocks, chrom_order, loco, options, timing, w
                          "variants_skipped": reasons, "lambda_gc": lambda_gc(d["p_value"]),
                          "null": comps, "sample_set": i,
                          **match.counts["traits"][t]}
-    summary = {"kind": "gwas", "model": "FaST-LMM exact LMM scan (single_snp): GRM of "
-               "unit-standardised variants, trace n; REML h2; F(1, n-d-1) test",
+    model = ("FaST-LMM exact LMM scan (single_snp): GRM of unit-standardised variants, trace "
+             "n; REML h2; F(1, n-d-1) test")
+    if options["mode"] == "sparse":
+        model = ("fastGWA's model: sparse GRM (entries above "
+                 f"{options['sparse_threshold']} kept, trace n), REML h2, exact GLS F(1, n-d-1) "
+                 "test per variant")
+    sparse_grm = {f"set{k[1]}": v.get("sparse_grm") for k, v in nulls.items()
+                  if v.get("sparse_grm")}
+    summary = {"kind": "gwas", "model": model, **({"sparse_grm": sparse_grm} if sparse_grm
+                                                   else {}),
                "mode": options["mode"], "loco": loco, "genotypes": src.path,
                "samples": {k: v for k, v in match.counts.items() if k != "traits"},
                "covariates": match.covariates, "variants": src.n_variants,

@@ -194,11 +194,15 @@ class BedReader:
     n_variants: int
 
     def read(self, samples: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+        return self.read_at(samples, slice(start, stop))
+
+    def read_at(self, samples: np.ndarray | None, variants: slice | np.ndarray) -> np.ndarray:
+        """As :meth:`read`, for a slice or an index array of variants."""
         from bed_reader import open_bed
 
         with open_bed(self.path, iid_count=self.n_samples, sid_count=self.n_variants,
                       num_threads=1) as bed:
-            idx = np.s_[:, start:stop] if samples is None else np.s_[samples, start:stop]
+            idx = np.s_[:, variants] if samples is None else np.s_[samples, variants]
             return bed.read(index=idx, dtype="float64", order="F", num_threads=1)
 
 
@@ -210,10 +214,15 @@ class ZarrReader:
     field: str
 
     def read(self, samples: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+        return self.read_at(samples, slice(start, stop))
+
+    def read_at(self, samples: np.ndarray | None, variants: slice | np.ndarray) -> np.ndarray:
+        """As :meth:`read`, for a slice or an index array of variants."""
         import zarr
 
         arr = zarr.open_group(self.path, mode="r")[self.field]
-        block = np.asarray(arr[start:stop])
+        block = np.asarray(arr[variants] if isinstance(variants, slice)
+                           else arr.oindex[np.asarray(variants)])
         if samples is not None:
             block = block[:, samples]
         if self.field == "call_dosage":

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from daskmm.errors import DataError
 from daskmm.execution import is_in_process
 from daskmm.gwas import tasks
 from daskmm.gwas.samples import SampleSet
@@ -37,6 +38,8 @@ log = logging.getLogger("daskmm")
 
 GRM_GROUP = 8
 """Blocks per GRM task."""
+SPARSE_TILE = 4096
+"""Samples per side of a sparse-GRM tile (a task holds one ``tile x tile`` float64 block)."""
 
 
 def plan_blocks(chrom: np.ndarray, block_size: int) -> list[Block]:
@@ -85,7 +88,7 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
              filters: Filters, loco: bool, done: set[tuple[int, int]],
              on_block: Callable[[Block, int, pd.DataFrame, pd.DataFrame], None],
              on_null: Callable[[str, int, object], None],
-             nulls_known: dict[str, dict]) -> dict:
+             nulls_known: dict[str, dict], sparse: dict | None = None) -> dict:
     """Run steps 1-3 for one sample set; ``done`` holds ``(block index, set id)`` already
     written; ``on_block`` writes a finished block, ``on_null`` records a null model (chrom
     ``"all"`` without LOCO). Returns timings."""
@@ -101,6 +104,9 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
     idx = sset.index if local else client.scatter(sset.index)
     X, Y = sset.X, sset.y
     n = len(sset.index)
+    if sparse is not None:
+        return _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, sparse,
+                            on_block, on_null, t0)
 
     def grm(bs: list[Block]) -> list:
         return [client.submit(tasks.grm_blocks, reader, idx, bs[i:i + GRM_GROUP], filters,
@@ -127,24 +133,30 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
                               pure=False) for b in todo[c]]
         return null, futs
 
-    if local:
-        for c in chroms:
-            t = time.perf_counter()
+    _drain(client, chroms, start, todo, set_id, on_block, on_null, timing)
+    timing["tests_s"] = time.perf_counter() - t0 - t_grm - timing["null_s"]
+    return timing
+
+
+def _drain(client, groups: deque, start, todo, set_id, on_block, on_null,
+           timing: dict) -> None:
+    """Start up to :func:`window` groups (a LOCO block's null model and its test blocks) at a
+    time and hand each finished task to ``on_null`` / ``on_block`` as it completes."""
+    if is_in_process(client):   # every task runs as it is submitted: no split of the time
+        for c in groups:
             null, futs = start(c)
             on_null(c, set_id, null.result())
-            timing["null_s"] += time.perf_counter() - t
             for b, f in zip(todo[c], futs):
                 on_block(b, set_id, *f.result())
-        timing["tests_s"] = time.perf_counter() - t0 - t_grm - timing["null_s"]
-        return timing
+        return
     from distributed import as_completed
 
     ac = as_completed()
     owner: dict = {}
     left: dict[str, int] = {}
-    while chroms or left:
-        while chroms and len(left) < window(client):
-            c = chroms.popleft()
+    while groups or left:
+        while groups and len(left) < window(client):
+            c = groups.popleft()
             null, futs = start(c)
             left[c] = len(futs) + 1
             ac.add(null)
@@ -163,5 +175,51 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
         left[c] -= 1
         if left[c] == 0:
             del left[c]
-    timing["tests_s"] = time.perf_counter() - t0 - t_grm
+
+
+def grm_variant_indices(m: int, wanted: int | None) -> np.ndarray:
+    """Evenly spaced variant indices for the sparse GRM: all ``m``, or ``wanted`` of them."""
+    if wanted is None or wanted >= m:
+        return np.arange(m)
+    return np.unique(np.linspace(0, m - 1, wanted).round().astype(np.int64))
+
+
+def _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, sparse, on_block,
+                 on_null, t0) -> dict:
+    """Sparse mode: GRM variant statistics, the GRM by sample tiles (kept entries only), one
+    null model, then every block's tests."""
+    n = len(sset.index)
+    vidx = grm_variant_indices(int(sparse["n_variants"]), sparse.get("grm_variants"))
+    chunk = max(64, 4_000_000 // max(n, 1))
+    parts = [vidx[i:i + chunk] for i in range(0, len(vidx), chunk)]
+    st = client.gather([client.submit(tasks.variant_table, reader, idx, p, pure=False)
+                        for p in parts])
+    chunks, m = [], 0
+    for p, s in zip(parts, st):
+        keep = filters.reasons(s, n) == ""
+        if keep.any():
+            chunks.append((p[keep], s.mean[keep], s.sd[keep]))
+            m += int(keep.sum())
+    if m == 0:
+        raise DataError("sparse mode: no variant passes the filters to build the GRM")
+    tile = SPARSE_TILE
+    edges = list(range(0, n, tile)) + [n]
+    ranges = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    tiles = [client.submit(tasks.sparse_grm_tile, reader, idx, ranges[a], ranges[b], chunks,
+                           m, sparse["threshold"], pure=False)
+             for a in range(len(ranges)) for b in range(a, len(ranges))]
+    if not is_in_process(client):
+        from distributed import wait
+        wait(tiles)
+    timing = {"grm_s": time.perf_counter() - t0, "null_s": 0.0, "grm_variants": m}
+
+    def start(c: str):
+        null = client.submit(tasks.sparse_null, n, sset.X, sset.y,
+                             int(sparse["max_group"]), *tiles, pure=False)
+        futs = [client.submit(tasks.test_block, reader, idx, b, filters, null, sset.traits,
+                              pure=False) for b in todo[c]]
+        return null, futs
+
+    _drain(client, deque(["all"]), start, todo, set_id, on_block, on_null, timing)
+    timing["tests_s"] = time.perf_counter() - t0 - timing["grm_s"] - timing["null_s"]
     return timing

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from daskmm.kernels import lmm_scan
+from daskmm.errors import DataError
+from daskmm.kernels import lmm_scan, sparse_scan
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,10 @@ def test_block(src, samples: np.ndarray, block: Block, filters: Filters,
     the set's samples. ``skipped``: one row per filtered variant with the reason."""
     Z, st, why = _standardized(src, samples, block, filters)
     keep = why == ""
-    res = lmm_scan.test_variants(null, Z)
+    if isinstance(null, sparse_scan.GlsNull):
+        res = sparse_scan.gls_tests(null, null.rot.rotate(Z))
+    else:
+        res = lmm_scan.test_variants(null, Z)
     sd = st.sd[keep]
     idx = np.arange(block.start, block.stop)
     m, t = int(keep.sum()), len(traits)
@@ -107,3 +111,39 @@ def test_block(src, samples: np.ndarray, block: Block, filters: Filters,
     skipped = pd.DataFrame({"variant_index": idx[~keep], "reason": why[~keep].astype(str),
                             "traits": ",".join(traits)})
     return tested, skipped
+
+
+def variant_table(src, samples: np.ndarray, variants: np.ndarray) -> lmm_scan.VariantStats:
+    """Calls, mean and SD over ``samples`` of the variants at ``variants`` (indices)."""
+    return lmm_scan.variant_stats(src.read_at(samples, variants))
+
+
+def sparse_grm_tile(src, samples: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], m: int,
+                    threshold: float) -> tuple[np.ndarray, ...]:
+    """The kept entries of one tile of the sparse GRM: samples ``rows`` x ``cols`` (positions
+    in ``samples``), over the variant ``chunks`` (indices, means, SDs), ``m`` variants in
+    all."""
+    diagonal = rows is cols or np.array_equal(rows, cols)
+    sel = rows if diagonal else np.concatenate([rows, cols])
+    K = None
+    for idx, mean, sd in chunks:
+        G = src.read_at(samples[sel], idx)
+        Z = lmm_scan.standardize(G, lmm_scan.VariantStats(np.zeros(len(idx)), mean, sd))
+        K = sparse_scan.grm_tile(Z[:len(rows)], Z if diagonal else Z[len(rows):], K)
+    return sparse_scan.sparse_entries(K, m, threshold, rows, cols, diagonal)
+
+
+def sparse_null(n: int, X: np.ndarray, Y: np.ndarray, max_component: int,
+                *tiles: tuple[np.ndarray, ...]) -> sparse_scan.GlsNull:
+    """Assemble the sparse GRM from its tiles, rotate and fit ``h2`` per trait."""
+    K = sparse_scan.assemble(n, list(tiles))
+    try:
+        null = sparse_scan.fit_gls_null(K, X, Y, max_component)
+    except ValueError as exc:
+        raise DataError(f"sparse mode: {exc}; raise the threshold (--sparse-threshold), or "
+                        "use --mode exact for samples this closely related") from None
+    null.grm = {"nonzero_off_diagonal": int(K.nnz - n), "largest_group": null.rot.largest,
+                "groups_of_relatives": int(sum(len(i) for i, _ in null.rot.groups
+                                               if i.shape[1] > 1))}
+    return null

@@ -150,6 +150,8 @@ GWAS_SCHEMA = {
         "maf": {"type": "number", "minimum": 0, "exclusiveMaximum": 0.5},
         "max_missing": {"type": "number", "minimum": 0, "maximum": 1},
         "mode": {"enum": ["exact", "sparse"]},
+        "sparse_threshold": {"type": "number"},
+        "grm_variants": {"type": "integer", "minimum": 1},
         "block_size": {"type": "integer", "minimum": 1},
         "plots": {"type": "boolean"},
         "output": {"type": "string", "minLength": 1},

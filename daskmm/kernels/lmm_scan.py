@@ -103,7 +103,8 @@ def covariate_basis(X: np.ndarray) -> np.ndarray:
 
 
 def complement_eigh(K: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues ``S`` (ascending, clipped at 0) and eigenvectors ``U`` (``n x (n - d)``) of
+    """Eigenvalues ``S`` (ascending; not clipped: a thresholded GRM has negative ones, and
+    FaST-LMM keeps them) and eigenvectors ``U`` (``n x (n - d)``) of
     ``K`` on the complement of the columns of ``X``, as FaST-LMM's ``setSU_fromK``:
     the eigendecomposition of ``P (K + I) P``, its ``d`` null directions dropped, minus 1.
 
@@ -118,7 +119,7 @@ def complement_eigh(K: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarra
     K -= KQ @ Q.T
     K += Q @ QKQ @ Q.T
     S, U = scipy.linalg.eigh(K, overwrite_a=True, check_finite=False, driver="evd")
-    return np.maximum(S[d:] - 1.0, 0.0), U[:, d:]
+    return S[d:] - 1.0, U[:, d:]
 
 
 def neg_reml(h2: float, S: np.ndarray, uy: np.ndarray) -> float:
@@ -140,7 +141,20 @@ def neg_reml_grad(h2: float, S: np.ndarray, uy: np.ndarray) -> float:
 
 
 def fit_h2(S: np.ndarray, uy: np.ndarray) -> tuple[float, float]:
-    """``(h2, nLL)`` minimising :func:`neg_reml` over ``[0, H2_MAX]``.
+    """``(h2, nLL)`` minimising :func:`neg_reml` over ``[0, H2_MAX]`` (:func:`minimize_h2`)."""
+    return minimize_h2(lambda h: neg_reml(h, S, uy), lambda h: neg_reml_grad(h, S, uy),
+                       h2_upper(S))
+
+
+def h2_upper(S: np.ndarray) -> float:
+    """The largest ``h2`` searched: :data:`H2_MAX`, or less when ``K`` has a negative
+    eigenvalue (a thresholded GRM), so that every ``Sd = h2 S + 1 - h2`` stays positive."""
+    s_min = float(S.min()) if len(S) else 0.0
+    return H2_MAX if s_min >= 0 else min(H2_MAX, (1.0 - 1e-6) / (1.0 - s_min))
+
+
+def minimize_h2(f, grad, upper: float = H2_MAX) -> tuple[float, float]:
+    """``(h2, f(h2))`` minimising ``f`` over ``[0, upper]``, ``grad`` its derivative.
 
     As FaST-LMM: a grid of ``H2_GRID + 1`` points; every grid point lower than both
     neighbours, and an end point lower than its neighbour, brackets a local minimum; the best
@@ -149,8 +163,8 @@ def fit_h2(S: np.ndarray, uy: np.ndarray) -> tuple[float, float]:
     so ``h2`` is exact to rounding. FaST-LMM minimises the function values (Brent), which
     locates ``h2`` to about ``1e-8``, and at the bounds to ``1e-5``.
     """
-    grid = np.linspace(0.0, H2_MAX, H2_GRID + 1)
-    vals = np.array([neg_reml(h, S, uy) for h in grid])
+    grid = np.linspace(0.0, upper, H2_GRID + 1)
+    vals = np.array([f(h) for h in grid])
     best = (float(grid[vals.argmin()]), float(vals.min()))
     brackets = []
     if vals[0] < vals[1]:
@@ -161,17 +175,17 @@ def fit_h2(S: np.ndarray, uy: np.ndarray) -> tuple[float, float]:
         if vals[i] < vals[i - 1] and vals[i] < vals[i + 1]:
             brackets.append((grid[i - 1], grid[i + 1]))
     for lo, hi in brackets:
-        g_lo, g_hi = neg_reml_grad(lo, S, uy), neg_reml_grad(hi, S, uy)
+        g_lo, g_hi = grad(lo), grad(hi)
         if lo == grid[0] and g_lo >= 0:
             x = lo
         elif hi == grid[-1] and g_hi <= 0:
             x = hi
         elif g_lo < 0 < g_hi:
-            x = optimize.brentq(neg_reml_grad, lo, hi, args=(S, uy), xtol=1e-14,
-                                rtol=4 * np.finfo(float).eps, maxiter=200)
-        else:   # no sign change: the grid's minimum of the bracket
-            x = lo if neg_reml(lo, S, uy) < neg_reml(hi, S, uy) else hi
-        v = neg_reml(x, S, uy)
+            x = optimize.brentq(grad, lo, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps,
+                                maxiter=200)
+        else:   # no sign change: the lower end of the bracket
+            x = lo if f(lo) < f(hi) else hi
+        v = f(x)
         if v <= best[1]:
             best = (float(x), float(v))
     return best

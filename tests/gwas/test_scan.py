@@ -86,3 +86,43 @@ def test_family_structure_gives_heritability_between_zero_and_one(bigger, tmp_pa
     r = scan(bigger, tmp_path / "scan", pheno_name=["y_causal"], client=client)
     h2 = [v["h2"] for v in r.document["traits"]["y_causal"]["null"].values()]
     assert len(h2) == 4 and all(0.05 < h < 0.95 for h in h2)
+
+
+@pytest.fixture(scope="module")
+def sparse_data(tmp_path_factory):
+    return simulate_gwas(tmp_path_factory.mktemp("sparse") / "sim", families=50, children=3,
+                         unrelated=100, chromosomes=3, variants_per_chrom=2000, fst=0.005,
+                         seed=3)
+
+
+@pytest.mark.parametrize("workers,tile,block_size", [(1, 64, 250), (3, 100, 1000)])
+def test_sparse_mode_does_not_depend_on_workers_tiles_or_blocks(sparse_data, tmp_path,
+                                                                monkeypatch, workers, tile,
+                                                                block_size):
+    from daskmm.gwas import scan as scan_mod
+
+    ref = scan(sparse_data, tmp_path / "ref", mode="sparse").results
+    monkeypatch.setattr(scan_mod, "SPARSE_TILE", tile)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      **NO_DASHBOARD) as cl, Client(cl) as c:
+        r = scan(sparse_data, tmp_path / "scan", client=c, mode="sparse",
+                 block_size=block_size)
+    same(r.results, ref)
+
+
+def test_sparse_mode_refuses_a_group_of_relatives_too_large(sparse_data, tmp_path,
+                                                           monkeypatch):
+    from daskmm.errors import DataError
+    from daskmm.gwas import api
+
+    monkeypatch.setattr(api, "MAX_GROUP", 4)
+    with pytest.raises(DataError, match=r"links 5 samples into one group .* raise the "
+                       r"threshold \(--sparse-threshold\)"):
+        scan(sparse_data, tmp_path / "s", mode="sparse")
+
+
+def test_sparse_mode_has_no_loco(sparse_data, tmp_path):
+    from daskmm.errors import DaskmmError
+
+    with pytest.raises(DaskmmError, match="sparse mode has no LOCO"):
+        scan(sparse_data, tmp_path / "s", mode="sparse", loco=True)

@@ -1,0 +1,164 @@
+"""GWAS benchmark: ``daskmm.gwas`` (exact mode, LOCO, covariates, on a 2-worker LocalCluster)
+against FaST-LMM's ``single_snp`` (LOCO, the same covariates, count_A1=True) on the same PLINK
+files, side by side in one run.
+
+Simulates ``--samples`` samples (families of 5 in two strata, see
+:func:`daskmm.gwas.simulate.simulate_gwas`) at ``--variants`` variants on ``--chromosomes``
+chromosomes, once, under ``benchmarks/_data``. Both tools test every variant (``maf = 0``, so
+their relationship matrices are the same) for the trait ``y_causal`` with covariates ``age``
+and ``sex``. daskmm's time excludes starting the cluster (a user's cluster is up); FaST-LMM
+runs in its own process with every core. Prints each run, the medians, the ratio, the largest
+differences between the two tools' results, and the peak memory of each process.
+
+    python benchmarks/bench_gwas.py --samples 5000 --variants 100000 --json /tmp/gwas.json
+    python benchmarks/bench_gwas.py --samples 1000 --variants 10000     # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+from distributed import Client, LocalCluster
+
+from daskmm.distributed.client import NO_DASHBOARD
+from daskmm.gwas import gwas
+from daskmm.gwas.simulate import simulate_gwas
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_gam import PeakRSS  # noqa: E402
+
+FASTLMM = """
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+from fastlmm.association import single_snp
+from pysnptools.snpreader import Bed, Pheno
+bed, pheno, covar, out = sys.argv[1:5]
+p = Pheno(pheno)
+p = p[:, p.col_to_index(["y_causal"])]
+t = time.perf_counter()
+fr = single_snp(Bed(bed, count_A1=True), p, covar=Pheno(covar), count_A1=True,
+                leave_out_one_chrom=True)
+wall = time.perf_counter() - t
+fr.to_parquet(out)
+print(json.dumps({"wall_s": wall,
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def data(samples: int, variants: int, chromosomes: int) -> Path:
+    out = HERE / "_data" / f"gwas_{samples}_{variants}_{chromosomes}"
+    if not (out / "_done").exists():
+        families = int(samples * 0.9) // 5
+        simulate_gwas(out, families=families, children=3, unrelated=samples - 5 * families,
+                      chromosomes=chromosomes, variants_per_chrom=variants // chromosomes,
+                      causal=10, seed=1)
+        (out / "_done").write_text("ok\n")
+    return out
+
+
+def time_daskmm(client, d: Path, repeats: int, work: Path) -> tuple[dict, pd.DataFrame]:
+    runs, peaks = [], []
+    for i in range(repeats):
+        with PeakRSS(client) as mem:
+            t = time.perf_counter()
+            r = gwas(bed=str(d / "geno"), pheno=str(d / "pheno.txt"), pheno_name=["y_causal"],
+                     covar=str(d / "covar.txt"), out=work / f"daskmm{i}", maf=0,
+                     client=client, plot=False)
+            runs.append(time.perf_counter() - t)
+        peaks.append(max(mem.peak) / 2 ** 30)
+        print(f"RUN daskmm {runs[-1]:.1f} s  peak worker RSS {peaks[-1]:.2f} GiB", flush=True)
+    return ({"tool": "daskmm", "runs_s": runs, "median_s": statistics.median(runs),
+             "peak_worker_rss_gib": max(peaks), "timing": r.document["timing"]}, r.results)
+
+
+def time_fastlmm(d: Path, repeats: int, work: Path) -> tuple[dict, pd.DataFrame]:
+    runs, peaks = [], []
+    for i in range(repeats):
+        out = work / f"fastlmm{i}.parquet"
+        p = subprocess.run([sys.executable, "-c", FASTLMM, str(d / "geno.bed"),
+                            str(d / "pheno.txt"), str(d / "covar.txt"), str(out)],
+                           capture_output=True, text=True, check=False)
+        if p.returncode:
+            raise SystemExit(f"fastlmm failed: {p.stderr[-2000:]}")
+        rec = json.loads(p.stdout.strip().splitlines()[-1])
+        runs.append(rec["wall_s"])
+        peaks.append(rec["peak_rss_gib"])
+        print(f"RUN fastlmm {runs[-1]:.1f} s  peak RSS {peaks[-1]:.2f} GiB", flush=True)
+    return ({"tool": "fastlmm", "runs_s": runs, "median_s": statistics.median(runs),
+             "peak_rss_gib": max(peaks)}, pd.read_parquet(out))
+
+
+def agreement(mine: pd.DataFrame, ref: pd.DataFrame, d: Path) -> dict:
+    from bed_reader import open_bed
+
+    from daskmm.kernels.lmm_scan import variant_stats
+
+    ref = ref.set_index("SNP")
+    mine = mine.set_index("variant_id")
+    ref = ref.loc[mine.index]
+    with open_bed(str(d / "geno.bed")) as bed:
+        sid = bed.sid
+        sd = np.empty(len(sid))
+        for s in range(0, len(sid), 5000):
+            sd[s:s + 5000] = variant_stats(bed.read(np.s_[:, s:s + 5000],
+                                                    dtype="float64")).sd
+    sd = pd.Series(sd, index=sid).loc[mine.index].to_numpy()
+    beta, se = mine["beta"].to_numpy() * sd, mine["se"].to_numpy() * sd
+    scale = np.maximum(np.abs(ref["SnpWeight"]), ref["SnpWeightSE"]).to_numpy()
+    lp, rlp = -np.log10(mine["p_value"].to_numpy()), -np.log10(ref["PValue"].to_numpy())
+    return {"variants": len(mine),
+            "beta_max_diff_of_max_abs_beta_se": float(np.max(np.abs(beta - ref["SnpWeight"])
+                                                             / scale)),
+            "se_max_rel_diff": float(np.max(np.abs(se / ref["SnpWeightSE"] - 1))),
+            "neg_log10_p_max_rel_diff": float(np.max(np.abs(lp - rlp)
+                                                     / np.maximum(rlp, np.log10(2))))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=5000)
+    ap.add_argument("--variants", type=int, default=100_000)
+    ap.add_argument("--chromosomes", type=int, default=22)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--fastlmm-repeats", type=int, default=None)
+    ap.add_argument("--no-fastlmm", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    t = time.perf_counter()
+    d = data(a.samples, a.variants, a.chromosomes)
+    print(f"data {d} ready in {time.perf_counter() - t:.0f} s", flush=True)
+    rec: dict = {"machine": f"{psutil.cpu_count()} cores, "
+                 f"{psutil.virtual_memory().total / 2**30:.0f} GiB", "samples": a.samples,
+                 "variants": a.variants, "chromosomes": a.chromosomes, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          memory_limit="4GiB", **NO_DASHBOARD) as cl, Client(cl) as c:
+            dm, mine = time_daskmm(c, d, a.repeats, work)
+        rec["runs"].append(dm)
+        print(f"daskmm: median {dm['median_s']:.1f} s", flush=True)
+        if not a.no_fastlmm:
+            fl, ref = time_fastlmm(d, a.fastlmm_repeats or a.repeats, work)
+            rec["runs"].append(fl)
+            rec["agreement"] = agreement(mine, ref, d)
+            rec["speedup"] = fl["median_s"] / dm["median_s"]
+            print(f"fastlmm: median {fl['median_s']:.1f} s -> daskmm is "
+                  f"{rec['speedup']:.2f}x faster", flush=True)
+            print("agreement:", json.dumps(rec["agreement"]), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rec, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
