@@ -12,6 +12,14 @@ differences between the two tools' results, and the peak memory of each process.
 
     python benchmarks/bench_gwas.py --samples 5000 --variants 100000 --json /tmp/gwas.json
     python benchmarks/bench_gwas.py --samples 1000 --variants 10000     # a quick look
+
+``--sparse`` times the sparse mode alone (no tool to compare: fastGWA and REGENIE are not
+installable here) at ``--samples`` samples over growing prefixes of one simulated file
+(``--sparse-sizes``), with the GRM from ``--grm-variants`` evenly spaced variants, and prints
+the time per variant and the peak memory of each worker::
+
+    python benchmarks/bench_gwas.py --sparse --samples 50000 \\
+        --sparse-sizes 250000,500000,1000000 --json /tmp/gwas_sparse.json
 """
 
 from __future__ import annotations
@@ -56,13 +64,13 @@ print(json.dumps({"wall_s": wall,
 """
 
 
-def data(samples: int, variants: int, chromosomes: int) -> Path:
-    out = HERE / "_data" / f"gwas_{samples}_{variants}_{chromosomes}"
+def data(samples: int, variants: int, chromosomes: int, fst: float = 0.05) -> Path:
+    out = HERE / "_data" / f"gwas_{samples}_{variants}_{chromosomes}_{fst}"
     if not (out / "_done").exists():
         families = int(samples * 0.9) // 5
         simulate_gwas(out, families=families, children=3, unrelated=samples - 5 * families,
-                      chromosomes=chromosomes, variants_per_chrom=variants // chromosomes,
-                      causal=10, seed=1)
+                      chromosomes=chromosomes, variants_per_chrom=-(-variants // chromosomes),
+                      causal=10, fst=fst, seed=1)
         (out / "_done").write_text("ok\n")
     return out
 
@@ -125,6 +133,66 @@ def agreement(mine: pd.DataFrame, ref: pd.DataFrame, d: Path) -> dict:
                                                      / np.maximum(rlp, np.log10(2))))}
 
 
+def prefix(d: Path, k: int, n: int) -> Path:
+    """The first ``k`` variants of ``d/geno`` as their own PLINK files (a .bed is variant-major:
+    its first bytes are its first variants)."""
+    out = d / f"prefix_{k}"
+    if not (out / "_done").exists():
+        out.mkdir(exist_ok=True)
+        with open(d / "geno.bed", "rb") as src, open(out / "geno.bed", "wb") as dst:
+            left = 3 + k * ((n + 3) // 4)
+            while left:
+                buf = src.read(min(left, 1 << 26))
+                dst.write(buf)
+                left -= len(buf)
+        with open(d / "geno.bim") as src, open(out / "geno.bim", "w") as dst:
+            for _, line in zip(range(k), src):
+                dst.write(line)
+        for f in ("geno.fam", "pheno.txt", "covar.txt"):
+            (out / f).write_bytes((d / f).read_bytes())
+        (out / "_done").write_text("ok\n")
+    return out
+
+
+def sparse(a) -> dict:
+    sizes = [int(x) for x in a.sparse_sizes.split(",")]
+    t = time.perf_counter()
+    # biobank-like: weak strata (Fst 0.005), so that at fastGWA's 0.05 the sparse GRM holds
+    # the families, not everybody of a stratum
+    d = data(a.samples, max(sizes), a.chromosomes, fst=0.005)
+    print(f"data {d} ready in {time.perf_counter() - t:.0f} s", flush=True)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         memory_limit="4GiB", **NO_DASHBOARD) as cl, Client(cl) as c:
+        for k in sizes:
+            src = prefix(d, k, a.samples) if k < max(sizes) else d
+            with PeakRSS(c) as mem:
+                t = time.perf_counter()
+                r = gwas(bed=str(src / "geno"), pheno=str(src / "pheno.txt"),
+                         pheno_name=["y_causal"], covar=str(src / "covar.txt"),
+                         out=Path(tmp) / f"s{k}", mode="sparse", maf=0,
+                         grm_variants=a.grm_variants, block_size=a.sparse_block, client=c,
+                         plot=False)
+                wall = time.perf_counter() - t
+            tm = r.document["timing"]["sets"][0]
+            k = r.document["variants"]
+            rec = {"variants": k, "wall_s": wall, "grm_s": tm["grm_s"],
+                   "null_s": tm["null_s"], "tests_s": tm["tests_s"],
+                   "tests_us_per_variant": tm["tests_s"] / k * 1e6,
+                   "wall_us_per_variant": wall / k * 1e6,
+                   "peak_worker_rss_gib": max(mem.peak) / 2 ** 30,
+                   "sparse_grm": r.document.get("sparse_grm"),
+                   "h2": r.document["traits"]["y_causal"]["null"]["all"]["h2"]}
+            runs.append(rec)
+            print(f"RUN sparse {k} variants: {wall:.1f} s (GRM {tm['grm_s']:.1f} s, null "
+                  f"{tm['null_s']:.1f} s, tests {tm['tests_s']:.1f} s = "
+                  f"{rec['tests_us_per_variant']:.1f} us/variant); peak worker RSS "
+                  f"{rec['peak_worker_rss_gib']:.2f} GiB", flush=True)
+    return {"mode": "sparse", "samples": a.samples, "grm_variants": a.grm_variants,
+            "runs": runs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=5000)
@@ -134,7 +202,16 @@ def main() -> None:
     ap.add_argument("--fastlmm-repeats", type=int, default=None)
     ap.add_argument("--no-fastlmm", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sparse", action="store_true", help="time the sparse mode instead")
+    ap.add_argument("--sparse-sizes", default="250000,500000,1000000")
+    ap.add_argument("--grm-variants", type=int, default=10_000)
+    ap.add_argument("--sparse-block", type=int, default=500)
     a = ap.parse_args()
+    if a.sparse:
+        rec = sparse(a)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rec, indent=1) + "\n")
+        return
     t = time.perf_counter()
     d = data(a.samples, a.variants, a.chromosomes)
     print(f"data {d} ready in {time.perf_counter() - t:.0f} s", flush=True)
