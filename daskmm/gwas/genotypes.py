@@ -226,7 +226,7 @@ class ZarrReader:
         if samples is not None:
             block = block[:, samples]
         if self.field == "call_dosage":
-            return np.ascontiguousarray(block.T, dtype=np.float64)
+            return np.asfortranarray(block.T, dtype=np.float64)
         gt = block.astype(np.int16)
         dose = (gt == 1).sum(axis=2).astype(np.float64)
         dose[(gt < 0).any(axis=2)] = np.nan
