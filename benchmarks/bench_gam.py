@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import psutil
 from distributed import Client, LocalCluster
+from tool_env import tool_env
 
 from daskmm.distributed.client import NO_DASHBOARD
 from daskmm.gam.model import gam
@@ -130,7 +131,7 @@ def time_daskmm(client, path: Path, levels: int, repeats: int, discrete: bool = 
 def time_r(path: Path, rows: int, levels: int, rd: int, re: int) -> list[dict]:
     out = subprocess.run(["Rscript", str(HERE / "bench_gam.R"), str(path / "raw"), str(rows),
                           formula(levels).replace("'", '"'), str(rd), str(re)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, env=tool_env())
     recs: dict = {}
     for line in out.stdout.splitlines():
         k, tool, t, score = line.split()

@@ -31,6 +31,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from distributed import Client, LocalCluster, wait
+from tool_env import tool_env
 
 from daskmm.distributed.client import NO_DASHBOARD
 from daskmm.glmm import glmm
@@ -51,7 +52,8 @@ def simulate(rows: int, levels: int, seed: int) -> pd.DataFrame:
 
 def time_r(path: Path, formula: str, family: str, repeats: int, tool: str) -> dict:
     out = subprocess.run(["Rscript", str(HERE / "bench_glmer.R"), str(path), formula, family,
-                          str(repeats), tool], capture_output=True, text=True, check=False)
+                          str(repeats), tool], capture_output=True, text=True, check=False,
+                         env=tool_env())
     if out.returncode:
         return {"tool": tool, "error": out.stderr.strip().splitlines()[-1:]}
     rec = {"tool": tool, "runs_s": []}

@@ -36,15 +36,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+from bench_gam import PeakRSS
 from distributed import Client, LocalCluster
+from tool_env import tool_env
 
 from daskmm.distributed.client import NO_DASHBOARD
 from daskmm.gwas import gwas
 from daskmm.gwas.simulate import simulate_gwas
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_gam import PeakRSS  # noqa: E402
 
 FASTLMM = """
 import json, resource, sys, time, warnings
@@ -96,7 +96,7 @@ def time_fastlmm(d: Path, repeats: int, work: Path) -> tuple[dict, pd.DataFrame]
         out = work / f"fastlmm{i}.parquet"
         p = subprocess.run([sys.executable, "-c", FASTLMM, str(d / "geno.bed"),
                             str(d / "pheno.txt"), str(d / "covar.txt"), str(out)],
-                           capture_output=True, text=True, check=False)
+                           capture_output=True, text=True, check=False, env=tool_env())
         if p.returncode:
             raise SystemExit(f"fastlmm failed: {p.stderr[-2000:]}")
         rec = json.loads(p.stdout.strip().splitlines()[-1])

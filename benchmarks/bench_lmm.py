@@ -67,6 +67,7 @@ import distributed
 import numpy as np
 import pandas as pd
 from distributed import Client, LocalCluster, wait
+from tool_env import tool_env
 
 import daskmm
 from daskmm.distributed.client import NO_DASHBOARD
@@ -158,7 +159,8 @@ def time_daskmm(client: Client, df: pd.DataFrame, formula: str, repeats: int,
 def time_lmer(path: Path, formula: str, repeats: int) -> dict:
     """Time ``lme4::lmer`` in one R session (see ``bench_lmer.R``)."""
     cmd = ["Rscript", str(R_SCRIPT), str(path), formula, str(repeats), "TRUE"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=tool_env())
     out: dict = {"tool": "lme4", "runs_s": [], "notes": []}
     for line in proc.stdout:
         key, _, rest = line.strip().partition(" ")

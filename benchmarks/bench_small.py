@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tool_env import tool_env
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,7 +60,7 @@ def med(xs):
 def rscript(*args) -> tuple[float, str]:
     t = time.perf_counter()
     out = subprocess.run(["Rscript", str(R_SCRIPT), *map(str, args)], capture_output=True,
-                         text=True)
+                         text=True, env=tool_env())
     dt = time.perf_counter() - t
     if out.returncode:
         raise RuntimeError(f"Rscript failed: {out.stderr[-2000:]}")
