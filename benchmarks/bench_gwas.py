@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -154,6 +155,30 @@ def prefix(d: Path, k: int, n: int) -> Path:
     return out
 
 
+class Progress:
+    """Counts the result files of a running scan every ``every`` seconds: blocks done against
+    time, to show the time per variant staying flat as the scan proceeds."""
+
+    def __init__(self, out: Path, every: float = 5.0):
+        self.out, self.every, self.marks = out, every, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        t0 = time.perf_counter()
+        while not self._stop.wait(self.every):
+            k = len(list(self.out.glob("results.parquet/chrom=*/part-*.parquet")))
+            self.marks.append((time.perf_counter() - t0, k))
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *a):
+        self._stop.set()
+        self._t.join()
+
+
 def sparse(a) -> dict:
     sizes = [int(x) for x in a.sparse_sizes.split(",")]
     t = time.perf_counter()
@@ -167,7 +192,7 @@ def sparse(a) -> dict:
                          memory_limit="4GiB", **NO_DASHBOARD) as cl, Client(cl) as c:
         for k in sizes:
             src = prefix(d, k, a.samples) if k < max(sizes) else d
-            with PeakRSS(c) as mem:
+            with PeakRSS(c) as mem, Progress(Path(tmp) / f"s{k}") as prog:
                 t = time.perf_counter()
                 r = gwas(bed=str(src / "geno"), pheno=str(src / "pheno.txt"),
                          pheno_name=["y_causal"], covar=str(src / "covar.txt"),
@@ -183,12 +208,23 @@ def sparse(a) -> dict:
                    "wall_us_per_variant": wall / k * 1e6,
                    "peak_worker_rss_gib": max(mem.peak) / 2 ** 30,
                    "sparse_grm": r.document.get("sparse_grm"),
-                   "h2": r.document["traits"]["y_causal"]["null"]["all"]["h2"]}
+                   "h2": r.document["traits"]["y_causal"]["null"]["all"]["h2"],
+                   "blocks": r.document["blocks"], "progress": prog.marks}
+            # seconds per block over each quarter of the blocks, once the tests started
+            marks = [(s_, b) for s_, b in prog.marks if b > 0]
+            quarters = []
+            for q in range(4):
+                lo, hi = rec["blocks"] * q // 4, rec["blocks"] * (q + 1) // 4
+                pts = [(s_, b) for s_, b in marks if lo <= b <= hi]
+                if len(pts) >= 2 and pts[-1][1] > pts[0][1]:
+                    quarters.append((pts[-1][0] - pts[0][0]) / (pts[-1][1] - pts[0][1]))
+            rec["s_per_block_by_quarter"] = quarters
             runs.append(rec)
             print(f"RUN sparse {k} variants: {wall:.1f} s (GRM {tm['grm_s']:.1f} s, null "
                   f"{tm['null_s']:.1f} s, tests {tm['tests_s']:.1f} s = "
                   f"{rec['tests_us_per_variant']:.1f} us/variant); peak worker RSS "
-                  f"{rec['peak_worker_rss_gib']:.2f} GiB", flush=True)
+                  f"{rec['peak_worker_rss_gib']:.2f} GiB; s per block by quarter "
+                  f"{[round(x, 3) for x in quarters]}", flush=True)
     return {"mode": "sparse", "samples": a.samples, "grm_variants": a.grm_variants,
             "runs": runs}
 

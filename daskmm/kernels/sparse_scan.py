@@ -86,7 +86,7 @@ class BlockRotation:
         out = []
         for idx, U in self.groups:
             block = A[idx]                              # c x k x m
-            out.append(np.einsum("cki,ckm->cim", U, block).reshape(-1, A.shape[1]))
+            out.append(np.matmul(U.transpose(0, 2, 1), block).reshape(-1, A.shape[1]))
         return np.concatenate(out)
 
 
