@@ -110,8 +110,7 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     """
     t0 = time.perf_counter()
     if mode not in MODES:
-        raise DaskmmError(f"mode={mode!r}; allowed: {', '.join(map(repr, MODES))} (the sparse "
-                          "biobank mode is not built yet)")
+        raise DaskmmError(f"mode={mode!r}; allowed: {', '.join(map(repr, MODES))}")
     if loco is None:
         loco = mode == "exact"
     if mode == "sparse" and loco:
@@ -121,6 +120,9 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         raise DaskmmError(f"maf={maf}; give a minor allele frequency in [0, 0.5)")
     if not 0 <= max_missing <= 1:
         raise DaskmmError(f"max_missing={max_missing}; give a rate in [0, 1]")
+    if not 0 <= sparse_threshold < 1:
+        raise DaskmmError(f"sparse_threshold={sparse_threshold}; give a relatedness in [0, 1) "
+                          "(fastGWA's is 0.05)")
     src = open_genotypes(bed, zarr)
     match = match_samples(src.samples, pheno, pheno_name, covar, covar_name,
                           fid_ids=src.kind == "bed")
@@ -169,7 +171,7 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         folder.write_null(c, set_id, doc)
 
     sset_traits = {i: s.traits for i, s in enumerate(match.sets)}
-    from daskmm.execution import executor, runs_in_process
+    from daskmm.execution import executor, is_in_process, runs_in_process
 
     cells = src.n_variants * max(len(s.index) for s in match.sets) * len(match.sets)
     timing = []
@@ -179,17 +181,18 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
             nk = {k[0]: v for k, v in known.items() if k[1] == i}
             timing.append(scan_set(c, reader, sset, i, blocks, filters, loco, done, on_block,
                                    on_null, nk, sparse))
-        where = "in-process" if c.__class__.__name__ == "InProcess" else "distributed"
-    summary, text = _summarize(folder, src, match, blocks, chrom_order, loco, options,
+        where = "in-process" if is_in_process(c) else "distributed"
+    df = folder.read_results()
+    summary, text = _summarize(df, folder, src, match, blocks, chrom_order, loco, options,
                                timing, time.perf_counter() - t0, where)
     if plot:
-        plots(folder.read_results(), chrom_order, folder.path)
+        plots(df, chrom_order, folder.path)
     folder.finish(summary, text)
     return GwasResult(folder.path, summary)
 
 
-def _summarize(folder, src, match, blocks, chrom_order, loco, options, timing, wall, where):
-    df = folder.read_results()
+def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timing, wall,
+               where):
     sk_parts = sorted((folder.path / "_skipped").glob("part-*.parquet"))
     skipped = (pd.concat([pd.read_parquet(p) for p in sk_parts], ignore_index=True)
                if sk_parts else pd.DataFrame(columns=["variant_id", "reason", "traits"]))
