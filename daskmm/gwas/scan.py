@@ -12,8 +12,9 @@ For each sample set (traits sharing samples):
    product) and tests them; the client writes each block's rows as it finishes.
 
 At most :func:`window` chromosomes are in flight at once, so the workers hold a bounded
-number of ``n x n`` matrices; ``K_c`` is kept between steps 1 and 2 when all of them fit in a
-quarter of the cluster's memory, and recomputed otherwise. The placement of every task is
+number of ``n x n`` matrices; ``K_c`` is kept between steps 1 and 2 (Dask spills what does not
+fit to the workers' disks) when all of them together are at most the cluster's memory, and
+recomputed otherwise (recomputing costs as much as step 1 again). The placement of every task is
 Dask's; the result does not depend on it (every sum is over the same blocks in the same
 order). Blocks already written (a resumed run) are not computed again.
 """
@@ -115,7 +116,7 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
     chrom_blocks: dict[str, list[Block]] = {}
     for b in blocks:
         chrom_blocks.setdefault(b.chrom, []).append(b)
-    keep_kc = loco and len(chrom_blocks) * n * n * 8 <= 0.25 * _memory(client)
+    keep_kc = loco and len(chrom_blocks) * n * n * 8 <= _memory(client)
     kc = {c: _tree_sum(client, grm(bs)) for c, bs in chrom_blocks.items()}
     K_all = _tree_sum(client, list(kc.values()))
     if not keep_kc:

@@ -224,8 +224,9 @@ def gls_tests(null: GlsNull, UZ: np.ndarray) -> dict[str, np.ndarray]:
             beta = np.where(explained, 0.0, zPy / zPz)
             var = (yPy - zPy * beta) / (n - d - 1.0) / zPz
             stat = np.where(explained, 0.0, beta * beta / var)
+            se = np.where(explained, np.inf, np.sqrt(var))
         out["beta"][:, j] = beta
-        out["se"][:, j] = np.sqrt(var)
+        out["se"][:, j] = se
         out["statistic"][:, j] = stat
         out["p_value"][:, j] = stats.f.sf(stat, 1, n - d - 1)
     return out

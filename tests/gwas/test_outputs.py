@@ -96,7 +96,10 @@ def test_killed_scan_keeps_finished_blocks_marked_incomplete_and_a_rerun_resumes
     fresh = gwas(bed=str(slow_data.bed), pheno=str(slow_data.pheno),
                  covar=str(slow_data.covar), out=tmp_path / "fresh", plot=False).results
     assert len(resumed) == len(fresh)
-    for c in ("beta", "se", "p_value"):
+    assert (resumed["variant_id"].to_numpy() == fresh["variant_id"].to_numpy()).all()
+    scale = np.maximum(np.abs(fresh["beta"]), fresh["se"])      # blocks of 25 and of 4096
+    assert np.max(np.abs(resumed["beta"] - fresh["beta"]) / scale) < 1e-10
+    for c in ("se", "p_value"):
         assert np.allclose(resumed[c], fresh[c], rtol=1e-10, atol=0)
 
 
