@@ -33,11 +33,12 @@ H2_MAX = 0.99999
 """FaST-LMM's upper bound on h2 (the covariance stays positive definite)."""
 H2_GRID = 10
 """Grid intervals before the local refinement (FaST-LMM's ``nGridH2``)."""
-CHOLESKY_TRAITS = 2
-"""Up to this many traits share a null model, the variants are tested through the Cholesky
-factor of each trait's ``V`` (a triangular solve, ``n^2`` per variant and trait) and the
-eigenvectors are never formed; with more, through the shared rotation ``U'Z`` (``2 n^2``
-per variant, whatever the number of traits)."""
+CHOLESKY_TRAITS = 1
+"""Up to this many traits share a null model, ``h2`` comes from the tridiagonal form
+(:class:`TridiagonalReml`) and the variants are tested through the Cholesky factor of the
+trait's ``V`` (a triangular solve, ``n^2`` per variant): the eigenvectors are never formed.
+With more traits, the shared rotation ``U'Z`` (``2 n^2`` per variant, whatever the number of
+traits) is cheaper."""
 
 
 @dataclass
@@ -132,28 +133,82 @@ def _project_plus_identity(K: np.ndarray, X: np.ndarray) -> None:
     K += Q @ QKQ @ Q.T
 
 
-def complement_spectrum(K: np.ndarray, X: np.ndarray,
-                        Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``S`` and ``U'Y`` of :func:`complement_eigh` without forming ``U``: Householder
-    tridiagonalisation (``dsytrd``), the tridiagonal eigenproblem (MRRR, O(n^2)), and the
-    reflectors applied to ``Y``. About 2.5 times less work than the full eigenvectors, which
-    the Cholesky form of the test does not need. ``K`` is overwritten."""
+@dataclass
+class TridiagonalReml:
+    """FaST-LMM's REML without eigenvectors.
+
+    ``M = P K P + beta (I - P)`` is reduced to tridiagonal ``T = Q'MQ`` (Householder,
+    ``dsytrd``); ``S`` are the eigenvalues of ``T`` on the complement of the covariates (the
+    ``d`` at ``beta``, far above the rest, dropped) and ``q = Q'Py``. With
+    ``A = h2 T + (1 - h2) I`` (SPD, banded)::
+
+        yKy = q' A^-1 q,   d yKy / d h2 = -(r' T r - r' r),  r = A^-1 q
+
+    because ``Py`` has no part in the covariates' directions. Each evaluation is O(n).
+    """
+
+    S: np.ndarray
+    diag: np.ndarray
+    off: np.ndarray
+    q: np.ndarray
+
+    def _solve(self, h2: float) -> np.ndarray:
+        ab = np.zeros((2, len(self.diag)))
+        ab[0, 1:] = h2 * self.off
+        ab[1] = h2 * self.diag + (1.0 - h2)
+        return scipy.linalg.solveh_banded(ab, self.q, check_finite=False)
+
+    def _tq(self, r: np.ndarray) -> np.ndarray:
+        out = self.diag * r
+        out[:-1] += self.off * r[1:]
+        out[1:] += self.off * r[:-1]
+        return out
+
+    def yky(self, h2: float) -> float:
+        return float(self.q @ self._solve(h2))
+
+    def neg_reml(self, h2: float) -> float:
+        r = len(self.S)
+        Sd = h2 * self.S + (1.0 - h2)
+        return 0.5 * (float(np.log(Sd).sum())
+                      + r * (np.log(2.0 * np.pi * self.yky(h2) / r) + 1.0))
+
+    def grad(self, h2: float) -> float:
+        r = len(self.S)
+        Sd = h2 * self.S + (1.0 - h2)
+        v = self._solve(h2)
+        yky = float(self.q @ v)
+        dyky = -(float(v @ self._tq(v)) - float(v @ v))
+        return 0.5 * (float(np.sum((self.S - 1.0) / Sd)) + r * dyky / yky)
+
+
+def complement_tridiagonal(K: np.ndarray, X: np.ndarray, y: np.ndarray) -> TridiagonalReml:
+    """:class:`TridiagonalReml` of ``K`` (overwritten) for one trait ``y``: ``dsytrd`` and
+    the tridiagonal eigenvalues (blocked: ``lwork`` 64 n), about half the time of
+    :func:`complement_eigh` (whose
+    eigenvectors the Cholesky form of the test does not need)."""
     from scipy.linalg import lapack
 
     n, d = X.shape
-    _project_plus_identity(K, X)
-    c, diag, off, tau, info = lapack.dsytrd(K, lower=1, overwrite_a=1)
+    Qx = covariate_basis(X)
+    KQ = K @ Qx
+    QKQ = Qx.T @ KQ
+    K -= Qx @ KQ.T
+    K -= KQ @ Qx.T
+    beta = 10.0 * max(n, float(np.abs(np.diag(K)).max()))
+    K += Qx @ (QKQ + beta * np.eye(d)) @ Qx.T
+    c, diag, off, tau, info = lapack.dsytrd(K, lower=1, overwrite_a=1, lwork=64 * n)
     if info != 0:
         raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
-    QtY = np.array(Y, dtype=np.float64, order="C")
+    q = np.array(y - Qx @ (Qx.T @ y), dtype=np.float64)
     for i in range(n - 1):                # Q' = H(n-1) ... H(1): apply H(1) first
         if tau[i] == 0.0:
             continue
         v = c[i + 1:, i].copy()
         v[0] = 1.0
-        QtY[i + 1:] -= tau[i] * np.outer(v, v @ QtY[i + 1:])
-    w, W = scipy.linalg.eigh_tridiagonal(diag, off, check_finite=False)
-    return w[d:] - 1.0, (W.T @ QtY)[d:]
+        q[i + 1:] -= tau[i] * v * (v @ q[i + 1:])
+    w = scipy.linalg.eigvalsh_tridiagonal(diag, off, check_finite=False)
+    return TridiagonalReml(np.sort(w)[: n - d], diag, off, q)
 
 
 def neg_reml(h2: float, S: np.ndarray, uy: np.ndarray) -> float:
@@ -272,23 +327,30 @@ def fit_null(K: np.ndarray, X: np.ndarray, Y: np.ndarray,
     n, d = X.shape
     K *= n / np.trace(K)
     cholesky = Y.shape[1] <= CHOLESKY_TRAITS
-    if cholesky:
-        Kv = K.copy()
-        S, UY = complement_spectrum(K, X, Y)
-        U = None
-    else:
-        S, U = complement_eigh(K, X)
-        UY = U.T @ Y
     r = n - d
     fixed = h2
     h2, nll, yKy = (np.empty(Y.shape[1]) for _ in range(3))
-    for j in range(Y.shape[1]):
-        if fixed is None:
-            h2[j], nll[j] = fit_h2(S, UY[:, j])
-        else:
-            h2[j] = fixed[j]
-            nll[j] = neg_reml(h2[j], S, UY[:, j])
-        yKy[j] = np.sum(UY[:, j] ** 2 / (h2[j] * S + 1 - h2[j]))
+    if cholesky:   # one tridiagonal form a trait, no eigenvectors
+        Kv, U, UY = K, None, None
+        for j in range(Y.shape[1]):
+            tri = complement_tridiagonal(Kv.copy(), X, Y[:, j])
+            S = tri.S
+            if fixed is None:
+                h2[j], nll[j] = minimize_h2(tri.neg_reml, tri.grad, h2_upper(S))
+            else:
+                h2[j] = fixed[j]
+                nll[j] = tri.neg_reml(h2[j])
+            yKy[j] = tri.yky(h2[j])
+    else:
+        S, U = complement_eigh(K, X)
+        UY = U.T @ Y
+        for j in range(Y.shape[1]):
+            if fixed is None:
+                h2[j], nll[j] = fit_h2(S, UY[:, j])
+            else:
+                h2[j] = fixed[j]
+                nll[j] = neg_reml(h2[j], S, UY[:, j])
+            yKy[j] = np.sum(UY[:, j] ** 2 / (h2[j] * S + 1 - h2[j]))
     chol = None
     if cholesky:
         chol = []

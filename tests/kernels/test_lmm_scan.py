@@ -1,5 +1,5 @@
 """FaST-LMM's exact scan, the two ways daskmm computes it: the eigenvector rotation and, for
-one or two traits, the tridiagonal spectrum with each trait's Cholesky factor."""
+one trait, REML from the tridiagonal form with the tests through the Cholesky factor."""
 
 from __future__ import annotations
 
@@ -22,20 +22,25 @@ def problem():
     return K, X, Y, Z[:, 500:]
 
 
-def test_spectrum_without_eigenvectors_equals_the_full_eigendecomposition(problem):
+def test_tridiagonal_reml_equals_the_eigendecomposition(problem):
     K, X, Y, _ = problem
-    S1, U = lmm_scan.complement_eigh(K.copy(), X)
-    S2, UY2 = lmm_scan.complement_spectrum(K.copy(), X, Y)
-    assert np.allclose(S1, S2, rtol=0, atol=1e-10 * S1.max())
-    assert np.allclose(np.abs(U.T @ Y), np.abs(UY2), atol=1e-9)
+    K = K * (len(K) / np.trace(K))
+    S, U = lmm_scan.complement_eigh(K.copy(), X)
+    uy = U.T @ Y[:, 0]
+    tri = lmm_scan.complement_tridiagonal(K.copy(), X, Y[:, 0])
+    assert np.allclose(tri.S, S, rtol=0, atol=1e-10 * S.max())
+    for h in (0.0, 0.3, 0.5, 0.9):
+        assert tri.neg_reml(h) == pytest.approx(lmm_scan.neg_reml(h, S, uy), rel=1e-12)
+        assert tri.grad(h) == pytest.approx(lmm_scan.neg_reml_grad(h, S, uy), rel=1e-8,
+                                            abs=1e-9)
 
 
 def test_cholesky_tests_equal_the_rotated_tests(problem, monkeypatch):
     K, X, Y, Z = problem
-    chol = lmm_scan.fit_null(K.copy(), X, Y)
-    assert chol.U is None and len(chol.chol) == 2
+    chol = lmm_scan.fit_null(K.copy(), X, Y[:, :1])
+    assert chol.U is None and len(chol.chol) == 1
     monkeypatch.setattr(lmm_scan, "CHOLESKY_TRAITS", 0)
-    rot = lmm_scan.fit_null(K.copy(), X, Y)
+    rot = lmm_scan.fit_null(K.copy(), X, Y[:, :1])
     assert rot.U is not None
     assert np.allclose(chol.h2, rot.h2, rtol=1e-12)
     a, b = lmm_scan.test_variants(chol, Z), lmm_scan.test_variants(rot, Z)
@@ -49,3 +54,6 @@ def test_a_variant_in_the_span_of_the_covariates_has_p_value_one(problem):
     res = lmm_scan.test_variants(null, np.c_[Z[:, :3], X[:, 0] * 2 - 1])
     assert res["p_value"][3].tolist() == [1.0, 1.0]
     assert res["beta"][3].tolist() == [0.0, 0.0]
+    one = lmm_scan.fit_null(K.copy(), X, Y[:, :1])         # the Cholesky form
+    res = lmm_scan.test_variants(one, np.c_[Z[:, :3], X[:, 0] * 2 - 1])
+    assert res["p_value"][3, 0] == 1.0 and res["beta"][3, 0] == 0.0
