@@ -64,7 +64,7 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
          loco: bool | None = None, maf: float = 0.01, max_missing: float = 0.1,
          mode: str = "exact", sparse_threshold: float = SPARSE_THRESHOLD,
          grm_variants: int | None = None, block_size: int | None = None, client=None,
-         force: bool = False, plot: bool = True) -> GwasResult:
+         execution: str = "auto", force: bool = False, plot: bool = True) -> GwasResult:
     """Scan every variant for association with each trait under a linear mixed model.
 
     FaST-LMM's model and test (``fastlmm.association.single_snp``): the genetic relationship
@@ -105,6 +105,9 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         Variants per task (default: about 64 MB of dosages).
     client : distributed.Client or str, optional
         A cluster; default: in this process for small data, else a local cluster.
+    execution : {"auto", "in-process", "distributed"}
+        Where the tasks run: ``"auto"`` (in this process for small data when no cluster is
+        named or current), or forced.
     force : bool
         Replace a previous result at ``out``.
     """
@@ -175,7 +178,10 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
 
     cells = src.n_variants * max(len(s.index) for s in match.sets) * len(match.sets)
     timing = []
-    with executor(runs_in_process("auto", client, cells), client) as c:
+    if execution not in ("auto", "in-process", "distributed"):
+        raise DaskmmError(f"execution={execution!r}; allowed: 'auto', 'in-process', "
+                          "'distributed'")
+    with executor(runs_in_process(execution, client, cells), client) as c:
         reader = src.reader()
         for i, sset in enumerate(match.sets):
             nk = {k[0]: v for k, v in known.items() if k[1] == i}

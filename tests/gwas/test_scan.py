@@ -23,7 +23,8 @@ def scan(data, out, **kw):
 @pytest.fixture(scope="module")
 def reference(gwas_data, tmp_path_factory):
     """In this process, one block a chromosome."""
-    r = scan(gwas_data, tmp_path_factory.mktemp("ref") / "scan", block_size=10_000)
+    r = scan(gwas_data, tmp_path_factory.mktemp("ref") / "scan", block_size=10_000,
+             execution="in-process")
     assert r.document["executed"] == "in-process"
     return r.results
 
@@ -101,7 +102,7 @@ def test_sparse_mode_does_not_depend_on_workers_tiles_or_blocks(sparse_data, tmp
                                                                 block_size):
     from daskmm.gwas import scan as scan_mod
 
-    ref = scan(sparse_data, tmp_path / "ref", mode="sparse").results
+    ref = scan(sparse_data, tmp_path / "ref", mode="sparse", execution="in-process").results
     monkeypatch.setattr(scan_mod, "SPARSE_TILE", tile)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       **NO_DASHBOARD) as cl, Client(cl) as c:
