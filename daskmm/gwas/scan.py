@@ -155,8 +155,9 @@ def _drain(client, groups: deque, start, todo, set_id, on_block, on_null,
     ac = as_completed()
     owner: dict = {}
     left: dict[str, int] = {}
+    width = window(client)   # one scheduler round trip, not one per finished task
     while groups or left:
-        while groups and len(left) < window(client):
+        while groups and len(left) < width:
             c = groups.popleft()
             null, futs = start(c)
             left[c] = len(futs) + 1
