@@ -31,6 +31,14 @@ def read_table(path: str | os.PathLike, what: str) -> tuple[pd.DataFrame, list[s
         raise DataError(f"{what} {p!r} does not exist")
     with open(p) as f:
         first = f.readline()
+        width = len(first.split(",")) if "," in first else len(first.split())
+        for i, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            k = len(line.split(",")) if "," in first else len(line.split())
+            if k != width:
+                raise DataError(f"{what} {p!r} line {i} has {k} fields; its header has "
+                                f"{width}")
     sep = "," if "," in first else r"\s+"
     try:
         t = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, engine="python")

@@ -112,6 +112,7 @@ def test_monomorphic_and_all_missing_variants_are_skipped_and_listed(tmp_path):
     ("text_covariate",
      r"--covar column 'site' has a value that is not a number: 'south' \(data row 1\)"),
     ("duplicate", r"lists the sample 'F5 I5' twice"),
+    ("ragged", r"--pheno .*p\.txt' line 3 has 4 fields; its header has 3"),
     ("one_chrom_loco", r"LOCO needs variants on two or more chromosomes"),
 ])
 def test_bad_input_gets_one_line(tmp_path, case, match):
@@ -135,6 +136,10 @@ def test_bad_input_gets_one_line(tmp_path, case, match):
         t.assign(site=np.where(np.arange(200) % 2, "north", "south"))[
             ["FID", "IID", "site"]].to_csv(tmp_path / "c.txt", sep=" ", index=False)
         args += ["--covar", tmp_path / "c.txt"]
+    elif case == "ragged":
+        lines = ph.read_text().splitlines()
+        lines[2] += " 7"
+        ph.write_text("\n".join(lines) + "\n")
     elif case == "duplicate":
         pd.concat([t, t.iloc[[5]]]).to_csv(ph, sep=" ", index=False)
     elif case == "one_chrom_loco":
