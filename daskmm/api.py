@@ -12,7 +12,8 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         weights: str | None = None, client=None, mode: str = "auto",
         npartitions: int | None = None, optimizer_options: dict | None = None,
         method: str | None = None, rho: float = 0.0, ar_start: str | None = None,
-        discrete: bool | int = False):
+        discrete: bool | int = False, ddf: str | None = None, ci: str | None = None,
+        level: float = 0.95, nboot: int = 500, seed: int | None = None):
     """Fit a mixed model (``lmer`` for the Gaussian family, ``glmer`` otherwise) or, for a
     formula with smooth terms (``s()``, ``te()``, ``ti()``), a GAM (``mgcv::bam``).
 
@@ -35,6 +36,8 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     method : str, optional
         GAM: ``"fREML"`` (default), ``"REML"`` or ``"ML"``; a mixed model: ``"REML"`` or
         ``"ML"`` (the same as ``reml``).
+    ddf, ci, level, nboot, seed
+        LMM only: inference after the fit (:func:`daskmm.lmm`).
 
     Returns
     -------
@@ -42,6 +45,11 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         The first two are :class:`daskmm.results.base.MixedResult`.
     """
     from daskmm.gam.model import gam, is_gam_formula
+    inference = ddf is not None or ci is not None
+    if inference and (is_gam_formula(formula) or get_family(family).code is not None):
+        raise ModelError("ddf= and ci= (degrees of freedom, confidence intervals) are built "
+                         "for linear mixed models (family gaussian, no smooth terms); leave "
+                         "them out for this model")
     if is_gam_formula(formula):
         if reml is False and method not in (None, "ML"):
             raise ModelError(f"reml=False and method={method!r} disagree; for a GAM give "
@@ -76,7 +84,8 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         from daskmm.lmm import lmm
         return lmm(formula, data, reml=True if reml is None else reml, factors=factors,
                    weights=weights, client=client, mode=mode, npartitions=npartitions,
-                   optimizer_options=optimizer_options)
+                   optimizer_options=optimizer_options, ddf=ddf, ci=ci, level=level,
+                   nboot=nboot, seed=seed)
     if reml:
         raise ModelError("REML applies to the gaussian family; a GLMM is fitted by maximum "
                          "likelihood (leave reml out)")

@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--link", default=None, help="logit, probit, cloglog (binomial); log")
     fit.add_argument("--nagq", type=int, default=1,
                      help="GLMM: 1 = Laplace, up to 25 = adaptive Gauss-Hermite quadrature")
+    fit.add_argument("--ddf", default=None, choices=["satterthwaite", "kenward-roger"],
+                     help="LMM: degrees of freedom and p-values for the fixed effects "
+                     "(lmerTest's t tests)")
+    fit.add_argument("--ci", default=None, choices=["wald", "profile", "boot"],
+                     help="LMM: confidence intervals (lme4's confint, oldNames = FALSE)")
+    fit.add_argument("--level", type=float, default=0.95, help="confidence level (0.95)")
+    fit.add_argument("--nboot", type=int, default=500,
+                     help="--ci boot: parametric bootstrap replicates (500)")
+    fit.add_argument("--seed", type=int, default=None,
+                     help="--ci boot: seed of the replicates (recorded in summary.json)")
     fit.add_argument("--scheduler", default=None, help="Dask scheduler address "
                      "(default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
     fit.add_argument("--mode", default="auto",
@@ -173,7 +183,8 @@ def _fit(args: argparse.Namespace) -> int:
     result = daskmm.fit(args.formula, args.data, args.family, link=args.link,
                         reml=(not ml) if args.family == "gaussian" else None,
                         nagq=args.nagq, factors=factors, weights=args.weights,
-                        client=args.scheduler, mode=args.mode)
+                        client=args.scheduler, mode=args.mode, ddf=args.ddf, ci=args.ci,
+                        level=args.level, nboot=args.nboot, seed=args.seed)
     write_outputs(result, out)
     print(result.summary())
     report_rows(result)

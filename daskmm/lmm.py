@@ -51,7 +51,7 @@ from daskmm.formula.spec import (
     plan_formula,
 )
 from daskmm.kernels.aliasing import estimable_columns
-from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad
+from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
 from daskmm.kernels.stats import Layout, PartitionStats
 from daskmm.optimizer import OptSummary, minimize
 from daskmm.problem import frozen_levels, lambdas, model_layout, outside_bars, ranef_tables
@@ -90,7 +90,9 @@ class Problem:
 
 def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] | None = None,
         weights: str | None = None, client: Client | str | None = None, mode: str = "auto",
-        npartitions: int | None = None, optimizer_options: dict | None = None) -> LmmResult:
+        npartitions: int | None = None, optimizer_options: dict | None = None,
+        ddf: str | None = None, ci: str | None = None, level: float = 0.95,
+        nboot: int = 500, seed: int | None = None) -> LmmResult:
     """Fit a linear mixed model by REML or ML, as ``lme4::lmer``.
 
     Parameters
@@ -121,6 +123,15 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         Overrides of :data:`daskmm.optimizer.DEFAULTS`: ``method`` (``"auto"``: L-BFGS-B with
         the exact gradient, then Newton; ``"bobyqa"``: lme4's derivative-free optimiser),
         ``gtol``, ``xtol_abs``, ``ftol_abs``, ``maxeval``, ``polish``.
+    ddf : {"satterthwaite"}, optional
+        Add degrees of freedom and p-values to the fixed effects (lmerTest's t tests;
+        :meth:`LmmResult.test_fixef`).
+    ci : {"wald", "profile", "boot"}, optional
+        Add confidence intervals (:meth:`LmmResult.confint`) at ``level``; ``boot`` uses
+        ``nboot`` replicates from ``seed``. Profiles and replicates run as tasks on the
+        cluster when the fit has one.
+    level : float
+    nboot, seed : int
 
     Returns
     -------
@@ -132,19 +143,27 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
     parsed = parse_formula(formula)
     used = sorted(parsed.columns | ({weights} if weights else set()))
     here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
-    ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
+    frame, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
     with executor(here, client) as c:
-        prob = prepare_problem(c, parsed, ddf, factors or [], weights, mode, manifest)
+        prob = prepare_problem(c, parsed, frame, factors or [], weights, mode, manifest)
         t1 = time.perf_counter()
         log.info("optimising: %d rows, %s, %s evaluation", prob.n,
                  ", ".join(f"{k} {v} levels" for k, v in prob.ngroups.items()),
                  prob.evaluator.mode)
-        theta, opt = _optimise(prob, reml, optimizer_options or {})
+        theta, opt = optimise(prob, reml, optimizer_options or {})
         t2 = time.perf_counter()
         result = _result(prob, parsed, theta, opt, reml)
         t3 = time.perf_counter()
+        if ddf is not None:
+            result.test_fixef(ddf)
+        if ci is not None:
+            result.confint(ci, level, nboot=nboot, seed=seed,
+                           client=None if is_in_process(c) else c)
+        t4 = time.perf_counter()
     result.timing = {"statistics_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
-                     "total_s": t3 - t0}
+                     "total_s": t4 - t0}
+    if ddf is not None or ci is not None:
+        result.timing["inference_s"] = t4 - t3
     result.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     return result
 
@@ -288,6 +307,20 @@ def objective_grad(prob: Problem, theta: np.ndarray, reml: bool) -> tuple[float,
     """The profiled criterion at ``theta`` and its exact gradient
     (:func:`~daskmm.kernels.pls.eval_group_grad`, :func:`~daskmm.kernels.pls.profiled_grad`),
     in one evaluation: one round of tasks on a cluster."""
+    prof, parts = objective_parts(prob, theta, reml)
+    if parts is None:
+        return np.inf, np.full(len(theta), np.nan)
+    n, p = prof.n, prof.p
+    if reml:
+        return prof.objective, parts[:, 0] + parts[:, 1] + (n - p) * parts[:, 2]
+    return prof.objective, parts[:, 0] + n * parts[:, 2]
+
+
+def objective_parts(prob: Problem, theta: np.ndarray, reml: bool = False):
+    """The stage-2 profile at ``theta`` and the derivatives of its pieces
+    (:func:`~daskmm.kernels.pls.profiled_grad_parts`: ``log|L_Z|^2``, ``log|R_X|^2``,
+    ``log pwrss`` along each ``theta``); ``(profile, None)`` where the criterion is not
+    finite."""
     spec, layout = prob.spec, prob.layout
     theta = np.asarray(theta, dtype=float)
     lam = lambdas(spec, theta)
@@ -300,23 +333,25 @@ def objective_grad(prob: Problem, theta: np.ndarray, reml: bool) -> tuple[float,
     prof = profiled(prob.G, RtR, logdet, LamT, layout.n_G, layout.p, prob.n, prob.sum_log_w,
                     reml)
     if not np.isfinite(prof.objective):
-        return np.inf, np.full(len(theta), np.nan)
+        return prof, None
     dLamT = [lambda_tilde(layout, u, tail=0.0) if f in glob else None
              for u, f in zip(units, owner)]
-    return prof.objective, profiled_grad(prof, prob.G, RtR, dld, dRtR, LamT, dLamT, reml)
+    return prof, profiled_grad_parts(prof, prob.G, RtR, dld, dRtR, LamT, dLamT)
 
 
-def _optimise(prob: Problem, reml: bool, options: dict) -> tuple[np.ndarray, OptSummary]:
-    """:func:`daskmm.optimizer.minimize` over ``theta`` from lme4's start, with the exact
-    gradient of the profiled criterion (BOBYQA when ``options["method"] == "bobyqa"``, or
-    when the dense global block is too large for the gradient to pay)."""
+def optimise(prob: Problem, reml: bool, options: dict | None = None,
+             x0: np.ndarray | None = None) -> tuple[np.ndarray, OptSummary]:
+    """:func:`daskmm.optimizer.minimize` over ``theta`` from lme4's start (or ``x0``), with the
+    exact gradient of the profiled criterion (BOBYQA when ``options["method"] == "bobyqa"``,
+    or when the dense global block is too large for the gradient to pay)."""
     spec = prob.spec
-    x0 = np.concatenate([t.theta_init() for t in spec.terms])
+    if x0 is None:
+        x0 = np.concatenate([t.theta_init() for t in spec.terms])
     lower = np.concatenate([t.theta_lower() for t in spec.terms])
     use_grad = prob.layout.k <= GRADIENT_MAX_K
     return minimize(x0, lower, f=lambda t: objective(prob, t, reml)[0].objective,
                     fg=(lambda t: objective_grad(prob, t, reml)) if use_grad else None,
-                    options=options, mode=prob.evaluator.mode)
+                    options=options or {}, mode=prob.evaluator.mode)
 
 
 def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
@@ -338,6 +373,6 @@ def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
                      fixef_names=fixef_names, vcov=vcov, sigma=sigma,
                      objective=prof.objective, nobs=prob.n, n_dropped=prob.n_dropped,
                      ngroups=prob.ngroups, ranef=tables, optinfo=opt, terms=terms,
-                     factor_terms=factor_terms)
+                     factor_terms=factor_terms, problem=prob)
 
 

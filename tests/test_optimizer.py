@@ -104,8 +104,8 @@ def test_exact_optimum_on_random_problems():
     counts = []
     for kind, seed, reml in CASES:
         prob = problem(kind, seed)
-        theta, opt = lmm_module._optimise(prob, reml, {})
-        _, bob = lmm_module._optimise(prob, reml, {"method": "bobyqa"})
+        theta, opt = lmm_module.optimise(prob, reml, {})
+        _, bob = lmm_module.optimise(prob, reml, {"method": "bobyqa"})
         f = lmm_module.objective(prob, theta, reml)[0].objective
         ref = tight_reference(prob, reml, [np.asarray(opt.x0), theta, np.asarray(bob.x)])
         assert f <= ref + 1e-10 * abs(ref), (kind, seed, reml, f - ref)

@@ -177,7 +177,8 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                                 reml=(job.method == "REML") if job.family == "gaussian"
                                 else None, method=job.method if job.method != "REML" else None,
                                 nagq=job.nagq, factors=list(job.factors),
-                                weights=job.weights, client=client, mode=mode)
+                                weights=job.weights, client=client, mode=mode,
+                                **(job.inference or {}))
         timing["fit_s"] = time.perf_counter() - t
         if gam:
             from daskmm.cli import gam_extra

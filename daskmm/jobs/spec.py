@@ -22,6 +22,11 @@ A job file is YAML::
     rho: 0.6                            # GAM only: AR1 residuals (bam's rho, AR.start)
     ar_start: start
     discrete: false                     # GAM only: fit on a covariate grid (faster, approximate)
+    ddf: satterthwaite                  # LMM only: df and p-values of the fixed effects
+    ci: profile                         # LMM only: wald | profile | boot confidence intervals
+    level: 0.95
+    nboot: 500                          # ci: boot: replicates, from
+    seed: 1                             #   this seed
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)
@@ -124,6 +129,11 @@ SCHEMA = {
         "discrete": {"type": ["boolean", "integer"]},
         "factors": {"type": "array", "items": {"type": "string"}},
         "weights": {"type": ["string", "null"]},
+        "ddf": {"enum": ["satterthwaite", "kenward-roger"]},
+        "ci": {"enum": ["wald", "profile", "boot"]},
+        "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "nboot": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer"},
         "output": {"type": "string", "minLength": 1},
         "cluster": _CLUSTER,
     },
@@ -190,6 +200,7 @@ class Job:
     discrete: bool | int = False
     factors: tuple[str, ...] = ()
     weights: str | None = None
+    inference: dict | None = None
     ingest: dict | None = None
     simulate: dict | None = None
     cluster: dict | None = None
@@ -239,6 +250,11 @@ def validate(doc: object, source: str = "job file") -> None:
                                                                str(e.absolute_path)))
     if errors:
         raise JobError(f"{source}: {_message(errors[0])}")
+    used = [k for k in ("ddf", "ci", "level", "nboot", "seed") if k in doc]
+    if schema is SCHEMA and used and (doc.get("family", "gaussian") != "gaussian"
+                                      or _is_gam(str(doc["formula"]))):
+        raise JobError(f"{source}: {', '.join(used)} (inference after the fit) apply to linear "
+                       "mixed models (family gaussian, no smooth terms); remove them")
     if schema is GWAS_SCHEMA and ("bed" in doc) == ("zarr" in doc):
         raise JobError(f"{source}: a gwas job names its genotypes with exactly one of bed "
                        "(a PLINK prefix) or zarr (a store)")
@@ -281,6 +297,8 @@ def load_job(path: str | os.PathLike) -> Job | GwasJob:
                factors=tuple(doc.get("factors", [])), rho=doc.get("rho", 0.0),
                ar_start=doc.get("ar_start"), discrete=doc.get("discrete", False),
                weights=doc.get("weights"), ingest=ingest,
+               inference={k: doc[k] for k in ("ddf", "ci", "level", "nboot", "seed")
+                          if k in doc} or None,
                simulate=doc.get("simulate"),
                cluster=doc.get("cluster"), raw=doc, path=p.resolve())
 

@@ -468,7 +468,20 @@ def eval_group_grad(group: LevelGroup, Lam: np.ndarray, dLams: list[np.ndarray])
 def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.ndarray,
                   dRtR: np.ndarray, LamT: sp.csr_matrix, dLamT: list, reml: bool
                   ) -> np.ndarray:
-    """Gradient of the profiled criterion of :func:`profiled` with respect to ``theta``.
+    """Gradient of the profiled criterion of :func:`profiled` with respect to ``theta``
+    (from :func:`profiled_grad_parts`)."""
+    parts = profiled_grad_parts(prof, G, RtR, dlogdet, dRtR, LamT, dLamT)
+    n, p = prof.n, prof.p
+    if reml:
+        return parts[:, 0] + parts[:, 1] + (n - p) * parts[:, 2]
+    return parts[:, 0] + n * parts[:, 2]
+
+
+def profiled_grad_parts(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.ndarray,
+                        dRtR: np.ndarray, LamT: sp.csr_matrix, dLamT: list) -> np.ndarray:
+    """Derivatives along each ``theta`` of ``log|L_Z|^2``, ``log|R_X|^2`` and
+    ``log pwrss``: an array ``(len(theta), 3)``, the pieces of every criterion built from
+    them (the profiled REML and ML criteria; the deviance at a given ``sigma``).
 
     The criterion is a sum of log-determinants of the leading blocks ``S_1`` (global
     coefficients), ``S_2`` (and ``X``) and ``S`` (and ``y``) of the Schur complement:
@@ -487,7 +500,7 @@ def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.nda
         For each parameter, in ``theta`` order: None for a local one (stage 1 carries it), or
         ``d Lambda~`` (sparse) for a parameter of a global factor.
     """
-    g, p, n = prof.n_G, prof.p, prof.n
+    g, p = prof.n_G, prof.p
     K = prof.L_S.shape[0]
     # scipy's LAPACK and BLAS throughout (see profiled); the lower triangle of S^{-1} only:
     # L_S is clean above its diagonal, so Sinv is zero there
@@ -555,7 +568,7 @@ def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.nda
         c = np.flatnonzero(e[:j])
         return float(2.0 * np.sum(e[c] / lam_d[c] * (1.0 - lead_diag(j)[c])))
 
-    grad = np.empty(len(dLamT))
+    parts = np.empty((len(dLamT), 3))
     k_loc = 0
     for i, dL in enumerate(dLamT):
         e = diagonal_of(dL) if dL is not None and lam_d is not None else None
@@ -582,8 +595,5 @@ def profiled_grad(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: np.nda
                 dS = X + X.T
                 dld = 0.0
             t1, t2, t3 = traces(np.ascontiguousarray(dS))
-        if reml:
-            grad[i] = dld + t2 + (n - p) * (t3 - t2)
-        else:
-            grad[i] = dld + t1 + n * (t3 - t2)
-    return grad
+        parts[i] = (dld + t1, t2 - t1, t3 - t2)
+    return parts

@@ -4,11 +4,16 @@ summary, over :class:`~daskmm.results.base.MixedResult`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
+from daskmm.errors import ModelError
 from daskmm.results.base import SINGULAR_TOL, MixedResult, RanefTable
+
+CI_METHODS = ("wald", "profile", "boot")
 
 __all__ = ["LmmResult", "RanefTable", "SINGULAR_TOL"]
 
@@ -27,6 +32,12 @@ class LmmResult(MixedResult):
 
     reml: bool = True
     sigma: float = math.nan
+    problem: object = field(default=None, repr=False, compare=False)
+    tests: pd.DataFrame | None = field(default=None, repr=False)
+    ddf: str | None = None
+    ci: list = field(default_factory=list)
+    boot: object = field(default=None, repr=False)
+    profiles: list = field(default_factory=list, repr=False)
 
     kind = "lmm"
 
@@ -40,9 +51,105 @@ class LmmResult(MixedResult):
         return len(self.beta) + len(self.theta) + 1
 
     def fixef(self) -> pd.DataFrame:
-        """``term, estimate, std_error, statistic`` (t value)."""
-        return pd.DataFrame({"term": self.fixef_names, "estimate": self.beta,
-                             "std_error": self.se, "statistic": self.beta / self.se})
+        """``term, estimate, std_error, statistic`` (t value), with ``df`` and ``p_value``
+        after :meth:`test_fixef` (lmerTest's coefficient table)."""
+        out = pd.DataFrame({"term": self.fixef_names, "estimate": self.beta,
+                            "std_error": self.se, "statistic": self.beta / self.se})
+        if self.tests is not None:
+            out["df"] = self.tests["df"].to_numpy()
+            out["p_value"] = self.tests["p_value"].to_numpy()
+        return out
+
+    # ------------------------------------------------------------ inference
+    def _problem(self, what: str):
+        if self.problem is None:
+            raise ModelError(f"{what} needs the fit's statistics, and this result has none "
+                             "(it was read from a document): fit again, with the option on "
+                             "the fit (ci=..., ddf=...)")
+        return self.problem
+
+    def test_fixef(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """t tests of the fixed effects with Satterthwaite's degrees of freedom (lmerTest's
+        ``summary``); the table is kept for :meth:`fixef`, the summary and the document.
+
+        Parameters
+        ----------
+        ddf : {"satterthwaite"}
+            ``"kenward-roger"`` is not built yet.
+        """
+        from daskmm.inference.ddf import DDF_METHODS, coef_tests, varpar_cov
+        from daskmm.inference.deviance import Deviance
+        key = str(ddf).lower()
+        if key not in DDF_METHODS:
+            raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
+        if key == "kenward-roger":
+            raise ModelError("ddf='kenward-roger' is not available yet; use "
+                             "ddf='satterthwaite'")
+        info = varpar_cov(Deviance(self._problem("Satterthwaite's method")), self.theta,
+                          self.sigma, self.reml)
+        self.tests = coef_tests(self.fixef_names, np.asarray(self.beta), info)
+        self.ddf = "Satterthwaite"
+        self._varpar_cov = info
+        return self.tests
+
+    def confint(self, method: str = "profile", level: float = 0.95, *, nboot: int = 500,
+                seed: int | None = None, client=None) -> pd.DataFrame:
+        """Confidence intervals as lme4's ``confint(fit, method=, oldNames = FALSE)``:
+        ``parameter, lower, upper, method, level``.
+
+        Parameters
+        ----------
+        method : {"profile", "wald", "boot"}
+            ``profile``: profile likelihood (ML deviance, lme4's steps and spline) for every
+            parameter; ``wald``: fixed effects only (``estimate -/+ z se``; lme4 gives NA for
+            the covariance parameters); ``boot``: parametric bootstrap percentile intervals.
+        level : float
+        nboot, seed : int
+            Bootstrap replicates and seed (``seed=None`` draws one and records it).
+        client : distributed.Client, optional
+            Run the profiles or replicates as tasks on its workers.
+        """
+        key = str(method).lower()
+        if key not in CI_METHODS:
+            raise ModelError(f"method={method!r}; allowed: {', '.join(CI_METHODS)}")
+        if not 0 < level < 1:
+            raise ModelError(f"level={level!r}; a confidence level is between 0 and 1")
+        if key == "wald":
+            z = float(stats.norm.ppf((1 + level) / 2))
+            rows = [{"parameter": n, "lower": b - z * se, "upper": b + z * se}
+                    for n, b, se in zip(self.fixef_names, self.beta, self.se)]
+        elif key == "profile":
+            from daskmm.inference.profile import profile_intervals
+            traces = profile_intervals(self._problem("a profile"), np.asarray(self.theta),
+                                       list(self.fixef_names), level, client=client)
+            self.profiles = traces
+            rows = [{"parameter": t.parameter, "lower": t.lower, "upper": t.upper}
+                    for t in traces]
+        else:
+            from daskmm.inference.bootstrap import bootstrap
+            from daskmm.inference.profile import parameter_names
+            prob = self._problem("the bootstrap")
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(1)[0])
+            self.boot = bootstrap(prob, np.asarray(self.theta), np.asarray(self.beta),
+                                  self.sigma, self.reml, parameter_names(prob, self.fixef_names),
+                                  nboot, seed, client=client)
+            rows = self.boot.intervals(level)
+        out = pd.DataFrame(rows, columns=["parameter", "lower", "upper"])
+        out["method"] = key
+        out["level"] = level
+        self.ci = [r for r in self.ci if r["method"] != key] + out.to_dict("records")
+        return out
+
+    def r2(self) -> dict:
+        """Nakagawa's marginal and conditional R^2 (``performance::r2_nakagawa``)."""
+        from daskmm.inference.variance import r2_nakagawa
+        return r2_nakagawa(self)
+
+    def icc(self) -> dict:
+        """Intraclass correlation (``performance::icc``), also per grouping factor."""
+        from daskmm.inference.variance import icc
+        return icc(self)
 
     def varcorr(self) -> pd.DataFrame:
         """Rows as ``as.data.frame(VarCorr(fit))``: ``grp, var1, var2, vcov, sdcor``."""
@@ -70,16 +177,36 @@ class LmmResult(MixedResult):
                     "objective_kind": ("REML criterion (-2 restricted log-likelihood)"
                                        if self.reml else "deviance (-2 log-likelihood)"),
                     "sigma": self.sigma})
+        if self.ddf:
+            doc["ddf"] = self.ddf
+        if self.ci:
+            doc["ci"] = [dict(r) for r in self.ci]
+        if self.boot is not None:
+            doc["bootstrap"] = {"nboot": int(len(self.boot.t)), "seed": self.boot.seed,
+                                "n_failed": self.boot.n_failed}
         return doc
 
     @classmethod
     def _own_fields(cls, doc: dict) -> dict:
-        return {"reml": doc["method"] == "REML", "sigma": float(doc["sigma"])}
+        out = {"reml": doc["method"] == "REML", "sigma": float(doc["sigma"]),
+               "ddf": doc.get("ddf"), "ci": list(doc.get("ci") or [])}
+        if doc.get("ddf"):
+            out["tests"] = pd.DataFrame(
+                {"term": [r["term"] for r in doc["fixef"]],
+                 "df": [np.nan if r.get("df") is None else r["df"] for r in doc["fixef"]],
+                 "p_value": [np.nan if r.get("p_value") is None else r["p_value"]
+                             for r in doc["fixef"]]})
+        return out
 
     def summary(self) -> str:
         """Printed summary laid out like lme4's ``summary(lmer(...))``."""
         how = "REML" if self.reml else "maximum likelihood"
-        lines = [f"Linear mixed model fit by {how}  ['lmerMod']", f"Formula: {self.formula}", ""]
+        if self.tests is not None:
+            lines = [f"Linear mixed model fit by {how}. t-tests use {self.ddf}'s method "
+                     "['lmerModLmerTest']"]
+        else:
+            lines = [f"Linear mixed model fit by {how}  ['lmerMod']"]
+        lines += [f"Formula: {self.formula}", ""]
         if self.reml:
             lines.append(f"REML criterion at convergence: {self.objective:.1f}")
         else:
@@ -90,10 +217,53 @@ class LmmResult(MixedResult):
         fe = self.fixef()
         names = list(fe["term"])
         nw = max(len(n) for n in names)
-        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'t value':>9}")
-        for r in fe.itertuples(index=False):
-            lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
-                         f"{r.statistic:>9.3f}")
+        if self.tests is None:
+            lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'t value':>9}")
+            for r in fe.itertuples(index=False):
+                lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
+                             f"{r.statistic:>9.3f}")
+        else:
+            lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'df':>9}"
+                         f"{'t value':>9}{'Pr(>|t|)':>11}")
+            for r in fe.itertuples(index=False):
+                lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
+                             f"{r.df:>9.3f}{r.statistic:>9.3f}{format_p(r.p_value):>11} "
+                             f"{stars(r.p_value)}".rstrip())
+            lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
         lines += self._correlation_lines(names, nw)
         lines += self._tail_lines() + self._convergence_lines()
+        if self.ci:
+            lines += ["", "Confidence intervals:"]
+            pw = max(len(r["parameter"]) for r in self.ci)
+            for m in dict.fromkeys(r["method"] for r in self.ci):
+                rows = [r for r in self.ci if r["method"] == m]
+                a = (1 - rows[0]["level"]) / 2
+                lines.append(f"  {m}:" + " " * max(pw - len(m) - 1, 1)
+                             + f"{100 * a:>8.1f} %{100 * (1 - a):>9.1f} %")
+                for r in rows:
+                    lines.append(f"  {r['parameter']:<{pw}}{_num(r['lower']):>10}"
+                                 f"{_num(r['upper']):>11}")
         return "\n".join(lines) + "\n"
+
+
+def format_p(p: float) -> str:
+    """R's ``format.pval`` at 3 significant digits, as lmerTest prints."""
+    if p is None or not np.isfinite(p):
+        return "NA"
+    if p < 2e-16:
+        return "<2e-16"
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
+
+
+def stars(p: float) -> str:
+    """R's significance stars."""
+    if p is None or not np.isfinite(p):
+        return ""
+    for cut, mark in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < cut:
+            return mark
+    return ""
+
+
+def _num(x) -> str:
+    return "NA" if x is None or not np.isfinite(x) else f"{x:.6g}"

@@ -1,0 +1,153 @@
+"""Inference benchmark: profile intervals and the parametric bootstrap, daskmm against lme4.
+
+Simulates ``--rows`` rows (default 10^5) with ``--levels`` levels of ``g`` (default 10^3)::
+
+    x ~ N(0, 1);  (u0, u1)[g] ~ N(0, [[0.5^2, 0.3 * 0.5 * 0.4], [., 0.4^2]]);  e ~ N(0, 1)
+    y = 1 + 0.5 x + u0[g] + u1[g] x + e                        "y ~ x + (x | g)"
+
+and, side by side in one run (fit not timed; data loaded):
+
+* ``profile``: ``fit.confint("profile")`` against ``confint(fit, method = "profile")``;
+* ``boot``: ``fit.confint("boot", nboot=500)`` against ``confint(fit, method = "boot",
+  nsim = 500)`` (lme4's ``bootMer``, percentile intervals).
+
+daskmm runs in process (the data are small enough that a fit starts no cluster), one thread
+of BLAS. Then ``--big-rows`` (default 10^7, 10^4 levels) on a 2-worker ``LocalCluster``: one
+fit, and a ``--big-nboot`` (default 1,000) replicate bootstrap on the same cluster, reported
+as the ratio of the two times. Run::
+
+    python benchmarks/bench_inference.py --json /tmp/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tool_env import tool_env
+
+HERE = Path(__file__).resolve().parent
+FORMULA = "y ~ x + (x | g)"
+
+
+def simulate(rows: int, levels: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = np.sort(rng.integers(0, levels, rows))
+    x = rng.normal(size=rows)
+    cov = np.array([[0.25, 0.3 * 0.5 * 0.4], [0.3 * 0.5 * 0.4, 0.16]])
+    u = rng.multivariate_normal([0, 0], cov, size=levels)
+    y = 1 + 0.5 * x + u[g, 0] + u[g, 1] * x + rng.normal(size=rows)
+    return pd.DataFrame({"y": y, "x": x, "g": g})
+
+
+def run_r(path: Path, what: str, nsim: int, seed: int) -> dict:
+    out = subprocess.run(["Rscript", str(HERE / "bench_inference.R"), str(path), FORMULA, what,
+                          str(nsim), str(seed)], capture_output=True, text=True, check=False,
+                         env=tool_env())
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-3:]}
+    rec: dict = {"ci": {}}
+    for line in out.stdout.splitlines():
+        k, *v = line.split()
+        if k in ("FIT", "PROFILE", "BOOT"):
+            rec[k.lower() + "_s"] = float(v[0])
+        elif k == "CI":
+            rec["ci"][v[0]] = [float(v[1]), float(v[2])]
+    return rec
+
+
+def ours(df: pd.DataFrame, what: str, nboot: int, seed: int) -> dict:
+    from daskmm import lmm
+    fit = lmm(FORMULA, df)
+    t0 = time.perf_counter()
+    if what == "profile":
+        ci = fit.confint("profile")
+    else:
+        ci = fit.confint("boot", nboot=nboot, seed=seed)
+    dt = time.perf_counter() - t0
+    return {what + "_s": dt, "mode": fit.mode,
+            "ci": {r.parameter: [r.lower, r.upper] for r in ci.itertuples()}}
+
+
+def big(rows: int, levels: int, nboot: int, seed: int) -> dict:
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    from daskmm import lmm
+    from daskmm.distributed.client import NO_DASHBOARD
+    df = simulate(rows, levels, seed)
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="6GiB",
+                      **NO_DASHBOARD) as cluster, Client(cluster) as client:
+        ddf = dd.from_pandas(df, npartitions=16, sort=False).persist()
+        del df
+        fits = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fit = lmm(FORMULA, ddf, client=client)
+            fits.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fit.confint("boot", nboot=nboot, seed=seed, client=client)
+        boot_s = time.perf_counter() - t0
+    return {"rows": rows, "levels": levels, "nboot": nboot, "fit_s": fits,
+            "boot_s": boot_s, "ratio_boot_to_fit": boot_s / min(fits), "mode": fit.mode,
+            "n_failed": fit.boot.n_failed}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=10 ** 5)
+    p.add_argument("--levels", type=int, default=10 ** 3)
+    p.add_argument("--nboot", type=int, default=500)
+    p.add_argument("--repeats", type=int, default=3, help="daskmm runs of each measurement")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--big-rows", type=int, default=10 ** 7)
+    p.add_argument("--big-levels", type=int, default=10 ** 4)
+    p.add_argument("--big-nboot", type=int, default=1000)
+    p.add_argument("--skip", default="", help="comma list of profile, boot, big")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    report: dict = {"rows": args.rows, "levels": args.levels, "formula": FORMULA,
+                    "argv": sys.argv}
+    df = simulate(args.rows, args.levels, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.csv"
+        df.to_csv(path, index=False)
+        for what in ("profile", "boot"):
+            if what in skip:
+                continue
+            runs = [ours(df, what, args.nboot, args.seed) for _ in range(args.repeats)]
+            times = [r[what + "_s"] for r in runs]
+            r = run_r(path, what, args.nboot, args.seed)
+            rec = {"daskmm_runs_s": times, "daskmm_median_s": statistics.median(times),
+                   "daskmm_mode": runs[0]["mode"], "lme4": r, "daskmm_ci": runs[0]["ci"]}
+            if what + "_s" in r:
+                rec["ratio"] = r[what + "_s"] / rec["daskmm_median_s"]
+                if what == "profile":
+                    rec["max_rel_diff"] = max(
+                        abs(a - b) / max(abs(b), 1e-12)
+                        for k, v in runs[0]["ci"].items() if k in r["ci"]
+                        for a, b in zip(v, r["ci"][k]) if np.isfinite(b))
+            print(f"{what}: daskmm {times} (median {rec['daskmm_median_s']:.2f} s), lme4 "
+                  f"{r.get(what + '_s')} s, ratio {rec.get('ratio', float('nan')):.1f}x",
+                  flush=True)
+            report[what] = rec
+    if "big" not in skip:
+        report["big"] = big(args.big_rows, args.big_levels, args.big_nboot, args.seed)
+        b = report["big"]
+        print(f"big: {b['rows']} rows, fits {b['fit_s']} s, {b['nboot']} replicates "
+              f"{b['boot_s']:.1f} s = {b['ratio_boot_to_fit']:.1f}x one fit", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

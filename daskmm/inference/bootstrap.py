@@ -1,0 +1,195 @@
+"""Parametric bootstrap of an LMM, as lme4's ``bootMer`` with ``confint(method = "boot")``.
+
+Each replicate simulates from the fitted model and refits it. The simulation replaces only the
+response's products with the design (:mod:`daskmm.kernels.lmm_simulate`); the refit is an
+optimisation over the same statistics, started at the fit's ``theta`` (as ``refit`` in
+``bootMer``). Replicate ``i`` draws from the ``i``-th child of ``SeedSequence(seed)``, so the
+replicates do not depend on how they are batched or how many workers run them. With a cluster
+the replicates run as tasks (``daskmm-boot-*``) on the workers, the statistics sent to each
+worker once.
+
+Intervals are percentile intervals computed as the ``boot`` package does
+(``boot.ci(type = "perc")``: order statistics interpolated on the normal quantile scale,
+``norm.inter``), over the parameters ``confint.merMod`` reports: the covariance parameters as
+standard deviations and correlations, ``sigma``, then the fixed effects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from daskmm.distributed.evaluator import GatheredEvaluator
+from daskmm.errors import ModelError
+from daskmm.inference.deviance import blas_threads
+from daskmm.kernels.lmm_simulate import SimulationBasis, simulate_stats, simulation_basis
+from daskmm.kernels.pls import group_Lambda, lambda_tilde
+from daskmm.kernels.varpar import theta_to_sdcor
+from daskmm.lmm import Problem, objective, optimise
+from daskmm.problem import lambdas
+
+log = logging.getLogger("daskmm")
+
+BATCHES_PER_WORKER = 4
+
+
+@dataclass
+class BootResult:
+    """Replicates of a parametric bootstrap.
+
+    Attributes
+    ----------
+    names : list of str
+        Parameters, in lme4's ``confint`` order and names.
+    t0 : ndarray
+        Their estimates from the fit.
+    t : ndarray, shape (nboot, len(names))
+        Their replicates (a row of NaN for a replicate whose refit failed).
+    seed : int
+    n_failed : int
+        Replicates whose refit failed (left out of the intervals, as ``boot.ci``).
+    """
+
+    names: list[str]
+    t0: np.ndarray
+    t: np.ndarray
+    seed: int
+    n_failed: int
+
+    def intervals(self, level: float = 0.95) -> list[dict]:
+        """Percentile intervals: ``parameter, lower, upper``."""
+        a = (1 - level) / 2
+        out = []
+        for j, name in enumerate(self.names):
+            lo, hi = norm_inter(self.t[:, j], np.array([a, 1 - a]))
+            out.append({"parameter": name, "lower": lo, "upper": hi})
+        return out
+
+
+def norm_inter(t: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The ``boot`` package's ``norm.inter``: quantiles ``alpha`` of the finite replicates
+    ``t`` at order statistic ``(R + 1) alpha``, interpolated on the normal scale between the
+    neighbouring order statistics."""
+    t = np.sort(t[np.isfinite(t)])
+    R = len(t)
+    if R == 0:
+        return np.full(len(alpha), np.nan)
+    rk = (R + 1) * np.asarray(alpha, dtype=float)
+    k = np.trunc(rk).astype(int)
+    out = np.empty(len(alpha))
+    for i in range(len(alpha)):
+        if k[i] == rk[i] and 0 < k[i] <= R:
+            out[i] = t[k[i] - 1]
+        elif k[i] <= 0:
+            out[i] = t[0]
+        elif k[i] >= R:
+            out[i] = t[R - 1]
+        else:
+            z1 = stats.norm.ppf(alpha[i])
+            z2 = stats.norm.ppf(k[i] / (R + 1))
+            z3 = stats.norm.ppf((k[i] + 1) / (R + 1))
+            tk, tk1 = t[k[i] - 1], t[k[i]]
+            out[i] = tk + (z1 - z2) / (z3 - z2) * (tk1 - tk)
+    return out
+
+
+@dataclass
+class _Setup:
+    """What every replicate needs (sent to each worker once)."""
+
+    prob: Problem
+    basis: SimulationBasis
+    Lams: list
+    Lam_G: np.ndarray
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma: float
+    reml: bool
+
+
+def replicate(setup: _Setup, seed: np.random.SeedSequence) -> np.ndarray:
+    """One replicate: simulate the response statistics, refit, return the parameters."""
+    prob = setup.prob
+    rng = np.random.default_rng(seed)
+    st = simulate_stats(prob.evaluator.stats, setup.basis, setup.Lams, setup.Lam_G,
+                        setup.beta, setup.sigma, rng)
+    ev = GatheredEvaluator(st, prob.layout, mode=prob.evaluator.mode)
+    sim = dataclasses.replace(prob, evaluator=ev, G=st.G)
+    terms = list(prob.spec.terms)
+    try:
+        theta, _ = optimise(sim, setup.reml, x0=setup.theta)
+        prof, _ = objective(sim, theta, setup.reml)
+        if not np.isfinite(prof.objective):
+            raise FloatingPointError("objective not finite")
+        return np.concatenate([theta_to_sdcor(terms, theta, prof.sigma(setup.reml)),
+                               prof.beta()])
+    except Exception as exc:  # a failed refit is counted, as bootMer does
+        log.warning("bootstrap replicate failed: %s", exc)
+        return np.full(sum(t.n_theta for t in terms) + 1 + len(setup.beta), np.nan)
+
+
+def _batch(setup: _Setup, seeds: list) -> np.ndarray:
+    return np.stack([replicate(setup, s) for s in seeds])
+
+
+def bootstrap(prob: Problem, theta: np.ndarray, beta: np.ndarray, sigma: float, reml: bool,
+              names: list[str], nboot: int, seed: int, client=None) -> BootResult:
+    """Parametric bootstrap of a fitted LMM.
+
+    Parameters
+    ----------
+    prob : daskmm.lmm.Problem
+        The fit's problem; its statistics must be held on the client (``in-process`` or
+        ``gathered``).
+    theta, beta, sigma, reml
+        The fit.
+    names : list of str
+        Parameter names (sd/cor, ``sigma``, fixed effects).
+    nboot : int
+        Replicates.
+    seed : int
+        Seed of the replicates' ``SeedSequence``.
+    client : distributed.Client, optional
+        Run the replicates as tasks on its workers.
+    """
+    if nboot < 1:
+        raise ModelError(f"nboot={nboot}; the bootstrap needs at least 1 replicate "
+                         "(lme4's bootMer default is nsim = 500 for confint)")
+    if prob.evaluator.mode == "distributed":
+        raise ModelError("the parametric bootstrap refits on statistics held on the client; "
+                         "this fit kept them on the workers (mode='distributed'). Fit with "
+                         "mode='gathered' to bootstrap")
+    layout = prob.layout
+    lam = lambdas(prob.spec, theta)
+    stats_ = prob.evaluator.stats
+    Lams = [group_Lambda(layout, lam, g.composition) for g in stats_.groups]
+    nG = layout.n_G
+    Lam_G = lambda_tilde(layout, lam)[:nG, :nG].toarray() if nG else np.zeros((0, 0))
+    basis = simulation_basis(stats_, nG + layout.p)
+    setup = _Setup(prob, basis, Lams, Lam_G, np.asarray(theta, float), np.asarray(beta, float),
+                   float(sigma), reml)
+    seeds = np.random.SeedSequence(seed).spawn(nboot)
+    if client is not None:
+        nw = max(len(client.scheduler_info().get("workers", {})), 1)
+        size = max(1, -(-nboot // (BATCHES_PER_WORKER * nw)))
+        chunks = [seeds[i:i + size] for i in range(0, nboot, size)]
+        sf = client.scatter(setup, broadcast=True)
+        tok = uuid.uuid4().hex[:8]
+        futs = [client.submit(_batch, sf, ch, key=f"daskmm-boot-{tok}-{i}")
+                for i, ch in enumerate(chunks)]
+        t = np.concatenate(client.gather(futs))
+    else:
+        with blas_threads(prob):
+            t = _batch(setup, seeds)
+    terms = list(prob.spec.terms)
+    t0 = np.concatenate([theta_to_sdcor(terms, theta, sigma), beta])
+    n_failed = int(np.sum(~np.all(np.isfinite(t), axis=1)))
+    if n_failed:
+        log.warning("%d of %d bootstrap refits failed; the intervals use the other %d",
+                    n_failed, nboot, nboot - n_failed)
+    return BootResult(list(names), t0, t, int(seed), n_failed)
