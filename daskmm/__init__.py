@@ -23,10 +23,12 @@ _LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.lmm", "lmm"),
          "LmmResult": ("daskmm.results.lmm_result", "LmmResult"),
          "GlmmResult": ("daskmm.results.glmm_result", "GlmmResult"),
          "GamResult": ("daskmm.results.gam_result", "GamResult"),
-         "gwas": ("daskmm.gwas.api", "gwas"), "GwasResult": ("daskmm.gwas.api", "GwasResult")}
+         "gwas": ("daskmm.gwas.api", "gwas"), "GwasResult": ("daskmm.gwas.api", "GwasResult"),
+         "anova": ("daskmm.inference.compare", "anova"),
+         "load_model": ("daskmm.prediction", "load_model")}
 
 __all__ = ["fit", "MixedResult", "lmm", "LmmResult", "glmm", "GlmmResult", "gam", "GamResult",
-           "gwas", "GwasResult",
+           "gwas", "GwasResult", "anova", "load_model",
            "DaskmmError",
            "FormulaError", "DataError", "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"

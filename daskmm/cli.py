@@ -99,6 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="dataset directory to create")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
+    pr = sub.add_parser("predict", help="predictions of a fitted LMM for new rows, from its "
+                        "result folder (model.pkl), without refitting")
+    pr.add_argument("result", help="folder written by daskmm fit --out")
+    pr.add_argument("data", help="rows to predict: CSV or Parquet (the response is not needed)")
+    pr.add_argument("--out", required=True, help="file to write: .parquet or .csv, one column "
+                    "'fit' in the rows' order (NaN where a column the model uses is missing)")
+    pr.add_argument("--no-re", action="store_true", help="the fixed part only (re.form = NA)")
+    pr.add_argument("--allow-new-levels", action="store_true",
+                    help="predict unseen levels at the population level (default: refuse)")
+    pr.add_argument("--scheduler", default=None, help="Dask scheduler address (default: this "
+                    "process)")
+    pr.add_argument("--force", action="store_true", help="replace an existing --out file")
     gw = sub.add_parser("gwas", help="mixed-model association scan (FaST-LMM's exact test, "
                         "leaving out each chromosome)")
     src = gw.add_mutually_exclusive_group(required=True)
@@ -267,6 +279,43 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from daskmm.prediction import load_model
+
+    out = Path(args.out).resolve()
+    if out.suffix not in (".parquet", ".csv"):
+        raise DaskmmError(f"--out {args.out!r}: give a .parquet or .csv file name")
+    if out == Path(args.data).resolve() or Path(args.result).resolve() in out.parents:
+        raise DaskmmError(f"--out {args.out!r} would overwrite the input data or the result "
+                          "folder; give another path")
+    if out.exists() and not args.force:
+        raise DaskmmError(f"--out {args.out!r} exists; give a new file name or --force to "
+                          "replace it")
+    if not out.parent.is_dir():
+        raise DaskmmError(f"--out {args.out!r}: folder {str(out.parent)!r} does not exist")
+    pred = load_model(args.result)
+    series = pred.predict(args.data, re=not args.no_re, allow_new_levels=args.allow_new_levels)
+    if args.scheduler:
+        from daskmm.distributed.client import client_for
+        with client_for(args.scheduler) as c:
+            values = c.compute(series).result()
+    else:
+        values = series.compute()
+    frame = values.reset_index(drop=True).to_frame("fit")
+    tmp = out.with_name(f".{out.name}.partial")
+    if out.suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    n_na = int(frame["fit"].isna().sum())
+    print(f"wrote {out}: {len(frame)} predictions"
+          + (f" ({n_na} NaN: a column the model uses is missing there)" if n_na else ""))
+    return 0
+
+
 def _gwas(args: argparse.Namespace) -> int:
     from daskmm.gwas import gwas
 
@@ -316,7 +365,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": _fit, "ingest": _ingest, "simulate": _simulate, "run": _run,
-            "gwas": _gwas, "gwas-ingest": _gwas_ingest}
+            "gwas": _gwas, "gwas-ingest": _gwas_ingest, "predict": _predict}
 
 
 def explain(exc: BaseException) -> str:

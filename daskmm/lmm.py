@@ -54,6 +54,7 @@ from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
 from daskmm.kernels.stats import Layout, PartitionStats
 from daskmm.optimizer import OptSummary, minimize
+from daskmm.prediction import Predictor, residual_quantiles
 from daskmm.problem import frozen_levels, lambdas, model_layout, outside_bars, ranef_tables
 from daskmm.results.base import spec_terms
 from daskmm.results.lmm_result import LmmResult
@@ -153,6 +154,10 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         theta, opt = optimise(prob, reml, optimizer_options or {})
         t2 = time.perf_counter()
         result = _result(prob, parsed, theta, opt, reml)
+        result.predictor = predictor_for(result, data, npartitions)
+        if here:  # the rows are in this process: lme4's scaled-residual quantiles, exactly
+            result.scaled_residuals = residual_quantiles(
+                result.residuals("pearson", scaled=True).compute(scheduler="sync").to_numpy())
         t3 = time.perf_counter()
         if ddf is not None:
             result.test_fixef(ddf)
@@ -166,6 +171,17 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         result.timing["inference_s"] = t4 - t3
     result.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     return result
+
+
+def predictor_for(result: LmmResult, data, npartitions: int | None) -> Predictor:
+    """The :class:`~daskmm.prediction.Predictor` of a fit (what ``predict`` and
+    ``model.pkl`` need)."""
+    spec = result.spec
+    beta = np.zeros(len(spec.fixef_names))
+    beta[[spec.fixef_names.index(nm) for nm in result.fixef_names]] = result.beta
+    tables = {f: (list(t.levels), np.asarray(t.b)) for f, t in result.ranef.items()}
+    return Predictor(spec, beta, tables, float(result.sigma), np.asarray(result.theta),
+                     data, npartitions)
 
 
 # ------------------------------------------------------------------ step 1 and 2

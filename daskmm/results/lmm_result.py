@@ -38,6 +38,8 @@ class LmmResult(MixedResult):
     ci: list = field(default_factory=list)
     boot: object = field(default=None, repr=False)
     profiles: list = field(default_factory=list, repr=False)
+    predictor: object = field(default=None, repr=False, compare=False)
+    scaled_residuals: dict | None = None
 
     kind = "lmm"
 
@@ -59,6 +61,45 @@ class LmmResult(MixedResult):
             out["df"] = self.tests["df"].to_numpy()
             out["p_value"] = self.tests["p_value"].to_numpy()
         return out
+
+    # ------------------------------------------------------------ rows
+    def _predictor(self):
+        if self.predictor is None:
+            raise ModelError("this result has no model spec attached (it was read from "
+                             "summary.json); predict from the fit directory's model.pkl with "
+                             "daskmm.load_model(DIR) or `daskmm predict DIR DATA`")
+        return self.predictor
+
+    def predict(self, newdata=None, re: bool = True, allow_new_levels: bool = False):
+        """Predictions as lme4's ``predict(fit, newdata, re.form =, allow.new.levels =)``: a
+        lazy dask Series in the rows' order (NaN where a column the model uses is missing).
+
+        Parameters
+        ----------
+        newdata : path, pandas or dask DataFrame, optional
+            Rows to predict (the fitted rows when omitted); the response is not needed.
+        re : bool
+            Include the conditional modes (``re.form = NULL``); False: the fixed part only.
+        allow_new_levels : bool
+            A level not in the fit predicts at the population level; False (lme4's default)
+            raises :class:`~daskmm.errors.DataError` naming the level.
+        """
+        return self._predictor().predict(newdata, re, allow_new_levels)
+
+    def fitted(self):
+        """Fitted values (``fitted(fit)``): a lazy dask Series over the fitted rows."""
+        return self._predictor().predict(None, True, False)
+
+    def residuals(self, type: str = "response", scaled: bool = False):
+        """``residuals(fit, type = "response" | "pearson" | "deviance", scaled =)``: lazy.
+        For an LMM, pearson and deviance residuals are ``sqrt(w) (y - mu)``; ``scaled``
+        divides by ``sigma``."""
+        return self._predictor().residuals(type, scaled)
+
+    def simulate(self, nsim: int = 1, seed: int = 0, newdata=None):
+        """Responses simulated from the fit (``simulate(fit, nsim, seed)``): new random effects
+        and residuals; a lazy dask DataFrame ``sim_1 .. sim_nsim``."""
+        return self._predictor().simulate(nsim, seed, newdata)
 
     # ------------------------------------------------------------ inference
     def _problem(self, what: str):
@@ -181,6 +222,8 @@ class LmmResult(MixedResult):
             doc["ddf"] = self.ddf
         if self.ci:
             doc["ci"] = [dict(r) for r in self.ci]
+        if self.scaled_residuals:
+            doc["scaled_residuals"] = dict(self.scaled_residuals)
         if self.boot is not None:
             doc["bootstrap"] = {"nboot": int(len(self.boot.t)), "seed": self.boot.seed,
                                 "n_failed": self.boot.n_failed}
@@ -189,7 +232,8 @@ class LmmResult(MixedResult):
     @classmethod
     def _own_fields(cls, doc: dict) -> dict:
         out = {"reml": doc["method"] == "REML", "sigma": float(doc["sigma"]),
-               "ddf": doc.get("ddf"), "ci": list(doc.get("ci") or [])}
+               "ddf": doc.get("ddf"), "ci": list(doc.get("ci") or []),
+               "scaled_residuals": doc.get("scaled_residuals")}
         if doc.get("ddf"):
             out["tests"] = pd.DataFrame(
                 {"term": [r["term"] for r in doc["fixef"]],
@@ -211,6 +255,13 @@ class LmmResult(MixedResult):
             lines.append(f"REML criterion at convergence: {self.objective:.1f}")
         else:
             lines += self._criteria_lines()
+        if self.scaled_residuals:
+            q = self.scaled_residuals
+            keys = ["Min", "1Q", "Median", "3Q", "Max"]
+            vals = [f"{q[k]:.4f}" for k in keys]
+            w = max(len(v) for v in vals + keys) + 1
+            lines += ["", "Scaled residuals: ", "".join(k.rjust(w) for k in keys),
+                      "".join(v.rjust(w) for v in vals)]
         lines += ["", "Random effects:", *self._random_effects_lines(residual=True),
                   *self._nobs_lines()]
         lines += ["", "Fixed effects:"]

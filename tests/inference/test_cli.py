@@ -1,0 +1,102 @@
+"""Inference from the command line and from job files: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import load_fixture
+from tests.inference.refs import load
+
+SLEEP = load_fixture("sleepstudy_reml")["data_path"]
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+def daskmm(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "daskmm.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_fit_adds_intervals_and_satterthwaite_tests_to_the_document(tmp_path):
+    out = tmp_path / "fit"
+    r = daskmm("fit", SLEEP, "--formula", FORMULA, "--ci", "profile", "--ddf",
+               "satterthwaite", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "t-tests use Satterthwaite's method" in r.stdout
+    assert "Confidence intervals:" in r.stdout
+    doc = json.loads((out / "summary.json").read_text())
+    ref = load("sleepstudy")
+    for row, want in zip(doc["fixef"], ref["coef"]):
+        assert row["df"] == pytest.approx(want["df"], rel=1e-4)
+        assert set(row) >= {"df", "p_value"}
+    assert [c["parameter"] for c in doc["ci"]] == [c["parameter"] for c in ref["profile_ci"]]
+    for got, want in zip(doc["ci"], ref["profile_ci"]):
+        assert got["method"] == "profile" and got["level"] == 0.95
+        assert got["lower"] == pytest.approx(want["lower"], rel=1e-4)
+        assert got["upper"] == pytest.approx(want["upper"], rel=1e-4)
+
+
+def test_job_file_takes_a_bootstrap_and_records_its_seed(tmp_path):
+    out = tmp_path / "job_out"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data: {SLEEP}\nformula: \"{FORMULA}\"\nci: boot\nnboot: 20\nseed: 3\n"
+                   f"level: 0.9\noutput: {out}\n")
+    r = daskmm("run", str(job))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["bootstrap"] == {"nboot": 20, "seed": 3, "n_failed": 0}
+    assert {c["method"] for c in doc["ci"]} == {"boot"}
+    assert all(c["level"] == 0.9 for c in doc["ci"])
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("family: poisson\nci: profile\n", "ci (inference after the fit) apply to linear"),
+    ("ci: bca\n", "ci"),
+    ("nboot: 0\n", "nboot"),
+])
+def test_bad_inference_fields_in_a_job_are_one_line(tmp_path, extra, words):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data: {SLEEP}\nformula: \"{FORMULA}\"\n{extra}output: {tmp_path / 'o'}\n")
+    r = daskmm("run", str(job))
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert words in r.stderr
+
+
+def test_ci_on_a_glmm_is_refused_in_one_line(tmp_path):
+    r = daskmm("fit", SLEEP, "--formula", "Days ~ 1 + (1 | Subject)", "--family", "poisson",
+               "--ci", "wald", "--out", str(tmp_path / "o"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "linear mixed models" in r.stderr
+
+
+def test_predict_from_a_result_folder_matches_the_fit(tmp_path):
+    import pandas as pd
+    out = tmp_path / "fit"
+    assert daskmm("fit", SLEEP, "--formula", FORMULA, "--out", str(out)).returncode == 0
+    assert (out / "model.pkl").is_file()
+    new = pd.read_csv(SLEEP).drop(columns=["Reaction"]).head(12)
+    new.loc[3, "Subject"] = 999
+    src = tmp_path / "new.csv"
+    new.to_csv(src, index=False)
+    dst = tmp_path / "pred.parquet"
+    r = daskmm("predict", str(out), str(src), "--out", str(dst))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "new level(s) of 'Subject'" in r.stderr and not dst.exists()
+    r = daskmm("predict", str(out), str(src), "--out", str(dst), "--allow-new-levels")
+    assert r.returncode == 0, r.stderr
+    got = pd.read_parquet(dst)["fit"]
+    import daskmm as dm
+    fit = dm.lmm(FORMULA, pd.read_csv(SLEEP), mode="in-process")
+    want = fit.predict(new, allow_new_levels=True).compute()
+    assert got.to_numpy() == pytest.approx(want.to_numpy(), rel=1e-12)
+    r = daskmm("predict", str(out), str(src), "--out", str(dst))
+    assert r.returncode != 0 and "exists" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = daskmm("predict", str(tmp_path / "empty"), str(src), "--out", str(tmp_path / "x.csv"))
+    assert r.returncode != 0 and "has no model.pkl" in r.stderr
+    r = daskmm("predict", str(out), str(src), "--out", str(out / "p.csv"))
+    assert r.returncode != 0 and "would overwrite" in r.stderr
