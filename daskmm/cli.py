@@ -69,8 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                      "previous daskmm fit with --force")
     fit.add_argument("--force", action="store_true", help="replace a previous daskmm fit at "
                      "--out (never a folder daskmm did not write)")
-    fit.add_argument("--plots", action="store_true", help="GAM: write one PNG per smooth "
-                     "(with its +-2 SE band and a rug) under OUT/plots")
+    fit.add_argument("--plots", action="store_true", help="write PNG plots under OUT/plots: "
+                     "GAM: one per smooth (with its +-2 SE band and a rug); LMM: caterpillar "
+                     "plots, residuals against fitted, QQ plots of residuals and random "
+                     "effects, and with --ci profile the zeta plots")
     fit.add_argument("-v", "--verbose", action="store_true")
 
     ing = sub.add_parser("ingest", help="write CSV/Parquet as a dataset bucketed by a factor")
@@ -187,6 +189,9 @@ def _fit(args: argparse.Namespace) -> int:
     if args.rho or args.ar_start is not None or args.discrete:
         raise DaskmmError("--rho, --ar-start (AR1 residuals) and --discrete apply to GAMs, "
                           "formulas with s() terms")
+    if args.plots and args.family != "gaussian":
+        raise DaskmmError("--plots applies to linear mixed models and GAMs; leave it out for "
+                          f"--family {args.family}")
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
     if args.method is not None and args.method not in ("REML", "ML"):
         raise DaskmmError(f"--method {args.method} is for GAMs (formulas with s() terms); a "
@@ -197,11 +202,19 @@ def _fit(args: argparse.Namespace) -> int:
                         nagq=args.nagq, factors=factors, weights=args.weights,
                         client=args.scheduler, mode=args.mode, ddf=args.ddf, ci=args.ci,
                         level=args.level, nboot=args.nboot, seed=args.seed)
-    write_outputs(result, out)
+    extra = None
+    if args.plots:
+        def extra(tmp) -> None:
+            from daskmm.results.lmm_plots import KINDS
+            for kind in KINDS:
+                if kind != "zeta" or result.profiles:
+                    result.plot(kind, tmp / "plots")
+    write_outputs(result, out, extra=extra)
     print(result.summary())
     report_rows(result)
-    print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet "
-          f"(fitted {result.mode})")
+    print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet"
+          + (", model.pkl" if result.kind == "lmm" else "") + (", plots" if args.plots else "")
+          + f" (fitted {result.mode})")
     return 0
 
 

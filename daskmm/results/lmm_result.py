@@ -101,6 +101,13 @@ class LmmResult(MixedResult):
         and residuals; a lazy dask DataFrame ``sim_1 .. sim_nsim``."""
         return self._predictor().simulate(nsim, seed, newdata)
 
+    def plot(self, kind: str, out) -> list:
+        """Write diagnostic plots as PNG under folder ``out``
+        (:mod:`daskmm.results.lmm_plots`): ``caterpillar``, ``residuals``, ``qq``,
+        ``ranef_qq`` or ``zeta`` (after :meth:`confint` with ``"profile"``)."""
+        from daskmm.results.lmm_plots import plot
+        return plot(self, kind, out)
+
     # ------------------------------------------------------------ inference
     def _problem(self, what: str):
         if self.problem is None:

@@ -100,3 +100,16 @@ def test_predict_from_a_result_folder_matches_the_fit(tmp_path):
     assert r.returncode != 0 and "has no model.pkl" in r.stderr
     r = daskmm("predict", str(out), str(src), "--out", str(out / "p.csv"))
     assert r.returncode != 0 and "would overwrite" in r.stderr
+
+
+def test_fit_plots_writes_the_lmm_diagnostics(tmp_path):
+    out = tmp_path / "fit"
+    r = daskmm("fit", SLEEP, "--formula", FORMULA, "--ci", "profile", "--plots", "--out",
+               str(out))
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert names == ["caterpillar_Subject_Days.png", "caterpillar_Subject_Intercept.png",
+                     "profile_zeta.png", "qq_ranef_Subject_Days.png",
+                     "qq_ranef_Subject_Intercept.png", "qq_residuals.png",
+                     "residuals_fitted.png"]
+    assert all((out / "plots" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
