@@ -298,6 +298,36 @@ class ModelSpec:
             X[:, j] = 1.0 if c is None else df[c].to_numpy(dtype=float)
         return X
 
+    def fixed_terms(self) -> list[dict]:
+        """The fixed part's terms other than the intercept, in ``X`` order: ``label`` (R's
+        ``a:b``), ``variables`` (data columns), ``numeric`` (the numeric ones among them) and
+        ``columns`` (indices into :attr:`fixef_names`). Terms built from calls (``log(x)``,
+        ``poly(x, 2)``) have no data column and raise :class:`ModelError`."""
+        from daskmm.errors import ModelError
+        inverse = {k: c for c, k in self._rewriter.column_keys.items()} if self._rewriter \
+            else {}
+        out = []
+        for term, sl in self._fixed_spec.term_slices.items():
+            names = [str(f) for f in term.factors]
+            if names == ["1"]:
+                continue
+            missing = [n for n in names if n not in inverse]
+            if missing:
+                raise ModelError(f"term {self.fixef_names[sl.start]!r} is built from a call; "
+                                 "type III contrasts are built for plain columns: compute the "
+                                 "transformed column in the data first")
+            cols = [inverse[n] for n in names]
+            out.append({"label": ":".join(cols), "variables": cols,
+                        "numeric": [c for c in cols if c not in self.categorical],
+                        "columns": list(range(sl.start, sl.stop))})
+        return out
+
+    def fixed_matrix(self, df: pd.DataFrame) -> np.ndarray:
+        """The fixed-effects matrix of ``df`` (the fixed part's columns only; no response,
+        no grouping factors, no missing values)."""
+        frame = _LazyFrame(self, df)
+        return _dense(self._fixed_spec, frame, len(df))
+
     def encode(self, df: pd.DataFrame) -> Encoded:
         """Encode one partition (:meth:`prepare` is applied first).
 

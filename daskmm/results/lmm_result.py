@@ -189,6 +189,17 @@ class LmmResult(MixedResult):
         self.ci = [r for r in self.ci if r["method"] != key] + out.to_dict("records")
         return out
 
+    def anova(self, type: int = 3) -> pd.DataFrame:
+        """F tests of the fixed-effect terms with Satterthwaite's denominator df, as
+        lmerTest's ``anova(fit)`` (type III): ``Sum Sq, Mean Sq, NumDF, DenDF, F value,
+        Pr(>F)`` per term. To compare fits, use :func:`daskmm.anova`."""
+        if type != 3:
+            raise ModelError(f"type={type!r}; type III (lmerTest's default) is built; "
+                             "compare nested fits with daskmm.anova(m0, m1)")
+        from daskmm.inference.type3 import anova_type3
+        self._problem("type III tests")
+        return anova_type3(self)
+
     def r2(self) -> dict:
         """Nakagawa's marginal and conditional R^2 (``performance::r2_nakagawa``)."""
         from daskmm.inference.variance import r2_nakagawa

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "inference"
-CASES = ["sleepstudy", "dyestuff", "penicillin", "pastes", "sleepstudy_unbalanced", "cake"]
+CASES = ["sleepstudy", "dyestuff", "penicillin", "pastes", "sleepstudy_unbalanced",
+         "sleepstudy_factors", "cake"]
 
 
 def load(case: str) -> dict:

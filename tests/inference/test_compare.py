@@ -12,7 +12,7 @@ from tests.inference.refs import frame, rel
 
 
 @pytest.mark.parametrize("case", ["sleepstudy", "penicillin", "pastes",
-                                  "sleepstudy_unbalanced"])
+                                  "sleepstudy_unbalanced", "sleepstudy_factors"])
 def test_anova_matches_lme4(fits, case):
     ref, fit = fits[case]
     a = ref["anova"]

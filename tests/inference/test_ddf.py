@@ -70,3 +70,24 @@ def test_a_result_read_back_cannot_compute_new_tests(fits):
     with pytest.raises(ModelError, match="read from a document"):
         back.test_fixef()
     assert frame  # the module's data helper stays importable for the other tests
+
+
+@pytest.mark.parametrize("case", ["sleepstudy", "sleepstudy_unbalanced", "sleepstudy_factors",
+                                  "cake"])
+def test_type3_f_tests_match_lmertest_at_its_optimum(fits, case):
+    ref, fit = fits[case]
+    tab = at_reference(fit, ref).anova()
+    assert list(tab.index) == [r["term"] for r in ref["type3"]]
+    for (term, got), want in zip(tab.iterrows(), ref["type3"]):
+        assert got["NumDF"] == want["ndf"]
+        assert rel(got["DenDF"], want["ddf"]) < 1e-4, term
+        assert rel(got["F value"], want["F"]) < 1e-6, term
+        assert rel(got["Sum Sq"], want["sum_sq"]) < 1e-6, term
+        assert rel(got["Pr(>F)"], want["p_value"]) < 1e-4, term
+
+
+def test_type3_on_a_model_without_fixed_terms_is_empty(fits):
+    _, fit = fits["penicillin"]
+    assert len(fit.anova()) == 0
+    with pytest.raises(ModelError, match="type III"):
+        fit.anova(type=1)

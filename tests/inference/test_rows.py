@@ -16,7 +16,8 @@ from tests.inference.refs import CASES, ROOT, frame, rel
 # grouping factors that are data columns (and Pastes' cask, inside cask:batch)
 NEW_LEVEL_COLUMNS = {"sleepstudy": ["Subject"], "dyestuff": ["Batch"],
                      "penicillin": ["plate", "sample"], "pastes": ["batch", "cask"],
-                     "sleepstudy_unbalanced": ["Subject"], "cake": []}
+                     "sleepstudy_unbalanced": ["Subject"], "sleepstudy_factors": ["Subject"],
+                     "cake": []}
 
 
 @pytest.mark.parametrize("case", CASES)
