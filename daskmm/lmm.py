@@ -155,9 +155,10 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         t2 = time.perf_counter()
         result = _result(prob, parsed, theta, opt, reml)
         result.predictor = predictor_for(result, data, npartitions)
-        if here:  # the rows are in this process: lme4's scaled-residual quantiles, exactly
-            result.scaled_residuals = residual_quantiles(
-                result.residuals("pearson", scaled=True).compute(scheduler="sync").to_numpy())
+        if here and isinstance(frame, pd.DataFrame):
+            # the rows are in this process: lme4's scaled-residual quantiles, exactly
+            result.scaled_residuals = residual_quantiles(result.predictor.residual_values(
+                frame, "pearson", scaled=True).to_numpy())
         t3 = time.perf_counter()
         if ddf is not None:
             result.test_fixef(ddf)

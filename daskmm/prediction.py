@@ -77,6 +77,13 @@ class Predictor:
         return ddf.map_partitions(_residual_rows, self, type, scaled,
                                   meta=pd.Series(dtype=float, name="residual"))
 
+    def residual_values(self, df: pd.DataFrame, type: str = "response",
+                        scaled: bool = False) -> pd.Series:
+        """:meth:`residuals` of a pandas frame held here, computed now (no dask)."""
+        if type not in RESIDUAL_TYPES:
+            raise ModelError(f"type={type!r}; allowed: {', '.join(RESIDUAL_TYPES)}")
+        return _residual_rows(df, self, type, scaled)
+
     def simulate(self, nsim: int = 1, seed: int = 0, newdata=None):
         """``simulate(fit, nsim, seed)`` for an LMM: new random effects for every level and
         new residuals; a lazy dask DataFrame ``sim_1 .. sim_nsim``. The random effects come

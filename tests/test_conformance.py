@@ -106,8 +106,8 @@ def test_cli_matches_lme4(fid, tmp_path, scheduler_address):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["_daskmm.json", "fixef.parquet",
-                                                     "ranef.parquet", "summary.json",
-                                                     "summary.txt"]
+                                                     "model.pkl", "ranef.parquet",
+                                                     "summary.json", "summary.txt"]
     doc = json.loads((out / "summary.json").read_text())
     ranef = pd.read_parquet(out / "ranef.parquet")
     assert list(ranef.columns) == ["group", "level", "term", "estimate", "std_error"]

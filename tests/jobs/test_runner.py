@@ -43,8 +43,8 @@ def test_example_job_end_to_end(client, example):
     assert proc.returncode == 0, proc.stderr
     out = root / "results" / "sleepstudy"
     assert sorted(p.name for p in out.iterdir()) == [
-        "_SUCCESS", "_daskmm.json", "fixef.parquet", "job.json", "ranef.parquet",
-        "summary.json", "summary.txt"]
+        "_SUCCESS", "_daskmm.json", "fixef.parquet", "job.json", "model.pkl",
+        "ranef.parquet", "summary.json", "summary.txt"]
     fx = load_fixture("sleepstudy_reml")
     doc = json.loads((out / "summary.json").read_text())
     assert doc["objective"] == pytest.approx(fx["objective"], rel=1e-6)
