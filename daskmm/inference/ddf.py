@@ -102,3 +102,71 @@ def f_test(L: np.ndarray, beta: np.ndarray, info: VarparCov) -> dict:
     F, ndf, ddf = satterthwaite_f(L, beta, info.vcov, info.jac, info.A,
                                   tol=np.sqrt(np.finfo(float).eps))
     return {"F": F, "ndf": ndf, "ddf": ddf, "p_value": float(stats.f.sf(F, ndf, ddf))}
+
+
+def kenward_roger_parts(prob, theta: np.ndarray, sigma: float, vcov: np.ndarray):
+    """pbkrtest's ``vcovAdj`` for a fit whose random effects are one grouping factor or
+    factors nested in it (:func:`daskmm.kernels.kenward_roger.vcov_adjusted`)."""
+    from daskmm.distributed.evaluator import GatheredEvaluator
+    from daskmm.errors import ModelError
+    from daskmm.kernels.kenward_roger import vcov_adjusted
+    from daskmm.kernels.pls import group_Lambda
+    from daskmm.problem import lambdas
+    lay = prob.layout
+    if lay.global_factors:
+        raise ModelError("Kenward-Roger is built for one grouping factor or factors nested in "
+                         f"it; this model has crossed factors ({', '.join(lay.global_factors)})"
+                         ": use ddf='satterthwaite'")
+    if prob.spec.weights:
+        raise ModelError("Kenward-Roger with prior weights is not built; use "
+                         "ddf='satterthwaite'")
+    if not isinstance(prob.evaluator, GatheredEvaluator):
+        raise ModelError("Kenward-Roger needs the statistics on the client; this fit kept them "
+                         "on the workers (mode='distributed'): fit with mode='gathered'")
+    spec = prob.spec
+    lam = lambdas(spec, theta)
+    p = lay.p
+    # each covariance parameter's E_ab: its term's offset within its factor's columns
+    params = []
+    for f in spec.factors:
+        off = 0
+        for ti in f.terms:
+            t = spec.terms[ti]
+            r, c = t.tril_index()
+            for a, b in zip(r, c):
+                params.append((f.name, off + a, off + b))
+            off += t.q
+    groups = []
+    for g in prob.evaluator.stats.groups:
+        s = g.A.shape[1]
+        starts = {lay.primary: [0]}
+        pos = lay.q[lay.primary]
+        for f, cnt in zip(lay.nested, g.composition):
+            starts[f] = [pos + i * lay.q[f] for i in range(int(cnt))]
+            pos += int(cnt) * lay.q[f]
+        E = []
+        for f, a, b in params:
+            Ei = np.zeros((s, s))
+            for st in starts.get(f, []):
+                Ei[st + a, st + b] = Ei[st + b, st + a] = 1.0
+            E.append(Ei)
+        B = np.transpose(g.B[:, :p, :], (2, 0, 1))
+        groups.append((g.A, B, group_Lambda(lay, lam, g.composition), E))
+    XtX = prob.G[:p, :p]
+    return vcov_adjusted(groups, XtX, prob.n, sigma ** 2, vcov)
+
+
+def kr_coef_tests(names: list[str], beta: np.ndarray, vcov: np.ndarray, parts) -> pd.DataFrame:
+    """lmerTest's coefficient table with ``ddf = "Kenward-Roger"``: standard errors from the
+    adjusted covariance, pbkrtest's ``Lb_ddf`` degrees of freedom."""
+    from daskmm.kernels.kenward_roger import lb_ddf
+    rows = []
+    for j, name in enumerate(names):
+        e = np.zeros(len(beta))
+        e[j] = 1.0
+        se = float(np.sqrt(parts.Phi_A[j, j]))
+        df = lb_ddf(e, vcov, parts)
+        t = beta[j] / se
+        rows.append((name, beta[j], se, df, t, float(2 * stats.t.sf(abs(t), df))))
+    return pd.DataFrame(rows, columns=["term", "estimate", "std_error", "df", "statistic",
+                                       "p_value"])

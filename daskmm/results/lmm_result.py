@@ -57,7 +57,9 @@ class LmmResult(MixedResult):
         after :meth:`test_fixef` (lmerTest's coefficient table)."""
         out = pd.DataFrame({"term": self.fixef_names, "estimate": self.beta,
                             "std_error": self.se, "statistic": self.beta / self.se})
-        if self.tests is not None:
+        if self.tests is not None:  # Kenward-Roger's standard errors are the adjusted ones
+            out["std_error"] = self.tests["std_error"].to_numpy()
+            out["statistic"] = self.tests["statistic"].to_numpy()
             out["df"] = self.tests["df"].to_numpy()
             out["p_value"] = self.tests["p_value"].to_numpy()
         return out
@@ -122,8 +124,10 @@ class LmmResult(MixedResult):
 
         Parameters
         ----------
-        ddf : {"satterthwaite"}
-            ``"kenward-roger"`` is not built yet.
+        ddf : {"satterthwaite", "kenward-roger"}
+            Kenward-Roger (pbkrtest's ``vcovAdj`` and ``Lb_ddf``, lmerTest's ``ddf =
+            "Kenward-Roger"``): REML fits with one grouping factor or factors nested in it;
+            the standard errors become the adjusted ones.
         """
         from daskmm.inference.ddf import DDF_METHODS, coef_tests, varpar_cov
         from daskmm.inference.deviance import Deviance
@@ -131,8 +135,17 @@ class LmmResult(MixedResult):
         if key not in DDF_METHODS:
             raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
         if key == "kenward-roger":
-            raise ModelError("ddf='kenward-roger' is not available yet; use "
-                             "ddf='satterthwaite'")
+            from daskmm.inference.ddf import kenward_roger_parts, kr_coef_tests
+            if not self.reml:
+                raise ModelError("Kenward-Roger applies to REML fits (pbkrtest refits by "
+                                 "REML); fit with reml=True")
+            parts = kenward_roger_parts(self._problem("Kenward-Roger's method"),
+                                        np.asarray(self.theta), self.sigma, self.vcov)
+            self.tests = kr_coef_tests(self.fixef_names, np.asarray(self.beta), self.vcov,
+                                       parts)
+            self.ddf = "Kenward-Roger"
+            self._kr_parts = parts
+            return self.tests
         info = varpar_cov(Deviance(self._problem("Satterthwaite's method")), self.theta,
                           self.sigma, self.reml)
         self.tests = coef_tests(self.fixef_names, np.asarray(self.beta), info)
@@ -255,6 +268,8 @@ class LmmResult(MixedResult):
         if doc.get("ddf"):
             out["tests"] = pd.DataFrame(
                 {"term": [r["term"] for r in doc["fixef"]],
+                 "std_error": [r["std_error"] for r in doc["fixef"]],
+                 "statistic": [r["statistic"] for r in doc["fixef"]],
                  "df": [np.nan if r.get("df") is None else r["df"] for r in doc["fixef"]],
                  "p_value": [np.nan if r.get("p_value") is None else r["p_value"]
                              for r in doc["fixef"]]})

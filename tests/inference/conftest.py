@@ -31,7 +31,8 @@ def at_reference(fit, ref: dict, data=None):
     prof, lam = objective(prob, theta, True)
     beta, sigma = prof.beta(), prof.sigma(True)
     tables = ranef_tables(prob, lam, prof, beta, prof.u_G(beta), sigma)
+    Linv = np.linalg.inv(prof.L_XX)
     out = dataclasses.replace(fit, theta=theta, beta=beta, sigma=sigma, ranef=tables,
-                              tests=None, ci=[])
+                              vcov=sigma ** 2 * Linv.T @ Linv, tests=None, ci=[])
     out.predictor = predictor_for(out, data, None)
     return out

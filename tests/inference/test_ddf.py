@@ -56,11 +56,9 @@ def test_summary_prints_lmertest_columns_and_the_document_keeps_them(fits):
     assert "Pr(>|t|)" in back.summary()
 
 
-def test_kenward_roger_and_unknown_methods_are_refused_with_what_to_do(fits):
+def test_unknown_methods_are_refused_with_what_to_do(fits):
     _, fit = fits["dyestuff"]
-    with pytest.raises(ModelError, match="kenward-roger.*not available.*satterthwaite"):
-        fit.test_fixef("kenward-roger")
-    with pytest.raises(ModelError, match="allowed: satterthwaite"):
+    with pytest.raises(ModelError, match="allowed: satterthwaite, kenward-roger"):
         fit.test_fixef("containment")
 
 
@@ -91,3 +89,23 @@ def test_type3_on_a_model_without_fixed_terms_is_empty(fits):
     assert len(fit.anova()) == 0
     with pytest.raises(ModelError, match="type III"):
         fit.anova(type=1)
+
+
+@pytest.mark.parametrize("case", ["sleepstudy", "dyestuff", "pastes", "sleepstudy_unbalanced",
+                                  "sleepstudy_factors", "cake"])
+def test_kenward_roger_matches_pbkrtest_at_its_optimum(fits, case):
+    ref, fit = fits[case]
+    here = at_reference(fit, ref)
+    tab = here.test_fixef("kenward-roger")
+    assert here.ddf == "Kenward-Roger"
+    for got, want in zip(tab.itertuples(), ref["kr_coef"]):
+        assert rel(got.std_error, want["std_error"]) < 1e-6
+        assert rel(got.df, want["df"]) < 1e-4
+        assert rel(got.p_value, want["p_value"]) < 1e-4
+    assert "t-tests use Kenward-Roger's method" in here.summary()
+
+
+def test_kenward_roger_refuses_crossed_factors_with_what_to_do(fits):
+    _, fit = fits["penicillin"]
+    with pytest.raises(ModelError, match="crossed factors.*satterthwaite"):
+        fit.test_fixef("kenward-roger")
