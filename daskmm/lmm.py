@@ -315,7 +315,9 @@ def objective(prob: Problem, theta: np.ndarray, reml: bool):
     """Profiled REML criterion or deviance at ``theta``, with the stage-2 factor."""
     lam = lambdas(prob.spec, theta)
     logdet, RtR = prob.evaluator.stage1(lam)
-    prof = profiled(prob.G, RtR, logdet, lambda_tilde(prob.layout, lam), prob.layout.n_G,
+    # Lambda~ is only read for crossed factors (building the sparse identity costs ~50 us)
+    LamT = lambda_tilde(prob.layout, lam) if prob.layout.global_factors else None
+    prof = profiled(prob.G, RtR, logdet, LamT, prob.layout.n_G,
                     prob.layout.p, prob.n, prob.sum_log_w, reml)
     return prof, lam
 
@@ -357,10 +359,12 @@ def objective_parts(prob: Problem, theta: np.ndarray, reml: bool = False):
 
 
 def optimise(prob: Problem, reml: bool, options: dict | None = None,
-             x0: np.ndarray | None = None) -> tuple[np.ndarray, OptSummary]:
+             x0: np.ndarray | None = None, initial_step: np.ndarray | None = None
+             ) -> tuple[np.ndarray, OptSummary]:
     """:func:`daskmm.optimizer.minimize` over ``theta`` from lme4's start (or ``x0``), with the
     exact gradient of the profiled criterion (BOBYQA when ``options["method"] == "bobyqa"``,
-    or when the dense global block is too large for the gradient to pay)."""
+    or when the dense global block is too large for the gradient to pay); ``initial_step``
+    is BOBYQA's first trust-region radius per parameter."""
     spec = prob.spec
     if x0 is None:
         x0 = np.concatenate([t.theta_init() for t in spec.terms])
@@ -368,7 +372,8 @@ def optimise(prob: Problem, reml: bool, options: dict | None = None,
     use_grad = prob.layout.k <= GRADIENT_MAX_K
     return minimize(x0, lower, f=lambda t: objective(prob, t, reml)[0].objective,
                     fg=(lambda t: objective_grad(prob, t, reml)) if use_grad else None,
-                    options=options or {}, mode=prob.evaluator.mode)
+                    options=options or {}, mode=prob.evaluator.mode,
+                    initial_step=initial_step)
 
 
 def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,

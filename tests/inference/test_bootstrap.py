@@ -54,3 +54,16 @@ def test_bootstrap_refuses_bad_requests_with_what_to_do(fits):
         fit.confint("bca")
     with pytest.raises(ModelError, match="between 0 and 1"):
         fit.confint("wald", level=95)
+
+
+def test_replicate_refits_reach_the_gradient_methods_optimum(fits, monkeypatch):
+    """The replicates' BOBYQA refits (from the fit's theta, small first radius) land where the
+    exact-gradient method does."""
+    import daskmm.inference.bootstrap as boot
+    _, fit = fits["sleepstudy_unbalanced"]
+    fit.confint("boot", nboot=16, seed=4)
+    fast = fit.boot.t.copy()
+    monkeypatch.setattr(boot, "REFIT_OPTIONS", {})
+    fit.confint("boot", nboot=16, seed=4)
+    scale = np.maximum(np.abs(fit.boot.t), 1.0)
+    assert np.max(np.abs(fast - fit.boot.t) / scale) < 1e-6
