@@ -21,6 +21,20 @@ def test_replicates_are_identical_in_process_and_on_two_workers(fits, client):
     assert not np.array_equal(fit.boot.t, ta)
 
 
+def test_replicates_are_identical_on_one_and_four_workers(fits):
+    from distributed import Client, LocalCluster
+
+    from daskmm.distributed.client import NO_DASHBOARD
+    _, fit = fits["pastes"]
+    fit.confint("boot", nboot=30, seed=21)
+    here = fit.boot.t.copy()
+    for n in (1, 4):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          **NO_DASHBOARD) as cl, Client(cl) as c:
+            fit.confint("boot", nboot=30, seed=21, client=c)
+        np.testing.assert_array_equal(fit.boot.t, here)
+
+
 def test_bootstrap_centres_on_the_estimates_and_records_its_seed(fits):
     _, fit = fits["dyestuff"]
     ci = fit.confint("boot", nboot=200, seed=5)
