@@ -71,6 +71,9 @@ class OptSummary:
         Why BOBYQA ran after the gradient method, if it did.
     mode : str
         Where the evaluations ran (``in-process``, ``gathered``, ``distributed``).
+    restarted : bool
+        The LMM's optimum came from a restart off a boundary corner
+        (:func:`daskmm.lmm.optimise`).
     """
 
     optimizer: str
@@ -88,6 +91,7 @@ class OptSummary:
     fallback: str | None = None
     mode: str = ""
     code: int = 0
+    restarted: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

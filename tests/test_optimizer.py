@@ -193,3 +193,26 @@ def test_stalled_lbfgsb_hands_over_to_newton():
     assert summary.message.startswith("STALLED"), summary.message
     np.testing.assert_allclose(x, c, rtol=0, atol=1e-9)
     assert summary.feval < 30, summary  # L-BFGS-B alone spins to 50 here
+
+
+def test_a_boundary_corner_of_the_cholesky_parameters_is_left_for_the_optimum():
+    """Simulated (x | g) data where L-BFGS-B from lme4's start stops at theta_11 = 0 with
+    theta_21 < 0 (a KKT point of the bounded Cholesky parameters, 28 REML units above the
+    optimum): the fit restarts from that corner and reaches the interior optimum."""
+    import pandas as pd
+
+    from daskmm import lmm as fit_lmm
+    rng = np.random.default_rng(11)
+    for _ in range(16):  # the 16th data set of this stream is such a case
+        g = np.repeat(np.arange(50), 12)
+        x = rng.normal(size=600)
+        u = rng.multivariate_normal([0, 0], [[0.25, 0.06], [0.06, 0.16]], size=50)
+        y = 1 + 0.5 * x + u[g, 0] + u[g, 1] * x + rng.normal(size=600)
+    fit = fit_lmm("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x, "g": g}),
+                  mode="in-process")
+    assert fit.optinfo["restarted"]
+    assert fit.theta[0] > 0.3
+    assert fit.objective == pytest.approx(1811.5758092667884, abs=1e-6)
+    truth = np.array([0.5, 0.12, 0.4 * np.sqrt(0.91)])
+    other, _ = lmm_module.optimise(fit.problem, True, x0=truth)
+    assert fit.objective <= lmm_module.objective(fit.problem, other, True)[0].objective + 1e-8
