@@ -228,7 +228,7 @@ def satterthwaite_f(Lm: np.ndarray, beta: np.ndarray, vcov: np.ndarray, jac: np.
     t2 = (PtL @ beta) ** 2 / d
     F = float(t2.sum() / q)
     nu = np.array([satterthwaite(PtL[m], vcov, jac, A)[1] for m in range(q)])
-    return F, q, _f_ddf(nu, tol)
+    return F, q, _f_ddf(nu)
 
 
 def _f_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
