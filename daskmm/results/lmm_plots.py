@@ -38,6 +38,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot(result, kind: str, out: str | Path) -> list[Path]:
     """Write the plots of ``kind`` under folder ``out``; returns the files written."""
     if kind not in KINDS:
@@ -84,11 +92,7 @@ def _caterpillar(result, out: Path) -> list[Path]:
             ax.set_yticks([])
         ax.set_xlabel(f"{col} | {name}")
         ax.set_title(f"Conditional modes, 95% intervals{note}")
-        fig.tight_layout()
-        path = out / f"caterpillar_{_safe(name)}_{_safe(col)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, out / f"caterpillar_{_safe(name)}_{_safe(col)}.png"))
     return files
 
 
@@ -117,11 +121,7 @@ def _residuals(result, out: Path) -> list[Path]:
     ax.set_xlabel("Fitted values")
     ax.set_ylabel("Scaled Pearson residuals")
     ax.set_title(f"Residuals vs fitted{note}")
-    fig.tight_layout()
-    path = out / "residuals_fitted.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, out / "residuals_fitted.png")]
 
 
 def _qq_axes(ax, v: np.ndarray, title: str) -> None:
@@ -145,11 +145,7 @@ def _qq(result, out: Path) -> list[Path]:
     r, _, note = _rows(result)
     fig, ax = plt.subplots(figsize=(5, 5))
     _qq_axes(ax, r, f"Normal QQ, scaled residuals{note}")
-    fig.tight_layout()
-    path = out / "qq_residuals.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, out / "qq_residuals.png")]
 
 
 def _ranef_qq(result, out: Path) -> list[Path]:
@@ -158,11 +154,7 @@ def _ranef_qq(result, out: Path) -> list[Path]:
     for name, col, _, b, _ in _columns(result):
         fig, ax = plt.subplots(figsize=(5, 5))
         _qq_axes(ax, b, f"Normal QQ, {col} | {name}")
-        fig.tight_layout()
-        path = out / f"qq_ranef_{_safe(name)}_{_safe(col)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, out / f"qq_ranef_{_safe(name)}_{_safe(col)}.png"))
     return files
 
 
@@ -189,8 +181,4 @@ def _zeta(result, out: Path) -> list[Path]:
         ax.set_ylabel("zeta")
     for ax in axes.ravel()[k:]:
         ax.set_visible(False)
-    fig.tight_layout()
-    path = out / "profile_zeta.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, out / "profile_zeta.png")]
