@@ -303,6 +303,8 @@ def _predict(args: argparse.Namespace) -> int:
     if out == Path(args.data).resolve() or Path(args.result).resolve() in out.parents:
         raise DaskmmError(f"--out {args.out!r} would overwrite the input data or the result "
                           "folder; give another path")
+    if out.is_dir():
+        raise DaskmmError(f"--out {args.out!r} is a folder; give a .parquet or .csv file name")
     if out.exists() and not args.force:
         raise DaskmmError(f"--out {args.out!r} exists; give a new file name or --force to "
                           "replace it")

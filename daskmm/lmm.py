@@ -54,7 +54,7 @@ from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
 from daskmm.kernels.stats import Layout, PartitionStats
 from daskmm.optimizer import OptSummary, minimize
-from daskmm.prediction import Predictor, residual_quantiles
+from daskmm.prediction import Predictor
 from daskmm.problem import frozen_levels, lambdas, model_layout, outside_bars, ranef_tables
 from daskmm.results.base import spec_terms
 from daskmm.results.lmm_result import LmmResult
@@ -124,7 +124,7 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         Overrides of :data:`daskmm.optimizer.DEFAULTS`: ``method`` (``"auto"``: L-BFGS-B with
         the exact gradient, then Newton; ``"bobyqa"``: lme4's derivative-free optimiser),
         ``gtol``, ``xtol_abs``, ``ftol_abs``, ``maxeval``, ``polish``.
-    ddf : {"satterthwaite"}, optional
+    ddf : {"satterthwaite", "kenward-roger"}, optional
         Add degrees of freedom and p-values to the fixed effects (lmerTest's t tests;
         :meth:`LmmResult.test_fixef`).
     ci : {"wald", "profile", "boot"}, optional
@@ -156,9 +156,10 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         result = _result(prob, parsed, theta, opt, reml)
         result.predictor = predictor_for(result, data, npartitions)
         if here and isinstance(frame, pd.DataFrame):
-            # the rows are in this process: lme4's scaled-residual quantiles, exactly
-            result.scaled_residuals = residual_quantiles(result.predictor.residual_values(
-                frame, "pearson", scaled=True).to_numpy())
+            # the rows are in this process: the summary's scaled-residual quantiles are
+            # computed from them, exactly, when first printed or written (a pass over the
+            # rows that a fit read only for fixef() should not pay)
+            result.rows_here = frame
         t3 = time.perf_counter()
         if ddf is not None:
             result.test_fixef(ddf)

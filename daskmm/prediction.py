@@ -143,10 +143,13 @@ class Predictor:
             levels, b = tables[f.name]
             if sim is not None:
                 b = b[sim]
-            labels = f.label(enc.keys[f.name])
-            idx = pd.Index(levels).get_indexer(labels)
-            if not allow_new_levels and np.any(idx < 0):
-                new = pd.unique(np.asarray(labels)[idx < 0])
+            # label the distinct keys only (a Python call per key), then map the rows
+            codes, uniq = pd.factorize(enc.keys[f.name])
+            labels = np.asarray(f.label(uniq), dtype=object)
+            where = pd.Index(levels).get_indexer(labels)
+            idx = where[codes] if len(codes) else np.zeros(0, dtype=np.intp)
+            if not allow_new_levels and np.any(where < 0):
+                new = labels[where < 0]
                 raise DataError(f"new level(s) of {f.name!r} in the data: "
                                 f"{', '.join(map(repr, new[:5].tolist()))}"
                                 f"{' ...' if len(new) > 5 else ''}; pass "

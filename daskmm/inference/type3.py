@@ -127,10 +127,7 @@ def anova_type3(result) -> pd.DataFrame:
     """lmerTest's type III table: ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)`` per
     term (``Sum Sq`` and ``Mean Sq`` on the residual variance's scale, as lmerTest)."""
     from daskmm.inference.ddf import f_test
-    info = getattr(result, "_varpar_cov", None)
-    if info is None:
-        result.test_fixef("satterthwaite")
-        info = result._varpar_cov
+    info = result.satterthwaite_info()
     rows = []
     beta = np.asarray(result.beta)
     for label, L in type3_contrasts(result.problem.spec, result.fixef_names).items():

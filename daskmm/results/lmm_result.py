@@ -40,6 +40,7 @@ class LmmResult(MixedResult):
     profiles: list = field(default_factory=list, repr=False)
     predictor: object = field(default=None, repr=False, compare=False)
     scaled_residuals: dict | None = None
+    rows_here: object = field(default=None, repr=False, compare=False)
 
     kind = "lmm"
 
@@ -88,6 +89,19 @@ class LmmResult(MixedResult):
         """
         return self._predictor().predict(newdata, re, allow_new_levels)
 
+    def residual_summary(self) -> dict | None:
+        """lme4's ``Scaled residuals:`` quantiles (``Min, 1Q, Median, 3Q, Max`` of the
+        scaled Pearson residuals): computed once from the rows when the fit held them in
+        this process; None otherwise (a cluster fit would need another pass:
+        ``residual_quantiles(fit.residuals("pearson", scaled=True).compute())``)."""
+        if self.scaled_residuals is None and self.rows_here is not None \
+                and self.predictor is not None:
+            from daskmm.prediction import residual_quantiles
+            self.scaled_residuals = residual_quantiles(self.predictor.residual_values(
+                self.rows_here, "pearson", scaled=True).to_numpy())
+            self.rows_here = None
+        return self.scaled_residuals
+
     def fitted(self):
         """Fitted values (``fitted(fit)``): a lazy dask Series over the fitted rows."""
         return self._predictor().predict(None, True, False)
@@ -116,6 +130,11 @@ class LmmResult(MixedResult):
             raise ModelError(f"{what} needs the fit's statistics, and this result has none "
                              "(it was read from a document): fit again, with the option on "
                              "the fit (ci=..., ddf=...)")
+        client = getattr(self.problem.evaluator, "client", None)
+        if client is not None and getattr(client, "status", "running") != "running":
+            raise ModelError(f"{what} needs the fit's statistics, which stayed on a cluster "
+                             "that has closed (mode='distributed'): ask for it in the fit "
+                             "(ci=..., ddf=...) or keep the client open")
         return self.problem
 
     def test_fixef(self, ddf: str = "satterthwaite") -> pd.DataFrame:
@@ -129,8 +148,7 @@ class LmmResult(MixedResult):
             "Kenward-Roger"``): REML fits with one grouping factor or factors nested in it;
             the standard errors become the adjusted ones.
         """
-        from daskmm.inference.ddf import DDF_METHODS, coef_tests, varpar_cov
-        from daskmm.inference.deviance import Deviance
+        from daskmm.inference.ddf import DDF_METHODS, coef_tests
         key = str(ddf).lower()
         if key not in DDF_METHODS:
             raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
@@ -146,12 +164,21 @@ class LmmResult(MixedResult):
             self.ddf = "Kenward-Roger"
             self._kr_parts = parts
             return self.tests
-        info = varpar_cov(Deviance(self._problem("Satterthwaite's method")), self.theta,
-                          self.sigma, self.reml)
-        self.tests = coef_tests(self.fixef_names, np.asarray(self.beta), info)
+        self.tests = coef_tests(self.fixef_names, np.asarray(self.beta),
+                                self.satterthwaite_info())
         self.ddf = "Satterthwaite"
-        self._varpar_cov = info
         return self.tests
+
+    def satterthwaite_info(self):
+        """What Satterthwaite's method needs (:class:`daskmm.inference.ddf.VarparCov`:
+        the deviance's Hessian in ``(theta, sigma)`` and the derivatives of ``vcov(beta)``),
+        computed once per result."""
+        if getattr(self, "_varpar_cov", None) is None:
+            from daskmm.inference.ddf import varpar_cov
+            from daskmm.inference.deviance import Deviance
+            self._varpar_cov = varpar_cov(Deviance(self._problem("Satterthwaite's method")),
+                                          self.theta, self.sigma, self.reml)
+        return self._varpar_cov
 
     def confint(self, method: str = "profile", level: float = 0.95, *, nboot: int = 500,
                 seed: int | None = None, client=None) -> pd.DataFrame:
@@ -253,7 +280,7 @@ class LmmResult(MixedResult):
             doc["ddf"] = self.ddf
         if self.ci:
             doc["ci"] = [dict(r) for r in self.ci]
-        if self.scaled_residuals:
+        if self.residual_summary():
             doc["scaled_residuals"] = dict(self.scaled_residuals)
         if self.boot is not None:
             doc["bootstrap"] = {"nboot": int(len(self.boot.t)), "seed": self.boot.seed,
@@ -288,7 +315,7 @@ class LmmResult(MixedResult):
             lines.append(f"REML criterion at convergence: {self.objective:.1f}")
         else:
             lines += self._criteria_lines()
-        if self.scaled_residuals:
+        if self.residual_summary():
             q = self.scaled_residuals
             keys = ["Min", "1Q", "Median", "3Q", "Max"]
             vals = [f"{q[k]:.4f}" for k in keys]

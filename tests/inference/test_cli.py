@@ -100,6 +100,10 @@ def test_predict_from_a_result_folder_matches_the_fit(tmp_path):
     assert r.returncode != 0 and "has no model.pkl" in r.stderr
     r = daskmm("predict", str(out), str(src), "--out", str(out / "p.csv"))
     assert r.returncode != 0 and "would overwrite" in r.stderr
+    (tmp_path / "folder.csv").mkdir()
+    r = daskmm("predict", str(out), str(src), "--out", str(tmp_path / "folder.csv"),
+               "--force")
+    assert r.returncode != 0 and "is a folder" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_fit_plots_writes_the_lmm_diagnostics(tmp_path):

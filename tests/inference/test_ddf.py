@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import daskmm
@@ -10,13 +11,12 @@ from daskmm.errors import ModelError
 from daskmm.results.base import MixedResult
 from tests.conftest import LMM_FIXTURES, load_fixture
 from tests.inference.conftest import at_reference
-from tests.inference.refs import CASES, frame, rel
+from tests.inference.refs import CASES, rel
 
 
 @pytest.mark.parametrize("fid", [f for f in LMM_FIXTURES if "reml" in f])
 def test_satterthwaite_df_of_our_fit_match_lmertest_fixtures(fid):
     fx = load_fixture(fid)
-    import pandas as pd
     df = pd.read_csv(fx["data_path"])
     for c in fx.get("factors") or []:
         df[c] = df[c].astype(str)
@@ -67,7 +67,6 @@ def test_a_result_read_back_cannot_compute_new_tests(fits):
     back = MixedResult.from_dict(fit.to_dict())
     with pytest.raises(ModelError, match="read from a document"):
         back.test_fixef()
-    assert frame  # the module's data helper stays importable for the other tests
 
 
 @pytest.mark.parametrize("case", ["sleepstudy", "sleepstudy_unbalanced", "sleepstudy_factors",
@@ -109,3 +108,26 @@ def test_kenward_roger_refuses_crossed_factors_with_what_to_do(fits):
     _, fit = fits["penicillin"]
     with pytest.raises(ModelError, match="crossed factors.*satterthwaite"):
         fit.test_fixef("kenward-roger")
+
+
+def test_type3_tests_leave_the_chosen_t_tests_alone(fits):
+    ref, fit = fits["cake"]
+    here = at_reference(fit, ref)
+    kr = here.test_fixef("kenward-roger").copy()
+    here.anova()
+    assert here.ddf == "Kenward-Roger"
+    assert here.tests["df"].tolist() == kr["df"].tolist()
+
+
+def test_tests_after_the_fits_cluster_closed_say_what_to_do():
+    from distributed import Client, LocalCluster
+
+    from daskmm.distributed.client import NO_DASHBOARD
+    from tests.conftest import load_fixture
+    df = pd.read_csv(load_fixture("sleepstudy_reml")["data_path"])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      **NO_DASHBOARD) as cl, Client(cl) as c:
+        fit = daskmm.lmm("Reaction ~ Days + (Days | Subject)", df, client=c,
+                         mode="distributed")
+    with pytest.raises(ModelError, match="cluster that has closed.*ci=..., ddf=..."):
+        fit.test_fixef()
