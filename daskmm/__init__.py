@@ -25,10 +25,12 @@ _LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.lmm", "lmm"),
          "GamResult": ("daskmm.results.gam_result", "GamResult"),
          "gwas": ("daskmm.gwas.api", "gwas"), "GwasResult": ("daskmm.gwas.api", "GwasResult"),
          "anova": ("daskmm.inference.compare", "anova"),
+         "kr_modcomp": ("daskmm.inference.modcomp", "kr_modcomp"),
+         "pb_modcomp": ("daskmm.inference.modcomp", "pb_modcomp"),
          "load_model": ("daskmm.prediction", "load_model")}
 
 __all__ = ["fit", "MixedResult", "lmm", "LmmResult", "glmm", "GlmmResult", "gam", "GamResult",
-           "gwas", "GwasResult", "anova", "load_model",
+           "gwas", "GwasResult", "anova", "kr_modcomp", "pb_modcomp", "load_model",
            "DaskmmError",
            "FormulaError", "DataError", "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"

@@ -117,6 +117,36 @@ class Family:
             return mu ** 2
         return mu + mu ** 2 / size
 
+    def unit_deviance(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray,
+                      size: float | None = None) -> np.ndarray:
+        """R's ``family()$dev.resids``: each row's deviance contribution, ``y`` on the
+        mean's scale (the proportion of successes for the binomial, with ``wt`` trials)."""
+        from scipy.special import xlogy
+        if self.code is None:
+            return wt * (y - mu) ** 2
+        if self.code == BINOMIAL:
+            return 2 * wt * (xlogy(y, y / mu) + xlogy(1 - y, (1 - y) / (1 - mu)))
+        if self.code == POISSON:
+            return 2 * wt * (xlogy(y, y / mu) - (y - mu))
+        if self.code == GAMMA:
+            return -2 * wt * (np.log(np.where(y == 0, 1.0, y / mu)) - (y - mu) / mu)
+        # MASS::negative.binomial(theta)$dev.resids
+        return 2 * wt * (y * np.log(np.maximum(y, 1) / mu)
+                         - (y + size) * np.log((y + size) / (mu + size)))
+
+    def sample(self, mu: np.ndarray, wt: np.ndarray, rng: np.random.Generator,
+               size: float | None = None) -> np.ndarray:
+        """Draw responses with mean ``mu``: the number of successes of ``wt`` trials for the
+        binomial, counts for the Poisson and the negative binomial (``Var = mu + mu^2 /
+        size``), as lme4's ``simulate``."""
+        if self.code == BINOMIAL:
+            return rng.binomial(np.asarray(wt, dtype=np.int64), mu).astype(float)
+        if self.code == POISSON:
+            return rng.poisson(mu).astype(float)
+        if self.code == NEGBIN:
+            return rng.negative_binomial(size, size / (size + mu)).astype(float)
+        raise ModelError(f"simulating the {self.label} family is not built")
+
     def check_response(self, y: np.ndarray, wt: np.ndarray, column: str) -> None:
         """Raise :class:`DataError` naming ``column`` for a value the family cannot model."""
         if self.code is None:

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as la
 
-from daskmm.data.io import DataLike, open_data, read_data
+from daskmm.data.io import DataLike, open_data
 from daskmm.data.local import estimate_cells
 from daskmm.data.rows import DropCounts, missing_rows
 from daskmm.distributed.passes import aligned, partitions, raw_aligned, shuffle_by
@@ -113,8 +113,10 @@ class Response:
     weights: str | None = None
 
 
-def _encode(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int):
-    """Encoded arrays of one partition: ``(enc, X, y, wt, offset, const, dropped)``."""
+def encode_partition(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int):
+    """Encoded arrays of one partition: ``(enc, X, y, wt, offset, const, dropped)``; ``y``
+    counts successes for the binomial (of ``wt`` trials), rows with a missing value dropped
+    (counted in ``dropped``)."""
     cols = sorted(set(spec.used_columns) | set(resp.trials.used_columns if resp.trials else []))
     df = df[cols]
     ok, dropped = missing_rows(df, cols)
@@ -155,7 +157,7 @@ def _prepare(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int,
              layout: Layout | None) -> GlmmPartition | P.PirlsData:
     """Encode one partition for the fit: the one-intercept layout when ``layout`` is None,
     else PIRLS data for ``layout`` (:func:`daskmm.kernels.pirls.pls_layout`)."""
-    enc, X, y, wt, offset, const, dropped = _encode(df, spec, resp, family)
+    enc, X, y, wt, offset, const, dropped = encode_partition(df, spec, resp, family)
     if layout is not None:
         # rows grouped by primary level: each pass then reads and writes one level's block
         # and its row of the crossed products at a time, not a random one a row; within a
@@ -547,7 +549,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                      terms=terms, factor_terms=factor_terms, family=family, link=link,
                      nagq=nagq, nb_size=size, warnings=notes)
     res.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
-    res.predictor = _Predictor(res, data, resp, link_obj.code, npartitions)
+    res.predictor = rows_for(res, data, resp, npartitions)
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                   "total_s": time.perf_counter() - t0}
     return res
@@ -1016,51 +1018,17 @@ def _ranef(c, pts, spec, layout, lam, u_G, sums=None) -> dict[str, RanefTable]:
     return ranef_tables(prob, lam, prof, np.zeros(0), u_G, 1.0)
 
 
-# ------------------------------------------------------------------ predictions
-class _Predictor:
-    """Fitted values and predictions (lme4's ``predict``) as lazy dask Series."""
-
-    def __init__(self, res: GlmmResult, data, resp: Response, link: int,
-                 npartitions: int | None):
-        self.res, self.data, self.resp, self.link = res, data, resp, link
-        self.npartitions = npartitions
-
-    def __call__(self, newdata, kind: str, re: bool):
-        res = self.res
-        ddf = read_data(self.data if newdata is None else newdata, self.npartitions)
-        tables = {f: (pd.Index(t.levels), t.b) for f, t in res.ranef.items()} if re else {}
-        beta = np.zeros(len(res.spec.fixef_names))  # aliased columns: coefficient zero
-        beta[[res.spec.fixef_names.index(nm) for nm in res.fixef_names]] = res.beta
-        return ddf.map_partitions(_predict_partition, res.spec, self.resp, beta, tables,
-                                  kind, self.link, meta=pd.Series(dtype=float, name=kind))
-
-
-def _predict_partition(df: pd.DataFrame, spec: ModelSpec, resp: Response, beta: np.ndarray,
-                       tables: dict, kind: str, link: int) -> pd.Series:
-    df = df.copy()
-    # predictions need no response: a placeholder of ones (the offset, if any, is recovered
-    # as placeholder minus encoded response, so its value does not matter)
-    placeholders = identifiers(spec.formula.response) | ({resp.weights} if resp.weights
-                                                          else set())
-    for col in placeholders:
-        df[col] = 1.0
-    used = [c for c in spec.used_columns if c in df.columns]
-    ok = df[used].notna().all(axis=1).to_numpy()
-    sub = df.loc[ok]
-    enc = spec.encode(sub)
-    eta = enc.X @ beta
-    if spec._offset_specs and spec.formula.response in sub.columns:
-        eta = eta + (sub[spec.formula.response].to_numpy(dtype=float) - enc.y)
-    for f in spec.factors:
-        if f.name not in tables:
-            continue
-        levels, b = tables[f.name]
-        idx = levels.get_indexer(f.label(enc.keys[f.name]))
-        bb = np.where(idx[:, None] >= 0, b[np.maximum(idx, 0)], 0.0)
-        eta = eta + np.einsum("ij,ij->i", enc.Z[f.name], bb)
-    out = np.full(len(df), np.nan)
-    out[ok] = eta if kind == "link" else K.inverse_link(eta, link)
-    return pd.Series(out, index=df.index, name=kind)
+# ------------------------------------------------------------------ row quantities
+def rows_for(res: GlmmResult, data, resp: Response, npartitions: int | None):
+    """The fit's :class:`~daskmm.glmm_rows.GlmmRows` (predictions, residuals, simulations)."""
+    from daskmm.glmm_rows import GlmmRows
+    from daskmm.prediction import Predictor
+    beta = np.zeros(len(res.spec.fixef_names))  # aliased columns: coefficient zero
+    beta[[res.spec.fixef_names.index(nm) for nm in res.fixef_names]] = res.beta
+    tables = {f: (pd.Index(t.levels), t.b) for f, t in res.ranef.items()}
+    base = Predictor(res.spec, beta, tables, 1.0, np.asarray(res.theta, float), data,
+                     npartitions)
+    return GlmmRows(base, resp, res.family, res.link, res.nb_size)
 
 
 def _persist(c, ddf, spec, resp, family, layout) -> list:

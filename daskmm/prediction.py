@@ -91,14 +91,7 @@ class Predictor:
         i])``, so the draws depend on the partitioning of the data (not on the workers)."""
         if nsim < 1:
             raise ModelError(f"nsim={nsim}; simulate needs at least 1 simulation")
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 1 << 30]))
-        from daskmm.reterm import lambdas as term_lambdas
-        lam = term_lambdas(self.spec.terms, self.spec.factors, self.theta)
-        sims = {}
-        for f, (levels, _) in self.tables.items():
-            L = lam[f]
-            u = rng.standard_normal((nsim, len(levels), L.shape[0]))
-            sims[f] = (levels, self.sigma * u @ L.T)
+        sims = self.new_random_effects(nsim, seed)
         ddf = self.frame(newdata)
         cols = [f"sim_{i + 1}" for i in range(nsim)]
         meta = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
@@ -108,6 +101,20 @@ class Predictor:
         out = [dask.delayed(_simulate_rows)(p, self, sims, nsim, seed, i)
                for i, p in enumerate(parts)]
         return dd.from_delayed(out, meta=meta, verify_meta=False)
+
+    def new_random_effects(self, nsim: int, seed: int) -> dict:
+        """Factor -> ``(levels, b)``, ``b`` of shape ``(nsim, levels, q)``: random effects
+        drawn afresh for every level (``b = sigma Lambda u``, ``u ~ N(0, I)``), from
+        ``SeedSequence([seed, 2^30])``."""
+        from daskmm.reterm import lambdas as term_lambdas
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 1 << 30]))
+        lam = term_lambdas(self.spec.terms, self.spec.factors, self.theta)
+        sims = {}
+        for f, (levels, _) in self.tables.items():
+            L = lam[f]
+            u = rng.standard_normal((nsim, len(levels), L.shape[0]))
+            sims[f] = (levels, self.sigma * u @ L.T)
+        return sims
 
     # ------------------------------------------------------------ rows
     def encode(self, df: pd.DataFrame, need_response: bool):
@@ -136,6 +143,15 @@ class Predictor:
             eta = eta + (sub[spec.formula.response].to_numpy(dtype=float) - enc.y)
         if not re:
             return eta
+        return eta + self.random_part(enc, allow_new_levels, modes, sim)
+
+    def random_part(self, enc, allow_new_levels: bool, modes: dict | None = None,
+                    sim: int | None = None) -> np.ndarray:
+        """``Z b`` for the encoded rows (``b = 0`` for a new level when
+        ``allow_new_levels``; otherwise a new level raises :class:`DataError`). ``modes``
+        replaces the conditional modes (``sim``: which of its stacked draws)."""
+        spec = self.spec
+        eta = np.zeros(len(enc.y))
         tables = modes if modes is not None else self.tables
         for f in spec.factors:
             if f.name not in tables:
@@ -215,23 +231,29 @@ MODEL_FILE = "model.pkl"
 _MODEL_TAG = "daskmm-model-1"
 
 
-def save_model(pred: Predictor, folder) -> None:
-    """Write ``folder/model.pkl``: the predictor without its data (a pickle of our own
-    classes, read back by the same daskmm version)."""
+def save_model(pred, folder) -> None:
+    """Write ``folder/model.pkl``: the predictor (an LMM's :class:`Predictor`, a GLMM's
+    :class:`~daskmm.glmm_rows.GlmmRows`) without its data (a pickle of our own classes, read
+    back by the same daskmm version)."""
     import dataclasses
     import pickle
     from pathlib import Path
 
     import daskmm
-    bare = dataclasses.replace(pred, data=None, npartitions=None)
+    if isinstance(pred, Predictor):
+        bare = dataclasses.replace(pred, data=None, npartitions=None)
+    else:
+        bare = dataclasses.replace(pred, base=dataclasses.replace(pred.base, data=None,
+                                                                  npartitions=None))
     with open(Path(folder) / MODEL_FILE, "wb") as fh:
         pickle.dump({"tag": _MODEL_TAG, "daskmm": daskmm.__version__, "predictor": bare}, fh,
                     protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def load_model(folder) -> Predictor:
-    """The :class:`Predictor` of a fit directory (``daskmm fit --out DIR``), to predict from
-    new data without refitting: ``load_model(DIR).predict(newdata)``."""
+def load_model(folder):
+    """The predictor of a fit directory (``daskmm fit --out DIR``; an LMM's or a GLMM's), to
+    predict from new data without refitting: ``load_model(DIR).predict(newdata)`` (a GLMM's
+    on the response scale)."""
     import pickle
     from pathlib import Path
 
@@ -239,7 +261,7 @@ def load_model(folder) -> Predictor:
     path = Path(folder) / MODEL_FILE
     if not path.is_file():
         raise DataError(f"{str(folder)!r} has no {MODEL_FILE}: give the folder of a daskmm "
-                        "fit of a linear mixed model (daskmm fit --out DIR)")
+                        "fit of a mixed model (daskmm fit --out DIR)")
     try:
         with open(path, "rb") as fh:
             doc = pickle.load(fh)

@@ -140,8 +140,28 @@ def replicate(setup: _Setup, seed: np.random.SeedSequence) -> np.ndarray:
         return np.full(sum(t.n_theta for t in terms) + 1 + len(setup.beta), np.nan)
 
 
-def _batch(setup: _Setup, seeds: list) -> np.ndarray:
-    return np.stack([replicate(setup, s) for s in seeds])
+def _batch(fn, setup, seeds: list) -> np.ndarray:
+    return np.stack([fn(setup, s) for s in seeds])
+
+
+def run_replicates(fn, setup, seed: int, n: int, client=None, name: str = "boot"
+                   ) -> np.ndarray:
+    """``np.stack([fn(setup, s_i)])`` over the children ``s_i`` of ``SeedSequence(seed)``:
+    in this process, or with ``client`` as batches of tasks ``daskmm-<name>-*`` (about
+    :data:`BATCHES_PER_WORKER` per worker, ``setup`` sent to each worker once). Replicate
+    ``i`` always draws from child ``i``, so the result does not depend on the batching."""
+    seeds = np.random.SeedSequence(seed).spawn(n)
+    if client is None:
+        with blas_threads(setup.prob):
+            return _batch(fn, setup, seeds)
+    nw = max(len(client.scheduler_info().get("workers", {})), 1)
+    size = max(1, -(-n // (BATCHES_PER_WORKER * nw)))
+    chunks = [seeds[i:i + size] for i in range(0, n, size)]
+    sf = client.scatter(setup, broadcast=True)
+    tok = uuid.uuid4().hex[:8]
+    futs = [client.submit(_batch, fn, sf, ch, key=f"daskmm-{name}-{tok}-{i}")
+            for i, ch in enumerate(chunks)]
+    return np.concatenate(client.gather(futs))
 
 
 def bootstrap(prob: Problem, theta: np.ndarray, beta: np.ndarray, sigma: float, reml: bool,
@@ -184,19 +204,7 @@ def bootstrap(prob: Problem, theta: np.ndarray, beta: np.ndarray, sigma: float, 
     step = rel * np.maximum(np.abs(np.asarray(theta, float)), 0.05)
     setup = _Setup(prob, basis, Lams, Lam_G, np.asarray(theta, float), np.asarray(beta, float),
                    float(sigma), reml, step)
-    seeds = np.random.SeedSequence(seed).spawn(nboot)
-    if client is not None:
-        nw = max(len(client.scheduler_info().get("workers", {})), 1)
-        size = max(1, -(-nboot // (BATCHES_PER_WORKER * nw)))
-        chunks = [seeds[i:i + size] for i in range(0, nboot, size)]
-        sf = client.scatter(setup, broadcast=True)
-        tok = uuid.uuid4().hex[:8]
-        futs = [client.submit(_batch, sf, ch, key=f"daskmm-boot-{tok}-{i}")
-                for i, ch in enumerate(chunks)]
-        t = np.concatenate(client.gather(futs))
-    else:
-        with blas_threads(prob):
-            t = _batch(setup, seeds)
+    t = run_replicates(replicate, setup, seed, nboot, client, "boot")
     terms = list(prob.spec.terms)
     t0 = np.concatenate([theta_to_sdcor(terms, theta, sigma), beta])
     n_failed = int(np.sum(~np.all(np.isfinite(t), axis=1)))

@@ -123,16 +123,33 @@ def type3_contrasts(spec, fixef_names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def anova_type3(result) -> pd.DataFrame:
+def anova_type3(result, ddf: str = "satterthwaite") -> pd.DataFrame:
     """lmerTest's type III table: ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)`` per
-    term (``Sum Sq`` and ``Mean Sq`` on the residual variance's scale, as lmerTest)."""
+    term (``Sum Sq`` and ``Mean Sq`` on the residual variance's scale, as lmerTest).
+
+    ``ddf="kenward-roger"`` tests each term with pbkrtest's Kenward-Roger F (scaled), as
+    lmerTest's ``anova(fit, ddf = "Kenward-Roger")``; otherwise Satterthwaite's."""
     from daskmm.inference.ddf import f_test
-    info = result.satterthwaite_info()
-    rows = []
+    from daskmm.kernels.kenward_roger import kr_f
     beta = np.asarray(result.beta)
+    if ddf == "kenward-roger":
+        parts = result.kenward_roger_info()
+        vcov = np.asarray(result.vcov)
+
+        def test(L):
+            k = kr_f(L, beta, vcov, parts)
+            return {"F": k["F"], "ndf": k["ndf"], "ddf": k["ddf"], "p_value": k["p_value"],
+                    "F_unscaled": k["F_unscaled"]}
+    else:
+        info = result.satterthwaite_info()
+
+        def test(L):
+            return f_test(L, beta, info)
+    rows = []
     for label, L in type3_contrasts(result.problem.spec, result.fixef_names).items():
-        t = f_test(L, beta, info)
-        ms = t["F"] * result.sigma ** 2
+        t = test(L)
+        # lmerTest: Sum Sq from the unscaled F (KR scales only the F value)
+        ms = t.get("F_unscaled", t["F"]) * result.sigma ** 2
         rows.append({"term": label, "Sum Sq": ms * t["ndf"], "Mean Sq": ms,
                      "NumDF": t["ndf"], "DenDF": t["ddf"], "F value": t["F"],
                      "Pr(>F)": t["p_value"]})

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 
 @dataclass
@@ -136,21 +137,20 @@ def _third(groups, s2) -> np.ndarray:
     return out if out is not None else 0.0
 
 
-def lb_ddf(L: np.ndarray, V0: np.ndarray, parts: KRParts) -> float:
-    """pbkrtest's ``Lb_ddf``: Kenward-Roger denominator df of the hypothesis ``L beta``."""
+def _kr_moments(L: np.ndarray, V0: np.ndarray, parts: KRParts) -> tuple[int, float, float]:
+    """pbkrtest's ``.KR_adjust`` moments: ``q = rank L``, ``rho`` and ``A2``."""
     L = np.atleast_2d(L)
-    q = L.shape[0]
+    q = int(np.linalg.matrix_rank(L))
     Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
     TV = Theta @ V0
     A1 = A2 = 0.0
     R = len(parts.P)
+    U = [TV @ P @ V0 for P in parts.P]
     for i in range(R):
         for j in range(i, R):
             e = 1.0 if i == j else 2.0
-            ui = TV @ parts.P[i] @ V0
-            uj = TV @ parts.P[j] @ V0
-            A1 += e * parts.W[i, j] * np.trace(ui) * np.trace(uj)
-            A2 += e * parts.W[i, j] * np.sum(ui * uj.T)
+            A1 += e * parts.W[i, j] * np.trace(U[i]) * np.trace(U[j])
+            A2 += e * parts.W[i, j] * np.sum(U[i] * U[j].T)
     B = (A1 + 6 * A2) / (2 * q)
     g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
     c1 = g / (3 * q + 2 * (1 - g))
@@ -161,6 +161,39 @@ def lb_ddf(L: np.ndarray, V0: np.ndarray, parts: KRParts) -> float:
     v2 = 1 - c3 * B
     v0 = 0.0 if abs(v0) < 1e-10 else v0
     x, y = 1 - A2 / q, v1
-    ratio = 0.0 if (abs(x) < 1e-14 and abs(y) < 1e-14) else x / y
+    ratio = 1.0 if (abs(x) < 1e-14 and abs(y) < 1e-14) else x / y
     rho = 1 / q * ratio ** 2 * v0 / v2
+    return q, float(rho), float(A2)
+
+
+def lb_ddf(L: np.ndarray, V0: np.ndarray, parts: KRParts) -> float:
+    """pbkrtest's ``Lb_ddf``: Kenward-Roger denominator df of the hypothesis ``L beta``."""
+    q, rho, _ = _kr_moments(L, V0, parts)
     return float(4 + (q + 2) / (q * rho - 1))
+
+
+def kr_f(L: np.ndarray, beta: np.ndarray, V0: np.ndarray, parts: KRParts,
+         beta_h: np.ndarray | float = 0.0) -> dict:
+    """pbkrtest's Kenward-Roger F test of ``L (beta - beta_h) = 0`` (``KRmodcomp``'s
+    ``.KR_adjust``): the Wald statistic with the adjusted covariance ``Phi_A`` over ``q``,
+    times ``F.scaling``; ``V0`` (the unadjusted ``vcov(beta)``) enters the moments.
+
+    Returns
+    -------
+    dict
+        ``F`` (scaled), ``F_unscaled``, ``ndf`` (``rank L``), ``ddf``, ``F_scaling``,
+        ``p_value`` and ``p_value_unscaled``.
+    """
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    q, rho, A2 = _kr_moments(L, V0, parts)
+    ddf = 4 + (q + 2) / (q * rho - 1)
+    scaling = 1.0 if abs(ddf - 2) < 1e-2 else ddf * (1 - A2 / q) / (ddf - 2)
+    Lb = L @ (np.asarray(beta, dtype=float) - beta_h)
+    # pbkrtest: both F statistics use the adjusted covariance; "unscaled" means without
+    # F.scaling
+    wald = float(Lb @ np.linalg.solve(L @ parts.Phi_A @ L.T, Lb))
+    f_u = wald / q
+    f = scaling * f_u
+    return {"F": f, "F_unscaled": f_u, "ndf": q, "ddf": float(ddf), "F_scaling": float(scaling),
+            "p_value": float(stats.f.sf(f, q, ddf)),
+            "p_value_unscaled": float(stats.f.sf(f_u, q, ddf))}

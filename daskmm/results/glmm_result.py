@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
+from daskmm.errors import ModelError
 from daskmm.results.base import MixedResult
 
 
@@ -34,7 +35,8 @@ class GlmmResult(MixedResult):
     nagq: int = 1
     nb_size: float | None = None
     warnings: list[str] = field(default_factory=list)
-    predictor: object = None  # set by glmm(): callable(data, kind, re) -> dask Series
+    predictor: object = field(default=None, repr=False, compare=False)  # GlmmRows
+    dharma: object = field(default=None, repr=False, compare=False)
 
     kind = "glmm"
 
@@ -70,17 +72,21 @@ class GlmmResult(MixedResult):
         data the model was fitted to, as a lazy dask Series in their order."""
         return self.predict(None, kind=kind)
 
-    def predict(self, newdata=None, kind: str = "response", re: bool = True):
-        """Predictions as lme4's ``predict(fit, newdata, type=, re.form=)``.
+    def predict(self, newdata=None, kind: str = "response", re: bool = True,
+                allow_new_levels: bool = False):
+        """Predictions as lme4's ``predict(fit, newdata, type=, re.form=,
+        allow.new.levels=)``.
 
         Parameters
         ----------
         newdata : path, pandas or dask DataFrame, optional
-            Rows to predict for (the fitted data when omitted). Levels of a grouping factor not
-            in the fit get a random effect of 0 (lme4's ``allow.new.levels = TRUE``).
+            Rows to predict for (the fitted data when omitted).
         kind : {"response", "link"}
         re : bool
             Include the conditional modes (``re.form = NULL``) or not (``re.form = NA``).
+        allow_new_levels : bool
+            Predict a level of a grouping factor not in the fit with a random effect of 0;
+            otherwise such a level raises :class:`~daskmm.errors.DataError` (lme4's default).
 
         Returns
         -------
@@ -88,10 +94,39 @@ class GlmmResult(MixedResult):
             Lazy; ``.compute()`` it or write it with ``.to_frame().to_parquet(...)``.
         """
         if kind not in ("response", "link"):
-            raise ValueError(f"kind={kind!r}; use 'response' or 'link'")
+            raise ModelError(f"kind={kind!r}; use 'response' or 'link'")
+        return self._rows().predict(newdata, kind, re, allow_new_levels)
+
+    def residuals(self, type: str = "deviance"):
+        """lme4's ``residuals(fit, type=)``: ``"deviance"`` (lme4's default for a GLMM),
+        ``"pearson"`` or ``"response"`` (``y - mu``, ``y`` the proportion of successes for
+        the binomial), a lazy dask Series over the fitted rows."""
+        return self._rows().residuals(type)
+
+    def simulate(self, nsim: int = 1, seed: int = 0, re: str = "unconditional"):
+        """lme4's ``simulate(fit, nsim, seed)``: responses (successes for the binomial,
+        counts otherwise) from new random effects (``re="unconditional"``, lme4's
+        ``re.form = NA``) or from the conditional modes (``"conditional"``); a lazy dask
+        DataFrame ``sim_1 .. sim_nsim``."""
+        return self._rows().simulate(nsim, seed, re)
+
+    def simulate_residuals(self, n: int = 250, seed: int = 123,
+                           simulate_re: str = "conditional", client=None):
+        """DHARMa's ``simulateResiduals(fit, n, seed)``: scaled (quantile) residuals from
+        ``n`` simulated responses per row, with ``test_uniformity()``,
+        ``test_dispersion()`` and ``test_zero_inflation()``
+        (:class:`daskmm.glmm_rows.DharmaResult`). ``simulate_re="conditional"`` is DHARMa
+        0.5's default (the conditional modes); ``"unconditional"`` draws new random
+        effects."""
+        from daskmm.glmm_rows import simulate_residuals
+        self.dharma = simulate_residuals(self._rows(), n, seed, simulate_re, client)
+        return self.dharma
+
+    def _rows(self):
         if self.predictor is None:
-            raise RuntimeError("this result has no data attached to predict from")
-        return self.predictor(newdata, kind, re)
+            raise ModelError("this result has no data attached (it was read from a "
+                             "document): fit again to predict or simulate")
+        return self.predictor
 
     def _doc(self) -> dict:
         doc = self._common_doc()
@@ -103,6 +138,8 @@ class GlmmResult(MixedResult):
                     "warnings": list(self.warnings)})
         if self.nb_size is not None:
             doc["nb_size"] = self.nb_size
+        if self.dharma is not None:
+            doc["scaled_residuals_dharma"] = self.dharma.summary()
         return doc
 
     @classmethod

@@ -153,21 +153,28 @@ class LmmResult(MixedResult):
         if key not in DDF_METHODS:
             raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
         if key == "kenward-roger":
-            from daskmm.inference.ddf import kenward_roger_parts, kr_coef_tests
-            if not self.reml:
-                raise ModelError("Kenward-Roger applies to REML fits (pbkrtest refits by "
-                                 "REML); fit with reml=True")
-            parts = kenward_roger_parts(self._problem("Kenward-Roger's method"),
-                                        np.asarray(self.theta), self.sigma, self.vcov)
+            from daskmm.inference.ddf import kr_coef_tests
             self.tests = kr_coef_tests(self.fixef_names, np.asarray(self.beta), self.vcov,
-                                       parts)
+                                       self.kenward_roger_info())
             self.ddf = "Kenward-Roger"
-            self._kr_parts = parts
             return self.tests
         self.tests = coef_tests(self.fixef_names, np.asarray(self.beta),
                                 self.satterthwaite_info())
         self.ddf = "Satterthwaite"
         return self.tests
+
+    def kenward_roger_info(self):
+        """pbkrtest's ``vcovAdj`` pieces (:class:`daskmm.kernels.kenward_roger.KRParts`:
+        ``P``, ``W`` and the adjusted covariance ``Phi_A``), computed once per result."""
+        if getattr(self, "_kr_parts", None) is None:
+            from daskmm.inference.ddf import kenward_roger_parts
+            if not self.reml:
+                raise ModelError("Kenward-Roger applies to REML fits (pbkrtest refits by "
+                                 "REML); fit with reml=True")
+            self._kr_parts = kenward_roger_parts(self._problem("Kenward-Roger's method"),
+                                                 np.asarray(self.theta), self.sigma,
+                                                 self.vcov)
+        return self._kr_parts
 
     def satterthwaite_info(self):
         """What Satterthwaite's method needs (:class:`daskmm.inference.ddf.VarparCov`:
@@ -229,16 +236,21 @@ class LmmResult(MixedResult):
         self.ci = [r for r in self.ci if r["method"] != key] + out.to_dict("records")
         return out
 
-    def anova(self, type: int = 3) -> pd.DataFrame:
-        """F tests of the fixed-effect terms with Satterthwaite's denominator df, as
-        lmerTest's ``anova(fit)`` (type III): ``Sum Sq, Mean Sq, NumDF, DenDF, F value,
-        Pr(>F)`` per term. To compare fits, use :func:`daskmm.anova`."""
+    def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """F tests of the fixed-effect terms, as lmerTest's ``anova(fit, ddf=)`` (type III):
+        ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)`` per term. With
+        ``ddf="kenward-roger"`` each term is pbkrtest's ``KRmodcomp`` F test (scaled F).
+        To compare fits, use :func:`daskmm.anova`."""
+        from daskmm.inference.ddf import DDF_METHODS
         if type != 3:
             raise ModelError(f"type={type!r}; type III (lmerTest's default) is built; "
                              "compare nested fits with daskmm.anova(m0, m1)")
+        key = str(ddf).lower()
+        if key not in DDF_METHODS:
+            raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
         from daskmm.inference.type3 import anova_type3
         self._problem("type III tests")
-        return anova_type3(self)
+        return anova_type3(self, key)
 
     def r2(self) -> dict:
         """Nakagawa's marginal and conditional R^2 (``performance::r2_nakagawa``)."""

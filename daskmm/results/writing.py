@@ -21,7 +21,7 @@ def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None =
         (tmp / "summary.txt").write_text(result.summary())
         result.fixef().to_parquet(tmp / "fixef.parquet", index=False)
         result.ranef_frame().to_parquet(tmp / "ranef.parquet", index=False)
-        if getattr(result, "predictor", None) is not None and result.kind == "lmm":
+        if getattr(result, "predictor", None) is not None and result.kind in ("lmm", "glmm"):
             from daskmm.prediction import save_model
             save_model(result.predictor, tmp)  # `daskmm predict DIR DATA` reads it
         (tmp / RESULT_MARKER).write_text(result_marker("fit", name))

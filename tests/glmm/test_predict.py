@@ -22,7 +22,7 @@ def test_fitted_and_predict(client):
     np.testing.assert_allclose(fit.fitted().compute().sort_index().to_numpy(), np.exp(eta),
                                rtol=1e-12)
     new = pd.DataFrame({"x": [0.5, 0.5, np.nan], "g": [df.g.iloc[0], 999, 1]})
-    pred = fit.predict(new, kind="link").compute()
+    pred = fit.predict(new, kind="link", allow_new_levels=True).compute()
     assert pred.iloc[0] == pytest.approx(fit.beta[0] + 0.5 * fit.beta[1] + rf.loc[
         str(df.g.iloc[0]), "(Intercept)"] + 0.5 * rf.loc[str(df.g.iloc[0]), "x"])
     assert pred.iloc[1] == pytest.approx(fit.beta[0] + 0.5 * fit.beta[1])  # new level: b = 0

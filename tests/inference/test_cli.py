@@ -117,3 +117,28 @@ def test_fit_plots_writes_the_lmm_diagnostics(tmp_path):
                      "qq_ranef_Subject_Intercept.png", "qq_residuals.png",
                      "residuals_fitted.png"]
     assert all((out / "plots" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+
+
+def test_predict_from_a_glmm_result_folder_matches_the_fit(tmp_path):
+    import pandas as pd
+
+    from tests.inference.refs import ROOT
+    data = str(ROOT.parent / "glmm" / "data" / "cbpp_laplace_tight.csv")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    out = tmp_path / "fit"
+    r = daskmm("fit", data, "--formula", formula, "--family", "binomial", "--factors",
+               "herd,period", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    new = pd.read_csv(data).drop(columns=["incidence", "size"])
+    src = tmp_path / "new.csv"
+    new.to_csv(src, index=False)
+    dst = tmp_path / "pred.csv"
+    r = daskmm("predict", str(out), str(src), "--out", str(dst))
+    assert r.returncode == 0, r.stderr
+    import daskmm as dm
+    df = pd.read_csv(data)
+    for c in ("herd", "period"):
+        df[c] = df[c].astype(str)
+    fit = dm.glmm(formula, df, "binomial", mode="in-process")
+    want = fit.fitted().compute().to_numpy()
+    assert pd.read_csv(dst)["fit"].to_numpy() == pytest.approx(want, rel=1e-6)
