@@ -2,9 +2,11 @@
 #   profile: confint(fit, method = "profile", oldNames = FALSE)   (timed)
 #   boot:    confint(fit, method = "boot", nsim = NSIM, boot.type = "perc",
 #                    oldNames = FALSE)                             (timed)
+#   pbtest:  pbkrtest::PBmodcomp(fit, update(fit, . ~ . - x), nsim = NSIM)   (timed, with
+#            the small model's fit; prints "LRT stat p_pb")
 # Prints "FIT s", "PROFILE s" / "BOOT s" and one "CI name lower upper" line per parameter.
 #
-#   Rscript bench_inference.R DATA.csv "y ~ x + (x | g)" profile|boot [NSIM] [SEED]
+#   Rscript bench_inference.R DATA.csv "y ~ x + (x | g)" profile|boot|pbtest [NSIM] [SEED]
 suppressPackageStartupMessages(library(lme4))
 a <- commandArgs(trailingOnly = TRUE)
 d <- read.csv(a[1]); d$g <- factor(d$g)
@@ -18,6 +20,14 @@ t0 <- proc.time()[["elapsed"]]
 if (what == "profile") {
   ci <- suppressMessages(confint(fit, method = "profile", oldNames = FALSE))
   cat("PROFILE", proc.time()[["elapsed"]] - t0, "\n")
+} else if (what == "pbtest") {
+  suppressPackageStartupMessages(library(pbkrtest))
+  small <- update(fit, . ~ . - x)
+  pb <- suppressMessages(suppressWarnings(PBmodcomp(fit, small, nsim = nsim, seed = seed)))
+  cat("PBTEST", proc.time()[["elapsed"]] - t0, "\n")
+  cat("LRT", sprintf("%.17g", pb$test["LRT", "stat"]), sprintf("%.17g", pb$test["PBtest", "p.value"]),
+      "\n")
+  quit(save = "no")
 } else {
   set.seed(seed)
   ci <- suppressMessages(confint(fit, method = "boot", nsim = nsim, boot.type = "perc",

@@ -9,7 +9,10 @@ and, side by side in one run (fit not timed; data loaded):
 
 * ``profile``: ``fit.confint("profile")`` against ``confint(fit, method = "profile")``;
 * ``boot``: ``fit.confint("boot", nboot=500)`` against ``confint(fit, method = "boot",
-  nsim = 500)`` (lme4's ``bootMer``, percentile intervals).
+  nsim = 500)`` (lme4's ``bootMer``, percentile intervals);
+* ``pbtest``: ``daskmm.pb_modcomp(fit, ["x"], nsim=--pb-nsim)`` (default 200) against
+  ``pbkrtest::PBmodcomp(fit, update(fit, . ~ . - x), nsim)``, both including the small
+  model's fit and the ML refits.
 
 daskmm runs in process (the data are small enough that a fit starts no cluster), one thread
 of BLAS. Then ``--big-rows`` (default 10^7, 10^4 levels) written as 16 Parquet files, on a
@@ -58,8 +61,10 @@ def run_r(path: Path, what: str, nsim: int, seed: int) -> dict:
     rec: dict = {"ci": {}}
     for line in out.stdout.splitlines():
         k, *v = line.split()
-        if k in ("FIT", "PROFILE", "BOOT"):
+        if k in ("FIT", "PROFILE", "BOOT", "PBTEST"):
             rec[k.lower() + "_s"] = float(v[0])
+        elif k == "LRT":
+            rec["lrt"], rec["p_pb"] = float(v[0]), float(v[1])
         elif k == "CI":
             rec["ci"][v[0]] = [float(v[1]), float(v[2])]
     return rec
@@ -69,6 +74,11 @@ def ours(df: pd.DataFrame, what: str, nboot: int, seed: int) -> dict:
     from daskmm import lmm
     fit = lmm(FORMULA, df)
     t0 = time.perf_counter()
+    if what == "pbtest":
+        from daskmm import pb_modcomp
+        pb = pb_modcomp(fit, ["x"], nsim=nboot, seed=seed)
+        return {what + "_s": time.perf_counter() - t0, "mode": fit.mode, "ci": {},
+                "lrt": pb.statistic, "p_pb": pb.p_value}
     if what == "profile":
         ci = fit.confint("profile")
     else:
@@ -112,12 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=10 ** 5)
     p.add_argument("--levels", type=int, default=10 ** 3)
     p.add_argument("--nboot", type=int, default=500)
+    p.add_argument("--pb-nsim", type=int, default=200, help="simulations of the pbtest")
     p.add_argument("--repeats", type=int, default=3, help="daskmm runs of each measurement")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--big-rows", type=int, default=10 ** 7)
     p.add_argument("--big-levels", type=int, default=10 ** 4)
     p.add_argument("--big-nboot", type=int, default=1000)
-    p.add_argument("--skip", default="", help="comma list of profile, boot, big")
+    p.add_argument("--skip", default="", help="comma list of profile, boot, pbtest, big")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -127,12 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.csv"
         df.to_csv(path, index=False)
-        for what in ("profile", "boot"):
+        for what in ("profile", "boot", "pbtest"):
             if what in skip:
                 continue
-            runs = [ours(df, what, args.nboot, args.seed) for _ in range(args.repeats)]
+            n = args.pb_nsim if what == "pbtest" else args.nboot
+            runs = [ours(df, what, n, args.seed) for _ in range(args.repeats)]
             times = [r[what + "_s"] for r in runs]
-            r = run_r(path, what, args.nboot, args.seed)
+            r = run_r(path, what, n, args.seed)
             rec = {"daskmm_runs_s": times, "daskmm_median_s": statistics.median(times),
                    "daskmm_mode": runs[0]["mode"], "lme4": r, "daskmm_ci": runs[0]["ci"]}
             if what + "_s" in r:
@@ -142,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
                         abs(a - b) / max(abs(b), 1e-12)
                         for k, v in runs[0]["ci"].items() if k in r["ci"]
                         for a, b in zip(v, r["ci"][k]) if np.isfinite(b))
+            if what == "pbtest":
+                rec["daskmm_lrt"], rec["daskmm_p_pb"] = runs[0]["lrt"], runs[0]["p_pb"]
             print(f"{what}: daskmm {times} (median {rec['daskmm_median_s']:.2f} s), lme4 "
                   f"{r.get(what + '_s')} s, ratio {rec.get('ratio', float('nan')):.1f}x",
                   flush=True)

@@ -19,9 +19,10 @@ from daskmm.lmm import objective, optimise
 
 
 def ml_deviance(result) -> float:
-    """-2 log-likelihood at the ML optimum: the fit's own for an ML fit; a refit from the
-    fit's ``theta`` on its statistics for a REML fit (lme4's ``refitML``)."""
-    if not result.reml:
+    """-2 log-likelihood at the ML optimum: the fit's own for an ML fit (and for a GLMM,
+    whose criterion is the Laplace or quadrature deviance); a refit from the fit's ``theta``
+    on its statistics for a REML fit (lme4's ``refitML``)."""
+    if not getattr(result, "reml", False):
         return float(result.objective)
     prob = getattr(result, "problem", None)
     if prob is None:
@@ -38,8 +39,9 @@ def anova(*results, names: list[str] | None = None, refit: bool = True) -> pd.Da
 
     Parameters
     ----------
-    *results : LmmResult
-        Two or more fits to the same rows (the same ``nobs``).
+    *results : LmmResult or GlmmResult
+        Two or more fits to the same rows (the same ``nobs``), all LMMs or all GLMMs of one
+        family.
     names : list of str, optional
         Row labels (default ``m0``, ``m1``, ... in the order given).
     refit : bool
@@ -66,11 +68,15 @@ def anova(*results, names: list[str] | None = None, refit: bool = True) -> pd.Da
     if refit:
         devs = [ml_deviance(r) for r in results]
     else:
-        if not all(r.reml for r in results) or len({tuple(r.fixef_names)
+        if not all(getattr(r, "reml", False) for r in results) or len({tuple(r.fixef_names)
                                                      for r in results}) > 1:
             raise ModelError("refit=False compares REML criteria, which needs REML fits with "
                              "the same fixed effects; use refit=True")
         devs = [float(r.objective) for r in results]
+    kinds = {(r.kind, getattr(r, "family", "gaussian")) for r in results}
+    if len(kinds) > 1:
+        raise ModelError("anova compares fits of one kind and family; received "
+                         f"{', '.join(sorted(f'{k} ({f})' for k, f in kinds))}")
     n = nobs.pop()
     npar = [int(r.df) for r in results]
     order = sorted(range(len(results)), key=lambda i: npar[i])

@@ -66,6 +66,21 @@ class GlmmResult(MixedResult):
         cols = ["effect", "group", "term", "estimate", "std_error", "statistic", "p_value"]
         return pd.concat([fe[cols], rp.reindex(columns=cols)], ignore_index=True)
 
+    def confint(self, method: str = "wald", level: float = 0.95) -> pd.DataFrame:
+        """lme4's ``confint(fit, method = "Wald")`` for a GLMM: ``estimate -/+ z se`` for the
+        fixed effects (``parameter, lower, upper, method, level``). Profile and bootstrap
+        intervals are built for LMMs only."""
+        from scipy import stats
+        if str(method).lower() != "wald":
+            raise ModelError(f"method={method!r}; for a GLMM 'wald' is built (profile and "
+                             "bootstrap intervals are built for linear mixed models)")
+        if not 0 < level < 1:
+            raise ModelError(f"level={level!r}; a confidence level is between 0 and 1")
+        z = float(stats.norm.ppf((1 + level) / 2))
+        return pd.DataFrame({"parameter": list(self.fixef_names),
+                             "lower": self.beta - z * self.se, "upper": self.beta + z * self.se,
+                             "method": "wald", "level": level})
+
     def fitted(self, kind: str = "response"):
         """Fitted values on the ``"response"`` (``mu``; the success probability for the
         binomial) or ``"link"`` (``eta``) scale, conditional on the modes, for the rows of the

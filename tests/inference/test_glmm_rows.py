@@ -167,3 +167,37 @@ def test_new_levels_need_allow_new_levels_as_lme4(glmm_fits):
         fit.predict(new).compute()
     got = fit.predict(new, kind="link", allow_new_levels=True).compute()
     assert got.iloc[1] == pytest.approx(fit.beta[0] + 0.5 * fit.beta[1])
+
+
+@pytest.mark.parametrize("case", ["cbpp_laplace_tight", "slopes_poisson"])
+def test_glmm_anova_matches_lme4(glmm_fits, case):
+    ref, df, _, fit = glmm_fits[case]
+    reduced = {"cbpp_laplace_tight": "cbind(incidence, size - incidence) ~ 1 + (1 | herd)",
+               "slopes_poisson": "y ~ 1 + (1 + x | g)"}[case]
+    m0 = daskmm.glmm(reduced, df, ref["family"], mode="in-process")
+    tab = daskmm.anova(m0, fit)
+    want = ref["anova"]
+    assert tab["npar"].tolist() == want["npar"]
+    np.testing.assert_allclose(tab["logLik"], want["logLik"], rtol=1e-8)
+    np.testing.assert_allclose(tab["AIC"], want["AIC"], rtol=1e-8)
+    assert tab["Chisq"].iloc[1] == pytest.approx(want["Chisq"], rel=1e-6)
+    assert tab["Df"].iloc[1] == want["Df"]
+    assert tab["Pr(>Chisq)"].iloc[1] == pytest.approx(want["p_value"], rel=1e-6)
+    with pytest.raises(ModelError, match="one kind and family"):
+        daskmm.anova(daskmm.lmm("incidence ~ 1 + (1 | herd)", df, mode="in-process")
+                     if case.startswith("cbpp") else
+                     daskmm.lmm("y ~ 1 + (1 | g)", df, mode="in-process"), fit)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_glmm_wald_intervals_match_lme4(glmm_fits, case):
+    """To 1e-4 of the half-width: lme4's standard errors come from a finite-difference
+    Hessian (daskmm's agree with them to ~3e-5)."""
+    ref, _, _, fit = glmm_fits[case]
+    ci = fit.confint("wald").set_index("parameter")
+    for row in ref["wald_ci"]:
+        half = (row["upper"] - row["lower"]) / 2
+        assert abs(ci.loc[row["parameter"], "lower"] - row["lower"]) < 1e-4 * half
+        assert abs(ci.loc[row["parameter"], "upper"] - row["upper"]) < 1e-4 * half
+    with pytest.raises(ModelError, match="'wald' is built"):
+        fit.confint("profile")
