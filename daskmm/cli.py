@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--plots", action="store_true", help="write PNG plots under OUT/plots: "
                      "GAM: one per smooth (with its +-2 SE band and a rug); LMM: caterpillar "
                      "plots, residuals against fitted, QQ plots of residuals and random "
-                     "effects, and with --ci profile the zeta plots")
+                     "effects, and with --ci profile the zeta plots; GLMM: DHARMa's scaled "
+                     "residual plots (250 simulations, seed --seed or 123; their tests go "
+                     "into summary.json)")
     fit.add_argument("-v", "--verbose", action="store_true")
 
     ing = sub.add_parser("ingest", help="write CSV/Parquet as a dataset bucketed by a factor")
@@ -189,9 +191,6 @@ def _fit(args: argparse.Namespace) -> int:
     if args.rho or args.ar_start is not None or args.discrete:
         raise DaskmmError("--rho, --ar-start (AR1 residuals) and --discrete apply to GAMs, "
                           "formulas with s() terms")
-    if args.plots and args.family != "gaussian":
-        raise DaskmmError("--plots applies to linear mixed models and GAMs; leave it out for "
-                          f"--family {args.family}")
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
     if args.method is not None and args.method not in ("REML", "ML"):
         raise DaskmmError(f"--method {args.method} is for GAMs (formulas with s() terms); a "
@@ -203,7 +202,14 @@ def _fit(args: argparse.Namespace) -> int:
                         client=args.scheduler, mode=args.mode, ddf=args.ddf, ci=args.ci,
                         level=args.level, nboot=args.nboot, seed=args.seed)
     extra = None
-    if args.plots:
+    if args.plots and result.kind == "glmm":
+        # DHARMa's residuals (defaults: 250 simulations, seed 123, conditional random
+        # effects) go into summary.json and dharma.png
+        result.simulate_residuals(seed=args.seed if args.seed is not None else 123)
+
+        def extra(tmp) -> None:
+            result.plot("dharma", tmp / "plots")
+    elif args.plots:
         def extra(tmp) -> None:
             from daskmm.results.lmm_plots import KINDS
             for kind in KINDS:
@@ -213,7 +219,7 @@ def _fit(args: argparse.Namespace) -> int:
     print(result.summary())
     report_rows(result)
     print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet"
-          + (", model.pkl" if result.kind == "lmm" else "") + (", plots" if args.plots else "")
+          + ", model.pkl" + (", plots" if args.plots else "")
           + f" (fitted {result.mode})")
     return 0
 

@@ -104,29 +104,14 @@ def f_test(L: np.ndarray, beta: np.ndarray, info: VarparCov) -> dict:
     return {"F": F, "ndf": ndf, "ddf": ddf, "p_value": float(stats.f.sf(F, ndf, ddf))}
 
 
-def kenward_roger_parts(prob, theta: np.ndarray, sigma: float, vcov: np.ndarray):
-    """pbkrtest's ``vcovAdj`` for a fit whose random effects are one grouping factor or
-    factors nested in it (:func:`daskmm.kernels.kenward_roger.vcov_adjusted`)."""
-    from daskmm.distributed.evaluator import GatheredEvaluator
-    from daskmm.errors import ModelError
-    from daskmm.kernels.kenward_roger import vcov_adjusted
-    from daskmm.kernels.pls import group_Lambda
-    from daskmm.problem import lambdas
-    lay = prob.layout
-    if lay.global_factors:
-        raise ModelError("Kenward-Roger is built for one grouping factor or factors nested in "
-                         f"it; this model has crossed factors ({', '.join(lay.global_factors)})"
-                         ": use ddf='satterthwaite'")
-    if prob.spec.weights:
-        raise ModelError("Kenward-Roger with prior weights is not built; use "
-                         "ddf='satterthwaite'")
-    if not isinstance(prob.evaluator, GatheredEvaluator):
-        raise ModelError("Kenward-Roger needs the statistics on the client; this fit kept them "
-                         "on the workers (mode='distributed'): fit with mode='gathered'")
-    spec = prob.spec
-    lam = lambdas(spec, theta)
-    p = lay.p
-    # each covariance parameter's E_ab: its term's offset within its factor's columns
+KR_DENSE_MAX = 3000
+"""With crossed factors, Kenward-Roger works on the dense ``q x q`` ``Z'Z`` of all random
+effects; above this many random-effect coefficients it is refused (use Satterthwaite)."""
+
+
+def _param_positions(spec, lay) -> list[tuple[str, int, int]]:
+    """Each covariance parameter of the random effects (pbkrtest's order, lme4's theta
+    order): ``(factor, a, b)`` with ``a, b`` its row and column within the factor's columns."""
     params = []
     for f in spec.factors:
         off = 0
@@ -136,24 +121,102 @@ def kenward_roger_parts(prob, theta: np.ndarray, sigma: float, vcov: np.ndarray)
             for a, b in zip(r, c):
                 params.append((f.name, off + a, off + b))
             off += t.q
-    groups = []
-    for g in prob.evaluator.stats.groups:
+    return params
+
+
+def _level_starts(lay, composition) -> dict:
+    starts = {lay.primary: [0]}
+    pos = lay.q[lay.primary]
+    for f, cnt in zip(lay.nested, composition):
+        starts[f] = [pos + i * lay.q[f] for i in range(int(cnt))]
+        pos += int(cnt) * lay.q[f]
+    return starts
+
+
+def _E(size: int, starts: dict, params) -> list[np.ndarray]:
+    out = []
+    for f, a, b in params:
+        Ei = np.zeros((size, size))
+        for st in starts.get(f, []):
+            Ei[st + a, st + b] = Ei[st + b, st + a] = 1.0
+        out.append(Ei)
+    return out
+
+
+def kenward_roger_parts(prob, theta: np.ndarray, sigma: float, vcov: np.ndarray):
+    """pbkrtest's ``vcovAdj`` (:func:`daskmm.kernels.kenward_roger.vcov_adjusted`): per level
+    of the primary factor for one grouping factor or factors nested in it; with crossed
+    factors, on the dense ``Z'Z`` of all random effects (one "level" holding every
+    coefficient), up to :data:`KR_DENSE_MAX` coefficients."""
+    from daskmm.distributed.evaluator import GatheredEvaluator
+    from daskmm.errors import ModelError
+    from daskmm.kernels.kenward_roger import vcov_adjusted
+    from daskmm.kernels.pls import group_Lambda, lambda_tilde
+    from daskmm.problem import lambdas
+    lay = prob.layout
+    if prob.spec.weights:
+        raise ModelError("Kenward-Roger with prior weights is not built; use "
+                         "ddf='satterthwaite'")
+    if not isinstance(prob.evaluator, GatheredEvaluator):
+        raise ModelError("Kenward-Roger needs the statistics on the client; this fit kept them "
+                         "on the workers (mode='distributed'): fit with mode='gathered'")
+    spec = prob.spec
+    lam = lambdas(spec, theta)
+    p = lay.p
+    params = _param_positions(spec, lay)
+    st = prob.evaluator.stats
+    XtX = prob.G[lay.n_G:lay.n_G + p, lay.n_G:lay.n_G + p]
+    if not lay.global_factors:
+        groups = []
+        for g in st.groups:
+            s = g.A.shape[1]
+            B = np.transpose(g.B[:, :p, :], (2, 0, 1))
+            groups.append((g.A, B, group_Lambda(lay, lam, g.composition),
+                           _E(s, _level_starts(lay, g.composition), params)))
+        return vcov_adjusted(groups, XtX, prob.n, sigma ** 2, vcov)
+    # crossed factors: assemble Z'Z, Z'X, Lambda and each E over all coefficients, the
+    # levels' local blocks first, then the global columns
+    nG = lay.n_G
+    n_loc = sum(g.m * g.A.shape[1] for g in st.groups)
+    q = n_loc + nG
+    if q > KR_DENSE_MAX:
+        raise ModelError(f"Kenward-Roger with crossed factors works on the dense Z'Z of all "
+                         f"{q} random-effect coefficients; above {KR_DENSE_MAX} it is not "
+                         "built: use ddf='satterthwaite'")
+    C = np.zeros((q, q))
+    ZX = np.zeros((q, p))
+    Lam = np.zeros((q, q))
+    E = [np.zeros((q, q)) for _ in params]
+    pos = 0
+    for g in st.groups:
+        if not isinstance(g.B, np.ndarray):
+            raise ModelError("Kenward-Roger with crossed factors needs dense cross-products; "
+                             "use ddf='satterthwaite'")
         s = g.A.shape[1]
-        starts = {lay.primary: [0]}
-        pos = lay.q[lay.primary]
-        for f, cnt in zip(lay.nested, g.composition):
-            starts[f] = [pos + i * lay.q[f] for i in range(int(cnt))]
-            pos += int(cnt) * lay.q[f]
-        E = []
-        for f, a, b in params:
-            Ei = np.zeros((s, s))
-            for st in starts.get(f, []):
-                Ei[st + a, st + b] = Ei[st + b, st + a] = 1.0
-            E.append(Ei)
-        B = np.transpose(g.B[:, :p, :], (2, 0, 1))
-        groups.append((g.A, B, group_Lambda(lay, lam, g.composition), E))
-    XtX = prob.G[:p, :p]
-    return vcov_adjusted(groups, XtX, prob.n, sigma ** 2, vcov)
+        Lg = group_Lambda(lay, lam, g.composition)
+        Eg = _E(s, _level_starts(lay, g.composition), params)
+        for i in range(g.m):
+            sl = slice(pos, pos + s)
+            C[sl, sl] = g.A[i]
+            C[sl, n_loc:] = g.B[:, :nG, i]
+            C[n_loc:, sl] = g.B[:, :nG, i].T
+            ZX[sl] = g.B[:, nG:nG + p, i]
+            Lam[sl, sl] = Lg
+            for Ei, Egi in zip(E, Eg):
+                Ei[sl, sl] = Egi
+            pos += s
+    C[n_loc:, n_loc:] = prob.G[:nG, :nG]
+    ZX[n_loc:] = prob.G[:nG, nG:nG + p]
+    Lam[n_loc:, n_loc:] = lambda_tilde(lay, lam)[:nG, :nG].toarray()
+    offs = lay.global_offsets
+    for Ei, (f, a, b) in zip(E, params):
+        if f not in offs:
+            continue
+        qf = lay.q[f]
+        for lv in range(len(lay.global_levels[f])):
+            st_ = n_loc + offs[f] + lv * qf
+            Ei[st_ + a, st_ + b] = Ei[st_ + b, st_ + a] = 1.0
+    return vcov_adjusted([(C[None], ZX[None], Lam, E)], XtX, prob.n, sigma ** 2, vcov)
 
 
 def kr_coef_tests(names: list[str], beta: np.ndarray, vcov: np.ndarray, parts) -> pd.DataFrame:

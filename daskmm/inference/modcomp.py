@@ -161,7 +161,7 @@ def kr_modcomp(large, small) -> pd.DataFrame:
     Parameters
     ----------
     large : LmmResult
-        A REML fit (pbkrtest refits by REML) with one grouping factor or factors nested in it.
+        A REML fit (pbkrtest refits by REML), as for ``test_fixef("kenward-roger")``.
     small : LmmResult or list of str
         The small model's fit, or the large model's columns to remove.
 

@@ -137,6 +137,12 @@ class GlmmResult(MixedResult):
         self.dharma = simulate_residuals(self._rows(), n, seed, simulate_re, client)
         return self.dharma
 
+    def plot(self, kind: str, out) -> list:
+        """Write diagnostic plots as PNG under folder ``out``
+        (:mod:`daskmm.results.glmm_plots`): ``dharma`` (DHARMa's QQ and residual plots)."""
+        from daskmm.results.glmm_plots import plot
+        return plot(self, kind, out)
+
     def _rows(self):
         if self.predictor is None:
             raise ModelError("this result has no data attached (it was read from a "

@@ -145,8 +145,9 @@ class LmmResult(MixedResult):
         ----------
         ddf : {"satterthwaite", "kenward-roger"}
             Kenward-Roger (pbkrtest's ``vcovAdj`` and ``Lb_ddf``, lmerTest's ``ddf =
-            "Kenward-Roger"``): REML fits with one grouping factor or factors nested in it;
-            the standard errors become the adjusted ones.
+            "Kenward-Roger"``): REML fits without prior weights (with crossed factors, up to
+            :data:`daskmm.inference.ddf.KR_DENSE_MAX` random-effect coefficients); the
+            standard errors become the adjusted ones.
         """
         from daskmm.inference.ddf import DDF_METHODS, coef_tests
         key = str(ddf).lower()

@@ -142,3 +142,18 @@ def test_predict_from_a_glmm_result_folder_matches_the_fit(tmp_path):
     fit = dm.glmm(formula, df, "binomial", mode="in-process")
     want = fit.fitted().compute().to_numpy()
     assert pd.read_csv(dst)["fit"].to_numpy() == pytest.approx(want, rel=1e-6)
+
+
+def test_glmm_plots_write_dharma_residuals_and_their_tests(tmp_path):
+    from tests.inference.refs import ROOT
+    data = str(ROOT.parent / "glmm" / "data" / "cbpp_laplace_tight.csv")
+    out = tmp_path / "fit"
+    r = daskmm("fit", data, "--formula", "cbind(incidence, size - incidence) ~ period + "
+               "(1 | herd)", "--family", "binomial", "--factors", "herd,period", "--plots",
+               "--seed", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    png = out / "plots" / "dharma.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "summary.json").read_text())["scaled_residuals_dharma"]
+    assert doc["nsim"] == 250 and doc["seed"] == 4 and doc["n"] == 56
+    assert 0 <= doc["dispersion"]["p_value"] <= 1 and doc["uniformity"]["statistic"] > 0

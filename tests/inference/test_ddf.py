@@ -91,7 +91,7 @@ def test_type3_on_a_model_without_fixed_terms_is_empty(fits):
 
 
 @pytest.mark.parametrize("case", ["sleepstudy", "dyestuff", "pastes", "sleepstudy_unbalanced",
-                                  "sleepstudy_factors", "cake"])
+                                  "sleepstudy_factors", "cake", "penicillin"])
 def test_kenward_roger_matches_pbkrtest_at_its_optimum(fits, case):
     ref, fit = fits[case]
     here = at_reference(fit, ref)
@@ -104,9 +104,12 @@ def test_kenward_roger_matches_pbkrtest_at_its_optimum(fits, case):
     assert "t-tests use Kenward-Roger's method" in here.summary()
 
 
-def test_kenward_roger_refuses_crossed_factors_with_what_to_do(fits):
+def test_kenward_roger_with_many_crossed_coefficients_says_what_to_do(fits, monkeypatch):
+    import daskmm.inference.ddf as ddf_mod
     _, fit = fits["penicillin"]
-    with pytest.raises(ModelError, match="crossed factors.*satterthwaite"):
+    monkeypatch.setattr(ddf_mod, "KR_DENSE_MAX", 20)  # Penicillin has 24 + 6 coefficients
+    fit._kr_parts = None
+    with pytest.raises(ModelError, match="dense Z'Z of all 30.*satterthwaite"):
         fit.test_fixef("kenward-roger")
 
 
