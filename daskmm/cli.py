@@ -1,5 +1,6 @@
 """Command line: ``daskmm fit``, ``daskmm ingest``, ``daskmm simulate``, ``daskmm run``,
-``daskmm gwas``, ``daskmm gwas-ingest``.
+``daskmm gwas``, ``daskmm gwas-ingest``, ``daskmm predict``; the fitting service's ``daskmm
+serve`` and its clients ``daskmm submit``, ``status``, ``fetch``, ``cancel``.
 
 Outputs are written to a temporary sibling directory and renamed into place at the end, so a
 failed or killed run never leaves a ``DIR`` that looks complete.
@@ -162,7 +163,94 @@ def _parser() -> argparse.ArgumentParser:
                      "the job's cluster.scheduler)")
     run.add_argument("--force", action="store_true", help="run even if the output is done")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    sv = sub.add_parser("serve", help="run the fitting service (HTTP API, job store, web page)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--results", required=True, help="folder the jobs' results go under")
+    sv.add_argument("--store", default=None, help="job store URL (default: SQLite file "
+                    "RESULTS/daskmm-service.sqlite; postgresql+psycopg://... for replicas)")
+    sv.add_argument("--data-root", action="append", default=[], dest="data_roots",
+                    help="a folder (or URL prefix) jobs may read data from; repeatable")
+    sv.add_argument("--tokens", required=True, help="file of 'owner token' lines")
+    sv.add_argument("--scheduler", default=None, help="the shared Dask scheduler's address")
+    sv.add_argument("--max-concurrent", type=int, default=2, help="jobs run at once (2)")
+    sv.add_argument("--max-body", type=int, default=1 << 20, help="request size limit, bytes")
+    sv.add_argument("--replica", default=None, help="this server's name in the store "
+                    "(default: the host name); one name a replica")
+
+    for name, what in (("submit", "submit a job file to a fitting service"),
+                       ("status", "a service job's state and progress"),
+                       ("fetch", "download a service job's results"),
+                       ("cancel", "cancel a service job")):
+        c = sub.add_parser(name, help=what + " (token: DASKMM_TOKEN)")
+        c.add_argument("job" if name == "submit" else "id",
+                       help="job file (YAML)" if name == "submit" else "job id")
+        c.add_argument("--server", default=None, help="service URL (default DASKMM_SERVER, "
+                       "else http://127.0.0.1:8000)")
+        if name == "submit":
+            c.add_argument("--priority", type=int, default=0, help="higher runs first (0)")
+            c.add_argument("--idempotency-key", default=None)
+            c.add_argument("--wait", action="store_true", help="wait until the job ends")
+        if name == "fetch":
+            c.add_argument("--out", required=True, help="new folder for the result files")
+            c.add_argument("--force", action="store_true")
     return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from daskmm.service.app import Config, serve
+    from daskmm.service.auth import Tokens
+    results = Path(args.results).resolve()
+    if results.exists() and not results.is_dir():
+        raise DaskmmError(f"--results {args.results!r} is a file; give a folder")
+    results.mkdir(parents=True, exist_ok=True)
+    for root in args.data_roots:
+        if "://" not in root and not Path(root).is_dir():
+            raise DaskmmError(f"--data-root {root!r} is not a folder")
+    store = args.store or f"sqlite:///{results / 'daskmm-service.sqlite'}"
+    cfg = Config(results=results, store_url=store, tokens=Tokens.read(args.tokens),
+                 data_roots=list(args.data_roots), scheduler=args.scheduler,
+                 max_concurrent=args.max_concurrent, max_body=args.max_body,
+                 replica=args.replica)
+    serve(cfg, args.host, args.port)
+    return 0
+
+
+def _service_command(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from daskmm.service.client import ServiceClient
+    c = ServiceClient(args.server)
+    if args.command == "submit":
+        out = c.submit(args.job, args.priority, args.idempotency_key)
+        print(out["id"] if out.get("created", True) else
+              f"{out['id']} (already submitted: {out['state']})")
+        if not args.wait:
+            return 0
+        while True:
+            job = c.status(out["id"])
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(1.0)
+        print(f"{job['id']} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
+        return 0 if job["state"] == "succeeded" else 1
+    if args.command == "status":
+        job = c.status(args.id)
+        print(json.dumps({k: job[k] for k in ("id", "name", "state", "progress", "error",
+                                              "timings")}, indent=1))
+        return 0
+    if args.command == "cancel":
+        out = c.cancel(args.id)
+        print(f"{out['id']} {out['state']}" + (" (stopping)" if out.get("cancel_requested")
+                                               and out["state"] == "running" else ""))
+        return 0
+    files = c.fetch(args.id, args.out, force=args.force)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -386,7 +474,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": _fit, "ingest": _ingest, "simulate": _simulate, "run": _run,
-            "gwas": _gwas, "gwas-ingest": _gwas_ingest, "predict": _predict}
+            "gwas": _gwas, "gwas-ingest": _gwas_ingest, "predict": _predict, "serve": _serve,
+            "submit": _service_command, "status": _service_command,
+            "fetch": _service_command, "cancel": _service_command}
 
 
 def explain(exc: BaseException) -> str:

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from daskmm.events import emit
+
 log = logging.getLogger("daskmm")
 
 NLOPT_MESSAGES = {1: "NLOPT_SUCCESS", 2: "NLOPT_STOPVAL_REACHED", 3: "NLOPT_FTOL_REACHED",
@@ -135,6 +137,7 @@ class _Counted:
 
     def value(self, x) -> float:
         self.feval += 1
+        emit("evaluation", feval=self.feval)
         x = np.array(x, dtype=float)
         v = float(self.f(x)) if self.f is not None else float(self.fg(x)[0])
         if v < self.best[0]:
@@ -144,6 +147,7 @@ class _Counted:
     def value_grad(self, x) -> tuple[float, np.ndarray]:
         self.feval += 1
         self.geval += 1
+        emit("evaluation", feval=self.feval)
         x = np.array(x, dtype=float)
         v, g = self.fg(x)
         v = float(v)

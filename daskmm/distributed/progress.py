@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from daskmm.events import emit
+
 log = logging.getLogger("daskmm")
 
 
@@ -19,6 +21,7 @@ def track(futures: list, label: str, every_s: float = 5.0) -> None:
     """
     if not futures or getattr(futures[0], "client", None) is None:  # none, or in process
         return
+    emit("pass_start", label=label, total=len(futures))
     from distributed import as_completed
     client = futures[0].client  # not necessarily the default client (set_as_default=False)
     if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
@@ -36,3 +39,4 @@ def track(futures: list, label: str, every_s: float = 5.0) -> None:
             log.info("%s: %d/%d tasks", label, done, total)
             last = now
     log.info("%s: %d/%d tasks done", label, total, total)
+    emit("pass", label=label, done=total, total=total)

@@ -1,0 +1,210 @@
+"""Running the service's jobs: up to ``max_concurrent`` at a time, the rest queued (highest
+priority first, then first submitted), each in its own process
+(:mod:`daskmm.service.worker`) with a client to the shared scheduler.
+
+Why a process a job and not a thread of the server: a cancel must stop a fit wherever it is
+(in the optimiser on this side, or waiting on tasks), and a job that runs out of memory or
+crashes must not take the server with it. Killing the job's process closes its client, and
+the scheduler releases that client's tasks. The server itself holds one client to the
+scheduler for ``/readyz``.
+
+One thread (:meth:`Executor.loop`) starts jobs, watches their processes, copies their
+progress into the store, and stops the ones whose cancel was asked for (in the store, so a
+cancel reaches the replica running the job).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daskmm.service.store import Store
+
+log = logging.getLogger("daskmm.service")
+
+TICK_S = 0.2
+KILL_AFTER_S = 10.0
+
+
+@dataclass
+class Running:
+    job_id: str
+    proc: subprocess.Popen
+    events: Path
+    stderr: Path
+    started: float = field(default_factory=time.monotonic)
+    cancelling: float | None = None
+    progress_size: int = 0
+
+
+class Executor:
+    """Start, watch and stop job processes.
+
+    Parameters
+    ----------
+    store : Store
+    state_dir : Path
+        Where job files, progress and logs of the processes go (not the results).
+    scheduler : str or None
+        The shared scheduler's address (None: each job decides, as ``daskmm run``).
+    max_concurrent : int
+    replica : str
+        This server's name in the store (``runner`` column): a restarted server fails the
+        jobs its previous process left running, and only those.
+    """
+
+    def __init__(self, store: Store, state_dir: Path, scheduler: str | None,
+                 max_concurrent: int, replica: str | None = None):
+        self.store = store
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.scheduler = scheduler
+        self.max_concurrent = max(1, int(max_concurrent))
+        self.replica = replica or socket.gethostname()
+        self.running: dict[str, Running] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self.loop, name="daskmm-executor", daemon=True)
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.thread.join(timeout=5)
+        with self._lock:
+            for r in self.running.values():
+                self._signal(r, signal.SIGKILL)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def runner_name(self) -> str:
+        return f"{self.replica}:{os.getpid()}"
+
+    # ------------------------------------------------------------------ loop
+    def loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must go on; the job records say
+                log.exception("executor tick failed")
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        with self._lock:
+            for r in list(self.running.values()):
+                self._watch(r)
+            while len(self.running) < self.max_concurrent and not self._stop.is_set():
+                job = self.store.claim(self.runner_name())
+                if job is None:
+                    break
+                self._launch(job)
+
+    def _launch(self, job) -> None:
+        d = self.state_dir / job.id
+        d.mkdir(parents=True, exist_ok=True)
+        job_file = d / f"attempt-{job.attempt}.json"
+        job_file.write_text(json.dumps(job.body, indent=1))
+        events = d / f"attempt-{job.attempt}.events.jsonl"
+        events.write_text("")
+        stderr = d / f"attempt-{job.attempt}.stderr"
+        cmd = [sys.executable, "-m", "daskmm.service.worker", str(job_file), str(events)]
+        if self.scheduler:
+            cmd += ["--scheduler", self.scheduler]
+        with open(stderr, "wb") as err, open(d / f"attempt-{job.attempt}.stdout", "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.running[job.id] = Running(job.id, proc, events, stderr)
+        log.info("job %s started (pid %d)", job.id, proc.pid)
+
+    def _watch(self, r: Running) -> None:
+        self._copy_progress(r)
+        code = r.proc.poll()
+        if code is None:
+            job = self.store.get(r.job_id)
+            if job is None or job.cancel_requested:
+                if r.cancelling is None:
+                    r.cancelling = time.monotonic()
+                    self._signal(r, signal.SIGTERM)
+                elif time.monotonic() - r.cancelling > KILL_AFTER_S:
+                    self._signal(r, signal.SIGKILL)
+            return
+        del self.running[r.job_id]
+        job = self.store.get(r.job_id)
+        if job is None:  # deleted while it ran
+            return
+        if r.cancelling is not None or job.cancel_requested:
+            self.store.finish(r.job_id, "cancelled", "cancelled on request")
+            self._remove_partial(job)
+        elif code == 0:
+            self.store.finish(r.job_id, "succeeded", "the job process finished")
+        else:
+            self.store.finish(r.job_id, "failed", error=self._error(r, code))
+        log.info("job %s ended (exit %s)", r.job_id, code)
+
+    def _signal(self, r: Running, sig: int) -> None:
+        try:
+            os.killpg(r.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _copy_progress(self, r: Running) -> None:
+        try:
+            size = r.events.stat().st_size
+        except OSError:
+            return
+        if size == r.progress_size:
+            return
+        with open(r.events, "rb") as fh:
+            fh.seek(max(0, size - 4096))
+            lines = fh.read().decode(errors="replace").strip().splitlines()
+        r.progress_size = size
+        for line in reversed(lines):
+            try:
+                self.store.set_progress(r.job_id, json.loads(line))
+                return
+            except json.JSONDecodeError:
+                continue
+
+    @staticmethod
+    def _error(r: Running, code: int) -> str:
+        try:
+            lines = [ln for ln in r.stderr.read_text(errors="replace").splitlines()
+                     if ln.strip()]
+        except OSError:
+            lines = []
+        errs = [ln for ln in lines if ln.startswith("error: ")]
+        if errs:
+            return errs[-1][len("error: "):]
+        if code < 0 or code in (137, 143):
+            return f"the job process was killed (signal {abs(code) if code < 0 else code - 128})"
+        return (lines[-1] if lines else "") or f"the job process exited with status {code}"
+
+    @staticmethod
+    def _remove_partial(job) -> None:
+        """A cancelled job leaves no result: ``run_job`` writes into a hidden temporary
+        folder renamed at the end, so only such leftovers can exist."""
+        import shutil
+        out = Path(job.body.get("output", ""))
+        if not out.name:
+            return
+        for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def cancel_now(self, job_id: str) -> None:
+        """Ask a job this server runs to stop (the next tick signals it)."""
+        self.wake()

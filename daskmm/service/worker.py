@@ -1,0 +1,100 @@
+"""The process that runs one job for the fitting service::
+
+    python -m daskmm.service.worker JOB.json EVENTS.jsonl [--scheduler ADDR]
+
+It runs the job as ``daskmm run`` does (:func:`daskmm.jobs.runner.run_job`: its own client to
+the shared scheduler, the result written atomically) and appends progress lines to
+``EVENTS.jsonl``: ``{"t", "phase", "evaluations", "passes", "pass"}``, at most a few a
+second, and one at the end. It dies with the server (``PR_SET_PDEATHSIG``), and on SIGTERM
+(a cancel) it exits at once: closing its client releases its tasks on the cluster. Exit
+status 0 is success; otherwise stderr's last line says what went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+EVERY_S = 0.5
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PDEATHSIG
+        except OSError:
+            pass
+
+
+class Progress:
+    """Counts events and writes a line to the events file now and then."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.state = {"phase": "starting", "evaluations": 0, "passes": 0, "pass": None}
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self, kind: str, fields: dict) -> None:
+        with self.lock:
+            if kind == "evaluation":
+                self.state["evaluations"] += 1
+                self.state["phase"] = "optimising"
+            elif kind == "pass_start":
+                self.state["pass"] = fields.get("label")
+            elif kind == "pass":
+                self.state["passes"] += 1
+            now = time.monotonic()
+            if now - self.last >= EVERY_S:
+                self.write()
+                self.last = now
+
+    def phase(self, name: str) -> None:
+        with self.lock:
+            self.state["phase"] = name
+            self.write()
+
+    def write(self) -> None:
+        line = json.dumps({"t": time.time(), **self.state})
+        with open(self.path, "a") as fh:
+            fh.write(line + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m daskmm.service.worker")
+    p.add_argument("job")
+    p.add_argument("events")
+    p.add_argument("--scheduler", default=None)
+    args = p.parse_args(argv)
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    from daskmm import events
+    from daskmm.errors import DaskmmError
+    progress = Progress(args.events)
+    events.set_listener(progress)
+    progress.phase("running")
+    try:
+        from daskmm.jobs.runner import run_job
+        out = run_job(args.job, scheduler=args.scheduler)
+    except DaskmmError as exc:
+        progress.phase("failed")
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line for the job record
+        progress.phase("failed")
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    progress.phase("done")
+    print(json.dumps({"status": out["status"], "output": out["output"],
+                      "timing": out.get("timing", {})}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
