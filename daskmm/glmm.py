@@ -867,32 +867,51 @@ class _GlobalCriterion:
         Lam_G = self._Lam_G(lam)
         kw = dict(layout=lay, lam=lam, beta=beta, family=self.family, link=self.link,
                   size=size)
-        u_G = self.u_G.copy()
         shift, self._shift = self._predict(theta, beta, size), None
-        if shift is not None:  # the modes moved to first order (value_grad's pieces)
-            u_G = u_G + shift[2]
-            shift = shift[:2]
-        states = c.map(_c_start, self.parts, self._done, b_G=Lam_G @ u_G, shift=shift,
-                       pure=False, **kw)
-        s = self._sum_states(states)
-        if not math.isfinite(s[0]) and shift is not None:
-            u_G = self.u_G.copy()
-            states = c.map(_c_start, self.parts, self._done, b_G=Lam_G @ u_G, pure=False, **kw)
-            s = self._sum_states(states)
-        if not math.isfinite(s[0]):
-            u_G = np.zeros(lay.n_G)
-            states = c.map(_c_start, self.parts, self._done, b_G=np.zeros(lay.n_G), pure=False,
+        # starts in turn: the modes moved to first order (value_grad's pieces), the last
+        # modes, zero. A start that is finite but far off (the first-order move from a
+        # gradient on the boundary, theta = 0, can put eta near 40) can still break the
+        # iteration (a global block not positive definite in rounding): the evaluation
+        # then goes on from the next start rather than returning inf, so that its value is
+        # the criterion's at (theta, beta), not an accident of where the last one was
+        starts = [(self.u_G + shift[2], shift[:2])] if shift is not None else []
+        starts += [(self.u_G.copy(), None), (np.zeros(lay.n_G), None)]
+        for k, (u_G, sh) in enumerate(starts):
+            b_G = np.zeros(lay.n_G) if k == len(starts) - 1 else Lam_G @ u_G
+            states = c.map(_c_start, self.parts, self._done, b_G=b_G, shift=sh, pure=False,
                            **kw)
             s = self._sum_states(states)
             if not math.isfinite(s[0]):
-                return math.inf, None, u_G, lam, None
+                continue
+            out = self._iterate(states, s, u_G, Lam_G, kw)
+            if out is not None:
+                states, u_G, p0, s = out
+                break
+        else:
+            return math.inf, None, u_G, lam, None
+        _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)
+        # not waited for: the next task on each partition (a start, the gradient, the
+        # modes) takes it as an argument, so runs after it
+        self._done = c.map(_c_finish, self.parts, states, pure=False)
+        self.u_G = u_G
+        sums = (s[4], s[3], s[2])
+        self._solved[self._key(theta, beta, size)] = (u_G.copy(), sums)
+        while len(self._solved) > 16:
+            self._solved.pop(next(iter(self._solved)))
+        return p0 + s[2] + ld_G, states, u_G, lam, sums
+
+    def _iterate(self, states, s, u_G, Lam_G, kw):
+        """The PIRLS steps of :meth:`_solve` from a start: ``(states, u_G, p, sums)`` at
+        convergence, None when a step fails (the global block not positive definite, no
+        finite point along the step)."""
+        c = self.c
         p0 = P.pdev(s[0], s[1]) + float(u_G @ u_G)
         prev = None  # the last full step's size
         for _ in range(P.MAX_ITER):
             try:
                 _, _, u_target = P.global_step(s[4], s[3], Lam_G)
             except la.LinAlgError:
-                return math.inf, None, u_G, lam, None
+                return None
             b_target = Lam_G @ u_target
             t = 1.0
             while True:
@@ -905,7 +924,7 @@ class _GlobalCriterion:
                     break
                 t *= 0.5
             if not math.isfinite(p):
-                return math.inf, None, u_G, lam, None
+                return None
             d_G = float(np.max(np.abs(u_target - u_G), initial=0.0))
             scale = max(new[6], float(np.max(np.abs(u_G), initial=0.0)))
             states, u_G, p0, s = cands, u_c, p, new
@@ -917,16 +936,7 @@ class _GlobalCriterion:
             if self.newton and t == 1.0 and prev is not None:
                 self.c_newton = P.newton_constant(prev, step)
             prev = step if t == 1.0 else None
-        _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)
-        # not waited for: the next task on each partition (a start, the gradient, the
-        # modes) takes it as an argument, so runs after it
-        self._done = c.map(_c_finish, self.parts, states, pure=False)
-        self.u_G = u_G
-        sums = (s[4], s[3], s[2])
-        self._solved[self._key(theta, beta, size)] = (u_G.copy(), sums)
-        while len(self._solved) > 16:
-            self._solved.pop(next(iter(self._solved)))
-        return p0 + s[2] + ld_G, states, u_G, lam, sums
+        return states, u_G, p0, s
 
     @staticmethod
     def _key(theta, beta, size):

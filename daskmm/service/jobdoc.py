@@ -8,7 +8,7 @@ Reads (``data``, and ``bed``/``zarr``/``pheno``/``covar`` of a GWAS job) must li
 ``--results``. Relative paths are taken from the first data root for reads and from the
 results root for writes. ``output`` may be left out: the service gives each job
 ``RESULTS/OWNER/ID``. A path that leaves its root, also through ``..`` or a symbolic link,
-is refused. ``cluster`` is the server's to choose and is refused too.
+is refused. ``cluster`` is the server's, but for ``cluster.mode``.
 """
 
 from __future__ import annotations
@@ -60,9 +60,10 @@ def prepare(body: object, owner: str, job_id: str, results: str,
     if not isinstance(body, dict):
         raise JobBodyError(f"job: a job is a mapping of fields; got {type(body).__name__}")
     doc = copy.deepcopy(body)
-    if "cluster" in doc:
-        raise JobBodyError("job: cluster is set by the server (its scheduler); remove the "
-                           "cluster field")
+    cluster = doc.get("cluster")
+    if cluster is not None and (not isinstance(cluster, dict) or set(cluster) - {"mode"}):
+        raise JobBodyError("job: cluster is the server's (its scheduler); a job may set only "
+                           "cluster.mode (auto | in-process | gathered | distributed)")
     results = os.path.abspath(results)
     reads = [os.path.abspath(r) if "://" not in r else r for r in data_roots] + [results]
     read_base = reads[0]
