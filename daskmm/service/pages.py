@@ -53,7 +53,8 @@ $("submit").onsubmit = async (e) => {
 function progressText(p) {
   if (!p || !p.phase) return "";
   return p.phase + (p.evaluations ? ", " + p.evaluations + " evaluations" : "")
-    + (p.passes ? ", " + p.passes + " passes" : "");
+    + (p.passes ? ", " + p.passes + (p.passes === 1 ? " pass" : " passes") : "")
+    + (p.where ? " (" + p.where + ")" : "");
 }
 async function refresh() {
   if (!token) { say("enter a token"); return; }

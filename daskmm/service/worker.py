@@ -3,7 +3,8 @@
     python -m daskmm.service.worker JOB.json EVENTS.jsonl [--scheduler ADDR]
 
 It runs the job as ``daskmm run`` does (:func:`daskmm.jobs.runner.run_job`: its own client to
-the shared scheduler, the result written atomically) and appends progress lines to
+the shared scheduler, or no cluster at all for small data (:func:`needs_cluster`); the
+result written atomically) and appends progress lines to
 ``EVENTS.jsonl``: ``{"t", "phase", "evaluations", "passes", "pass"}``, at most a few a
 second, and one at the end. It dies with the server (``PR_SET_PDEATHSIG``), and on SIGTERM
 (a cancel) it exits at once: closing its client releases its tasks on the cluster. Exit
@@ -66,6 +67,28 @@ class Progress:
             fh.write(line + "\n")
 
 
+def needs_cluster(job_file: str) -> bool:
+    """Whether a job uses the shared cluster: always when it simulates, ingests, scans
+    genotypes or sets ``cluster.mode``; otherwise only when its data are not known to be
+    small (below :func:`daskmm.execution.in_process_limit` cells), as ``daskmm fit`` decides
+    without a scheduler. Small fits then pay for no cluster round trips."""
+    import yaml
+
+    from daskmm.data.local import estimate_cells
+    from daskmm.execution import in_process_limit
+    from daskmm.formula.parse import identifiers
+    doc = yaml.safe_load(open(job_file).read())
+    if doc.get("kind") == "gwas" or doc.get("simulate") or doc.get("ingest") or \
+            (doc.get("cluster") or {}).get("mode"):
+        return True
+    try:
+        cols = len(identifiers(str(doc["formula"]))) + 1
+    except Exception:  # noqa: BLE001 - the fit will say what is wrong with the formula
+        cols = 8
+    cells = estimate_cells(doc.get("data"), cols)
+    return cells is None or cells >= in_process_limit()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m daskmm.service.worker")
     p.add_argument("job")
@@ -81,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     progress.phase("running")
     try:
         from daskmm.jobs.runner import run_job
-        out = run_job(args.job, scheduler=args.scheduler)
+        scheduler = args.scheduler if needs_cluster(args.job) else None
+        progress.state["where"] = "cluster" if scheduler else "in-process"
+        out = run_job(args.job, scheduler=scheduler)
     except DaskmmError as exc:
         progress.phase("failed")
         print(f"error: {exc}", file=sys.stderr)
