@@ -10,7 +10,8 @@ scheduler for ``/readyz``.
 
 One thread (:meth:`Executor.loop`) starts jobs, watches their processes, copies their
 progress into the store, and stops the ones whose cancel was asked for (in the store, so a
-cancel reaches the replica running the job).
+cancel reaches the replica running the job). It keeps standby processes that have imported
+the fitting code (one per free slot, at least one), so a job starts without ~2 s of imports.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ log = logging.getLogger("daskmm.service")
 
 TICK_S = 0.2
 KILL_AFTER_S = 10.0
+
+
+@dataclass
+class Standby:
+    proc: subprocess.Popen
+    stderr: Path
 
 
 @dataclass
@@ -71,6 +78,8 @@ class Executor:
         self.max_concurrent = max(1, int(max_concurrent))
         self.replica = replica or socket.gethostname()
         self.running: dict[str, Running] = {}
+        self.standby: list[Standby] = []
+        self._standby_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -87,6 +96,11 @@ class Executor:
         with self._lock:
             for r in self.running.values():
                 self._signal(r, signal.SIGKILL)
+            for sp in self.standby:
+                try:
+                    os.killpg(sp.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def wake(self) -> None:
         self._wake.set()
@@ -113,6 +127,26 @@ class Executor:
                 if job is None:
                     break
                 self._launch(job)
+            self._keep_standbys()
+
+    def _spawn_standby(self) -> Standby:
+        """A process that imports the fitting code and waits for a job on stdin."""
+        self._standby_seq += 1
+        d = self.state_dir / "standby"
+        d.mkdir(parents=True, exist_ok=True)
+        stem = d / f"{os.getpid()}-{self._standby_seq}"
+        with open(f"{stem}.stderr", "wb") as err, open(f"{stem}.stdout", "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "daskmm.service.worker", "--standby"],
+                                    stdout=out, stderr=err, stdin=subprocess.PIPE,
+                                    start_new_session=True)
+        return Standby(proc, Path(f"{stem}.stderr"))
+
+    def _keep_standbys(self) -> None:
+        """As many warm processes as free slots (at least one, for the next job)."""
+        self.standby = [s for s in self.standby if s.proc.poll() is None]
+        want = max(1, self.max_concurrent - len(self.running))
+        while len(self.standby) < want and not self._stop.is_set():
+            self.standby.append(self._spawn_standby())
 
     def _launch(self, job) -> None:
         d = self.state_dir / job.id
@@ -121,15 +155,19 @@ class Executor:
         job_file.write_text(json.dumps(job.body, indent=1))
         events = d / f"attempt-{job.attempt}.events.jsonl"
         events.write_text("")
-        stderr = d / f"attempt-{job.attempt}.stderr"
-        cmd = [sys.executable, "-m", "daskmm.service.worker", str(job_file), str(events)]
-        if self.scheduler:
-            cmd += ["--scheduler", self.scheduler]
-        with open(stderr, "wb") as err, open(d / f"attempt-{job.attempt}.stdout", "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        self.running[job.id] = Running(job.id, proc, events, stderr)
-        log.info("job %s started (pid %d)", job.id, proc.pid)
+        self.standby = [s for s in self.standby if s.proc.poll() is None]
+        spare = self.standby.pop(0) if self.standby else self._spawn_standby()
+        task = {"job": str(job_file), "events": str(events), "scheduler": self.scheduler}
+        try:
+            spare.proc.stdin.write((json.dumps(task) + "\n").encode())
+            spare.proc.stdin.close()
+        except OSError:  # it died: a fresh one
+            spare = self._spawn_standby()
+            spare.proc.stdin.write((json.dumps(task) + "\n").encode())
+            spare.proc.stdin.close()
+        (d / f"attempt-{job.attempt}.log").write_text(f"{spare.stderr}\n")
+        self.running[job.id] = Running(job.id, spare.proc, events, spare.stderr)
+        log.info("job %s started (pid %d)", job.id, spare.proc.pid)
 
     def _watch(self, r: Running) -> None:
         self._copy_progress(r)

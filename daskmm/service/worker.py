@@ -1,6 +1,10 @@
 """The process that runs one job for the fitting service::
 
     python -m daskmm.service.worker JOB.json EVENTS.jsonl [--scheduler ADDR]
+    python -m daskmm.service.worker --standby     # the same, the job given on stdin
+
+The service keeps standby processes that have imported the fitting code already and wait for
+a job on stdin, so that a job starts without the ~2 s of imports.
 
 It runs the job as ``daskmm run`` does (:func:`daskmm.jobs.runner.run_job`: its own client to
 the shared scheduler, or no cluster at all for small data (:func:`needs_cluster`); the
@@ -38,7 +42,8 @@ class Progress:
 
     def __init__(self, path: str):
         self.path = path
-        self.state = {"phase": "starting", "evaluations": 0, "passes": 0, "pass": None}
+        self.state = {"phase": "starting", "evaluations": 0, "passes": 0, "pass": None,
+                      "pid": os.getpid()}
         self.last = 0.0
         self.lock = threading.Lock()
 
@@ -89,14 +94,36 @@ def needs_cluster(job_file: str) -> bool:
     return cells is None or cells >= in_process_limit()
 
 
+def warm_up() -> None:
+    """Import what a fit needs (about 2 s), so that a standby process starts a job at once."""
+    import distributed  # noqa: F401
+
+    import daskmm.api  # noqa: F401
+    import daskmm.glmm  # noqa: F401
+    import daskmm.jobs.runner  # noqa: F401
+    import daskmm.lmm  # noqa: F401
+    import daskmm.results.writing  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m daskmm.service.worker")
-    p.add_argument("job")
-    p.add_argument("events")
+    p.add_argument("job", nargs="?", help="job file (JSON or YAML)")
+    p.add_argument("events", nargs="?", help="progress lines go here")
     p.add_argument("--scheduler", default=None)
+    p.add_argument("--standby", action="store_true", help="import first, then read "
+                   '{"job", "events", "scheduler"} as one JSON line on stdin')
     args = p.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    if args.standby:
+        warm_up()
+        line = sys.stdin.readline()
+        if not line.strip():  # the server stopped without giving a job
+            return 0
+        task = json.loads(line)
+        args.job, args.events, args.scheduler = task["job"], task["events"], task["scheduler"]
+    elif not (args.job and args.events):
+        p.error("give JOB and EVENTS, or --standby")
     from daskmm import events
     from daskmm.errors import DaskmmError
     progress = Progress(args.events)

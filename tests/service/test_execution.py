@@ -64,13 +64,14 @@ def test_server_killed_mid_fit_loses_no_job(fresh_server, cluster):
     s = fresh_server.start()
     _, a = s.submit(long_job(s.data, s.scheduler, "running-when-killed"))
     _, b = s.submit(dict(SLEEP_JOB, name="queued-when-killed"))
-    s.wait(a["id"], ("running",), until=optimising)
+    pid = s.wait(a["id"], ("running",), until=optimising)["progress"]["pid"]
+    assert _alive(pid)
     s.stop(signal.SIGKILL)
     # the job's process dies with the server (no fit goes on without a record)
     deadline = time.time() + 20
-    while time.time() < deadline and _job_processes(a["id"]):
+    while time.time() < deadline and _alive(pid):
         time.sleep(0.2)
-    assert not _job_processes(a["id"])
+    assert not _alive(pid)
     s.start()
     doc = s.job(a["id"])
     assert doc["state"] == "failed" and "server stopped while the job ran" in doc["error"]
@@ -85,9 +86,13 @@ def test_server_killed_mid_fit_loses_no_job(fresh_server, cluster):
     assert {a["id"], b["id"]} <= {j["id"] for j in listing["items"]}
 
 
-def _job_processes(job_id: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "daskmm.service.worker" in ln and job_id in ln]
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_priorities_then_first_come_and_the_concurrency_limit(fresh_server, cluster):
