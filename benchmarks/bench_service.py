@@ -3,10 +3,11 @@ sleepstudy (four models, cycled) submitted by ``--clients`` (default 20) concurr
 each polling its jobs to the end.
 
 Starts a ``dask scheduler`` and two ``dask worker`` processes over TCP, and ``daskmm serve``
-(``--max-concurrent``, default 2: one job a core) in front of them, with a SQLite store in a
-temporary folder. Reports the latency of ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (p50,
-p99) under that load, the wall time, the jobs' states, whether any ran twice or got lost,
-and the largest difference from a direct fit. Run::
+(``--max-concurrent``, default 2: one job a core; ``--standby`` warm job processes, default
+1) in front of them, with a SQLite store in a temporary folder; clients poll each unfinished
+job every ``--poll`` seconds (default 1). Reports the latency of ``POST /v1/jobs`` and
+``GET /v1/jobs/{id}`` (p50, p99) under that load, the wall time, the jobs' states, whether
+any ran twice or got lost, and the largest difference from a direct fit. Run::
 
     python benchmarks/bench_service.py --json /tmp/service.json
 """
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--max-concurrent", type=int, default=2)
+    p.add_argument("--standby", type=int, default=1, help="warm job processes (daskmm serve)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between a client's polls")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     procs = []
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                 [sys.executable, "-m", "daskmm.cli", "serve", "--port", str(port), "--results",
                  str(d / "results"), "--data-root", str(d / "data"), "--tokens",
                  str(d / "tokens"), "--scheduler", address, "--max-concurrent",
-                 str(args.max_concurrent)], stdout=subprocess.DEVNULL,
+                 str(args.max_concurrent), "--standby", str(args.standby)],
+                stdout=subprocess.DEVNULL,
                 stderr=open(d / "server.log", "wb")))
             for _ in range(300):
                 try:
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                     break
                 except OSError:
                     time.sleep(0.2)
-            out = run_load(url, token, "sleepstudy.csv", args.jobs, args.clients)
+            out = run_load(url, token, "sleepstudy.csv", args.jobs, args.clients,
+                           poll_s=args.poll)
             out["max_rel_diff_vs_direct"] = compare_with_direct(out.pop("results"), str(SLEEP))
         finally:
             for pr in reversed(procs):
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                     pr.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     pr.kill()
-    out.update({"max_concurrent": args.max_concurrent, "argv": sys.argv})
+    out.update({"max_concurrent": args.max_concurrent, "standby": args.standby,
+                "argv": sys.argv})
     print(f"{out['jobs']} jobs from {out['clients']} clients in {out['wall_s']:.1f} s "
           f"({out['jobs'] / out['wall_s']:.2f} jobs/s): states {out['states']}, ran twice "
           f"{out['ran_more_than_once']}, lost {out['jobs'] - out['submitted']}, errors "

@@ -178,6 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body", type=int, default=1 << 20, help="request size limit, bytes")
     sv.add_argument("--replica", default=None, help="this server's name in the store "
                     "(default: the host name); one name a replica")
+    sv.add_argument("--standby", type=int, default=1, help="job processes kept warm (their "
+                    "imports done) for the next jobs (1; 0: start each when its job starts)")
 
     for name, what in (("submit", "submit a job file to a fitting service"),
                        ("status", "a service job's state and progress"),
@@ -214,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = Config(results=results, store_url=store, tokens=Tokens.read(args.tokens),
                  data_roots=list(args.data_roots), scheduler=args.scheduler,
                  max_concurrent=args.max_concurrent, max_body=args.max_body,
-                 replica=args.replica)
+                 replica=args.replica, standby=args.standby)
     serve(cfg, args.host, args.port)
     return 0
 

@@ -55,6 +55,7 @@ class Config:
     max_concurrent: int = 2
     max_body: int = MAX_BODY
     replica: str | None = None
+    standby: int = 1
 
 
 def _job_body(raw: bytes, content_type: str) -> object:
@@ -78,7 +79,7 @@ def create_app(cfg: Config) -> FastAPI:
     results.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.store_url)
     executor = Executor(store, results / ".daskmm-service" / "runs", cfg.scheduler,
-                        cfg.max_concurrent, cfg.replica)
+                        cfg.max_concurrent, cfg.replica, cfg.standby)
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         failed = store.recover(

@@ -1,17 +1,18 @@
 """Running the service's jobs: up to ``max_concurrent`` at a time, the rest queued (highest
-priority first, then first submitted), each in its own process
-(:mod:`daskmm.service.worker`) with a client to the shared scheduler.
+priority first, then first submitted), each in a job process (:mod:`daskmm.service.worker`)
+that runs nothing else meanwhile, with its own client to the shared scheduler.
 
-Why a process a job and not a thread of the server: a cancel must stop a fit wherever it is
-(in the optimiser on this side, or waiting on tasks), and a job that runs out of memory or
-crashes must not take the server with it. Killing the job's process closes its client, and
-the scheduler releases that client's tasks. The server itself holds one client to the
-scheduler for ``/readyz``.
+Why processes and not threads of the server: a cancel must stop a fit wherever it is (in the
+optimiser on this side, or waiting on tasks), and a job that runs out of memory or crashes
+must not take the server with it. Killing the job's process closes its client, and the
+scheduler releases that client's tasks. A process runs one job at a time and, when the job
+ends, the next one (up to :data:`MAX_JOBS_A_PROCESS`): its imports (~2 s) are paid once. The
+server itself opens no client: ``/readyz`` checks that the scheduler's port answers.
 
 One thread (:meth:`Executor.loop`) starts jobs, watches their processes, copies their
 progress into the store, and stops the ones whose cancel was asked for (in the store, so a
-cancel reaches the replica running the job). It keeps standby processes that have imported
-the fitting code (one per free slot, at least one), so a job starts without ~2 s of imports.
+cancel reaches the replica running the job). It keeps ``standby`` processes that have
+imported the fitting code, so a job starts without ~2 s of imports.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ log = logging.getLogger("daskmm.service")
 
 TICK_S = 0.2
 KILL_AFTER_S = 10.0
+MAX_JOBS_A_PROCESS = 100
+"""A job process runs at most this many jobs, then a fresh one takes over."""
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Running:
     proc: subprocess.Popen
     events: Path
     stderr: Path
+    status: Path
     started: float = field(default_factory=time.monotonic)
     cancelling: float | None = None
     progress_size: int = 0
@@ -67,10 +71,13 @@ class Executor:
     replica : str
         This server's name in the store (``runner`` column): a restarted server fails the
         jobs its previous process left running, and only those.
+    standby : int
+        Processes kept warm (imports done) for the next jobs; 0 starts each job's process
+        when the job starts.
     """
 
     def __init__(self, store: Store, state_dir: Path, scheduler: str | None,
-                 max_concurrent: int, replica: str | None = None):
+                 max_concurrent: int, replica: str | None = None, standby: int = 1):
         self.store = store
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +86,7 @@ class Executor:
         self.replica = replica or socket.gethostname()
         self.running: dict[str, Running] = {}
         self.standby: list[Standby] = []
+        self.n_standby = max(0, int(standby))
         self._standby_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -93,6 +101,11 @@ class Executor:
         self._stop.set()
         self._wake.set()
         self.thread.join(timeout=5)
+        for sp in self.standby:
+            try:
+                sp.proc.stdin.close()
+            except OSError:
+                pass
         with self._lock:
             for r in self.running.values():
                 self._signal(r, signal.SIGKILL)
@@ -130,21 +143,23 @@ class Executor:
             self._keep_standbys()
 
     def _spawn_standby(self) -> Standby:
-        """A process that imports the fitting code and waits for a job on stdin."""
+        """A process that imports the fitting code and then runs the jobs given on stdin."""
         self._standby_seq += 1
         d = self.state_dir / "standby"
         d.mkdir(parents=True, exist_ok=True)
         stem = d / f"{os.getpid()}-{self._standby_seq}"
         with open(f"{stem}.stderr", "wb") as err, open(f"{stem}.stdout", "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "daskmm.service.worker", "--standby"],
+            proc = subprocess.Popen([sys.executable, "-m", "daskmm.service.worker", "--standby",
+                                     "--max-jobs", str(MAX_JOBS_A_PROCESS)],
                                     stdout=out, stderr=err, stdin=subprocess.PIPE,
                                     start_new_session=True)
         return Standby(proc, Path(f"{stem}.stderr"))
 
     def _keep_standbys(self) -> None:
-        """As many warm processes as free slots (at least one, for the next job)."""
+        """``n_standby`` idle processes beyond the running ones' (no more than the free
+        slots)."""
         self.standby = [s for s in self.standby if s.proc.poll() is None]
-        want = max(1, self.max_concurrent - len(self.running))
+        want = min(self.n_standby, self.max_concurrent - len(self.running))
         while len(self.standby) < want and not self._stop.is_set():
             self.standby.append(self._spawn_standby())
 
@@ -155,24 +170,28 @@ class Executor:
         job_file.write_text(json.dumps(job.body, indent=1))
         events = d / f"attempt-{job.attempt}.events.jsonl"
         events.write_text("")
-        self.standby = [s for s in self.standby if s.proc.poll() is None]
-        spare = self.standby.pop(0) if self.standby else self._spawn_standby()
-        task = {"job": str(job_file), "events": str(events), "scheduler": self.scheduler}
-        try:
-            spare.proc.stdin.write((json.dumps(task) + "\n").encode())
-            spare.proc.stdin.close()
-        except OSError:  # it died: a fresh one
-            spare = self._spawn_standby()
-            spare.proc.stdin.write((json.dumps(task) + "\n").encode())
-            spare.proc.stdin.close()
+        status = d / f"attempt-{job.attempt}.status.json"
+        status.unlink(missing_ok=True)
+        task = (json.dumps({"job": str(job_file), "events": str(events), "status": str(status),
+                            "scheduler": self.scheduler}) + "\n").encode()
+        while True:
+            self.standby = [s for s in self.standby if s.proc.poll() is None]
+            spare = self.standby.pop(0) if self.standby else self._spawn_standby()
+            try:
+                spare.proc.stdin.write(task)
+                spare.proc.stdin.flush()
+                break
+            except OSError:  # it ended meanwhile: the next one
+                continue
         (d / f"attempt-{job.attempt}.log").write_text(f"{spare.stderr}\n")
-        self.running[job.id] = Running(job.id, spare.proc, events, spare.stderr)
+        self.running[job.id] = Running(job.id, spare.proc, events, spare.stderr, status)
         log.info("job %s started (pid %d)", job.id, spare.proc.pid)
 
     def _watch(self, r: Running) -> None:
         self._copy_progress(r)
+        outcome = self._outcome(r)
         code = r.proc.poll()
-        if code is None:
+        if outcome is None and code is None:
             job = self.store.get(r.job_id)
             if job is None or job.cancel_requested:
                 if r.cancelling is None:
@@ -182,17 +201,29 @@ class Executor:
                     self._signal(r, signal.SIGKILL)
             return
         del self.running[r.job_id]
+        if outcome is not None and code is None and r.cancelling is None:
+            self.standby.append(Standby(r.proc, r.stderr))  # ready for the next job
         job = self.store.get(r.job_id)
         if job is None:  # deleted while it ran
             return
-        if r.cancelling is not None or job.cancel_requested:
+        if outcome is not None and outcome.get("exit") == 0:
+            self.store.finish(r.job_id, "succeeded", "the job process finished")
+        elif outcome is not None and r.cancelling is None and not job.cancel_requested:
+            self.store.finish(r.job_id, "failed", error=outcome.get("error") or "failed")
+        elif r.cancelling is not None or job.cancel_requested:
             self.store.finish(r.job_id, "cancelled", "cancelled on request")
             self._remove_partial(job)
-        elif code == 0:
-            self.store.finish(r.job_id, "succeeded", "the job process finished")
         else:
             self.store.finish(r.job_id, "failed", error=self._error(r, code))
-        log.info("job %s ended (exit %s)", r.job_id, code)
+        log.info("job %s ended (%s)", r.job_id,
+                 "status file" if outcome is not None else f"exit {code}")
+
+    @staticmethod
+    def _outcome(r: Running) -> dict | None:
+        try:
+            return json.loads(r.status.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def _signal(self, r: Running, sig: int) -> None:
         try:

@@ -45,9 +45,11 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def run_load(url: str, token: str, data: str, jobs: int = 200, clients: int = 20,
-             factors: tuple[str, ...] = ("Subject",), timeout: float = 1800) -> dict:
+             factors: tuple[str, ...] = ("Subject",), timeout: float = 1800,
+             poll_s: float = 1.0) -> dict:
     """Submit ``jobs`` fits of :data:`MODELS` (cycled; each job named apart, so each is a job
-    of its own) from ``clients`` threads; each thread then polls its jobs to the end."""
+    of its own) from ``clients`` threads; each thread then polls each of its unfinished jobs
+    once every ``poll_s`` seconds until they end."""
     post, get = [], []
     lock = threading.Lock()
     ids: dict[int, str] = {}
@@ -75,7 +77,7 @@ def run_load(url: str, token: str, data: str, jobs: int = 200, clients: int = 20
                     get.append(dt)
                 if status == 200 and doc["state"] in ("succeeded", "failed", "cancelled"):
                     pending.discard(job_id)
-            time.sleep(0.25)
+            time.sleep(poll_s)
         if pending:
             errors.append(f"{len(pending)} jobs did not end within {timeout:g} s")
 
@@ -91,7 +93,8 @@ def run_load(url: str, token: str, data: str, jobs: int = 200, clients: int = 20
         if doc["state"] == "succeeded":
             _, summ, _ = _req(f"{url}/v1/jobs/{job_id}/results/summary.json", token)
             results[i] = summ
-    return {"jobs": jobs, "clients": clients, "wall_s": wall, "states": states,
+    return {"jobs": jobs, "clients": clients, "poll_s": poll_s, "wall_s": wall,
+            "states": states,
             "submitted": len(ids), "ran_more_than_once": sum(1 for n in runs.values() if n > 1),
             "errors": errors, "results": results,
             "post_ms": {"n": len(post), "p50": 1e3 * percentile(post, 0.5),

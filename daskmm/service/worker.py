@@ -1,18 +1,19 @@
 """The process that runs one job for the fitting service::
 
     python -m daskmm.service.worker JOB.json EVENTS.jsonl [--scheduler ADDR]
-    python -m daskmm.service.worker --standby     # the same, the job given on stdin
+    python -m daskmm.service.worker --standby     # jobs one after another, given on stdin
 
-The service keeps standby processes that have imported the fitting code already and wait for
-a job on stdin, so that a job starts without the ~2 s of imports.
+The service keeps such processes warm: they have imported the fitting code (~2 s) and run the
+jobs it hands them one at a time, each job's outcome written to its status file, until
+``--max-jobs`` (then the server starts a fresh one). A cancel kills the process running the
+job, and a crash takes only that process.
 
-It runs the job as ``daskmm run`` does (:func:`daskmm.jobs.runner.run_job`: its own client to
+Each job runs as ``daskmm run`` does (:func:`daskmm.jobs.runner.run_job`: its own client to
 the shared scheduler, or no cluster at all for small data (:func:`needs_cluster`); the
 result written atomically) and appends progress lines to
 ``EVENTS.jsonl``: ``{"t", "phase", "evaluations", "passes", "pass"}``, at most a few a
 second, and one at the end. It dies with the server (``PR_SET_PDEATHSIG``), and on SIGTERM
-(a cancel) it exits at once: closing its client releases its tasks on the cluster. Exit
-status 0 is success; otherwise stderr's last line says what went wrong.
+(a cancel) it exits at once: closing its client releases its tasks on the cluster.
 """
 
 from __future__ import annotations
@@ -105,47 +106,70 @@ def warm_up() -> None:
     import daskmm.results.writing  # noqa: F401
 
 
+def run_one(job: str, events_path: str, scheduler: str | None) -> dict:
+    """Run one job file; ``{"exit": 0 | 1, "error": line or None, "output": ...}``."""
+    from daskmm import events
+    from daskmm.errors import DaskmmError
+    progress = Progress(events_path)
+    events.set_listener(progress)
+    progress.phase("running")
+    try:
+        from daskmm.jobs.runner import run_job
+        use = scheduler if needs_cluster(job) else None
+        progress.state["where"] = "cluster" if use else "in-process"
+        out = run_job(job, scheduler=use)
+    except DaskmmError as exc:
+        progress.phase("failed")
+        return {"exit": 1, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one line for the job record
+        progress.phase("failed")
+        return {"exit": 1, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        events.set_listener(None)
+    progress.phase("done")
+    return {"exit": 0, "error": None, "output": out["output"], "status": out["status"],
+            "timing": out.get("timing", {})}
+
+
+def _write_status(path: str, status: dict) -> None:
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as fh:
+        json.dump(status, fh)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m daskmm.service.worker")
     p.add_argument("job", nargs="?", help="job file (JSON or YAML)")
     p.add_argument("events", nargs="?", help="progress lines go here")
     p.add_argument("--scheduler", default=None)
-    p.add_argument("--standby", action="store_true", help="import first, then read "
-                   '{"job", "events", "scheduler"} as one JSON line on stdin')
+    p.add_argument("--standby", action="store_true", help="import first, then run the jobs "
+                   'given as JSON lines {"job", "events", "status", "scheduler"} on stdin, '
+                   "each one's outcome written to its status file")
+    p.add_argument("--max-jobs", type=int, default=100, help="--standby: exit after this many "
+                   "jobs (the server starts a fresh process)")
     args = p.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     if args.standby:
         warm_up()
-        line = sys.stdin.readline()
-        if not line.strip():  # the server stopped without giving a job
-            return 0
-        task = json.loads(line)
-        args.job, args.events, args.scheduler = task["job"], task["events"], task["scheduler"]
-    elif not (args.job and args.events):
+        for n, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                break
+            task = json.loads(line)
+            _write_status(task["status"], run_one(task["job"], task["events"],
+                                                  task["scheduler"]))
+            if n >= args.max_jobs:
+                break
+        return 0
+    if not (args.job and args.events):
         p.error("give JOB and EVENTS, or --standby")
-    from daskmm import events
-    from daskmm.errors import DaskmmError
-    progress = Progress(args.events)
-    events.set_listener(progress)
-    progress.phase("running")
-    try:
-        from daskmm.jobs.runner import run_job
-        scheduler = args.scheduler if needs_cluster(args.job) else None
-        progress.state["where"] = "cluster" if scheduler else "in-process"
-        out = run_job(args.job, scheduler=scheduler)
-    except DaskmmError as exc:
-        progress.phase("failed")
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - one line for the job record
-        progress.phase("failed")
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    progress.phase("done")
-    print(json.dumps({"status": out["status"], "output": out["output"],
-                      "timing": out.get("timing", {})}))
-    return 0
+    out = run_one(args.job, args.events, args.scheduler)
+    if out["exit"]:
+        print(f"error: {out['error']}", file=sys.stderr)
+    else:
+        print(json.dumps(out))
+    return out["exit"]
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ without nannies so that a killed worker stays dead), with two owners' tokens."""
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +24,7 @@ import pytest
 from tests.conftest import load_fixture
 from tests.distributed.test_dask_processes import process_cluster
 
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef00"}
 SLEEP_JOB = {"name": "sleepstudy", "data": "sleepstudy.csv",
              "formula": "Reaction ~ Days + (Days | Subject)", "factors": ["Subject"]}
@@ -68,6 +72,8 @@ class Server:
     scheduler: str
     tokens_file: Path
     max_concurrent: int = 2
+    store: str | None = None
+    replica: str | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log: Path | None = None
@@ -82,6 +88,10 @@ class Server:
                str(self.port), "--results", str(self.results), "--data-root", str(self.data),
                "--tokens", str(self.tokens_file), "--scheduler", self.scheduler,
                "--max-concurrent", str(self.max_concurrent), "--max-body", "65536"]
+        if self.store:
+            cmd += ["--store", self.store]
+        if self.replica:
+            cmd += ["--replica", self.replica]
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
@@ -162,6 +172,36 @@ def fresh_server(tmp_path, cluster, data_root, tokens_file):
     s.results.mkdir()
     yield s
     s.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="package")
+def postgres_url():
+    """A PostgreSQL server of its own on 127.0.0.1 (initdb + pg_ctl, as an unprivileged user
+    when the tests run as root), stopped at the end."""
+    if not PG_BIN:
+        pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does)")
+    pytest.importorskip("psycopg", reason="pip install -e '.[postgres]' (.ci/run does)")
+    bin_ = PG_BIN[-1]
+    # under /tmp itself: pytest's own temporary folders are private to root
+    d = Path(tempfile.mkdtemp(prefix="daskmm-pg-"))
+    data = d / "data"
+    port = free_port()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(d, "nobody")
+        prefix = ["runuser", "-u", "nobody", "--"]
+    subprocess.run(prefix + [f"{bin_}/initdb", "-D", str(data), "-A", "trust", "-U", "daskmm"],
+                   check=True, capture_output=True)
+    subprocess.run(prefix + [f"{bin_}/pg_ctl", "-D", str(data), "-l", str(d / "log"), "-w",
+                             "-o", f"-p {port} -k {d} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    try:
+        url = f"postgresql+psycopg://daskmm@127.0.0.1:{port}/postgres"
+        yield url
+    finally:
+        subprocess.run(prefix + [f"{bin_}/pg_ctl", "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def simulated_dataset(data_root: Path, scheduler: str, rows: int = 400_000,

@@ -4,57 +4,12 @@ exclusive claims under concurrent callers, recovery of one replica's jobs, retri
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from daskmm.service.store import JOB_ID, SCHEMA_VERSION, Conflict, Store
-
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A PostgreSQL server of its own on 127.0.0.1 (initdb + pg_ctl, as an unprivileged user
-    when the tests run as root), stopped at the end."""
-    if not PG_BIN:
-        pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does)")
-    pytest.importorskip("psycopg", reason="pip install -e '.[postgres]' (.ci/run does)")
-    bin_ = PG_BIN[-1]
-    # under /tmp itself: pytest's own temporary folders are private to root
-    d = Path(tempfile.mkdtemp(prefix="daskmm-pg-"))
-    data = d / "data"
-    port = _free_port()
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(d, "nobody")
-        prefix = ["runuser", "-u", "nobody", "--"]
-    subprocess.run(prefix + [f"{bin_}/initdb", "-D", str(data), "-A", "trust", "-U", "daskmm"],
-                   check=True, capture_output=True)
-    subprocess.run(prefix + [f"{bin_}/pg_ctl", "-D", str(data), "-l", str(d / "log"), "-w",
-                             "-o", f"-p {port} -k {d} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    try:
-        url = f"postgresql+psycopg://daskmm@127.0.0.1:{port}/postgres"
-        yield url
-    finally:
-        subprocess.run(prefix + [f"{bin_}/pg_ctl", "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
