@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{out['post_ms']['p99']:.1f} ms; GET p50 {out['get_ms']['p50']:.1f} ms p99 "
           f"{out['get_ms']['p99']:.1f} ms; max rel diff vs direct fit "
           f"{out['max_rel_diff_vs_direct']:.2g}", flush=True)
+    for e in out["errors"]:
+        print("  " + e)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=float))
 

@@ -35,14 +35,16 @@ log = logging.getLogger("daskmm.service")
 
 TICK_S = 0.2
 KILL_AFTER_S = 10.0
-MAX_JOBS_A_PROCESS = 100
-"""A job process runs at most this many jobs, then a fresh one takes over."""
+MAX_JOBS_A_PROCESS = int(os.environ.get("DASKMM_SERVICE_JOBS_PER_PROCESS", "100"))
+"""A job process runs at most this many jobs, then a fresh one takes over (environment
+``DASKMM_SERVICE_JOBS_PER_PROCESS``)."""
 
 
 @dataclass
 class Standby:
     proc: subprocess.Popen
     stderr: Path
+    jobs: int = 0  # jobs handed to this process so far
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Running:
     events: Path
     stderr: Path
     status: Path
+    jobs: int = 1
     started: float = field(default_factory=time.monotonic)
     cancelling: float | None = None
     progress_size: int = 0
@@ -150,7 +153,7 @@ class Executor:
         stem = d / f"{os.getpid()}-{self._standby_seq}"
         with open(f"{stem}.stderr", "wb") as err, open(f"{stem}.stdout", "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "daskmm.service.worker", "--standby",
-                                     "--max-jobs", str(MAX_JOBS_A_PROCESS)],
+                                     "--max-jobs", str(MAX_JOBS_A_PROCESS + 1)],
                                     stdout=out, stderr=err, stdin=subprocess.PIPE,
                                     start_new_session=True)
         return Standby(proc, Path(f"{stem}.stderr"))
@@ -183,8 +186,10 @@ class Executor:
                 break
             except OSError:  # it ended meanwhile: the next one
                 continue
+        spare.jobs += 1
         (d / f"attempt-{job.attempt}.log").write_text(f"{spare.stderr}\n")
-        self.running[job.id] = Running(job.id, spare.proc, events, spare.stderr, status)
+        self.running[job.id] = Running(job.id, spare.proc, events, spare.stderr, status,
+                                       spare.jobs)
         log.info("job %s started (pid %d)", job.id, spare.proc.pid)
 
     def _watch(self, r: Running) -> None:
@@ -202,9 +207,20 @@ class Executor:
             return
         del self.running[r.job_id]
         if outcome is not None and code is None and r.cancelling is None:
-            self.standby.append(Standby(r.proc, r.stderr))  # ready for the next job
+            if r.jobs < MAX_JOBS_A_PROCESS:
+                self.standby.append(Standby(r.proc, r.stderr, r.jobs))  # the next job's
+            else:  # it has run its share: it exits at the end of its input
+                try:
+                    r.proc.stdin.close()
+                except OSError:
+                    pass
         job = self.store.get(r.job_id)
         if job is None:  # deleted while it ran
+            return
+        if outcome is None and code == 0 and r.cancelling is None and \
+                not job.cancel_requested:
+            # the process ended normally without taking the job: queue it again
+            self.store.requeue(r.job_id, "its job process ended before starting it")
             return
         if outcome is not None and outcome.get("exit") == 0:
             self.store.finish(r.job_id, "succeeded", "the job process finished")

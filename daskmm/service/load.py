@@ -93,6 +93,8 @@ def run_load(url: str, token: str, data: str, jobs: int = 200, clients: int = 20
         if doc["state"] == "succeeded":
             _, summ, _ = _req(f"{url}/v1/jobs/{job_id}/results/summary.json", token)
             results[i] = summ
+        else:
+            errors.append(f"job {i} ({job_id}) {doc['state']}: {doc['error']}")
     return {"jobs": jobs, "clients": clients, "poll_s": poll_s, "wall_s": wall,
             "states": states,
             "submitted": len(ids), "ran_more_than_once": sum(1 for n in runs.values() if n > 1),

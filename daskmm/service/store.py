@@ -283,6 +283,16 @@ class Store:
             self._transition(conn, job_id, "queued", "retried")
         return True
 
+    def requeue(self, job_id: str, reason: str) -> bool:
+        """Put a running job back in the queue (its process never started it)."""
+        with self.engine.begin() as conn:
+            n = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == "running")
+                             .values(state="queued", started_at=None, runner=None,
+                                     progress="{}")).rowcount
+            if n:
+                self._transition(conn, job_id, "queued", reason)
+        return bool(n)
+
     def recover(self, runner_prefix: str, reason: str) -> list[str]:
         """At start-up: every job a previous process of this server (``runner`` starting
         with ``runner_prefix``) left running is failed with ``reason`` (retry queues it

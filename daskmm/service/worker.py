@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--standby", action="store_true", help="import first, then run the jobs "
                    'given as JSON lines {"job", "events", "status", "scheduler"} on stdin, '
                    "each one's outcome written to its status file")
-    p.add_argument("--max-jobs", type=int, default=100, help="--standby: exit after this many "
-                   "jobs (the server starts a fresh process)")
+    p.add_argument("--max-jobs", type=int, default=None, help="--standby: exit after this "
+                   "many jobs (a guard: the server closes the input after its share)")
     args = p.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             task = json.loads(line)
             _write_status(task["status"], run_one(task["job"], task["events"],
                                                   task["scheduler"]))
-            if n >= args.max_jobs:
+            if args.max_jobs is not None and n >= args.max_jobs:
                 break
         return 0
     if not (args.job and args.events):

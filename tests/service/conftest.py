@@ -74,6 +74,7 @@ class Server:
     max_concurrent: int = 2
     store: str | None = None
     replica: str | None = None
+    env: dict = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log: Path | None = None
@@ -93,7 +94,8 @@ class Server:
         if self.replica:
             cmd += ["--replica", self.replica]
         with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.env})
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
