@@ -18,7 +18,9 @@ update (``state = 'queued'`` in the ``WHERE``), so two replicas never run the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -133,6 +135,8 @@ class Store:
         if url.startswith("sqlite"):
             kw["connect_args"] = {"timeout": 30, "check_same_thread": False}
         self.engine = sa.create_engine(url, future=True, pool_pre_ping=True, **kw)
+        self._write_lock = threading.Lock() if url.startswith("sqlite") else \
+            contextlib.nullcontext()
         if url.startswith("sqlite"):
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(dbapi, _):  # concurrent readers while a writer commits
@@ -142,10 +146,18 @@ class Store:
                 cur.close()
         self.migrate()
 
+    @contextlib.contextmanager
+    def _tx(self):
+        """A write transaction. SQLite has one writer at a time and its busy handler sleeps
+        in steps of up to 100 ms, so this process's writers queue on a lock instead (another
+        process on the same file still waits in SQLite, up to 30 s); PostgreSQL locks rows."""
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
     # ------------------------------------------------------------------ schema
     def migrate(self) -> int:
         """Apply the migrations this store has not had; return its version."""
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             schema_version.create(conn, checkfirst=True)
             have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
             for version, step in MIGRATIONS:
@@ -163,7 +175,7 @@ class Store:
     def writable(self) -> bool:
         """A write transaction commits (for ``/readyz``)."""
         try:
-            with self.engine.begin() as conn:
+            with self._tx() as conn:
                 conn.execute(schema_version.update().where(sa.false()).values(version=0))
             return True
         except Exception:  # noqa: BLE001 - reported as not ready
@@ -194,7 +206,7 @@ class Store:
                                    f"{existing.id} with another body")
                 return existing, False
             try:
-                with self.engine.begin() as conn:
+                with self._tx() as conn:
                     seq = (conn.execute(sa.select(sa.func.max(jobs.c.seq))).scalar() or 0) + 1
                     conn.execute(jobs.insert().values(
                         id=job_id, seq=seq, owner=owner, name=name, state="queued",
@@ -229,7 +241,7 @@ class Store:
                     .order_by(jobs.c.priority.desc(), jobs.c.seq.asc()).limit(1)).first()
             if row is None:
                 return None
-            with self.engine.begin() as conn:
+            with self._tx() as conn:
                 done = conn.execute(
                     jobs.update().where(jobs.c.id == row.id, jobs.c.state == "queued")
                     .values(state="running", started_at=time.time(), runner=runner,
@@ -247,7 +259,7 @@ class Store:
         values = {"state": state, "finished_at": time.time(), "error": error}
         if state != "succeeded":
             values["active_key"] = None
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             n = conn.execute(jobs.update().where(jobs.c.id == job_id,
                                                  jobs.c.state.in_(("queued", "running")))
                              .values(**values)).rowcount
@@ -256,19 +268,19 @@ class Store:
         return bool(n)
 
     def set_progress(self, job_id: str, progress: dict) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id)
                          .values(progress=json.dumps(progress)))
 
     def request_cancel(self, job_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id)
                          .values(cancel_requested=True))
 
     def retry(self, job_id: str) -> bool:
         """Queue a failed or cancelled job again (a new attempt); False when it is not in
         one of those states or an equal job is active."""
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
             if row is None or row.state not in ("failed", "cancelled"):
                 return False
@@ -285,7 +297,7 @@ class Store:
 
     def requeue(self, job_id: str, reason: str) -> bool:
         """Put a running job back in the queue (its process never started it)."""
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             n = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == "running")
                              .values(state="queued", started_at=None, runner=None,
                                      progress="{}")).rowcount
@@ -297,7 +309,7 @@ class Store:
         """At start-up: every job a previous process of this server (``runner`` starting
         with ``runner_prefix``) left running is failed with ``reason`` (retry queues it
         again); other replicas' jobs are left alone. Returns their ids."""
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             ids = [r.id for r in conn.execute(
                 sa.select(jobs.c.id).where(jobs.c.state == "running",
                                            jobs.c.runner.startswith(runner_prefix)))]
@@ -309,7 +321,7 @@ class Store:
         return ids
 
     def delete(self, job_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(transitions.delete().where(transitions.c.job_id == job_id))
             conn.execute(jobs.delete().where(jobs.c.id == job_id))
 

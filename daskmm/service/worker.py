@@ -19,6 +19,7 @@ second, and one at the end. It dies with the server (``PR_SET_PDEATHSIG``), and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,8 @@ import threading
 import time
 
 EVERY_S = 0.5
+NICE = 10
+"""Job processes run at a lower CPU priority than the server."""
 
 
 def _die_with_parent() -> None:
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    with contextlib.suppress(OSError):
+        os.nice(NICE)  # the server's API stays responsive while fits use every core
     if args.standby:
         warm_up()
         for n, line in enumerate(sys.stdin, 1):
