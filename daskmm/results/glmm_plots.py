@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from daskmm.errors import ModelError
-from daskmm.results.lmm_plots import _plt, _save
+from daskmm.results.lmm_plots import pyplot, save_figure
 
 KINDS = ("dharma",)
 MAX_POINTS = 100_000
@@ -45,7 +45,7 @@ def _dharma(result, out: Path) -> Path:
         title = f" ({MAX_POINTS} of {n} rows)"
     else:
         idx = np.arange(n)
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.5))
     u = np.sort(r[idx])
     a1.plot((np.arange(1, len(u) + 1) - 0.5) / len(u), u, ".", ms=2, color="0.3")
@@ -71,4 +71,4 @@ def _dharma(result, out: Path) -> Path:
     a2.set_ylabel("scaled residual")
     a2.set_title("Residuals against predicted")
     a2.set_ylim(0, 1)
-    return _save(fig, out / "dharma.png")
+    return save_figure(fig, out / "dharma.png")

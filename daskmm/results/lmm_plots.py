@@ -31,14 +31,16 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` and close it."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -71,7 +73,7 @@ def _columns(result):
 
 
 def _caterpillar(result, out: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     from scipy import stats
     z = stats.norm.ppf(0.975)
     files = []
@@ -92,7 +94,7 @@ def _caterpillar(result, out: Path) -> list[Path]:
             ax.set_yticks([])
         ax.set_xlabel(f"{col} | {name}")
         ax.set_title(f"Conditional modes, 95% intervals{note}")
-        files.append(_save(fig, out / f"caterpillar_{_safe(name)}_{_safe(col)}.png"))
+        files.append(save_figure(fig, out / f"caterpillar_{_safe(name)}_{_safe(col)}.png"))
     return files
 
 
@@ -113,7 +115,7 @@ def _rows(result):
 
 
 def _residuals(result, out: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     r, f, note = _rows(result)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(f, r, s=6, alpha=0.5)
@@ -121,7 +123,7 @@ def _residuals(result, out: Path) -> list[Path]:
     ax.set_xlabel("Fitted values")
     ax.set_ylabel("Scaled Pearson residuals")
     ax.set_title(f"Residuals vs fitted{note}")
-    return [_save(fig, out / "residuals_fitted.png")]
+    return [save_figure(fig, out / "residuals_fitted.png")]
 
 
 def _qq_axes(ax, v: np.ndarray, title: str) -> None:
@@ -141,20 +143,20 @@ def _qq_axes(ax, v: np.ndarray, title: str) -> None:
 
 
 def _qq(result, out: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     r, _, note = _rows(result)
     fig, ax = plt.subplots(figsize=(5, 5))
     _qq_axes(ax, r, f"Normal QQ, scaled residuals{note}")
-    return [_save(fig, out / "qq_residuals.png")]
+    return [save_figure(fig, out / "qq_residuals.png")]
 
 
 def _ranef_qq(result, out: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     files = []
     for name, col, _, b, _ in _columns(result):
         fig, ax = plt.subplots(figsize=(5, 5))
         _qq_axes(ax, b, f"Normal QQ, {col} | {name}")
-        files.append(_save(fig, out / f"qq_ranef_{_safe(name)}_{_safe(col)}.png"))
+        files.append(save_figure(fig, out / f"qq_ranef_{_safe(name)}_{_safe(col)}.png"))
     return files
 
 
@@ -162,7 +164,7 @@ def _zeta(result, out: Path) -> list[Path]:
     if not result.profiles:
         raise ModelError("no profile to plot: run fit.confint('profile') first (or fit with "
                          "ci='profile')")
-    plt = _plt()
+    plt = pyplot()
     from scipy import stats
     k = len(result.profiles)
     cols = min(k, 3)
@@ -181,4 +183,4 @@ def _zeta(result, out: Path) -> list[Path]:
         ax.set_ylabel("zeta")
     for ax in axes.ravel()[k:]:
         ax.set_visible(False)
-    return [_save(fig, out / "profile_zeta.png")]
+    return [save_figure(fig, out / "profile_zeta.png")]
