@@ -167,7 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the fitting service (HTTP API, job store, web page)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--results", required=True, help="folder the jobs' results go under")
+    sv.add_argument("--results", required=True, help="where the jobs' results go: a folder, or "
+                    "an fsspec URL (s3://bucket/prefix; then give --state-dir)")
+    sv.add_argument("--state-dir", default=None, help="local folder for the job store and "
+                    "job staging (default: RESULTS/.daskmm-service; needed with a URL)")
     sv.add_argument("--store", default=None, help="job store URL (default: SQLite file "
                     "RESULTS/daskmm-service.sqlite; postgresql+psycopg://... for replicas)")
     sv.add_argument("--data-root", action="append", default=[], dest="data_roots",
@@ -205,18 +208,28 @@ def _serve(args: argparse.Namespace) -> int:
 
     from daskmm.service.app import Config, serve
     from daskmm.service.auth import Tokens
-    results = Path(args.results).resolve()
-    if results.exists() and not results.is_dir():
-        raise DaskmmError(f"--results {args.results!r} is a file; give a folder")
-    results.mkdir(parents=True, exist_ok=True)
+    if "://" in args.results:
+        if not args.state_dir:
+            raise DaskmmError(f"--results {args.results!r} is a URL; give --state-dir, a local "
+                              "folder for the job store and job staging")
+        results: str | Path = args.results
+        state = Path(args.state_dir).resolve()
+    else:
+        results = Path(args.results).resolve()
+        if results.exists() and not results.is_dir():
+            raise DaskmmError(f"--results {args.results!r} is a file; give a folder")
+        results.mkdir(parents=True, exist_ok=True)
+        state = Path(args.state_dir).resolve() if args.state_dir else results
+    state.mkdir(parents=True, exist_ok=True)
     for root in args.data_roots:
         if "://" not in root and not Path(root).is_dir():
             raise DaskmmError(f"--data-root {root!r} is not a folder")
-    store = args.store or f"sqlite:///{results / 'daskmm-service.sqlite'}"
-    cfg = Config(results=results, store_url=store, tokens=Tokens.read(args.tokens),
+    store = args.store or f"sqlite:///{state / 'daskmm-service.sqlite'}"
+    cfg = Config(results=str(results), store_url=store, tokens=Tokens.read(args.tokens),
                  data_roots=list(args.data_roots), scheduler=args.scheduler,
                  max_concurrent=args.max_concurrent, max_body=args.max_body,
-                 replica=args.replica, standby=args.standby)
+                 replica=args.replica, standby=args.standby,
+                 state_dir=state / ".daskmm-service" if args.state_dir else None)
     serve(cfg, args.host, args.port)
     return 0
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
+import mimetypes
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from daskmm.service import pages
 from daskmm.service.auth import Tokens
 from daskmm.service.executor import Executor
 from daskmm.service.jobdoc import JobBodyError, fingerprint, prepare
+from daskmm.service.results import ResultsRoot
 from daskmm.service.store import JOB_ID, STATES, TERMINAL, Conflict, JobRecord, Store
 
 log = logging.getLogger("daskmm.service")
@@ -45,9 +46,10 @@ DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, float("inf"))
 
 @dataclass
 class Config:
-    """What ``daskmm serve`` was given."""
+    """What ``daskmm serve`` was given (``results``: a folder or an fsspec URL; then
+    ``state_dir`` is the local folder for job staging and the default store)."""
 
-    results: Path
+    results: str
     store_url: str
     tokens: Tokens
     data_roots: list[str] = field(default_factory=list)
@@ -56,6 +58,7 @@ class Config:
     max_body: int = MAX_BODY
     replica: str | None = None
     standby: int = 1
+    state_dir: Path | None = None
 
 
 def _job_body(raw: bytes, content_type: str) -> object:
@@ -75,11 +78,12 @@ def _job_body(raw: bytes, content_type: str) -> object:
 
 def create_app(cfg: Config) -> FastAPI:
     """The ASGI application (its executor starts with the app and stops with it)."""
-    results = Path(cfg.results).resolve()
-    results.mkdir(parents=True, exist_ok=True)
+    root = ResultsRoot(str(cfg.results))
+    state = Path(cfg.state_dir) if cfg.state_dir else Path(root.root) / ".daskmm-service"
+    staging = str(state / "staging") if root.url else None
     store = Store(cfg.store_url)
-    executor = Executor(store, results / ".daskmm-service" / "runs", cfg.scheduler,
-                        cfg.max_concurrent, cfg.replica, cfg.standby)
+    executor = Executor(store, state / "runs", cfg.scheduler, cfg.max_concurrent, cfg.replica,
+                        cfg.standby, publish=root.url)
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         failed = store.recover(
@@ -134,13 +138,14 @@ def create_app(cfg: Config) -> FastAPI:
         body = _job_body(raw, request.headers.get("content-type", ""))
         fp = fingerprint(body) if isinstance(body, dict) else ""
         try:
-            doc = prepare(body, owner, JOB_ID, str(results), cfg.data_roots)
+            doc = prepare(body, owner, JOB_ID, root.root, cfg.data_roots, staging)
         except JobBodyError as exc:
             raise HTTPException(422, str(exc)) from None
         name = str(body.get("name", "job"))
+        where = root.job_location(owner, JOB_ID) if root.url else None
         try:
             job, created = await asyncio.to_thread(
-                store.submit, owner, name, doc, fp, idempotency_key, priority)
+                store.submit, owner, name, doc, fp, idempotency_key, priority, where)
         except Conflict as exc:
             raise HTTPException(409, str(exc)) from None
         if created:
@@ -163,7 +168,7 @@ def create_app(cfg: Config) -> FastAPI:
         job = own_job(job_id, owner)
         out = job.public()
         out["history"] = store.history(job_id)
-        out["results"] = _result_names(job) if job.state == "succeeded" else []
+        out["results"] = _result_names(root, job) if job.state == "succeeded" else []
         return out
 
     @app.get("/v1/jobs/{job_id}/events", summary="Server-sent events of the job's progress")
@@ -214,7 +219,8 @@ def create_app(cfg: Config) -> FastAPI:
     @app.get("/v1/jobs/{job_id}/results", summary="The files of a finished job")
     def results_list(job_id: str, owner: str = Depends(owner_of)) -> dict:
         job = own_job(job_id, owner)
-        return {"id": job_id, "files": _result_names(job) if job.state == "succeeded" else []}
+        return {"id": job_id,
+                "files": _result_names(root, job) if job.state == "succeeded" else []}
 
     @app.get("/v1/jobs/{job_id}/results/{name:path}",
              summary="A result file: summary.json, summary.txt, the Parquet tables, plots")
@@ -223,12 +229,18 @@ def create_app(cfg: Config) -> FastAPI:
         if job.state != "succeeded":
             raise HTTPException(409, f"job {job_id!r} is {job.state}; results exist once it "
                                      "has succeeded")
-        base = Path(job.result_dir).resolve()
-        path = (base / name).resolve()
-        if base not in path.parents or not path.is_file():
-            raise HTTPException(404, f"no result {name!r} for job {job_id!r}; have: "
-                                     f"{', '.join(_result_names(job))}")
-        return FileResponse(path)
+        missing = HTTPException(404, f"no result {name!r} for job {job_id!r}; have: "
+                                     f"{', '.join(_result_names(root, job))}")
+        if not root.url:
+            path = root.local_file(job.result_dir, name)
+            if path is None:
+                raise missing
+            return FileResponse(path)
+        data = root.read(job.result_dir, name)
+        if data is None:
+            raise missing
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return Response(data, media_type=kind)
 
     @app.delete("/v1/jobs/{job_id}", status_code=204, summary="Delete a job and its results")
     def delete(job_id: str, owner: str = Depends(owner_of)) -> Response:
@@ -238,9 +250,7 @@ def create_app(cfg: Config) -> FastAPI:
             store.finish(job_id, "cancelled", "deleted")
             executor.wake()
         if job.result_dir:
-            out = Path(job.result_dir).resolve()
-            if results in out.parents:
-                shutil.rmtree(out, ignore_errors=True)
+            root.remove(job.result_dir)
         store.delete(job_id)
         return Response(status_code=204)
 
@@ -293,14 +303,8 @@ def create_app(cfg: Config) -> FastAPI:
     return app
 
 
-def _result_names(job: JobRecord) -> list[str]:
-    if not job.result_dir:
-        return []
-    base = Path(job.result_dir)
-    if not base.is_dir():
-        return []
-    return sorted(str(p.relative_to(base)) for p in base.rglob("*")
-                  if p.is_file() and not p.name.startswith((".", "_")))
+def _result_names(root: ResultsRoot, job: JobRecord) -> list[str]:
+    return root.names(job.result_dir) if job.result_dir else []
 
 
 def _scheduler_ok(address: str | None) -> bool:
@@ -323,7 +327,7 @@ def serve(cfg: Config, host: str = "127.0.0.1", port: int = 8000) -> None:
     started = time.time()
     app = create_app(cfg)
     log.info("daskmm serve on http://%s:%d (results %s, store %s)", host, port, cfg.results,
-             cfg.store_url)
+             cfg.store_url.split("@")[-1])
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     log.info("stopped after %.0f s", time.time() - started)
 

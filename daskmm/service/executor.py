@@ -77,10 +77,14 @@ class Executor:
     standby : int
         Processes kept warm (imports done) for the next jobs; 0 starts each job's process
         when the job starts.
+    publish : bool
+        Results go to a URL: each job's process copies its result to the job's
+        ``result_dir`` before it reports success.
     """
 
     def __init__(self, store: Store, state_dir: Path, scheduler: str | None,
-                 max_concurrent: int, replica: str | None = None, standby: int = 1):
+                 max_concurrent: int, replica: str | None = None, standby: int = 1,
+                 publish: bool = False):
         self.store = store
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,7 @@ class Executor:
         self.running: dict[str, Running] = {}
         self.standby: list[Standby] = []
         self.n_standby = max(0, int(standby))
+        self.publish = publish
         self._standby_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -176,7 +181,9 @@ class Executor:
         status = d / f"attempt-{job.attempt}.status.json"
         status.unlink(missing_ok=True)
         task = (json.dumps({"job": str(job_file), "events": str(events), "status": str(status),
-                            "scheduler": self.scheduler}) + "\n").encode()
+                            "scheduler": self.scheduler,
+                            "publish": job.result_dir if self.publish else None})
+                + "\n").encode()
         while True:
             self.standby = [s for s in self.standby if s.proc.poll() is None]
             spare = self.standby.pop(0) if self.standby else self._spawn_standby()

@@ -49,8 +49,12 @@ def _resolve(value: str, base: str) -> str:
 
 
 def prepare(body: object, owner: str, job_id: str, results: str,
-            data_roots: list[str]) -> dict:
+            data_roots: list[str], staging: str | None = None) -> dict:
     """The job file for ``body``: paths absolute and checked, ``output`` set.
+
+    ``staging``: with a results root that is a URL, the local folder jobs write into before
+    their result is published there (:mod:`daskmm.service.results`); then ``results`` is not
+    read from, and a job may not ingest or simulate (datasets need a shared folder).
 
     Raises
     ------
@@ -64,8 +68,19 @@ def prepare(body: object, owner: str, job_id: str, results: str,
     if cluster is not None and (not isinstance(cluster, dict) or set(cluster) - {"mode"}):
         raise JobBodyError("job: cluster is the server's (its scheduler); a job may set only "
                            "cluster.mode (auto | in-process | gathered | distributed)")
-    results = os.path.abspath(results)
-    reads = [os.path.abspath(r) if "://" not in r else r for r in data_roots] + [results]
+    if staging is not None:
+        for field in ("ingest", "simulate"):
+            if field in doc:
+                raise JobBodyError(f"job: {field} writes a dataset, which needs a shared "
+                                   "folder; this server's results root is a URL: ingest or "
+                                   "simulate with daskmm on the data root first")
+        results = os.path.abspath(staging)
+        reads = [os.path.abspath(r) if "://" not in r else r for r in data_roots]
+    else:
+        results = os.path.abspath(results)
+        reads = [os.path.abspath(r) if "://" not in r else r for r in data_roots] + [results]
+    if not reads:
+        reads = [results]
     read_base = reads[0]
     doc.setdefault("output", os.path.join(results, owner, job_id))
     writes: list[tuple[str, str]] = [("output", doc["output"])]

@@ -187,17 +187,20 @@ class Store:
                                                  reason=reason))
 
     def submit(self, owner: str, name: str, body: dict, fingerprint: str,
-               idem_key: str | None = None, priority: int = 0) -> tuple[JobRecord, bool]:
+               idem_key: str | None = None, priority: int = 0,
+               result_dir: str | None = None) -> tuple[JobRecord, bool]:
         """A new queued job, or the existing one this submission repeats (same idempotency
         key, or the same body while that job is queued, running or succeeded).
 
-        Returns ``(job, created)``. Raises :class:`Conflict` when the key was used for
-        another body.
+        ``result_dir`` is where the result ends up (default: the body's ``output``; ``JOB_ID``
+        in either stands for the new job's id). Returns ``(job, created)``. Raises
+        :class:`Conflict` when the key was used for another body.
         """
         job_id = uuid.uuid4().hex[:16]
         active = f"{owner}:{fingerprint}"
         text = json.dumps(body).replace(JOB_ID, job_id)
-        result_dir = json.loads(text).get("output")
+        result_dir = (result_dir.replace(JOB_ID, job_id) if result_dir
+                      else json.loads(text).get("output"))
         for _ in range(3):
             existing = self._existing(owner, fingerprint, idem_key)
             if existing is not None:

@@ -109,8 +109,10 @@ def warm_up() -> None:
     import daskmm.results.writing  # noqa: F401
 
 
-def run_one(job: str, events_path: str, scheduler: str | None) -> dict:
-    """Run one job file; ``{"exit": 0 | 1, "error": line or None, "output": ...}``."""
+def run_one(job: str, events_path: str, scheduler: str | None,
+            publish_to: str | None = None) -> dict:
+    """Run one job file (and copy its result to ``publish_to``, a URL, when given);
+    ``{"exit": 0 | 1, "error": line or None, "output": ...}``."""
     from daskmm import events
     from daskmm.errors import DaskmmError
     progress = Progress(events_path)
@@ -121,6 +123,15 @@ def run_one(job: str, events_path: str, scheduler: str | None) -> dict:
         use = scheduler if needs_cluster(job) else None
         progress.state["where"] = "cluster" if use else "in-process"
         out = run_job(job, scheduler=use)
+        if publish_to:
+            from daskmm.service.results import publish
+            progress.phase("publishing")
+            try:
+                publish(out["output"], publish_to)
+            except Exception as exc:  # noqa: BLE001 - the job fails with the reason
+                raise DaskmmError(f"the result could not be copied to {publish_to}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+            out["output"] = publish_to
     except DaskmmError as exc:
         progress.phase("failed")
         return {"exit": 1, "error": str(exc)}
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             task = json.loads(line)
             _write_status(task["status"], run_one(task["job"], task["events"],
-                                                  task["scheduler"]))
+                                                  task["scheduler"], task.get("publish")))
             if args.max_jobs is not None and n >= args.max_jobs:
                 break
         return 0

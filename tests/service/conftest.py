@@ -75,6 +75,7 @@ class Server:
     store: str | None = None
     replica: str | None = None
     env: dict = field(default_factory=dict)
+    results_url: str | None = None  # --results as this URL (then --state-dir is results)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log: Path | None = None
@@ -85,8 +86,10 @@ class Server:
 
     def start(self, timeout: float = 60) -> Server:
         self.log = self.results.parent / f"server-{self.port}-{time.time_ns()}.log"
+        where = ["--results", self.results_url, "--state-dir", str(self.results)] \
+            if self.results_url else ["--results", str(self.results)]
         cmd = [sys.executable, "-m", "daskmm.cli", "serve", "--host", "127.0.0.1", "--port",
-               str(self.port), "--results", str(self.results), "--data-root", str(self.data),
+               str(self.port), *where, "--data-root", str(self.data),
                "--tokens", str(self.tokens_file), "--scheduler", self.scheduler,
                "--max-concurrent", str(self.max_concurrent), "--max-body", "65536"]
         if self.store:
