@@ -216,3 +216,21 @@ def test_cli_client_submit_status_fetch(server, tmp_path):
                        capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in env.items() if k != "DASKMM_TOKEN"})
     assert r.returncode != 0 and "DASKMM_TOKEN" in r.stderr
+
+
+def test_a_gwas_scan_runs_as_a_job(server):
+    from daskmm.gwas.simulate import simulate_gwas
+    d = server.data / "gwas"
+    if not d.exists():
+        simulate_gwas(d, families=20, children=2, unrelated=40, chromosomes=2,
+                      variants_per_chrom=150, seed=4)
+    job = {"kind": "gwas", "name": "scan", "bed": "gwas/geno", "pheno": "gwas/pheno.txt",
+           "pheno_name": ["y_causal"], "covar": "gwas/covar.txt", "maf": 0.05}
+    status, out = server.submit(job)
+    assert status == 201, out
+    doc = server.wait(out["id"], timeout=300)
+    assert doc["state"] == "succeeded", doc
+    assert "summary.json" in doc["results"]
+    assert any(n.startswith("results.parquet") for n in doc["results"])
+    status, err = server.submit(dict(job, bed="../../etc/geno"))
+    assert status == 422 and "bed '../../etc/geno' is outside the data roots" in err["detail"]
