@@ -84,6 +84,7 @@ def create_app(cfg: Config) -> FastAPI:
     store = Store(cfg.store_url)
     executor = Executor(store, state / "runs", cfg.scheduler, cfg.max_concurrent, cfg.replica,
                         cfg.standby, publish=root.url)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         failed = store.recover(

@@ -184,7 +184,7 @@ class Executor:
                             "scheduler": self.scheduler,
                             "publish": job.result_dir if self.publish else None})
                 + "\n").encode()
-        while True:
+        for _ in range(5):
             self.standby = [s for s in self.standby if s.proc.poll() is None]
             spare = self.standby.pop(0) if self.standby else self._spawn_standby()
             try:
@@ -193,6 +193,10 @@ class Executor:
                 break
             except OSError:  # it ended meanwhile: the next one
                 continue
+        else:
+            self.store.finish(job.id, "failed", error="no job process could be started; see "
+                              f"the server's log and {self.state_dir / 'standby'}")
+            return
         spare.jobs += 1
         (d / f"attempt-{job.attempt}.log").write_text(f"{spare.stderr}\n")
         self.running[job.id] = Running(job.id, spare.proc, events, spare.stderr, status,
