@@ -140,6 +140,24 @@ def replicate(setup: _Setup, seed: np.random.SeedSequence) -> np.ndarray:
         return np.full(sum(t.n_theta for t in terms) + 1 + len(setup.beta), np.nan)
 
 
+def simulation_setup(prob: Problem, theta: np.ndarray):
+    """What simulating from ``theta`` on the problem's statistics needs, shared by every
+    replicate: per level group its block's ``Lambda``, the global columns' ``Lambda``, the
+    :class:`~daskmm.kernels.lmm_simulate.SimulationBasis`, and BOBYQA's first radius for a
+    refit started at ``theta`` (about the sampling spread of ``theta``: the relative sd of a
+    variance estimate is ~ ``sqrt(2 / levels)``, so a refit needs few steps)."""
+    theta = np.asarray(theta, float)
+    layout = prob.layout
+    lam = lambdas(prob.spec, theta)
+    stats_ = prob.evaluator.stats
+    Lams = [group_Lambda(layout, lam, g.composition) for g in stats_.groups]
+    nG = layout.n_G
+    Lam_G = lambda_tilde(layout, lam)[:nG, :nG].toarray() if nG else np.zeros((0, 0))
+    basis = simulation_basis(stats_, nG + layout.p)
+    rel = float(np.clip(np.sqrt(2.0 / max(min(prob.ngroups.values()), 1)), 0.01, 0.3))
+    return Lams, Lam_G, basis, rel * np.maximum(np.abs(theta), 0.05)
+
+
 def _batch(fn, setup, seeds: list) -> np.ndarray:
     return np.stack([fn(setup, s) for s in seeds])
 
@@ -191,17 +209,7 @@ def bootstrap(prob: Problem, theta: np.ndarray, beta: np.ndarray, sigma: float, 
         raise ModelError("the parametric bootstrap refits on statistics held on the client; "
                          "this fit kept them on the workers (mode='distributed'). Fit with "
                          "mode='gathered' to bootstrap")
-    layout = prob.layout
-    lam = lambdas(prob.spec, theta)
-    stats_ = prob.evaluator.stats
-    Lams = [group_Lambda(layout, lam, g.composition) for g in stats_.groups]
-    nG = layout.n_G
-    Lam_G = lambda_tilde(layout, lam)[:nG, :nG].toarray() if nG else np.zeros((0, 0))
-    basis = simulation_basis(stats_, nG + layout.p)
-    # BOBYQA's first radius: about the sampling spread of theta (relative sd of a variance
-    # estimate ~ sqrt(2 / levels)), so a replicate starting at the fit's theta needs few steps
-    rel = float(np.clip(np.sqrt(2.0 / max(min(prob.ngroups.values()), 1)), 0.01, 0.3))
-    step = rel * np.maximum(np.abs(np.asarray(theta, float)), 0.05)
+    Lams, Lam_G, basis, step = simulation_setup(prob, theta)
     setup = _Setup(prob, basis, Lams, Lam_G, np.asarray(theta, float), np.asarray(beta, float),
                    float(sigma), reml, step)
     t = run_replicates(replicate, setup, seed, nboot, client, "boot")

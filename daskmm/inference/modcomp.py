@@ -29,12 +29,10 @@ from scipy import stats
 
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
-from daskmm.inference.bootstrap import REFIT_OPTIONS, run_replicates
-from daskmm.kernels.lmm_simulate import SimulationBasis, simulate_stats, simulation_basis
-from daskmm.kernels.pls import group_Lambda, lambda_tilde
+from daskmm.inference.bootstrap import REFIT_OPTIONS, run_replicates, simulation_setup
+from daskmm.kernels.lmm_simulate import SimulationBasis, simulate_stats
 from daskmm.kernels.stats import LevelGroup, PartitionStats
 from daskmm.lmm import Problem, objective, optimise
-from daskmm.problem import lambdas
 
 log = logging.getLogger("daskmm")
 
@@ -336,15 +334,7 @@ def pb_modcomp(large, small, nsim: int = 1000, seed: int | None = None,
     beta_sim = np.zeros(prob.layout.p)
     beta_sim[nest.keep] = prof0.beta()
     sigma0 = float(prof0.sigma(False))
-    layout = prob.layout
-    lam = lambdas(prob.spec, theta0)
-    st = prob.evaluator.stats
-    Lams = [group_Lambda(layout, lam, g.composition) for g in st.groups]
-    nG = layout.n_G
-    Lam_G = lambda_tilde(layout, lam)[:nG, :nG].toarray() if nG else np.zeros((0, 0))
-    basis = simulation_basis(st, nG + layout.p)
-    rel = float(np.clip(np.sqrt(2.0 / max(min(prob.ngroups.values()), 1)), 0.01, 0.3))
-    step = rel * np.maximum(np.abs(theta0), 0.05)
+    Lams, Lam_G, basis, step = simulation_setup(prob, theta0)
     setup = _PBSetup(prob, nest.keep, basis, Lams, Lam_G, theta0, beta_sim, sigma0, step)
     ref = run_replicates(pb_replicate, setup, seed, nsim, client, "pbtest")
     out = PBModcomp(d0 - d1, len(nest.dropped), ref, int(seed), nest.dropped)
