@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from daskmm.errors import ColumnNotFoundError, DataError, ModelError
+from daskmm.families import LINKS
 
 TYPES = ("link", "response", "terms")
 
@@ -165,3 +166,67 @@ def fitted_frame(result, data) -> pd.DataFrame:
     ddf = data if hasattr(data, "map_partitions") else read_data(data)
     return ddf.map_partitions(_fitted_part, result,
                               meta=pd.DataFrame({"fitted": pd.Series([], dtype=float)}))
+
+
+RESIDUAL_TYPES = ("deviance", "pearson", "working", "response")
+
+
+def _family(result):
+    from daskmm.families import GAMMA_FAMILY, get_family
+    return GAMMA_FAMILY if result.family == "gamma" else get_family(result.family)
+
+
+def residual_values(result, y: np.ndarray, mu: np.ndarray, eta: np.ndarray,
+                    w: np.ndarray | None, type: str) -> np.ndarray:
+    """mgcv's ``residuals()`` of a ``bam`` fit from the response ``y`` (offset included),
+    the fitted mean ``mu``, the linear predictor ``eta`` and the prior weights ``w``:
+    ``deviance`` (the signed root of each row's deviance), ``pearson`` (``(y - mu) sqrt(w /
+    V(mu))``), ``response`` (``y - mu``) and ``working``, which for a ``bam`` fit is the
+    deviance residual again (``bam`` keeps deviance residuals in ``fit$residuals``, which
+    ``residuals(type = "working")`` returns; a ``gam()`` fit would give ``(y - mu) / (d mu
+    / d eta)``). daskmm answers as ``bam``."""
+    fam = _family(result)
+    wt = np.ones(len(y)) if w is None else w
+    r = y - mu
+    if type == "response":
+        return r
+    if type == "pearson":
+        return r * np.sqrt(wt / fam.variance(mu, result.theta))
+    d = fam.unit_deviance(y, mu, wt, result.theta)
+    return np.sign(r) * np.sqrt(np.maximum(d, 0.0))
+
+
+def _residual_part(df: pd.DataFrame, result, type: str) -> pd.DataFrame:
+    spec = result.spec
+    frame, _ = spec.prepare(df)
+    out = np.full(len(df), np.nan)
+    if len(frame):
+        eta = _one(frame, result, "link", False).to_numpy()
+        mu = LINKS[result.link].inverse(eta)
+        y, _, w, _ = spec.design(frame, exact=True)
+        y = y + spec.offset(frame)
+        r = residual_values(result, y, mu, eta, w, type)
+        pos = df.index.get_indexer(frame.index) if df.index.is_unique else None
+        if pos is None or (pos < 0).any():
+            keep = np.zeros(len(df), dtype=bool)
+            keep[np.flatnonzero(spec.param.prepare(df.reset_index(drop=True))[0].index)] = True
+            out[keep] = r
+        else:
+            out[pos] = r
+    return pd.DataFrame({"residual": out})
+
+
+def residual_frame(result, data, type: str = "deviance") -> pd.DataFrame:
+    """mgcv's ``residuals(fit, type)`` for every input row, in input order (``NaN`` for rows
+    the fit dropped). A pandas frame for a pandas input, else a lazy dask frame."""
+    if type not in RESIDUAL_TYPES:
+        raise ModelError(f"type={type!r}; allowed: {', '.join(RESIDUAL_TYPES)}")
+    if result.spec is None:
+        raise ModelError("this result was read back from its document, without the model "
+                         "spec; residuals need the fitted result object")
+    if isinstance(data, pd.DataFrame):
+        return _residual_part(data, result, type)
+    from daskmm.data.io import read_data
+    ddf = data if hasattr(data, "map_partitions") else read_data(data)
+    return ddf.map_partitions(_residual_part, result, type,
+                              meta=pd.DataFrame({"residual": pd.Series([], dtype=float)}))

@@ -242,6 +242,13 @@ class GamResult:
         from daskmm.gam.predict import fitted_frame
         return fitted_frame(self, data)
 
+    def residuals(self, data, type: str = "deviance"):
+        """mgcv's ``residuals(fit, type = "deviance" | "pearson" | "working" |
+        "response")`` of every row of ``data`` (the data fitted), in input order, NaN where
+        the fit dropped a row (a frame with column ``residual``)."""
+        from daskmm.gam.predict import residual_frame
+        return residual_frame(self, data, type)
+
     def plot(self, out, data=None) -> list:
         """One PNG per smooth under directory ``out`` (``data``: for the rugs and ranges);
         returns the paths."""
