@@ -528,6 +528,8 @@ def _quiet_interrupt(signum, frame):
     """Ctrl-C: no more log lines or asyncio noise from the shutdown, then KeyboardInterrupt
     (remembered: a library that swallows it must not turn it into a result)."""
     _INTERRUPTED.append(True)
+    from daskmm import events
+    events.request_stop()  # if this KeyboardInterrupt is lost, the next evaluation raises
     logging.disable(logging.CRITICAL)
     sys.unraisablehook = lambda *a: None
     warnings.simplefilter("ignore")

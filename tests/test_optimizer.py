@@ -216,3 +216,17 @@ def test_a_boundary_corner_of_the_cholesky_parameters_is_left_for_the_optimum():
     truth = np.array([0.5, 0.12, 0.4 * np.sqrt(0.91)])
     other, _ = lmm_module.optimise(fit.problem, True, x0=truth)
     assert fit.objective <= lmm_module.objective(fit.problem, other, True)[0].objective + 1e-8
+
+
+def test_a_requested_stop_ends_a_fit_at_its_next_evaluation(monkeypatch):
+    """After a Ctrl-C whose KeyboardInterrupt was lost (raised in a finaliser, say), the next
+    optimiser evaluation raises it again: the fit stops instead of running to the end."""
+    from daskmm import events
+    from tests.conftest import load_fixture
+    df = pd.read_csv(load_fixture("sleepstudy_reml")["data_path"])
+    calls = []
+    monkeypatch.setattr(events, "_listener", lambda kind, fields: calls.append(kind))
+    monkeypatch.setattr(events, "_stop_requested", True)
+    with pytest.raises(KeyboardInterrupt):
+        daskmm.lmm("Reaction ~ Days + (Days | Subject)", df, mode="in-process")
+    assert calls == []  # it stopped at the first evaluation
