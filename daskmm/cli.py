@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="dataset directory to create")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
-    pr = sub.add_parser("predict", help="predictions of a fitted LMM for new rows, from its "
-                        "result folder (model.pkl), without refitting")
+    pr = sub.add_parser("predict", help="predictions of a fitted LMM or GLMM for new rows, "
+                        "from its result folder (model.pkl), without refitting")
     pr.add_argument("result", help="folder written by daskmm fit --out")
     pr.add_argument("data", help="rows to predict: CSV or Parquet (the response is not needed)")
     pr.add_argument("--out", required=True, help="file to write: .parquet or .csv, one column "

@@ -140,20 +140,26 @@ def predict_frame(result, newdata, type: str = "link", se_fit: bool = False):
     return ddf.map_partitions(_one, result, type, se_fit, meta=meta)
 
 
-def _fitted_part(df: pd.DataFrame, result) -> pd.DataFrame:
-    spec = result.spec
+def _in_input_order(df: pd.DataFrame, spec, values_of) -> np.ndarray:
+    """``values_of(frame)`` for the complete rows ``frame`` of ``df``, placed at their input
+    rows; ``NaN`` where the fit drops a row (R's ``na.exclude``)."""
     frame, _ = spec.prepare(df)
     out = np.full(len(df), np.nan)
     if len(frame):
-        mu = _one(frame, result, "response", False).to_numpy()
+        vals = values_of(frame)
         pos = df.index.get_indexer(frame.index) if df.index.is_unique else None
         if pos is None or (pos < 0).any():
             keep = np.zeros(len(df), dtype=bool)
             keep[np.flatnonzero(spec.param.prepare(df.reset_index(drop=True))[0].index)] = True
-            out[keep] = mu
+            out[keep] = vals
         else:
-            out[pos] = mu
-    return pd.DataFrame({"fitted": out})
+            out[pos] = vals
+    return out
+
+
+def _fitted_part(df: pd.DataFrame, result) -> pd.DataFrame:
+    return pd.DataFrame({"fitted": _in_input_order(
+        df, result.spec, lambda frame: _one(frame, result, "response", False).to_numpy())})
 
 
 def fitted_frame(result, data) -> pd.DataFrame:
@@ -198,22 +204,14 @@ def residual_values(result, y: np.ndarray, mu: np.ndarray, eta: np.ndarray,
 
 def _residual_part(df: pd.DataFrame, result, type: str) -> pd.DataFrame:
     spec = result.spec
-    frame, _ = spec.prepare(df)
-    out = np.full(len(df), np.nan)
-    if len(frame):
+
+    def of(frame: pd.DataFrame) -> np.ndarray:
         eta = _one(frame, result, "link", False).to_numpy()
-        mu = LINKS[result.link].inverse(eta)
         y, _, w, _ = spec.design(frame, exact=True)
-        y = y + spec.offset(frame)
-        r = residual_values(result, y, mu, eta, w, type)
-        pos = df.index.get_indexer(frame.index) if df.index.is_unique else None
-        if pos is None or (pos < 0).any():
-            keep = np.zeros(len(df), dtype=bool)
-            keep[np.flatnonzero(spec.param.prepare(df.reset_index(drop=True))[0].index)] = True
-            out[keep] = r
-        else:
-            out[pos] = r
-    return pd.DataFrame({"residual": out})
+        return residual_values(result, y + spec.offset(frame), LINKS[result.link].inverse(eta),
+                               eta, w, type)
+
+    return pd.DataFrame({"residual": _in_input_order(df, spec, of)})
 
 
 def residual_frame(result, data, type: str = "deviance") -> pd.DataFrame:

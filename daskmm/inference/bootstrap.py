@@ -118,14 +118,22 @@ class _Setup:
     step: np.ndarray
 
 
+def simulated_problem(prob: Problem, basis: SimulationBasis, Lams: list, Lam_G: np.ndarray,
+                      beta: np.ndarray, sigma: float,
+                      seed: np.random.SeedSequence) -> Problem:
+    """``prob`` with its response statistics replaced by ones simulated from ``(Lambdas,
+    beta, sigma)`` with the generator of ``seed`` (:func:`simulate_stats`)."""
+    st = simulate_stats(prob.evaluator.stats, basis, Lams, Lam_G, beta, sigma,
+                        np.random.default_rng(seed))
+    ev = GatheredEvaluator(st, prob.layout, mode=prob.evaluator.mode)
+    return dataclasses.replace(prob, evaluator=ev, G=st.G)
+
+
 def replicate(setup: _Setup, seed: np.random.SeedSequence) -> np.ndarray:
     """One replicate: simulate the response statistics, refit, return the parameters."""
     prob = setup.prob
-    rng = np.random.default_rng(seed)
-    st = simulate_stats(prob.evaluator.stats, setup.basis, setup.Lams, setup.Lam_G,
-                        setup.beta, setup.sigma, rng)
-    ev = GatheredEvaluator(st, prob.layout, mode=prob.evaluator.mode)
-    sim = dataclasses.replace(prob, evaluator=ev, G=st.G)
+    sim = simulated_problem(prob, setup.basis, setup.Lams, setup.Lam_G, setup.beta,
+                            setup.sigma, seed)
     terms = list(prob.spec.terms)
     try:
         theta, _ = optimise(sim, setup.reml, REFIT_OPTIONS, x0=setup.theta,

@@ -29,8 +29,13 @@ from scipy import stats
 
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
-from daskmm.inference.bootstrap import REFIT_OPTIONS, run_replicates, simulation_setup
-from daskmm.kernels.lmm_simulate import SimulationBasis, simulate_stats
+from daskmm.inference.bootstrap import (
+    REFIT_OPTIONS,
+    run_replicates,
+    simulated_problem,
+    simulation_setup,
+)
+from daskmm.kernels.lmm_simulate import SimulationBasis
 from daskmm.kernels.stats import LevelGroup, PartitionStats
 from daskmm.lmm import Problem, objective, optimise
 
@@ -283,12 +288,8 @@ def _ml_refit(prob: Problem, x0: np.ndarray, step=None, options=None) -> tuple[n
 
 def pb_replicate(setup: _PBSetup, seed: np.random.SeedSequence) -> float:
     """One replicate: simulate from the small model, refit both by ML, return the LRT."""
-    prob = setup.prob
-    rng = np.random.default_rng(seed)
-    st = simulate_stats(prob.evaluator.stats, setup.basis, setup.Lams, setup.Lam_G,
-                        setup.beta_sim, setup.sigma0, rng)
-    ev = GatheredEvaluator(st, prob.layout, mode=prob.evaluator.mode)
-    big = dataclasses.replace(prob, evaluator=ev, G=st.G)
+    big = simulated_problem(setup.prob, setup.basis, setup.Lams, setup.Lam_G, setup.beta_sim,
+                            setup.sigma0, seed)
     small = fixed_subset_problem(big, setup.keep)
     try:
         _, d0 = _ml_refit(small, setup.theta0, setup.step, REFIT_OPTIONS)

@@ -242,6 +242,7 @@ class Executor:
             self._remove_partial(job)
         else:
             self.store.finish(r.job_id, "failed", error=self._error(r, code))
+            self._remove_partial(job)
         log.info("job %s ended (%s)", r.job_id,
                  "status file" if outcome is not None else f"exit {code}")
 
@@ -290,17 +291,18 @@ class Executor:
             return f"the job process was killed (signal {abs(code) if code < 0 else code - 128})"
         return (lines[-1] if lines else "") or f"the job process exited with status {code}"
 
-    @staticmethod
-    def _remove_partial(job) -> None:
-        """A cancelled job leaves no result: ``run_job`` writes into a hidden temporary
-        folder renamed at the end, so only such leftovers can exist."""
+    def _remove_partial(self, job) -> None:
+        """A job that was cancelled or killed leaves no result: ``run_job`` writes into a
+        hidden temporary folder renamed at the end, so locally only such leftovers can exist;
+        a job publishing to a URL may also leave its staged folder and part of the copy
+        (without ``_SUCCESS``), both removed here."""
         import shutil
         out = Path(job.body.get("output", ""))
         if not out.name:
             return
         for tmp in out.parent.glob(f".{out.name}.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def cancel_now(self, job_id: str) -> None:
-        """Ask a job this server runs to stop (the next tick signals it)."""
-        self.wake()
+        if self.publish and job.result_dir:
+            shutil.rmtree(out, ignore_errors=True)
+            from daskmm.service.results import unpublish
+            unpublish(job.result_dir)

@@ -101,3 +101,11 @@ def publish(local: str | Path, dest: str) -> None:
         fs.makedirs(posixpath.dirname(target), exist_ok=True)
         fs.put_file(str(p), target)
     shutil.rmtree(local, ignore_errors=True)
+
+
+def unpublish(dest: str) -> None:
+    """Remove what :func:`publish` copied to ``dest`` (all of it or part)."""
+    import fsspec
+    fs, base = fsspec.core.url_to_fs(dest)
+    if fs.exists(base):
+        fs.rm(base, recursive=True)

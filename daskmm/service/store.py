@@ -370,8 +370,3 @@ class Store:
                                 .where(jobs.c.finished_at.is_not(None),
                                        jobs.c.started_at.is_not(None))).all()
         return [(r[0], float(r[2] - r[1])) for r in rows]
-
-    def active_ids(self) -> list[str]:
-        with self.engine.connect() as conn:
-            return [r.id for r in conn.execute(sa.select(jobs.c.id)
-                                               .where(jobs.c.state == "running"))]

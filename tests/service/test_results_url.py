@@ -36,6 +36,14 @@ def test_results_under_a_url_root(tmp_path, cluster, data_root, tokens_file):
         assert status == 422 and "outside the results root" in err["detail"]
         assert call(f"{s.url}/v1/jobs/{out['id']}", "DELETE")[0] == 204
         assert not folder.exists()
+        # a job cancelled mid-fit leaves nothing at the URL and nothing staged
+        from tests.service.test_execution import long_job, optimising
+        _, job = s.submit(long_job(s.data, s.scheduler, "cancel-url"))
+        s.wait(job["id"], ("running",), until=optimising)
+        call(f"{s.url}/v1/jobs/{job['id']}/cancel", "POST")
+        assert s.wait(job["id"], timeout=60)["state"] == "cancelled"
+        assert not (remote / "alice" / job["id"]).exists()
+        assert not staged.exists() or not any(staged.iterdir())
     finally:
         s.stop()
 
