@@ -68,6 +68,9 @@ class ServiceClient:
     def fetch(self, job_id: str, out: str | Path, force: bool = False) -> list[Path]:
         """Download a succeeded job's result files into the new folder ``out``."""
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise DaskmmError(f"--out {str(out)!r} is a file; give a folder for the result "
+                              "files")
         if out.exists() and any(out.iterdir()) and not force:
             raise DaskmmError(f"--out {str(out)!r} exists and is not empty; give a new folder "
                               "or --force")

@@ -206,6 +206,12 @@ def test_cli_client_submit_status_fetch(server, tmp_path):
     r = daskmm("fetch", job_id, "--out", str(tmp_path / "got"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "got" / "summary.json").is_file()
+    (tmp_path / "afile").write_text("keep me")
+    r = daskmm("fetch", job_id, "--out", str(tmp_path / "afile"))
+    assert r.returncode != 0 and "is a file" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "afile").read_text() == "keep me"
+    r = daskmm("fetch", job_id, "--out", str(tmp_path / "got"))
+    assert r.returncode != 0 and "not empty" in r.stderr  # nothing overwritten
     r = daskmm("cancel", job_id)
     assert r.returncode != 0 and "409" in r.stderr and "Traceback" not in r.stderr
     bad = dict(env, DASKMM_TOKEN="wrong-token-0123456789")
