@@ -238,5 +238,9 @@ def test_a_gwas_scan_runs_as_a_job(server):
     assert doc["state"] == "succeeded", doc
     assert "summary.json" in doc["results"]
     assert any(n.startswith("results.parquet") for n in doc["results"])
+    pngs = [n for n in doc["results"] if n.endswith(".png")]
+    assert pngs  # the scan's plots are results too
+    status, png = call(f"{server.url}/v1/jobs/{out['id']}/results/{pngs[0]}")
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
     status, err = server.submit(dict(job, bed="../../etc/geno"))
     assert status == 422 and "bed '../../etc/geno' is outside the data roots" in err["detail"]
