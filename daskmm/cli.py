@@ -208,6 +208,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from daskmm.service.app import Config, serve
     from daskmm.service.auth import Tokens
+    for flag, value, low in (("--max-concurrent", args.max_concurrent, 1),
+                             ("--max-body", args.max_body, 1024), ("--standby", args.standby, 0),
+                             ("--port", args.port, 1)):
+        if value < low:
+            raise DaskmmError(f"{flag} {value}: give {low} or more"
+                              + (" (jobs run at once)" if flag == "--max-concurrent" else ""))
+    if args.port > 65535:
+        raise DaskmmError(f"--port {args.port}: give a port from 1 to 65535")
     if "://" in args.results:
         if not args.state_dir:
             raise DaskmmError(f"--results {args.results!r} is a URL; give --state-dir, a local "
@@ -224,6 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
     for root in args.data_roots:
         if "://" not in root and not Path(root).is_dir():
             raise DaskmmError(f"--data-root {root!r} is not a folder")
+    _disjoint_roots(args, results, state)
     store = args.store or f"sqlite:///{state / 'daskmm-service.sqlite'}"
     cfg = Config(results=str(results), store_url=store, tokens=Tokens.read(args.tokens),
                  data_roots=list(args.data_roots), scheduler=args.scheduler,
@@ -232,6 +241,30 @@ def _serve(args: argparse.Namespace) -> int:
                  state_dir=state / ".daskmm-service" if args.state_dir else None)
     serve(cfg, args.host, args.port)
     return 0
+
+
+def _disjoint_roots(args: argparse.Namespace, results, state) -> None:
+    """Jobs read the data roots: no data root may hold (or lie in) the results, the
+    service's state (job store and job files) or the tokens file, or jobs could read other
+    owners' results, every job's body, or the tokens."""
+    from pathlib import Path
+
+    def real(p) -> Path:
+        return Path(os.path.realpath(p))
+
+    private = [("--tokens", real(args.tokens)), ("--state-dir", real(state))]
+    if "://" not in str(results):
+        private.append(("--results", real(results)))
+    for root in args.data_roots:
+        if "://" in root:
+            continue
+        r = real(root)
+        for flag, p in private:
+            if r == p or r in p.parents or (flag != "--tokens" and p in r.parents):
+                raise DaskmmError(f"--data-root {root!r} and {flag} {str(p)!r} overlap: jobs "
+                                  "read every data root, so they could read other owners' "
+                                  "results, the job store or the tokens; give folders apart "
+                                  "from each other")
 
 
 def _service_command(args: argparse.Namespace) -> int:

@@ -381,7 +381,9 @@ def _bobyqa(crit: _Counted, x0: np.ndarray, lower: np.ndarray, opts: dict,
     opt.set_ftol_abs(opts["ftol_abs"])
     opt.set_maxeval(int(opts["maxeval"]))
     try:
-        x = opt.optimize(x0)
+        # a start below a bound (an extrapolated profile start) is moved onto it: nlopt
+        # refuses one outside with "invalid argument"
+        x = opt.optimize(np.maximum(np.asarray(x0, dtype=float), lower))
         code = opt.last_optimize_result()
     except nlopt.RoundoffLimited:  # lme4 accepts the best point with a warning
         log.warning("optimiser stopped on round-off; using the best point found")

@@ -12,6 +12,7 @@ import os
 
 import pandas as pd
 
+from daskmm.data.confine import check_opened, open_input
 from daskmm.data.io import check_frame, csv_checks, locate
 from daskmm.data.manifest import Manifest, read_manifest
 from daskmm.errors import DataError
@@ -95,6 +96,7 @@ def read_local(data, manifest: Manifest | None, columns: list[str] | None = None
     # every column is parsed: with ``usecols`` pandas ignores a row's extra fields, and a
     # ragged row must be an error here as on a cluster
     with fs.open(paths[0], compression=compression) as fh:
+        check_opened(fh, paths[0])
         frame = pd.read_csv(fh, sep=sep)
     if columns:
         frame = frame[[c for c in columns if c in frame.columns]]
@@ -106,10 +108,18 @@ def _read_parquet(files: list[str], columns: list[str] | None, what: str) -> pd.
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(files[0]).names
-        cols = [c for c in columns if c in names] if columns else None
-        tables = [pq.read_table(f, columns=cols) for f in files]
+        tables = []
+        cols = None
+        for i, f in enumerate(files):
+            with open_input(f) as fh:  # checked on the opened file under a confinement
+                if i == 0:
+                    names = pq.read_schema(fh).names
+                    cols = [c for c in columns if c in names] if columns else None
+                    fh.seek(0)
+                tables.append(pq.read_table(fh, columns=cols))
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise DataError(f"cannot read Parquet data {what!r}: {exc}") from exc
     return table.to_pandas()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from daskmm.data.confine import open_input
 from daskmm.errors import DataError
 
 MANIFEST = "_manifest.json"
@@ -126,7 +127,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest | None:
     if not p.is_file():
         return None
     try:
-        d = json.loads(p.read_text())
+        with open_input(p, "r") as fh:
+            d = json.loads(fh.read())
     except json.JSONDecodeError as exc:
         raise DataError(f"dataset manifest {str(p)!r} is not valid JSON ({exc}); "
                         "re-run the ingest") from exc

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from daskmm.data.confine import open_input
 from daskmm.errors import DataError
 
 VARIANT_COLUMNS = ["chrom", "pos", "variant_id", "allele1", "allele2"]
@@ -67,7 +68,8 @@ class GenotypeSource:
 
 def _table(path: Path, ncol: int, what: str) -> pd.DataFrame:
     try:
-        t = pd.read_csv(path, sep=r"\s+", header=None, dtype=str, engine="python")
+        with open_input(path) as fh:
+            t = pd.read_csv(fh, sep=r"\s+", header=None, dtype=str, engine="python")
     except pd.errors.EmptyDataError:
         raise DataError(f"{what} {str(path)!r} is empty") from None
     if t.shape[1] != ncol:
@@ -107,7 +109,7 @@ class BedGenotypes(GenotypeSource):
         n, m = len(self.samples), len(self.variants)
         size = os.path.getsize(self.path)
         want = 3 + m * ((n + 3) // 4)
-        with open(self.path, "rb") as f:
+        with open_input(self.path) as f:
             head = f.read(3)
         if head[:2] != b"\x6c\x1b":
             raise DataError(f"{self.path!r} is not a PLINK .bed file (its first bytes are not "

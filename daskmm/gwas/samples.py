@@ -12,12 +12,14 @@ with the same samples share one null model. Nothing is dropped without being cou
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from daskmm.data.confine import open_input
 from daskmm.errors import ColumnNotFoundError, DataError
 
 MISSING = ["NA", "NaN", "nan", ".", "", "-9"]
@@ -29,19 +31,27 @@ def read_table(path: str | os.PathLike, what: str) -> tuple[pd.DataFrame, list[s
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise DataError(f"{what} {p!r} does not exist")
-    with open(p) as f:
-        first = f.readline()
-        width = len(first.split(",")) if "," in first else len(first.split())
-        for i, line in enumerate(f, start=2):
-            if not line.strip():
-                continue
-            k = len(line.split(",")) if "," in first else len(line.split())
-            if k != width:
-                raise DataError(f"{what} {p!r} line {i} has {k} fields; its header has "
-                                f"{width}")
+    with open_input(p, "rb") as fb:
+        raw = fb.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {p!r} is not UTF-8 text (byte {exc.start}); save it as "
+                        "UTF-8") from None
+    lines = io.StringIO(text)
+    first = lines.readline()
+    width = len(first.split(",")) if "," in first else len(first.split())
+    for i, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        k = len(line.split(",")) if "," in first else len(line.split())
+        if k != width:
+            raise DataError(f"{what} {p!r} line {i} has {k} fields; its header has "
+                            f"{width}")
     sep = "," if "," in first else r"\s+"
     try:
-        t = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, engine="python")
+        t = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                        engine="python")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"cannot read {what} {p!r}: {str(exc).strip().splitlines()[0]}") from None
     cols = list(t.columns)

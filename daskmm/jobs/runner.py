@@ -20,7 +20,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from daskmm.data.manifest import read_manifest
@@ -94,7 +96,7 @@ def check_paths(job: Job, force: bool = False) -> None:
 
 
 def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
-            force: bool = False) -> dict:
+            force: bool = False, check: Callable[[], None] | None = None) -> dict:
     """Run a job (a :class:`Job` or a job file path).
 
     Parameters
@@ -105,6 +107,10 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     force : bool
         Run even when the output is complete for this job, re-ingest, and replace a previous
         daskmm fit at the output that another job wrote.
+    check : callable, optional
+        Called once the job has read its inputs, before its result is put in place (the
+        service's :func:`daskmm.service.jobdoc.verify`); what it raises fails the job and no
+        result is left.
 
     Returns
     -------
@@ -117,7 +123,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     if not isinstance(job, (Job, GwasJob)):
         job = load_job(job)
     if isinstance(job, GwasJob):
-        return run_gwas_job(job, scheduler, force)
+        return run_gwas_job(job, scheduler, force, check)
     check_paths(job, force)
     reingest = _ingest_needed(job, force) if job.ingest else None
     have = None if job.ingest or job.simulate else read_manifest(job.data)
@@ -187,6 +193,8 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     def extra(tmp: Path) -> None:
         if gam:
             gam_files(tmp)
+        if check is not None:
+            check()
         (tmp / "job.json").write_text(json.dumps({"name": job.name, "job": job.raw,
                                                   "timing": timing}, indent=2) + "\n")
         (tmp / SUCCESS).write_text(job.fingerprint() + "\n")
@@ -197,8 +205,10 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     return {"status": "done", "output": str(job.output), "timing": timing, "result": result}
 
 
-def run_gwas_job(job: GwasJob, scheduler: str | None = None, force: bool = False) -> dict:
-    """Run a ``kind: gwas`` job; a scan already complete with the same inputs is skipped."""
+def run_gwas_job(job: GwasJob, scheduler: str | None = None, force: bool = False,
+                 check: Callable[[], None] | None = None) -> dict:
+    """Run a ``kind: gwas`` job; a scan already complete with the same inputs is skipped.
+    ``check`` as :func:`run_job`'s (a scan it refuses is removed: nothing of it is kept)."""
     from daskmm.gwas import gwas
     from daskmm.gwas.output import ScanComplete
 
@@ -213,6 +223,12 @@ def run_gwas_job(job: GwasJob, scheduler: str | None = None, force: bool = False
             log.info("job %r is already done (%s); use --force to run it again", job.name,
                      job.output)
             return {"status": "skipped", "output": str(job.output), "timing": {}}
+    if check is not None:
+        try:
+            check()
+        except BaseException:
+            shutil.rmtree(job.output, ignore_errors=True)
+            raise
     log.info("job %r done: %s", job.name, job.output)
     return {"status": "done", "output": str(job.output),
             "timing": {"gwas_s": time.perf_counter() - t}, "result": result}

@@ -4,9 +4,11 @@ page.
 
 Every endpoint but ``/healthz`` and ``/readyz`` (the probes) and the static pages (``/``,
 ``/docs``) needs ``Authorization: Bearer TOKEN``; a job belongs to its token's owner, and
-another owner gets 403. Bodies above ``max_body`` bytes get 413. Job bodies are JSON or
-YAML in the job-file schema; a refused one gets 422 with the CLI's message naming the field
-or the path.
+for another owner it does not exist (404, the answer for an id nobody has). Bodies above
+``max_body`` bytes get 413. Job bodies are JSON or YAML in the job-file schema, parsed and
+checked off the event loop within bounds of size, depth, aliases and time
+(:func:`daskmm.service.jobdoc.parse_body`, :data:`CHECK_TIMEOUT_S`); a refused one gets 422
+with the CLI's message naming the field or the path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import (
     FileResponse,
@@ -34,13 +35,19 @@ from fastapi.responses import (
 from daskmm.service import pages
 from daskmm.service.auth import Tokens
 from daskmm.service.executor import Executor
-from daskmm.service.jobdoc import JobBodyError, fingerprint, prepare
+from daskmm.service.jobdoc import JobBodyError, Place, fingerprint, parse_body, prepare
 from daskmm.service.results import ResultsRoot
 from daskmm.service.store import JOB_ID, STATES, TERMINAL, Conflict, JobRecord, Store
 
 log = logging.getLogger("daskmm.service")
 
 MAX_BODY = 1 << 20
+CHECK_TIMEOUT_S = 2.0
+"""Parsing and checking a job body (its paths included) must end within this; a body that
+takes longer gets 422."""
+CHECKS_AT_ONCE = 4
+"""Job bodies checked at the same time; more submissions wait their turn (the other
+endpoints do not)."""
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, float("inf"))
 
 
@@ -61,19 +68,13 @@ class Config:
     state_dir: Path | None = None
 
 
-def _job_body(raw: bytes, content_type: str) -> object:
-    ct = (content_type or "").split(";")[0].strip().lower()
-    try:
-        if ct in ("application/json", ""):
-            try:
-                return json.loads(raw)
-            except json.JSONDecodeError:
-                if ct == "application/json":
-                    raise
-        return yaml.safe_load(raw)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        kind = "JSON" if ct == "application/json" else "YAML"
-        raise HTTPException(422, f"job: the body is not valid {kind}: {exc}") from None
+def _check_body(raw: bytes, content_type: str, owner: str, results: str,
+                data_roots: list[str], staging: str | None) -> tuple[dict, str, str]:
+    """``(job document, fingerprint, name)`` of a submitted body (runs in a thread)."""
+    body = parse_body(raw, content_type)
+    fp = fingerprint(body) if isinstance(body, dict) else ""
+    doc = prepare(body, owner, JOB_ID, results, data_roots, staging)
+    return doc, fp, str(body.get("name", "job"))
 
 
 def create_app(cfg: Config) -> FastAPI:
@@ -82,8 +83,14 @@ def create_app(cfg: Config) -> FastAPI:
     state = Path(cfg.state_dir) if cfg.state_dir else Path(root.root) / ".daskmm-service"
     staging = str(state / "staging") if root.url else None
     store = Store(cfg.store_url)
+
+    def place_of(owner: str) -> Place:
+        return Place.of(owner, root.root, cfg.data_roots, staging)
+
     executor = Executor(store, state / "runs", cfg.scheduler, cfg.max_concurrent, cfg.replica,
-                        cfg.standby, publish=root.url)
+                        cfg.standby, publish=root.url,
+                        place_of=lambda owner: place_of(owner).to_dict())
+    checking = asyncio.Semaphore(CHECKS_AT_ONCE)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -119,11 +126,11 @@ def create_app(cfg: Config) -> FastAPI:
         return owner
 
     def own_job(job_id: str, owner: str) -> JobRecord:
+        """The caller's job; another owner's is answered exactly as one that does not
+        exist, so an id tells nothing to whoever does not own it."""
         job = store.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id!r}")
-        if job.owner != owner:
-            raise HTTPException(403, f"job {job_id!r} belongs to another owner")
+        if job is None or job.owner != owner:
+            raise HTTPException(404, f"no job {job_id!r} of yours")
         return job
 
     # ------------------------------------------------------------------ jobs
@@ -136,13 +143,17 @@ def create_app(cfg: Config) -> FastAPI:
             raw += chunk
             if len(raw) > cfg.max_body:
                 raise HTTPException(413, f"the body exceeds the limit of {cfg.max_body} bytes")
-        body = _job_body(raw, request.headers.get("content-type", ""))
-        fp = fingerprint(body) if isinstance(body, dict) else ""
-        try:
-            doc = prepare(body, owner, JOB_ID, root.root, cfg.data_roots, staging)
-        except JobBodyError as exc:
-            raise HTTPException(422, str(exc)) from None
-        name = str(body.get("name", "job"))
+        async with checking:
+            try:
+                doc, fp, name = await asyncio.wait_for(asyncio.to_thread(
+                    _check_body, raw, request.headers.get("content-type", ""), owner,
+                    root.root, cfg.data_roots, staging), CHECK_TIMEOUT_S)
+            except JobBodyError as exc:
+                raise HTTPException(422, str(exc)) from None
+            except TimeoutError:
+                raise HTTPException(422, f"job: checking the body took longer than "
+                                         f"{CHECK_TIMEOUT_S:g} s; send a plain job file "
+                                         "(a mapping of fields)") from None
         where = root.job_location(owner, JOB_ID) if root.url else None
         try:
             job, created = await asyncio.to_thread(
@@ -233,11 +244,11 @@ def create_app(cfg: Config) -> FastAPI:
         missing = HTTPException(404, f"no result {name!r} for job {job_id!r}; have: "
                                      f"{', '.join(_result_names(root, job))}")
         if not root.url:
-            path = root.local_file(job.result_dir, name)
+            path = root.local_file(job.result_dir, name, owner)
             if path is None:
                 raise missing
             return FileResponse(path)
-        data = root.read(job.result_dir, name)
+        data = root.read(job.result_dir, name, owner)
         if data is None:
             raise missing
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -251,7 +262,7 @@ def create_app(cfg: Config) -> FastAPI:
             store.finish(job_id, "cancelled", "deleted")
             executor.wake()
         if job.result_dir:
-            root.remove(job.result_dir)
+            root.remove(job.result_dir, owner)
         store.delete(job_id)
         return Response(status_code=204)
 
@@ -305,7 +316,7 @@ def create_app(cfg: Config) -> FastAPI:
 
 
 def _result_names(root: ResultsRoot, job: JobRecord) -> list[str]:
-    return root.names(job.result_dir) if job.result_dir else []
+    return root.names(job.result_dir, job.owner) if job.result_dir else []
 
 
 def _scheduler_ok(address: str | None) -> bool:

@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 
 from daskmm.errors import DaskmmError
+from daskmm.service.jobdoc import valid_owner
 
 MIN_TOKEN_LENGTH = 16
 
@@ -39,6 +40,11 @@ class Tokens:
                 raise DaskmmError(f"--tokens {str(p)!r} line {i}: expected 'owner token', got "
                                   f"{len(parts)} field(s)")
             owner, token = parts
+            if not valid_owner(owner):
+                raise DaskmmError(f"--tokens {str(p)!r} line {i}: owner {owner[:80]!r} is not "
+                                  "a valid owner name; use 1-64 letters, digits, '_', '.' or "
+                                  "'-', starting with a letter or digit and not with "
+                                  "'daskmm-service' (it names the owner's results folder)")
             if len(token) < MIN_TOKEN_LENGTH:
                 raise DaskmmError(f"--tokens {str(p)!r} line {i}: the token of {owner!r} has "
                                   f"{len(token)} characters; use at least {MIN_TOKEN_LENGTH} "

@@ -8,8 +8,9 @@ import json
 import os
 import urllib.error
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from daskmm.data.staging import RESULT_MARKER, check_output, result_marker, staging_dir
 from daskmm.errors import DaskmmError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -66,26 +67,31 @@ class ServiceClient:
         return self.json("POST", f"/v1/jobs/{job_id}/cancel")
 
     def fetch(self, job_id: str, out: str | Path, force: bool = False) -> list[Path]:
-        """Download a succeeded job's result files into the new folder ``out``."""
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise DaskmmError(f"--out {str(out)!r} is a file; give a folder for the result "
-                              "files")
-        if out.exists() and any(out.iterdir()) and not force:
-            raise DaskmmError(f"--out {str(out)!r} exists and is not empty; give a new folder "
-                              "or --force")
+        """Download a succeeded job's result files into ``out``: a new (or empty) folder,
+        or with ``force`` a folder an earlier ``daskmm fetch`` wrote (its marker says so).
+        A folder daskmm did not write is never replaced, ``force`` or not; the files are
+        written under a hidden sibling and renamed into place at the end."""
+        target = check_output(out, "fetch", force=force, what="--out")
         job = self.status(job_id)
         if job["state"] != "succeeded":
             raise DaskmmError(f"job {job_id} is {job['state']}"
                               + (f": {job['error']}" if job.get("error") else "")
                               + "; results exist once it has succeeded")
+        names = list(job.get("results", []))
+        for name in names:
+            parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+            if (not parts or PurePosixPath(name).is_absolute()
+                    or any(p in ("..", ".") for p in parts) or "\\" in name
+                    or parts[0].startswith((".", "_"))):
+                raise DaskmmError(f"{self.server} listed a result file {name!r} that is not "
+                                  "a plain name inside the job's folder; nothing was written")
         written = []
-        for name in job.get("results", []):
-            _, data = self.request("GET", f"/v1/jobs/{job_id}/results/{name}")
-            dest = out / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.partial")
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
-            written.append(dest)
+        with staging_dir(target) as tmp:
+            for name in names:
+                _, data = self.request("GET", f"/v1/jobs/{job_id}/results/{name}")
+                dest = tmp / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+                written.append(target / name)
+            (tmp / RESULT_MARKER).write_text(result_marker("fetch", job_id))
         return written

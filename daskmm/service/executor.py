@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,21 +81,29 @@ class Executor:
     publish : bool
         Results go to a URL: each job's process copies its result to the job's
         ``result_dir`` before it reports success.
+    place_of : callable, optional
+        ``owner -> Place`` as a dict (:class:`daskmm.service.jobdoc.Place`): where that
+        owner's jobs may read and write, as the server is configured when the job starts;
+        the job's process checks the job's paths against it again.
     """
 
     def __init__(self, store: Store, state_dir: Path, scheduler: str | None,
                  max_concurrent: int, replica: str | None = None, standby: int = 1,
-                 publish: bool = False):
+                 publish: bool = False, place_of: Callable[[str], dict] | None = None):
         self.store = store
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.scheduler = scheduler
-        self.max_concurrent = max(1, int(max_concurrent))
+        if int(max_concurrent) < 1:
+            raise ValueError(f"max_concurrent={max_concurrent}; give 1 or more (jobs run at "
+                             "once)")
+        self.max_concurrent = int(max_concurrent)
         self.replica = replica or socket.gethostname()
         self.running: dict[str, Running] = {}
         self.standby: list[Standby] = []
         self.n_standby = max(0, int(standby))
         self.publish = publish
+        self.place_of = place_of
         self._standby_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -180,9 +189,11 @@ class Executor:
         events.write_text("")
         status = d / f"attempt-{job.attempt}.status.json"
         status.unlink(missing_ok=True)
+        place = self.place_of(job.owner) if self.place_of is not None else None
         task = (json.dumps({"job": str(job_file), "events": str(events), "status": str(status),
                             "scheduler": self.scheduler,
-                            "publish": job.result_dir if self.publish else None})
+                            "publish": job.result_dir if self.publish else None,
+                            "place": place})
                 + "\n").encode()
         for _ in range(5):
             self.standby = [s for s in self.standby if s.proc.poll() is None]

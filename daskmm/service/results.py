@@ -43,14 +43,19 @@ class ResultsRoot:
         import fsspec
         return fsspec.core.url_to_fs(location)[1]
 
-    def contains(self, location: str) -> bool:
+    def contains(self, location: str, owner: str) -> bool:
+        """``location`` lies inside ``owner``'s prefix of this root (not the prefix itself)."""
+        prefix = self.job_location(owner, "")
         if self.url:
-            return location.startswith(self.root + "/")
+            return location.startswith(prefix.rstrip("/") + "/")
         p = Path(location).resolve()
-        return Path(self.root) in p.parents
+        return Path(prefix).resolve() in p.parents
 
-    def names(self, location: str) -> list[str]:
-        """The result files of a job (no hidden files, no marker), sorted."""
+    def names(self, location: str, owner: str) -> list[str]:
+        """The result files of a job of ``owner`` (no hidden files, no marker), sorted; none
+        when ``location`` is not in that owner's prefix."""
+        if not self.contains(location, owner):
+            return []
         if self.url:
             base = self._fs_path(location)
             if not self.fs.exists(base):
@@ -61,24 +66,28 @@ class ResultsRoot:
             base = Path(location)
             if not base.is_dir():
                 return []
-            rel = [str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()]
+            rel = [str(p.relative_to(base)) for p in base.rglob("*")
+                   if p.is_file() and not p.is_symlink()]
         return sorted(r for r in rel if not posixpath.basename(r).startswith((".", "_")))
 
-    def local_file(self, location: str, name: str) -> Path | None:
-        """For a local root: the file's path if it is inside the job's folder."""
+    def local_file(self, location: str, name: str, owner: str) -> Path | None:
+        """For a local root: the file's path if it is one of the job's result files."""
+        if name not in self.names(location, owner):
+            return None
         base = Path(location).resolve()
         path = (base / name).resolve()
         return path if base in path.parents and path.is_file() else None
 
-    def read(self, location: str, name: str) -> bytes | None:
+    def read(self, location: str, name: str, owner: str) -> bytes | None:
         """For a URL root: the file's bytes (None when it is not one of the job's files)."""
-        if name not in self.names(location):
+        if name not in self.names(location, owner):
             return None
         with self.fs.open(posixpath.join(self._fs_path(location), name), "rb") as fh:
             return fh.read()
 
-    def remove(self, location: str) -> None:
-        if not self.contains(location):
+    def remove(self, location: str, owner: str) -> None:
+        """Delete a job's result folder (only ever inside ``owner``'s prefix)."""
+        if not self.contains(location, owner):
             return
         if self.url:
             base = self._fs_path(location)

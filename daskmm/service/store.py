@@ -210,6 +210,11 @@ class Store:
                 return existing, False
             try:
                 with self._tx() as conn:
+                    other = self._output_taken(conn, owner, result_dir)
+                    if other is not None:
+                        raise Conflict(f"output {result_dir!r} is, holds or lies inside the "
+                                       f"result folder of your job {other}; give this job "
+                                       "another output, or delete that job first")
                     seq = (conn.execute(sa.select(sa.func.max(jobs.c.seq))).scalar() or 0) + 1
                     conn.execute(jobs.insert().values(
                         id=job_id, seq=seq, owner=owner, name=name, state="queued",
@@ -223,6 +228,25 @@ class Store:
                 continue
         raise RuntimeError("could not record the job (concurrent submissions kept "
                            "conflicting); retry")
+
+    @staticmethod
+    def _output_taken(conn, owner: str, result_dir: str | None,
+                      but: str | None = None) -> str | None:
+        """The id of an active (queued, running or succeeded) job of ``owner`` whose result
+        folder is ``result_dir``, or holds it, or lies inside it; None when there is none."""
+        if not result_dir:
+            return None
+        mine = result_dir.rstrip("/")
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.result_dir).where(
+            jobs.c.owner == owner, jobs.c.active_key.is_not(None))).all()
+        for r in rows:
+            theirs = (r.result_dir or "").rstrip("/")
+            if r.id == but or not theirs:
+                continue
+            if mine == theirs or mine.startswith(theirs + "/") or \
+                    theirs.startswith(mine + "/"):
+                return r.id
+        return None
 
     def _existing(self, owner: str, fingerprint: str, idem_key: str | None):
         with self.engine.connect() as conn:
@@ -286,6 +310,8 @@ class Store:
         with self._tx() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
             if row is None or row.state not in ("failed", "cancelled"):
+                return False
+            if self._output_taken(conn, row.owner, row.result_dir, but=job_id) is not None:
                 return False
             try:
                 with conn.begin_nested():

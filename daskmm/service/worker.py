@@ -110,19 +110,43 @@ def warm_up() -> None:
 
 
 def run_one(job: str, events_path: str, scheduler: str | None,
-            publish_to: str | None = None) -> dict:
+            publish_to: str | None = None, place: dict | None = None) -> dict:
     """Run one job file (and copy its result to ``publish_to``, a URL, when given);
-    ``{"exit": 0 | 1, "error": line or None, "output": ...}``."""
+    ``{"exit": 0 | 1, "error": line or None, "output": ...}``.
+
+    ``place``: the owner's places (:class:`daskmm.service.jobdoc.Place` as a dict). Then the
+    job's paths are checked again here, on their real paths now (:func:`confirm`), the job
+    runs on those real paths with its reads confined to the places, and its inputs must be
+    unchanged when it ends (:func:`verify`), or it fails and leaves no result."""
     from daskmm import events
     from daskmm.errors import DaskmmError
     progress = Progress(events_path)
     events.set_listener(progress)
     progress.phase("running")
     try:
+        from daskmm.data.confine import confined
         from daskmm.jobs.runner import run_job
+        check = None
+        roots: list[str] | None = None
+        if place is not None:
+            from daskmm.service.jobdoc import JobBodyError, Place, confirm, verify
+            where = Place.from_dict(place)
+            with open(job) as fh:
+                doc = json.load(fh)
+            try:
+                doc, pins = confirm(doc, where)
+            except JobBodyError as exc:
+                raise DaskmmError(str(exc).removeprefix("job: ")) from None
+            _refuse_foreign_output(doc)
+            _write_json(job, doc)
+            roots = where.reads()
+
+            def check() -> None:
+                verify(pins)
         use = scheduler if needs_cluster(job) else None
         progress.state["where"] = "cluster" if use else "in-process"
-        out = run_job(job, scheduler=use)
+        with confined(roots) if roots is not None else contextlib.nullcontext():
+            out = run_job(job, scheduler=use, check=check)
         if publish_to:
             from daskmm.service.results import publish
             progress.phase("publishing")
@@ -145,11 +169,34 @@ def run_one(job: str, events_path: str, scheduler: str | None,
             "timing": out.get("timing", {})}
 
 
-def _write_status(path: str, status: dict) -> None:
+def _refuse_foreign_output(doc: dict) -> None:
+    """A job's output that already holds another job's fit (same owner, another body) is
+    refused, never replaced: ``daskmm run`` would replace a fit of the same job *name*."""
+    from pathlib import Path
+
+    from daskmm.data.staging import output_kind
+    from daskmm.errors import DaskmmError
+    from daskmm.jobs.spec import Job
+    out = Path(doc.get("output", ""))
+    if doc.get("kind") == "gwas" or not out.name or output_kind(out) != "fit":
+        return
+    mine = Job(name="", data="", formula="", output=out, raw=doc).fingerprint()
+    marker = out / "_SUCCESS"
+    have = marker.read_text().strip() if marker.is_file() else None
+    if have != mine:
+        raise DaskmmError(f"output {str(out)!r} holds the result of another job; give this "
+                          "job another output, or delete that job first")
+
+
+def _write_json(path: str, doc: dict) -> None:
     tmp = f"{path}.partial"
     with open(tmp, "w") as fh:
-        json.dump(status, fh)
+        json.dump(doc, fh, indent=1)
     os.replace(tmp, path)
+
+
+def _write_status(path: str, status: dict) -> None:
+    _write_json(path, status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             task = json.loads(line)
             _write_status(task["status"], run_one(task["job"], task["events"],
-                                                  task["scheduler"], task.get("publish")))
+                                                  task["scheduler"], task.get("publish"),
+                                                  task.get("place")))
             if args.max_jobs is not None and n >= args.max_jobs:
                 break
         return 0

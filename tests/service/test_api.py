@@ -43,15 +43,19 @@ def test_submit_poll_fetch_equals_daskmm_run(server, tmp_path):
     assert status == 404
 
 
-def test_tokens_owners_and_403(server):
+def test_tokens_owners_and_another_owners_job_is_not_there(server):
     _, out = server.submit(dict(SLEEP_JOB, name="alices"))
     job = out["id"]
     assert call(f"{server.url}/v1/jobs/{job}", token=None)[0] == 401
     assert call(f"{server.url}/v1/jobs", token="not-a-token-0123456789")[0] == 401
+    # for another owner the job is answered as one that does not exist, word for word
     status, doc = call(f"{server.url}/v1/jobs/{job}", token="bob")
-    assert status == 403 and "another owner" in doc["detail"]
-    assert call(f"{server.url}/v1/jobs/{job}/cancel", "POST", "bob")[0] == 403
-    assert call(f"{server.url}/v1/jobs/{job}", "DELETE", "bob")[0] == 403
+    nobody = "0123456789abcdef"
+    status2, doc2 = call(f"{server.url}/v1/jobs/{nobody}", token="bob")
+    assert (status, status2) == (404, 404)
+    assert doc["detail"].replace(job, "ID") == doc2["detail"].replace(nobody, "ID")
+    assert call(f"{server.url}/v1/jobs/{job}/cancel", "POST", "bob")[0] == 404
+    assert call(f"{server.url}/v1/jobs/{job}", "DELETE", "bob")[0] == 404
     status, listing = call(f"{server.url}/v1/jobs", token="bob")
     assert status == 200 and job not in [j["id"] for j in listing["items"]]
     assert call(f"{server.url}/metrics", token=None)[0] == 401
@@ -71,9 +75,9 @@ def test_tokens_owners_and_403(server):
      "data '../../../etc/passwd' is outside the data roots"),
     ({"data": "/etc/passwd", "formula": "y ~ x + (1 | g)"}, "outside the data roots"),
     ({"data": "sleepstudy.csv", "formula": "y ~ x + (1 | g)", "output": "/tmp/x"},
-     "output '/tmp/x' is outside the results root"),
+     "output '/tmp/x' is outside your results folder"),
     ({"data": "sleepstudy.csv", "formula": "y ~ x + (1 | g)", "output": "../up"},
-     "output '../up' is outside the results root"),
+     "output '../up' is outside your results folder"),
     ({"data": "sleepstudy.csv", "formula": "y ~ x + (1 | g)",
       "ingest": {"by": "g", "out": "/tmp/ds"}}, "ingest.out '/tmp/ds' is outside"),
     ({"data": "sleepstudy.csv", "formula": "y ~ x + (1 | g)",
@@ -208,10 +212,10 @@ def test_cli_client_submit_status_fetch(server, tmp_path):
     assert (tmp_path / "got" / "summary.json").is_file()
     (tmp_path / "afile").write_text("keep me")
     r = daskmm("fetch", job_id, "--out", str(tmp_path / "afile"))
-    assert r.returncode != 0 and "is a file" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "is not a folder" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "afile").read_text() == "keep me"
     r = daskmm("fetch", job_id, "--out", str(tmp_path / "got"))
-    assert r.returncode != 0 and "not empty" in r.stderr  # nothing overwritten
+    assert r.returncode != 0 and "already holds a daskmm fetch" in r.stderr  # not replaced
     r = daskmm("cancel", job_id)
     assert r.returncode != 0 and "409" in r.stderr and "Traceback" not in r.stderr
     bad = dict(env, DASKMM_TOKEN="wrong-token-0123456789")

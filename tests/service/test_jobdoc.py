@@ -1,0 +1,141 @@
+"""Job bodies made into job files: bounded parsing, the owner's places, and the checks made
+again where the job runs (links inside a dataset, inputs replaced while the job ran)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from daskmm.service.jobdoc import (
+    MAX_ALIASES,
+    InputChanged,
+    JobBodyError,
+    Place,
+    confirm,
+    parse_body,
+    prepare,
+    valid_owner,
+    verify,
+)
+from tests.conftest import load_fixture
+
+JOB = {"data": "sleep.csv", "formula": "Reaction ~ Days + (1 | Subject)"}
+
+
+@pytest.fixture
+def roots(tmp_path):
+    data, results = tmp_path / "data", tmp_path / "results"
+    data.mkdir()
+    results.mkdir()
+    shutil.copy(load_fixture("sleepstudy_reml")["data_path"], data / "sleep.csv")
+    return data, results
+
+
+def test_bounded_parsing_refuses_alias_bombs_depth_and_size_in_milliseconds():
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n"
+        for p, n in zip("abcdefgh", "bcdefghi"))
+    t = time.perf_counter()
+    with pytest.raises(JobBodyError, match="more than 10000 values"):
+        parse_body(bomb.encode(), "application/yaml")
+    assert time.perf_counter() - t < 0.5
+    many_aliases = "a: &a 1\nb: [" + ",".join(["*a"] * (MAX_ALIASES + 1)) + "]\n"
+    with pytest.raises(JobBodyError, match="aliases"):
+        parse_body(many_aliases.encode(), "application/yaml")
+    with pytest.raises(JobBodyError, match="nests deeper"):
+        parse_body(("[" * 40 + "]" * 40).encode(), "application/json")
+    with pytest.raises(JobBodyError, match="nests deeper"):
+        parse_body(("[" * 100_000 + "]" * 100_000).encode(), "application/json")
+    with pytest.raises(JobBodyError, match="refers to itself|nests deeper"):
+        parse_body(b"a: &a [*a]\n", "application/yaml")
+    with pytest.raises(JobBodyError, match="not valid JSON"):
+        parse_body(b"{", "application/json")
+    assert parse_body(b"data: x.csv\nformula: y ~ 1\n", "application/yaml") == \
+        {"data": "x.csv", "formula": "y ~ 1"}
+    # a few anchors, as a person might write them, are fine
+    assert parse_body(b"f: &f [a, b]\ng: *f\n", "text/plain") == {"f": ["a", "b"],
+                                                                  "g": ["a", "b"]}
+
+
+@pytest.mark.parametrize("name, ok", [("alice", True), ("bob.smith-2", True), ("a_b", True),
+                                      ("..", False), (".x", False), ("a/b", False),
+                                      ("", False), ("x" * 65, False),
+                                      ("daskmm-service.sqlite", False)])
+def test_owner_names_are_folders_of_their_own(name, ok):
+    assert valid_owner(name) is ok
+
+
+def test_paths_are_the_owners_own(roots):
+    data, results = roots
+    doc = prepare(dict(JOB, output="out/a", ingest={"by": "Subject", "out": "~/ds"}), "alice",
+                  "ID", str(results), [str(data)])
+    assert doc["output"] == str(results / "alice" / "out" / "a")
+    assert doc["ingest"]["out"] == str(results / "alice" / "ds")
+    assert doc["data"] == str(data / "sleep.csv")
+    assert prepare(dict(JOB, data="~/ds"), "alice", "ID", str(results),
+                   [str(data)])["data"] == str(results / "alice" / "ds")
+    assert prepare(dict(JOB), "alice", "ID", str(results),
+                   [str(data)])["output"] == str(results / "alice" / "ID")
+    for bad, field in ((dict(JOB, data=str(results / "bob" / "ds")), "data"),
+                       (dict(JOB, data="~/../bob/ds"), "data"),
+                       (dict(JOB, output="~/../bob/x"), "output"),
+                       (dict(JOB, output="~"), "output"),
+                       (dict(JOB, output=str(results / "bob")), "output")):
+        with pytest.raises(JobBodyError, match=f"job: {field} "):
+            prepare(bad, "alice", "ID", str(results), [str(data)])
+
+
+def test_confirm_refuses_a_link_inside_a_dataset_that_leads_out(roots, tmp_path):
+    data, results = roots
+    place = Place.of("alice", str(results), [str(data)])
+    ds = data / "ds"
+    ds.mkdir()
+    (ds / "part.0.parquet").write_bytes(b"PAR1")
+    doc = prepare(dict(JOB, data="ds"), "alice", "ID", str(results), [str(data)])
+    got, pins = confirm(doc, place)
+    assert got["data"] == str(ds) and str(ds / "part.0.parquet") in pins
+    secret = results / "bob" / "fixef.parquet"
+    secret.parent.mkdir()
+    secret.write_bytes(b"PAR1 bob's")
+    os.symlink(secret, ds / "part.1.parquet")
+    with pytest.raises(JobBodyError, match="ds' holds 'part.1.parquet', a link that leads out"):
+        confirm(doc, place)
+    os.unlink(ds / "part.1.parquet")
+    # a link inside the roots is followed and pinned at its real path
+    os.symlink(data / "sleep.csv", ds / "part.2.parquet")
+    _, pins = confirm(doc, place)
+    assert str(data / "sleep.csv") in pins
+    # a link loop does not hang the walk
+    os.symlink(ds, ds / "loop")
+    confirm(doc, place)
+
+
+def test_confirm_uses_the_real_path_and_verify_sees_a_replaced_input(roots, tmp_path):
+    data, results = roots
+    place = Place.of("alice", str(results), [str(data)])
+    (data / "sub").mkdir()
+    os.symlink(data / "sleep.csv", data / "sub" / "link.csv")
+    doc = prepare(dict(JOB, data="sub/link.csv"), "alice", "ID", str(results), [str(data)])
+    got, pins = confirm(doc, place)
+    assert got["data"] == str(data / "sleep.csv")
+    verify(pins)
+    shutil.copy(data / "sleep.csv", tmp_path / "copy.csv")
+    os.replace(tmp_path / "copy.csv", data / "sleep.csv")  # same bytes, another file
+    with pytest.raises(InputChanged, match="sleep.csv' was replaced or changed"):
+        verify(pins)
+    os.unlink(data / "sleep.csv")
+    with pytest.raises(InputChanged, match="was removed"):
+        verify(pins)
+
+
+def test_output_that_became_a_link_is_refused_where_the_job_runs(roots, tmp_path):
+    data, results = roots
+    place = Place.of("alice", str(results), [str(data)])
+    doc = prepare(dict(JOB, output="out"), "alice", "ID", str(results), [str(data)])
+    (results / "alice").mkdir()
+    os.symlink(tmp_path, results / "alice" / "out")
+    with pytest.raises(JobBodyError, match="output .* is outside your results folder"):
+        confirm(doc, place)
