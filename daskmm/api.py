@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from daskmm.errors import ModelError
 from daskmm.families import get_family
+from daskmm.inference.options import check_level, check_nboot
 
 
 def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None,
@@ -50,6 +51,10 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         raise ModelError("ddf= and ci= (degrees of freedom, confidence intervals) are built "
                          "for linear mixed models (family gaussian, no smooth terms); leave "
                          "them out for this model")
+    if ci == "boot":
+        check_nboot(nboot)
+    if ci is not None:
+        check_level(level)
     if is_gam_formula(formula):
         if reml is False and method not in (None, "ML"):
             raise ModelError(f"reml=False and method={method!r} disagree; for a GAM give "

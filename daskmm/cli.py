@@ -9,6 +9,7 @@ failed or killed run never leaves a ``DIR`` that looks complete.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -54,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
                      "(lmerTest's t tests)")
     fit.add_argument("--ci", default=None, choices=["wald", "profile", "boot"],
                      help="LMM: confidence intervals (lme4's confint, oldNames = FALSE)")
-    fit.add_argument("--level", type=float, default=0.95, help="confidence level (0.95)")
-    fit.add_argument("--nboot", type=int, default=500,
-                     help="--ci boot: parametric bootstrap replicates (500)")
+    fit.add_argument("--level", type=float, default=None, help="--ci: confidence level "
+                     "(0.95)")
+    fit.add_argument("--nboot", type=int, default=None,
+                     help="--ci boot: parametric bootstrap replicates (500; at least 2)")
     fit.add_argument("--seed", type=int, default=None,
                      help="--ci boot: seed of the replicates (recorded in summary.json)")
     fit.add_argument("--scheduler", default=None, help="Dask scheduler address "
@@ -307,7 +309,23 @@ def _fit(args: argparse.Namespace) -> int:
 
     factors = _split_list(args.factors)
     from daskmm.gam.model import is_gam_formula
-    if is_gam_formula(args.formula):
+    gam = is_gam_formula(args.formula)
+    given = [f for f, v in (("--ddf", args.ddf), ("--ci", args.ci), ("--level", args.level),
+                            ("--nboot", args.nboot)) if v is not None]
+    if gam and given:
+        raise DaskmmError(f"{', '.join(given)} (inference after the fit) "
+                          f"{'apply' if len(given) > 1 else 'applies'} to linear mixed "
+                          "models; a GAM (a formula with s(), te() or ti() terms) reports "
+                          "mgcv's summary tests and standard errors: leave them out")
+    if args.level is not None and args.ci is None:
+        raise DaskmmError("--level applies to confidence intervals; give --ci wald|profile|"
+                          "boot with it, or leave it out")
+    if args.nboot is not None and args.ci != "boot":
+        raise DaskmmError("--nboot applies to --ci boot (the parametric bootstrap); give "
+                          "--ci boot with it, or leave it out")
+    args.level = 0.95 if args.level is None else args.level
+    args.nboot = 500 if args.nboot is None else args.nboot
+    if gam:
         return _fit_gam(args, factors)
     if args.family == "gaussian":
         if args.link not in (None, "identity"):
@@ -527,9 +545,38 @@ COMMANDS = {"fit": _fit, "ingest": _ingest, "simulate": _simulate, "run": _run,
             "fetch": _service_command, "cancel": _service_command}
 
 
-def explain(exc: BaseException) -> str:
+_DISK = {errno.ENOSPC: ("the disk is full", "free space there"),
+         errno.EDQUOT: ("the disk quota is exceeded", "free space or raise the quota"),
+         errno.EFBIG: ("a file would exceed the file-size limit",
+                       "raise the limit (ulimit -f) or write elsewhere"),
+         errno.EROFS: ("the file system is read-only", "give a folder on a writable one"),
+         errno.EACCES: ("permission is denied", "give a path you may use"),
+         errno.EPERM: ("the operation is not permitted", "give a path you may use"),
+         errno.EIO: ("the device reported an input/output error", "check the disk")}
+
+
+def _os_error(exc: OSError, args: argparse.Namespace | None) -> str | None:
+    """One line for a file-system error: what happened, where, and what to do."""
+    if exc.errno not in _DISK and exc.filename is None:
+        return None
+    what, todo = _DISK.get(exc.errno, (exc.strerror or type(exc).__name__, "check the path"))
+    where = exc.filename or getattr(args, "out", None)
+    at = f" at {str(where)!r}" if where else ""
+    left = (" (no partial output was kept)" if exc.filename is None and
+            getattr(args, "out", None) else "")
+    verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) \
+        else "access"
+    return f"cannot {verb}{at}: {what} ({exc.strerror or exc}); {todo}{left}"
+
+
+def explain(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     """One line for an exception that is not one of daskmm's own: what a reader of CSV or
-    Parquet said about the input, or an honest 'unexpected' with the way to see more."""
+    Parquet or the file system said, or, for what daskmm failed to check, that it failed
+    and how to report it."""
+    if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
+        said = _os_error(exc, args)
+        if said is not None:
+            return said
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     if "Mismatched dtypes found in `pd.read_csv`" in text:
@@ -550,8 +597,9 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return ("out of memory; give the workers more memory (cluster.memory_limit), use more "
                 "partitions, or run on a larger cluster")
-    return (f"unexpected {type(exc).__name__}: {first}; this is an input daskmm does not "
-            "check yet, or a bug: set DASKMM_DEBUG=1 for the traceback and report it")
+    return (f"daskmm failed on this input without saying what is wrong with it "
+            f"({type(exc).__name__}: {first}); that is daskmm's fault: please report it with "
+            "the traceback (run again with DASKMM_DEBUG=1)")
 
 
 _INTERRUPTED = []
@@ -619,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if os.environ.get("DASKMM_DEBUG"):
             raise
-        print(f"daskmm: error: {explain(exc)}", file=sys.stderr)
+        print(f"daskmm: error: {explain(exc, args)}", file=sys.stderr)
         return 1
 
 if __name__ == "__main__":

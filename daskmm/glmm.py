@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as la
 
+from daskmm.data.columns import check_factors, data_columns
 from daskmm.data.io import DataLike, open_data
 from daskmm.data.local import estimate_cells
 from daskmm.data.rows import DropCounts, missing_rows
@@ -408,11 +409,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     used = sorted(parsed.columns | ({weights} if weights else set()))
     here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
     ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
-    check_columns(parsed, list(ddf.columns), weights)
-    for f in factors or []:
-        if f not in ddf.columns:
-            raise DataError(f"column {f!r} named as a factor is not in the data; available "
-                            f"columns: {', '.join(map(str, ddf.columns))}")
+    check_columns(parsed, data_columns(ddf), weights)
+    check_factors(factors or [], data_columns(ddf))
     schema = {c: ddf.dtypes[c] for c in ddf.columns}
     check_column_types(schema, used)
     ddf = ddf[used]

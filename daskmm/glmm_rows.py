@@ -116,6 +116,7 @@ class GlmmRows:
             from daskmm.errors import DataError
             raise DataError(f"column(s) {', '.join(map(repr, missing))} the model uses are not "
                             f"in the data; available: {', '.join(map(str, df.columns))}")
+        spec.check_new_levels(df)
         ok = df[cols].notna().all(axis=1).to_numpy()
         enc, _, y, wt, offset, _, _ = encode_partition(df.loc[ok], spec, resp, self.fam.code)
         return ok, enc, y, wt, offset

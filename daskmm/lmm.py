@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from daskmm.data.columns import check_factors, data_columns
 from daskmm.data.io import DataLike, open_data
 from daskmm.data.local import estimate_cells
 from daskmm.data.manifest import Manifest
@@ -200,14 +201,11 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     The returned problem evaluates the profiled criterion at any ``theta`` with
     :func:`objective`; :func:`lmm` optimises it.
     """
-    check_columns(parsed, list(ddf.columns), weights)
-    for f in factors:
-        if f not in ddf.columns:
-            raise DataError(f"column {f!r} named as a factor is not in the data; "
-                            f"available columns: {', '.join(map(str, ddf.columns))}")
+    check_columns(parsed, data_columns(ddf), weights)
     schema = {c: ddf.dtypes[c] for c in ddf.columns}
     group_cols = sorted({c for b in parsed.bars for c in b.factor})
     used = sorted(parsed.columns | ({weights} if weights else set()))
+    check_factors(factors, data_columns(ddf))
     check_column_types(schema, used)
     ddf = ddf[used]  # read only these columns (projection reaches the Parquet reader)
     outside = sorted(parsed.columns - {c for c in group_cols

@@ -131,6 +131,7 @@ class Predictor:
         if missing:
             raise DataError(f"column(s) {', '.join(map(repr, missing))} the model uses are not "
                             f"in the data; available: {', '.join(map(str, df.columns))}")
+        spec.check_new_levels(df)
         ok = df[spec.used_columns].notna().all(axis=1).to_numpy()
         return ok, spec.encode(df.loc[ok])
 

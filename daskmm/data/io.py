@@ -157,6 +157,7 @@ def csv_checks(fs, file: str, path: str) -> tuple[str, str | None]:
         raise DataError(f"cannot read CSV data {path!r}: {_first_line(exc)}") from exc
     if len(head) == 0:
         raise DataError(f"data file {path!r} has a header but no data rows")
+    _check_separator(head, path, sep)
     _check_header(fs, file, path, sep, compression)
     return sep, compression
 
@@ -177,6 +178,24 @@ def compression_of(lower: str) -> str | None:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def _check_separator(head: pd.DataFrame, path: str, sep: str) -> None:
+    """A header read as one column that holds another separator (``;`` from R's
+    ``write.csv2`` or a European spreadsheet, a tab, ``|``) is an error naming it: read as is,
+    every column name would be missing."""
+    if head.shape[1] != 1:
+        return
+    name = str(head.columns[0])
+    shown = {"\t": "a tab", ",": "','"}.get(sep, repr(sep))
+    for other, what in ((";", "';'"), ("\t", "a tab"), ("|", "'|'"), (",", "','")):
+        if other != sep and name.count(other) >= 1:
+            fix = ("save it with commas (R: write.csv, not write.csv2; decimal points, not "
+                   "commas)" if other == ";" else "save it with commas, or as .tsv when "
+                   "tab-separated")
+            raise DataError(f"data file {path!r} has one column, {name[:60]!r}: its separator "
+                            f"looks like {what}, but daskmm reads {shown} from a "
+                            f"{'.tsv' if sep == chr(9) else '.csv'} file; {fix}")
 
 
 def _check_header(fs, file: str, path: str, sep: str, compression: str | None) -> None:

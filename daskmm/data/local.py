@@ -12,6 +12,7 @@ import os
 
 import pandas as pd
 
+from daskmm.data.columns import ALL_COLUMNS
 from daskmm.data.confine import check_opened, open_input
 from daskmm.data.io import check_frame, csv_checks, locate
 from daskmm.data.manifest import Manifest, read_manifest
@@ -98,8 +99,10 @@ def read_local(data, manifest: Manifest | None, columns: list[str] | None = None
     with fs.open(paths[0], compression=compression) as fh:
         check_opened(fh, paths[0])
         frame = pd.read_csv(fh, sep=sep)
+    every = [str(c) for c in frame.columns]
     if columns:
         frame = frame[[c for c in columns if c in frame.columns]]
+    frame.attrs[ALL_COLUMNS] = every
     return frame
 
 
@@ -110,10 +113,12 @@ def _read_parquet(files: list[str], columns: list[str] | None, what: str) -> pd.
     try:
         tables = []
         cols = None
+        names: list[str] = []
         for i, f in enumerate(files):
             with open_input(f) as fh:  # checked on the opened file under a confinement
                 if i == 0:
-                    names = pq.read_schema(fh).names
+                    names = [n for n in pq.read_schema(fh).names
+                             if not n.startswith("__index_level_")]
                     cols = [c for c in columns if c in names] if columns else None
                     fh.seek(0)
                 tables.append(pq.read_table(fh, columns=cols))
@@ -122,4 +127,6 @@ def _read_parquet(files: list[str], columns: list[str] | None, what: str) -> pd.
         raise
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise DataError(f"cannot read Parquet data {what!r}: {exc}") from exc
-    return table.to_pandas()
+    frame = table.to_pandas()
+    frame.attrs[ALL_COLUMNS] = names
+    return frame

@@ -16,8 +16,9 @@ import pandas as pd
 from formulaic import model_matrix
 from formulaic.errors import FormulaicError
 
+from daskmm.data.columns import missing_column
 from daskmm.data.rows import DropCounts, missing_rows
-from daskmm.errors import ColumnNotFoundError, DataError, FormulaError
+from daskmm.errors import DataError, FormulaError
 from daskmm.formula.parse import ParsedFormula
 from daskmm.formula.rexpr import identifiers, tokenize
 from daskmm.formula.transforms import Rewriter
@@ -249,6 +250,30 @@ class ModelSpec:
         return sum(t.n_theta for t in self.terms)
 
     # ------------------------------------------------------------------ encoding
+    def check_new_levels(self, df: pd.DataFrame) -> None:
+        """Refuse, naming the column and the level, a level the fit did not see of a factor
+        the fixed part or a term's left-hand side uses (R's ``predict``: "factor f has new
+        level zz"); levels of grouping factors are the random effects' business."""
+        f = self.formula
+        used: set[str] = set()
+        for piece in (f.fixed, *f.offsets, *(b.lhs for b in f.bars)):
+            used |= identifiers(piece)
+        for c in self.categorical:
+            if c not in used or c not in df.columns:
+                continue
+            seen = {str(v) for v in self.categorical[c]}
+            vals = df[c]
+            have = pd.unique(vals[vals.notna()].astype(str))
+            new = [v for v in have if v not in seen]
+            if new:
+                shown = ", ".join(repr(v) for v in new[:5]) + (" ..." if len(new) > 5 else "")
+                raise DataError(f"column {c!r} has level(s) {shown} in the new data that the "
+                                f"fit did not see (it saw {len(seen)}: "
+                                f"{', '.join(map(repr, list(self.categorical[c])[:10]))}"
+                                f"{' ...' if len(seen) > 10 else ''}); a fixed-effect factor "
+                                f"cannot predict an unseen level (R: factor {c} has new "
+                                "levels): remove those rows or give them a level the fit saw")
+
     def prepare(self, df: pd.DataFrame) -> tuple[pd.DataFrame, DropCounts]:
         """Select the used columns, drop rows with a missing value (lme4's ``na.omit``) and
         check for infinities. Returns the frame and the rows dropped, by column."""
@@ -563,10 +588,8 @@ def check_columns(formula: ParsedFormula, columns: list[str], weights: str | Non
     for piece in (formula.response, formula.fixed, *formula.offsets,
                   *(b.lhs for b in formula.bars)):
         needed |= identifiers(piece)
-    if weights:
-        needed.add(weights)
     missing = sorted(needed - have)
     if missing:
-        raise ColumnNotFoundError(
-            f"column {missing[0]!r} named in the formula is not in the data; "
-            f"available columns: {', '.join(sorted(have))}")
+        raise missing_column(missing[0], list(columns))
+    if weights and weights not in have:
+        raise missing_column(weights, list(columns), "named as weights")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from daskmm.errors import ColumnNotFoundError, DataError, FormulaError
+from daskmm.errors import DataError, FormulaError
 from daskmm.formula import rexpr
 
 MATH = {"log": "log", "log1p": "log1p", "log2": "log2", "log10": "log10", "exp": "exp",
@@ -238,9 +238,10 @@ class Rewriter:
 
     def column_key(self, name: str) -> str:
         if name not in self.columns:
-            raise ColumnNotFoundError(
-                f"column {name!r} named in the formula is not in the data; available columns: "
-                f"{', '.join(sorted(map(str, self.columns)))}")
+            # every column the formula names was checked against the data before; a name
+            # met only here is something else (a word inside a call)
+            raise FormulaError(f"{name!r} in the formula is neither a column of the data nor "
+                               f"a function daskmm formulas have ({', '.join(SUPPORTED)})")
         if name not in self.column_keys:
             self.column_keys[name] = f"_c{len(self.column_keys)}"
         return self.column_keys[name]

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from daskmm.data.columns import check_factors, data_columns, missing_column
 from daskmm.data.io import DataLike, open_data
 from daskmm.data.local import estimate_cells
-from daskmm.errors import ColumnNotFoundError, DataError, FitError, FormulaError, ModelError
+from daskmm.errors import DataError, FitError, FormulaError, ModelError, num
 from daskmm.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.families import GAMMA_FAMILY, get_family
 from daskmm.formula.parse import parse_formula
@@ -200,24 +201,18 @@ def _family(name: str):
 # ------------------------------------------------------------------ steps 1 and 2
 def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, rho=0.0,
             ar_start=None, grid: int = 0) -> GamSpec:
-    cols = list(ddf.columns)
+    cols = data_columns(ddf)
     check_columns(parsed, cols, weights)
     for call in calls:
         for v in call.variables:
             if v not in cols:
-                raise ColumnNotFoundError(f"smooth {call.text}: column {v!r} is not in the "
-                                          f"data; available columns: {', '.join(cols)}")
+                raise missing_column(v, cols, f"in {call.text}")
         if call.by is not None and call.by not in cols:
-            raise ColumnNotFoundError(f"smooth {call.text}: by = {call.by!r} names a column "
-                                      f"the data lack; available columns: {', '.join(cols)}")
+            raise missing_column(call.by, cols, f"named by {call.text}")
     if ar_start is not None and ar_start not in cols:
-        raise ColumnNotFoundError(f"ar_start = {ar_start!r} names a column the data lack; "
-                                  f"available columns: {', '.join(cols)}")
-    for f in factors:
-        if f not in cols:
-            raise DataError(f"column {f!r} named as a factor is not in the data; "
-                            f"available columns: {', '.join(cols)}")
-    schema = {c: ddf.dtypes[c] for c in cols}
+        raise missing_column(ar_start, cols, "named as ar_start")
+    check_factors(factors, cols)
+    schema = {c: ddf.dtypes[c] for c in ddf.columns}
     check_column_types(schema, used)
     ddf = ddf[used]
     response_cols = parse_formula(f"{parsed.response} ~ 1").columns
@@ -358,9 +353,30 @@ def _map(client, fn, parts: list, per_part: dict | None = None, **kwargs) -> lis
 
 
 # ------------------------------------------------------------------ steps 3 and 4
-def _encode_partition(df: pd.DataFrame, gspec: GamSpec) -> dict:
+def check_response(y: np.ndarray, fam, column: str) -> None:
+    """Refuse a response value the family cannot model, as R's family ``initialize`` does
+    before mgcv fits (its words in brackets)."""
+    if fam.name in ("poisson", "negative_binomial"):
+        bad, want, r = y < 0, "counts (0, 1, 2, ...)", "negative values not allowed"
+    elif fam.name == "binomial":
+        bad, want, r = (y < 0) | (y > 1), ("0/1 values, or proportions between 0 and 1 with "
+                                           "weights the trials"), "y values must be 0 <= y <= 1"
+    elif fam.name == "gamma":
+        bad, want, r = y <= 0, "positive values", "non-positive values not allowed"
+    else:
+        return
+    bad &= np.isfinite(y)
+    if bad.any():
+        raise DataError(f"response {column!r} has {int(bad.sum())} value(s) the {fam.name} "
+                        f"family cannot model (e.g. {num(y[bad][0])}); it needs {want} (R "
+                        f"stops: {r})")
+
+
+def _encode_partition(df: pd.DataFrame, gspec: GamSpec, family=None) -> dict:
     y, X, w, dropped = gspec.design(df)
     off = gspec.offset(df)
+    if family is not None:
+        check_response(y + off, family, gspec.param._response_column or "the response")
     enc = {"y": y + off, "off": off, "X": X, "w": np.ones(len(y)) if w is None else w,
            "has_w": w is not None, "dropped": dropped}
     if gspec.blocked:
@@ -563,7 +579,7 @@ def _fit(client, parts: list, gspec: GamSpec, fam, link, ml: bool = False):
         fit, coef = _reml(st, gspec, pen, None, None, ml)
         st["mode"] = "gaussian"
         return fit, coef, st, 1
-    enc = _map(client, _encode_partition, parts, gspec=shared)
+    enc = _map(client, _encode_partition, parts, gspec=shared, family=fam)
     scale = None if fam.name == "gamma" else 1.0
     beta, dev, fit, st, ybar = None, None, None, None, None
     nb = fam.name == "negative_binomial"

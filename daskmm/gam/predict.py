@@ -34,10 +34,29 @@ def _complete(spec, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _check_by_levels(spec, df: pd.DataFrame) -> None:
+    """A level of a ``by`` factor the fit did not see has no smooth: refused, naming it
+    (mgcv: "factor levels ... not in original fit", then an error)."""
+    for s in spec.smooths:
+        by = s.call.by
+        if by is None or by not in s.levels or by not in df.columns:
+            continue
+        seen = {str(v) for v in s.levels[by]}
+        vals = df[by]
+        new = [v for v in pd.unique(vals[vals.notna()].astype(str)) if v not in seen]
+        if new:
+            raise DataError(f"column {by!r} (the by factor of {s.call.text or s.label}) has "
+                            f"level(s) {', '.join(map(repr, new[:5]))} in the new data that "
+                            "the fit did not see, and so no smooth for them; remove those rows "
+                            "or give them a level the fit saw")
+
+
 def model_matrix(spec, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``(X, offset)`` of new rows (``mgcv``'s ``type = "lpmatrix"``; the dense columns only
     when ``re`` terms are kept per level)."""
     df = _complete(spec, df)
+    _check_by_levels(spec, df)
+    spec.param.check_new_levels(df)
     _, X, _, _ = spec.design(df, exact=True)
     return X, spec.offset(df)
 

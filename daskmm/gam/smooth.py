@@ -281,6 +281,12 @@ def build_smooths(call: SmoothCall, setup: pd.DataFrame, levels: dict[str, list[
             raise FormulaError(f"smooth {where}: an 're' smooth takes one factor (and "
                                "optionally numeric covariates), e.g. s(g, bs = 're') or "
                                "s(x, g, bs = 're')")
+        if len(levels[facs[0]]) < 2:
+            only = list(levels[facs[0]])
+            raise DataError(f"smooth {where}: factor {facs[0]!r} has "
+                            f"{'one level, ' + repr(str(only[0])) if only else 'no levels'}; a "
+                            "random effect needs two or more (mgcv stops: contrasts can be "
+                            "applied only to factors with 2 or more levels): drop the term")
         re = RandomEffect(factor=facs[0], levels=levels[facs[0]], covariates=covs)
         margins = [re]
         if blocked:  # each row has one non-zero: smoothCon's scale is max |value|^2

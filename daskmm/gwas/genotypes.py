@@ -11,6 +11,7 @@ NaN for a missing call.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,13 +219,43 @@ class ZarrReader:
     def read(self, samples: np.ndarray | None, start: int, stop: int) -> np.ndarray:
         return self.read_at(samples, slice(start, stop))
 
+    def _check_chunks(self, arr, rows: np.ndarray) -> None:
+        """Every chunk file the variant ``rows`` need is in the store. Zarr reads a missing
+        chunk as its fill value, which for genotypes is a block of made-up calls (all 0:
+        "monomorphic" variants skipped without a word)."""
+        if not len(rows):
+            return
+        grid = [range((s + c - 1) // c) for s, c in zip(arr.shape, arr.chunks)]
+        first = np.unique(rows // arr.chunks[0])
+        base = os.path.join(self.path, self.field)
+        for i in first:
+            for rest in itertools.product(*grid[1:]):
+                key = arr.metadata.encode_chunk_key((int(i), *rest))
+                if not os.path.isfile(os.path.join(base, *key.split("/"))):
+                    lo = int(i) * arr.chunks[0]
+                    hi = min(lo + arr.chunks[0], arr.shape[0]) - 1
+                    raise DataError(f"--zarr {self.path!r}: the chunk file {self.field}/{key} "
+                                    f"(variants {lo}-{hi}) is missing; zarr would read it as "
+                                    "fill values, i.e. made-up genotypes: restore the store or "
+                                    "re-create it with every chunk (daskmm gwas-ingest writes "
+                                    "all of them)")
+
     def read_at(self, samples: np.ndarray | None, variants: slice | np.ndarray) -> np.ndarray:
         """As :meth:`read`, for a slice or an index array of variants."""
         import zarr
 
         arr = zarr.open_group(self.path, mode="r")[self.field]
-        block = np.asarray(arr[variants] if isinstance(variants, slice)
-                           else arr.oindex[np.asarray(variants)])
+        rows = (np.arange(*variants.indices(arr.shape[0])) if isinstance(variants, slice)
+                else np.asarray(variants))
+        self._check_chunks(arr, rows)
+        try:
+            block = np.asarray(arr[variants] if isinstance(variants, slice)
+                               else arr.oindex[rows])
+        except Exception as exc:  # a codec's error for a damaged chunk
+            lo, hi = (int(rows.min()), int(rows.max())) if len(rows) else (0, 0)
+            raise DataError(f"--zarr {self.path!r}: {self.field} cannot be read for variants "
+                            f"{lo}-{hi} ({type(exc).__name__}: {exc}); a chunk of the store is "
+                            "damaged: re-create the store (daskmm gwas-ingest)") from None
         if samples is not None:
             block = block[:, samples]
         if self.field == "call_dosage":
@@ -254,7 +285,10 @@ def bed_to_zarr(src: GenotypeSource, out: str | os.PathLike, chunk_variants: int
     out = Path(out)
     n, m = src.n_samples, src.n_variants
     g = zarr.open_group(str(out), mode="w", zarr_format=2)
-    g.create_array("call_genotype", shape=(m, n, 2), chunks=(chunk_variants, n, 2), dtype="i1")
+    # every chunk written, also one of only 0/0 calls (the fill value): a reader tells a
+    # lost chunk from a present one (:meth:`ZarrReader._check_chunks`)
+    g.create_array("call_genotype", shape=(m, n, 2), chunks=(chunk_variants, n, 2), dtype="i1",
+                   config={"write_empty_chunks": True})
     contigs, codes = np.unique(src.variants["chrom"].to_numpy(), return_inverse=True)
     g.create_array("contig_id", shape=(len(contigs),), dtype=str)[:] = contigs
     g.create_array("variant_contig", shape=(m,), dtype="i2")[:] = codes

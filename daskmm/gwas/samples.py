@@ -21,6 +21,7 @@ import pandas as pd
 
 from daskmm.data.confine import open_input
 from daskmm.errors import ColumnNotFoundError, DataError
+from daskmm.kernels.aliasing import aliased_columns
 
 MISSING = ["NA", "NaN", "nan", ".", "", "-9"]
 ID_COLUMNS = ("IID", "sample_id", "sample", "id")
@@ -106,6 +107,22 @@ def _keys(t: pd.DataFrame, ids: list[str], by_fid: bool) -> pd.Index:
     return pd.Index(t[ids[-1]].str.strip())
 
 
+def _check_collinear(X: np.ndarray, covs: list[str], trait: str) -> None:
+    """Refuse covariates that are collinear on a trait's samples, naming each aliased one and
+    what it is made of (the intercept counted first, as R's model matrix has it)."""
+    Xi = np.column_stack([X[:, -1], X[:, :-1]])
+    bad = aliased_columns(Xi, ["(Intercept)", *covs])
+    if bad:
+        parts = [f"{name!r} is " + ("zero on every sample" if not of else
+                                    "constant" if of == ["(Intercept)"] else
+                                    f"a linear combination of {', '.join(map(repr, of))}")
+                 for name, of in bad]
+        raise DataError(f"--covar: the covariates are collinear on the {len(X)} samples of "
+                        f"trait {trait!r}: {'; '.join(parts)}; drop "
+                        f"{'it' if len(bad) == 1 else 'them'} (--covar-name lists the "
+                        "covariates to use)")
+
+
 def match_samples(samples: pd.DataFrame, pheno: str | os.PathLike,
                   pheno_names: list[str] | None = None, covar: str | os.PathLike | None = None,
                   covar_names: list[str] | None = None, fid_ids: bool = True) -> SampleMatch:
@@ -178,6 +195,7 @@ def match_samples(samples: pd.DataFrame, pheno: str | os.PathLike,
         if ok.sum() <= X.shape[1] + 1:
             raise DataError(f"trait {tr!r} has {ok.sum()} samples for {X.shape[1]} covariate "
                             "columns (with the intercept); it needs more samples than that")
+        _check_collinear(X[ok], covs, tr)
         groups.setdefault(ok.tobytes(), []).append(tr)
     counts["traits"] = per_trait
     sets = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from scipy import stats
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
 from daskmm.inference.deviance import blas_threads
+from daskmm.inference.options import MIN_NBOOT, check_nboot
 from daskmm.kernels.lmm_simulate import SimulationBasis, simulate_stats, simulation_basis
 from daskmm.kernels.pls import group_Lambda, lambda_tilde
 from daskmm.kernels.varpar import theta_to_sdcor
@@ -67,13 +69,52 @@ class BootResult:
     n_failed: int
 
     def intervals(self, level: float = 0.95) -> list[dict]:
-        """Percentile intervals: ``parameter, lower, upper``."""
+        """Percentile intervals: ``parameter, lower, upper``, with ``boot.ci``'s warnings
+        (:meth:`cautions`) issued. A parameter whose replicates are all equal gets NaN
+        (``boot.ci``: "All values of t are equal ... Cannot calculate confidence
+        intervals"; lme4's ``confint`` then stops with an error instead)."""
         a = (1 - level) / 2
         out = []
         for j, name in enumerate(self.names):
-            lo, hi = norm_inter(self.t[:, j], np.array([a, 1 - a]))
+            t = self.t[:, j]
+            t = t[np.isfinite(t)]
+            if len(t) == 0 or np.all(t == t[0]):
+                lo, hi = np.nan, np.nan
+            else:
+                lo, hi = norm_inter(t, np.array([a, 1 - a]))
             out.append({"parameter": name, "lower": lo, "upper": hi})
+        for text in self.cautions(level):
+            warnings.warn(text, stacklevel=2)
         return out
+
+    def cautions(self, level: float = 0.95) -> list[str]:
+        """What ``boot.ci`` warns about these replicates at ``level``: endpoints that are
+        extreme order statistics, parameters whose replicates are all equal."""
+        out = []
+        R = int(np.sum(np.all(np.isfinite(self.t), axis=1)))
+        if R < needed_replicates(level):
+            out.append(f"the {level:g} percentile intervals use extreme order statistics as "
+                       f"endpoints ({R} replicates; boot.ci warns: extreme order statistics "
+                       f"used as endpoints): use {needed_replicates(level)} or more "
+                       "replicates, 1000 or more for steady endpoints")
+        flat = [name for j, name in enumerate(self.names)
+                if (lambda t: len(t) == 0 or np.all(t == t[0]))(
+                    self.t[:, j][np.isfinite(self.t[:, j])])]
+        if flat:
+            out.append(f"all bootstrap replicates of {', '.join(flat)} are equal, so no "
+                       "interval can be calculated for them (NaN; boot.ci: Cannot calculate "
+                       "confidence intervals)")
+        return out
+
+
+def needed_replicates(level: float) -> int:
+    """The fewest replicates whose ``level`` percentile interval uses no extreme order
+    statistic as an endpoint (``boot``'s ``norm.inter``: ``1 < (R + 1) alpha < R``)."""
+    a = (1 - level) / 2
+    R = MIN_NBOOT
+    while not ((R + 1) * a > 1 and (R + 1) * (1 - a) < R):
+        R += 1
+    return R
 
 
 def norm_inter(t: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -210,9 +251,7 @@ def bootstrap(prob: Problem, theta: np.ndarray, beta: np.ndarray, sigma: float, 
     client : distributed.Client, optional
         Run the replicates as tasks on its workers.
     """
-    if nboot < 1:
-        raise ModelError(f"nboot={nboot}; the bootstrap needs at least 1 replicate "
-                         "(lme4's bootMer default is nsim = 500 for confint)")
+    check_nboot(nboot)
     if prob.evaluator.mode == "distributed":
         raise ModelError("the parametric bootstrap refits on statistics held on the client; "
                          "this fit kept them on the workers (mode='distributed'). Fit with "

@@ -132,7 +132,7 @@ SCHEMA = {
         "ddf": {"enum": ["satterthwaite", "kenward-roger"]},
         "ci": {"enum": ["wald", "profile", "boot"]},
         "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "nboot": {"type": "integer", "minimum": 1},
+        "nboot": {"type": "integer", "minimum": 2},
         "seed": {"type": "integer"},
         "output": {"type": "string", "minLength": 1},
         "cluster": _CLUSTER,

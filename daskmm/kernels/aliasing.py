@@ -50,3 +50,33 @@ def estimable_columns(XtX: np.ndarray, names: list[str], tol: float = 1e-7) -> n
         warnings.warn(f"fixed-effect model matrix is rank deficient so dropping "
                       f"{len(dropped)} column(s): {', '.join(dropped)}", stacklevel=4)
     return keep
+
+
+def aliased_columns(X: np.ndarray, names: list[str], tol: float = 1e-10
+                    ) -> list[tuple[str, list[str]]]:
+    """The columns of ``X`` that are (numerically) linear combinations of the columns before
+    them, each with the earlier columns it combines: ``[(name, [names it is made of]), ...]``
+    (empty when ``X`` has full column rank). A column is aliased when its residual on the
+    earlier independent columns is below ``tol`` times its own norm (the criterion of an
+    unpivoted QR, in column order, so the first of two aliased columns is the one kept)."""
+    n, p = X.shape
+    out: list[tuple[str, list[str]]] = []
+    kept: list[int] = []
+    for j in range(p):
+        x = X[:, j]
+        norm = float(np.linalg.norm(x))
+        if norm == 0:
+            out.append((names[j], []))
+            continue
+        if kept:
+            B = X[:, kept]
+            coef, *_ = np.linalg.lstsq(B, x, rcond=None)
+            resid = float(np.linalg.norm(x - B @ coef))
+        else:
+            coef, resid = np.zeros(0), norm
+        if resid <= tol * max(norm, 1.0) * np.sqrt(n):
+            big = np.abs(coef) * np.linalg.norm(X[:, kept], axis=0) > 1e-8 * norm
+            out.append((names[j], [names[k] for k, b in zip(kept, big) if b]))
+        else:
+            kept.append(j)
+    return out

@@ -296,8 +296,10 @@ class LmmResult(MixedResult):
         if self.residual_summary():
             doc["scaled_residuals"] = dict(self.scaled_residuals)
         if self.boot is not None:
+            level = next((float(r["level"]) for r in (self.ci or []) if "level" in r), 0.95)
             doc["bootstrap"] = {"nboot": int(len(self.boot.t)), "seed": self.boot.seed,
-                                "n_failed": self.boot.n_failed}
+                                "n_failed": self.boot.n_failed,
+                                "warnings": self.boot.cautions(level)}
         return doc
 
     @classmethod

@@ -138,6 +138,8 @@ def create_app(cfg: Config) -> FastAPI:
     async def submit(request: Request, owner: str = Depends(owner_of),
                      idempotency_key: str | None = Header(None),
                      priority: int = Query(0, ge=-100, le=100)) -> JSONResponse:
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise HTTPException(422, "Idempotency-Key: give 1 to 200 characters")
         raw = b""
         async for chunk in request.stream():
             raw += chunk

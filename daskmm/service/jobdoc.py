@@ -49,6 +49,13 @@ MAX_NODES = 10_000
 """Values (scalars, mappings, lists) a body may hold, aliases expanded."""
 MAX_ALIASES = 100
 """YAML aliases (``*name``) a body may use."""
+MAX_YAML_BYTES = 256 * 1024
+"""A YAML body's size (PyYAML's pure-Python scanner reads about 1 MB a second: a job file is
+a few hundred bytes, and a JSON body may be as large as ``--max-body``)."""
+MAX_NAME = 200
+"""Characters of a job's name (the job store's column)."""
+MAX_PATH = 4096
+"""Characters of a path in a job body (Linux's PATH_MAX)."""
 MAX_WALK = 200_000
 """Files an input folder (a dataset, a Zarr store) may hold for the checks at run time."""
 
@@ -70,6 +77,7 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._aliases = 0
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -79,6 +87,10 @@ class _BoundedLoader(yaml.SafeLoader):
                                    "write the values out")
             return super().compose_node(parent, index)
         self._depth += 1
+        self._nodes += 1
+        if self._nodes > MAX_NODES:  # stops the scanner early: it reads as it composes
+            raise JobBodyError(f"job: the body holds more than {MAX_NODES} values (YAML "
+                               "aliases expanded); a job file is a small mapping of fields")
         if self._depth > MAX_DEPTH:
             raise JobBodyError(f"job: the body nests deeper than {MAX_DEPTH} levels; a job "
                                "file is a flat mapping of fields")
@@ -129,6 +141,9 @@ def parse_body(raw: bytes, content_type: str) -> object:
     """
     ct = (content_type or "").split(";")[0].strip().lower()
     kind = "JSON" if ct == "application/json" else "YAML"
+    if kind == "YAML" and len(raw) > MAX_YAML_BYTES:
+        raise JobBodyError(f"job: a YAML body of {len(raw)} bytes; give at most "
+                           f"{MAX_YAML_BYTES} (a job file is a few hundred), or send JSON")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -294,7 +309,14 @@ def prepare(body: object, owner: str, job_id: str, results: str,
         validate(doc, "job")
     except JobError as exc:
         raise JobBodyError(str(exc)) from None
+    if len(str(doc.get("name", ""))) > MAX_NAME:
+        raise JobBodyError(f"job: name has {len(doc['name'])} characters; give at most "
+                           f"{MAX_NAME}")
     writes, reads = _fields(doc)
+    for field, value in writes + reads:
+        if "\x00" in value or len(value) > MAX_PATH:
+            raise JobBodyError(f"job: {field} is not a path (a NUL character, or more than "
+                               f"{MAX_PATH} characters); give the file's path")
     read_base = place.data_roots[0] if place.data_roots else place.home
     for field, value in writes:
         path = _resolve(value, place.home, place.home)

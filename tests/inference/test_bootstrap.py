@@ -44,7 +44,8 @@ def test_bootstrap_centres_on_the_estimates_and_records_its_seed(fits):
     assert abs(med[2] - fit.beta[0]) < 0.3 * fit.se[0]
     assert (ci["lower"] < fit.boot.t0).all() and (ci["upper"] > fit.boot.t0).all()
     doc = fit.to_dict()
-    assert doc["bootstrap"] == {"nboot": 200, "seed": 5, "n_failed": 0}
+    assert doc["bootstrap"] == {"nboot": 200, "seed": 5, "n_failed": 0,
+                                 "warnings": []}
     assert {r["method"] for r in doc["ci"]} >= {"boot"}
 
 
@@ -62,8 +63,9 @@ def test_percentile_interpolation_matches_the_boot_package():
 
 def test_bootstrap_refuses_bad_requests_with_what_to_do(fits):
     _, fit = fits["dyestuff"]
-    with pytest.raises(ModelError, match="at least 1 replicate"):
-        fit.confint("boot", nboot=0, seed=1)
+    for few in (0, 1):
+        with pytest.raises(ModelError, match="at least 2 replicates"):
+            fit.confint("boot", nboot=few, seed=1)
     with pytest.raises(ModelError, match="allowed: wald, profile, boot"):
         fit.confint("bca")
     with pytest.raises(ModelError, match="between 0 and 1"):

@@ -47,7 +47,8 @@ def test_job_file_takes_a_bootstrap_and_records_its_seed(tmp_path):
     r = daskmm("run", str(job))
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "summary.json").read_text())
-    assert doc["bootstrap"] == {"nboot": 20, "seed": 3, "n_failed": 0}
+    assert doc["bootstrap"] == {"nboot": 20, "seed": 3, "n_failed": 0,
+                                 "warnings": []}
     assert {c["method"] for c in doc["ci"]} == {"boot"}
     assert all(c["level"] == 0.9 for c in doc["ci"])
 

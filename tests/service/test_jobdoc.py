@@ -3,6 +3,7 @@ again where the job runs (links inside a dataset, inputs replaced while the job 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -58,6 +59,20 @@ def test_bounded_parsing_refuses_alias_bombs_depth_and_size_in_milliseconds():
     # a few anchors, as a person might write them, are fine
     assert parse_body(b"f: &f [a, b]\ng: *f\n", "text/plain") == {"f": ["a", "b"],
                                                                   "g": ["a", "b"]}
+
+
+def test_large_yaml_bodies_stop_before_the_slow_scanner_reads_them_whole():
+    """PyYAML's scanner reads about 1 MB a second: a 240 KB list of numbers is refused once
+    10,000 values are composed, a YAML body over 256 KiB before it is read; JSON (fast) may be
+    as large as --max-body."""
+    t = time.perf_counter()
+    with pytest.raises(JobBodyError, match="more than 10000 values"):
+        parse_body(("a: [" + ",".join(["1"] * 120_000) + "]\n").encode(), "application/yaml")
+    assert time.perf_counter() - t < 1.0
+    with pytest.raises(JobBodyError, match="give at most 262144"):
+        parse_body(b"a: " + b"x" * 300_000, "application/yaml")
+    big_json = json.dumps({"data": "x.csv", "formula": "y ~ 1", "name": "n" * 500_000})
+    assert len(parse_body(big_json.encode(), "application/json")["name"]) == 500_000
 
 
 @pytest.mark.parametrize("name, ok", [("alice", True), ("bob.smith-2", True), ("a_b", True),
