@@ -7,7 +7,8 @@ Every endpoint but ``/healthz`` and ``/readyz`` (the probes) and the static page
 for another owner it does not exist (404, the answer for an id nobody has). Bodies above
 ``max_body`` bytes get 413. Job bodies are JSON or YAML in the job-file schema, parsed and
 checked off the event loop within bounds of size, depth, aliases and time
-(:func:`daskmm.service.jobdoc.parse_body`, :data:`CHECK_TIMEOUT_S`); a refused one gets 422
+(:func:`daskmm.service.jobdoc.parse_body`, :data:`CHECK_TIMEOUT_S`), in checker processes
+(:mod:`daskmm.service.checking`); a refused one gets 422
 with the CLI's message naming the field or the path.
 """
 
@@ -34,8 +35,9 @@ from fastapi.responses import (
 
 from daskmm.service import pages
 from daskmm.service.auth import Tokens
+from daskmm.service.checking import BodyChecker
 from daskmm.service.executor import Executor
-from daskmm.service.jobdoc import JobBodyError, Place, fingerprint, parse_body, prepare
+from daskmm.service.jobdoc import JobBodyError, Place
 from daskmm.service.results import ResultsRoot
 from daskmm.service.store import JOB_ID, STATES, TERMINAL, Conflict, JobRecord, Store
 
@@ -45,9 +47,9 @@ MAX_BODY = 1 << 20
 CHECK_TIMEOUT_S = 2.0
 """Parsing and checking a job body (its paths included) must end within this; a body that
 takes longer gets 422."""
-CHECKS_AT_ONCE = 4
-"""Job bodies checked at the same time; more submissions wait their turn (the other
-endpoints do not)."""
+CHECKS_AT_ONCE = 2
+"""Job bodies checked at the same time, each in a checker process of its own; more
+submissions wait their turn (the other endpoints do not)."""
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, float("inf"))
 
 
@@ -68,15 +70,6 @@ class Config:
     state_dir: Path | None = None
 
 
-def _check_body(raw: bytes, content_type: str, owner: str, results: str,
-                data_roots: list[str], staging: str | None) -> tuple[dict, str, str]:
-    """``(job document, fingerprint, name)`` of a submitted body (runs in a thread)."""
-    body = parse_body(raw, content_type)
-    fp = fingerprint(body) if isinstance(body, dict) else ""
-    doc = prepare(body, owner, JOB_ID, results, data_roots, staging)
-    return doc, fp, str(body.get("name", "job"))
-
-
 def create_app(cfg: Config) -> FastAPI:
     """The ASGI application (its executor starts with the app and stops with it)."""
     root = ResultsRoot(str(cfg.results))
@@ -90,7 +83,7 @@ def create_app(cfg: Config) -> FastAPI:
     executor = Executor(store, state / "runs", cfg.scheduler, cfg.max_concurrent, cfg.replica,
                         cfg.standby, publish=root.url,
                         place_of=lambda owner: place_of(owner).to_dict())
-    checking = asyncio.Semaphore(CHECKS_AT_ONCE)
+    checker = BodyChecker(CHECKS_AT_ONCE)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -100,9 +93,11 @@ def create_app(cfg: Config) -> FastAPI:
         if failed:
             log.warning("jobs left running by a stopped server marked failed: %s",
                         ", ".join(failed))
+        checker.start()
         executor.start()
         yield
         executor.stop()
+        checker.stop()
 
     app = FastAPI(title="daskmm fitting service", version="1",
                   description="Submit, watch, cancel and fetch mixed-model fits and GWAS scans "
@@ -145,17 +140,16 @@ def create_app(cfg: Config) -> FastAPI:
             raw += chunk
             if len(raw) > cfg.max_body:
                 raise HTTPException(413, f"the body exceeds the limit of {cfg.max_body} bytes")
-        async with checking:
-            try:
-                doc, fp, name = await asyncio.wait_for(asyncio.to_thread(
-                    _check_body, raw, request.headers.get("content-type", ""), owner,
-                    root.root, cfg.data_roots, staging), CHECK_TIMEOUT_S)
-            except JobBodyError as exc:
-                raise HTTPException(422, str(exc)) from None
-            except TimeoutError:
-                raise HTTPException(422, f"job: checking the body took longer than "
-                                         f"{CHECK_TIMEOUT_S:g} s; send a plain job file "
-                                         "(a mapping of fields)") from None
+        try:
+            doc, fp, name = await checker.check(
+                CHECK_TIMEOUT_S, raw, request.headers.get("content-type", ""), owner, JOB_ID,
+                root.root, cfg.data_roots, staging)
+        except JobBodyError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except TimeoutError:
+            raise HTTPException(422, f"job: checking the body took longer than "
+                                     f"{CHECK_TIMEOUT_S:g} s; send a plain job file "
+                                     "(a mapping of fields)") from None
         where = root.job_location(owner, JOB_ID) if root.url else None
         try:
             job, created = await asyncio.to_thread(

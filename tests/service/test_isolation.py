@@ -5,6 +5,7 @@ in while the job is queued), and bodies parsed within bounds while ``/healthz`` 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -199,6 +200,14 @@ def test_a_yaml_alias_bomb_is_refused_at_once_while_healthz_answers(server):
         status, doc = call(server.url + "/v1/jobs", "POST", "alice", b"\xff\xfe: bad",
                            {"Content-Type": "application/yaml"})
         assert status == 422 and "not UTF-8" in doc["detail"]
+        # a flood of large bodies, each ~0.1 s of parsing, is checked in the checker
+        # processes: the server's own answers do not wait for it
+        heavy = "a: [" + ",".join(["1"] * 30_000) + "]\n"  # 60 KB: under --max-body
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: call(server.url + "/v1/jobs", "POST", "alice",
+                                                 heavy, {"Content-Type": "application/yaml"},
+                                                 timeout=120)[0], range(32)))
+        assert set(codes) == {422}
     finally:
         stop.set()
         th.join()
