@@ -32,8 +32,8 @@ def check_body(raw: bytes, content_type: str, owner: str, job_id: str, results: 
 
 
 def _init() -> None:
-    from daskmm.service.worker import _die_with_parent
-    _die_with_parent()
+    from daskmm.service.worker import die_with_parent
+    die_with_parent()
 
 
 def _ready() -> bool:

@@ -225,7 +225,9 @@ class Place:
 
 def _under(path: str, roots: list[str]) -> bool:
     """``path`` (made real: links and ``..`` resolved) is one of ``roots`` or lies below."""
-    if "://" in path:
+    if "://" in path:  # a URL: no "." or ".." segments, and below a URL root
+        if any(seg in (".", "..") for seg in path.split("://", 1)[1].split("/")):
+            return False
         return any(path.startswith(r.rstrip("/") + "/") for r in roots if "://" in r)
     p = Path(os.path.realpath(path))
     return any(p == Path(r) or p.is_relative_to(r) for r in roots if "://" not in r)
@@ -234,6 +236,8 @@ def _under(path: str, roots: list[str]) -> bool:
 def _resolve(value: str, base: str, home: str) -> str:
     if "://" in value:
         return value
+    if "://" in base:  # relative to a URL data root: joined as a URL path (checked after)
+        return base.rstrip("/") + "/" + value
     if value == "~" or value.startswith(HOME):
         return os.path.normpath(os.path.join(home, value[2:]))
     if os.path.isabs(value):

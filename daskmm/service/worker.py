@@ -32,7 +32,8 @@ NICE = 10
 """Job processes run at a lower CPU priority than the server."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """On Linux, have this process killed when its parent dies (``PR_SET_PDEATHSIG``)."""
     if sys.platform.startswith("linux"):
         import ctypes
         try:
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-jobs", type=int, default=None, help="--standby: exit after this "
                    "many jobs (a guard: the server closes the input after its share)")
     args = p.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     with contextlib.suppress(OSError):
         os.nice(NICE)  # the server's API stays responsive while fits use every core

@@ -154,3 +154,13 @@ def test_output_that_became_a_link_is_refused_where_the_job_runs(roots, tmp_path
     os.symlink(tmp_path, results / "alice" / "out")
     with pytest.raises(JobBodyError, match="output .* is outside your results folder"):
         confirm(doc, place)
+
+
+def test_url_data_roots_take_no_dot_segments_or_neighbours(roots):
+    _, results = roots
+    url = "s3://bucket/data"
+    assert prepare(JOB, "alice", "ID", str(results), [url])["data"] == f"{url}/sleep.csv"
+    for bad in ("../secret.csv", f"{url}/../secret.csv", f"{url}/./x/../../y.csv",
+                "s3://bucket/database.csv", "s3://other/data/x.csv"):
+        with pytest.raises(JobBodyError, match="outside the data roots"):
+            prepare(dict(JOB, data=bad), "alice", "ID", str(results), [url])
