@@ -8,12 +8,13 @@ same checks as :func:`daskmm.data.io.read_data` (the same CSV checks, the same p
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pandas as pd
 
 from daskmm.data.columns import ALL_COLUMNS
-from daskmm.data.confine import check_opened, open_input
+from daskmm.data.confine import active, check_opened, open_input
 from daskmm.data.io import check_frame, csv_checks, locate
 from daskmm.data.manifest import Manifest, read_manifest
 from daskmm.errors import DataError
@@ -115,13 +116,16 @@ def _read_parquet(files: list[str], columns: list[str] | None, what: str) -> pd.
         cols = None
         names: list[str] = []
         for i, f in enumerate(files):
-            with open_input(f) as fh:  # checked on the opened file under a confinement
+            # under a confinement (a service job) each file is checked once opened, and read
+            # from that open file; otherwise by path, as pyarrow reads fastest
+            with open_input(f) if active() is not None else contextlib.nullcontext(f) as src:
                 if i == 0:
-                    names = [n for n in pq.read_schema(fh).names
+                    names = [n for n in pq.read_schema(src).names
                              if not n.startswith("__index_level_")]
                     cols = [c for c in columns if c in names] if columns else None
-                    fh.seek(0)
-                tables.append(pq.read_table(fh, columns=cols))
+                    if not isinstance(src, str):
+                        src.seek(0)
+                tables.append(pq.read_table(src, columns=cols))
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     except DataError:
         raise
