@@ -45,7 +45,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     LmmResult, GlmmResult or GamResult
         The first two are :class:`daskmm.results.base.MixedResult`.
     """
-    from daskmm.gam.model import gam, is_gam_formula
+    from daskmm.formula.parse import is_gam_formula
     inference = ddf is not None or ci is not None
     if inference and (is_gam_formula(formula) or get_family(family).code is not None):
         raise ModelError("ddf= and ci= (degrees of freedom, confidence intervals) are built "
@@ -66,6 +66,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         if optimizer_options:
             raise ModelError("optimizer_options apply to mixed models; a GAM's smoothing "
                              "parameters are found by Newton's method on the REML score")
+        from daskmm.gam.model import gam
         return gam(formula, data, family, link=link, method=method or "fREML",
                    factors=factors, weights=weights, client=client, mode=mode,
                    npartitions=npartitions, rho=rho, ar_start=ar_start, discrete=discrete)

@@ -257,12 +257,17 @@ def _disjoint_roots(args: argparse.Namespace, results, state) -> None:
     private = [("--tokens", real(args.tokens)), ("--state-dir", real(state))]
     if "://" not in str(results):
         private.append(("--results", real(results)))
+    if args.store and args.store.startswith("sqlite:///"):
+        private.append(("--store", real(args.store[len("sqlite:///"):])))
     for root in args.data_roots:
+        if root.startswith("file://"):
+            root = root[len("file://"):]
         if "://" in root:
             continue
         r = real(root)
         for flag, p in private:
-            if r == p or r in p.parents or (flag != "--tokens" and p in r.parents):
+            if r == p or r in p.parents or (flag not in ("--tokens", "--store")
+                                             and p in r.parents):
                 raise DaskmmError(f"--data-root {root!r} and {flag} {str(p)!r} overlap: jobs "
                                   "read every data root, so they could read other owners' "
                                   "results, the job store or the tokens; give folders apart "
@@ -308,7 +313,7 @@ def _fit(args: argparse.Namespace) -> int:
     from daskmm.results.writing import report_rows, write_outputs
 
     factors = _split_list(args.factors)
-    from daskmm.gam.model import is_gam_formula
+    from daskmm.formula.parse import is_gam_formula
     gam = is_gam_formula(args.formula)
     given = [f for f, v in (("--ddf", args.ddf), ("--ci", args.ci), ("--level", args.level),
                             ("--nboot", args.nboot)) if v is not None]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Union
 
 import pandas as pd
 
+from daskmm.data.confine import PROTOCOL, check_opened, confined_fs
 from daskmm.data.manifest import Manifest, read_manifest
 from daskmm.data.provenance import absolute_source, stale_reason
 from daskmm.errors import DataError
@@ -53,7 +54,9 @@ def open_data(data: DataLike, npartitions: int | None = None, *, local: bool = F
         return read_local(data, manifest, columns), manifest
     if manifest is not None:
         import dask.dataframe as dd
-        return dd.read_parquet(manifest.bucket_paths(data), split_row_groups=False), manifest
+        fs = confined_fs()
+        return dd.read_parquet(manifest.bucket_paths(data), split_row_groups=False,
+                               **({"filesystem": fs} if fs is not None else {})), manifest
     return read_data(data, npartitions), None
 
 
@@ -84,15 +87,26 @@ def read_data(data: DataLike, npartitions: int | None = None,
         check_frame(data)
         return dd.from_pandas(data, npartitions=npartitions or 1, sort=False)
     path, fs, paths, kind = locate(data)
+    # under a service job's confinement the workers open local files through a filesystem
+    # that checks each one once opened (:mod:`daskmm.data.confine`)
+    checked = confined_fs() if "://" not in path else None
     if kind == "parquet":
         try:
-            ddf = dd.read_parquet(path, columns=columns)
+            ddf = dd.read_parquet(path, columns=columns,
+                                  **({"filesystem": checked} if checked is not None else {}))
+        except DataError:
+            raise
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DataError(f"cannot read Parquet data {path!r}: {exc}") from exc
         return ddf
     sep, compression = csv_checks(fs, paths[0], path)
     # a compressed file cannot be split into blocks: one partition per file
     blocksize = None if compression else os.environ.get("DASKMM_CSV_BLOCKSIZE", "64MB")
+    if checked is not None:
+        return dd.read_csv(f"{PROTOCOL}://{path}", sep=sep, usecols=columns,
+                           blocksize=blocksize, compression=compression or "infer",
+                           assume_missing=False, sample=2 ** 20,
+                           storage_options={"roots": list(checked.roots)})
     return dd.read_csv(path, sep=sep, usecols=columns, blocksize=blocksize,
                        compression=compression or "infer", assume_missing=False,
                        sample=2 ** 20)
@@ -146,6 +160,7 @@ def csv_checks(fs, file: str, path: str) -> tuple[str, str | None]:
         ".tsv") else ","
     try:
         with fs.open(file, compression=compression) as fh:
+            check_opened(fh, file)
             head = pd.read_csv(fh, sep=sep, nrows=5)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"data file {path!r} is empty; it needs a header row and data "
@@ -205,6 +220,7 @@ def _check_header(fs, file: str, path: str, sep: str, compression: str | None) -
     import io
 
     with fs.open(file, "rb", compression=compression) as fh:
+        check_opened(fh, file)
         first = fh.readline().decode("utf-8", errors="replace")
     names = next(csv.reader(io.StringIO(first), delimiter=sep), [])
     seen: set[str] = set()

@@ -49,13 +49,13 @@ def estimate_rows(data) -> int | None:
         from daskmm.data.io import compression_of
         if compression_of(lower):
             return int(size * CSV_COMPRESSION_RATIO / 20)
-        with open(path, "rb") as fh:
+        with open_input(path, "rb") as fh:  # no waiting on a named pipe, when confined
             head = fh.read(1 << 16)
         if not head:
             return 0  # empty: the reader says so
         lines = max(head.count(b"\n"), 1)
         return int(size / (len(head) / lines)) + 1
-    except OSError:
+    except (OSError, DataError):
         return None
 
 
@@ -72,8 +72,12 @@ def _parquet_rows(path: str, max_files: int = 2000) -> int | None:
     else:
         files = [path]
     try:
-        return sum(pq.read_metadata(f).num_rows for f in files)
-    except Exception:  # not Parquet after all: let the reader say so
+        total = 0
+        for f in files:
+            with open_input(f) as fh:
+                total += pq.read_metadata(fh).num_rows
+        return total
+    except Exception:  # not Parquet after all, or refused: let the reader say so
         return None
 
 

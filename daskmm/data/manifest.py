@@ -118,7 +118,15 @@ class Manifest:
             raise DataError(f"the dataset manifest records no levels for column {column!r} "
                             f"(a floating-point column); levels are recorded for: "
                             f"{', '.join(sorted(self.levels)) or 'none'}")
-        return pd.read_parquet(Path(path or self.root) / self.levels[column]["file"])
+        root = Path(path or self.root)
+        name = str(self.levels[column]["file"])
+        parts = Path(name).parts
+        if Path(name).is_absolute() or not parts or any(p in ("..", ".") for p in parts):
+            raise DataError(f"dataset {str(root)!r}: its manifest names the level file "
+                            f"{name!r} for column {column!r}, which is not inside the dataset; "
+                            "re-run the ingest")
+        with open_input(root / name) as fh:
+            return pd.read_parquet(fh)
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from daskmm.data.confine import active, inside
+
 
 def absolute_source(src: str | os.PathLike) -> str:
     """A local path made absolute (workers on other machines, and later runs from another
@@ -52,6 +54,12 @@ def stale_reason(source: str, recorded: dict) -> str | None:
     """Why ``source`` no longer matches ``recorded`` (None when it matches, when there is
     nothing to compare, or when the source is gone: then the dataset is all there is)."""
     if not recorded or not source or source == "simulate":
+        return None
+    roots = active()
+    if roots is not None and ("://" in source or
+                              not inside(os.path.realpath(source), roots)):
+        # a service job: a source outside the job's places is not looked at (a manifest is
+        # the user's file; what it names must not be probed, nor named in an error)
         return None
     now = source_info(source)
     if not now:  # gone (or unreachable): the dataset is all there is

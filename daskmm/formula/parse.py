@@ -255,3 +255,15 @@ def _join(pieces: list[tuple[str, str]]) -> str:
     for sep, p in pieces:
         out += (f" {sep} " if out else ("- " if sep == "-" else "")) + p
     return out
+
+
+def is_gam_formula(formula: str) -> bool:
+    """Whether ``formula`` has a smooth term (``s()``, ``te()``, ``ti()``) at its top level;
+    a malformed one still counts, so that its error comes from the GAM code."""
+    if not isinstance(formula, str) or "~" not in formula:
+        return False
+    try:
+        pieces = split_top(formula.partition("~")[2], "+-")
+    except FormulaError:
+        return False
+    return any(p.startswith(("s(", "te(", "ti(")) for _, p in pieces)

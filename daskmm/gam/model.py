@@ -77,19 +77,6 @@ PIRLS_EPSILON = 1e-7
 PIRLS_MAXIT = 200
 
 
-def is_gam_formula(formula: str) -> bool:
-    """Whether ``formula`` has a smooth term (``s()``, ``te()``, ``ti()``) at its top level;
-    a malformed one still counts, so that its error comes from the GAM code."""
-    if not isinstance(formula, str) or "~" not in formula:
-        return False
-    from daskmm.formula.parse import split_top
-    try:
-        pieces = split_top(formula.partition("~")[2], "+-")
-    except FormulaError:
-        return False
-    return any(p.startswith(("s(", "te(", "ti(")) for _, p in pieces)
-
-
 def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | None = None,
         method: str = "fREML", factors: list[str] | None = None, weights: str | None = None,
         client=None, mode: str = "auto", npartitions: int | None = None, rho: float = 0.0,

@@ -11,6 +11,7 @@ NaN for a missing call.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from daskmm.data.confine import open_input
+from daskmm.data.confine import active, inside, open_checked, open_input
 from daskmm.errors import DataError
 
 VARIANT_COLUMNS = ["chrom", "pos", "variant_id", "allele1", "allele2"]
@@ -127,7 +128,7 @@ class BedGenotypes(GenotypeSource):
         return [Path(self.prefix + e) for e in (".bed", ".bim", ".fam")]
 
     def reader(self) -> BedReader:
-        return BedReader(self.path, self.n_samples, self.n_variants)
+        return BedReader(self.path, self.n_samples, self.n_variants, active())
 
 
 class ZarrGenotypes(GenotypeSource):
@@ -184,17 +185,20 @@ class ZarrGenotypes(GenotypeSource):
                 if (Path(self.path) / n / ".zarray").exists()] or [Path(self.path)]
 
     def reader(self) -> ZarrReader:
-        return ZarrReader(self.path, self.field)
+        return ZarrReader(self.path, self.field, active())
 
 
 @dataclass(frozen=True)
 class BedReader:
     """Reads variant blocks of a ``.bed`` (bed-reader, one thread: a worker runs one task a
-    core)."""
+    core). With ``roots`` (a service job's places, :mod:`daskmm.data.confine`) the worker
+    opens the file, checks the opened file, and has bed-reader read that very file through its
+    descriptor (``/proc/self/fd/N``)."""
 
     path: str
     n_samples: int
     n_variants: int
+    roots: tuple[str, ...] | None = None
 
     def read(self, samples: np.ndarray | None, start: int, stop: int) -> np.ndarray:
         return self.read_at(samples, slice(start, stop))
@@ -203,18 +207,27 @@ class BedReader:
         """As :meth:`read`, for a slice or an index array of variants."""
         from bed_reader import open_bed
 
-        with open_bed(self.path, iid_count=self.n_samples, sid_count=self.n_variants,
-                      num_threads=1) as bed:
+        with contextlib.ExitStack() as stack:
+            path = self.path
+            if self.roots is not None:
+                fh = stack.enter_context(open_checked(self.path, "rb", self.roots))
+                path = f"/proc/self/fd/{fh.fileno()}"
+            bed = stack.enter_context(open_bed(path, iid_count=self.n_samples,
+                                               sid_count=self.n_variants, num_threads=1))
             idx = np.s_[:, variants] if samples is None else np.s_[samples, variants]
             return bed.read(index=idx, dtype="float64", order="F", num_threads=1)
 
 
 @dataclass(frozen=True)
 class ZarrReader:
-    """Reads variant blocks of a Zarr store's ``call_genotype`` or ``call_dosage``."""
+    """Reads variant blocks of a Zarr store's ``call_genotype`` or ``call_dosage``. With
+    ``roots`` (a service job's places) each chunk file a block needs must be a regular file
+    inside them when the block is read (zarr opens the files itself: checked before, not on
+    the opened file)."""
 
     path: str
     field: str
+    roots: tuple[str, ...] | None = None
 
     def read(self, samples: np.ndarray | None, start: int, stop: int) -> np.ndarray:
         return self.read_at(samples, slice(start, stop))
@@ -231,7 +244,12 @@ class ZarrReader:
         for i in first:
             for rest in itertools.product(*grid[1:]):
                 key = arr.metadata.encode_chunk_key((int(i), *rest))
-                if not os.path.isfile(os.path.join(base, *key.split("/"))):
+                chunk = os.path.join(base, *key.split("/"))
+                if self.roots is not None and not inside(os.path.realpath(chunk), self.roots):
+                    raise DataError(f"--zarr {self.path!r}: the chunk file {self.field}/{key} "
+                                    "leads outside the folders this job may read (a link); "
+                                    "copy the chunk in")
+                if not os.path.isfile(chunk):
                     lo = int(i) * arr.chunks[0]
                     hi = min(lo + arr.chunks[0], arr.shape[0]) - 1
                     raise DataError(f"--zarr {self.path!r}: the chunk file {self.field}/{key} "

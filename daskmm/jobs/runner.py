@@ -171,7 +171,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                 log.info("using the dataset at %s (key %r)", ing["out"], ing["by"])
             data = ing["out"]
         t = time.perf_counter()
-        from daskmm.gam.model import is_gam_formula
+        from daskmm.formula.parse import is_gam_formula
         gam = is_gam_formula(job.formula)
         if gam:
             result = daskmm.fit(job.formula, data, job.family, link=job.link,

@@ -68,6 +68,7 @@ import jsonschema
 import yaml
 
 from daskmm.errors import DaskmmError
+from daskmm.formula.parse import is_gam_formula
 
 
 class JobError(DaskmmError):
@@ -266,7 +267,13 @@ def load_job(path: str | os.PathLike) -> Job | GwasJob:
     if not p.is_file():
         raise JobError(f"job file {str(p)!r} does not exist")
     try:
-        doc = yaml.safe_load(p.read_text())
+        text = p.read_text()
+        # a .json job file (the service writes them) is read as JSON: YAML 1.1 would read
+        # 1e-05 as a string
+        doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise JobError(f"job file {str(p)!r} is not valid JSON (line {exc.lineno}): "
+                       f"{exc.msg}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
@@ -304,5 +311,4 @@ def load_job(path: str | os.PathLike) -> Job | GwasJob:
 
 
 def _is_gam(formula: str) -> bool:
-    from daskmm.gam.model import is_gam_formula
     return is_gam_formula(formula)

@@ -35,7 +35,7 @@ from fastapi.responses import (
 
 from daskmm.service import pages
 from daskmm.service.auth import Tokens
-from daskmm.service.checking import BodyChecker
+from daskmm.service.checking import BodyChecker, Busy
 from daskmm.service.executor import Executor
 from daskmm.service.jobdoc import JobBodyError, Place
 from daskmm.service.results import ResultsRoot
@@ -141,8 +141,8 @@ def create_app(cfg: Config) -> FastAPI:
             if len(raw) > cfg.max_body:
                 raise HTTPException(413, f"the body exceeds the limit of {cfg.max_body} bytes")
         try:
-            doc, fp, name = await checker.check(
-                CHECK_TIMEOUT_S, raw, request.headers.get("content-type", ""), owner, JOB_ID,
+            doc, fp, state, name = await checker.check(
+                owner, CHECK_TIMEOUT_S, raw, request.headers.get("content-type", ""), owner, JOB_ID,
                 root.root, cfg.data_roots, staging)
         except JobBodyError as exc:
             raise HTTPException(422, str(exc)) from None
@@ -150,10 +150,12 @@ def create_app(cfg: Config) -> FastAPI:
             raise HTTPException(422, f"job: checking the body took longer than "
                                      f"{CHECK_TIMEOUT_S:g} s; send a plain job file "
                                      "(a mapping of fields)") from None
+        except Busy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         where = root.job_location(owner, JOB_ID) if root.url else None
         try:
             job, created = await asyncio.to_thread(
-                store.submit, owner, name, doc, fp, idempotency_key, priority, where)
+                store.submit, owner, name, doc, fp, idempotency_key, priority, where, state)
         except Conflict as exc:
             raise HTTPException(409, str(exc)) from None
         if created:
@@ -264,7 +266,7 @@ def create_app(cfg: Config) -> FastAPI:
 
     # ------------------------------------------------------------------ operations
     @app.get("/healthz", summary="The server process answers")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # on the event loop: no wait for a worker thread
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Scheduler reachable and store writable")

@@ -94,4 +94,6 @@ class ServiceClient:
                 dest.write_bytes(data)
                 written.append(target / name)
             (tmp / RESULT_MARKER).write_text(result_marker("fetch", job_id))
+            # again just before the rename: a folder made at --out meanwhile is not replaced
+            check_output(out, "fetch", force=force, what="--out")
         return written

@@ -59,6 +59,8 @@ class Running:
     started: float = field(default_factory=time.monotonic)
     cancelling: float | None = None
     progress_size: int = 0
+    job: object = None  # the JobRecord it runs (its output, for the clean-up of a deleted one)
+    job_file: Path | None = None
 
 
 class Executor:
@@ -211,7 +213,7 @@ class Executor:
         spare.jobs += 1
         (d / f"attempt-{job.attempt}.log").write_text(f"{spare.stderr}\n")
         self.running[job.id] = Running(job.id, spare.proc, events, spare.stderr, status,
-                                       spare.jobs)
+                                       spare.jobs, job=job, job_file=job_file)
         log.info("job %s started (pid %d)", job.id, spare.proc.pid)
 
     def _watch(self, r: Running) -> None:
@@ -237,7 +239,9 @@ class Executor:
                 except OSError:
                     pass
         job = self.store.get(r.job_id)
-        if job is None:  # deleted while it ran
+        if job is None:  # deleted while it ran: whatever it left or finished goes too
+            if r.job is not None:
+                self._remove_partial(r.job, everything=r.job_file)
             return
         if outcome is None and code == 0 and r.cancelling is None and \
                 not job.cancel_requested:
@@ -302,18 +306,34 @@ class Executor:
             return f"the job process was killed (signal {abs(code) if code < 0 else code - 128})"
         return (lines[-1] if lines else "") or f"the job process exited with status {code}"
 
-    def _remove_partial(self, job) -> None:
+    def _remove_partial(self, job, everything: Path | None = None) -> None:
         """A job that was cancelled or killed leaves no result: ``run_job`` writes into a
         hidden temporary folder renamed at the end, so locally only such leftovers can exist;
         a job publishing to a URL may also leave its staged folder and part of the copy
-        (without ``_SUCCESS``), both removed here."""
+        (without ``_SUCCESS``), both removed here. ``everything``: the job was deleted while
+        it ran (the job file it ran), so a result it put in place after the deletion goes as
+        well: only when its ``_SUCCESS`` is that job's (a later job at the same output keeps
+        its own)."""
         import shutil
         out = Path(job.body.get("output", ""))
         if not out.name:
             return
         for tmp in out.parent.glob(f".{out.name}.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
+        if everything is not None and not self.publish and _written_by(out, everything):
+            shutil.rmtree(out, ignore_errors=True)
         if self.publish and job.result_dir:
             shutil.rmtree(out, ignore_errors=True)
             from daskmm.service.results import unpublish
             unpublish(job.result_dir)
+
+
+def _written_by(out: Path, job_file: Path) -> bool:
+    """``out`` holds the result of the job in ``job_file`` (its ``_SUCCESS`` fingerprint)."""
+    from daskmm.jobs.spec import Job
+    try:
+        doc = json.loads(Path(job_file).read_text())
+        marker = (out / "_SUCCESS").read_text().strip()
+    except (OSError, ValueError):
+        return False
+    return marker == Job(name="", data="", formula="", output=out, raw=doc).fingerprint()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -100,6 +101,22 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+# Numbers as YAML 1.2 and JSON write them: no sexagesimal ``1:59:59`` (parsed in quadratic
+# time), no dates, no 0b/0o/0x forms, at most 100 digits (Python refuses to convert longer
+# integers); anything else is a string, which the schema then names.
+_BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag.rsplit(":", 1)[-1] not in
+            ("int", "float", "timestamp")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]{1,100}$"), list("-+0123456789"))
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9]{1,100}(?:\.[0-9]{0,100})?|\.[0-9]{1,100})"
+               r"(?:[eE][-+]?[0-9]{1,4})?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
 def _check_size(doc: object) -> None:
     """Refuse a value deeper than :data:`MAX_DEPTH` or with more than :data:`MAX_NODES`
     values once shared (aliased) parts are counted every time they appear; the count is
@@ -107,6 +124,9 @@ def _check_size(doc: object) -> None:
     sizes: dict[int, tuple[int, int]] = {}  # id -> (values, depth)
 
     def walk(x: object, seen: tuple[int, ...]) -> tuple[int, int]:
+        if isinstance(x, float) and not math.isfinite(x):
+            raise JobBodyError("job: the body holds a number that is not finite (NaN or "
+                               "infinity); give finite numbers")
         if not isinstance(x, (dict, list)):
             return 1, 0
         key = id(x)
@@ -165,14 +185,39 @@ def parse_body(raw: bytes, content_type: str) -> object:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise JobBodyError(f"job: the body is not valid {kind}: "
                            f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise JobBodyError(f"job: the body holds a value that cannot be read ({exc}); give "
+                           "plain numbers and strings") from None
     _check_size(doc)
     return doc
 
 
-def fingerprint(body: dict) -> str:
+def fingerprint(body: dict, state: list | None = None) -> str:
     """What makes two submissions the same job: the body as parsed (key order and YAML
-    formatting do not count)."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    formatting do not count); with ``state`` (:func:`inputs`), the inputs as they are now
+    (the same body after the data changed is another job, not the earlier result)."""
+    text = json.dumps([body, state], sort_keys=True, default=str) if state is not None else \
+        json.dumps(body, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def inputs(doc: dict) -> list:
+    """The state of a prepared job's local inputs: ``[path, size, mtime_ns]`` of each file
+    read field (the three PLINK files of ``bed``), and of a folder's manifest or the folder
+    itself (not walked: that is :func:`confirm`'s, where the job runs); nothing for a path
+    that does not exist or a URL."""
+    out = []
+    for field, value in _fields(doc)[1]:
+        if "://" in value:
+            continue
+        for f in _input_files(field, value):
+            for p in (f, os.path.join(f, "_manifest.json"), os.path.join(f, ".zgroup")):
+                try:
+                    st = os.stat(p)
+                except (OSError, ValueError):
+                    continue
+                out.append([p, st.st_size, st.st_mtime_ns])
+    return out
 
 
 # ---------------------------------------------------------------------- places
@@ -208,7 +253,7 @@ class Place:
             raise JobBodyError(f"owner {owner!r} is not a valid owner name")
         base = os.path.realpath(staging if staging is not None else results)
         roots = tuple(r.rstrip("/") if "://" in r else os.path.realpath(r)
-                      for r in data_roots)
+                      for r in (_local(r) for r in data_roots))
         return cls(os.path.join(base, owner), roots, staging is None)
 
     def reads(self) -> list[str]:
@@ -233,7 +278,13 @@ def _under(path: str, roots: list[str]) -> bool:
     return any(p == Path(r) or p.is_relative_to(r) for r in roots if "://" not in r)
 
 
+def _local(value: str) -> str:
+    """A ``file://`` URL is a local path: links in it are resolved and checked as a path's."""
+    return value[len("file://"):] if value.startswith("file://") else value
+
+
 def _resolve(value: str, base: str, home: str) -> str:
+    value = _local(value)
     if "://" in value:
         return value
     if "://" in base:  # relative to a URL data root: joined as a URL path (checked after)
@@ -308,6 +359,9 @@ def prepare(body: object, owner: str, job_id: str, results: str,
                 raise JobBodyError(f"job: {field} writes a dataset, which needs a shared "
                                    "folder; this server's results root is a URL: ingest or "
                                    "simulate with daskmm on the data root first")
+        if "output" in doc:
+            raise JobBodyError("job: output is the server's when results go to a URL (each "
+                               "job's own folder, RESULTS/OWNER/ID); leave it out")
     doc.setdefault("output", job_id)
     try:
         validate(doc, "job")
@@ -359,6 +413,12 @@ def _input_files(field: str, path: str) -> list[str]:
     return [path]
 
 
+def _not_a_file(field: str, value: str) -> JobBodyError:
+    return JobBodyError(f"job: {field} {value!r} is or holds something that is not a regular "
+                        "file (a pipe, socket or device); a job reads files and folders of "
+                        "files")
+
+
 def _pin_tree(field: str, value: str, real: str, roots: list[str], place: Place,
               pins: Pins) -> None:
     """Pin ``real`` (a file, or every file under a folder), each entry's real path checked
@@ -370,6 +430,8 @@ def _pin_tree(field: str, value: str, real: str, roots: list[str], place: Place,
     except OSError as exc:
         raise JobBodyError(f"job: {field} {value!r} cannot be read: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_file(field, value)
         pins[real] = _identity(st)
         return
     seen: set[str] = set()
@@ -397,6 +459,8 @@ def _pin_tree(field: str, value: str, real: str, roots: list[str], place: Place,
                 continue  # a dangling link: nothing to read there
             if stat.S_ISDIR(est.st_mode):
                 stack.append(r)
+            elif not stat.S_ISREG(est.st_mode):
+                raise _not_a_file(field, value)
             else:
                 pins[r] = _identity(est)
                 if len(pins) > MAX_WALK:
@@ -432,14 +496,23 @@ def confirm(doc: dict, place: Place) -> tuple[dict, Pins]:
             if not _under(value, reads):
                 raise _outside_read(field, value, place)
             continue
+        reals = []
         for f in _input_files(field, value):
             real = os.path.realpath(f)
             if not _under(real, reads):
                 raise _outside_read(field, value, place)
             _pin_tree(field, value, real, reads, place, pins)
+            reals.append(real)
         if field == "bed":
-            real_bed = os.path.realpath(_input_files(field, value)[0])
-            doc[field] = real_bed[: -len(".bed")]
+            # the job reads PREFIX.bed/.bim/.fam of one real prefix: the three must lead to
+            # the files of one prefix (a link for one of them alone would mix two data sets)
+            stems = {r[: -len(ext)] if r.endswith(ext) else None
+                     for r, ext in zip(reals, (".bed", ".bim", ".fam"))}
+            if len(stems) != 1 or None in stems:
+                raise JobBodyError(f"job: bed {value!r}: its .bed, .bim and .fam lead to files "
+                                   "of different names or folders (links); give the prefix of "
+                                   "the three files themselves")
+            doc[field] = stems.pop()
         else:
             doc[field] = os.path.realpath(value)
     return doc, pins

@@ -188,21 +188,23 @@ class Store:
 
     def submit(self, owner: str, name: str, body: dict, fingerprint: str,
                idem_key: str | None = None, priority: int = 0,
-               result_dir: str | None = None) -> tuple[JobRecord, bool]:
+               result_dir: str | None = None, state: str = "") -> tuple[JobRecord, bool]:
         """A new queued job, or the existing one this submission repeats (same idempotency
         key, or the same body while that job is queued, running or succeeded).
 
         ``result_dir`` is where the result ends up (default: the body's ``output``; ``JOB_ID``
-        in either stands for the new job's id). Returns ``(job, created)``. Raises
-        :class:`Conflict` when the key was used for another body.
+        in either stands for the new job's id). ``state`` fingerprints the inputs as they are
+        now: the same body after the data changed is a new job (an Idempotency-Key compares
+        the body alone: a retried request is the same request). Returns ``(job, created)``.
+        Raises :class:`Conflict` when the key was used for another body.
         """
         job_id = uuid.uuid4().hex[:16]
-        active = f"{owner}:{fingerprint}"
+        active = f"{owner}:{fingerprint}" + (f":{state}" if state else "")
         text = json.dumps(body).replace(JOB_ID, job_id)
         result_dir = (result_dir.replace(JOB_ID, job_id) if result_dir
                       else json.loads(text).get("output"))
         for _ in range(3):
-            existing = self._existing(owner, fingerprint, idem_key)
+            existing = self._existing(owner, active, idem_key)
             if existing is not None:
                 if idem_key is not None and existing.fingerprint != fingerprint:
                     raise Conflict(f"Idempotency-Key {idem_key!r} was used for job "
@@ -248,15 +250,14 @@ class Store:
                 return r.id
         return None
 
-    def _existing(self, owner: str, fingerprint: str, idem_key: str | None):
+    def _existing(self, owner: str, active: str, idem_key: str | None):
         with self.engine.connect() as conn:
             if idem_key is not None:
                 row = conn.execute(sa.select(jobs).where(jobs.c.owner == owner,
                                                          jobs.c.idem_key == idem_key)).first()
                 if row is not None:
                     return _record(row)
-            row = conn.execute(sa.select(jobs).where(
-                jobs.c.active_key == f"{owner}:{fingerprint}")).first()
+            row = conn.execute(sa.select(jobs).where(jobs.c.active_key == active)).first()
             return _record(row) if row is not None else None
 
     def claim(self, runner: str) -> JobRecord | None:

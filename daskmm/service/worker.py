@@ -87,7 +87,8 @@ def needs_cluster(job_file: str) -> bool:
     from daskmm.data.local import estimate_cells
     from daskmm.execution import in_process_limit
     from daskmm.formula.parse import identifiers
-    doc = yaml.safe_load(open(job_file).read())
+    with open(job_file) as fh:
+        doc = json.load(fh) if job_file.endswith(".json") else yaml.safe_load(fh.read())
     if doc.get("kind") == "gwas" or doc.get("simulate") or doc.get("ingest") or \
             (doc.get("cluster") or {}).get("mode"):
         return True
@@ -124,10 +125,10 @@ def run_one(job: str, events_path: str, scheduler: str | None,
     progress = Progress(events_path)
     events.set_listener(progress)
     progress.phase("running")
+    check = None
     try:
         from daskmm.data.confine import confined
         from daskmm.jobs.runner import run_job
-        check = None
         roots: list[str] | None = None
         if place is not None:
             from daskmm.service.jobdoc import JobBodyError, Place, confirm, verify
@@ -157,17 +158,29 @@ def run_one(job: str, events_path: str, scheduler: str | None,
                 raise DaskmmError(f"the result could not be copied to {publish_to}: "
                                   f"{type(exc).__name__}: {exc}") from None
             out["output"] = publish_to
-    except DaskmmError as exc:
-        progress.phase("failed")
-        return {"exit": 1, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one line for the job record
         progress.phase("failed")
-        return {"exit": 1, "error": f"{type(exc).__name__}: {exc}"}
+        return {"exit": 1, "error": failure(exc, check)}
     finally:
         events.set_listener(None)
     progress.phase("done")
     return {"exit": 0, "error": None, "output": out["output"], "status": out["status"],
             "timing": out.get("timing", {})}
+
+
+def failure(exc: BaseException, check=None) -> str:
+    """The one line a failed job reports. Its message may quote what the job read (column
+    names, values): when ``check`` (:func:`daskmm.service.jobdoc.verify` of the job's inputs)
+    finds an input replaced while the job ran, that is reported instead, and nothing of what
+    was read."""
+    from daskmm.errors import DaskmmError
+    error = str(exc) if isinstance(exc, DaskmmError) else f"{type(exc).__name__}: {exc}"
+    if check is not None:
+        try:
+            check()
+        except DaskmmError as changed:
+            error = str(changed)
+    return error
 
 
 def _refuse_foreign_output(doc: dict) -> None:

@@ -291,3 +291,40 @@ def test_fetch_never_replaces_a_folder_daskmm_did_not_write(server, tmp_path):
     r = fetch("--out", str(got), "--force")
     assert r.returncode == 0, r.stderr
     assert tree_bytes(got).keys() == first.keys()
+
+
+def test_one_owners_flood_of_submissions_does_not_hold_up_another_owner(server):
+    """Bodies are checked one an owner at a time: Alice's submission waits for at most one
+    of Bob's, not for all of them."""
+    heavy = "a: [" + ",".join(["1"] * 30_000) + "]\n"
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        flood = [pool.submit(call, server.url + "/v1/jobs", "POST", "bob", heavy,
+                             {"Content-Type": "application/yaml"}, 120) for _ in range(20)]
+        time.sleep(0.3)  # Bob's bodies are queued
+        t = time.perf_counter()
+        status, out = server.submit(dict(SLEEP_JOB, name="while-bob-floods"))
+        took = time.perf_counter() - t
+        assert {f.result()[0] for f in flood} == {422}
+    assert status == 201, out
+    assert took < 1.0, took  # without the turns: behind 20 bodies of ~0.2 s, 2 at a time
+    server.wait(out["id"])
+
+
+def test_the_same_body_after_its_data_changed_runs_again(server):
+    """Submitting the same body is idempotent while its inputs are unchanged; once the data
+    changed it is a new job (the earlier result would be stale)."""
+    name = f"changing-{time.time_ns()}.csv"
+    shutil.copy(server.data / "sleepstudy.csv", server.data / name)
+    job = dict(SLEEP_JOB, name="changing", data=name)
+    s1, a = server.submit(job)
+    assert s1 == 201 and server.wait(a["id"])["state"] == "succeeded"
+    s2, b = server.submit(job)
+    assert s2 == 200 and b["id"] == a["id"]
+    with open(server.data / name, "a") as fh:
+        fh.write("250.0,9,308\n")
+    s3, c = server.submit(job)
+    assert s3 == 201 and c["id"] != a["id"], c
+    doc = server.wait(c["id"])
+    assert doc["state"] == "succeeded", doc
+    got = call(f"{server.url}/v1/jobs/{c['id']}/results/summary.json")[1]
+    assert got["nobs"] == 181

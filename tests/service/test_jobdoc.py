@@ -164,3 +164,108 @@ def test_url_data_roots_take_no_dot_segments_or_neighbours(roots):
                 "s3://bucket/database.csv", "s3://other/data/x.csv"):
         with pytest.raises(JobBodyError, match="outside the data roots"):
             prepare(dict(JOB, data=bad), "alice", "ID", str(results), [url])
+
+
+def test_a_bed_prefix_whose_files_lead_to_different_places_is_refused(roots):
+    data, results = roots
+    place = Place.of("alice", str(results), [str(data)])
+    (data / "v2").mkdir()
+    for ext in (".bed", ".bim", ".fam"):
+        (data / "v2" / f"geno{ext}").write_bytes(b"x")
+        (data / f"g{ext}").write_bytes(b"y")
+    os.unlink(data / "g.bed")
+    os.symlink(data / "v2" / "geno.bed", data / "g.bed")
+    doc = prepare({"kind": "gwas", "bed": "g", "pheno": "sleep.csv"}, "alice", "ID",
+                  str(results), [str(data)])
+    with pytest.raises(JobBodyError, match="lead to files of different names or folders"):
+        confirm(doc, place)
+    for ext in (".bim", ".fam"):  # all three links to one prefix: read there
+        os.unlink(data / f"g{ext}")
+        os.symlink(data / "v2" / f"geno{ext}", data / f"g{ext}")
+    got, pins = confirm(doc, place)
+    assert got["bed"] == str(data / "v2" / "geno") and len(pins) == 4
+
+
+def test_a_named_pipe_is_refused_where_the_job_runs_without_waiting(roots):
+    data, results = roots
+    place = Place.of("alice", str(results), [str(data)])
+    os.mkfifo(data / "pipe.csv")
+    doc = prepare(dict(JOB, data="pipe.csv"), "alice", "ID", str(results), [str(data)])
+    with pytest.raises(JobBodyError, match="not a regular file"):
+        confirm(doc, place)
+
+
+@pytest.mark.parametrize("raw, ctype, words", [
+    (b'{"data": ' + b"9" * 5000 + b"}", "application/json", "cannot be read"),
+    (b'{"data": "x\\udc2e.csv", "formula": "y ~ 1"}', "application/json",
+     "cannot be used"),
+    (b"data: x.csv\nformula: y ~ x\nlevel: 1:59:59\n", "application/yaml",
+     "level should be number"),
+    (b'{"data": "x.csv", "formula": "y ~ x", "level": NaN}', "application/json",
+     "not finite"),
+])
+def test_every_body_a_user_can_send_is_a_422_not_a_500(roots, raw, ctype, words):
+    from daskmm.service.checking import check_body
+    data, results = roots
+    with pytest.raises(JobBodyError, match=words):
+        check_body(raw, ctype, "alice", "ID", str(results), [str(data)], None)
+
+
+def test_numbers_keep_their_type_from_body_to_job_file(roots, tmp_path):
+    """1e-05 is a number in JSON and YAML 1.2; the job file the service writes is read back as
+    JSON (YAML 1.1 read it as a string and the job failed)."""
+    from daskmm.jobs.spec import load_job
+    from daskmm.service.checking import check_body
+    data, results = roots
+    body = dict(JOB, ci="wald", level=0.99999, rho=1e-05)
+    body.pop("rho")
+    doc, *_ = check_body(json.dumps(body).encode(), "application/json", "alice", "ID",
+                         str(results), [str(data)], None)
+    assert parse_body(b"a: 1e-05\nb: 7\nc: 1.5\nd: 2001-02-30\ne: 0x1F\n",
+                      "application/yaml") == {"a": 1e-05, "b": 7, "c": 1.5,
+                                              "d": "2001-02-30", "e": "0x1F"}
+    (tmp_path / "job.json").write_text(json.dumps(dict(doc, level=1e-05)))
+    assert load_job(tmp_path / "job.json").inference["level"] == 1e-05
+
+
+def test_the_same_body_after_its_data_changed_is_another_job(roots):
+    from daskmm.service.checking import check_body
+    data, results = roots
+    raw = json.dumps(JOB).encode()
+    _, fp1, state1, _ = check_body(raw, "application/json", "alice", "ID", str(results),
+                                   [str(data)], None)
+    with open(data / "sleep.csv", "a") as fh:
+        fh.write("300,9,308\n")
+    _, fp2, state2, _ = check_body(raw, "application/json", "alice", "ID", str(results),
+                                   [str(data)], None)
+    assert fp1 == fp2 and state1 != state2
+
+
+def test_a_failed_jobs_message_is_replaced_when_an_input_changed_meanwhile(roots, tmp_path):
+    """A failed job's message can quote what it read; when an input was replaced while the
+    job ran, the job reports that instead (:func:`daskmm.service.worker.failure`)."""
+    from daskmm.errors import DataError
+    from daskmm.service.worker import failure
+    data, results = roots
+    place = Place.of("alice", str(results), [str(data)])
+    _, pins = confirm(prepare(JOB, "alice", "ID", str(results), [str(data)]), place)
+    said = DataError("column 'y' is not in the data; the data have: ssn, diagnosis")
+    assert failure(said, lambda: verify(pins)) == str(said)  # unchanged: its own words
+    (tmp_path / "other.csv").write_text("ssn,diagnosis\n1,flu\n")
+    os.replace(tmp_path / "other.csv", data / "sleep.csv")
+    got = failure(said, lambda: verify(pins))
+    assert "was replaced or changed while the job ran" in got and "ssn" not in got
+
+
+def test_a_job_deleted_while_running_takes_only_its_own_result(tmp_path):
+    from daskmm.jobs.spec import Job
+    from daskmm.service.executor import _written_by
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = {"data": "/d.csv", "formula": "y ~ 1", "output": str(out)}
+    (tmp_path / "job.json").write_text(json.dumps(doc))
+    mine = Job(name="", data="", formula="", output=out, raw=doc).fingerprint()
+    (out / "_SUCCESS").write_text(mine + "\n")
+    assert _written_by(out, tmp_path / "job.json")
+    (out / "_SUCCESS").write_text("another-job\n")
+    assert not _written_by(out, tmp_path / "job.json")

@@ -33,7 +33,7 @@ def test_results_under_a_url_root(tmp_path, cluster, data_root, tokens_file):
                                     ingest={"by": "Subject", "out": "ds"}))
         assert status == 422 and "ingest writes a dataset" in err["detail"]
         status, err = s.submit(dict(SLEEP_JOB, name="up", output="../x"))
-        assert status == 422 and "outside your results folder" in err["detail"]
+        assert status == 422 and "output is the server's" in err["detail"]
         assert call(f"{s.url}/v1/jobs/{out['id']}", "DELETE")[0] == 204
         assert not folder.exists()
         # a job cancelled mid-fit leaves nothing at the URL and nothing staged
