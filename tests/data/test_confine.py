@@ -56,9 +56,11 @@ def test_dask_workers_read_through_the_checked_filesystem(tmp_path, client):
     inside.mkdir()
     outside.mkdir()
     pd.DataFrame({"y": [1.0, 2.0], "g": ["a", "b"]}).to_csv(inside / "mine.csv", index=False)
+    pd.DataFrame({"y": [3.0], "g": ["c"]}).to_csv(inside / "other.csv", index=False)
     with confined([str(inside)]):
-        ddf = read_data(str(inside / "mine.csv"))
-        assert client.compute(ddf).result()["y"].tolist() == [1.0, 2.0]
+        assert client.compute(read_data(str(inside / "other.csv"))).result()["y"].tolist() \
+            == [3.0]
+        ddf = read_data(str(inside / "mine.csv"))  # checked here: a regular file inside
         # swapped for a link once the reader was set up (as between a check and the read)
         pd.DataFrame({"y": [7.0, 8.0], "g": ["s", "t"]}).to_csv(outside / "s.csv", index=False)
         os.replace(inside / "mine.csv", inside / "old.csv")
