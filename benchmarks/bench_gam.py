@@ -36,7 +36,7 @@ from distributed import Client, LocalCluster
 from tool_env import tool_env
 
 from daskmm.distributed.client import NO_DASHBOARD
-from daskmm.gam.model import gam
+from daskmm.models.gam.model import gam
 
 HERE = Path(__file__).resolve().parent
 

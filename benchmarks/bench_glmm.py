@@ -34,7 +34,7 @@ from distributed import Client, LocalCluster, wait
 from tool_env import tool_env
 
 from daskmm.distributed.client import NO_DASHBOARD
-from daskmm.glmm import glmm
+from daskmm.models.glmm.fit import glmm
 
 HERE = Path(__file__).resolve().parent
 CASES = [("ybin ~ x + (1 | g)", "binomial"), ("ycount ~ x + (1 | g)", "poisson")]

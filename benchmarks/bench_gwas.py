@@ -3,7 +3,7 @@ against FaST-LMM's ``single_snp`` (LOCO, the same covariates, count_A1=True) on 
 files, side by side in one run.
 
 Simulates ``--samples`` samples (families of 5 in two strata, see
-:func:`daskmm.gwas.simulate.simulate_gwas`) at ``--variants`` variants on ``--chromosomes``
+:func:`daskmm.models.gwas.simulate.simulate_gwas`) at ``--variants`` variants on ``--chromosomes``
 chromosomes, once, under ``benchmarks/_data``. Both tools test every variant (``maf = 0``, so
 their relationship matrices are the same) for the trait ``y_causal`` with covariates ``age``
 and ``sex``. daskmm's time excludes starting the cluster (a user's cluster is up); FaST-LMM
@@ -42,8 +42,8 @@ from distributed import Client, LocalCluster
 from tool_env import tool_env
 
 from daskmm.distributed.client import NO_DASHBOARD
-from daskmm.gwas import gwas
-from daskmm.gwas.simulate import simulate_gwas
+from daskmm.models.gwas import gwas
+from daskmm.models.gwas.simulate import simulate_gwas
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,20 +17,22 @@ from daskmm.errors import (
     ModelError,
 )
 
-_LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.lmm", "lmm"),
-         "glmm": ("daskmm.glmm", "glmm"), "gam": ("daskmm.gam.model", "gam"),
+_LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.models.lmm.fit", "lmm"),
+         "glmm": ("daskmm.models.glmm.fit", "glmm"), "gam": ("daskmm.models.gam.model", "gam"),
          "MixedResult": ("daskmm.results.base", "MixedResult"),
-         "LmmResult": ("daskmm.results.lmm_result", "LmmResult"),
-         "GlmmResult": ("daskmm.results.glmm_result", "GlmmResult"),
-         "GamResult": ("daskmm.results.gam_result", "GamResult"),
-         "gwas": ("daskmm.gwas.api", "gwas"), "GwasResult": ("daskmm.gwas.api", "GwasResult"),
-         "anova": ("daskmm.inference.compare", "anova"),
-         "kr_modcomp": ("daskmm.inference.modcomp", "kr_modcomp"),
-         "pb_modcomp": ("daskmm.inference.modcomp", "pb_modcomp"),
-         "load_model": ("daskmm.prediction", "load_model")}
+         "LmmResult": ("daskmm.models.lmm.result", "LmmResult"),
+         "GlmmResult": ("daskmm.models.glmm.result", "GlmmResult"),
+         "GamResult": ("daskmm.models.gam.result", "GamResult"),
+         "gwas": ("daskmm.models.gwas.api", "gwas"),
+         "GwasResult": ("daskmm.models.gwas.api", "GwasResult"),
+         "read_results": ("daskmm.models.gwas.output", "read_results"),
+         "anova": ("daskmm.models.lmm.inference.compare", "anova"),
+         "kr_modcomp": ("daskmm.models.lmm.inference.modcomp", "kr_modcomp"),
+         "pb_modcomp": ("daskmm.models.lmm.inference.modcomp", "pb_modcomp"),
+         "load_model": ("daskmm.models.shared.prediction", "load_model")}
 
 __all__ = ["fit", "MixedResult", "lmm", "LmmResult", "glmm", "GlmmResult", "gam", "GamResult",
-           "gwas", "GwasResult", "anova", "kr_modcomp", "pb_modcomp", "load_model",
+           "gwas", "GwasResult", "read_results", "anova", "kr_modcomp", "pb_modcomp", "load_model",
            "DaskmmError",
            "FormulaError", "DataError", "ColumnNotFoundError", "ModelError", "FitError"]
 __version__ = "0.1.0"

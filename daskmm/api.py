@@ -3,9 +3,9 @@ service call it. ``daskmm.lmm`` and ``daskmm.glmm`` stay as the familiar names."
 
 from __future__ import annotations
 
+from daskmm.core.families import get_family
 from daskmm.errors import ModelError
-from daskmm.families import get_family
-from daskmm.inference.options import check_level, check_nboot
+from daskmm.models.lmm.inference.options import check_level, check_nboot
 
 
 def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None,
@@ -25,7 +25,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     data : path, URL, pandas or dask DataFrame
     family : str
         ``gaussian`` (an LMM), ``binomial``, ``poisson``, ``negative_binomial``
-        (:mod:`daskmm.families`).
+        (:mod:`daskmm.core.families`).
     link : str, optional
         The family's link (its default when None).
     reml : bool, optional
@@ -66,7 +66,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         if optimizer_options:
             raise ModelError("optimizer_options apply to mixed models; a GAM's smoothing "
                              "parameters are found by Newton's method on the REML score")
-        from daskmm.gam.model import gam
+        from daskmm.models.gam.model import gam
         return gam(formula, data, family, link=link, method=method or "fREML",
                    factors=factors, weights=weights, client=client, mode=mode,
                    npartitions=npartitions, rho=rho, ar_start=ar_start, discrete=discrete)
@@ -87,7 +87,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         if nagq != 1:
             raise ModelError(f"nagq={nagq} does not apply to the gaussian family (an LMM's "
                              "likelihood is exact); leave nagq out")
-        from daskmm.lmm import lmm
+        from daskmm.models.lmm.fit import lmm
         return lmm(formula, data, reml=True if reml is None else reml, factors=factors,
                    weights=weights, client=client, mode=mode, npartitions=npartitions,
                    optimizer_options=optimizer_options, ddf=ddf, ci=ci, level=level,
@@ -95,7 +95,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     if reml:
         raise ModelError("REML applies to the gaussian family; a GLMM is fitted by maximum "
                          "likelihood (leave reml out)")
-    from daskmm.glmm import glmm
+    from daskmm.models.glmm.fit import glmm
     return glmm(formula, data, fam.name, link=link, nagq=nagq, factors=factors,
                 weights=weights, client=client, mode=mode, npartitions=npartitions,
                 optimizer_options=optimizer_options)

@@ -370,7 +370,7 @@ def _fit(args: argparse.Namespace) -> int:
             result.plot("dharma", tmp / "plots")
     elif args.plots:
         def extra(tmp) -> None:
-            from daskmm.results.lmm_plots import KINDS
+            from daskmm.models.lmm.plots import KINDS
             for kind in KINDS:
                 if kind != "zeta" or result.profiles:
                     result.plot(kind, tmp / "plots")
@@ -417,7 +417,7 @@ def gam_extra(result, data, plots: bool = False):
         import pandas as pd
 
         from daskmm.data.io import read_data
-        from daskmm.gam.predict import fitted_frame
+        from daskmm.models.gam.predict import fitted_frame
 
         src = data if isinstance(data, pd.DataFrame) else read_data(data)
         fitted = fitted_frame(result, src)
@@ -460,7 +460,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from daskmm.prediction import load_model
+    from daskmm.models.shared.prediction import load_model
 
     out = Path(args.out).resolve()
     if out.suffix not in (".parquet", ".csv"):
@@ -497,7 +497,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _gwas(args: argparse.Namespace) -> int:
-    from daskmm.gwas import gwas
+    from daskmm.models.gwas import gwas
 
     r = gwas(bed=args.bed, zarr=args.zarr, pheno=args.pheno, pheno_name=args.pheno_name,
              covar=args.covar, covar_name=args.covar_name, out=args.out,
@@ -513,7 +513,7 @@ def _gwas(args: argparse.Namespace) -> int:
 
 
 def _gwas_ingest(args: argparse.Namespace) -> int:
-    from daskmm.gwas.genotypes import BedGenotypes, bed_to_zarr
+    from daskmm.models.gwas.genotypes import BedGenotypes, bed_to_zarr
 
     if args.chunk_variants < 1:
         raise DaskmmError(f"--chunk-variants {args.chunk_variants}; give a positive number")

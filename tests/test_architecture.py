@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import daskmm.families as F
+import daskmm.core.families as F
 from daskmm.kernels import scalar_re as K
 
 PKG = Path(__file__).resolve().parents[1] / "daskmm"

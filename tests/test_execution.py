@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 import daskmm
+from daskmm.distributed.execution import InProcess, in_process_limit, runs_in_process
 from daskmm.errors import DaskmmError
-from daskmm.execution import InProcess, in_process_limit, runs_in_process
 from tests.conftest import LMM_FIXTURES, ROOT, load_fixture
-from tests.glmm.helpers import LOCAL_FIXTURES, load_local
+from tests.models.glmm.helpers import LOCAL_FIXTURES, load_local
 
 GLMM_FIXTURES = ["cbpp_laplace", "cbpp_agq25", "grouseticks_poisson", *LOCAL_FIXTURES]
 
@@ -52,7 +52,7 @@ def test_cli_says_where_it_ran(tmp_path):
 
 
 CHOICES = """
-from daskmm.execution import in_process_limit, runs_in_process
+from daskmm.distributed.execution import in_process_limit, runs_in_process
 assert runs_in_process("auto", None, 1000)
 assert runs_in_process("auto", None, lambda: 1000)  # sized only when it matters
 assert not runs_in_process("auto", None, in_process_limit() + 1)

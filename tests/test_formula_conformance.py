@@ -19,7 +19,7 @@ import pytest
 import daskmm
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import plan_formula
-from tests.glmm.helpers import check_document as check_glmm
+from tests.models.glmm.helpers import check_document as check_glmm
 from tests.test_conformance import check_document as check_lmm
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "formula"
@@ -57,7 +57,7 @@ def test_glmm_formula_features_match_glmer(fid):
 def test_frozen_transforms_equal_r(client):
     """scale()'s centre and scale and poly()'s recurrence coefficients, frozen from the whole
     data over several partitions, equal R's attributes."""
-    from daskmm.problem import frozen_levels
+    from daskmm.models.shared.structure import frozen_levels
     fx = load("binomial_transforms")
     parsed = parse_formula(fx["formula"])
     df = pd.read_csv(fx["data_path"])

@@ -16,7 +16,7 @@ import pytest
 import daskmm
 from tests.conftest import CONFORMANCE, load_fixture
 
-lmm_mod = importlib.import_module("daskmm.lmm")  # the module; daskmm.lmm is the function
+lmm_mod = importlib.import_module("daskmm.models.lmm.fit")  # the module; daskmm.lmm is the function
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ def digest(folder: Path) -> dict[str, str]:
 def inputs(tmp_path_factory):
     """The user's files: tables, a fitted model folder, PLINK files and two Zarr stores (one
     with a chunk file missing, one with a damaged chunk)."""
-    from daskmm.gwas.genotypes import BedGenotypes, bed_to_zarr
-    from daskmm.gwas.simulate import simulate_gwas
+    from daskmm.models.gwas.genotypes import BedGenotypes, bed_to_zarr
+    from daskmm.models.gwas.simulate import simulate_gwas
 
     d = tmp_path_factory.mktemp("user")
     rng = np.random.default_rng(1)
@@ -213,7 +213,7 @@ def test_bootstrap_with_few_replicates_warns_as_boot_ci(tmp_path):
 
 
 def test_bootstrap_parameters_whose_replicates_are_all_equal_get_nan_and_a_warning():
-    from daskmm.inference.bootstrap import BootResult, needed_replicates
+    from daskmm.models.lmm.inference.bootstrap import BootResult, needed_replicates
     t = np.c_[np.zeros(50), np.linspace(1, 2, 50)]
     b = BootResult(["sd_(Intercept)|g", "x"], np.array([0.0, 1.5]), t, 1, 0)
     with pytest.warns(UserWarning, match="all bootstrap replicates of sd_\\(Intercept\\)\\|g"):
@@ -228,8 +228,9 @@ def test_profile_of_a_near_zero_sd_gives_the_profile_roots(tmp_path):
     extrapolated starts fell below the bound (nlopt: invalid argument). Now the intervals
     come out; the fixed effects' limits are the profile's roots (R, uniroot on refits with
     the coefficient as an offset: ``make_nearzero_profile.R``) within the spline's error
-    (2e-4 relative, :mod:`daskmm.inference.profile`), the SD's lower limit is 0 as lme4's;
-    its upper limit is within 1% of the exact root (lme4's own is 0.1% off here, falling back
+    (2e-4 relative, :mod:`daskmm.models.lmm.inference.profile`), the SD's lower limit is 0 as
+    lme4's; its upper limit is within 1% of the exact root (lme4's own is 0.1% off here, falling
+    back
     to linear interpolation; ours is 0.5% off: noted in issue 27's closing note)."""
     ref = json.loads(NEARZERO_REF.read_text())
     r = subprocess.run([sys.executable, "-m", "daskmm.cli", "fit", str(NEARZERO), "--formula",

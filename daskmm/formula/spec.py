@@ -16,6 +16,7 @@ import pandas as pd
 from formulaic import model_matrix
 from formulaic.errors import FormulaicError
 
+from daskmm.core.reterm import RandomTerm
 from daskmm.data.columns import missing_column
 from daskmm.data.rows import DropCounts, missing_rows
 from daskmm.errors import DataError, FormulaError
@@ -23,7 +24,6 @@ from daskmm.formula.parse import ParsedFormula
 from daskmm.formula.rexpr import identifiers, tokenize
 from daskmm.formula.transforms import Rewriter
 from daskmm.kernels.scratch import scratch
-from daskmm.reterm import RandomTerm
 
 _EXACT = float(2 ** 53)
 def level_label(value: object) -> str:

@@ -209,8 +209,8 @@ def run_gwas_job(job: GwasJob, scheduler: str | None = None, force: bool = False
                  check: Callable[[], None] | None = None) -> dict:
     """Run a ``kind: gwas`` job; a scan already complete with the same inputs is skipped.
     ``check`` as :func:`run_job`'s (a scan it refuses is removed: nothing of it is kept)."""
-    from daskmm.gwas import gwas
-    from daskmm.gwas.output import ScanComplete
+    from daskmm.models.gwas import gwas
+    from daskmm.models.gwas.output import ScanComplete
 
     cluster = dict(job.cluster or {})
     address = scheduler or cluster.pop("scheduler", None)

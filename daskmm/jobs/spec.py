@@ -173,7 +173,7 @@ GWAS_SCHEMA = {
 
 @dataclass
 class GwasJob:
-    """A validated ``kind: gwas`` job; ``options`` are :func:`daskmm.gwas.gwas`'s keywords
+    """A validated ``kind: gwas`` job; ``options`` are :func:`daskmm.models.gwas.gwas`'s keywords
     (paths resolved)."""
 
     name: str

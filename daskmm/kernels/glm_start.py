@@ -1,5 +1,5 @@
 """The GLM without random effects that starts a GLMM, as R's ``glm.fit``: pure numpy per
-partition (the orchestration lives in :mod:`daskmm.glmm`).
+partition (the orchestration lives in :mod:`daskmm.models.glmm.fit`).
 
 The first iteration starts from the data, not from ``beta = 0``: ``eta = g(mustart)`` with
 ``glm``'s ``mustart`` (binomial ``(y + 1/2) / (n + 1)``, Poisson ``y + 1/10``), so counts in

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from daskmm.reterm import split_theta
+from daskmm.core.reterm import split_theta
 
 
 def sdcor_names(terms: list, groups: list[str] | None = None) -> list[str]:

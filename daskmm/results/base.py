@@ -2,8 +2,8 @@
 optimiser's record, and a document that reads back without the data (``to_dict`` /
 ``from_dict``).
 
-:class:`~daskmm.results.lmm_result.LmmResult` and
-:class:`~daskmm.results.glmm_result.GlmmResult` are siblings over :class:`MixedResult`; each
+:class:`~daskmm.models.lmm.result.LmmResult` and
+:class:`~daskmm.models.glmm.result.GlmmResult` are siblings over :class:`MixedResult`; each
 adds its own scalars, tables and printed summary. Tidy tables use broom.mixed's column names
 (``effect, group, term, estimate, std_error, statistic``); the conditional-mode table has
 ``group, level, term, estimate, std_error``.
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from daskmm.core.optimizer import OptSummary
+from daskmm.core.reterm import RandomTerm, split_theta
 from daskmm.data.rows import DropCounts
-from daskmm.optimizer import OptSummary
-from daskmm.reterm import RandomTerm, split_theta
 
 SINGULAR_TOL = 1e-4  # lme4::isSingular
 
@@ -56,7 +56,7 @@ class MixedResult:
     ranef : dict
         Factor name -> :class:`RanefTable` (empty for a result read back without them).
     optinfo : OptSummary
-        What the optimiser did (:class:`daskmm.optimizer.OptSummary`).
+        What the optimiser did (:class:`daskmm.core.optimizer.OptSummary`).
     terms : list of RandomTerm
         The random-effect terms, in lme4's order.
     factor_terms : dict
@@ -238,8 +238,8 @@ class MixedResult:
         and summary as fitted; no predictions (they need the model spec and the data)."""
         kind = (doc.get("model") or {}).get("kind")
         if cls is MixedResult:
-            from daskmm.results.glmm_result import GlmmResult
-            from daskmm.results.lmm_result import LmmResult
+            from daskmm.models.glmm.result import GlmmResult
+            from daskmm.models.lmm.result import LmmResult
             target = {"lmm": LmmResult, "glmm": GlmmResult}.get(kind)
             if target is None:
                 from daskmm.errors import DataError

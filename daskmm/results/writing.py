@@ -22,7 +22,7 @@ def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None =
         result.fixef().to_parquet(tmp / "fixef.parquet", index=False)
         result.ranef_frame().to_parquet(tmp / "ranef.parquet", index=False)
         if getattr(result, "predictor", None) is not None and result.kind in ("lmm", "glmm"):
-            from daskmm.prediction import save_model
+            from daskmm.models.shared.prediction import save_model
             save_model(result.predictor, tmp)  # `daskmm predict DIR DATA` reads it
         (tmp / RESULT_MARKER).write_text(result_marker("fit", name))
         if extra is not None:

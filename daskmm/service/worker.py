@@ -80,12 +80,12 @@ class Progress:
 def needs_cluster(job_file: str) -> bool:
     """Whether a job uses the shared cluster: always when it simulates, ingests, scans
     genotypes or sets ``cluster.mode``; otherwise only when its data are not known to be
-    small (below :func:`daskmm.execution.in_process_limit` cells), as ``daskmm fit`` decides
-    without a scheduler. Small fits then pay for no cluster round trips."""
+    small (below :func:`daskmm.distributed.execution.in_process_limit` cells), as ``daskmm fit``
+    decides without a scheduler. Small fits then pay for no cluster round trips."""
     import yaml
 
     from daskmm.data.local import estimate_cells
-    from daskmm.execution import in_process_limit
+    from daskmm.distributed.execution import in_process_limit
     from daskmm.formula.parse import identifiers
     with open(job_file) as fh:
         doc = json.load(fh) if job_file.endswith(".json") else yaml.safe_load(fh.read())
@@ -105,9 +105,9 @@ def warm_up() -> None:
     import distributed  # noqa: F401
 
     import daskmm.api  # noqa: F401
-    import daskmm.glmm  # noqa: F401
     import daskmm.jobs.runner  # noqa: F401
-    import daskmm.lmm  # noqa: F401
+    import daskmm.models.glmm.fit  # noqa: F401
+    import daskmm.models.lmm.fit  # noqa: F401
     import daskmm.results.writing  # noqa: F401
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daskmm.gwas.simulate import simulate_gwas
 from daskmm.jobs.spec import GwasJob, JobError, load_job
+from daskmm.models.gwas.simulate import simulate_gwas
 
 
 def write_job(tmp_path: Path, text: str) -> Path:

@@ -8,8 +8,8 @@ import pytest
 
 from daskmm.kernels.lmm_simulate import simulate_stats, simulation_basis
 from daskmm.kernels.pls import group_Lambda
-from daskmm.lmm import lmm
-from daskmm.problem import lambdas
+from daskmm.models.lmm.fit import lmm
+from daskmm.models.shared.structure import lambdas
 from tests.conftest import load_fixture
 
 R = 4000

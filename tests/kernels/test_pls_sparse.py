@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daskmm.execution import InProcess
+from daskmm.distributed.execution import InProcess
 from daskmm.formula.parse import parse_formula
 from daskmm.kernels import pls
 
-lmm_module = importlib.import_module("daskmm.lmm")
+lmm_module = importlib.import_module("daskmm.models.lmm.fit")
 
 
 def courses(seed: int, n: int = 6000) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daskmm.gam.bases import CubicRegression
+from daskmm.models.gam.bases import CubicRegression
 
 
 def test_compiled_cr_rows_equal_numpy():

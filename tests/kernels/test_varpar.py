@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from daskmm.core.reterm import RandomTerm
 from daskmm.kernels.varpar import (
     _f_ddf,
     richardson_hessian,
@@ -13,7 +14,6 @@ from daskmm.kernels.varpar import (
     sdcor_to_theta,
     theta_to_sdcor,
 )
-from daskmm.reterm import RandomTerm
 
 TERMS = [RandomTerm("Subject", ("(Intercept)", "Days"), "Days"),
          RandomTerm("Batch", ("(Intercept)",), "1")]

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 import daskmm
+from daskmm.models.glmm.result import GlmmResult
+from daskmm.models.lmm.result import LmmResult
 from daskmm.results.base import MixedResult
-from daskmm.results.glmm_result import GlmmResult
-from daskmm.results.lmm_result import LmmResult
 from tests.conftest import load_fixture
 
 

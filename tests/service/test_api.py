@@ -229,7 +229,7 @@ def test_cli_client_submit_status_fetch(server, tmp_path):
 
 
 def test_a_gwas_scan_runs_as_a_job(server):
-    from daskmm.gwas.simulate import simulate_gwas
+    from daskmm.models.gwas.simulate import simulate_gwas
     d = server.data / "gwas"
     if not d.exists():
         simulate_gwas(d, families=20, children=2, unrelated=40, chromosomes=2,

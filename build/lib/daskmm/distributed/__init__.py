@@ -1,0 +1,1 @@
+"""daskmm.distributed"""

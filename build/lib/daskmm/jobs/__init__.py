@@ -1,0 +1,1 @@
+"""Batch jobs: a YAML job file names the data, the model, the output and the cluster."""

@@ -1,0 +1,58 @@
+"""The GLM without random effects that starts a GLMM, as R's ``glm.fit``: pure numpy per
+partition (the orchestration lives in :mod:`daskmm.models.glmm.fit`).
+
+The first iteration starts from the data, not from ``beta = 0``: ``eta = g(mustart)`` with
+``glm``'s ``mustart`` (binomial ``(y + 1/2) / (n + 1)``, Poisson ``y + 1/10``), so counts in
+the hundreds or rare events start near their answer. Each later iteration is Fisher scoring
+from ``eta = X beta + offset``, with the caller halving the step when the log-likelihood falls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from daskmm.kernels import scalar_re as K
+
+
+def link_fun(mu: np.ndarray, link: int) -> np.ndarray:
+    """``eta = g(mu)``."""
+    if link == K.LOGIT:
+        return special.logit(mu)
+    if link == K.PROBIT:
+        return special.ndtri(mu)
+    if link == K.CLOGLOG:
+        return np.log(-np.log1p(-mu))
+    return np.log(mu)
+
+
+def mustart(y: np.ndarray, wt: np.ndarray, family: int) -> np.ndarray:
+    """``glm``'s starting means (binomial: a probability; ``y`` counts successes of ``wt``)."""
+    if family == K.BINOMIAL:
+        return (y + 0.5) / (wt + 1.0)
+    return y + 0.1
+
+
+def scoring_step(X: np.ndarray, offset: np.ndarray, y: np.ndarray, wt: np.ndarray,
+                 family: int, link: int, beta: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(X'WX, X'Wz, log-likelihood)`` at ``beta`` (None: at ``glm``'s ``mustart``, where
+    the log-likelihood is that of ``mustart`` itself).
+
+    ``W`` are the Fisher weights and ``z = eta - offset + (y - mu) / mu_eta`` the working
+    response; the log-likelihood omits the family's normalising constant."""
+    if beta is None:
+        eta = link_fun(mustart(y, wt, family), link)
+    else:
+        eta = X @ beta + offset
+    ll, score, w = K.row_terms(eta, y, wt, family, link)
+    ok = w > 0
+    if not ok.all():
+        X, eta, offset, score, w = X[ok], eta[ok], offset[ok], score[ok], w[ok]
+    if beta is None:
+        eta = eta - offset  # the offset is part of mu's start, not of the linear predictor
+        z = eta + score / w
+    else:
+        z = eta - offset + score / w
+    Xw = X * w[:, None]
+    return Xw.T @ X, Xw.T @ z, float(ll.sum())

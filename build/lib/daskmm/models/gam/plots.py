@@ -1,0 +1,124 @@
+"""Plots of a fitted GAM's smooths, as mgcv's ``plot.gam``: one panel per smooth, the
+estimate with a band of 2 standard errors and a rug of the data (``te``/``ti`` of two
+covariates: a contour map with the data points; ``re``: a normal QQ plot of the
+coefficients). Written as PNG with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RUG_POINTS = 5000
+GRID = 100
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
+
+
+def _curve(result, i: int, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    spec = result.spec
+    s, sl = spec.smooths[i], spec.slices()[i]
+    X = s.design(frame)
+    V = result.Vp[sl, sl]
+    return X @ result.coef[sl], np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
+
+
+def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``OUT/<label>.png`` for each smooth; returns the paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = result.spec
+    if data is not None and not isinstance(data, pd.DataFrame):
+        data = data.head(RUG_POINTS * 4, npartitions=-1)
+    if data is not None:
+        data, _ = spec.prepare(data)
+        if len(data) > RUG_POINTS:
+            data = data.sample(RUG_POINTS, random_state=1)
+    paths = []
+    for i, s in enumerate(spec.smooths):
+        c = s.call
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        sl = spec.slices()[i]
+        if s.random:
+            b = np.sort(result.coef[sl])
+            q = stats.norm.ppf((np.arange(1, len(b) + 1) - 0.5) / len(b))
+            ax.plot(q, b, "o", ms=3)
+            ax.set_xlabel("Gaussian quantiles")
+            ax.set_ylabel("effects")
+        elif c.kind == "s" and c.bs[0] == "fs":  # one curve per level, as plot.gam
+            fs = s.margins[0]
+            v = [x for x in c.variables if x != fs.factor][0]
+            lo, hi = (float(data[v].min()), float(data[v].max())) if data is not None \
+                and len(data) else (float(fs.base.knots.min() + fs.base.shift[0]),
+                                     float(fs.base.knots.max() + fs.base.shift[0]))
+            xs = np.linspace(lo, hi, GRID)
+            for lev in fs.levels:
+                grid = pd.DataFrame({v: xs, fs.factor: [lev] * GRID})
+                f, _ = _curve(result, i, grid)
+                ax.plot(xs, f, "-", lw=1)
+            ax.set_xlabel(v)
+            ax.set_ylabel(s.label)
+        elif len(c.variables) == 1:
+            v = c.variables[0]
+            lo, hi = _range(s, 0, data, v)
+            grid = pd.DataFrame({v: np.linspace(lo, hi, GRID)})
+            _by(grid, s)
+            f, se = _curve(result, i, grid)
+            ax.plot(grid[v], f, "k-")
+            ax.plot(grid[v], f + 2 * se, "k--", lw=0.8)
+            ax.plot(grid[v], f - 2 * se, "k--", lw=0.8)
+            if data is not None:
+                ax.plot(data[v], np.full(len(data), ax.get_ylim()[0]), "|", color="k",
+                        ms=6, alpha=0.5)
+            ax.set_xlabel(v)
+            ax.set_ylabel(f"{s.label}")
+        else:
+            v1, v2 = c.variables[:2]
+            a = np.linspace(*_range(s, 0, data, v1), 40)
+            b = np.linspace(*_range(s, 1, data, v2), 40)
+            A, B = np.meshgrid(a, b)
+            grid = pd.DataFrame({v1: A.ravel(), v2: B.ravel()})
+            _by(grid, s)
+            f, _ = _curve(result, i, grid)
+            cs = ax.contour(A, B, f.reshape(A.shape), levels=10, colors="k", linewidths=0.8)
+            ax.clabel(cs, fontsize=7)
+            if data is not None:
+                ax.plot(data[v1], data[v2], ".", ms=1, color="0.5")
+            ax.set_xlabel(v1)
+            ax.set_ylabel(v2)
+        ax.set_title(s.label)
+        fig.tight_layout()
+        path = out / f"{i + 1:02d}_{_safe(s.label)}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _range(s, j: int, data, v: str) -> tuple[float, float]:
+    if data is not None and len(data):
+        x = data[v].to_numpy(dtype=float)
+        return float(x.min()), float(x.max())
+    m = s.margins[j]
+    k = np.asarray(m.knots)
+    if hasattr(m, "m"):  # P-spline: the knots extend beyond the data
+        deg = m.m[0] + 1
+        k = k[deg:len(k) - deg]
+    return float(k.min()), float(k.max())
+
+
+def _by(grid: pd.DataFrame, s) -> None:
+    by = s.call.by
+    if by is None:
+        return
+    grid[by] = 1.0 if s.by_numeric else s.by_level

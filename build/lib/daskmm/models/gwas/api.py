@@ -1,0 +1,253 @@
+"""``daskmm.gwas``: a mixed-model association scan, FaST-LMM's exact test with LOCO."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from daskmm.errors import DaskmmError, DataError
+from daskmm.models.gwas.genotypes import open_genotypes
+from daskmm.models.gwas.output import RESULT_COLUMNS, ScanFolder, lambda_gc, plots, read_results
+from daskmm.models.gwas.samples import match_samples
+from daskmm.models.gwas.scan import default_block_size, plan_blocks, scan_set
+from daskmm.models.gwas.tasks import Filters
+
+log = logging.getLogger("daskmm")
+
+MODES = ("exact", "sparse")
+SPARSE_THRESHOLD = 0.05
+"""fastGWA's (GCTA ``--make-bK-sparse``) cut-off: GRM entries at or below it are set to 0."""
+MAX_GROUP = 20_000
+"""The most samples one group of relatives may hold in sparse mode (one dense eigh each)."""
+
+
+@dataclass
+class GwasResult:
+    """A finished scan: ``path`` (the result folder), ``document`` (``summary.json``)."""
+
+    path: Path
+    document: dict
+
+    @property
+    def results(self) -> pd.DataFrame:
+        """One row per variant and trait (:data:`RESULT_COLUMNS`)."""
+        return read_results(self.path)[RESULT_COLUMNS]
+
+    @property
+    def lambda_gc(self) -> dict[str, float]:
+        return {t: v["lambda_gc"] for t, v in self.document["traits"].items()}
+
+    def summary(self) -> str:
+        """The printed summary (``summary.txt``)."""
+        return (self.path / "summary.txt").read_text().rstrip("\n")
+
+
+def _fingerprint(src, pheno, covar, options: dict) -> dict:
+    def stat(p):
+        if p is None:
+            return None
+        st = os.stat(p)
+        return [os.path.abspath(p), st.st_size, st.st_mtime_ns]
+    return {"genotypes": src.fingerprint(), "pheno": stat(pheno), "covar": stat(covar),
+            "options": options}
+
+
+def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
+         pheno_name: list[str] | None = None, covar: str | None = None,
+         covar_name: list[str] | None = None, out: str | os.PathLike,
+         loco: bool | None = None, maf: float = 0.01, max_missing: float = 0.1,
+         mode: str = "exact", sparse_threshold: float = SPARSE_THRESHOLD,
+         grm_variants: int | None = None, block_size: int | None = None, client=None,
+         execution: str = "auto", force: bool = False, plot: bool = True) -> GwasResult:
+    """Scan every variant for association with each trait under a linear mixed model.
+
+    FaST-LMM's model and test (``fastlmm.association.single_snp``): the genetic relationship
+    matrix of unit-standardised variants (trace ``n``), left out one chromosome at a time
+    (``loco``), ``h2`` by REML per trait and LOCO block, then per variant the GLS effect, its
+    SE and the F(1, n - d - 1) test.
+
+    Parameters
+    ----------
+    bed, zarr : str
+        Genotypes: a PLINK prefix (``.bed/.bim/.fam``) or an sgkit / VCF-Zarr store; one.
+    pheno : str
+        Table of traits with ``FID IID`` or one sample-id column (whitespace or CSV).
+    pheno_name : list of str, optional
+        Trait columns to scan (default: all but the ids).
+    covar, covar_name : optional
+        Table of covariates and the columns to use (default: all). An intercept is added.
+    out : path
+        Result folder (see :mod:`daskmm.models.gwas.output`); a rerun with the same inputs resumes.
+    loco : bool, optional
+        Leave the tested variant's chromosome out of the relationship matrix (the default in
+        exact mode; sparse mode, as fastGWA, has one matrix of close relatives).
+    maf, max_missing : float
+        Variants with a minor allele frequency below ``maf`` or a missing-call rate above
+        ``max_missing`` (over a trait's samples) are skipped, and listed in ``skipped.parquet``;
+        they are also left out of the relationship matrix.
+    mode : {"exact", "sparse"}
+        ``"exact"``: FaST-LMM's scan with dense ``n x n`` relationship matrices. ``"sparse"``:
+        fastGWA's model for biobank N: the GRM with entries at or below
+        ``sparse_threshold`` set to 0, kept sparse (no ``n x n`` matrix), eigendecomposed
+        family by family, then the same REML and the exact GLS test per variant.
+    sparse_threshold : float
+        Sparse mode: GRM entries kept above this (default 0.05, fastGWA's).
+    grm_variants : int, optional
+        Sparse mode: build the GRM from this many evenly spaced variants (default: all that
+        pass the filters).
+    block_size : int, optional
+        Variants per task (default: about 64 MB of dosages).
+    client : distributed.Client or str, optional
+        A cluster; default: in this process for small data, else a local cluster.
+    execution : {"auto", "in-process", "distributed"}
+        Where the tasks run: ``"auto"`` (in this process for small data when no cluster is
+        named or current), or forced.
+    force : bool
+        Replace a previous result at ``out``.
+    """
+    t0 = time.perf_counter()
+    if mode not in MODES:
+        raise DaskmmError(f"mode={mode!r}; allowed: {', '.join(map(repr, MODES))}")
+    if loco is None:
+        loco = mode == "exact"
+    if mode == "sparse" and loco:
+        raise DaskmmError("sparse mode has no LOCO: as fastGWA, its GRM holds only close "
+                          "relatives; leave loco out (or --mode exact for LOCO)")
+    if not 0 <= maf < 0.5:
+        raise DaskmmError(f"maf={maf}; give a minor allele frequency in [0, 0.5)")
+    if not 0 <= max_missing <= 1:
+        raise DaskmmError(f"max_missing={max_missing}; give a rate in [0, 1]")
+    if not 0 <= sparse_threshold < 1:
+        raise DaskmmError(f"sparse_threshold={sparse_threshold}; give a relatedness in [0, 1) "
+                          "(fastGWA's is 0.05)")
+    src = open_genotypes(bed, zarr)
+    match = match_samples(src.samples, pheno, pheno_name, covar, covar_name,
+                          fid_ids=src.kind == "bed")
+    filters = Filters(maf=maf, max_missing=max_missing)
+    bs = block_size or default_block_size(max(len(s.index) for s in match.sets))
+    if bs < 1:
+        raise DaskmmError(f"block_size={bs}; give a positive number of variants")
+    chrom = src.variants["chrom"].to_numpy().astype(str)
+    blocks = plan_blocks(chrom, bs)
+    chrom_order = list(dict.fromkeys(chrom))
+    if grm_variants is not None and grm_variants < 1:
+        raise DaskmmError(f"grm_variants={grm_variants}; give a positive number of variants")
+    if loco and len(chrom_order) < 2:
+        raise DataError(f"LOCO needs variants on two or more chromosomes; the genotypes have "
+                        f"only chromosome {chrom_order[0]!r}: give --no-loco (loco=False)")
+    options = {"mode": mode, "loco": loco, "maf": maf, "max_missing": max_missing,
+               "pheno_name": pheno_name, "covar_name": covar_name, "block_size": bs}
+    sparse = None
+    if mode == "sparse":
+        sparse = {"threshold": sparse_threshold, "grm_variants": grm_variants,
+                  "n_variants": src.n_variants, "max_group": MAX_GROUP}
+        options.update(sparse_threshold=sparse_threshold, grm_variants=grm_variants)
+    inputs = [p for p in (pheno, covar) if p is not None] + [str(f) for f in src.files()]
+    folder = ScanFolder(out, _fingerprint(src, pheno, covar, options), force=force,
+                        inputs=inputs)
+    done = folder.done_blocks()
+    if folder.resumed:
+        log.info("resuming %s: %d of %d blocks done", folder.path, len(done),
+                 len(blocks) * len(match.sets))
+    variants = src.variants
+    known = folder.nulls()
+
+    def on_block(block, set_id, tested, skipped):
+        v = variants.iloc[tested["variant_index"].to_numpy()].reset_index(drop=True)
+        tested = pd.concat([v, tested.reset_index(drop=True)], axis=1)
+        vs = variants.iloc[skipped["variant_index"].to_numpy()].reset_index(drop=True)
+        skipped = pd.concat([vs[["chrom", "pos", "variant_id"]],
+                             skipped.reset_index(drop=True)], axis=1)
+        folder.write_block(block.chrom, block.index, set_id, tested, skipped)
+
+    def on_null(c, set_id, null):
+        doc = {"chrom": c, "set": set_id, "traits": sset_traits[set_id], "n": null.n,
+               "covariates": null.d, "components": dict(zip(sset_traits[set_id],
+                                                             null.variance_components())),
+               "sparse_grm": getattr(null, "grm", None)}
+        folder.write_null(c, set_id, doc)
+
+    sset_traits = {i: s.traits for i, s in enumerate(match.sets)}
+    from daskmm.distributed.execution import executor, is_in_process, runs_in_process
+
+    cells = src.n_variants * max(len(s.index) for s in match.sets) * len(match.sets)
+    timing = []
+    if execution not in ("auto", "in-process", "distributed"):
+        raise DaskmmError(f"execution={execution!r}; allowed: 'auto', 'in-process', "
+                          "'distributed'")
+    with executor(runs_in_process(execution, client, cells), client) as c:
+        reader = src.reader()
+        for i, sset in enumerate(match.sets):
+            nk = {k[0]: v for k, v in known.items() if k[1] == i}
+            timing.append(scan_set(c, reader, sset, i, blocks, filters, loco, done, on_block,
+                                   on_null, nk, sparse))
+        where = "in-process" if is_in_process(c) else "distributed"
+    df = folder.read_results()
+    summary, text = _summarize(df, folder, src, match, blocks, chrom_order, loco, options,
+                               timing, time.perf_counter() - t0, where)
+    if plot:
+        plots(df, chrom_order, folder.path)
+    folder.finish(summary, text)
+    return GwasResult(folder.path, summary)
+
+
+def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timing, wall,
+               where):
+    sk_parts = sorted((folder.path / "_skipped").glob("part-*.parquet"))
+    skipped = (pd.concat([pd.read_parquet(p) for p in sk_parts], ignore_index=True)
+               if sk_parts else pd.DataFrame(columns=["variant_id", "reason", "traits"]))
+    nulls = folder.nulls()
+    traits = {}
+    for i, s in enumerate(match.sets):
+        sk = skipped[skipped["traits"] == ",".join(s.traits)]
+        reasons = {str(k): int(v) for k, v in sk["reason"].value_counts().items()}
+        for t in s.traits:
+            d = df[df["trait"] == t]
+            comps = {c: nulls[(c, i)]["components"][t]
+                     for c in (chrom_order if loco else ["all"]) if (c, i) in nulls}
+            traits[t] = {"samples_used": len(s.index), "variants_tested": int(len(d)),
+                         "variants_skipped": reasons, "lambda_gc": lambda_gc(d["p_value"]),
+                         "null": comps, "sample_set": i,
+                         **match.counts["traits"][t]}
+    model = ("FaST-LMM exact LMM scan (single_snp): GRM of unit-standardised variants, trace "
+             "n; REML h2; F(1, n-d-1) test")
+    if options["mode"] == "sparse":
+        model = ("fastGWA's model: sparse GRM (entries above "
+                 f"{options['sparse_threshold']} kept, trace n), REML h2, exact GLS F(1, n-d-1) "
+                 "test per variant")
+    sparse_grm = {f"set{k[1]}": v.get("sparse_grm") for k, v in nulls.items()
+                  if v.get("sparse_grm")}
+    summary = {"kind": "gwas", "model": model, **({"sparse_grm": sparse_grm} if sparse_grm
+                                                   else {}),
+               "mode": options["mode"], "loco": loco, "genotypes": src.path,
+               "samples": {k: v for k, v in match.counts.items() if k != "traits"},
+               "covariates": match.covariates, "variants": src.n_variants,
+               "blocks": len(blocks), "filters": {"maf": options["maf"],
+                                                  "max_missing": options["max_missing"]},
+               "counted_allele": "allele1 (PLINK A1 / Zarr variant_allele[:, 1])",
+               "traits": traits, "timing": {"wall_s": wall, "sets": timing},
+               "executed": where}
+    lines = [f"daskmm gwas: {src.n_variants} variants in {len(blocks)} blocks, "
+             f"{'LOCO' if loco else 'one GRM (no LOCO)'}, {options['mode']} mode ({where})",
+             f"samples: {match.counts['genotyped']} genotyped; covariates: "
+             f"{', '.join(match.covariates) or '(intercept only)'}"]
+    for t, v in traits.items():
+        h2 = [c["h2"] for c in v["null"].values()]
+        lines.append(f"trait {t}: {v['samples_used']} samples "
+                     f"({v['dropped_missing_trait']} missing the trait), "
+                     f"{v['variants_tested']} variants tested, skipped "
+                     f"{sum(v['variants_skipped'].values())} "
+                     f"{json.dumps(v['variants_skipped'])}; h2 "
+                     f"{min(h2):.4f}..{max(h2):.4f} over {len(h2)} null models; lambda_gc "
+                     f"{v['lambda_gc']:.4f}")
+    lines.append(f"wall time {wall:.1f} s")
+    return summary, "\n".join(lines) + "\n"
+
+
+__all__ = ["gwas", "GwasResult", "read_results"]

@@ -1,0 +1,363 @@
+"""What every mixed-model result shares: estimates, random-effect tables, rows, the
+optimiser's record, and a document that reads back without the data (``to_dict`` /
+``from_dict``).
+
+:class:`~daskmm.models.lmm.result.LmmResult` and
+:class:`~daskmm.models.glmm.result.GlmmResult` are siblings over :class:`MixedResult`; each
+adds its own scalars, tables and printed summary. Tidy tables use broom.mixed's column names
+(``effect, group, term, estimate, std_error, statistic``); the conditional-mode table has
+``group, level, term, estimate, std_error``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from daskmm.data.rows import DropCounts
+from daskmm.core.optimizer import OptSummary
+from daskmm.core.reterm import RandomTerm, split_theta
+
+SINGULAR_TOL = 1e-4  # lme4::isSingular
+
+
+@dataclass
+class RanefTable:
+    """Conditional modes of one grouping factor: ``b`` (levels x q) and their conditional
+    covariance ``cov`` (levels x q x q), all terms of the factor side by side."""
+
+    levels: list[str]
+    b: np.ndarray
+    cov: np.ndarray
+
+
+@dataclass
+class MixedResult:
+    """A fitted mixed model.
+
+    Attributes
+    ----------
+    formula : str
+    theta : ndarray
+        Relative covariance parameters in lme4's order.
+    beta, fixef_names, vcov
+        Fixed effects (aliased columns dropped), their names and covariance.
+    objective : float
+        The criterion minimised (REML criterion, or -2 log-likelihood).
+    nobs : int
+    n_dropped : DropCounts
+        Rows this fit dropped for a missing value in a column it uses, by column.
+    ngroups : dict
+        Levels per grouping factor.
+    ranef : dict
+        Factor name -> :class:`RanefTable` (empty for a result read back without them).
+    optinfo : OptSummary
+        What the optimiser did (:class:`daskmm.core.optimizer.OptSummary`).
+    terms : list of RandomTerm
+        The random-effect terms, in lme4's order.
+    factor_terms : dict
+        Factor name -> indices of its terms.
+    spec : ModelSpec or None
+        The frozen model spec (None for a result read back from its document).
+    ingest_dropped : dict
+        Rows ``daskmm ingest`` dropped before (``na_action: omit``), by column.
+    """
+
+    formula: str
+    theta: np.ndarray
+    beta: np.ndarray
+    fixef_names: list[str]
+    vcov: np.ndarray
+    objective: float
+    nobs: int
+    n_dropped: dict
+    ngroups: dict
+    ranef: dict
+    optinfo: OptSummary
+    terms: list = field(default_factory=list)
+    factor_terms: dict = field(default_factory=dict)
+    spec: object = None
+    timing: dict = field(default_factory=dict)
+    ingest_dropped: dict = field(default_factory=dict)
+
+    kind = "mixed"
+    sigma = 1.0
+
+    # ------------------------------------------------------------ scalars
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2 * self.df
+
+    @property
+    def bic(self) -> float:
+        return self.objective + self.df * math.log(self.nobs)
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.diag(self.vcov))
+
+    @property
+    def singular(self) -> bool:
+        lower = np.concatenate([t.theta_lower() for t in self.terms])
+        return bool(np.any(self.theta[lower == 0] < SINGULAR_TOL))
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.optinfo.get("converged", False))
+
+    @property
+    def mode(self) -> str:
+        """Where the fit ran: ``in-process``, ``gathered`` or ``distributed``."""
+        return self.optinfo.get("mode", "")
+
+    # ------------------------------------------------------------ tables
+    def term_groups(self) -> list[str]:
+        """Group label of each term as lme4 writes it (``Subject``, ``Subject.1``)."""
+        seen: dict[str, int] = {}
+        out = []
+        for t in self.terms:
+            k = seen.get(t.factor, 0)
+            out.append(t.factor if k == 0 else f"{t.factor}.{k}")
+            seen[t.factor] = k + 1
+        return out
+
+    def _varcorr_rows(self) -> list[tuple]:
+        rows = []
+        for t, grp, th in zip(self.terms, self.term_groups(), split_theta(self.terms,
+                                                                         self.theta)):
+            lam = t.Lambda(th)
+            cov = self.sigma ** 2 * lam @ lam.T
+            sd = np.sqrt(np.diag(cov))
+            for i, name in enumerate(t.columns):
+                rows.append((grp, name, None, cov[i, i], sd[i]))
+            for i in range(t.q):
+                for j in range(i + 1, t.q):
+                    corr = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else float("nan")
+                    rows.append((grp, t.columns[i], t.columns[j], cov[i, j], corr))
+        return rows
+
+    def varcorr(self) -> pd.DataFrame:
+        """Rows as ``as.data.frame(VarCorr(fit))``: ``grp, var1, var2, vcov, sdcor``."""
+        return pd.DataFrame(self._varcorr_rows(), columns=["grp", "var1", "var2", "vcov",
+                                                           "sdcor"])
+
+    def ranef_frame(self) -> pd.DataFrame:
+        """Conditional modes: ``group, level, term, estimate, std_error`` (group as lme4's
+        factor name; terms of one factor are side by side in ``b``)."""
+        frames = []
+        for name, ids in self.factor_terms.items():
+            if name not in self.ranef:
+                continue
+            tab = self.ranef[name]
+            cols = [c for ti in ids for c in self.terms[ti].columns]
+            sd = np.sqrt(np.maximum(np.diagonal(tab.cov, axis1=1, axis2=2), 0))
+            for j, term in enumerate(cols):
+                frames.append(pd.DataFrame({"group": name, "level": tab.levels, "term": term,
+                                            "estimate": tab.b[:, j], "std_error": sd[:, j]}))
+        if not frames:
+            return pd.DataFrame(columns=["group", "level", "term", "estimate", "std_error"])
+        return pd.concat(frames, ignore_index=True)
+
+    def _fixef_rows(self) -> list[dict]:
+        return [dict(r._asdict()) for r in self.fixef().itertuples(index=False)]
+
+    def _varcorr_doc(self) -> list[dict]:
+        return [{"grp": r.grp, "var1": r.var1, "var2": r.var2, "vcov": r.vcov,
+                 "sdcor": r.sdcor} for r in self.varcorr().itertuples(index=False)]
+
+    # ------------------------------------------------------------ documents
+    def _common_doc(self) -> dict:
+        return {"formula": self.formula, "nobs": self.nobs,
+                "n_dropped_na": self.rows_report()["dropped"], "rows": self.rows_report(),
+                "ngroups": {k: int(v) for k, v in self.ngroups.items()},
+                "objective": self.objective, "logLik": self.loglik, "df": self.df,
+                "AIC": self.aic, "BIC": self.bic, "theta": np.asarray(self.theta).tolist(),
+                "fixef": self._fixef_rows(), "vcov": np.asarray(self.vcov).tolist(),
+                "varcorr": self._varcorr_doc(), "converged": self.converged,
+                "singular": self.singular, "mode": self.mode,
+                "optinfo": self.optinfo.to_dict() if hasattr(self.optinfo, "to_dict")
+                else dict(self.optinfo),
+                "timing": self.timing,
+                "model": {"kind": self.kind,
+                          "terms": [{"factor": t.factor, "columns": list(t.columns),
+                                     "lhs": t.lhs} for t in self.terms],
+                          "factor_terms": {k: list(v) for k, v in self.factor_terms.items()},
+                          "fixef_names": list(self.fixef_names),
+                          "n_dropped": dict(self.n_dropped or {}),
+                          "ingest_dropped": dict(self.ingest_dropped or {})}}
+
+    def to_dict(self, ranef: bool = False) -> dict:
+        """The result document (``summary.json``); with ``ranef`` also the conditional modes
+        and their covariances (for a document :meth:`from_dict` reads back whole)."""
+        doc = self._doc()
+        if ranef:
+            doc["ranef"] = {f: {"levels": [str(v) for v in t.levels], "b": t.b.tolist(),
+                                "cov": t.cov.tolist()} for f, t in self.ranef.items()}
+        return _clean(doc)
+
+    def _doc(self) -> dict:
+        return self._common_doc()
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(_clean(self.to_dict()), **kw)
+
+    @classmethod
+    def _common_fields(cls, doc: dict) -> dict:
+        model = doc["model"]
+        fixef = doc["fixef"]
+        return dict(
+            formula=doc["formula"], theta=np.asarray(doc["theta"], dtype=float),
+            beta=np.array([r["estimate"] for r in fixef], dtype=float),
+            fixef_names=list(model["fixef_names"]),
+            vcov=np.asarray(doc["vcov"], dtype=float).reshape(len(fixef), len(fixef)),
+            objective=float(doc["objective"]), nobs=int(doc["nobs"]),
+            n_dropped=DropCounts(model.get("n_dropped") or {}),
+            ngroups=dict(doc["ngroups"]),
+            ranef={f: RanefTable(list(t["levels"]), np.asarray(t["b"], dtype=float),
+                                 np.asarray(t["cov"], dtype=float))
+                   for f, t in (doc.get("ranef") or {}).items()},
+            optinfo=OptSummary.from_dict(doc.get("optinfo") or {"optimizer": "", "settings": {},
+                                                                 "x0": []}),
+            terms=[RandomTerm(t["factor"], tuple(t["columns"]), t["lhs"])
+                   for t in model["terms"]],
+            factor_terms={k: list(v) for k, v in model["factor_terms"].items()},
+            timing=dict(doc.get("timing") or {}),
+            ingest_dropped=dict(model.get("ingest_dropped") or {}))
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> MixedResult:
+        """A result from its document (:meth:`to_dict`), without the data: estimates, tables
+        and summary as fitted; no predictions (they need the model spec and the data)."""
+        kind = (doc.get("model") or {}).get("kind")
+        if cls is MixedResult:
+            from daskmm.models.glmm.result import GlmmResult
+            from daskmm.models.lmm.result import LmmResult
+            target = {"lmm": LmmResult, "glmm": GlmmResult}.get(kind)
+            if target is None:
+                from daskmm.errors import DataError
+                raise DataError(f"the document's model.kind is {kind!r}; a daskmm result "
+                                "document has 'lmm' or 'glmm'")
+            return target.from_dict(doc)
+        return cls(**cls._common_fields(doc), **cls._own_fields(doc))
+
+    @classmethod
+    def _own_fields(cls, doc: dict) -> dict:
+        return {}
+
+    # ------------------------------------------------------------ printing
+    def _criteria_lines(self) -> list[str]:
+        """lme4's ``AIC BIC logLik deviance df.resid`` header and values."""
+        w = [f"{x:.1f}" for x in (self.aic, self.bic, self.loglik, self.objective)]
+        w.append(str(self.nobs - self.df))
+        heads = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
+        width = max(len(s) for s in w + heads) + 1
+        return ["".join(h.rjust(width) for h in heads), "".join(s.rjust(width) for s in w)]
+
+    def rows_report(self) -> dict:
+        """Rows read, used and dropped, and why (``summary.json``'s ``rows``)."""
+        fit = DropCounts(self.n_dropped or {})
+        ing = DropCounts(self.ingest_dropped or {})
+        return {"used": int(self.nobs), "dropped": fit.total + ing.total,
+                "read": int(self.nobs) + fit.total,
+                "dropped_missing": dict(fit), "dropped_at_ingest": dict(ing)}
+
+    def dropped_line(self) -> str | None:
+        """lme4's ``(N observations deleted due to missingness)``, with the columns; None
+        when no row was dropped."""
+        fit = DropCounts(self.n_dropped or {})
+        ing = DropCounts(self.ingest_dropped or {})
+        total = fit.total + ing.total
+        if not total:
+            return None
+        why = []
+        if fit:
+            why.append(f"missing values in {fit.describe()}")
+        if ing:
+            why.append(f"at ingest for missing values in {ing.describe()}")
+        return f"({total} observations deleted due to missingness: {'; '.join(why)})"
+
+    def _nobs_lines(self) -> list[str]:
+        groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
+        lines = [f"Number of obs: {self.nobs}, groups:  {groups}"]
+        if self.dropped_line():
+            lines.append(self.dropped_line())
+        return lines
+
+    def _random_effects_lines(self, residual: bool) -> list[str]:
+        """lme4's ``Random effects:`` table (``Groups Name Variance Std.Dev. Corr``)."""
+        vc = self.varcorr()
+        table = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
+        for grp in self.term_groups():
+            sub = vc[vc["grp"] == grp]
+            var = sub[sub["var2"].isna()]
+            cor = sub[sub["var2"].notna()]
+            for i, r in enumerate(var.itertuples(index=False)):
+                corr = " ".join(f"{c:.2f}" for c in cor[cor["var2"] == r.var1]["sdcor"])
+                table.append((grp if i == 0 else "", r.var1, f"{r.vcov:.4g}", f"{r.sdcor:.4g}",
+                              corr))
+        if residual:
+            table.append(("Residual", "", f"{self.sigma ** 2:.4g}", f"{self.sigma:.4g}", ""))
+        widths = [max(len(r[i]) for r in table) for i in range(5)]
+        return [" " + " ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip() for r in table]
+
+    def _correlation_lines(self, names: list[str], nw: int) -> list[str]:
+        """lme4's ``Correlation of Fixed Effects:`` block (none for one fixed effect)."""
+        if len(names) < 2:
+            return []
+        sd = self.se
+        corr = self.vcov / np.outer(sd, sd)
+        abbr = [_abbrev(n) for n in names]
+        lines = ["", "Correlation of Fixed Effects:",
+                 " " * (nw + 1) + " ".join(f"{a:>6}" for a in abbr[:-1])]
+        for i in range(1, len(names)):
+            lines.append(f"{names[i]:<{nw}} " + " ".join(f"{corr[i, j]:>6.3f}"
+                                                      for j in range(i)))
+        return lines
+
+    def _tail_lines(self) -> list[str]:
+        lines = []
+        if self.singular:
+            lines += ["", "boundary (singular) fit: see help('isSingular')"]
+        return lines
+
+    def _convergence_lines(self) -> list[str]:
+        if self.converged:
+            return []
+        return ["", f"optimizer did not report convergence: {self.optinfo.get('message')}"]
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def summary(self) -> str:  # pragma: no cover - each model prints its own
+        raise NotImplementedError
+
+
+def spec_terms(spec) -> tuple[list, dict]:
+    """``(terms, factor_terms)`` of a model spec, for a result."""
+    return list(spec.terms), {f.name: list(f.terms) for f in spec.factors}
+
+
+def _abbrev(name: str) -> str:
+    return "(Intr)" if name == "(Intercept)" else name[:6]
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

@@ -1,0 +1,1 @@
+"""Generalized additive models as mgcv's bam fits them."""

@@ -1,0 +1,200 @@
+"""The result of a GLMM fit: the LMM's document and tables with glmer's differences (no
+residual variance, z statistics and Wald p-values, the family and the integration method), plus
+fitted values and predictions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+
+from daskmm.errors import ModelError
+from daskmm.results.base import MixedResult
+
+
+@dataclass
+class GlmmResult(MixedResult):
+    """A fitted generalized linear mixed model (``glmerMod``).
+
+    Attributes (beyond :class:`~daskmm.results.base.MixedResult`)
+    ----------
+    family, link : str
+    nagq : int
+        1 for the Laplace approximation, more for adaptive Gauss-Hermite quadrature.
+    nb_size : float or None
+        Negative binomial size ``k`` (``Var = mu + mu^2 / k``), as ``glmer.nb``'s theta.
+    warnings : list of str
+        Conditions worth a look (levels with all-zero responses, separation, boundary).
+    """
+
+    family: str = "binomial"
+    link: str = "logit"
+    nagq: int = 1
+    nb_size: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    predictor: object = field(default=None, repr=False, compare=False)  # GlmmRows
+    dharma: object = field(default=None, repr=False, compare=False)
+
+    kind = "glmm"
+
+    @property
+    def method(self) -> str:
+        return "Laplace" if self.nagq == 1 else f"AGQ({self.nagq})"
+
+    @property
+    def df(self) -> int:
+        """Parameters counted by lme4's logLik: fixed effects and theta (and the NB size)."""
+        return len(self.beta) + len(self.theta) + (self.nb_size is not None)
+
+    def fixef(self) -> pd.DataFrame:
+        """``term, estimate, std_error, statistic`` (z) and ``p_value`` (Wald, two-sided)."""
+        se = self.se
+        z = self.beta / se
+        return pd.DataFrame({"term": self.fixef_names, "estimate": self.beta, "std_error": se,
+                             "statistic": z, "p_value": 2 * ndtr(-np.abs(z))})
+
+    def tidy(self) -> pd.DataFrame:
+        fe = self.fixef().assign(effect="fixed", group=None)
+        rows = []
+        for r in self.varcorr().itertuples(index=False):
+            term = f"sd__{r.var1}" if pd.isna(r.var2) else f"cor__{r.var1}.{r.var2}"
+            rows.append(("ran_pars", r.grp, term, r.sdcor))
+        rp = pd.DataFrame(rows, columns=["effect", "group", "term", "estimate"])
+        cols = ["effect", "group", "term", "estimate", "std_error", "statistic", "p_value"]
+        return pd.concat([fe[cols], rp.reindex(columns=cols)], ignore_index=True)
+
+    def confint(self, method: str = "wald", level: float = 0.95) -> pd.DataFrame:
+        """lme4's ``confint(fit, method = "Wald")`` for a GLMM: ``estimate -/+ z se`` for the
+        fixed effects (``parameter, lower, upper, method, level``). Profile and bootstrap
+        intervals are built for LMMs only."""
+        from scipy import stats
+        if str(method).lower() != "wald":
+            raise ModelError(f"method={method!r}; for a GLMM 'wald' is built (profile and "
+                             "bootstrap intervals are built for linear mixed models)")
+        if not 0 < level < 1:
+            raise ModelError(f"level={level!r}; a confidence level is between 0 and 1")
+        z = float(stats.norm.ppf((1 + level) / 2))
+        return pd.DataFrame({"parameter": list(self.fixef_names),
+                             "lower": self.beta - z * self.se, "upper": self.beta + z * self.se,
+                             "method": "wald", "level": level})
+
+    def fitted(self, kind: str = "response"):
+        """Fitted values on the ``"response"`` (``mu``; the success probability for the
+        binomial) or ``"link"`` (``eta``) scale, conditional on the modes, for the rows of the
+        data the model was fitted to, as a lazy dask Series in their order."""
+        return self.predict(None, kind=kind)
+
+    def predict(self, newdata=None, kind: str = "response", re: bool = True,
+                allow_new_levels: bool = False):
+        """Predictions as lme4's ``predict(fit, newdata, type=, re.form=,
+        allow.new.levels=)``.
+
+        Parameters
+        ----------
+        newdata : path, pandas or dask DataFrame, optional
+            Rows to predict for (the fitted data when omitted).
+        kind : {"response", "link"}
+        re : bool
+            Include the conditional modes (``re.form = NULL``) or not (``re.form = NA``).
+        allow_new_levels : bool
+            Predict a level of a grouping factor not in the fit with a random effect of 0;
+            otherwise such a level raises :class:`~daskmm.errors.DataError` (lme4's default).
+
+        Returns
+        -------
+        dask.dataframe.Series
+            Lazy; ``.compute()`` it or write it with ``.to_frame().to_parquet(...)``.
+        """
+        if kind not in ("response", "link"):
+            raise ModelError(f"kind={kind!r}; use 'response' or 'link'")
+        return self._rows().predict(newdata, kind, re, allow_new_levels)
+
+    def residuals(self, type: str = "deviance"):
+        """lme4's ``residuals(fit, type=)``: ``"deviance"`` (lme4's default for a GLMM),
+        ``"pearson"`` or ``"response"`` (``y - mu``, ``y`` the proportion of successes for
+        the binomial), a lazy dask Series over the fitted rows."""
+        return self._rows().residuals(type)
+
+    def simulate(self, nsim: int = 1, seed: int = 0, re: str = "unconditional"):
+        """lme4's ``simulate(fit, nsim, seed)``: responses (successes for the binomial,
+        counts otherwise) from new random effects (``re="unconditional"``, lme4's
+        ``re.form = NA``) or from the conditional modes (``"conditional"``); a lazy dask
+        DataFrame ``sim_1 .. sim_nsim``."""
+        return self._rows().simulate(nsim, seed, re)
+
+    def simulate_residuals(self, n: int = 250, seed: int = 123,
+                           simulate_re: str = "conditional", client=None):
+        """DHARMa's ``simulateResiduals(fit, n, seed)``: scaled (quantile) residuals from
+        ``n`` simulated responses per row, with ``test_uniformity()``,
+        ``test_dispersion()`` and ``test_zero_inflation()``
+        (:class:`daskmm.models.glmm.rows.DharmaResult`). ``simulate_re="conditional"`` is DHARMa
+        0.5's default (the conditional modes); ``"unconditional"`` draws new random
+        effects."""
+        from daskmm.models.glmm.rows import simulate_residuals
+        self.dharma = simulate_residuals(self._rows(), n, seed, simulate_re, client)
+        return self.dharma
+
+    def plot(self, kind: str, out) -> list:
+        """Write diagnostic plots as PNG under folder ``out``
+        (:mod:`daskmm.models.glmm.plots`): ``dharma`` (DHARMa's QQ and residual plots)."""
+        from daskmm.models.glmm.plots import plot
+        return plot(self, kind, out)
+
+    def _rows(self):
+        if self.predictor is None:
+            raise ModelError("this result has no data attached (it was read from a "
+                             "document): fit again to predict or simulate")
+        return self.predictor
+
+    def _doc(self) -> dict:
+        doc = self._common_doc()
+        doc.update({"family": self.family, "link": self.link, "method": self.method,
+                    "nAGQ": self.nagq,
+                    "objective_kind": ("-2 log-likelihood, Laplace approximation"
+                                       if self.nagq == 1 else "-2 log-likelihood, adaptive "
+                                       f"Gauss-Hermite ({self.nagq} nodes)"),
+                    "warnings": list(self.warnings)})
+        if self.nb_size is not None:
+            doc["nb_size"] = self.nb_size
+        if self.dharma is not None:
+            doc["scaled_residuals_dharma"] = self.dharma.summary()
+        return doc
+
+    @classmethod
+    def _own_fields(cls, doc: dict) -> dict:
+        return {"family": doc["family"], "link": doc["link"], "nagq": int(doc["nAGQ"]),
+                "nb_size": doc.get("nb_size"), "warnings": list(doc.get("warnings") or [])}
+
+    def summary(self) -> str:
+        """Printed summary laid out like lme4's ``summary(glmer(...))``."""
+        how = ("Laplace Approximation" if self.nagq == 1
+               else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
+        fam = self.family if self.nb_size is None else f"Negative Binomial({self.nb_size:.4g})"
+        lines = [f"Generalized linear mixed model fit by maximum likelihood ({how}) "
+                 "['glmerMod']", f" Family: {fam}  ( {self.link} )",
+                 f"Formula: {self.formula}", ""]
+        lines += [*self._criteria_lines(), "", "Random effects:",
+                  *self._random_effects_lines(residual=False), *self._nobs_lines()]
+        lines += ["", "Fixed effects:"]
+        fe = self.fixef()
+        names = list(fe["term"])
+        nw = max(len(n) for n in names)
+        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'z value':>9}"
+                     f"{'Pr(>|z|)':>10}")
+        for r in fe.itertuples(index=False):
+            lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
+                         f"{r.statistic:>9.3f}{_pval(r.p_value):>10}")
+        lines += self._correlation_lines(names, nw) + self._tail_lines()
+        for msg in self.warnings:
+            lines += ["", f"warning: {msg}"]
+        lines += self._convergence_lines()
+        return "\n".join(lines) + "\n"
+
+
+def _pval(p: float) -> str:
+    if not math.isfinite(p):
+        return "NA"
+    return "<2e-16" if p < 2e-16 else f"{p:.3g}"

@@ -1,0 +1,1 @@
+"""The fitting service: HTTP API, job store, job processes, owners."""
