@@ -19,7 +19,7 @@ from daskmm.errors import (
 
 _LAZY = {"fit": ("daskmm.api", "fit"), "lmm": ("daskmm.models.lmm.fit", "lmm"),
          "glmm": ("daskmm.models.glmm.fit", "glmm"), "gam": ("daskmm.models.gam.model", "gam"),
-         "MixedResult": ("daskmm.results.base", "MixedResult"),
+         "MixedResult": ("daskmm.models.registry", "MixedResult"),
          "LmmResult": ("daskmm.models.lmm.result", "LmmResult"),
          "GlmmResult": ("daskmm.models.glmm.result", "GlmmResult"),
          "GamResult": ("daskmm.models.gam.result", "GamResult"),

@@ -401,32 +401,13 @@ def _fit_gam(args: argparse.Namespace, factors: list[str]) -> int:
                         method=args.method or "fREML", factors=factors, weights=args.weights,
                         client=args.scheduler, mode=args.mode, rho=args.rho,
                         ar_start=args.ar_start, discrete=args.discrete)
+    from daskmm.models.gam.outputs import gam_extra
     write_outputs(result, out, extra=gam_extra(result, args.data, plots=args.plots))
     print(result.summary())
     report_rows(result)
     print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, fitted.parquet"
           + (", plots" if args.plots else "") + f" (fitted {result.mode})")
     return 0
-
-
-def gam_extra(result, data, plots: bool = False):
-    """What a GAM adds to its result directory: ``fitted.parquet`` (column ``fitted``, one
-    row per input row in input order, NaN where the fit dropped the row) and, with
-    ``plots``, one PNG per smooth."""
-    def extra(tmp) -> None:
-        import pandas as pd
-
-        from daskmm.data.io import read_data
-        from daskmm.models.gam.predict import fitted_frame
-
-        src = data if isinstance(data, pd.DataFrame) else read_data(data)
-        fitted = fitted_frame(result, src)
-        if not isinstance(fitted, pd.DataFrame):
-            fitted = fitted.compute()
-        fitted.reset_index(drop=True).to_parquet(tmp / "fitted.parquet", index=False)
-        if plots:
-            result.plot(tmp / "plots", data=src)
-    return extra
 
 
 def _split_list(text: str) -> list[str]:

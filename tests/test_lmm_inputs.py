@@ -16,7 +16,8 @@ import pytest
 import daskmm
 from tests.conftest import CONFORMANCE, load_fixture
 
-lmm_mod = importlib.import_module("daskmm.models.lmm.fit")  # the module; daskmm.lmm is the function
+# the criterion module (daskmm.lmm is the function)
+lmm_mod = importlib.import_module("daskmm.models.lmm.criterion")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from daskmm.data.io import read_data
 from daskmm.formula.parse import parse_formula
-from daskmm.models.lmm.fit import objective, prepare_problem
+from daskmm.models.lmm.criterion import objective, prepare_problem
 
 
 def dense_criterion(y, X, Z, Lam, w, reml):

@@ -40,7 +40,7 @@ def suggestion(name: str, columns: Iterable[str]) -> str | None:
     same_case = [c for c in cols if c.lower() == name.lower()]
     if same_case:
         return same_case[0]
-    close = difflib.get_close_matches(name, cols, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, cols, n=1, cutoff=0.6)
     return close[0] if close else None
 
 

@@ -3,61 +3,18 @@
 from __future__ import annotations
 
 import os
-import warnings
 from typing import TYPE_CHECKING, Union
 
 import pandas as pd
 
 from daskmm.data.confine import PROTOCOL, check_opened, confined_fs
-from daskmm.data.manifest import Manifest, read_manifest
-from daskmm.data.provenance import absolute_source, stale_reason
+from daskmm.data.provenance import absolute_source
 from daskmm.errors import DataError
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
 DataLike = Union[str, os.PathLike, pd.DataFrame, "dd.DataFrame"]
-
-
-def dataset_manifest(data: DataLike) -> tuple[DataLike, Manifest | None]:
-    """``(data, manifest)``: a local path made absolute (remote workers resolve no relative
-    path of ours) and, for a dataset written by ``daskmm ingest`` or ``daskmm simulate``, its
-    checked manifest (every bucket present; a stale source warned about); else None."""
-    if not (isinstance(data, (str, os.PathLike)) and "://" not in os.fspath(data)):
-        return data, None
-    data = absolute_source(data)
-    manifest = read_manifest(data)
-    if manifest is not None:
-        missing = [q for q in manifest.bucket_paths(data) if not os.path.exists(q)]
-        if missing:
-            raise DataError(f"dataset {os.fspath(data)!r} is incomplete: {missing[0]!r} "
-                            "is missing; re-run the ingest")
-        stale = stale_reason(manifest.source, manifest.source_info)
-        if stale:
-            warnings.warn(f"dataset {os.fspath(data)!r} may be stale: {stale}; fitting it "
-                          "as ingested (re-run daskmm ingest to fit the current data)",
-                          stacklevel=4)
-    return data, manifest
-
-
-def open_data(data: DataLike, npartitions: int | None = None, *, local: bool = False,
-              columns: list[str] | None = None
-              ) -> tuple[pd.DataFrame | dd.DataFrame, Manifest | None]:
-    """:func:`read_data`, and the dataset's manifest when ``data`` is a local dataset written
-    by ``daskmm ingest`` or ``daskmm simulate`` (one partition per bucket), else None.
-
-    With ``local`` the data are read here into one pandas frame (an in-process fit; only the
-    ``columns`` present, when given)."""
-    data, manifest = dataset_manifest(data)
-    if local:
-        from daskmm.data.local import read_local
-        return read_local(data, manifest, columns), manifest
-    if manifest is not None:
-        import dask.dataframe as dd
-        fs = confined_fs()
-        return dd.read_parquet(manifest.bucket_paths(data), split_row_groups=False,
-                               **({"filesystem": fs} if fs is not None else {})), manifest
-    return read_data(data, npartitions), None
 
 
 def read_data(data: DataLike, npartitions: int | None = None,

@@ -15,7 +15,7 @@ import pandas as pd
 
 from daskmm.data.columns import ALL_COLUMNS
 from daskmm.data.confine import active, check_opened, open_input
-from daskmm.data.io import check_frame, csv_checks, locate
+from daskmm.data.io import check_frame, compression_of, csv_checks, locate
 from daskmm.data.manifest import Manifest, read_manifest
 from daskmm.errors import DataError
 
@@ -46,7 +46,6 @@ def estimate_rows(data) -> int | None:
         if os.path.isdir(path) or lower.endswith((".parquet", ".pq")):
             return _parquet_rows(path)
         size = os.path.getsize(path)
-        from daskmm.data.io import compression_of
         if compression_of(lower):
             return int(size * CSV_COMPRESSION_RATIO / 20)
         with open_input(path, "rb") as fh:  # no waiting on a named pipe, when confined

@@ -20,29 +20,13 @@ from daskmm.core.reterm import RandomTerm
 from daskmm.data.columns import missing_column
 from daskmm.data.rows import DropCounts, missing_rows
 from daskmm.errors import DataError, FormulaError
+from daskmm.formula.levels import level_label
 from daskmm.formula.parse import ParsedFormula
 from daskmm.formula.rexpr import identifiers, tokenize
 from daskmm.formula.transforms import Rewriter
 from daskmm.kernels.scratch import scratch
 
 _EXACT = float(2 ** 53)
-def level_label(value: object) -> str:
-    """A level as R prints it (integral floats without the ``.0``)."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    if isinstance(value, (bool, np.bool_)):
-        return "TRUE" if value else "FALSE"
-    return str(value)
-
-
-def sorted_levels(values: np.ndarray | pd.Series) -> list[str]:
-    """Distinct values sorted (numerically when numeric), as labels."""
-    u = pd.unique(pd.Series(values).dropna())
-    try:
-        u = np.sort(np.asarray(u))
-    except TypeError:
-        u = np.array(sorted(u, key=str), dtype=object)
-    return [level_label(v) for v in u]
 
 
 def is_categorical_dtype(dtype: object) -> bool:

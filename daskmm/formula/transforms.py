@@ -25,6 +25,7 @@ import pandas as pd
 
 from daskmm.errors import DataError, FormulaError
 from daskmm.formula import rexpr
+from daskmm.formula.levels import level_label, sorted_levels
 
 MATH = {"log": "log", "log1p": "log1p", "log2": "log2", "log10": "log10", "exp": "exp",
         "expm1": "expm1", "sqrt": "sqrt", "abs": "abs", "sin": "sin", "cos": "cos",
@@ -152,7 +153,6 @@ class Transform:
     def freeze(self, summary: dict) -> None:
         """Set :attr:`state` from the combined summary of the whole data."""
         if self.kind == "factor":
-            from daskmm.formula.spec import sorted_levels
             self.state = {"levels": sorted_levels(summary["levels"])}
             if not self.state["levels"]:
                 raise DataError(f"{self.r_name} has no levels (every value is missing)")
@@ -169,7 +169,6 @@ class Transform:
 
 
 def _label(v):
-    from daskmm.formula.spec import level_label
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else level_label(v)
 
 

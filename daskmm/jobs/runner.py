@@ -25,10 +25,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
+from daskmm.data.local import estimate_cells
 from daskmm.data.manifest import read_manifest
 from daskmm.data.provenance import stale_reason
 from daskmm.data.staging import check_output
+from daskmm.distributed.execution import in_process_limit
 from daskmm.errors import DataError
+from daskmm.formula.parse import identifiers
 from daskmm.jobs.spec import GwasJob, Job, load_job
 
 log = logging.getLogger("daskmm")
@@ -187,7 +192,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                                 **(job.inference or {}))
         timing["fit_s"] = time.perf_counter() - t
         if gam:
-            from daskmm.cli import gam_extra
+            from daskmm.models.gam.outputs import gam_extra
             gam_files = gam_extra(result, data)
 
     def extra(tmp: Path) -> None:
@@ -232,3 +237,31 @@ def run_gwas_job(job: GwasJob, scheduler: str | None = None, force: bool = False
     log.info("job %r done: %s", job.name, job.output)
     return {"status": "done", "output": str(job.output),
             "timing": {"gwas_s": time.perf_counter() - t}, "result": result}
+
+
+def needs_cluster(job_file: str) -> bool:
+    """Whether a job uses the shared cluster: always when it simulates, ingests, scans
+    genotypes or sets ``cluster.mode``; otherwise only when its data are not known to be
+    small (below :func:`daskmm.distributed.execution.in_process_limit` cells), as ``daskmm fit``
+    decides without a scheduler. Small fits then pay for no cluster round trips."""
+    with open(job_file) as fh:
+        doc = json.load(fh) if job_file.endswith(".json") else yaml.safe_load(fh.read())
+    if doc.get("kind") == "gwas" or doc.get("simulate") or doc.get("ingest") or \
+            (doc.get("cluster") or {}).get("mode"):
+        return True
+    try:
+        cols = len(identifiers(str(doc["formula"]))) + 1
+    except Exception:  # noqa: BLE001 - the fit will say what is wrong with the formula
+        cols = 8
+    cells = estimate_cells(doc.get("data"), cols)
+    return cells is None or cells >= in_process_limit()
+
+
+def warm_up() -> None:
+    """Import what a fit needs (about 2 s), so that a standby process starts a job at once."""
+    import distributed  # noqa: F401
+
+    import daskmm.api  # noqa: F401
+    import daskmm.models.glmm.fit  # noqa: F401
+    import daskmm.models.lmm.fit  # noqa: F401
+    import daskmm.results.writing  # noqa: F401

@@ -21,8 +21,20 @@ import pandas as pd
 from daskmm.core.optimizer import OptSummary
 from daskmm.core.reterm import RandomTerm, split_theta
 from daskmm.data.rows import DropCounts
+from daskmm.errors import DataError
 
 SINGULAR_TOL = 1e-4  # lme4::isSingular
+
+
+RESULT_KINDS: dict[str, type] = {}
+"""``model.kind`` -> the result class that reads such a document (:func:`result_kind`); a model's
+result registers itself, so this base imports no model."""
+
+
+def result_kind(cls):
+    """Class decorator: register a :class:`MixedResult` subclass under its ``kind``."""
+    RESULT_KINDS[cls.kind] = cls
+    return cls
 
 
 @dataclass
@@ -238,13 +250,11 @@ class MixedResult:
         and summary as fitted; no predictions (they need the model spec and the data)."""
         kind = (doc.get("model") or {}).get("kind")
         if cls is MixedResult:
-            from daskmm.models.glmm.result import GlmmResult
-            from daskmm.models.lmm.result import LmmResult
-            target = {"lmm": LmmResult, "glmm": GlmmResult}.get(kind)
+            target = RESULT_KINDS.get(kind)
             if target is None:
-                from daskmm.errors import DataError
                 raise DataError(f"the document's model.kind is {kind!r}; a daskmm result "
-                                "document has 'lmm' or 'glmm'")
+                                f"document has one of: {', '.join(sorted(RESULT_KINDS))} "
+                                "(read it with daskmm.MixedResult.from_dict)")
             return target.from_dict(doc)
         return cls(**cls._common_fields(doc), **cls._own_fields(doc))
 

@@ -77,40 +77,6 @@ class Progress:
             fh.write(line + "\n")
 
 
-def needs_cluster(job_file: str) -> bool:
-    """Whether a job uses the shared cluster: always when it simulates, ingests, scans
-    genotypes or sets ``cluster.mode``; otherwise only when its data are not known to be
-    small (below :func:`daskmm.distributed.execution.in_process_limit` cells), as ``daskmm fit``
-    decides without a scheduler. Small fits then pay for no cluster round trips."""
-    import yaml
-
-    from daskmm.data.local import estimate_cells
-    from daskmm.distributed.execution import in_process_limit
-    from daskmm.formula.parse import identifiers
-    with open(job_file) as fh:
-        doc = json.load(fh) if job_file.endswith(".json") else yaml.safe_load(fh.read())
-    if doc.get("kind") == "gwas" or doc.get("simulate") or doc.get("ingest") or \
-            (doc.get("cluster") or {}).get("mode"):
-        return True
-    try:
-        cols = len(identifiers(str(doc["formula"]))) + 1
-    except Exception:  # noqa: BLE001 - the fit will say what is wrong with the formula
-        cols = 8
-    cells = estimate_cells(doc.get("data"), cols)
-    return cells is None or cells >= in_process_limit()
-
-
-def warm_up() -> None:
-    """Import what a fit needs (about 2 s), so that a standby process starts a job at once."""
-    import distributed  # noqa: F401
-
-    import daskmm.api  # noqa: F401
-    import daskmm.jobs.runner  # noqa: F401
-    import daskmm.models.glmm.fit  # noqa: F401
-    import daskmm.models.lmm.fit  # noqa: F401
-    import daskmm.results.writing  # noqa: F401
-
-
 def run_one(job: str, events_path: str, scheduler: str | None,
             publish_to: str | None = None, place: dict | None = None) -> dict:
     """Run one job file (and copy its result to ``publish_to``, a URL, when given);
@@ -128,7 +94,7 @@ def run_one(job: str, events_path: str, scheduler: str | None,
     check = None
     try:
         from daskmm.data.confine import confined
-        from daskmm.jobs.runner import run_job
+        from daskmm.jobs.runner import needs_cluster, run_job
         roots: list[str] | None = None
         if place is not None:
             from daskmm.service.jobdoc import JobBodyError, Place, confirm, verify
@@ -229,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         os.nice(NICE)  # the server's API stays responsive while fits use every core
     if args.standby:
+        from daskmm.jobs.runner import warm_up
         warm_up()
         for n, line in enumerate(sys.stdin, 1):
             if not line.strip():

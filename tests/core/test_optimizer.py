@@ -17,7 +17,7 @@ from daskmm.core.optimizer import OptSummary, minimize, projected_gradient
 from daskmm.distributed.execution import InProcess
 from daskmm.formula.parse import parse_formula
 
-lmm_module = importlib.import_module("daskmm.models.lmm.fit")
+lmm_module = importlib.import_module("daskmm.models.lmm.criterion")
 
 KINDS = {
     "intercept": "y ~ x + (1 | g)",

@@ -13,7 +13,7 @@ from daskmm.distributed.execution import InProcess
 from daskmm.formula.parse import parse_formula
 from daskmm.kernels import pls
 
-lmm_module = importlib.import_module("daskmm.models.lmm.fit")
+lmm_module = importlib.import_module("daskmm.models.lmm.criterion")
 
 
 def courses(seed: int, n: int = 6000) -> pd.DataFrame:

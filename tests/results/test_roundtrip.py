@@ -11,7 +11,7 @@ import pandas as pd
 import daskmm
 from daskmm.models.glmm.result import GlmmResult
 from daskmm.models.lmm.result import LmmResult
-from daskmm.results.base import MixedResult
+from daskmm.models.registry import MixedResult
 from tests.conftest import load_fixture
 
 

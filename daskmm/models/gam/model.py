@@ -33,17 +33,14 @@ import numpy as np
 import pandas as pd
 
 from daskmm.core.families import GAMMA_FAMILY, get_family
-from daskmm.data.columns import check_factors, data_columns, missing_column
-from daskmm.data.io import DataLike, open_data
-from daskmm.data.local import estimate_cells
+from daskmm.data.columns import data_columns, missing_column
+from daskmm.data.io import DataLike
+from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.errors import DataError, FitError, FormulaError, ModelError, num
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import (
     ModelSpec,
-    check_column_types,
-    check_columns,
-    is_categorical_dtype,
     plan_formula,
 )
 from daskmm.kernels import freml, freml_blocked, gam_stats
@@ -52,6 +49,7 @@ from daskmm.models.gam.result import GamResult, post_fit
 from daskmm.models.gam.smooth import build_smooths
 from daskmm.models.gam.spec import GamSpec
 from daskmm.models.gam.terms import bar_smooths, split_smooths
+from daskmm.models.shared.prepare import prepare_columns
 from daskmm.models.shared.structure import frozen_levels
 
 if TYPE_CHECKING:
@@ -139,8 +137,10 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
     smooth_cols = set().union(*(c.columns for c in calls))
     used = sorted(parsed.columns | smooth_cols | ({weights} if weights else set())
                   | ({ar_start} if ar_start else set()))
-    here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
-    ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
+    src = Source.open(data)
+    here = runs_in_process(mode, client, lambda: src.cells(len(used)))
+    ddf = src.read(local=here, columns=used, npartitions=npartitions)
+    manifest = src.manifest
     with executor(here, client) as c:
         gspec = _freeze(c, parsed, calls, ddf, used, factors or [], weights, manifest, fam,
                         rho, ar_start, _grid_size(discrete))
@@ -190,7 +190,6 @@ def _family(name: str):
 def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, rho=0.0,
             ar_start=None, grid: int = 0) -> GamSpec:
     cols = data_columns(ddf)
-    check_columns(parsed, cols, weights)
     for call in calls:
         for v in call.variables:
             if v not in cols:
@@ -199,22 +198,15 @@ def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, r
             raise missing_column(call.by, cols, f"named by {call.text}")
     if ar_start is not None and ar_start not in cols:
         raise missing_column(ar_start, cols, "named as ar_start")
-    check_factors(factors, cols)
-    schema = {c: ddf.dtypes[c] for c in ddf.columns}
-    check_column_types(schema, used)
-    ddf = ddf[used]
     response_cols = parse_formula(f"{parsed.response} ~ 1").columns
-    cat_cols = [c for c in used if c not in response_cols
-                and (c in factors or is_categorical_dtype(schema[c]))]
-    if weights and is_categorical_dtype(schema[weights]):
-        raise DataError(f"weights column {weights!r} is not numeric ({schema[weights]}); "
-                        "prior weights must be positive numbers")
+    ddf, plan = prepare_columns(parsed, ddf, factors, weights, used=used,
+                                not_factors=response_cols)
     rewriter = plan_formula(parsed, used)
-    ddf, categorical, _, _ = frozen_levels(client, ddf, used, cat_cols, [], [], manifest,
-                                           rewriter=rewriter, declared=factors)
+    ddf, categorical, _, _ = frozen_levels(client, ddf, used, plan.categorical, [], [],
+                                           manifest, rewriter=rewriter, declared=factors)
     param_cat = {c: v for c, v in categorical.items()}
-    param = ModelSpec.build(parsed, {c: schema[c] for c in used}, param_cat, weights,
-                            rewriter=rewriter, require_bars=False)
+    param = ModelSpec.build(parsed, plan.schema, param_cat, weights, rewriter=rewriter,
+                            require_bars=False)
     param.used_columns = list(used)
     levels = dict(categorical)
     smooth_cols = sorted(set().union(*(c.columns for c in calls)))

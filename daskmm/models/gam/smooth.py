@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from daskmm.errors import DataError, FormulaError
-from daskmm.formula.spec import level_label
+from daskmm.formula.levels import level_label
 from daskmm.models.gam.bases import (
     CubicRegression,
     Cyclic,

@@ -47,25 +47,19 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as la
 
-from daskmm.core.families import FAMILIES, get_family
+from daskmm.core.families import get_family
 from daskmm.core.optimizer import minimize
 from daskmm.core.reterm import RandomTerm
-from daskmm.data.columns import check_factors, data_columns
-from daskmm.data.io import DataLike, open_data
-from daskmm.data.local import estimate_cells
-from daskmm.data.rows import DropCounts, missing_rows
+from daskmm.data.io import DataLike
+from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.distributed.passes import aligned, partitions, raw_aligned, shuffle_by
 from daskmm.distributed.progress import track
-from daskmm.errors import DataError, FitError, ModelError, num
-from daskmm.formula.checks import check_ranges, column_ranges
-from daskmm.formula.parse import identifiers, parse_formula, split_top
+from daskmm.errors import DataError, FitError, ModelError
+from daskmm.formula.checks import check_ranges
+from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import (
     ModelSpec,
-    check_column_types,
-    check_columns,
-    is_categorical_dtype,
-    level_label,
     plan_formula,
 )
 from daskmm.kernels import glm_start as G
@@ -75,12 +69,21 @@ from daskmm.kernels import scalar_re as K
 from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import group_Lambda, group_modes, lambda_tilde, profiled
 from daskmm.kernels.stats import Layout
+from daskmm.models.glmm.encode import (
+    GlmmPartition,
+    Response,
+    partition_keys,
+    prepare_partition,
+    read_response,
+    two_levels,
+    with_size,
+)
 from daskmm.models.glmm.result import GlmmResult
+from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (
     frozen_levels,
     lambdas,
     model_layout,
-    outside_bars,
     ranef_tables,
 )
 from daskmm.results.base import RanefTable, spec_terms
@@ -88,137 +91,6 @@ from daskmm.results.base import RanefTable, spec_terms
 log = logging.getLogger("daskmm")
 
 MAX_NAGQ = 25
-_FAMILY_OF_CODE = {f.code: f for f in FAMILIES.values() if f.code is not None}
-
-
-# ------------------------------------------------------------------ per partition (workers)
-@dataclasses.dataclass
-class GlmmPartition:
-    """One partition's rows for the one-intercept kernel, sorted by level: ``starts`` delimit
-    the levels."""
-
-    levels: np.ndarray
-    starts: np.ndarray
-    X: np.ndarray
-    y: np.ndarray
-    wt: np.ndarray
-    offset: np.ndarray
-    const: float  # sum of the family's log normalising constants
-    n_dropped: DropCounts
-    u_warm: np.ndarray | None = None  # modes of the last evaluation (a cache on the worker)
-
-
-@dataclasses.dataclass(frozen=True)
-class Response:
-    """How the response is read: ``trials`` (a spec of ``successes + failures`` for
-    ``cbind``), ``success`` (the second of two levels of a categorical response, which becomes
-    1), ``weights`` (prior weights: binomial trials for a proportion response)."""
-
-    column: str
-    trials: ModelSpec | None = None
-    success: str | None = None
-    weights: str | None = None
-
-
-def encode_partition(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int):
-    """Encoded arrays of one partition: ``(enc, X, y, wt, offset, const, dropped)``; ``y``
-    counts successes for the binomial (of ``wt`` trials), rows with a missing value dropped
-    (counted in ``dropped``)."""
-    cols = sorted(set(spec.used_columns) | set(resp.trials.used_columns if resp.trials else []))
-    df = df[cols]
-    ok, dropped = missing_rows(df, cols)
-    if ok is not None:
-        df = df.loc[ok]
-    if resp.success is not None:
-        lab = df[resp.column].map(level_label)
-        df = df.assign(**{resp.column: (lab == resp.success).astype(float)})
-    enc = spec.encode(df)
-    y = np.array(enc.y, dtype=float)
-    X = np.array(enc.X, dtype=float, order="C")
-    offset = np.zeros(len(y))
-    if spec._offset_specs:  # encode() returns y - offset: recover the offset
-        if spec.formula.response not in df.columns:
-            raise ModelError("an offset needs a plain response column")
-        raw = df[spec.formula.response].to_numpy(dtype=float)
-        offset = raw - y
-        y = raw
-    if resp.trials is not None:
-        wt = np.array(resp.trials.encode(df).y, dtype=float)
-        if resp.trials._offset_specs:
-            wt = wt + offset
-    elif resp.weights is not None:  # proportions with weights: successes = y * weights
-        wt = np.array(enc.w, dtype=float)
-        _check_proportion(y, resp.column)
-        y = y * wt
-        near = np.round(y)
-        y = np.where(np.abs(y - near) < 1e-8 * np.maximum(wt, 1.0), near, y)
-    else:
-        wt = np.ones(len(y))
-    fam = _FAMILY_OF_CODE[family]
-    fam.check_response(y, wt, spec.formula.response)
-    const = fam.log_constant(y, wt)
-    return enc, X, y, wt, offset, const, dropped + enc.n_dropped
-
-
-def _prepare(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: int,
-             layout: Layout | None) -> GlmmPartition | P.PirlsData:
-    """Encode one partition for the fit: the one-intercept layout when ``layout`` is None,
-    else PIRLS data for ``layout`` (:func:`daskmm.kernels.pirls.pls_layout`)."""
-    enc, X, y, wt, offset, const, dropped = encode_partition(df, spec, resp, family)
-    if layout is not None:
-        # rows grouped by primary level: each pass then reads and writes one level's block
-        # and its row of the crossed products at a time, not a random one a row; within a
-        # level, ordered by all their values, so that the sums do not depend on the order in
-        # which a shuffle delivered the rows (nothing per row leaves the fit)
-        codes = {f: pd.factorize(np.asarray(k), sort=True)[0] for f, k in enc.keys.items()}
-        values = [*X.T[::-1], offset, wt, y,
-                  *(col for z in enc.Z.values()
-                    for col in np.asarray(z, float).reshape(len(y), -1).T)]
-        o = np.lexsort([*values, *(codes[f] for f in codes if f != layout.primary),
-                        codes[layout.primary]])
-        data = P.PirlsData(X[o], y[o], wt[o], offset[o],
-                           {f: np.array(z, dtype=float)[o] for f, z in enc.Z.items()},
-                           {f: np.asarray(k)[o] for f, k in enc.keys.items()}, const,
-                           dropped)
-        P.build_index(data, layout)
-        return data
-    keys = enc.keys[spec.factors[0].name]
-    codes, levels = pd.factorize(keys, sort=True)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(len(levels) + 1))
-    return GlmmPartition(np.asarray(levels), starts.astype(np.int64), X[order], y[order],
-                         wt[order], offset[order], const, dropped)
-
-
-def _check_proportion(y, name) -> None:
-    bad = (y < 0) | (y > 1)
-    if bad.any():
-        raise DataError(f"binomial response {name!r} with weights must be a proportion in "
-                        f"[0, 1]; got {num(y[bad][0])}")
-
-
-def _keys(part, family: int) -> tuple[np.ndarray, int, dict]:
-    """Primary-level keys of a partition, rows dropped, and per-level response totals (for the
-    all-zero / all-success warnings)."""
-    if isinstance(part, GlmmPartition):
-        levels = part.levels
-        ysum = np.add.reduceat(part.y, part.starts[:-1]) if len(part.y) else np.zeros(0)
-        wsum = np.add.reduceat(part.wt, part.starts[:-1]) if len(part.y) else np.zeros(0)
-    else:
-        codes, levels = pd.factorize(part.keys[part.primary], sort=True)
-        ysum = np.bincount(codes, part.y, minlength=len(levels))
-        wsum = np.bincount(codes, part.wt, minlength=len(levels))
-    Z = {} if isinstance(part, GlmmPartition) else part.Z
-    ranges = column_ranges(part.y / part.wt if family == K.BINOMIAL else part.y, Z)
-    return np.asarray(levels), part.n_dropped, {"ysum": ysum, "wsum": wsum, "ranges": ranges}
-
-
-def _with_size(part, size: float | None):
-    """The negative binomial's size ``k`` travels to the kernels in ``wt`` (unused otherwise by
-    that family): set it on the cached partition before each use."""
-    if size is not None and (len(part.wt) == 0 or part.wt[0] != size):
-        part.wt = np.full(len(part.y), float(size))
-    return part
 
 
 def _scoring(part, beta: np.ndarray | None, family: int, link: int):
@@ -229,7 +101,7 @@ def _scoring(part, beta: np.ndarray | None, family: int, link: int):
 def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, link: int,
               nodes: np.ndarray, weights: np.ndarray, modes: bool = False,
               size: float | None = None):
-    _with_size(part, size)
+    with_size(part, size)
     eta0 = part.X @ beta + part.offset
     m = len(part.levels)
     warm = part.u_warm is not None
@@ -246,13 +118,13 @@ def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, 
 
 def _local_eval(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
                 link: int, size: float | None = None, newton: bool = False) -> float:
-    _with_size(data, size)
+    with_size(data, size)
     return P.local_laplace(data, layout, lam, beta, family, link, newton=newton)
 
 
 def _local_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
                  link: int, size: float | None = None) -> P.Point:
-    _with_size(data, size)
+    with_size(data, size)
     return P.local_point(data, layout, lam, beta, family, link)
 
 
@@ -262,7 +134,7 @@ def _g_point(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.
     conditional modes: the local modes to convergence given the crossed factors' ``b_G``
     (warm from the fit), then the blocked point there. The result stays on the worker.
     ``done``: the last solve's :func:`_c_finish` on this partition (run first)."""
-    _with_size(data, size)
+    with_size(data, size)
     value = P.local_laplace(data, layout, lam, beta, family, link,
                             eta_extra=P.global_zb(data, layout, b_G))
     if not math.isfinite(value):
@@ -285,7 +157,7 @@ def _c_start(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.
     left (:func:`daskmm.kernels.pirls.crossed_gradient`), the modes are first moved to first
     order in the change of ``(theta, beta)`` (:func:`daskmm.kernels.laplace_grad.local_shift`).
     ``done``: the last solve's :func:`_c_finish` on this partition (run first)."""
-    _with_size(data, size)
+    with_size(data, size)
     n_loc = data.index.Z_loc.shape[1]
     st = None
     warm = isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc
@@ -304,7 +176,7 @@ def _c_start(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.
 def _c_try(data: P.PirlsData, st: P.CrossedState, layout: Layout, lam: dict, beta: np.ndarray,
            b_G_target: np.ndarray, t: float, family: int, link: int,
            size: float | None = None) -> P.CrossedState | None:
-    _with_size(data, size)
+    with_size(data, size)
     return P.crossed_try(data, st, layout, lam, beta, b_G_target, t, family, link)
 
 
@@ -408,33 +280,28 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     if weights and family != "binomial":
         raise ModelError(f"weights apply to a binomial proportion response (the trials); the "
                          f"{family} family takes none")
-    parsed_y, resp_col, trials_text = _response(parsed, family)
+    parsed_y, resp_col, trials_text = read_response(parsed, family)
     if weights and trials_text:
         raise ModelError("give the trials either by cbind(successes, failures) or by weights "
                          "with a proportion response, not both")
     used = sorted(parsed.columns | ({weights} if weights else set()))
-    here = runs_in_process(mode, client, lambda: estimate_cells(data, len(used)))
-    ddf, manifest = open_data(data, npartitions=npartitions, local=here, columns=used)
-    check_columns(parsed, data_columns(ddf), weights)
-    check_factors(factors or [], data_columns(ddf))
-    schema = {c: ddf.dtypes[c] for c in ddf.columns}
-    check_column_types(schema, used)
-    ddf = ddf[used]
-    group_cols = sorted({c for b in bars for c in b.factor})
-    outside = sorted(parsed.columns - {c for c in group_cols if c not in outside_bars(parsed)})
-    cat_cols = [c for c in outside if c in (factors or []) or is_categorical_dtype(schema[c])]
-    factor_names = list(dict.fromkeys(b.factor_name for b in bars))
+    src = Source.open(data)
+    here = runs_in_process(mode, client, lambda: src.cells(len(used)))
+    ddf = src.read(local=here, columns=used, npartitions=npartitions)
+    manifest = src.manifest
+    ddf, plan = prepare_columns(parsed, ddf, factors or [], weights)
+    factor_names = plan.factor_names
     opts = optimizer_options or {}
     with executor(here, client) as c:
         rewriter = plan_formula(parsed_y, used)
         ddf, categorical, factor_levels, combos = frozen_levels(
-            c, ddf, used, cat_cols, factor_names, group_cols, manifest, hold=True,
+            c, ddf, used, plan.categorical, factor_names, plan.groups, manifest, hold=True,
             rewriter=rewriter, declared=factors or ())
         held = not isinstance(ddf, pd.DataFrame) and len(factor_names) > 1
-        sch = {col: schema[col] for col in used}
+        sch = dict(plan.schema)
         success = None
         if resp_col in categorical:
-            success = _two_levels(resp_col, categorical.pop(resp_col), family)
+            success = two_levels(resp_col, categorical.pop(resp_col), family)
             sch[resp_col] = np.dtype(float)
         spec = ModelSpec.build(parsed_y, sch, categorical, weights, factor_levels or None,
                                rewriter=rewriter)
@@ -451,23 +318,19 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             log.info("data are not partitioned by %s: shuffling", primary)
             ddf = shuffle_by(ddf, spec.factor(primary))
         parts = _persist(c, ddf, spec, resp, fam_code, part_layout)
-        info = c.gather(c.map(_keys, parts, family=fam_code, pure=False))
+        info = c.gather(c.map(partition_keys, parts, family=fam_code, pure=False))
         if not aligned([k for k, _, _ in info]):
             log.info("data are not partitioned by %s: shuffling", primary)
             c.cancel(parts)
             parts = _persist(c, shuffle_by(ddf, spec.factor(primary)), spec, resp, fam_code,
                              part_layout)
-            info = c.gather(c.map(_keys, parts, family=fam_code, pure=False))
+            info = c.gather(c.map(partition_keys, parts, family=fam_code, pure=False))
         del ddf  # the encoded partitions are all the fit needs from here on
         n_dropped = sum(d for _, d, _ in info)
         ngroups = {primary: sum(len(k) for k, _, _ in info)}
         for f in spec.factors:
             if f.name != primary:
                 ngroups[f.name] = len(factor_levels[f.name])
-        for name, nl in ngroups.items():
-            if nl < 2:
-                raise DataError(f"grouping factor {name!r} has {nl} level; a random effect "
-                                "needs at least 2 levels (drop the term or use a fixed effect)")
         check_ranges([i[2]["ranges"] for i in info], spec, parsed.response)
         notes = _level_warnings(primary, info, family)
         keep, beta0, n, const = _glm_start(c, parts,
@@ -476,6 +339,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         if n == 0:
             raise DataError("no rows left after dropping rows with missing values in the "
                             f"columns the model uses ({', '.join(used)})")
+        check_groups(spec, ngroups, n, allow_n=True)  # as glmer: a level an observation is fine
         if scalar:
             crit = _ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const)
         elif glob:
@@ -553,38 +417,10 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                      terms=terms, factor_terms=factor_terms, family=family, link=link,
                      nagq=nagq, nb_size=size, warnings=notes)
     res.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
-    res.predictor = rows_for(res, data, resp, npartitions)
+    res.predictor = rows_for(res, src, resp, npartitions)
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                   "total_s": time.perf_counter() - t0}
     return res
-
-
-def _response(parsed, family: str):
-    """``(parsed with the response column, the response column, trials text or None)``."""
-    resp, trials_text = parsed.response.strip(), None
-    if resp.startswith("cbind(") and resp.endswith(")"):
-        if family != "binomial":
-            raise ModelError("cbind(successes, failures) is a binomial response; use a count "
-                             f"column for the {family} family")
-        args = [p for _, p in split_top(resp[len("cbind("):-1], ",")]
-        if len(args) != 2:
-            raise ModelError(f"cbind() needs two arguments (successes, failures); got {resp!r}")
-        a, b = args[0].strip(), args[1].strip()
-        resp = a if a.isidentifier() else f"I({a})"  # formulaic reads bare '+'/'-' as terms
-        trials_text = f"I(({a}) + ({b}))"
-    col = resp if resp.isidentifier() else next(iter(sorted(identifiers(resp))), resp)
-    return dataclasses.replace(parsed, response=resp), col, trials_text
-
-
-def _two_levels(col: str, levels: list[str], family: str) -> str:
-    if family != "binomial":
-        raise DataError(f"response {col!r} is categorical; the {family} family needs counts")
-    if len(levels) != 2:
-        shown = ", ".join(levels[:5]) + (", ..." if len(levels) > 5 else "")
-        raise DataError(f"binomial response {col!r} is categorical with {len(levels)} "
-                        f"level(s) ({shown}); a factor response needs exactly 2 (the first is "
-                        "failure), or give 0/1 or cbind(successes, failures)")
-    return levels[1]
 
 
 def _level_warnings(primary: str, info: list, family: str) -> list[str]:
@@ -1048,11 +884,11 @@ def rows_for(res: GlmmResult, data, resp: Response, npartitions: int | None):
 
 def _persist(c, ddf, spec, resp, family, layout) -> list:
     if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
-        return c.map(_prepare, [ddf], spec=spec, resp=resp, family=family, layout=layout)
+        return c.map(prepare_partition, [ddf], spec=spec, resp=resp, family=family, layout=layout)
     import dask
 
     tok = uuid.uuid4().hex[:8]
-    prep = dask.delayed(_prepare, pure=False)
+    prep = dask.delayed(prepare_partition, pure=False)
     # partition i on worker i mod n: every pass of the fit runs where its partition is, so
     # two partitions on one worker (as a shuffle's outputs sometimes land) would halve the
     # speed, or move the data when the scheduler steals a task; another worker takes over

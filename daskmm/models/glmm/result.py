@@ -12,9 +12,10 @@ import pandas as pd
 from scipy.special import ndtr
 
 from daskmm.errors import ModelError
-from daskmm.results.base import MixedResult
+from daskmm.results.base import MixedResult, result_kind
 
 
+@result_kind
 @dataclass
 class GlmmResult(MixedResult):
     """A fitted generalized linear mixed model (``glmerMod``).

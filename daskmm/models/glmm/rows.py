@@ -107,7 +107,7 @@ class GlmmRows:
     def rows(self, df: pd.DataFrame):
         """``(ok, enc, y, wt, offset)`` of a partition's usable rows (``y`` successes for the
         binomial, ``wt`` its trials)."""
-        from daskmm.models.glmm.fit import encode_partition
+        from daskmm.models.glmm.encode import encode_partition
         spec, resp = self.base.spec, self.resp
         cols = sorted(set(spec.used_columns)
                       | set(resp.trials.used_columns if resp.trials else []))

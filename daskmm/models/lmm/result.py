@@ -11,13 +11,14 @@ import pandas as pd
 from scipy import stats
 
 from daskmm.errors import ModelError
-from daskmm.results.base import SINGULAR_TOL, MixedResult, RanefTable
+from daskmm.results.base import SINGULAR_TOL, MixedResult, RanefTable, result_kind
 
 CI_METHODS = ("wald", "profile", "boot")
 
 __all__ = ["LmmResult", "RanefTable", "SINGULAR_TOL"]
 
 
+@result_kind
 @dataclass
 class LmmResult(MixedResult):
     """A fitted linear mixed model.

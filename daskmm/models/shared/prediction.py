@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from daskmm.data.source import Source
 from daskmm.errors import DataError, ModelError
 from daskmm.formula.parse import identifiers
 
@@ -41,8 +42,9 @@ class Predictor:
         Residual standard deviation (LMM; 1 for a GLMM).
     theta : ndarray
         Relative covariance parameters (for simulating new random effects).
-    data : object
-        The fitted data (path or frame) for ``fitted``/``residuals``; None when unknown.
+    data : Source, path, frame or None
+        The fitted data for ``fitted``/``residuals`` (the fit's :class:`Source`); None when
+        unknown (a saved model).
     npartitions : int or None
     """
 
@@ -56,12 +58,12 @@ class Predictor:
 
     # ------------------------------------------------------------ public, lazy
     def frame(self, newdata=None):
-        """The rows to work on, as a dask DataFrame."""
-        from daskmm.data.io import read_data
+        """The rows to work on, as a dask DataFrame (the fitted ones from the fit's
+        :class:`~daskmm.data.source.Source`, opened once)."""
         src = self.data if newdata is None else newdata
         if src is None:
             raise ModelError("this result has no data attached; pass newdata")
-        return read_data(src, self.npartitions)
+        return Source.open(src).frame(self.npartitions)
 
     def predict(self, newdata=None, re: bool = True, allow_new_levels: bool = False):
         """``predict(fit, newdata, re.form = if (re) NULL else NA, allow.new.levels =)``: a

@@ -15,8 +15,9 @@ import pandas as pd
 from daskmm.data.manifest import Manifest
 from daskmm.distributed.passes import metadata_pass
 from daskmm.errors import DataError
+from daskmm.formula.levels import level_label, sorted_levels
 from daskmm.formula.parse import ParsedFormula
-from daskmm.formula.spec import FactorSpec, ModelSpec, level_label, sorted_levels
+from daskmm.formula.spec import FactorSpec, ModelSpec
 from daskmm.formula.transforms import Rewriter
 from daskmm.kernels.pls import global_modes
 from daskmm.kernels.stats import Layout

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daskmm.formula.spec import sorted_levels
+from daskmm.formula.levels import sorted_levels
 from daskmm.models.gam.bases import CubicRegression, place_knots, r_quantile
 from daskmm.models.gam.smooth import build_smooths
 from daskmm.models.gam.terms import split_smooths

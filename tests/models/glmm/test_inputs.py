@@ -9,7 +9,7 @@ import pytest
 from scipy import special
 
 from daskmm.errors import DataError, ModelError
-from daskmm.formula.spec import sorted_levels
+from daskmm.formula.levels import sorted_levels
 from daskmm.models.glmm.fit import glmm
 from tests.models.glmm.helpers import simulate
 

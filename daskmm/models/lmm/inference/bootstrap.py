@@ -30,7 +30,7 @@ from daskmm.errors import ModelError
 from daskmm.kernels.lmm_simulate import SimulationBasis, simulate_stats, simulation_basis
 from daskmm.kernels.pls import group_Lambda, lambda_tilde
 from daskmm.kernels.varpar import theta_to_sdcor
-from daskmm.models.lmm.fit import Problem, objective, optimise
+from daskmm.models.lmm.criterion import Problem, objective, optimise
 from daskmm.models.lmm.inference.deviance import blas_threads
 from daskmm.models.lmm.inference.options import MIN_NBOOT, check_nboot
 from daskmm.models.shared.structure import lambdas

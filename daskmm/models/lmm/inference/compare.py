@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from daskmm.errors import ModelError
-from daskmm.models.lmm.fit import objective, optimise
+from daskmm.models.lmm.criterion import objective, optimise
 
 
 def ml_deviance(result) -> float:

@@ -11,7 +11,7 @@ from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
 from daskmm.kernels.stats import LevelGroup, PartitionStats
 from daskmm.kernels.varpar import deviance_vp, sdcor_to_theta
-from daskmm.models.lmm.fit import Problem, objective, objective_parts
+from daskmm.models.lmm.criterion import Problem, objective, objective_parts
 
 SMALL_K = 512
 """Problems whose global block is at most this size evaluate faster with single-threaded

@@ -31,7 +31,7 @@ from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
 from daskmm.kernels.lmm_simulate import SimulationBasis
 from daskmm.kernels.stats import LevelGroup, PartitionStats
-from daskmm.models.lmm.fit import Problem, objective, optimise
+from daskmm.models.lmm.criterion import Problem, objective, optimise
 from daskmm.models.lmm.inference.bootstrap import (
     REFIT_OPTIONS,
     run_replicates,

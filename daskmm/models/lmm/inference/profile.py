@@ -31,7 +31,7 @@ from scipy import optimize, stats
 from daskmm.errors import ModelError
 from daskmm.kernels.profile_spline import back_spline_predict, next_par
 from daskmm.kernels.varpar import richardson_hessian, sdcor_names, theta_to_sdcor
-from daskmm.models.lmm.fit import Problem, objective, optimise
+from daskmm.models.lmm.criterion import Problem, objective, optimise
 from daskmm.models.lmm.inference.deviance import Deviance, blas_threads, offset_problem
 
 log = logging.getLogger("daskmm")

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from daskmm.models.lmm.fit import lmm, objective, predictor_for
+from daskmm.models.lmm.criterion import objective
+from daskmm.models.lmm.fit import lmm, predictor_for
 from daskmm.models.shared.structure import ranef_tables
 from tests.models.lmm.inference.refs import CASES, frame, load
 

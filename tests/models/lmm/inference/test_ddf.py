@@ -8,7 +8,7 @@ import pytest
 
 import daskmm
 from daskmm.errors import ModelError
-from daskmm.results.base import MixedResult
+from daskmm.models.registry import MixedResult
 from tests.conftest import LMM_FIXTURES, load_fixture
 from tests.models.lmm.inference.conftest import at_reference
 from tests.models.lmm.inference.refs import CASES, rel
