@@ -308,60 +308,53 @@ def _service_command(args: argparse.Namespace) -> int:
     return 0
 
 
+FLAGS = {"reml": "--ml", "client": "--scheduler", "ar_start": "--ar-start"}
+"""Options whose flag is not ``--`` and the option's name."""
+
+
+def _spell(name: str, value: object) -> str:
+    """An option as the command line writes it: ``--nagq 7``, ``--discrete``."""
+    if name == "reml":
+        return "--ml" if value is False else "--method REML"
+    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    if isinstance(value, bool) or value is True:
+        return flag
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {','.join(map(str, value))}"
+    return f"{flag} {value}"
+
+
+def _fit_options(args: argparse.Namespace) -> dict:
+    """The fit's options the command line set (:func:`daskmm.api.given_options`)."""
+    from daskmm.api import DEFAULTS, given_options
+    values = {"link": args.link, "nagq": args.nagq, "factors": _split_list(args.factors),
+              "weights": args.weights, "client": args.scheduler, "mode": args.mode,
+              "method": args.method, "rho": args.rho, "ar_start": args.ar_start,
+              "discrete": args.discrete, "ddf": args.ddf, "ci": args.ci,
+              "level": args.level, "nboot": args.nboot,
+              # the seed is the bootstrap's; a GLMM's --plots takes it for DHARMa's draws
+              "seed": args.seed if args.ci == "boot" else None}
+    if args.ml:
+        if args.method not in (None, "ML"):
+            raise DaskmmError(f"--ml and --method {args.method} disagree; give one of them")
+        values["reml"] = False
+    # a flag not given is None (--level, --nboot): the option's own default then
+    return given_options({k: v for k, v in values.items() if v is not None or
+                          DEFAULTS[k] is None})
+
+
 def _fit(args: argparse.Namespace) -> int:
-    import daskmm
+    from daskmm.models.registry import check
     from daskmm.results.writing import report_rows, write_outputs
 
-    factors = _split_list(args.factors)
-    from daskmm.formula.parse import is_gam_formula
-    gam = is_gam_formula(args.formula)
-    given = [f for f, v in (("--ddf", args.ddf), ("--ci", args.ci), ("--level", args.level),
-                            ("--nboot", args.nboot)) if v is not None]
-    if gam and given:
-        raise DaskmmError(f"{', '.join(given)} (inference after the fit) "
-                          f"{'apply' if len(given) > 1 else 'applies'} to linear mixed "
-                          "models; a GAM (a formula with s(), te() or ti() terms) reports "
-                          "mgcv's summary tests and standard errors: leave them out")
-    if args.level is not None and args.ci is None:
-        raise DaskmmError("--level applies to confidence intervals; give --ci wald|profile|"
-                          "boot with it, or leave it out")
-    if args.nboot is not None and args.ci != "boot":
-        raise DaskmmError("--nboot applies to --ci boot (the parametric bootstrap); give "
-                          "--ci boot with it, or leave it out")
-    args.level = 0.95 if args.level is None else args.level
-    args.nboot = 500 if args.nboot is None else args.nboot
-    if gam:
-        return _fit_gam(args, factors)
-    if args.family == "gaussian":
-        if args.link not in (None, "identity"):
-            raise DaskmmError(f"--link {args.link} does not apply to the gaussian family (its "
-                              "link is identity); give --family binomial|poisson|"
-                              "negative_binomial for a GLMM, or leave --link out")
-        if args.nagq != 1:
-            raise DaskmmError(f"--nagq {args.nagq} does not apply to the gaussian family (an "
-                              "LMM's likelihood is exact); leave --nagq out")
-    else:
-        if args.ml:
-            raise DaskmmError("--ml applies to gaussian fits; a GLMM is always fitted by "
-                              "maximum likelihood")
-        if args.mode == "gathered":
-            raise DaskmmError("--mode gathered applies to gaussian fits; a GLMM runs "
-                              "in-process or distributed (or auto)")
-    if args.rho or args.ar_start is not None or args.discrete:
-        raise DaskmmError("--rho, --ar-start (AR1 residuals) and --discrete apply to GAMs, "
-                          "formulas with s() terms")
+    model, options = check(args.formula, args.family, _fit_options(args), spell=_spell)
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
-    if args.method is not None and args.method not in ("REML", "ML"):
-        raise DaskmmError(f"--method {args.method} is for GAMs (formulas with s() terms); a "
-                          "mixed model takes --method REML or ML")
-    ml = args.ml or args.method == "ML"
-    result = daskmm.fit(args.formula, args.data, args.family, link=args.link,
-                        reml=(not ml) if args.family == "gaussian" else None,
-                        nagq=args.nagq, factors=factors, weights=args.weights,
-                        client=args.scheduler, mode=args.mode, ddf=args.ddf, ci=args.ci,
-                        level=args.level, nboot=args.nboot, seed=args.seed)
+    result = model.fit(args.formula, args.data, args.family, options)
     extra = None
-    if args.plots and result.kind == "glmm":
+    if model.kind == "gam":
+        from daskmm.models.gam.outputs import gam_extra
+        extra = gam_extra(result, args.data, plots=args.plots)
+    elif args.plots and model.kind == "glmm":
         # DHARMa's residuals (defaults: 250 simulations, seed 123, conditional random
         # effects) go into summary.json and dharma.png
         result.simulate_residuals(seed=args.seed if args.seed is not None else 123)
@@ -377,35 +370,9 @@ def _fit(args: argparse.Namespace) -> int:
     write_outputs(result, out, extra=extra)
     print(result.summary())
     report_rows(result)
-    print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, ranef.parquet"
-          + ", model.pkl" + (", plots" if args.plots else "")
-          + f" (fitted {result.mode})")
-    return 0
-
-
-def _fit_gam(args: argparse.Namespace, factors: list[str]) -> int:
-    import daskmm
-    from daskmm.results.writing import report_rows, write_outputs
-
-    if args.ml and args.method not in (None, "ML"):
-        raise DaskmmError(f"--ml and --method {args.method} disagree; give one of them")
-    if args.ml:
-        args.method = "ML"
-    if args.nagq != 1:
-        raise DaskmmError(f"--nagq {args.nagq} does not apply to a GAM; leave --nagq out")
-    if args.mode == "gathered":
-        raise DaskmmError("--mode gathered applies to mixed models; a GAM runs in-process or "
-                          "distributed (or auto)")
-    out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
-    result = daskmm.fit(args.formula, args.data, args.family, link=args.link,
-                        method=args.method or "fREML", factors=factors, weights=args.weights,
-                        client=args.scheduler, mode=args.mode, rho=args.rho,
-                        ar_start=args.ar_start, discrete=args.discrete)
-    from daskmm.models.gam.outputs import gam_extra
-    write_outputs(result, out, extra=gam_extra(result, args.data, plots=args.plots))
-    print(result.summary())
-    report_rows(result)
-    print(f"wrote {out}/summary.json, summary.txt, fixef.parquet, fitted.parquet"
+    files = ("fixef.parquet, fitted.parquet" if model.kind == "gam" else
+             "fixef.parquet, ranef.parquet, model.pkl")
+    print(f"wrote {out}/summary.json, summary.txt, {files}"
           + (", plots" if args.plots else "") + f" (fitted {result.mode})")
     return 0
 

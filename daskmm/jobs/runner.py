@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from daskmm.api import given_options
 from daskmm.data.local import estimate_cells
 from daskmm.data.manifest import read_manifest
 from daskmm.data.provenance import stale_reason
@@ -100,6 +101,22 @@ def check_paths(job: Job, force: bool = False) -> None:
                  inputs=inputs + written[1:], protect=job_dir + job_file, what="output")
 
 
+def _spell(name: str, value: object) -> str:
+    """An option as a job file writes it: ``nagq: 7``."""
+    return f"{name}: {value}"
+
+
+def job_options(job: Job, client, mode: str) -> dict:
+    """The fit's options a job file sets (:func:`daskmm.api.given_options`): its fields as
+    ``daskmm.fit`` names them (``method: REML`` stays ``method``; the model's options object
+    reads it)."""
+    values = {"link": job.link, "nagq": job.nagq, "factors": list(job.factors),
+              "weights": job.weights, "client": client, "mode": mode,
+              "method": (job.raw or {}).get("method"), "rho": job.rho,
+              "ar_start": job.ar_start, "discrete": job.discrete, **(job.inference or {})}
+    return given_options(values)
+
+
 def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
             force: bool = False, check: Callable[[], None] | None = None) -> dict:
     """Run a job (a :class:`Job` or a job file path).
@@ -122,7 +139,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
     dict
         ``{"status": "done" | "skipped", "output": path, "timing": {...}}``.
     """
-    import daskmm
+    from daskmm.models import registry
     from daskmm.results.writing import report_rows, write_outputs
 
     if not isinstance(job, (Job, GwasJob)):
@@ -176,21 +193,11 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                 log.info("using the dataset at %s (key %r)", ing["out"], ing["by"])
             data = ing["out"]
         t = time.perf_counter()
-        from daskmm.formula.parse import is_gam_formula
-        gam = is_gam_formula(job.formula)
-        if gam:
-            result = daskmm.fit(job.formula, data, job.family, link=job.link,
-                                method=job.method, nagq=job.nagq, factors=list(job.factors),
-                                weights=job.weights, client=client, mode=mode, rho=job.rho,
-                                ar_start=job.ar_start, discrete=job.discrete)
-        else:
-            result = daskmm.fit(job.formula, data, job.family, link=job.link,
-                                reml=(job.method == "REML") if job.family == "gaussian"
-                                else None, method=job.method if job.method != "REML" else None,
-                                nagq=job.nagq, factors=list(job.factors),
-                                weights=job.weights, client=client, mode=mode,
-                                **(job.inference or {}))
+        model, options = registry.check(job.formula, job.family,
+                                        job_options(job, client, mode), spell=_spell)
+        result = model.fit(job.formula, data, job.family, options)
         timing["fit_s"] = time.perf_counter() - t
+        gam = model.kind == "gam"
         if gam:
             from daskmm.models.gam.outputs import gam_extra
             gam_files = gam_extra(result, data)

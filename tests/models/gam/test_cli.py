@@ -131,7 +131,7 @@ def test_fit_takes_ml_and_ar1(tmp_path):
     assert doc["score"] == pytest.approx(ref["score"], rel=1e-6)
     r = daskmm("fit", SIM1, "--formula", "y ~ x0 + (1 | fac)", "--rho", "0.5", "--out",
                str(tmp_path / "lmm"))
-    assert r.returncode == 2 and "apply to GAMs" in r.stderr
+    assert r.returncode == 2 and "applies to GAMs" in r.stderr
     assert not (tmp_path / "lmm").exists()
 
 

@@ -15,8 +15,8 @@ from daskmm.models.glmm.fit import glmm
 
 from .helpers import fit_fixture, load_local
 
-# the module (daskmm.glmm is the function)
-G = importlib.import_module("daskmm.models.glmm.fit")
+# the stages module: its optimiser calls are spied on
+G = importlib.import_module("daskmm.models.glmm.stages")
 
 
 def crossed_frame(family: str, seed: int = 5, n: int = 900, na: int = 40, nb: int = 9,

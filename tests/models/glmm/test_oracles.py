@@ -13,9 +13,10 @@ from scipy import integrate, optimize, special, stats
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import ModelSpec
 from daskmm.kernels import scalar_re as K
+from daskmm.models.glmm.criteria import _evaluate
 from daskmm.models.glmm.encode import Response
 from daskmm.models.glmm.encode import prepare_partition as _prepare
-from daskmm.models.glmm.fit import _evaluate, glmm
+from daskmm.models.glmm.fit import glmm
 from tests.models.glmm.helpers import simulate
 
 
