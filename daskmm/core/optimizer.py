@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from daskmm.errors import ModelError
 from daskmm.events import emit
 
 log = logging.getLogger("daskmm")
@@ -189,7 +190,6 @@ def minimize(x0: np.ndarray, lower: np.ndarray, *, f: Callable | None = None,
     opts = {**DEFAULTS, **(options or {})}
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
-        from daskmm.errors import ModelError
         raise ModelError(f"unknown optimizer option(s) {', '.join(sorted(unknown))}; allowed: "
                          f"{', '.join(DEFAULTS)}")
     x0 = np.asarray(x0, dtype=float)

@@ -19,7 +19,7 @@ from formulaic.errors import FormulaicError
 from daskmm.core.reterm import RandomTerm
 from daskmm.data.columns import missing_column
 from daskmm.data.rows import DropCounts, missing_rows
-from daskmm.errors import DataError, FormulaError
+from daskmm.errors import DataError, FormulaError, ModelError
 from daskmm.formula.levels import level_label
 from daskmm.formula.parse import ParsedFormula
 from daskmm.formula.rexpr import identifiers, tokenize
@@ -312,7 +312,6 @@ class ModelSpec:
         ``a:b``), ``variables`` (data columns), ``numeric`` (the numeric ones among them) and
         ``columns`` (indices into :attr:`fixef_names`). Terms built from calls (``log(x)``,
         ``poly(x, 2)``) have no data column and raise :class:`ModelError`."""
-        from daskmm.errors import ModelError
         inverse = {k: c for c, k in self._rewriter.column_keys.items()} if self._rewriter \
             else {}
         out = []

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from daskmm.data.staging import RESULT_MARKER, result_marker, staging_dir
+from daskmm.models.shared.prediction import save_model
 
 
 def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None = None) -> Path:
@@ -22,7 +23,6 @@ def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None =
         result.fixef().to_parquet(tmp / "fixef.parquet", index=False)
         result.ranef_frame().to_parquet(tmp / "ranef.parquet", index=False)
         if getattr(result, "predictor", None) is not None and result.kind in ("lmm", "glmm"):
-            from daskmm.models.shared.prediction import save_model
             save_model(result.predictor, tmp)  # `daskmm predict DIR DATA` reads it
         (tmp / RESULT_MARKER).write_text(result_marker("fit", name))
         if extra is not None:

@@ -16,6 +16,7 @@ import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
 
 from daskmm.service.jobdoc import JobBodyError, fingerprint, inputs, parse_body, prepare
+from daskmm.service.worker import die_with_parent
 
 READY_TIMEOUT_S = 120.0
 """How long a submission may wait for the checker processes' start (their imports)."""
@@ -47,7 +48,6 @@ def check_body(raw: bytes, content_type: str, owner: str, job_id: str, results: 
 
 
 def _init() -> None:
-    from daskmm.service.worker import die_with_parent
     die_with_parent()
 
 

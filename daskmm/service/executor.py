@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daskmm.jobs.spec import Job
+from daskmm.service.results import unpublish
 from daskmm.service.store import Store
 
 log = logging.getLogger("daskmm.service")
@@ -324,13 +326,11 @@ class Executor:
             shutil.rmtree(out, ignore_errors=True)
         if self.publish and job.result_dir:
             shutil.rmtree(out, ignore_errors=True)
-            from daskmm.service.results import unpublish
             unpublish(job.result_dir)
 
 
 def _written_by(out: Path, job_file: Path) -> bool:
     """``out`` holds the result of the job in ``job_file`` (its ``_SUCCESS`` fingerprint)."""
-    from daskmm.jobs.spec import Job
     try:
         doc = json.loads(Path(job_file).read_text())
         marker = (out / "_SUCCESS").read_text().strip()

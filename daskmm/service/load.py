@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import daskmm
+
 MODELS = [
     {"formula": "Reaction ~ Days + (Days | Subject)", "method": "REML"},
     {"formula": "Reaction ~ Days + (Days | Subject)", "method": "ML"},
@@ -112,7 +114,6 @@ def compare_with_direct(results: dict, data_path: str, factors=("Subject",)) -> 
     and a direct fit of each model."""
     import pandas as pd
 
-    import daskmm
     df = pd.read_csv(data_path)
     for f in factors:
         df[f] = df[f].astype(str)

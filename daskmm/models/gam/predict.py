@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from daskmm.core.families import LINKS
+from daskmm.core.families import GAMMA_FAMILY, LINKS, get_family
+from daskmm.data.io import read_data
 from daskmm.errors import ColumnNotFoundError, DataError, ModelError
 
 TYPES = ("link", "response", "terms")
@@ -85,7 +86,6 @@ def _level_part(spec, result, df: pd.DataFrame, X: np.ndarray, se: bool):
 
 
 def _one(df: pd.DataFrame, result, type: str, se_fit: bool):
-    from daskmm.core.families import LINKS
 
     spec = result.spec
     X, off = model_matrix(spec, df)
@@ -146,7 +146,6 @@ def predict_frame(result, newdata, type: str = "link", se_fit: bool = False):
         if type == "terms" and se_fit:
             return out
         return out.to_numpy() if isinstance(out, pd.Series) else out
-    from daskmm.data.io import read_data
     ddf = newdata if hasattr(newdata, "map_partitions") else read_data(newdata)
     if type == "terms" or se_fit:
         sample = _one(ddf._meta_nonempty, result, type, se_fit)
@@ -187,7 +186,6 @@ def fitted_frame(result, data) -> pd.DataFrame:
     a pandas input, else a lazy dask frame."""
     if isinstance(data, pd.DataFrame):
         return _fitted_part(data, result)
-    from daskmm.data.io import read_data
     ddf = data if hasattr(data, "map_partitions") else read_data(data)
     return ddf.map_partitions(_fitted_part, result,
                               meta=pd.DataFrame({"fitted": pd.Series([], dtype=float)}))
@@ -197,7 +195,6 @@ RESIDUAL_TYPES = ("deviance", "pearson", "working", "response")
 
 
 def _family(result):
-    from daskmm.core.families import GAMMA_FAMILY, get_family
     return GAMMA_FAMILY if result.family == "gamma" else get_family(result.family)
 
 
@@ -243,7 +240,6 @@ def residual_frame(result, data, type: str = "deviance") -> pd.DataFrame:
                          "spec; residuals need the fitted result object")
     if isinstance(data, pd.DataFrame):
         return _residual_part(data, result, type)
-    from daskmm.data.io import read_data
     ddf = data if hasattr(data, "map_partitions") else read_data(data)
     return ddf.map_partitions(_residual_part, result, type,
                               meta=pd.DataFrame({"residual": pd.Series([], dtype=float)}))

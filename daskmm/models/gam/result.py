@@ -18,7 +18,10 @@ import pandas as pd
 from scipy import stats
 
 from daskmm.data.rows import DropCounts
+from daskmm.kernels import freml_blocked as fb
 from daskmm.kernels.smooth_test import re_test, test_stat
+from daskmm.models.gam.plots import plot_smooths
+from daskmm.models.gam.predict import fitted_frame, predict_frame, residual_frame
 
 _STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.0, " "))
 
@@ -233,26 +236,22 @@ class GamResult:
         Returns an ndarray (``link``, ``response``), a DataFrame with a column per smooth and
         parametric column (``terms``), or with ``se_fit`` a pair ``(fit, se)``.
         """
-        from daskmm.models.gam.predict import predict_frame
         return predict_frame(self, newdata, type=type, se_fit=se_fit)
 
     def fitted(self, data):
         """Fitted values (response scale) of every row of ``data`` (the data fitted), in
         input order, NaN where the fit dropped a row."""
-        from daskmm.models.gam.predict import fitted_frame
         return fitted_frame(self, data)
 
     def residuals(self, data, type: str = "deviance"):
         """mgcv's ``residuals(fit, type = "deviance" | "pearson" | "working" |
         "response")`` of every row of ``data`` (the data fitted), in input order, NaN where
         the fit dropped a row (a frame with column ``residual``)."""
-        from daskmm.models.gam.predict import residual_frame
         return residual_frame(self, data, type)
 
     def plot(self, out, data=None) -> list:
         """One PNG per smooth under directory ``out`` (``data``: for the rugs and ranges);
         returns the paths."""
-        from daskmm.models.gam.plots import plot_smooths
         return plot_smooths(self, out, data)
 
 
@@ -338,7 +337,6 @@ def post_fit(gspec, fit, coef: np.ndarray, st: dict, fam, link, method: str, ite
     """The result from the REML fit and the summed statistics (mgcv's ``Sl.postproc`` and
     ``summary.gam``). ``coef``: the coefficients in the fit's layout."""
     if gspec.blocked:
-        from daskmm.kernels import freml_blocked as fb
         bst = fb.BlockedStats.from_sums(st, gspec.blocked_scales())
         if bst.L * bst.q > DENSE_POST_COEFS:
             return _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations,
@@ -455,7 +453,6 @@ def _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations, form
     """The result of a fit whose ``re`` terms stay per level: ``edf`` and the tests of the
     dense smooths from the blocked factor; ``Vp`` of the dense coefficients only (the level
     block's variances are kept per level, for predictions)."""
-    from daskmm.kernels import freml_blocked as fb
     pt = fit.point
     pen = gspec.penalties()
     post = fb.post(bst, pen, pt)

@@ -75,6 +75,7 @@ from daskmm.models.glmm.encode import (
     two_levels,
 )
 from daskmm.models.glmm.result import GlmmResult
+from daskmm.models.glmm.rows import GlmmRows
 from daskmm.models.glmm.stages import (
     first_stage,
     glm_start,
@@ -83,6 +84,7 @@ from daskmm.models.glmm.stages import (
     optimise_joint,
     vcov_of,
 )
+from daskmm.models.shared.prediction import Predictor
 from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (
     frozen_levels,
@@ -335,8 +337,6 @@ def _fit_warnings(beta, vcov, names, family) -> list[str]:
 def rows_for(res: GlmmResult, data, resp: Response, npartitions: int | None):
     """The fit's :class:`~daskmm.models.glmm.rows.GlmmRows` (predictions, residuals,
     simulations)."""
-    from daskmm.models.glmm.rows import GlmmRows
-    from daskmm.models.shared.prediction import Predictor
     beta = np.zeros(len(res.spec.fixef_names))  # aliased columns: coefficient zero
     beta[[res.spec.fixef_names.index(nm) for nm in res.fixef_names]] = res.beta
     tables = {f: (pd.Index(t.levels), t.b) for f, t in res.ranef.items()}

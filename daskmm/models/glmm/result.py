@@ -134,6 +134,8 @@ class GlmmResult(MixedResult):
         (:class:`daskmm.models.glmm.rows.DharmaResult`). ``simulate_re="conditional"`` is DHARMa
         0.5's default (the conditional modes); ``"unconditional"`` draws new random
         effects."""
+        # the row code (and PIRLS's compiled kernels) only when asked for: an LMM's process
+        # imports this module (:mod:`daskmm.models.registry`) and no numba
         from daskmm.models.glmm.rows import simulate_residuals
         self.dharma = simulate_residuals(self._rows(), n, seed, simulate_re, client)
         return self.dharma

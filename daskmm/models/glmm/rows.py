@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from daskmm.core.families import get_family
-from daskmm.errors import ModelError
+from daskmm.errors import DataError, ModelError
 from daskmm.kernels import quantile_residuals as QR
+from daskmm.models.glmm.encode import encode_partition
 from daskmm.models.shared.prediction import RESIDUAL_TYPES, Predictor
 
 SIMULATE_RE = ("unconditional", "conditional")
@@ -107,13 +108,11 @@ class GlmmRows:
     def rows(self, df: pd.DataFrame):
         """``(ok, enc, y, wt, offset)`` of a partition's usable rows (``y`` successes for the
         binomial, ``wt`` its trials)."""
-        from daskmm.models.glmm.encode import encode_partition
         spec, resp = self.base.spec, self.resp
         cols = sorted(set(spec.used_columns)
                       | set(resp.trials.used_columns if resp.trials else []))
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            from daskmm.errors import DataError
             raise DataError(f"column(s) {', '.join(map(repr, missing))} the model uses are not "
                             f"in the data; available: {', '.join(map(str, df.columns))}")
         spec.check_new_levels(df)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from daskmm.distributed.execution import executor, is_in_process, runs_in_process
 from daskmm.errors import DaskmmError, DataError
 from daskmm.models.gwas.genotypes import open_genotypes
 from daskmm.models.gwas.output import RESULT_COLUMNS, ScanFolder, lambda_gc, plots, read_results
@@ -174,7 +175,6 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         folder.write_null(c, set_id, doc)
 
     sset_traits = {i: s.traits for i, s in enumerate(match.sets)}
-    from daskmm.distributed.execution import executor, is_in_process, runs_in_process
 
     cells = src.n_variants * max(len(s.index) for s in match.sets) * len(match.sets)
     timing = []

@@ -34,7 +34,7 @@ from daskmm.formula.spec import (
 )
 from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
-from daskmm.kernels.stats import Layout, PartitionStats
+from daskmm.kernels.stats import Layout, LevelGroup, PartitionStats
 from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (
     frozen_levels,
@@ -160,7 +160,6 @@ def _reduced(layout: Layout, keep: np.ndarray) -> Layout:
 
 
 def _select(stats: PartitionStats, keep: np.ndarray) -> PartitionStats:
-    from daskmm.kernels.stats import LevelGroup
     groups = [LevelGroup(g.composition, g.levels, g.nested_levels, g.A, g.B[:, keep, :])
               for g in stats.groups]
     return PartitionStats(groups, stats.G[np.ix_(keep, keep)], stats.n, stats.sum_log_w,

@@ -11,6 +11,20 @@ import pandas as pd
 from scipy import stats
 
 from daskmm.errors import ModelError
+from daskmm.models.lmm.inference.bootstrap import bootstrap
+from daskmm.models.lmm.inference.ddf import (
+    DDF_METHODS,
+    coef_tests,
+    kenward_roger_parts,
+    kr_coef_tests,
+    varpar_cov,
+)
+from daskmm.models.lmm.inference.deviance import Deviance
+from daskmm.models.lmm.inference.profile import parameter_names, profile_intervals
+from daskmm.models.lmm.inference.type3 import anova_type3
+from daskmm.models.lmm.inference.variance import icc, r2_nakagawa
+from daskmm.models.lmm.plots import plot
+from daskmm.models.shared.prediction import residual_quantiles
 from daskmm.results.base import SINGULAR_TOL, MixedResult, RanefTable, result_kind
 
 CI_METHODS = ("wald", "profile", "boot")
@@ -97,7 +111,6 @@ class LmmResult(MixedResult):
         ``residual_quantiles(fit.residuals("pearson", scaled=True).compute())``)."""
         if self.scaled_residuals is None and self.rows_here is not None \
                 and self.predictor is not None:
-            from daskmm.models.shared.prediction import residual_quantiles
             self.scaled_residuals = residual_quantiles(self.predictor.residual_values(
                 self.rows_here, "pearson", scaled=True).to_numpy())
             self.rows_here = None
@@ -122,7 +135,6 @@ class LmmResult(MixedResult):
         """Write diagnostic plots as PNG under folder ``out``
         (:mod:`daskmm.models.lmm.plots`): ``caterpillar``, ``residuals``, ``qq``,
         ``ranef_qq`` or ``zeta`` (after :meth:`confint` with ``"profile"``)."""
-        from daskmm.models.lmm.plots import plot
         return plot(self, kind, out)
 
     # ------------------------------------------------------------ inference
@@ -150,12 +162,10 @@ class LmmResult(MixedResult):
             :data:`daskmm.models.lmm.inference.ddf.KR_DENSE_MAX` random-effect coefficients); the
             standard errors become the adjusted ones.
         """
-        from daskmm.models.lmm.inference.ddf import DDF_METHODS, coef_tests
         key = str(ddf).lower()
         if key not in DDF_METHODS:
             raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
         if key == "kenward-roger":
-            from daskmm.models.lmm.inference.ddf import kr_coef_tests
             self.tests = kr_coef_tests(self.fixef_names, np.asarray(self.beta), self.vcov,
                                        self.kenward_roger_info())
             self.ddf = "Kenward-Roger"
@@ -169,7 +179,6 @@ class LmmResult(MixedResult):
         """pbkrtest's ``vcovAdj`` pieces (:class:`daskmm.kernels.kenward_roger.KRParts`:
         ``P``, ``W`` and the adjusted covariance ``Phi_A``), computed once per result."""
         if getattr(self, "_kr_parts", None) is None:
-            from daskmm.models.lmm.inference.ddf import kenward_roger_parts
             if not self.reml:
                 raise ModelError("Kenward-Roger applies to REML fits (pbkrtest refits by "
                                  "REML); fit with reml=True")
@@ -183,8 +192,6 @@ class LmmResult(MixedResult):
         the deviance's Hessian in ``(theta, sigma)`` and the derivatives of ``vcov(beta)``),
         computed once per result."""
         if getattr(self, "_varpar_cov", None) is None:
-            from daskmm.models.lmm.inference.ddf import varpar_cov
-            from daskmm.models.lmm.inference.deviance import Deviance
             self._varpar_cov = varpar_cov(Deviance(self._problem("Satterthwaite's method")),
                                           self.theta, self.sigma, self.reml)
         return self._varpar_cov
@@ -216,15 +223,12 @@ class LmmResult(MixedResult):
             rows = [{"parameter": n, "lower": b - z * se, "upper": b + z * se}
                     for n, b, se in zip(self.fixef_names, self.beta, self.se)]
         elif key == "profile":
-            from daskmm.models.lmm.inference.profile import profile_intervals
             traces = profile_intervals(self._problem("a profile"), np.asarray(self.theta),
                                        list(self.fixef_names), level, client=client)
             self.profiles = traces
             rows = [{"parameter": t.parameter, "lower": t.lower, "upper": t.upper}
                     for t in traces]
         else:
-            from daskmm.models.lmm.inference.bootstrap import bootstrap
-            from daskmm.models.lmm.inference.profile import parameter_names
             prob = self._problem("the bootstrap")
             if seed is None:
                 seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -243,25 +247,21 @@ class LmmResult(MixedResult):
         ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)`` per term. With
         ``ddf="kenward-roger"`` each term is pbkrtest's ``KRmodcomp`` F test (scaled F).
         To compare fits, use :func:`daskmm.anova`."""
-        from daskmm.models.lmm.inference.ddf import DDF_METHODS
         if type != 3:
             raise ModelError(f"type={type!r}; type III (lmerTest's default) is built; "
                              "compare nested fits with daskmm.anova(m0, m1)")
         key = str(ddf).lower()
         if key not in DDF_METHODS:
             raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
-        from daskmm.models.lmm.inference.type3 import anova_type3
         self._problem("type III tests")
         return anova_type3(self, key)
 
     def r2(self) -> dict:
         """Nakagawa's marginal and conditional R^2 (``performance::r2_nakagawa``)."""
-        from daskmm.models.lmm.inference.variance import r2_nakagawa
         return r2_nakagawa(self)
 
     def icc(self) -> dict:
         """Intraclass correlation (``performance::icc``), also per grouping factor."""
-        from daskmm.models.lmm.inference.variance import icc
         return icc(self)
 
     def varcorr(self) -> pd.DataFrame:

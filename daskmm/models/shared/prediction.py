@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+import daskmm
+from daskmm.core.reterm import lambdas as term_lambdas
 from daskmm.data.source import Source
 from daskmm.errors import DataError, ModelError
 from daskmm.formula.parse import identifiers
@@ -109,7 +111,6 @@ class Predictor:
         """Factor -> ``(levels, b)``, ``b`` of shape ``(nsim, levels, q)``: random effects
         drawn afresh for every level (``b = sigma Lambda u``, ``u ~ N(0, I)``), from
         ``SeedSequence([seed, 2^30])``."""
-        from daskmm.core.reterm import lambdas as term_lambdas
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1 << 30]))
         lam = term_lambdas(self.spec.terms, self.spec.factors, self.theta)
         sims = {}
@@ -269,7 +270,6 @@ def save_model(pred, folder) -> None:
     import dataclasses
     from pathlib import Path
 
-    import daskmm
     if isinstance(pred, Predictor):
         bare = dataclasses.replace(pred, data=None, npartitions=None)
     else:
@@ -286,7 +286,6 @@ def load_model(folder):
     on the response scale)."""
     from pathlib import Path
 
-    import daskmm
     path = Path(folder) / MODEL_FILE
     if not path.is_file():
         raise DataError(f"{str(folder)!r} has no {MODEL_FILE}: give the folder of a daskmm "

@@ -16,7 +16,7 @@ from daskmm.data.manifest import Manifest
 from daskmm.distributed.passes import metadata_pass
 from daskmm.errors import DataError
 from daskmm.formula.levels import level_label, sorted_levels
-from daskmm.formula.parse import ParsedFormula
+from daskmm.formula.parse import ParsedFormula, identifiers
 from daskmm.formula.spec import FactorSpec, ModelSpec
 from daskmm.formula.transforms import Rewriter
 from daskmm.kernels.pls import global_modes
@@ -122,7 +122,6 @@ def model_layout(spec: ModelSpec, combos: pd.DataFrame | None, p: int,
 
 
 def outside_bars(parsed: ParsedFormula) -> set[str]:
-    from daskmm.formula.parse import identifiers
     names: set[str] = set()
     for piece in (parsed.response, parsed.fixed, *parsed.offsets, *(b.lhs for b in parsed.bars)):
         names |= identifiers(piece)

@@ -16,6 +16,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from daskmm.distributed.evaluator import GatheredEvaluator
+from daskmm.errors import ModelError
+from daskmm.kernels.kenward_roger import lb_ddf, vcov_adjusted
+from daskmm.kernels.pls import group_Lambda, lambda_tilde
 from daskmm.kernels.varpar import (
     pinv_sym,
     richardson_hessian,
@@ -24,6 +28,7 @@ from daskmm.kernels.varpar import (
     satterthwaite_f,
 )
 from daskmm.models.lmm.inference.deviance import Deviance, blas_threads
+from daskmm.models.shared.structure import lambdas
 
 log = logging.getLogger("daskmm")
 
@@ -148,11 +153,6 @@ def kenward_roger_parts(prob, theta: np.ndarray, sigma: float, vcov: np.ndarray)
     of the primary factor for one grouping factor or factors nested in it; with crossed
     factors, on the dense ``Z'Z`` of all random effects (one "level" holding every
     coefficient), up to :data:`KR_DENSE_MAX` coefficients."""
-    from daskmm.distributed.evaluator import GatheredEvaluator
-    from daskmm.errors import ModelError
-    from daskmm.kernels.kenward_roger import vcov_adjusted
-    from daskmm.kernels.pls import group_Lambda, lambda_tilde
-    from daskmm.models.shared.structure import lambdas
     lay = prob.layout
     if prob.spec.weights:
         raise ModelError("Kenward-Roger with prior weights is not built; use "
@@ -222,7 +222,6 @@ def kenward_roger_parts(prob, theta: np.ndarray, sigma: float, vcov: np.ndarray)
 def kr_coef_tests(names: list[str], beta: np.ndarray, vcov: np.ndarray, parts) -> pd.DataFrame:
     """lmerTest's coefficient table with ``ddf = "Kenward-Roger"``: standard errors from the
     adjusted covariance, pbkrtest's ``Lb_ddf`` degrees of freedom."""
-    from daskmm.kernels.kenward_roger import lb_ddf
     rows = []
     for j, name in enumerate(names):
         e = np.zeros(len(beta))

@@ -29,6 +29,7 @@ from scipy import stats
 
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
+from daskmm.kernels.kenward_roger import kr_f
 from daskmm.kernels.lmm_simulate import SimulationBasis
 from daskmm.kernels.stats import LevelGroup, PartitionStats
 from daskmm.models.lmm.criterion import Problem, objective, optimise
@@ -174,7 +175,6 @@ def kr_modcomp(large, small) -> pd.DataFrame:
         pbkrtest's table: rows ``Ftest`` (scaled F) and ``FtestU`` (unscaled); columns
         ``stat, ndf, ddf, F.scaling, p.value``.
     """
-    from daskmm.kernels.kenward_roger import kr_f
     nest = nesting(large, small)
     parts = large.kenward_roger_info()
     k = kr_f(nest.L, np.asarray(large.beta), np.asarray(large.vcov), parts)

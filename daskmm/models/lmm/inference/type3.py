@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from daskmm.errors import ModelError
+from daskmm.kernels.kenward_roger import kr_f
+from daskmm.models.lmm.inference.ddf import f_test
 
 
 def zapsmall(x: np.ndarray, digits: int = 7) -> np.ndarray:
@@ -129,8 +131,6 @@ def anova_type3(result, ddf: str = "satterthwaite") -> pd.DataFrame:
 
     ``ddf="kenward-roger"`` tests each term with pbkrtest's Kenward-Roger F (scaled), as
     lmerTest's ``anova(fit, ddf = "Kenward-Roger")``; otherwise Satterthwaite's."""
-    from daskmm.kernels.kenward_roger import kr_f
-    from daskmm.models.lmm.inference.ddf import f_test
     beta = np.asarray(result.beta)
     if ddf == "kenward-roger":
         parts = result.kenward_roger_info()
