@@ -181,6 +181,34 @@ def test_no_private_name_crosses_a_module():
     assert bad == []
 
 
+ORCHESTRATION = ("daskmm.distributed", "daskmm.jobs", "daskmm.service", "daskmm.api",
+                 "daskmm.cli", "daskmm.models.lmm.fit", "daskmm.models.lmm.criterion",
+                 "daskmm.models.lmm.inference", "daskmm.models.glmm.fit",
+                 "daskmm.models.glmm.criteria", "daskmm.models.glmm.stages",
+                 "daskmm.models.gam.model", "daskmm.models.gwas.api", "daskmm.models.gwas.scan",
+                 "daskmm.models.gwas.tasks", "daskmm.models.registry")
+"""What decides what to evaluate and where (fits, criteria, stages, inference, tasks): no
+linear algebra of its own; factorisations, solves and inverses live in ``daskmm.kernels``
+(and the optimiser's Newton polish in ``daskmm.core``). A GAM's bases and its post-fit
+results are built in ``models.gam`` (mgcv's ``smooth.construct``, ``gam.fit3.post``): not
+orchestration."""
+
+
+def test_orchestration_does_no_linear_algebra():
+    bad = []
+    for m, tree in _modules().items():
+        if not any(m == o or m.startswith(o + ".") for o in ORCHESTRATION):
+            continue
+        for node in _runtime_nodes(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "linalg":
+                bad.append((m, node.lineno))
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.endswith("linalg") for n in names):
+                    bad.append((m, node.lineno))
+    assert bad == []
+
+
 def test_family_codes_are_the_kernels():
     assert (F.BINOMIAL, F.POISSON, F.NEGBIN) == (K.BINOMIAL, K.POISSON, K.NEGBIN)
     assert (F.LOGIT, F.PROBIT, F.CLOGLOG, F.LOG) == (K.LOGIT, K.PROBIT, K.CLOGLOG, K.LOG)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from daskmm.errors import FitError
 from daskmm.kernels import scalar_re as K
 
 
@@ -56,3 +57,12 @@ def scoring_step(X: np.ndarray, offset: np.ndarray, y: np.ndarray, wt: np.ndarra
         z = eta - offset + score / w
     Xw = X * w[:, None]
     return Xw.T @ X, Xw.T @ z, float(ll.sum())
+
+
+def normal_equations(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The IRLS step ``A^-1 b`` of the GLM start; a singular ``A`` is an error saying why."""
+    try:
+        return np.linalg.solve(A, b)
+    except np.linalg.LinAlgError as exc:
+        raise FitError("the GLM start failed: its weighted cross-product is singular; the "
+                       "response may separate the data completely") from exc

@@ -197,3 +197,13 @@ def kr_f(L: np.ndarray, beta: np.ndarray, V0: np.ndarray, parts: KRParts,
     return {"F": f, "F_unscaled": f_u, "ndf": q, "ddf": float(ddf), "F_scaling": float(scaling),
             "p_value": float(stats.f.sf(f, q, ddf)),
             "p_value_unscaled": float(stats.f.sf(f_u, q, ddf))}
+
+
+def matrix_rank(X: np.ndarray) -> int:
+    """The numerical rank of ``X`` (numpy's SVD tolerance)."""
+    return int(np.linalg.matrix_rank(X))
+
+
+def least_squares(A: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """``argmin_B |A B - Y|`` (minimum norm), for the type III contrasts."""
+    return np.linalg.lstsq(A, Y, rcond=None)[0]

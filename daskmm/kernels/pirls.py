@@ -725,3 +725,23 @@ def global_step(G: np.ndarray, RtR: np.ndarray, Lam_G: np.ndarray
         raise la.LinAlgError(str(exc)) from exc
     u_G, info = la.lapack.dpotrs(c, rhs, lower=1)
     return Lam_G @ u_G, float(2.0 * np.log(np.diagonal(c)).sum()), u_G
+
+
+LinAlgError = np.linalg.LinAlgError
+"""What the factorisations here raise for a matrix that is not positive definite."""
+
+
+def newton_target(S: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+    """The fixed effects' Newton target ``S^-1 s`` of the first stage's joint PIRLS (the
+    Schur complement and its right-hand side summed over the partitions); None when ``S`` is
+    singular."""
+    try:
+        return np.linalg.solve(S, s)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def global_lambda(counts: list[int], blocks: list[np.ndarray]) -> np.ndarray:
+    """``Lambda_G``: block diagonal, each crossed factor's ``Lambda`` repeated for its
+    ``count`` levels."""
+    return la.block_diag(*[np.kron(np.eye(n), L) for n, L in zip(counts, blocks)])

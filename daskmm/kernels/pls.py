@@ -597,3 +597,9 @@ def profiled_grad_parts(prof: Profile, G: np.ndarray, RtR: np.ndarray, dlogdet: 
             t1, t2, t3 = traces(np.ascontiguousarray(dS))
         parts[i] = (dld + t1, t2 - t1, t3 - t2)
     return parts
+
+
+def inverse_factor(L: np.ndarray) -> np.ndarray:
+    """``L^-1`` of a triangular factor (the fixed-effect block ``L_XX``: ``vcov(beta) =
+    sigma^2 L^-T L^-1``)."""
+    return np.linalg.inv(L)

@@ -242,3 +242,13 @@ def _f_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
         return 2.0
     E = float(np.sum(nu / (nu - 2)))
     return 2 * E / (E - len(nu))
+
+
+def hessian_se(H: np.ndarray) -> np.ndarray:
+    """Standard errors from the Hessian of a deviance: ``sqrt(diag(2 H^+))`` (NaN where the
+    pseudo-inverse cannot be had)."""
+    try:
+        cov = 2 * np.linalg.pinv(H)
+        return np.sqrt(np.maximum(np.diag(cov), 0))
+    except np.linalg.LinAlgError:
+        return np.full(len(H), np.nan)

@@ -12,7 +12,6 @@ import types
 from typing import Protocol
 
 import numpy as np
-import scipy.linalg as la
 
 from daskmm.core.reterm import RandomTerm
 from daskmm.distributed.execution import is_in_process
@@ -355,9 +354,8 @@ class JointCriterion:
         if cur is None:
             return math.inf
         for _ in range(P.MAX_ITER):
-            try:
-                target = np.linalg.solve(cur[1], cur[2])
-            except np.linalg.LinAlgError:
+            target = P.newton_target(cur[1], cur[2])
+            if target is None:
                 break
             step = float(np.max(np.abs(target - beta), initial=0.0))
             if step < P.TOL_U * (1.0 + float(np.max(np.abs(beta), initial=0.0))):
@@ -382,9 +380,8 @@ class JointCriterion:
             return math.inf
         beta = self.beta.copy()
         for _ in range(P.MAX_ITER):
-            try:
-                target = np.linalg.solve(cur[1], cur[2])
-            except np.linalg.LinAlgError:
+            target = P.newton_target(cur[1], cur[2])
+            if target is None:
                 break
             def attempt(t, target=target, states=states):
                 cands = c.map(_joint_try, self.parts, states, layout=self.layout, lam=lam,
@@ -442,9 +439,9 @@ class GlobalCriterion:
             self.newton = False
 
     def _Lam_G(self, lam) -> np.ndarray:
-        blocks = [np.kron(np.eye(len(self.layout.global_levels[f])), lam[f])
-                  for f in self.layout.global_factors]
-        return la.block_diag(*blocks)
+        factors = self.layout.global_factors
+        return P.global_lambda([len(self.layout.global_levels[f]) for f in factors],
+                               [lam[f] for f in factors])
 
     def _solve(self, theta, beta, size=None):
         """PIRLS steps over the local and crossed modes together (lme4's), each the PLS
@@ -506,7 +503,7 @@ class GlobalCriterion:
         for _ in range(P.MAX_ITER):
             try:
                 _, _, u_target = P.global_step(s[4], s[3], Lam_G)
-            except la.LinAlgError:
+            except P.LinAlgError:
                 return None
             b_target = Lam_G @ u_target
             def attempt(t, u_target=u_target, b_target=b_target, u_G=u_G, states=states):
@@ -561,7 +558,7 @@ class GlobalCriterion:
                                 for f in self.layout.global_factors])
         try:
             S_inv = P.global_inverse(sums[0], sums[1], np.diag(lam_G))
-        except la.LinAlgError:
+        except P.LinAlgError:
             return math.inf, nan
         T = LG.crossed_T(S_inv, lam_G)
         pieces = self.c.gather(self.c.map(

@@ -59,6 +59,7 @@ from daskmm.formula.spec import (
     plan_formula,
 )
 from daskmm.kernels import scalar_re as K
+from daskmm.kernels.numderiv import hessian, hessian_of_gradient, vcov_of
 from daskmm.models.glmm.criteria import (
     Estimable,
     GlobalCriterion,
@@ -76,14 +77,7 @@ from daskmm.models.glmm.encode import (
 )
 from daskmm.models.glmm.result import GlmmResult
 from daskmm.models.glmm.rows import GlmmRows
-from daskmm.models.glmm.stages import (
-    first_stage,
-    glm_start,
-    hessian,
-    hessian_of_gradient,
-    optimise_joint,
-    vcov_of,
-)
+from daskmm.models.glmm.stages import first_stage, glm_start, optimise_joint
 from daskmm.models.shared.prediction import Predictor
 from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (

@@ -31,6 +31,7 @@ from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.errors import FitError, ModelError
 from daskmm.formula.parse import ParsedFormula, parse_formula
+from daskmm.kernels.pls import inverse_factor
 from daskmm.models.lmm.criterion import (
     Problem,
     objective,
@@ -159,7 +160,7 @@ def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
                        "overparameterised")
     beta = prof.beta()
     sigma = prof.sigma(reml)
-    LXinv = np.linalg.inv(prof.L_XX)
+    LXinv = inverse_factor(prof.L_XX)
     vcov = sigma ** 2 * LXinv.T @ LXinv
     u_G = prof.u_G(beta)
     tables = ranef_tables(prob, lam, prof, beta, u_G, sigma)
@@ -170,5 +171,3 @@ def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
                      objective=prof.objective, nobs=prob.n, n_dropped=prob.n_dropped,
                      ngroups=prob.ngroups, ranef=tables, optinfo=opt, terms=terms,
                      factor_terms=factor_terms, problem=prob)
-
-

@@ -9,6 +9,7 @@ import numpy as np
 
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
+from daskmm.kernels.pls import inverse_factor
 from daskmm.kernels.stats import LevelGroup, PartitionStats
 from daskmm.kernels.varpar import deviance_vp, sdcor_to_theta
 from daskmm.models.lmm.criterion import Problem, objective, objective_parts
@@ -114,7 +115,7 @@ class Deviance:
     def covbeta(self, varpar: np.ndarray) -> np.ndarray:
         """``vcov(beta) = sigma^2 (R_X' R_X)^{-1}`` at ``varpar`` (lmerTest's ``get_covbeta``)."""
         prof = self.at(varpar[:-1])
-        Linv = np.linalg.inv(prof.L_XX)
+        Linv = inverse_factor(prof.L_XX)
         return float(varpar[-1]) ** 2 * Linv.T @ Linv
 
 

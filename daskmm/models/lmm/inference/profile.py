@@ -29,8 +29,9 @@ import numpy as np
 from scipy import optimize, stats
 
 from daskmm.errors import ModelError
+from daskmm.kernels.pls import inverse_factor
 from daskmm.kernels.profile_spline import back_spline_predict, next_par
-from daskmm.kernels.varpar import richardson_hessian, sdcor_names, theta_to_sdcor
+from daskmm.kernels.varpar import hessian_se, richardson_hessian, sdcor_names, theta_to_sdcor
 from daskmm.models.lmm.criterion import Problem, objective, optimise
 from daskmm.models.lmm.inference.deviance import Deviance, blas_threads, offset_problem
 
@@ -91,15 +92,11 @@ def ml_point(prob: Problem, theta_start: np.ndarray) -> MLPoint:
     prof = dev.at(theta)
     sigma = prof.sigma(False)
     beta = prof.beta()
-    Linv = np.linalg.inv(prof.L_XX)
+    Linv = inverse_factor(prof.L_XX)
     se_beta = sigma * np.sqrt(np.sum(Linv ** 2, axis=0))
     sdcor = theta_to_sdcor(dev.terms, theta, sigma)
     H = richardson_hessian(dev.sdcor, sdcor, d=1e-3, r=2)
-    try:
-        cov = 2 * np.linalg.pinv(H)
-        se_sdcor = np.sqrt(np.maximum(np.diag(cov), 0))
-    except np.linalg.LinAlgError:
-        se_sdcor = np.full(len(sdcor), np.nan)
+    se_sdcor = hessian_se(H)
     se_sdcor = np.where(np.isfinite(se_sdcor) & (se_sdcor > 0), se_sdcor,
                         np.maximum(np.abs(sdcor), 1.0) * 0.1)
     return MLPoint(theta, sigma, beta, prof.objective, sdcor, se_beta, se_sdcor)

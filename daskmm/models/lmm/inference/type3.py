@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from daskmm.errors import ModelError
-from daskmm.kernels.kenward_roger import kr_f
+from daskmm.kernels.kenward_roger import kr_f, least_squares, matrix_rank
 from daskmm.models.lmm.inference.ddf import f_test
 
 
@@ -94,11 +94,11 @@ def type3_contrasts(spec, fixef_names: list[str]) -> dict[str, np.ndarray]:
         return out
     df = _synthetic(spec, terms)
     X = spec.fixed_matrix(df)
-    if np.linalg.matrix_rank(X) < p:
+    if matrix_rank(X) < p:
         raise ModelError("type III contrasts: the fixed-effect design is not of full rank on "
                          "the factor levels' combinations")
     rdX, rd_names, _ = _full_design(spec, terms, df, "(Intercept)" in names)
-    M, *_ = np.linalg.lstsq(X, rdX, rcond=None)
+    M = least_squares(X, rdX)
     if np.max(np.abs(X @ M - rdX)) > 1e-8 * max(1.0, np.max(np.abs(rdX))):
         raise ModelError("type III contrasts: a full-dummy column is not in the span of the "
                          "fitted design (a term without its margins); not supported")
@@ -110,7 +110,7 @@ def type3_contrasts(spec, fixef_names: list[str]) -> dict[str, np.ndarray]:
             continue
         A = L[:, [c for u in cont for c in u["columns"]]]
         Y = L[:, t["columns"]]
-        coef, *_ = np.linalg.lstsq(A, Y, rcond=None)
+        coef = least_squares(A, Y)
         L[:, t["columns"]] = zapsmall(Y - A @ coef)
     index = {n: i for i, n in enumerate(rd_names)}
     missing = [n for n in names if n not in index]

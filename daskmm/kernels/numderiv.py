@@ -1,0 +1,72 @@
+"""Second derivatives by finite differences, and the covariance they give: lme4's
+``deriv12`` steps for the Hessian of a criterion (or of its exact gradient), bounds respected,
+and ``2 [H^-1]_beta`` (glmer's ``use.hessian = TRUE``). Pure numpy over a callable."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daskmm.errors import FitError
+
+
+def hessian(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4) -> np.ndarray:
+    """Central finite-difference Hessian (lme4's ``deriv12`` step, ``delta = 1e-4``); a
+    coordinate within ``delta`` of its lower bound uses steps shifted inside the bound."""
+    d = len(x)
+    H = np.empty((d, d))
+    f0 = f(x)
+    h = np.full(d, delta)
+    shift = np.where(np.isfinite(lower) & (x - h < lower), h, 0.0)
+
+    def at(*steps):
+        v = x.copy()
+        for i, s in steps:
+            v[i] += s
+        return f(v)
+    for i in range(d):
+        if shift[i]:
+            H[i, i] = (at((i, 2 * h[i])) - 2 * at((i, h[i])) + f0) / h[i] ** 2
+        else:
+            H[i, i] = (at((i, h[i])) - 2 * f0 + at((i, -h[i]))) / h[i] ** 2
+        for j in range(i):
+            si, sj, ci, cj = h[i], h[j], shift[i], shift[j]
+            H[i, j] = H[j, i] = (at((i, si + ci), (j, sj + cj)) - at((i, si + ci), (j, -sj + cj))
+                                 - at((i, -si + ci), (j, sj + cj))
+                                 + at((i, -si + ci), (j, -sj + cj))) / (4 * si * sj)
+    return H
+
+
+def hessian_of_gradient(grad, x: np.ndarray, lower: np.ndarray,
+                         delta: float = 1e-4) -> np.ndarray:
+    """The Hessian from central differences of the exact gradient (``2 d`` gradients, step
+    ``delta`` as :func:`hessian`); a coordinate within ``delta`` of its lower bound takes the
+    one-sided second-order difference ``(-3 g(x) + 4 g(x + h) - g(x + 2h)) / 2h`` inside it.
+    Symmetrised."""
+    d = len(x)
+    H = np.empty((d, d))
+    g0 = None
+    for i in range(d):
+        up, dn = x.copy(), x.copy()
+        if np.isfinite(lower[i]) and x[i] - delta < lower[i]:
+            if g0 is None:
+                g0 = grad(x)
+            up[i] += delta
+            dn[i] += 2 * delta
+            H[:, i] = (-3.0 * g0 + 4.0 * grad(up) - grad(dn)) / (2 * delta)
+        else:
+            up[i] += delta
+            dn[i] -= delta
+            H[:, i] = (grad(up) - grad(dn)) / (2 * delta)
+    return 0.5 * (H + H.T)
+
+
+def vcov_of(H: np.ndarray, nt: int, theta: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """``2 [H^-1]_beta``; with a variance parameter on its boundary the theta rows are not
+    informative and the beta block of ``H`` alone is inverted."""
+    try:
+        if np.any((lower == 0) & (theta == 0)):
+            return 2.0 * np.linalg.inv(H[nt:, nt:])
+        return 2.0 * np.linalg.inv(H)[nt:, nt:]
+    except np.linalg.LinAlgError as exc:
+        raise FitError("the Hessian of the criterion is singular at the optimum; the fixed "
+                       "effects may not be identifiable") from exc
