@@ -7,12 +7,12 @@ to gather them (small) or to evaluate the objective where they are (large).
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from daskmm.distributed.mapreduce import token
 from daskmm.distributed.progress import track
 from daskmm.formula.checks import column_ranges
 from daskmm.formula.spec import FactorSpec, ModelSpec, check_values
@@ -34,10 +34,6 @@ def partitions(frame) -> list:
     if isinstance(frame, pd.DataFrame):
         return [frame]
     return frame.to_delayed()
-
-
-def _token() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 # ---------------------------------------------------------------- metadata pass
@@ -87,7 +83,7 @@ def metadata_pass(client: Client, ddf: dd.DataFrame, used: list[str], categorica
         return _meta_partition(ddf, used, categorical, group_cols, transforms, keys)
     import dask
 
-    tok = _token()
+    tok = token()
     meta = dask.delayed(_meta_partition, pure=False)
     parts = [meta(p, used, categorical, group_cols, transforms, keys,
                   dask_key_name=f"daskmm-meta-{tok}-{i}")
@@ -122,7 +118,7 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
         return client.map(_stats_partition, [ddf], spec=spec, layout=layout)
     import dask
 
-    tok = _token()
+    tok = token()
     spec_d = dask.delayed(spec, name=f"daskmm-spec-{tok}", traverse=False)
     layout_d = dask.delayed(layout, name=f"daskmm-layout-{tok}", traverse=False)
     stats = dask.delayed(_stats_partition, pure=False)
@@ -143,7 +139,7 @@ def _summary(stats: PartitionStats) -> tuple[np.ndarray, dict]:
 
 def stats_summary(client: Client, futures: list[Future]) -> tuple[list[np.ndarray], list[dict]]:
     """Primary-level keys and small summaries of each partition's statistics (one round)."""
-    tok = _token()
+    tok = token()
     out = client.gather(client.map(_summary, futures, key=[f"daskmm-summary-{tok}-{i}"
                                                            for i in range(len(futures))]))
     return [k for k, _ in out], [s for _, s in out]
@@ -158,7 +154,7 @@ def gather_stats(client: Client, futures: list[Future], merge: bool,
     """
     if not merge:  # aligned: the parts are disjoint and small in total; stack them here
         return concat_groups(client.gather(futures))
-    tok = _token()
+    tok = token()
     level = 0
     while len(futures) > 1:
         futures = [client.submit(merge_levels, futures[j:j + split_every],

@@ -37,6 +37,7 @@ from daskmm.data.columns import data_columns, missing_column
 from daskmm.data.io import DataLike
 from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
+from daskmm.distributed.mapreduce import map_delayed, map_reduce
 from daskmm.errors import DataError, FitError, FormulaError, ModelError, num
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import (
@@ -310,26 +311,14 @@ def _partitions(client, ddf) -> list:
     return list(ddf.to_delayed())
 
 
-def _map(client, fn, parts: list, per_part: dict | None = None, **kwargs) -> list:
-    """``fn(part, **kwargs)`` for each partition, as futures (tasks on a cluster); values in
-    ``per_part`` are lists, one entry a partition. Specs go to the workers once."""
-    per_part = per_part or {}
-    if is_in_process(client):
-        return [client.submit(fn, p, **kwargs, **{k: v[i] for k, v in per_part.items()})
-                for i, p in enumerate(parts)]
-    import dask
-    from dask.delayed import Delayed
+def _is_spec(value) -> bool:
+    """A model spec: sent to every worker once (:func:`daskmm.distributed.mapreduce
+    .map_delayed`'s ``broadcast``)."""
+    return isinstance(value, (GamSpec, ModelSpec))
 
-    # hash=False: a new key each time (the same value scattered again under its old key
-    # races with the release of the previous copy: "lost dependencies")
-    kw = {k: (client.scatter(v, broadcast=True, hash=False)
-              if isinstance(v, (GamSpec, ModelSpec)) else v) for k, v in kwargs.items()}
-    if parts and not isinstance(parts[0], Delayed):  # futures held on the workers
-        return [client.submit(fn, p, **kw, **{k: v[i] for k, v in per_part.items()},
-                              pure=False) for i, p in enumerate(parts)]
-    task = dask.delayed(fn, pure=False)
-    return client.compute([task(p, **kw, **{k: v[i] for k, v in per_part.items()})
-                           for i, p in enumerate(parts)])
+
+def _map(client, fn, parts: list, per_part: dict | None = None, **kwargs) -> list:
+    return map_delayed(client, fn, parts, per_part, broadcast=_is_spec, **kwargs)
 
 
 # ------------------------------------------------------------------ steps 3 and 4
@@ -496,35 +485,8 @@ def _final_stats(enc: dict, beta: np.ndarray, fam, link, ybar: float,
             "swy": float(w @ y), "n": len(y)}
 
 
-def _reduce(client, futures: list, split_every: int = 8):
-    """Sum the partitions' statistics by a tree of tasks, and gather the sum."""
-    return client.gather(_tree(client, futures, split_every))
-
-
-def _tree(client, futures: list, split_every: int = 8):
-    futures = list(futures)
-    while len(futures) > 1:
-        futures = [client.submit(gam_stats.add, futures[j:j + split_every], pure=False)
-                   for j in range(0, len(futures), split_every)]
-    return futures[0]
-
-
 def _map_reduce(client, fn, parts: list, **kwargs) -> dict:
-    """``sum(fn(part, **kwargs))`` over the partitions. On a cluster the partitions go in
-    waves of 16 a worker, each wave summed to one future while the next runs, so the workers
-    hold at most two waves of statistics, not one per partition (with a 10^4-level random
-    effect, 5 MB a partition: all 600 partitions of 3x10^8 rows held at once took the peak
-    worker memory from 0.95 to 1.9 GiB)."""
-    if is_in_process(client) or not parts:
-        return _reduce(client, _map(client, fn, parts, **kwargs))
-    from distributed import wait
-    wave = 16 * max(1, len(client.scheduler_info()["workers"]))
-    partials = []
-    for i in range(0, len(parts), wave):
-        partials.append(_tree(client, _map(client, fn, parts[i:i + wave], **kwargs)))
-        if len(partials) >= 2:
-            wait(partials[-2])
-    return _reduce(client, partials)
+    return map_reduce(client, fn, parts, gam_stats.add, broadcast=_is_spec, **kwargs)
 
 
 def _reml(st: dict, gspec: GamSpec, pen, phi, rho0, ml: bool = False):

@@ -15,6 +15,7 @@ import numpy as np
 
 from daskmm.core.reterm import RandomTerm
 from daskmm.distributed.execution import is_in_process
+from daskmm.distributed.mapreduce import map_parts
 from daskmm.kernels import laplace_grad as LG
 from daskmm.kernels import pirls as P
 from daskmm.kernels import scalar_re as K
@@ -208,9 +209,9 @@ class ScalarCriterion:
         self.nodes, self.weights = np.polynomial.hermite_e.hermegauss(nagq)
 
     def _map(self, theta, beta, size, modes=False):
-        return self.c.map(_evaluate, self.parts, theta=float(theta[0]), beta=beta,
-                          family=self.family, link=self.link, nodes=self.nodes,
-                          weights=self.weights, modes=modes, size=size, pure=False)
+        return map_parts(self.c, _evaluate, self.parts, theta=float(theta[0]), beta=beta,
+                         family=self.family, link=self.link, nodes=self.nodes,
+                         weights=self.weights, modes=modes, size=size, pure=False)
 
     def __call__(self, theta, beta, size=None) -> float:
         return float(sum(self.c.gather(self._map(theta, beta, size)))) - 2.0 * self.const
@@ -257,15 +258,15 @@ class LocalCriterion:
 
     def __call__(self, theta, beta, size=None) -> float:
         lam = lambdas(self.spec, np.asarray(theta))
-        futs = self.c.map(_local_eval, self.parts, layout=self.layout, lam=lam, beta=beta,
-                          family=self.family, link=self.link, size=size, newton=self.newton,
-                          pure=False)
+        futs = map_parts(self.c, _local_eval, self.parts, layout=self.layout, lam=lam, beta=beta,
+                         family=self.family, link=self.link, size=size, newton=self.newton,
+                         pure=False)
         return float(sum(self.c.gather(futs))) - 2.0 * self.const
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
         lam = lambdas(self.spec, np.asarray(theta))
-        pts = self.c.map(_local_point, self.parts, layout=self.layout, lam=lam, beta=beta,
-                         family=self.family, link=self.link, size=size, pure=False)
+        pts = map_parts(self.c, _local_point, self.parts, layout=self.layout, lam=lam, beta=beta,
+                        family=self.family, link=self.link, size=size, pure=False)
         return _ranef(self.c, pts, self.spec, self.layout, lam, np.zeros(0))
 
 
@@ -346,9 +347,9 @@ class JointCriterion:
         lam = lambdas(self.spec, np.asarray(theta))
 
         def at(beta):
-            return self._sum(c.gather(c.map(_joint_outer, self.parts, layout=self.layout,
-                                            lam=lam, beta=beta, family=self.family,
-                                            link=self.link, pure=False)))
+            return self._sum(c.gather(map_parts(c, _joint_outer, self.parts, layout=self.layout,
+                                                lam=lam, beta=beta, family=self.family,
+                                                link=self.link, pure=False)))
         beta = self.beta.copy()
         cur = at(beta)
         if cur is None:
@@ -373,9 +374,9 @@ class JointCriterion:
             return self._fused(theta)
         c, kw = self.c, dict(family=self.family, link=self.link, pure=False)
         lam = lambdas(self.spec, np.asarray(theta))
-        states = c.map(_joint_start, self.parts, layout=self.layout, lam=lam, beta=self.beta,
-                       **kw)
-        cur = self._sum(c.gather(c.map(_joint_summary, states, pure=False)))
+        states = map_parts(c, _joint_start, self.parts, layout=self.layout, lam=lam, beta=self.beta,
+                           **kw)
+        cur = self._sum(c.gather(map_parts(c, _joint_summary, states, pure=False)))
         if cur is None:
             return math.inf
         beta = self.beta.copy()
@@ -384,9 +385,9 @@ class JointCriterion:
             if target is None:
                 break
             def attempt(t, target=target, states=states):
-                cands = c.map(_joint_try, self.parts, states, layout=self.layout, lam=lam,
-                              beta_target=target, t=t, **kw)
-                new = self._sum(c.gather(c.map(_joint_summary, cands, pure=False)))
+                cands = map_parts(c, _joint_try, self.parts, states, layout=self.layout, lam=lam,
+                                  beta_target=target, t=t, **kw)
+                new = self._sum(c.gather(map_parts(c, _joint_summary, cands, pure=False)))
                 return (None if new is None else new[0]), (new, cands)
             t, (new, cands) = halve_until_lower(attempt, cur[0])
             if new is None:
@@ -397,7 +398,7 @@ class JointCriterion:
             cur, states = new, cands
             if step < P.TOL_U * (1.0 + scale):
                 break
-        c.gather(c.map(_joint_finish, self.parts, states, pure=False))
+        c.gather(map_parts(c, _joint_finish, self.parts, states, pure=False))
         self.beta = beta
         return float(cur[0] + cur[3]) - 2.0 * self.const
 
@@ -471,8 +472,8 @@ class GlobalCriterion:
         starts += [(self.u_G.copy(), None), (np.zeros(lay.n_G), None)]
         for k, (u_G, sh) in enumerate(starts):
             b_G = np.zeros(lay.n_G) if k == len(starts) - 1 else Lam_G @ u_G
-            states = c.map(_c_start, self.parts, self._done, b_G=b_G, shift=sh, pure=False,
-                           **kw)
+            states = map_parts(c, _c_start, self.parts, self._done, b_G=b_G, shift=sh, pure=False,
+                               **kw)
             s = self._sum_states(states)
             if not math.isfinite(s[0]):
                 continue
@@ -485,7 +486,7 @@ class GlobalCriterion:
         _, ld_G, _ = P.global_step(s[4], s[3], Lam_G)
         # not waited for: the next task on each partition (a start, the gradient, the
         # modes) takes it as an argument, so runs after it
-        self._done = c.map(_c_finish, self.parts, states, pure=False)
+        self._done = map_parts(c, _c_finish, self.parts, states, pure=False)
         self.u_G = u_G
         sums = (s[4], s[3], s[2])
         self._solved[self._key(theta, beta, size)] = (u_G.copy(), sums)
@@ -508,8 +509,8 @@ class GlobalCriterion:
             b_target = Lam_G @ u_target
             def attempt(t, u_target=u_target, b_target=b_target, u_G=u_G, states=states):
                 u_c = u_G + t * (u_target - u_G)
-                cands = c.map(_c_try, self.parts, states, b_G_target=b_target, t=t,
-                              pure=False, **kw)
+                cands = map_parts(c, _c_try, self.parts, states, b_G_target=b_target, t=t,
+                                  pure=False, **kw)
                 new = self._sum_states(cands)
                 p = P.pdev(new[0], new[1]) + float(u_c @ u_c)
                 return p, (p, u_c, cands, new)
@@ -534,7 +535,7 @@ class GlobalCriterion:
         return (np.asarray(theta, float).tobytes(), np.asarray(beta, float).tobytes(), size)
 
     def _sum_states(self, states):
-        out = self.c.gather(self.c.map(_c_summary, states, pure=False))
+        out = self.c.gather(map_parts(self.c, _c_summary, states, pure=False))
         if any(o[3] is None for o in out):
             return (-math.inf, 0.0, math.inf, None, None, math.inf, 0.0)
         return (sum(o[0] for o in out), sum(o[1] for o in out), sum(o[2] for o in out),
@@ -561,7 +562,7 @@ class GlobalCriterion:
         except P.LinAlgError:
             return math.inf, nan
         T = LG.crossed_T(S_inv, lam_G)
-        pieces = self.c.gather(self.c.map(
+        pieces = self.c.gather(map_parts(self.c,
             _c_grad, self.parts, states, self._done, layout=self.layout, lam=lam,
             factors=self.factors, beta=beta, u_G=u_G, T=T, family=self.family, link=self.link,
             pure=False))
@@ -592,16 +593,16 @@ class GlobalCriterion:
             lam = lambdas(self.spec, np.asarray(theta))
         else:
             _, _, u_G, lam, sums = self._solve(theta, beta, size)
-        pts = self.c.map(_g_point, self.parts, self._done, layout=self.layout, lam=lam, beta=beta,
-                         b_G=self._Lam_G(lam) @ u_G, family=self.family, link=self.link,
-                         size=size, pure=False)
+        pts = map_parts(self.c, _g_point, self.parts, self._done, layout=self.layout, lam=lam,
+                        beta=beta, b_G=self._Lam_G(lam) @ u_G, family=self.family,
+                        link=self.link, size=size, pure=False)
         return _ranef(self.c, pts, self.spec, self.layout, lam, u_G, sums)
 
 
 def _ranef(c, pts, spec, layout, lam, u_G, sums=None) -> dict[str, RanefTable]:
     """Conditional modes and SDs (lme4's ``condVar``) from the final points on the workers."""
     if sums is None:
-        out = c.gather(c.map(_g_summary, pts, pure=False))
+        out = c.gather(map_parts(c, _g_summary, pts, pure=False))
         sums = (sum(o[4] for o in out), sum(o[3] for o in out), sum(o[2] for o in out))
     G, RtR, logdet = sums
     n = 1  # the profiled criterion is not used; only its factor
@@ -612,8 +613,8 @@ def _ranef(c, pts, spec, layout, lam, u_G, sums=None) -> dict[str, RanefTable]:
 
         @staticmethod
         def modes(lam_, prof_, beta_, u_G_, sigma_):
-            futs = c.map(_g_modes, pts, layout=layout, lam=lam_, prof=prof_, u_G=u_G_,
-                         pure=False)
+            futs = map_parts(c, _g_modes, pts, layout=layout, lam=lam_, prof=prof_, u_G=u_G_,
+                             pure=False)
             return [item for part in c.gather(futs) for item in part]
     prob = types.SimpleNamespace(spec=spec, layout=layout, evaluator=_Modes())
     return ranef_tables(prob, lam, prof, np.zeros(0), u_G, 1.0)

@@ -49,6 +49,7 @@ from daskmm.core.families import get_family
 from daskmm.data.io import DataLike
 from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
+from daskmm.distributed.mapreduce import map_parts
 from daskmm.distributed.passes import aligned, partitions, raw_aligned, shuffle_by
 from daskmm.distributed.progress import track
 from daskmm.errors import DataError, FitError, ModelError
@@ -195,13 +196,13 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             log.info("data are not partitioned by %s: shuffling", primary)
             ddf = shuffle_by(ddf, spec.factor(primary))
         parts = _persist(c, ddf, spec, resp, fam_code, part_layout)
-        info = c.gather(c.map(partition_keys, parts, family=fam_code, pure=False))
+        info = c.gather(map_parts(c, partition_keys, parts, family=fam_code, pure=False))
         if not aligned([k for k, _, _ in info]):
             log.info("data are not partitioned by %s: shuffling", primary)
             c.cancel(parts)
             parts = _persist(c, shuffle_by(ddf, spec.factor(primary)), spec, resp, fam_code,
                              part_layout)
-            info = c.gather(c.map(partition_keys, parts, family=fam_code, pure=False))
+            info = c.gather(map_parts(c, partition_keys, parts, family=fam_code, pure=False))
         del ddf  # the encoded partitions are all the fit needs from here on
         n_dropped = sum(d for _, d, _ in info)
         ngroups = {primary: sum(len(k) for k, _, _ in info)}
@@ -341,7 +342,8 @@ def rows_for(res: GlmmResult, data, resp: Response, npartitions: int | None):
 
 def _persist(c, ddf, spec, resp, family, layout) -> list:
     if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
-        return c.map(prepare_partition, [ddf], spec=spec, resp=resp, family=family, layout=layout)
+        return map_parts(c, prepare_partition, [ddf], spec=spec, resp=resp, family=family,
+                         layout=layout)
     import dask
 
     tok = uuid.uuid4().hex[:8]

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from daskmm.core.optimizer import minimize
+from daskmm.distributed.mapreduce import map_parts
 from daskmm.errors import DataError, FitError
 from daskmm.kernels import glm_start as G
 from daskmm.kernels.aliasing import estimable_columns
@@ -31,8 +32,8 @@ def glm_start(c, parts, family, link, names: list[str], max_iter: int = 50,
 
     Returns ``(keep, beta, n, const)``."""
     def step(beta):
-        out = c.gather(c.map(_scoring, parts, beta=beta, family=family, link=link,
-                             pure=False))
+        out = c.gather(map_parts(c, _scoring, parts, beta=beta, family=family, link=link,
+                                 pure=False))
         return (sum(o[0] for o in out), sum(o[1] for o in out), sum(o[2] for o in out),
                 sum(o[3] for o in out), sum(o[4] for o in out))
 

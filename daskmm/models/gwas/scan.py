@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from daskmm.distributed.execution import is_in_process
+from daskmm.distributed.mapreduce import submit, tree_sum
 from daskmm.errors import DataError
 from daskmm.models.gwas import tasks
 from daskmm.models.gwas.samples import SampleSet
@@ -79,10 +80,7 @@ def _memory(client) -> float:
 
 
 def _tree_sum(client, futs: list):
-    while len(futs) > 1:
-        futs = [client.submit(tasks.add, *futs[i:i + 4], pure=False)
-                for i in range(0, len(futs), 4)]
-    return futs[0]
+    return tree_sum(client, futs, tasks.add, split_every=4, splat=True)
 
 
 def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
@@ -110,8 +108,8 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
                             on_block, on_null, t0)
 
     def grm(bs: list[Block]) -> list:
-        return [client.submit(tasks.grm_blocks, reader, idx, bs[i:i + GRM_GROUP], filters,
-                              pure=False) for i in range(0, len(bs), GRM_GROUP)]
+        return [submit(client, tasks.grm_blocks, reader, idx, bs[i:i + GRM_GROUP], filters,
+                       pure=False) for i in range(0, len(bs), GRM_GROUP)]
 
     chrom_blocks: dict[str, list[Block]] = {}
     for b in blocks:
@@ -129,9 +127,9 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
 
     def start(c: str):
         k_out = (kc.pop(c, None) or _tree_sum(client, grm(chrom_blocks[c]))) if loco else None
-        null = client.submit(tasks.null_model, K_all, k_out, X, Y, pure=False)
-        futs = [client.submit(tasks.test_block, reader, idx, b, filters, null, sset.traits,
-                              pure=False) for b in todo[c]]
+        null = submit(client, tasks.null_model, K_all, k_out, X, Y, pure=False)
+        futs = [submit(client, tasks.test_block, reader, idx, b, filters, null, sset.traits,
+                       pure=False) for b in todo[c]]
         return null, futs
 
     _drain(client, chroms, start, todo, set_id, on_block, on_null, timing)
@@ -194,7 +192,7 @@ def _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, spars
     vidx = grm_variant_indices(int(sparse["n_variants"]), sparse.get("grm_variants"))
     chunk = max(64, 4_000_000 // max(n, 1))
     parts = [vidx[i:i + chunk] for i in range(0, len(vidx), chunk)]
-    st = client.gather([client.submit(tasks.variant_table, reader, idx, p, pure=False)
+    st = client.gather([submit(client, tasks.variant_table, reader, idx, p, pure=False)
                         for p in parts])
     chunks, m = [], 0
     for p, s in zip(parts, st):
@@ -207,8 +205,8 @@ def _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, spars
     tile = SPARSE_TILE
     edges = list(range(0, n, tile)) + [n]
     ranges = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
-    tiles = [client.submit(tasks.sparse_grm_tile, reader, idx, ranges[a], ranges[b], chunks,
-                           m, sparse["threshold"], pure=False)
+    tiles = [submit(client, tasks.sparse_grm_tile, reader, idx, ranges[a], ranges[b], chunks,
+                    m, sparse["threshold"], pure=False)
              for a in range(len(ranges)) for b in range(a, len(ranges))]
     if not is_in_process(client):
         from distributed import wait
@@ -216,10 +214,10 @@ def _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, spars
     timing = {"grm_s": time.perf_counter() - t0, "null_s": 0.0, "grm_variants": m}
 
     def start(c: str):
-        null = client.submit(tasks.sparse_null, n, sset.X, sset.y,
-                             int(sparse["max_group"]), *tiles, pure=False)
-        futs = [client.submit(tasks.test_block, reader, idx, b, filters, null, sset.traits,
-                              pure=False) for b in todo[c]]
+        null = submit(client, tasks.sparse_null, n, sset.X, sset.y,
+                      int(sparse["max_group"]), *tiles, pure=False)
+        futs = [submit(client, tasks.test_block, reader, idx, b, filters, null, sset.traits,
+                       pure=False) for b in todo[c]]
         return null, futs
 
     _drain(client, deque(["all"]), start, todo, set_id, on_block, on_null, timing)
