@@ -29,10 +29,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+import daskmm.models.gwas.tasks as tasks
 from daskmm.distributed.execution import is_in_process
 from daskmm.distributed.mapreduce import submit, tree_sum
 from daskmm.errors import DataError
-from daskmm.models.gwas import tasks
 from daskmm.models.gwas.samples import SampleSet
 from daskmm.models.gwas.tasks import Block, Filters
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from daskmm.data.manifest import Manifest
 from daskmm.distributed.passes import metadata_pass
-from daskmm.errors import DataError
+from daskmm.errors import DataError, ModelError
 from daskmm.formula.levels import level_label, sorted_levels
 from daskmm.formula.parse import ParsedFormula, identifiers
 from daskmm.formula.spec import FactorSpec, ModelSpec
@@ -116,6 +116,10 @@ def model_layout(spec: ModelSpec, combos: pd.DataFrame | None, p: int,
     if combos is not None:
         primary, nested, glob = choose_layout(spec, combos, q, prefer_local)
     else:
+        if spec.factors[0].name in global_placed(spec):
+            raise ModelError(f"grouping factor {spec.factors[0].name!r} has a term placed in "
+                             "the global block, and no other factor can be primary; a model "
+                             "needs one factor whose blocks are local to its levels")
         primary, nested, glob = spec.factors[0].name, [], []
     return Layout(primary=primary, nested=nested, global_factors=glob, q=q,
                   global_levels={f: _level_keys(spec.factor(f), combos) for f in glob}, p=p)
@@ -151,6 +155,13 @@ def _level_keys(fs: FactorSpec, combos: pd.DataFrame) -> np.ndarray:
     return np.asarray(_sorted_factor_levels(fs, combos), dtype=object)
 
 
+def global_placed(spec: ModelSpec) -> set[str]:
+    """Factors with a term whose :class:`~daskmm.core.reterm.ReTerm` ``placement`` is
+    ``"global"`` (its block one dense or sparse block over all its coefficients): never
+    primary, never nested."""
+    return {t.factor for t in spec.terms if t.placement == "global"}
+
+
 def choose_layout(spec: ModelSpec, combos: pd.DataFrame, q: dict[str, int],
                   prefer_local: bool = False) -> tuple[str, list[str], list[str]]:
     """Pick the primary factor: the one minimising the cost of factoring its local blocks
@@ -165,13 +176,19 @@ def choose_layout(spec: ModelSpec, combos: pd.DataFrame, q: dict[str, int],
     """
     keys = {f.name: pd.Series(f.keys(combos)) for f in spec.factors}
     nlev = {name: k.nunique() for name, k in keys.items()}
+    forced = global_placed(spec)
     best = None
     for cand in spec.factors:
         P = cand.name
+        if P in forced:
+            continue
         nested, glob = [], []
         size = pd.Series(q[P], index=pd.unique(keys[P]))
         for f in spec.factors:
             if f.name == P:
+                continue
+            if f.name in forced:
+                glob.append(f.name)
                 continue
             pairs = pd.DataFrame({"f": keys[f.name], "P": keys[P]}).drop_duplicates()
             if pairs["f"].duplicated().any():
@@ -185,6 +202,9 @@ def choose_layout(spec: ModelSpec, combos: pd.DataFrame, q: dict[str, int],
             cost = (len(glob), cost)
         if best is None or cost < best[0]:
             best = (cost, P, nested, glob)
+    if best is None:
+        raise ModelError("every grouping factor has a term placed in the global block; a "
+                         "model needs one factor whose blocks are local to its levels")
     return best[1], best[2], best[3]
 
 
