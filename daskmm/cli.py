@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                      "previous daskmm fit with --force")
     fit.add_argument("--force", action="store_true", help="replace a previous daskmm fit at "
                      "--out (never a folder daskmm did not write)")
+    fit.add_argument("--allow-uncertified", action="store_true", help="exit 0 even when the "
+                     "fit's own check of its optimum fails (the summary says what failed)")
     fit.add_argument("--plots", action="store_true", help="write PNG plots under OUT/plots: "
                      "GAM: one per smooth (with its +-2 SE band and a rug); LMM: caterpillar "
                      "plots, residuals against fitted, QQ plots of residuals and random "
@@ -345,6 +347,7 @@ def _fit_options(args: argparse.Namespace) -> dict:
 
 def _fit(args: argparse.Namespace) -> int:
     from daskmm.models.registry import check
+    from daskmm.results.base import require_certified
     from daskmm.results.writing import report_rows, write_outputs
 
     model, options = check(args.formula, args.family, _fit_options(args), spell=_spell)
@@ -374,6 +377,7 @@ def _fit(args: argparse.Namespace) -> int:
              "fixef.parquet, ranef.parquet, model.pkl")
     print(f"wrote {out}/summary.json, summary.txt, {files}"
           + (", plots" if args.plots else "") + f" (fitted {result.mode})")
+    require_certified(result, args.allow_uncertified, "--allow-uncertified", written=str(out))
     return 0
 
 

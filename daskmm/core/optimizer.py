@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from daskmm.core.certify import ON_BOUND, certify
 from daskmm.errors import ModelError
 from daskmm.events import emit
 
@@ -77,6 +78,9 @@ class OptSummary:
     restarted : bool
         The LMM's optimum came from a restart off a boundary corner
         (:func:`daskmm.models.lmm.fit.optimise`).
+    checks : dict or None
+        The fit's own check of the optimum (:class:`daskmm.core.certify.Checks`, as a dict):
+        what was tested, what it found, what was done about it.
     """
 
     optimizer: str
@@ -95,6 +99,12 @@ class OptSummary:
     mode: str = ""
     code: int = 0
     restarted: bool = False
+    checks: dict | None = None
+
+    @property
+    def certified(self) -> bool | None:
+        """Whether the optimum passed its checks (None for a fit saved before they existed)."""
+        return None if self.checks is None else bool(self.checks.get("certified"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -312,7 +322,7 @@ def _inside_bound(crit: _Counted, x: np.ndarray, fx: float, g: np.ndarray,
     """A point just inside the bounds that is lower than ``x`` (from which to start again), or
     None: for each parameter on its bound whose derivative vanishes there, the criterion at
     two small steps inside."""
-    for i in np.flatnonzero((x <= lower) & np.isfinite(lower)):
+    for i in np.flatnonzero((x - lower <= ON_BOUND) & np.isfinite(lower)):
         if g[i] > 1e-8 * max(1.0, abs(fx)):
             continue  # the gradient pushes into the bound: a true boundary optimum
         for d in (1e-2, 1e-4):
@@ -471,3 +481,62 @@ def snap_to_boundary(f: Callable, x: np.ndarray, lower: np.ndarray, ftol_abs: fl
         if ft <= fx + 0.1 * ftol_abs:
             x, fx = trial, ft
     return x
+
+
+def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]],
+                      derivs: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
+                      f: Callable[[np.ndarray], float], x: np.ndarray, summary: OptSummary,
+                      lower: np.ndarray, names: list[str], repairs: int = 2
+                      ) -> tuple[np.ndarray, OptSummary, tuple]:
+    """Check the optimum ``x`` (:func:`daskmm.core.certify.certify`) and repair what fails.
+
+    When stepping inside a bound lowers the criterion the optimiser runs again from that
+    point; when a Newton step promises a decrease above tolerance it runs again from the
+    Newton point. The better point is kept and checked again, up to ``repairs`` times.
+
+    Parameters
+    ----------
+    run : callable
+        ``run(start) -> (x, summary)``: the model's optimisation from a start.
+    derivs : callable
+        ``derivs(x) -> (f(x), gradient, Hessian)`` over all parameters.
+    f : callable
+        The criterion (for the inward steps).
+    x, summary : the optimum and its record
+    lower : ndarray
+    names : list of str
+        Parameter names, for the record.
+
+    Returns
+    -------
+    x, summary, (fx, gradient, Hessian)
+        ``summary.checks`` holds the record; evaluations of every run are counted.
+    """
+    d = derivs(x)
+    checks = certify(f, x, lower, d[0], d[1], d[2], names)
+    actions: list[str] = []
+    for _ in range(repairs):
+        start = checks.inside if checks.inside is not None else checks.newton_point
+        if checks.certified or start is None:
+            break
+        why = "inside a bound" if checks.inside is not None else "a Newton step"
+        x2, s2 = run(np.asarray(start, dtype=float))
+        d2 = derivs(x2)
+        s2.feval += summary.feval
+        s2.geval += summary.geval
+        if not d2[0] < d[0] - 1e-12 * max(1.0, abs(d[0])):
+            actions.append(f"ran again from {why}: no lower point (criterion "
+                           f"{d2[0]:.10g} against {d[0]:.10g}); the first optimum stands")
+            summary.feval, summary.geval = s2.feval, s2.geval
+            break
+        actions.append(f"ran again from {why}: criterion lower by {d[0] - d2[0]:.4g}")
+        log.warning("the optimiser stopped short of the optimum; %s", actions[-1])
+        s2.restarted = True
+        x, summary, d = x2, s2, d2
+        checks = certify(f, x, lower, d[0], d[1], d[2], names)
+    checks.actions = actions
+    summary.checks = checks.to_dict()
+    if not checks.certified:
+        log.warning("the optimum is not certified: %s", "; ".join(checks.messages))
+    return x, summary, d
+

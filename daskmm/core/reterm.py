@@ -50,6 +50,9 @@ class ReTerm(Protocol):
     def theta_lower(self) -> np.ndarray:
         """Lower bounds (0 for a standard deviation, ``-inf`` for a free parameter)."""
 
+    def theta_names(self) -> list[str]:
+        """lme4's names of the covariance parameters."""
+
 
 @dataclass(frozen=True)
 class RandomTerm:
@@ -98,6 +101,13 @@ class RandomTerm:
     def theta_init(self) -> np.ndarray:
         r, c = self.tril_index()
         return (r == c).astype(float)
+
+    def theta_names(self) -> list[str]:
+        """lme4's names of ``theta`` (``getME(m, "theta")``): ``Subject.(Intercept)``,
+        ``Subject.Days.(Intercept)``, ``Subject.Days``."""
+        r, c = self.tril_index()
+        return [f"{self.factor}.{self.columns[i]}" if i == j else
+                f"{self.factor}.{self.columns[i]}.{self.columns[j]}" for i, j in zip(r, c)]
 
     def theta_lower(self) -> np.ndarray:
         r, c = self.tril_index()

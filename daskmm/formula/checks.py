@@ -25,8 +25,9 @@ def column_ranges(y: np.ndarray, Z: dict[str, np.ndarray]) -> dict:
 
 def check_ranges(parts: list[dict], spec, response: str, check_terms: bool = True) -> None:
     """Raise when the response is constant over all rows (lme4 stops: "response is
-    constant"), or a non-intercept column of a random-effect term is (its variance cannot be
-    told from the intercept's, or it is zero)."""
+    constant"), or a non-intercept column of a random-effect term is zero, or constant beside
+    another constant column of its factor (the intercept included): its variance cannot be
+    told from the other's. A constant column alone is a scaled intercept, as lme4 fits it."""
     parts = [p for p in parts if p]
     if not parts:
         return
@@ -44,9 +45,21 @@ def check_ranges(parts: list[dict], spec, response: str, check_terms: bool = Tru
         mins = np.min([p[f.name][0] for p in parts if f.name in p], axis=0)
         maxs = np.max([p[f.name][1] for p in parts if f.name in p], axis=0)
         cols = [(spec.terms[t], c) for t in f.terms for c in spec.terms[t].columns]
-        for j, (term, c) in enumerate(cols):
-            if c != "(Intercept)" and mins[j] == maxs[j]:
+        # a constant column is a scaled intercept: fine alone (lme4 fits (0 + one | g) as
+        # (1 | g)), not beside another constant column of the same factor nor when zero
+        const = [(term, c, mins[j]) for j, (term, c) in enumerate(cols)
+                 if c == "(Intercept)" or mins[j] == maxs[j]]
+        for term, c, v in const:
+            if c == "(Intercept)":
+                continue
+            if v == 0:
+                raise ModelError(
+                    f"column {c!r} of the random-effect term ({term.lhs} | {term.factor}) is 0 "
+                    "in every row, so its variance cannot be estimated; drop it from the term")
+            if len(const) > 1:
+                other = next(o for o in const if o[1] != c)
                 raise ModelError(
                     f"column {c!r} of the random-effect term ({term.lhs} | {term.factor}) is "
-                    f"constant (every value is {num(mins[j])}), so its variance cannot be "
-                    "estimated apart from the intercept's; drop it from the term")
+                    f"constant (every value is {num(v)}), so its variance cannot be "
+                    f"estimated apart from that of {other[1]!r} ({other[0].lhs} | "
+                    f"{other[0].factor}); drop it from the term")

@@ -140,6 +140,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
         ``{"status": "done" | "skipped", "output": path, "timing": {...}}``.
     """
     from daskmm.models import registry
+    from daskmm.results.base import require_certified
     from daskmm.results.writing import report_rows, write_outputs
 
     if not isinstance(job, (Job, GwasJob)):
@@ -197,6 +198,8 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
                                         job_options(job, client, mode), spell=_spell)
         result = model.fit(job.formula, data, job.family, options)
         timing["fit_s"] = time.perf_counter() - t
+        require_certified(result, bool((job.raw or {}).get("allow_uncertified")),
+                          "allow_uncertified: true in the job")
         gam = model.kind == "gam"
         if gam:
             from daskmm.models.gam.outputs import gam_extra

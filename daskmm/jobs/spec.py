@@ -135,6 +135,7 @@ SCHEMA = {
         "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
         "nboot": {"type": "integer", "minimum": 2},
         "seed": {"type": "integer"},
+        "allow_uncertified": {"type": "boolean"},
         "output": {"type": "string", "minLength": 1},
         "cluster": _CLUSTER,
     },

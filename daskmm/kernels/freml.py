@@ -18,7 +18,7 @@ mgcv's ``fast.REML.fit``. Pure numpy: no dask.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -251,12 +251,64 @@ class RemlFit:
 
 def fit(A: np.ndarray, b: np.ndarray, c: float, n: float, pen: Penalties,
         phi: float | None = None, rho0: np.ndarray | None = None,
-        conv_tol: float = EPS ** 0.5, maxit: int = 200, ml: bool = False) -> RemlFit:
+        conv_tol: float = EPS ** 0.5, maxit: int = 200, ml: bool = False,
+        zero: list[int] | None = None) -> RemlFit:
     """Minimise the REML (``ml``: ML) criterion over ``rho`` by Newton's method
-    (``fast.REML.fit``)."""
+    (``fast.REML.fit``). The coefficients ``zero`` (unpenalised columns aliased with others:
+    :func:`aliased_unpenalised`) are fixed at 0, as mgcv fixes unidentifiable coefficients:
+    the fit is that of the model without them, and its ``beta`` and ``P`` carry zeros there."""
+    if zero:
+        keep = np.setdiff1d(np.arange(len(b)), zero)
+        sub = Penalties(len(keep), [PenaltyBlock(blk.start - int(np.sum(np.less(zero,
+                                                                                blk.start))),
+                                                 blk.stop - int(np.sum(np.less(zero,
+                                                                               blk.start))),
+                                                 blk.S) for blk in pen.blocks])
+        out = fit(A[np.ix_(keep, keep)], b[keep], c, n, sub, phi, rho0, conv_tol, maxit, ml)
+        pt = out.point
+        beta = np.zeros(len(b))
+        beta[keep] = pt.beta
+        P = np.zeros((len(b), len(b)))
+        P[np.ix_(keep, keep)] = pt.P
+        out.point = replace(pt, beta=beta, P=P)
+        return out
     rho = initial_rho(A, pen) if rho0 is None else np.asarray(rho0, dtype=float).copy()
     return newton(lambda r: evaluate(A, b, c, n, pen, r, phi, ml=ml), rho, n, conv_tol,
                   maxit)
+
+
+def aliased_unpenalised(A: np.ndarray, pen: Penalties, candidates: list[int],
+                        tol: float = 1e-7) -> list[int]:
+    """The columns among ``candidates`` (parametric columns, the intercept excluded) that no
+    penalty can tell apart from the others: linear combinations of the columns before them in
+    ``X'X + sum S`` (each matrix scaled to unit size), the candidates taken last. A numeric
+    ``by`` variable entered also as a parametric term is one: the varying-coefficient
+    smooth's null space holds it. mgcv fixes such coefficients at 0; so does
+    :func:`fit` with ``zero``. Pure: the same columns whatever the data's partitioning."""
+    p = len(A)
+    if not candidates or p == 0:
+        return []
+    d = np.sqrt(np.maximum(np.diag(A), 1e-300))
+    M = A / np.outer(d, d)
+    for blk in pen.blocks:
+        for S in blk.S:
+            M[blk.start:blk.stop, blk.start:blk.stop] += S / max(np.abs(S).max(), 1e-300)
+    order = [j for j in range(p) if j not in candidates] + list(candidates)
+    kept: list[int] = []
+    L = np.zeros((p, p))
+    out = []
+    for j in order:
+        k = len(kept)
+        v = sla.solve_triangular(L[:k, :k], M[kept, j], lower=True) if kept else np.zeros(0)
+        r = M[j, j] - v @ v
+        if r <= tol * M[j, j]:
+            if j in candidates:
+                out.append(j)
+                continue
+        L[k, :k] = v
+        L[k, k] = np.sqrt(max(r, 1e-300))
+        kept.append(j)
+    return sorted(out)
 
 
 def newton(evaluate_at, rho: np.ndarray, n: float, conv_tol: float = EPS ** 0.5,

@@ -66,3 +66,32 @@ def normal_equations(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     except np.linalg.LinAlgError as exc:
         raise FitError("the GLM start failed: its weighted cross-product is singular; the "
                        "response may separate the data completely") from exc
+
+
+def column_moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``X``: the sum and the sum of squares (for :func:`standardising`)."""
+    return X.sum(axis=0), np.einsum("ij,ij->j", X, X)
+
+
+def standardising(sums: np.ndarray, sumsq: np.ndarray, n: int,
+                  intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(T, T^-1)`` with ``beta = T gamma``: the optimiser's coordinates ``gamma`` are those of
+    the columns centred (when the model has an intercept) and scaled to unit standard
+    deviation, so an uncentred or badly scaled covariate gives the optimiser the same problem
+    as a centred one. Constant columns and the intercept are left as they are.
+
+    Centred ``x~_j = (x_j - m_j) / s_j`` gives ``X beta = X~ gamma`` with ``gamma_j = s_j
+    beta_j`` and ``gamma_0 = beta_0 + sum_j m_j beta_j``."""
+    p = len(sums)
+    m = sums / max(n, 1)
+    s = np.sqrt(np.maximum(sumsq / max(n, 1) - m * m, 0.0))
+    T = np.eye(p)
+    has_int = bool(np.any(intercept))
+    i0 = int(np.flatnonzero(intercept)[0]) if has_int else -1
+    for j in range(p):
+        if intercept[j] or not s[j] > 1e-12 * max(1.0, abs(m[j])):
+            continue
+        T[j, j] = 1.0 / s[j]
+        if has_int:
+            T[i0, j] = -m[j] / s[j]
+    return T, np.linalg.inv(T)

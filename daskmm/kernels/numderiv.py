@@ -12,9 +12,19 @@ from daskmm.errors import FitError
 def hessian(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4) -> np.ndarray:
     """Central finite-difference Hessian (lme4's ``deriv12`` step, ``delta = 1e-4``); a
     coordinate within ``delta`` of its lower bound uses steps shifted inside the bound."""
+    return derivatives(f, x, lower, delta)[1]
+
+
+def derivatives(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4,
+                f0: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(gradient, Hessian)`` by finite differences from the same evaluations as
+    :func:`hessian`: the gradient central, or ``(-3 f(x) + 4 f(x + h) - f(x + 2h)) / 2h``
+    for a coordinate within ``delta`` of its lower bound."""
     d = len(x)
     H = np.empty((d, d))
-    f0 = f(x)
+    g = np.empty(d)
+    if f0 is None:
+        f0 = f(x)
     h = np.full(d, delta)
     shift = np.where(np.isfinite(lower) & (x - h < lower), h, 0.0)
 
@@ -25,15 +35,19 @@ def hessian(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4) -> np.ndar
         return f(v)
     for i in range(d):
         if shift[i]:
-            H[i, i] = (at((i, 2 * h[i])) - 2 * at((i, h[i])) + f0) / h[i] ** 2
+            f1, f2 = at((i, h[i])), at((i, 2 * h[i]))
+            H[i, i] = (f2 - 2 * f1 + f0) / h[i] ** 2
+            g[i] = (-3.0 * f0 + 4.0 * f1 - f2) / (2 * h[i])
         else:
-            H[i, i] = (at((i, h[i])) - 2 * f0 + at((i, -h[i]))) / h[i] ** 2
+            fu, fd = at((i, h[i])), at((i, -h[i]))
+            H[i, i] = (fu - 2 * f0 + fd) / h[i] ** 2
+            g[i] = (fu - fd) / (2 * h[i])
         for j in range(i):
             si, sj, ci, cj = h[i], h[j], shift[i], shift[j]
             H[i, j] = H[j, i] = (at((i, si + ci), (j, sj + cj)) - at((i, si + ci), (j, -sj + cj))
                                  - at((i, -si + ci), (j, sj + cj))
                                  + at((i, -si + ci), (j, -sj + cj))) / (4 * si * sj)
-    return H
+    return g, H
 
 
 def hessian_of_gradient(grad, x: np.ndarray, lower: np.ndarray,
@@ -57,6 +71,20 @@ def hessian_of_gradient(grad, x: np.ndarray, lower: np.ndarray,
             up[i] += delta
             dn[i] -= delta
             H[:, i] = (grad(up) - grad(dn)) / (2 * delta)
+    return 0.5 * (H + H.T)
+
+
+def forward_hessian_of_gradient(grad, x: np.ndarray, g0: np.ndarray,
+                                 rel_step: float = 1e-6) -> np.ndarray:
+    """The Hessian from forward differences of the exact gradient, upwards (inside every
+    lower bound): ``d`` gradients, step ``rel_step * max(|x_i|, 0.1)``. Symmetrised."""
+    d = len(x)
+    H = np.empty((d, d))
+    for i in range(d):
+        h = rel_step * max(abs(x[i]), 0.1)
+        up = x.copy()
+        up[i] += h
+        H[:, i] = (np.asarray(grad(up)) - g0) / h
     return 0.5 * (H + H.T)
 
 

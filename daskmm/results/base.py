@@ -21,7 +21,7 @@ import pandas as pd
 from daskmm.core.optimizer import OptSummary
 from daskmm.core.reterm import RandomTerm, split_theta
 from daskmm.data.rows import DropCounts
-from daskmm.errors import DataError
+from daskmm.errors import DataError, FitError
 
 SINGULAR_TOL = 1e-4  # lme4::isSingular
 
@@ -194,6 +194,7 @@ class MixedResult:
                 "AIC": self.aic, "BIC": self.bic, "theta": np.asarray(self.theta).tolist(),
                 "fixef": self._fixef_rows(), "vcov": np.asarray(self.vcov).tolist(),
                 "varcorr": self._varcorr_doc(), "converged": self.converged,
+                "certified": self.certified,
                 "singular": self.singular, "mode": self.mode,
                 "optinfo": self.optinfo.to_dict() if hasattr(self.optinfo, "to_dict")
                 else dict(self.optinfo),
@@ -333,21 +334,53 @@ class MixedResult:
         return lines
 
     def _tail_lines(self) -> list[str]:
-        lines = []
-        if self.singular:
-            lines += ["", "boundary (singular) fit: see help('isSingular')"]
-        return lines
-
-    def _convergence_lines(self) -> list[str]:
-        if self.converged:
+        """lme4's convergence lines (``.prt.warn``): ``optimizer (NAME) convergence code: 0
+        (OK)`` followed by the messages, when there are any: the singular-fit message, what
+        the fit's own check of its optimum found (``optinfo.checks``) and lme4's
+        identifiability warnings."""
+        msgs = self.convergence_messages()
+        if not msgs and self.converged:
             return []
-        return ["", f"optimizer did not report convergence: {self.optinfo.get('message')}"]
+        code = 0 if self.converged else (self.optinfo.get("code") or -1)
+        state = "(OK)" if code == 0 else f"({self.optinfo.get('message')})"
+        return [f"optimizer ({self.optinfo.get('optimizer')}) convergence code: {code} "
+                f"{state}", *msgs]
+
+    def convergence_messages(self) -> list[str]:
+        """The lines :meth:`_tail_lines` prints under the optimizer's: lme4's singular-fit
+        message, then what failed in the check of the optimum, then lme4's warnings."""
+        checks = self.optinfo.get("checks") or {}
+        msgs = ["boundary (singular) fit: see help('isSingular')"] if self.singular else []
+        msgs += list(checks.get("messages", [])) + list(checks.get("warnings", []))
+        return msgs
+
+    @property
+    def certified(self) -> bool | None:
+        """Whether the optimum passed the fit's own checks (``optinfo.checks``; None for a
+        result saved before fits checked their optimum)."""
+        checks = self.optinfo.get("checks")
+        return None if checks is None else bool(checks.get("certified"))
 
     def __str__(self) -> str:
         return self.summary()
 
     def summary(self) -> str:  # pragma: no cover - each model prints its own
         raise NotImplementedError
+
+
+def require_certified(result, allowed: bool, how_to_allow: str, written: str | None = None
+                      ) -> None:
+    """Raise :class:`~daskmm.errors.FitError` with one line when the fit's optimum failed its
+    own checks (``result.certified is False``) and the user did not allow that
+    (``how_to_allow``: the flag or job field that does). ``written``: where the results were
+    written anyway, for inspection."""
+    if allowed or getattr(result, "certified", None) is not False:
+        return
+    msgs = "; ".join(result.optinfo.get("checks", {}).get("messages", [])) or "see optinfo"
+    where = (f"the results in {written} are marked so (summary.json \"certified\": false); "
+             if written else "")
+    raise FitError(f"the optimum failed the fit's own check: {msgs}; {where}look at the "
+                   f"data's scaling or the model, or give {how_to_allow} to accept it")
 
 
 def spec_terms(spec) -> tuple[list, dict]:

@@ -357,11 +357,15 @@ class ThinPlate:
         E = _eta(_dist(xu, xu), d, m)
         if len(xu) > 3 * k:
             from scipy.sparse.linalg import eigsh
-            ev, U = eigsh(E, k=k, which="LM", tol=1e-13)
+            # a fixed start vector: ARPACK's default is random, and with it the basis (and
+            # every coefficient's sign) changed from run to run
+            ev, U = eigsh(E, k=k, which="LM", tol=1e-13, v0=np.ones(len(E)))
         else:
             ev, U = np.linalg.eigh(E)
         order = np.argsort(-np.abs(ev))[:k]
         ev, U = ev[order], U[:, order]
+        # each eigenvector's sign fixed (its largest entry positive): the same basis every run
+        U = U * np.where(U[np.argmax(np.abs(U), axis=0), np.arange(U.shape[1])] < 0, -1.0, 1.0)
         T = _poly(xu, powers)
         # null space of T'U_k delta = 0 by a Householder QR of U_k'T
         Q, _ = np.linalg.qr(U.T @ T, mode="complete")

@@ -498,7 +498,16 @@ def _reml(st: dict, gspec: GamSpec, pen, phi, rho0, ml: bool = False):
         fit = freml_blocked.fit(bst, pen, phi=phi, rho0=rho0, ml=ml)
         coef = np.concatenate([fit.point.beta, fit.point.b_re.T.ravel()])
         return fit, coef
-    fit = freml.fit(st["A"], st["b"], st["c"], st["n"], pen, phi=phi, rho0=rho0, ml=ml)
+    names = gspec.param.fixef_names
+    zero = freml.aliased_unpenalised(st["A"], pen, [j for j, nm in enumerate(names)
+                                                    if nm != "(Intercept)"])
+    if zero and not st.get("aliased_warned"):
+        st["aliased_warned"] = True
+        log.warning("%s aliased with the smooths' unpenalised parts (a numeric by variable "
+                    "also entered as a parametric term): fixed at 0, as mgcv does",
+                    ", ".join(repr(names[j]) for j in zero))
+    fit = freml.fit(st["A"], st["b"], st["c"], st["n"], pen, phi=phi, rho0=rho0, ml=ml,
+                    zero=zero)
     return fit, fit.point.beta
 
 

@@ -92,7 +92,9 @@ class GamResult:
         ``summary.gam``'s parametric table."""
         b = self.coef[:self.n_param]
         se = np.sqrt(np.diag(self.Vp)[:self.n_param])
-        t = b / se
+        # a coefficient fixed at 0 (aliased: mgcv prints 0, 0, NaN, NaN) has no t
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.where(se > 0, b / np.where(se > 0, se, 1.0), np.nan)
         p = (2 * stats.t.sf(np.abs(t), self.residual_df) if self.scale_estimated
              else 2 * stats.norm.sf(np.abs(t)))
         return pd.DataFrame({"term": self.fixef_names, "estimate": b, "std_error": se,
@@ -256,7 +258,11 @@ class GamResult:
 
 
 def _g(x: float, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    if x is None:
+        return "NA"
+    if isinstance(x, float) and math.isnan(x):
+        return "NaN"
+    if isinstance(x, float) and not math.isfinite(x):
         return "NA"
     return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.{digits}g}"
 
@@ -268,6 +274,8 @@ def _f3(x: float | None) -> str:
 def _pv(p: float | None) -> str:
     if p is None:
         return "NA"
+    if math.isnan(p):
+        return "NaN"
     return "<2e-16" if p < 2e-16 else f"{p:.3g}"
 
 

@@ -652,3 +652,35 @@ class Estimable:
 
     def to_full_tolerance(self) -> None:
         self.crit.to_full_tolerance()
+
+
+class Standardised:
+    """The criterion over ``gamma``, the fixed effects of standardised columns: ``beta = T
+    gamma`` (:func:`daskmm.kernels.glm_start.standardising`). The optimiser sees the same
+    problem whether a covariate was centred and scaled or not; estimates and covariances are
+    mapped back by the fit."""
+
+    def __init__(self, crit, T: np.ndarray):
+        self.crit, self.T = crit, T
+
+    def __call__(self, theta, gamma, size=None):
+        return self.crit(theta, self.T @ gamma, size)
+
+    def value_grad(self, theta, gamma, size=None):
+        v, g = self.crit.value_grad(theta, self.T @ gamma, size)
+        nt = len(theta)
+        return v, np.concatenate([g[:nt], self.T.T @ g[nt:]])
+
+    def ranef(self, theta, gamma, size=None):
+        return self.crit.ranef(theta, self.T @ gamma, size)
+
+    @property
+    def has_gradient(self) -> bool:
+        return self.crit.has_gradient
+
+    @property
+    def takes_first_stage(self) -> bool:
+        return self.crit.takes_first_stage
+
+    def to_full_tolerance(self) -> None:
+        self.crit.to_full_tolerance()

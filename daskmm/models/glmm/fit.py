@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 import uuid
 
@@ -52,7 +51,7 @@ from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in
 from daskmm.distributed.mapreduce import map_parts
 from daskmm.distributed.passes import aligned, partitions, raw_aligned, shuffle_by
 from daskmm.distributed.progress import track
-from daskmm.errors import DataError, FitError, ModelError
+from daskmm.errors import DataError, ModelError
 from daskmm.formula.checks import check_ranges
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import (
@@ -60,14 +59,13 @@ from daskmm.formula.spec import (
     plan_formula,
 )
 from daskmm.kernels import scalar_re as K
-from daskmm.kernels.numderiv import hessian, hessian_of_gradient, vcov_of
 from daskmm.models.glmm.criteria import (
     Estimable,
     GlobalCriterion,
     JointCriterion,
     LocalCriterion,
     ScalarCriterion,
-    SizeAppended,
+    Standardised,
 )
 from daskmm.models.glmm.encode import (
     Response,
@@ -78,7 +76,7 @@ from daskmm.models.glmm.encode import (
 )
 from daskmm.models.glmm.result import GlmmResult
 from daskmm.models.glmm.rows import GlmmRows
-from daskmm.models.glmm.stages import first_stage, glm_start, optimise_joint
+from daskmm.models.glmm.stages import estimates, glm_start, optimise_stages
 from daskmm.models.shared.prediction import Predictor
 from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (
@@ -211,7 +209,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                 ngroups[f.name] = len(factor_levels[f.name])
         check_ranges([i[2]["ranges"] for i in info], spec, parsed.response)
         notes = _level_warnings(primary, info, family)
-        keep, beta0, n, const = glm_start(c, parts,
+        keep, beta0, n, const, (T, Tinv) = glm_start(c, parts,
                                            K.POISSON if fam_code == K.NEGBIN else fam_code,
                                            link_obj.code, spec.fixef_names)
         if n == 0:
@@ -228,61 +226,27 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                                    newton=link == fam.canonical)
         if not keep.all():
             crit = Estimable(crit, keep)
-        theta0 = np.concatenate([t.theta_init() for t in spec.terms])
-        lower = np.concatenate([t.theta_lower() for t in spec.terms])
-        nb = fam_code == K.NEGBIN
+        crit = Standardised(crit, T)
         t1 = time.perf_counter()
         where = "in-process" if is_in_process(c) else "distributed"
         log.info("optimising: %d rows, %s, %s evaluation", n,
                  ", ".join(f"{k} {v} levels" for k, v in ngroups.items()), where)
-        if nb:  # log k is one more free parameter, after beta
-            x, optinfo = optimise_joint(SizeAppended(crit), theta0, lower,
-                                        np.concatenate([beta0, [0.0]]), opts, where)
-            size = float(np.exp(x[-1]))
-            x = x[:-1]
-        else:
-            stage1 = None
-            # the first stage by default in process; on a cluster each of its PIRLS steps is
-            # a round of maps, which pays only when evaluations are expensive: ask for it
-            # with stages=2
-            stages = opts.get("stages", 2 if is_in_process(c) else 1)
-            if crit.takes_first_stage and stages == 2:
-                stage1 = first_stage(JointCriterion(c, parts, spec, layout, fam_code,
-                                                   link_obj.code, const, beta0),
-                                    theta0, lower, opts, where)
-            if stage1 is not None:  # lme4's nAGQ = 0 stage: theta with beta inside PIRLS
-                theta0, beta0, info1 = stage1
-            x, optinfo = optimise_joint(crit, theta0, lower, beta0,
-                                        {k: v for k, v in opts.items() if k != "stages"},
-                                        where, near=stage1 is not None)
-            if stage1 is not None:
-                optinfo.settings["stage1"] = info1
-                optinfo.feval += info1["feval"]
-            size = None
+        first = None
+        # the first stage by default in process; on a cluster each of its PIRLS steps is a
+        # round of maps, which pays only when evaluations are expensive: ask for it with
+        # stages=2
+        if fam_code != K.NEGBIN and crit.takes_first_stage and \
+                opts.get("stages", 2 if is_in_process(c) else 1) == 2:
+            first = JointCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
+                                   beta0)
+        x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where, first,
+                                                  size_free=fam_code == K.NEGBIN)
         t2 = time.perf_counter()
-        nt = len(theta0)
-        theta, beta = x[:nt], x[nt:]
-        # the vcov Hessian divides differences of the criterion by delta^2 = 1e-8: from here
-        # on PIRLS runs to its full tolerance, without Newton's early stop
-        # (differences of the exact gradient divide by 1e-4 only: the early stop stays)
-        crit.to_full_tolerance()
-        graded = crit.has_gradient
-        # with the gradient the optimiser's last value is the criterion at x, modes
-        # converged: no solve again
-        objective = optinfo.fmin if graded and optinfo.fmin < 1e299 else \
-            crit(theta, beta, size)
-        if not math.isfinite(objective):
-            raise FitError("the criterion is not finite at the optimum; the model may be "
-                           "overparameterised or the data separated")
-        # vcov at the estimated size, as glmer.nb reports it (the last glmer fit, k fixed)
-        bounds = np.concatenate([lower, np.full(len(beta), -np.inf)])
-        if graded:
-            H = hessian_of_gradient(lambda v: crit.value_grad(v[:nt], v[nt:], size)[1], x,
-                                     bounds)
-        else:
-            H = hessian(lambda v: crit(v[:nt], v[nt:], size), x, bounds)
-        vcov = vcov_of(H, nt, theta, lower)
-        ranef = crit.ranef(theta, beta, size)
+        names = [nm for t in spec.terms for nm in t.theta_names()] + \
+            [nm for nm, k in zip(spec.fixef_names, keep) if k]
+        theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
+            crit, x, lower, optinfo, size, opts, where, names)
+        beta, vcov = T @ gamma, T @ vcov_gamma @ T.T
         t3 = time.perf_counter()
     names = [nm for nm, k in zip(spec.fixef_names, keep) if k]
     notes += _fit_warnings(beta, vcov, names, family)

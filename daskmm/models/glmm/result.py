@@ -193,7 +193,6 @@ class GlmmResult(MixedResult):
         lines += self._correlation_lines(names, nw) + self._tail_lines()
         for msg in self.warnings:
             lines += ["", f"warning: {msg}"]
-        lines += self._convergence_lines()
         return "\n".join(lines) + "\n"
 
 

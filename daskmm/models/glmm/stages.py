@@ -9,19 +9,18 @@ import math
 
 import numpy as np
 
-from daskmm.core.optimizer import minimize
+from daskmm.core.optimizer import certified_optimum, minimize
 from daskmm.distributed.mapreduce import map_parts
 from daskmm.errors import DataError, FitError
 from daskmm.kernels import glm_start as G
 from daskmm.kernels.aliasing import estimable_columns
-from daskmm.models.glmm.criteria import (
-    JointCriterion,
-)
+from daskmm.kernels.numderiv import derivatives, hessian_of_gradient, vcov_of
+from daskmm.models.glmm.criteria import JointCriterion, SizeAppended
 
 
 def _scoring(part, beta: np.ndarray | None, family: int, link: int):
     return G.scoring_step(part.X, part.offset, part.y, part.wt, family, link, beta) + \
-        (len(part.y), part.const)
+        (len(part.y), part.const) + (G.column_moments(part.X) if beta is None else ())
 
 
 def glm_start(c, parts, family, link, names: list[str], max_iter: int = 50,
@@ -30,17 +29,26 @@ def glm_start(c, parts, family, link, names: list[str], max_iter: int = 50,
     dropped with a warning, as lme4), and their ``beta`` by Fisher scoring from ``glm``'s
     ``mustart`` with step halving; each iteration one map over the partitions.
 
-    Returns ``(keep, beta, n, const)``."""
+    Returns ``(keep, beta, n, const, (T, T^-1))``: ``beta = T gamma`` maps the optimiser's
+    standardised coordinates of the kept columns (:func:`daskmm.kernels.glm_start.
+    standardising`, from column moments taken in the first map) to ``beta``."""
+    moments = []
+
     def step(beta):
         out = c.gather(map_parts(c, _scoring, parts, beta=beta, family=family, link=link,
                                  pure=False))
+        if beta is None:
+            moments.extend([sum(o[5] for o in out), sum(o[6] for o in out)])
         return (sum(o[0] for o in out), sum(o[1] for o in out), sum(o[2] for o in out),
                 sum(o[3] for o in out), sum(o[4] for o in out))
 
     A, b, _, n, const = step(None)
     if n == 0:
-        return np.ones(len(names), dtype=bool), np.zeros(len(names)), 0, 0.0
+        return (np.ones(len(names), dtype=bool), np.zeros(len(names)), 0, 0.0,
+                (np.eye(len(names)), np.eye(len(names))))
     keep = estimable_columns(A, names)
+    scale = G.standardising(moments[0][keep], moments[1][keep], n,
+                            np.array([nm == "(Intercept)" for nm in names])[keep])
     sub = np.ix_(keep, keep)
 
     def solve(A, b):
@@ -72,7 +80,7 @@ def glm_start(c, parts, family, link, names: list[str], max_iter: int = 50,
     if not np.all(np.isfinite(beta)) or np.max(np.abs(beta)) > 30:
         raise DataError("the GLM start diverges (|beta| > 30): the response may separate the "
                         "data completely (a level or a column value with all 0 or all 1)")
-    return keep, beta, int(n), float(const)
+    return keep, beta, int(n), float(const), scale
 
 
 def optimise_joint(crit, theta0: np.ndarray, lower_theta: np.ndarray, beta0: np.ndarray,
@@ -123,3 +131,73 @@ def first_stage(crit: JointCriterion, theta0: np.ndarray, lower: np.ndarray, opt
     crit(theta)
     return theta, crit.beta.copy(), {"feval": info.feval, "message": info.message,
                                      "theta": theta.tolist()}
+
+
+def optimise_stages(crit, spec, beta0: np.ndarray, Tinv: np.ndarray, opts: dict, where: str,
+                    first: JointCriterion | None = None, size_free: bool = False):
+    """glmer's stages from its start ``beta0``: with ``first`` (a :class:`JointCriterion`)
+    lme4's nAGQ = 0 stage over ``theta`` alone, then the joint optimisation over ``(theta,
+    gamma)`` (and ``log k``, the negative binomial's size, when ``size_free``), ``crit`` a
+    :class:`~daskmm.models.glmm.criteria.Standardised` criterion, ``gamma = Tinv beta``.
+    Returns ``(x, optinfo, size, lower)``: ``x = (theta, gamma)``."""
+    beta0 = Tinv @ beta0
+    theta0 = np.concatenate([t.theta_init() for t in spec.terms])
+    lower = np.concatenate([t.theta_lower() for t in spec.terms])
+    if size_free:  # log k is one more free parameter, after beta
+        x, optinfo = optimise_joint(SizeAppended(crit), theta0, lower,
+                                    np.concatenate([beta0, [0.0]]), opts, where)
+        return x[:-1], optinfo, float(np.exp(x[-1])), lower
+    stage1 = first_stage(first, theta0, lower, opts, where) if first is not None else None
+    if stage1 is not None:  # lme4's nAGQ = 0 stage: theta with beta inside PIRLS
+        theta0, beta1, info1 = stage1
+        beta0 = Tinv @ beta1
+    x, optinfo = optimise_joint(crit, theta0, lower, beta0,
+                                {k: v for k, v in opts.items() if k != "stages"}, where,
+                                near=stage1 is not None)
+    if stage1 is not None:
+        optinfo.settings["stage1"] = info1
+        optinfo.feval += info1["feval"]
+    return x, optinfo, None, lower
+
+
+def estimates(crit, x: np.ndarray, lower: np.ndarray, optinfo, size: float | None,
+              opts: dict, where: str, names: list[str]):
+    """Check and repair the optimum ``x`` (:func:`daskmm.core.optimizer.certified_optimum`)
+    and return ``(theta, beta, criterion, vcov(beta), conditional modes, optinfo)``: ``vcov``
+    from the Hessian in ``(theta, beta)`` the check uses (glmer's ``use.hessian = TRUE``), at
+    the estimated size for the negative binomial (as glmer.nb reports it: the last glmer fit,
+    k fixed; its optimum is checked, not repaired)."""
+    nt = len(lower)
+    # the Hessian divides differences of the criterion by delta^2 = 1e-8: from here on PIRLS
+    # runs to its full tolerance, without Newton's early stop (differences of the exact
+    # gradient divide by 1e-4 only: the early stop stays)
+    crit.to_full_tolerance()
+    graded = crit.has_gradient
+    bounds = np.concatenate([lower, np.full(len(x) - nt, -np.inf)])
+
+    def f(v):
+        return crit(v[:nt], v[nt:], size)
+
+    def derivs(v):
+        if graded:
+            val, g = crit.value_grad(v[:nt], v[nt:], size)
+            return val, g, hessian_of_gradient(
+                lambda u: crit.value_grad(u[:nt], u[nt:], size)[1], v, bounds)
+        f0 = f(v)
+        g, H = derivatives(f, v, bounds, f0=f0)
+        return f0, g, H
+
+    def run(start):
+        return optimise_joint(crit, start[:nt], lower, start[nt:],
+                              {k: v for k, v in opts.items() if k != "stages"}, where,
+                              near=True)
+
+    x, optinfo, (objective, _, H) = certified_optimum(
+        run, derivs, f, np.asarray(x, dtype=float), optinfo, bounds, names,
+        repairs=0 if size is not None else 2)
+    if not math.isfinite(objective):
+        raise FitError("the criterion is not finite at the optimum; the model may be "
+                       "overparameterised or the data separated")
+    theta, beta = x[:nt], x[nt:]
+    return (theta, beta, objective, vcov_of(H, nt, theta, lower),
+            crit.ranef(theta, beta, size), optinfo)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from daskmm.core.optimizer import OptSummary, minimize
+from daskmm.core.optimizer import OptSummary, certified_optimum, minimize
 from daskmm.data.manifest import Manifest
 from daskmm.data.rows import DropCounts
 from daskmm.distributed.evaluator import DistributedEvaluator, GatheredEvaluator
@@ -33,6 +33,7 @@ from daskmm.formula.spec import (
     plan_formula,
 )
 from daskmm.kernels.aliasing import estimable_columns
+from daskmm.kernels.numderiv import derivatives, forward_hessian_of_gradient
 from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
 from daskmm.kernels.stats import Layout, LevelGroup, PartitionStats
 from daskmm.models.shared.prepare import check_groups, prepare_columns
@@ -215,12 +216,14 @@ def objective_parts(prob: Problem, theta: np.ndarray, reml: bool = False):
 
 
 def optimise(prob: Problem, reml: bool, options: dict | None = None,
-             x0: np.ndarray | None = None, initial_step: np.ndarray | None = None
-             ) -> tuple[np.ndarray, OptSummary]:
+             x0: np.ndarray | None = None, initial_step: np.ndarray | None = None,
+             certify: bool = True) -> tuple[np.ndarray, OptSummary]:
     """:func:`daskmm.core.optimizer.minimize` over ``theta`` from lme4's start (or ``x0``), with the
     exact gradient of the profiled criterion (BOBYQA when ``options["method"] == "bobyqa"``,
     or when the dense global block is too large for the gradient to pay); ``initial_step``
-    is BOBYQA's first trust-region radius per parameter."""
+    is BOBYQA's first trust-region radius per parameter. With ``certify`` the optimum is
+    checked and repaired (:func:`daskmm.core.optimizer.certified_optimum`); the refits of
+    bootstraps and profiles, many and started at a certified optimum, skip it."""
     spec = prob.spec
     init = np.concatenate([t.theta_init() for t in spec.terms])
     if x0 is None:
@@ -237,7 +240,25 @@ def optimise(prob: Problem, reml: bool, options: dict | None = None,
                         options=options or {}, mode=prob.evaluator.mode,
                         initial_step=initial_step)
 
-    theta, summary = run(np.asarray(x0, dtype=float))
+    theta, summary = _run_from_corners(run, f, np.asarray(x0, dtype=float), init, lower, spec)
+    if not certify:
+        return theta, summary
+
+    def derivs(t):
+        if use_grad:
+            v, g = objective_grad(prob, t, reml)
+            return v, g, forward_hessian_of_gradient(
+                lambda u: objective_grad(prob, u, reml)[1], t, g)
+        g, H = derivatives(f, t, lower, f0=f(t))
+        return f(t), g, H
+
+    names = [nm for t in spec.terms for nm in t.theta_names()]
+    theta, summary, _ = certified_optimum(run, derivs, f, theta, summary, lower, names)
+    return theta, summary
+
+
+def _run_from_corners(run, f, x0, init, lower, spec):
+    theta, summary = run(x0)
     # A standard deviation on its bound with a correlated term beside it can be a corner of
     # the Cholesky parameterisation rather than the optimum (theta_11 = 0 with theta_21 < 0
     # where theta_11 > 0, theta_21 > 0 fits better: seen in ~9% of simulated (x | g) data

@@ -358,7 +358,7 @@ class LmmResult(MixedResult):
                              f"{stars(r.p_value)}".rstrip())
             lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
         lines += self._correlation_lines(names, nw)
-        lines += self._tail_lines() + self._convergence_lines()
+        lines += self._tail_lines()
         if self.ci:
             lines += ["", "Confidence intervals:"]
             pw = max(len(r["parameter"]) for r in self.ci)

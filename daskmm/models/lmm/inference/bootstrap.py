@@ -177,7 +177,7 @@ def replicate(setup: _Setup, seed: np.random.SeedSequence) -> np.ndarray:
                             setup.sigma, seed)
     terms = list(prob.spec.terms)
     try:
-        theta, _ = optimise(sim, setup.reml, REFIT_OPTIONS, x0=setup.theta,
+        theta, _ = optimise(sim, setup.reml, REFIT_OPTIONS, x0=setup.theta, certify=False,
                             initial_step=setup.step)
         prof, _ = objective(sim, theta, setup.reml)
         if not np.isfinite(prof.objective):

@@ -279,7 +279,7 @@ class _PBSetup:
 
 
 def _ml_refit(prob: Problem, x0: np.ndarray, step=None, options=None) -> tuple[np.ndarray, float]:
-    theta, _ = optimise(prob, False, options, x0=x0, initial_step=step)
+    theta, _ = optimise(prob, False, options, x0=x0, initial_step=step, certify=False)
     prof, _ = objective(prob, theta, False)
     if not np.isfinite(prof.objective):
         raise FloatingPointError("ML deviance not finite")

@@ -175,7 +175,8 @@ class _Side:
 
     def _fix_beta(self, b: float, start: np.ndarray) -> tuple[float, np.ndarray]:
         sub = offset_problem(self.prob, self.index - self.n_var, b)
-        theta, _ = optimise(sub, reml=False, options={"method": "bobyqa"}, x0=start)
+        theta, _ = optimise(sub, reml=False, options={"method": "bobyqa"}, x0=start,
+                            certify=False)
         self.dev.calls += 1
         prof, _ = objective(sub, theta, False)
         return float(prof.objective), theta
