@@ -104,17 +104,6 @@ class Checks:
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def summary_line(self) -> str:
-        """One line: what was checked and the result."""
-        parts = []
-        if self.boundary:
-            parts.append(f"{len(self.boundary)} on a bound (criterion tested inside)")
-        if self.free:
-            dec = "-" if self.newton_decrease is None else f"{self.newton_decrease:.2g}"
-            parts.append(f"{len(self.free)} free (Newton decrease {dec})")
-        return ("certified" if self.certified else "NOT certified") + \
-            (": " + ", ".join(parts) if parts else "")
-
 
 def certify(f: Callable[[np.ndarray], float], x: np.ndarray, lower: np.ndarray, fx: float,
             gradient: np.ndarray, hessian: np.ndarray, names: list[str] | None = None,

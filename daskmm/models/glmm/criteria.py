@@ -658,7 +658,8 @@ class Standardised:
     """The criterion over ``gamma``, the fixed effects of standardised columns: ``beta = T
     gamma`` (:func:`daskmm.kernels.glm_start.standardising`). The optimiser sees the same
     problem whether a covariate was centred and scaled or not; estimates and covariances are
-    mapped back by the fit."""
+    mapped back by the fit (the optimiser's record, ``optinfo.x`` and ``optinfo.checks``,
+    stays in these coordinates)."""
 
     def __init__(self, crit, T: np.ndarray):
         self.crit, self.T = crit, T
