@@ -173,10 +173,13 @@ class Family:
 
     def log_constant(self, y: np.ndarray, wt: np.ndarray) -> float:
         """The data's constant in glmer's log-likelihood: ``sum log C(wt, y)`` for the
-        binomial, ``-sum log y!`` for counts."""
+        binomial, ``-sum wt log y!`` for the Poisson (``wt`` its prior weights), ``-sum log
+        y!`` for the negative binomial."""
         from scipy.special import gammaln
         if self.code == BINOMIAL:
             return float(np.sum(gammaln(wt + 1) - gammaln(y + 1) - gammaln(wt - y + 1)))
+        if self.code == POISSON:  # wt: prior weights, as R's poisson()$aic
+            return float(-np.sum(wt * gammaln(y + 1)))
         return float(-np.sum(gammaln(y + 1)))
 
 

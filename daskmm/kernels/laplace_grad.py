@@ -50,9 +50,9 @@ def _canonical_row(eta, y, wt, family):  # pragma: no cover - compiled
     """``(s, W, d W / d eta)`` of one row for a canonical link, one ``exp``: score and weight
     exactly as :func:`~daskmm.kernels.scalar_re.row_term`'s, and ``d W / d eta`` = ``mu``
     (Poisson log) or ``W (1 - 2p)`` (binomial logit)."""
-    if family == POISSON:
+    if family == POISSON:  # wt: prior weights
         mu = math.exp(eta)
-        return y - mu, mu, mu
+        return wt * (y - mu), wt * mu, wt * mu
     e = math.exp(-abs(eta))
     p = 1.0 / (1.0 + e) if eta > 0 else e / (1.0 + e)
     w = wt * p * (1.0 - p)

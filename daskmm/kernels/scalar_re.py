@@ -66,13 +66,14 @@ def _mu(eta, link):  # pragma: no cover - compiled
 def row_term(eta, y, wt, family, link):  # pragma: no cover - compiled
     """(log-likelihood without constant, score d/d eta, Fisher weight) of one row.
 
-    Binomial rows carry ``y`` successes out of ``wt`` trials; Poisson rows a count ``y``;
+    Binomial rows carry ``y`` successes out of ``wt`` trials; Poisson rows a count ``y`` with
+    prior weight ``wt`` (glmer's ``weights``: the row's log-likelihood times ``wt``);
     negative binomial (NB2, log link) rows a count ``y`` with ``wt`` the size ``k``
     (``Var = mu + mu^2 / k``), whose log-likelihood terms in ``k`` are kept here because ``k``
     is estimated."""
-    if family == POISSON:
+    if family == POISSON:  # wt: prior weights (1 without)
         mu = math.exp(eta)
-        return y * eta - mu, y - mu, mu
+        return wt * (y * eta - mu), wt * (y - mu), wt * mu
     if family == NEGBIN:
         mu = math.exp(eta)
         k = wt

@@ -81,6 +81,8 @@ def encode_partition(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: 
         wt = np.array(resp.trials.encode(df).y, dtype=float)
         if resp.trials._offset_specs:
             wt = wt + offset
+    elif resp.weights is not None and family == K.POISSON:  # prior weights
+        wt = np.array(enc.w, dtype=float)  # checked positive by the shared set-up
     elif resp.weights is not None:  # proportions with weights: successes = y * weights
         wt = np.array(enc.w, dtype=float)
         check_proportion(y, resp.column)

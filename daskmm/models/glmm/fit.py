@@ -118,7 +118,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     factors : list of str, optional
         Numeric columns to treat as categorical.
     weights : str, optional
-        Prior weights: the number of trials of a binomial proportion response.
+        Prior weights: the number of trials of a binomial proportion response; the Poisson's
+        prior weights (each row's log-likelihood times its weight, as glmer's ``weights``).
     client, npartitions
         As for :func:`daskmm.lmm`.
     mode : {"auto", "in-process", "distributed"}
@@ -153,9 +154,10 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         raise ModelError(f"nagq={nagq} (adaptive Gauss-Hermite quadrature) needs exactly one "
                          "random intercept on one grouping column, '(1 | g)', as glmer; use "
                          f"nagq=1 (the Laplace approximation) for {formula!r}")
-    if weights and family != "binomial":
-        raise ModelError(f"weights apply to a binomial proportion response (the trials); the "
-                         f"{family} family takes none")
+    if weights and family not in ("binomial", "poisson"):
+        raise ModelError(f"weights apply to a binomial proportion response (the trials) and "
+                         f"as prior weights to the Poisson; the {family} family takes none "
+                         "here (the negative binomial's prior weights are not built)")
     parsed_y, resp_col, trials_text = read_response(parsed, family)
     if weights and trials_text:
         raise ModelError("give the trials either by cbind(successes, failures) or by weights "

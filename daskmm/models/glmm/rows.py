@@ -142,7 +142,9 @@ def _residual_rows(df: pd.DataFrame, rows: GlmmRows, type: str) -> pd.Series:
     fam = rows.fam
     binom = rows.family == "binomial"
     yy = y / wt if binom else y
-    w = wt if binom else np.ones(len(y))
+    # the binomial's trials and the Poisson's prior weights (the negative binomial's wt is
+    # its size, not a weight)
+    w = wt if binom or rows.family == "poisson" else np.ones(len(y))
     r = yy - mu
     if type == "pearson":
         r = r * np.sqrt(w / fam.variance(mu, rows.nb_size))
