@@ -164,7 +164,7 @@ class ModelSpec:
             raise DataError(
                 f"response {formula.response!r} is not numeric; a linear mixed model needs a "
                 "numeric response")
-        resp = _materialize(f"0 + {texts[formula.response]}", proto,
+        resp = _materialize(f"0 + {_response_term(texts[formula.response])}", proto,
                             f"response {formula.response!r}", pkey)
         if len(resp.column_names) != 1:
             raise FormulaError(f"the response {formula.response!r} must be one numeric column")
@@ -472,6 +472,22 @@ def _materialize(text: str, proto: pd.DataFrame, what: str, key: tuple | None = 
             _SPEC_CACHE.pop(next(iter(_SPEC_CACHE)))
         _SPEC_CACHE[text, key] = spec
     return spec
+
+
+def _response_term(text: str) -> str:
+    """The response as one term: R evaluates a formula's left-hand side as an expression, so
+    ``y / n``, ``y - 100`` and ``y^2`` are arithmetic there (not nesting, interaction or
+    power of terms): with an operator outside parentheses the text goes inside ``I()``, R's
+    ``^`` as Python's ``**``."""
+    depth = 0
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and ch in "+-*/^:%":
+            return "I({})".format(text.replace("^", "**"))  # R's power is Python's **
+    return text
 
 
 def _prototype(schema: dict[str, object], categorical: dict[str, list[str]],
