@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                      "previous daskmm fit with --force")
     fit.add_argument("--force", action="store_true", help="replace a previous daskmm fit at "
                      "--out (never a folder daskmm did not write)")
+    fit.add_argument("--all-fit", action="store_true", help="refit with every optimiser "
+                     "(lme4's allFit) and print the tables side by side; also written to "
+                     "OUT/allfit.txt (LMMs and GLMMs)")
     fit.add_argument("--allow-uncertified", action="store_true", help="exit 0 even when the "
                      "fit's own check of its optimum fails (the summary says what failed)")
     fit.add_argument("--plots", action="store_true", help="write PNG plots under OUT/plots: "
@@ -351,6 +354,9 @@ def _fit(args: argparse.Namespace) -> int:
     from daskmm.results.writing import report_rows, write_outputs
 
     model, options = check(args.formula, args.family, _fit_options(args), spell=_spell)
+    if args.all_fit and model.kind == "gam":
+        raise DaskmmError("--all-fit applies to LMMs and GLMMs (a GAM's smoothing parameters "
+                          "have one optimiser, fREML's Newton)")
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
     result = model.fit(args.formula, args.data, args.family, options)
     extra = None
@@ -370,8 +376,19 @@ def _fit(args: argparse.Namespace) -> int:
             for kind in KINDS:
                 if kind != "zeta" or result.profiles:
                     result.plot(kind, tmp / "plots")
+    allfit = None
+    if args.all_fit:
+        allfit = result.all_fit()
+        inner = extra
+
+        def extra(tmp) -> None:
+            if inner is not None:
+                inner(tmp)
+            (tmp / "allfit.txt").write_text(allfit.summary() + "\n")
     write_outputs(result, out, extra=extra)
     print(result.summary())
+    if allfit is not None:
+        print(allfit.summary())
     report_rows(result)
     files = ("fixef.parquet, fitted.parquet" if model.kind == "gam" else
              "fixef.parquet, ranef.parquet, model.pkl")

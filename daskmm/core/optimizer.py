@@ -39,7 +39,10 @@ DEFAULTS = {"xtol_abs": 1e-8, "ftol_abs": 1e-8, "maxeval": 100_000, "polish": Tr
 """Settings: BOBYQA's ``xtol_abs``/``ftol_abs``/``maxeval`` (lme4's ``nloptwrap``), the
 projected-gradient tolerance ``gtol`` of the gradient method, ``polish`` (the Newton steps
 after BOBYQA), and ``method``: ``"auto"`` (the gradient when the model has one),
-``"lbfgsb"`` or ``"bobyqa"``."""
+``"lbfgsb"``, ``"bobyqa"`` or ``"neldermead"`` (NLopt's bounded Nelder-Mead, lme4's
+``nloptwrap`` with ``algorithm = "NLOPT_LN_NELDERMEAD"``: for :meth:`all_fit`)."""
+
+METHODS = ("auto", "lbfgsb", "bobyqa", "neldermead")
 
 
 @dataclass
@@ -206,6 +209,8 @@ def minimize(x0: np.ndarray, lower: np.ndarray, *, f: Callable | None = None,
     lower = np.asarray(lower, dtype=float)
     crit = _Counted(f, fg)
     method = opts["method"]
+    if method not in METHODS:
+        raise ModelError(f"optimizer method {method!r}; allowed: {', '.join(METHODS)}")
     if method == "lbfgsb" and fg is None:
         method = "bobyqa"
     if fg is not None and method in ("auto", "lbfgsb"):
@@ -220,7 +225,8 @@ def minimize(x0: np.ndarray, lower: np.ndarray, *, f: Callable | None = None,
         _final_gradient(crit, bob, x, lower)
         bob.mode = mode
         return x, bob
-    x, summary = _bobyqa(crit, x0, lower, opts, initial_step, polish_step, polish_iter)
+    x, summary = _bobyqa(crit, x0, lower, opts, initial_step, polish_step, polish_iter,
+                         neldermead=method == "neldermead")
     summary.mode = mode
     return x, summary
 
@@ -375,13 +381,14 @@ def _newton_gradient(crit: _Counted, x: np.ndarray, fx: float, g: np.ndarray,
 
 def _bobyqa(crit: _Counted, x0: np.ndarray, lower: np.ndarray, opts: dict,
             initial_step: np.ndarray | None, polish_step: float,
-            polish_iter: int) -> tuple[np.ndarray, OptSummary]:
+            polish_iter: int, neldermead: bool = False) -> tuple[np.ndarray, OptSummary]:
     import nlopt
 
-    summary = OptSummary("nloptwrap (NLOPT_LN_BOBYQA)",
+    name = "NLOPT_LN_NELDERMEAD" if neldermead else "NLOPT_LN_BOBYQA"
+    summary = OptSummary(f"nloptwrap ({name})",
                          {k: opts[k] for k in ("xtol_abs", "ftol_abs", "maxeval", "polish")},
                          x0.tolist())
-    opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
+    opt = nlopt.opt(nlopt.LN_NELDERMEAD if neldermead else nlopt.LN_BOBYQA, len(x0))
     opt.set_min_objective(lambda x, grad: crit.value(x))
     opt.set_lower_bounds(lower)
     opt.set_upper_bounds(np.full(len(x0), np.inf))

@@ -38,8 +38,30 @@ class GlmmResult(MixedResult):
     warnings: list[str] = field(default_factory=list)
     predictor: object = field(default=None, repr=False, compare=False)  # GlmmRows
     dharma: object = field(default=None, repr=False, compare=False)
+    call: dict | None = field(default=None, repr=False, compare=False)  # glmm()'s arguments
 
     kind = "glmm"
+
+    def all_fit(self, client=None):
+        """lme4's ``allFit``: the model refitted by each optimiser
+        (:data:`daskmm.models.shared.allfit.OPTIMIZERS`), side by side
+        (:class:`~daskmm.models.shared.allfit.AllFit`; print its ``summary()``). A fit that ran
+        in process refits as one task per optimiser on ``client`` (in this process without
+        one); a distributed fit refits one optimiser after another, each on the cluster."""
+        from daskmm.models.glmm.fit import glmm
+        from daskmm.models.shared.allfit import all_fit
+        if self.call is None:
+            raise ModelError("all_fit needs the fit's data and arguments, and this result "
+                             "has none (it was read from a document): fit again")
+        call = dict(self.call)
+        if self.mode == "in-process":
+            def refit(opts, call=call):
+                return glmm(**call, mode="in-process", optimizer_options=opts)
+            return all_fit(refit, client)
+
+        def refit_here(opts, call=call):
+            return glmm(**call, client=client, optimizer_options=opts)
+        return all_fit(refit_here, None)
 
     @property
     def method(self) -> str:

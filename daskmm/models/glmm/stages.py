@@ -105,7 +105,7 @@ def optimise_joint(crit, theta0: np.ndarray, lower_theta: np.ndarray, beta0: np.
     if crit.has_gradient:
         def fg(x):
             return crit.value_grad(x[:nt], x[nt:])
-    else:
+    elif opts.get("method", "auto") in ("auto", "lbfgsb"):
         opts = {**opts, "method": "bobyqa"}
     return minimize(x0, lower, f=lambda x: crit(x[:nt], x[nt:]), fg=fg, options=opts,
                     initial_step=step, polish_step=1e-3, polish_iter=3, mode=mode)

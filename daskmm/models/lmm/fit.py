@@ -140,6 +140,18 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
     return result
 
 
+def refit_with(result: LmmResult):
+    """``refit(optimizer_options) -> LmmResult``: the fit again from its own statistics
+    (:meth:`LmmResult.all_fit`)."""
+    prob, reml = result.problem, result.reml
+    parsed = parse_formula(result.formula)
+
+    def refit(opts: dict) -> LmmResult:
+        theta, opt = optimise(prob, reml, opts)
+        return _result(prob, parsed, theta, opt, reml)
+    return refit
+
+
 def predictor_for(result: LmmResult, data, npartitions: int | None) -> Predictor:
     """The :class:`~daskmm.models.shared.prediction.Predictor` of a fit (what ``predict`` and
     ``model.pkl`` need)."""

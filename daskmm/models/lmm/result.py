@@ -138,6 +138,21 @@ class LmmResult(MixedResult):
         return plot(self, kind, out)
 
     # ------------------------------------------------------------ inference
+    def all_fit(self, client=None):
+        """lme4's ``allFit``: the model refitted by each optimiser
+        (:data:`daskmm.models.shared.allfit.OPTIMIZERS`) from the fit's own statistics (no
+        pass over the data), side by side (:class:`~daskmm.models.shared.allfit.AllFit`;
+        print its ``summary()``). One task per optimiser on ``client`` when the statistics
+        are in this process (in this process without a client); one after another when they
+        stayed on the workers (``mode="distributed"``)."""
+        from daskmm.models.lmm.fit import refit_with
+        from daskmm.models.shared.allfit import all_fit
+        prob = self._problem("all_fit")
+        refit = refit_with(self)
+        if prob.evaluator.mode == "distributed":
+            return all_fit(refit, None)
+        return all_fit(refit, client)
+
     def _problem(self, what: str):
         if self.problem is None:
             raise ModelError(f"{what} needs the fit's statistics, and this result has none "
