@@ -531,7 +531,7 @@ def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]]
         d2 = derivs(x2)
         s2.feval += summary.feval
         s2.geval += summary.geval
-        if not d2[0] < d[0] - 1e-12 * max(1.0, abs(d[0])):
+        if not (math.isfinite(d2[0]) and d2[0] < d[0] - 1e-12 * max(1.0, abs(d[0]))):
             actions.append(f"ran again from {why}: no lower point (criterion "
                            f"{d2[0]:.10g} against {d[0]:.10g}); the first optimum stands")
             summary.feval, summary.geval = s2.feval, s2.geval

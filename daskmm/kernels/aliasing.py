@@ -18,10 +18,12 @@ def estimable_columns(XtX: np.ndarray, names: list[str], tol: float = 1e-7) -> n
     """Boolean mask of the columns to keep, from the cross-product ``X'X`` (or ``X'WX`` with
     positive weights: the same rank).
 
-    Each column is kept when its squared residual on the kept columns before it, relative to
-    its own sum of squares, exceeds ``tol`` (a pivot-free Cholesky of the scaled matrix in
-    column order, so the first of two aliased columns stays, as lme4's QR does). Warns with
-    the dropped names; raises :class:`ModelError` when none is left.
+    Each column is kept when its residual norm on the kept columns before it, relative to its
+    own norm, exceeds ``tol`` (lme4's ``qr(X, tol = 1e-7)`` rank check: the squared residual
+    of a pivot-free Cholesky of the scaled matrix, in column order, against ``tol^2``, so the
+    first of two aliased columns stays, as lme4's QR does; an uncentred covariate such as
+    ``1000 + 0.01 z``, residual 1e-5 of its norm, is kept, as lme4 keeps it). Warns with the
+    dropped names; raises :class:`ModelError` when none is left.
     """
     p = XtX.shape[0]
     keep = np.ones(p, dtype=bool)
@@ -35,7 +37,7 @@ def estimable_columns(XtX: np.ndarray, names: list[str], tol: float = 1e-7) -> n
     for j in range(p):
         v = np.linalg.solve(L[np.ix_(kept, kept)], C[kept, j]) if kept else np.zeros(0)
         d = C[j, j] - v @ v
-        if diag[j] == 0 or d <= tol:
+        if diag[j] == 0 or d <= tol * tol:
             keep[j] = False
             continue
         if kept:

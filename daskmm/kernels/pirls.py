@@ -686,14 +686,16 @@ def local_point(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
                 beta: np.ndarray, family: int, link: int) -> Point:
     """The blocked :class:`Point` at the modes (after :func:`local_laplace`), for the
     conditional modes and their covariances."""
-    local_laplace(data, layout, lam, beta, family, link)
+    if not np.isfinite(local_laplace(data, layout, lam, beta, family, link)):
+        raise FloatingPointError("the conditional modes cannot be found at these estimates "
+                                 "(the likelihood is not finite there)")
     groups_u, k = [], 0
     for m, s in data.index.group_shapes:
         groups_u.append(data.u_warm[k:k + m * s].reshape(m, s))
         k += m * s
     eta_fixed = data.X @ beta + data.offset
-    first = point(data, layout, lam, eta_fixed, None, None, family, link)
-    return point(data, layout, lam, eta_fixed, groups_u, None, family, link, first.groups)
+    # the level groups every point of this partition is laid out by (build_index)
+    return point(data, layout, lam, eta_fixed, groups_u, None, family, link, data.g_groups)
 
 
 def global_inverse(G: np.ndarray, RtR: np.ndarray, Lam_G: np.ndarray) -> np.ndarray:

@@ -237,7 +237,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         # the first stage by default in process; on a cluster each of its PIRLS steps is a
         # round of maps, which pays only when evaluations are expensive: ask for it with
         # stages=2
-        if fam_code != K.NEGBIN and crit.takes_first_stage and \
+        # (the first stage solves beta inside PIRLS over every column: not with aliased ones)
+        if fam_code != K.NEGBIN and crit.takes_first_stage and keep.all() and \
                 opts.get("stages", 2 if is_in_process(c) else 1) == 2:
             first = JointCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
                                    beta0)

@@ -77,9 +77,12 @@ def glm_start(c, parts, family, link, names: list[str], max_iter: int = 50,
         beta, A, b, ll = new, A2, b2, ll2
         if done:
             break
-    if not np.all(np.isfinite(beta)) or np.max(np.abs(beta)) > 30:
-        raise DataError("the GLM start diverges (|beta| > 30): the response may separate the "
-                        "data completely (a level or a column value with all 0 or all 1)")
+    # on the standardised columns' scale: a covariate in other units (x = 1000 + 0.01 z) has a
+    # large coefficient without anything diverging
+    if not np.all(np.isfinite(beta)) or np.max(np.abs(scale[1] @ beta)) > 30:
+        raise DataError("the GLM start diverges (|beta| > 30 per standard deviation of its "
+                        "column): the response may separate the data completely (a level or "
+                        "a column value with all 0 or all 1)")
     return keep, beta, int(n), float(const), scale
 
 
