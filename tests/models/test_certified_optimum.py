@@ -199,3 +199,23 @@ def test_the_aliased_gam_gives_the_same_answer_every_run_and_partitioning(client
     np.testing.assert_allclose(np.ravel(c.fitted(data)), np.ravel(a.fitted(data)),
                                rtol=0, atol=1e-6 * sd)
     assert c.coef[1] == 0.0
+
+
+def test_a_gam_checks_its_reml_optimum():
+    from types import SimpleNamespace
+
+    from daskmm.models.gam.result import _checks
+    data = str(HERE.parent / "conformance" / "data" / "gamsim1.csv")
+    formula = "y ~ s(x0, bs = 'cr') + s(x1) + s(x2) + s(x3)"
+    fit = daskmm.gam(formula, data, mode="in-process")
+    checks = fit.optinfo["checks"]
+    assert fit.certified and checks["free"] == ["log(sp1)", "log(sp2)", "log(sp3)",
+                                                "log(sp4)"]
+    assert min(checks["hessian_eigenvalues"]) > 0
+    # fREML's Newton stopped one step short: the check says so; a flat smoothing parameter
+    # (sp at its limit) is recorded as on a bound
+    pt = SimpleNamespace(rho=np.array([1.0, 30.0]), grad=np.array([0.5, 0.0]),
+                         hess=np.array([[2.0, 0.0], [0.0, 0.0]]), value=900.0)
+    short = _checks(SimpleNamespace(point=pt))
+    assert not short["certified"] and short["newton_decrease"] == pytest.approx(0.0625)
+    assert short["free"] == ["log(sp1)"] and short["boundary"][0]["name"] == "log(sp2)"

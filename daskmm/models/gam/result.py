@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from daskmm.core.certify import DECREASE_TOL, Checks, certify
 from daskmm.data.rows import DropCounts
 from daskmm.kernels import freml_blocked as fb
 from daskmm.kernels.smooth_test import re_test, test_stat
@@ -81,6 +82,13 @@ class GamResult:
     theta: float | None = None
 
     kind = "gam"
+
+    @property
+    def certified(self) -> bool | None:
+        """Whether the REML optimum passed the fit's own check (``optinfo["checks"]``; None
+        for a result saved before fits checked their optimum)."""
+        checks = self.optinfo.get("checks")
+        return None if checks is None else bool(checks.get("certified"))
 
     # ------------------------------------------------------------ tables
     @property
@@ -225,6 +233,9 @@ class GamResult:
             lines += _table([r + ("",) for r in rows])
         for w in self.warnings:
             lines.append(f"Note: {w}")
+        if self.certified is False:
+            msgs = "; ".join(self.optinfo["checks"].get("messages", []))
+            lines.append(f"Note: the REML optimum failed the fit's own check: {msgs}")
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
@@ -454,7 +465,34 @@ def _post_dense(gspec, fit, beta, P, lam, st, fam, link, method, iterations, for
 def _optinfo(fit, iterations: int) -> dict:
     return {"reml_iterations": fit.iterations, "reml_converged": fit.converged,
             "reml_message": fit.message, "pirls_iterations": iterations,
-            "gradient": np.asarray(fit.point.grad).tolist()}
+            "gradient": np.asarray(fit.point.grad).tolist(), "checks": _checks(fit)}
+
+
+def _checks(fit) -> dict:
+    """The fit's own check of its REML optimum over the log smoothing parameters
+    (:func:`daskmm.core.certify.certify` on the gradient and Hessian fREML's Newton ends
+    with): a smoothing parameter whose gradient and curvature are both flat is at its limit
+    (0 or infinite: mgcv leaves it out of the step too) and recorded as on a bound; the
+    others must give a positive definite Hessian and a Newton decrease below 1e-8 of the score
+    (fREML converges relative to the score, mgcv's ``conv.tol = eps^0.5``: a smoothing
+    parameter heading for infinity along a nearly flat direction promises ~1e-8 of it) or
+    :data:`~daskmm.core.certify.DECREASE_TOL`, whichever is larger."""
+    pt = fit.point
+    g = np.asarray(pt.grad, dtype=float)
+    H = np.asarray(pt.hess, dtype=float)
+    rho = np.asarray(pt.rho, dtype=float)
+    names = [f"log(sp{i + 1})" for i in range(len(rho))]
+    if len(rho) == 0:
+        return Checks().to_dict()
+    tol = (abs(pt.value) + 1.0) * np.finfo(float).eps ** 0.5 * 0.1
+    active = (np.abs(g) > tol) | (np.abs(np.diag(H)) > tol)
+    idx = np.flatnonzero(active)
+    checks = certify(lambda x: pt.value, rho[idx], np.full(len(idx), -np.inf), pt.value,
+                     g[idx], H[np.ix_(idx, idx)], [names[i] for i in idx],
+                     decrease_tol=max(DECREASE_TOL, 1e-8 * (abs(pt.value) + 1.0)))
+    checks.boundary = [{"index": int(i), "name": names[i], "value": float(rho[i]),
+                        "steps": []} for i in np.flatnonzero(~active)]
+    return checks.to_dict()
 
 
 def _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations, formula):
