@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -261,9 +262,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                      nagq=nagq, nb_size=size, warnings=notes)
     res.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     res.predictor = rows_for(res, src, resp, npartitions)
-    res.call = {"formula": formula, "data": data, "family": family, "link": link,
-                "nagq": nagq, "factors": factors, "weights": weights,
-                "npartitions": npartitions}
+    res.refit = functools.partial(glmm, formula, data, family, link=link, nagq=nagq,
+                                  factors=factors, weights=weights, npartitions=npartitions)
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                   "total_s": time.perf_counter() - t0}
     return res

@@ -38,7 +38,9 @@ class GlmmResult(MixedResult):
     warnings: list[str] = field(default_factory=list)
     predictor: object = field(default=None, repr=False, compare=False)  # GlmmRows
     dharma: object = field(default=None, repr=False, compare=False)
-    call: dict | None = field(default=None, repr=False, compare=False)  # glmm()'s arguments
+    # refit(**kw) -> GlmmResult: glmm() again with this fit's data and arguments (set by the
+    # fit; None for a result read from a document)
+    refit: object = field(default=None, repr=False, compare=False)
 
     kind = "glmm"
 
@@ -48,19 +50,18 @@ class GlmmResult(MixedResult):
         (:class:`~daskmm.models.shared.allfit.AllFit`; print its ``summary()``). A fit that ran
         in process refits as one task per optimiser on ``client`` (in this process without
         one); a distributed fit refits one optimiser after another, each on the cluster."""
-        from daskmm.models.glmm.fit import glmm
         from daskmm.models.shared.allfit import all_fit
-        if self.call is None:
+        if self.refit is None:
             raise ModelError("all_fit needs the fit's data and arguments, and this result "
                              "has none (it was read from a document): fit again")
-        call = dict(self.call)
+        again = self.refit
         if self.mode == "in-process":
-            def refit(opts, call=call):
-                return glmm(**call, mode="in-process", optimizer_options=opts)
+            def refit(opts, again=again):
+                return again(mode="in-process", optimizer_options=opts)
             return all_fit(refit, client)
 
-        def refit_here(opts, call=call):
-            return glmm(**call, client=client, optimizer_options=opts)
+        def refit_here(opts, again=again):
+            return again(client=client, optimizer_options=opts)
         return all_fit(refit_here, None)
 
     @property

@@ -119,6 +119,7 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         theta, opt = optimise(prob, reml, optimizer_options or {})
         t2 = time.perf_counter()
         result = _result(prob, parsed, theta, opt, reml)
+        result.refit = refit_with(result)
         result.predictor = predictor_for(result, src, npartitions)
         if here and isinstance(frame, pd.DataFrame):
             # the rows are in this process: the summary's scaled-residual quantiles are

@@ -56,6 +56,8 @@ class LmmResult(MixedResult):
     predictor: object = field(default=None, repr=False, compare=False)
     scaled_residuals: dict | None = None
     rows_here: object = field(default=None, repr=False, compare=False)
+    # refit(optimizer_options) -> LmmResult from the fit's statistics (set by the fit)
+    refit: object = field(default=None, repr=False, compare=False)
 
     kind = "lmm"
 
@@ -145,10 +147,9 @@ class LmmResult(MixedResult):
         print its ``summary()``). One task per optimiser on ``client`` when the statistics
         are in this process (in this process without a client); one after another when they
         stayed on the workers (``mode="distributed"``)."""
-        from daskmm.models.lmm.fit import refit_with
         from daskmm.models.shared.allfit import all_fit
         prob = self._problem("all_fit")
-        refit = refit_with(self)
+        refit = self.refit
         if prob.evaluator.mode == "distributed":
             return all_fit(refit, None)
         return all_fit(refit, client)
