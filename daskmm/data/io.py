@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 DataLike = Union[str, os.PathLike, pd.DataFrame, "dd.DataFrame"]
 
 
+
+CSV_NA = {"keep_default_na": False, "na_values": ["NA", ""]}
+"""Missing values in CSV files, as R's ``read.csv`` reads them: ``NA`` and empty fields only.
+pandas' defaults also take ``None``, ``null``, ``N/A``, ``nan`` and others for missing, which
+silently dropped the rows of a level called ``None`` (nlme's Alfalfa ``Date``)."""
+
 def read_data(data: DataLike, npartitions: int | None = None,
               columns: list[str] | None = None) -> dd.DataFrame:
     """Open ``data`` lazily as a dask DataFrame.
@@ -63,10 +69,10 @@ def read_data(data: DataLike, npartitions: int | None = None,
         return dd.read_csv(f"{PROTOCOL}://{path}", sep=sep, usecols=columns,
                            blocksize=blocksize, compression=compression or "infer",
                            assume_missing=False, sample=2 ** 20,
-                           storage_options={"roots": list(checked.roots)})
+                           storage_options={"roots": list(checked.roots)}, **CSV_NA)
     return dd.read_csv(path, sep=sep, usecols=columns, blocksize=blocksize,
                        compression=compression or "infer", assume_missing=False,
-                       sample=2 ** 20)
+                       sample=2 ** 20, **CSV_NA)
 
 
 def check_frame(data: pd.DataFrame) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from daskmm.data.columns import ALL_COLUMNS
 from daskmm.data.confine import active, check_opened, open_input
-from daskmm.data.io import check_frame, compression_of, csv_checks, locate
+from daskmm.data.io import CSV_NA, check_frame, compression_of, csv_checks, locate
 from daskmm.data.manifest import Manifest, read_manifest
 from daskmm.errors import DataError
 
@@ -102,7 +102,7 @@ def read_local(data, manifest: Manifest | None, columns: list[str] | None = None
     # ragged row must be an error here as on a cluster
     with fs.open(paths[0], compression=compression) as fh:
         check_opened(fh, paths[0])
-        frame = pd.read_csv(fh, sep=sep)
+        frame = pd.read_csv(fh, sep=sep, **CSV_NA)
     every = [str(c) for c in frame.columns]
     if columns:
         frame = frame[[c for c in columns if c in frame.columns]]

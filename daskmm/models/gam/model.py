@@ -39,6 +39,7 @@ from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.distributed.mapreduce import map_delayed, map_reduce
 from daskmm.errors import DataError, FitError, FormulaError, ModelError, num
+from daskmm.formula.levels import level_label
 from daskmm.formula.parse import parse_formula
 from daskmm.formula.spec import (
     ModelSpec,
@@ -50,7 +51,7 @@ from daskmm.models.gam.result import GamResult, post_fit
 from daskmm.models.gam.smooth import build_smooths
 from daskmm.models.gam.spec import GamSpec
 from daskmm.models.gam.terms import bar_smooths, split_smooths
-from daskmm.models.shared.prepare import prepare_columns
+from daskmm.models.shared.prepare import prepare_columns, two_levels
 from daskmm.models.shared.structure import frozen_levels
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
     here = runs_in_process(mode, client, lambda: src.cells(len(used)))
     ddf = src.read(local=here, columns=used, npartitions=npartitions)
     manifest = src.manifest
+    ddf = _factor_response(ddf, parsed.response, fam)
     with executor(here, client) as c:
         gspec = _freeze(c, parsed, calls, ddf, used, factors or [], weights, manifest, fam,
                         rho, ar_start, _grid_size(discrete))
@@ -188,6 +190,28 @@ def _family(name: str):
 
 
 # ------------------------------------------------------------------ steps 1 and 2
+def _factor_response(ddf, column: str, fam):
+    """A categorical (two-level) binomial response as 0/1, the second level success, as mgcv
+    and glm read a factor response; other families need numbers (the error says so)."""
+    if column not in data_columns(ddf):
+        return ddf
+    dtype = ddf[column].dtype
+    if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+        return ddf
+    col = ddf[column]
+    values = col.dropna().unique()
+    if not isinstance(values, (np.ndarray, pd.api.extensions.ExtensionArray, pd.Index)):
+        values = values.compute()
+    levels = sorted({level_label(v) for v in values})
+    success = two_levels(column, levels, fam.name)
+
+    def to01(s: pd.Series) -> pd.Series:
+        return (s.map(level_label) == success).astype(float).where(s.notna())
+    if isinstance(ddf, pd.DataFrame):
+        return ddf.assign(**{column: to01(col)})
+    return ddf.assign(**{column: col.map_partitions(to01, meta=(column, "f8"))})
+
+
 def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, rho=0.0,
             ar_start=None, grid: int = 0) -> GamSpec:
     cols = data_columns(ddf)

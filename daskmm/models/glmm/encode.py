@@ -173,14 +173,3 @@ def read_response(parsed, family: str):
         trials_text = f"I(({a}) + ({b}))"
     col = resp if resp.isidentifier() else next(iter(sorted(identifiers(resp))), resp)
     return dataclasses.replace(parsed, response=resp), col, trials_text
-
-
-def two_levels(col: str, levels: list[str], family: str) -> str:
-    if family != "binomial":
-        raise DataError(f"response {col!r} is categorical; the {family} family needs counts")
-    if len(levels) != 2:
-        shown = ", ".join(levels[:5]) + (", ..." if len(levels) > 5 else "")
-        raise DataError(f"binomial response {col!r} is categorical with {len(levels)} "
-                        f"level(s) ({shown}); a factor response needs exactly 2 (the first is "
-                        "failure), or give 0/1 or cbind(successes, failures)")
-    return levels[1]

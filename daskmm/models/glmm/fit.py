@@ -73,13 +73,12 @@ from daskmm.models.glmm.encode import (
     partition_keys,
     prepare_partition,
     read_response,
-    two_levels,
 )
 from daskmm.models.glmm.result import GlmmResult
 from daskmm.models.glmm.rows import GlmmRows
 from daskmm.models.glmm.stages import estimates, glm_start, optimise_stages
 from daskmm.models.shared.prediction import Predictor
-from daskmm.models.shared.prepare import check_groups, prepare_columns
+from daskmm.models.shared.prepare import check_groups, prepare_columns, two_levels
 from daskmm.models.shared.structure import (
     frozen_levels,
     model_layout,

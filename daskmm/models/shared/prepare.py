@@ -112,3 +112,17 @@ def check_groups(spec: ModelSpec, ngroups: dict, n: int, *, allow_n: bool = Fals
             raise ModelError(
                 f"term ({t.lhs} | {t.factor}) has {n_re} random effects for {n} observations; "
                 "the model is not identifiable (lme4: check.nobs.vs.nRE)")
+
+
+def two_levels(col: str, levels: list[str], family: str) -> str:
+    """The success level of a categorical binomial response: the second of its two sorted
+    levels (the first is failure, as R's factor); another family or another number of levels
+    is a :class:`DataError` saying what to give."""
+    if family != "binomial":
+        raise DataError(f"response {col!r} is categorical; the {family} family needs counts")
+    if len(levels) != 2:
+        shown = ", ".join(levels[:5]) + (", ..." if len(levels) > 5 else "")
+        raise DataError(f"binomial response {col!r} is categorical with {len(levels)} "
+                        f"level(s) ({shown}); a factor response needs exactly 2 (the first is "
+                        "failure), or give 0/1 or cbind(successes, failures)")
+    return levels[1]
