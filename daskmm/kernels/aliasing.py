@@ -13,17 +13,26 @@ import numpy as np
 
 from daskmm.errors import ModelError
 
+GRAM_FLOOR = 1e-11
+"""The squared relative residual at or below which a column counts as aliased
+(:func:`estimable_columns`): a residual 3e-6 of the column's norm, a decade and a half above
+the rounding of a cross-product (~1e-13) and below an uncentred covariate's (1e-10 for
+``1000 + 0.01 z``)."""
+
 
 def estimable_columns(XtX: np.ndarray, names: list[str], tol: float = 1e-7) -> np.ndarray:
     """Boolean mask of the columns to keep, from the cross-product ``X'X`` (or ``X'WX`` with
     positive weights: the same rank).
 
-    Each column is kept when its residual norm on the kept columns before it, relative to its
-    own norm, exceeds ``tol`` (lme4's ``qr(X, tol = 1e-7)`` rank check: the squared residual
-    of a pivot-free Cholesky of the scaled matrix, in column order, against ``tol^2``, so the
-    first of two aliased columns stays, as lme4's QR does; an uncentred covariate such as
-    ``1000 + 0.01 z``, residual 1e-5 of its norm, is kept, as lme4 keeps it). Warns with the
-    dropped names; raises :class:`ModelError` when none is left.
+    Each column is kept when its residual on the kept columns before it, relative to its own
+    norm, is above what the cross-product can resolve: the squared residual of a pivot-free
+    Cholesky of the scaled matrix, in column order (so the first of two aliased columns stays,
+    as lme4's QR does), against :data:`GRAM_FLOOR`. lme4's ``qr(X, tol = 1e-7)`` compares the
+    unsquared residual with 1e-7, but a cross-product carries squared residuals only to
+    ~1e-13 (an exactly aliased column of mlmRev's Contraception comes out at 2e-14): an
+    uncentred covariate such as ``1000 + 0.01 z`` (squared residual 1e-10) is kept, as lme4
+    keeps it, and an aliased column dropped, as lme4 drops it. ``tol`` is kept for the
+    signature. Warns with the dropped names; raises :class:`ModelError` when none is left.
     """
     p = XtX.shape[0]
     keep = np.ones(p, dtype=bool)
@@ -37,7 +46,7 @@ def estimable_columns(XtX: np.ndarray, names: list[str], tol: float = 1e-7) -> n
     for j in range(p):
         v = np.linalg.solve(L[np.ix_(kept, kept)], C[kept, j]) if kept else np.zeros(0)
         d = C[j, j] - v @ v
-        if diag[j] == 0 or d <= tol * tol:
+        if diag[j] == 0 or d <= GRAM_FLOOR:
             keep[j] = False
             continue
         if kept:
