@@ -19,9 +19,6 @@ KNOWN = {
                          "poly(age, 2) being another variable); daskmm keeps the written order, "
                          "'age:chN'. The fit agrees: criterion 2e-13, fixed effects 4e-6, the "
                          "aliased age:chY dropped as lme4 drops it",
-    "sitka_gam": "the committed reference fitted s(tree, bs = 're') with tree an integer (mgcv: "
-                 "a one-coefficient ridge); daskmm refuses an 're' smooth of a number. "
-                 "make_corpus.R now makes tree a factor; the corpus is not yet regenerated",
     "hsb82_uncorr_reml": "R names the interaction of sector * cses, cses written first in the "
                          "formula, 'cses:sectorPublic' (variables in order of first "
                          "appearance); daskmm keeps the written order, 'sectorPublic:cses' "
