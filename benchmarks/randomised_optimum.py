@@ -1,5 +1,5 @@
 """Issue 29's randomised optimum check, all 300 problems (tests/models/randomised_problems.py;
-the test suite runs every 19th): each fit's criterion against a tight multi-start
+the test suite runs every 29th): each fit's criterion against a tight multi-start
 reference, and whether the fit's own check passed or said why. Prints one line per problem
 that misses the reference by more than 1e-7 relative or fails its check, then the worst gap
 and the count of each outcome. Run from the repository root::

@@ -1,6 +1,6 @@
 """Simulated mixed-model problems over the shapes real data have, and a multi-start
 reference optimum for each (issue 29's randomised optimum check): used by
-tests/models/test_randomised_optimum.py (every 19th) and
+tests/models/test_randomised_optimum.py (every 29th) and
 benchmarks/randomised_optimum.py (all 300).
 
 Shapes, by seed: LMM, binomial or Poisson; one intercept, a correlated slope ``(z | g)``, an

@@ -1,4 +1,4 @@
-"""Issue 29's randomised optimum check on 16 of the 300 simulated problems (every 19th: all
+"""Issue 29's randomised optimum check on 11 of the 300 simulated problems (every 29th: all
 kinds and shapes; tests/models/randomised_problems.py; all of them:
 benchmarks/randomised_optimum.py): every
 fit's criterion within 1e-7 relative of a tight multi-start reference, and the fit's own check
@@ -12,7 +12,7 @@ import pytest
 
 from tests.models.randomised_problems import gap, problem
 
-SEEDS = list(range(1, 300, 19))
+SEEDS = list(range(1, 300, 29))
 
 
 def precision_limited(kind: str, shape: dict) -> bool:
