@@ -620,7 +620,42 @@ def _ranef(c, pts, spec, layout, lam, u_G, sums=None) -> dict[str, RanefTable]:
     return ranef_tables(prob, lam, prof, np.zeros(0), u_G, 1.0)
 
 
-class Estimable:
+class _FixedEffectsMap:
+    """A criterion seen through a map of its fixed effects (``beta = full(b)``): what it
+    declares of itself passes through."""
+
+    crit: object
+
+    def full(self, b: np.ndarray) -> np.ndarray:  # pragma: no cover - each map defines it
+        raise NotImplementedError
+
+    def grad_of(self, g_beta: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, theta, b, size=None):
+        return self.crit(theta, self.full(b), size)
+
+    def value_grad(self, theta, b, size=None):
+        v, g = self.crit.value_grad(theta, self.full(b), size)
+        nt = len(theta)
+        return v, np.concatenate([g[:nt], self.grad_of(g[nt:])])
+
+    def ranef(self, theta, b, size=None):
+        return self.crit.ranef(theta, self.full(b), size)
+
+    @property
+    def has_gradient(self) -> bool:
+        return self.crit.has_gradient
+
+    @property
+    def takes_first_stage(self) -> bool:
+        return self.crit.takes_first_stage
+
+    def to_full_tolerance(self) -> None:
+        self.crit.to_full_tolerance()
+
+
+class Estimable(_FixedEffectsMap):
     """The criterion over the estimable fixed effects: aliased ones held at zero."""
 
     def __init__(self, crit, keep: np.ndarray):
@@ -631,30 +666,11 @@ class Estimable:
         out[self.keep] = beta
         return out
 
-    def __call__(self, theta, beta, size=None):
-        return self.crit(theta, self.full(beta), size)
-
-    def value_grad(self, theta, beta, size=None):
-        v, g = self.crit.value_grad(theta, self.full(beta), size)
-        nt = len(theta)
-        return v, np.concatenate([g[:nt], g[nt:][self.keep]])
-
-    def ranef(self, theta, beta, size=None):
-        return self.crit.ranef(theta, self.full(beta), size)
-
-    @property
-    def has_gradient(self) -> bool:
-        return self.crit.has_gradient
-
-    @property
-    def takes_first_stage(self) -> bool:
-        return self.crit.takes_first_stage
-
-    def to_full_tolerance(self) -> None:
-        self.crit.to_full_tolerance()
+    def grad_of(self, g_beta: np.ndarray) -> np.ndarray:
+        return g_beta[self.keep]
 
 
-class Standardised:
+class Standardised(_FixedEffectsMap):
     """The criterion over ``gamma``, the fixed effects of standardised columns: ``beta = T
     gamma`` (:func:`daskmm.kernels.glm_start.standardising`). The optimiser sees the same
     problem whether a covariate was centred and scaled or not; estimates and covariances are
@@ -664,24 +680,8 @@ class Standardised:
     def __init__(self, crit, T: np.ndarray):
         self.crit, self.T = crit, T
 
-    def __call__(self, theta, gamma, size=None):
-        return self.crit(theta, self.T @ gamma, size)
+    def full(self, gamma: np.ndarray) -> np.ndarray:
+        return self.T @ gamma
 
-    def value_grad(self, theta, gamma, size=None):
-        v, g = self.crit.value_grad(theta, self.T @ gamma, size)
-        nt = len(theta)
-        return v, np.concatenate([g[:nt], self.T.T @ g[nt:]])
-
-    def ranef(self, theta, gamma, size=None):
-        return self.crit.ranef(theta, self.T @ gamma, size)
-
-    @property
-    def has_gradient(self) -> bool:
-        return self.crit.has_gradient
-
-    @property
-    def takes_first_stage(self) -> bool:
-        return self.crit.takes_first_stage
-
-    def to_full_tolerance(self) -> None:
-        self.crit.to_full_tolerance()
+    def grad_of(self, g_beta: np.ndarray) -> np.ndarray:
+        return self.T.T @ g_beta

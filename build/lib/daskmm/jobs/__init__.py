@@ -1,1 +1,0 @@
-"""Batch jobs: a YAML job file names the data, the model, the output and the cluster."""

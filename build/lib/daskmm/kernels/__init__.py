@@ -1,1 +1,0 @@
-"""daskmm.kernels"""

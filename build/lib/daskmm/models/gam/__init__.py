@@ -1,1 +1,0 @@
-"""Generalized additive models as mgcv's bam fits them."""

@@ -1,1 +1,0 @@
-"""The fitting service: HTTP API, job store, job processes, owners."""
