@@ -44,10 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--weights", default=None, help="column of prior weights")
     fit.add_argument("--family", default="gaussian",
                      choices=["gaussian", "binomial", "poisson", "negative_binomial",
-                              "gamma"],
-                     help="gaussian: lmer; binomial, poisson: glmer; negative_binomial: "
-                     "glmer.nb (NB2, size estimated); gamma: GAMs only")
-    fit.add_argument("--link", default=None, help="logit, probit, cloglog (binomial); log")
+                              "gamma", "inverse_gaussian"],
+                     help="gaussian: lmer (with --link log or inverse: glmer); binomial, "
+                     "poisson, gamma, inverse_gaussian: glmer; negative_binomial: glmer.nb "
+                     "(NB2, size estimated)")
+    fit.add_argument("--link", default=None, help="logit, probit, cloglog (binomial); log; "
+                     "inverse, identity (gamma, inverse_gaussian, gaussian); 1/mu^2 "
+                     "(inverse_gaussian)")
     fit.add_argument("--nagq", type=int, default=1,
                      help="GLMM: 1 = Laplace, up to 25 = adaptive Gauss-Hermite quadrature")
     fit.add_argument("--ddf", default=None, choices=["satterthwaite", "kenward-roger"],

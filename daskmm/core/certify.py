@@ -7,6 +7,10 @@ for nobody can rerun lme4 to compare, so every fit checks the point it stopped a
   inside does not lower the criterion. The profiled criterion is even in a scalar ``theta``,
   so its derivative at 0 is always 0 and a zero projected gradient there proves nothing; the
   criterion at ``lower + d`` for ``d`` in :data:`INWARD_STEPS` does.
+* **bounded parameters off their bound** (a variance parameter above zero): the criterion
+  with the parameter on its bound must not be lower. An interior local minimum can sit above
+  the boundary's value (glmer's criterion for a gaussian(log) GLMM is lowest at ``theta = 0``
+  and rises steeply just above it: an optimiser from inside does not reach the bound).
 * **the free parameters**: the gradient and the Hessian there. The Hessian must be positive
   definite, and the decrease a Newton step promises, ``g' H^-1 g / 2``, must be below
   :data:`DECREASE_TOL` (deviance units). lme4's ``checkConv`` tests are recorded beside them
@@ -90,12 +94,14 @@ class Checks:
     warnings: list = field(default_factory=list)
     actions: list = field(default_factory=list)
     inside: list | None = None  # a lower point inside a bound, when the boundary test found one
+    at_bound: list | None = None  # a lower point with a parameter moved to its bound
     newton_point: list | None = None  # x - H^-1 g, when the decrease is above tolerance
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("inside")
         d.pop("newton_point")
+        d.pop("at_bound")
         return d
 
     @classmethod
@@ -161,6 +167,21 @@ def certify(f: Callable[[np.ndarray], float], x: np.ndarray, lower: np.ndarray, 
                 "stopped on the boundary short of the optimum")
     if best[1] is not None:
         out.inside = best[1].tolist()
+    low = (fx, None)
+    for i in np.flatnonzero(np.isfinite(lower) & ~on):
+        z = x.copy()
+        z[i] = lower[i]
+        fz = float(f(z))
+        if math.isfinite(fz) and fz < fx - rounding:
+            out.certified = False
+            out.messages.append(f"the criterion is lower by {fx - fz:.4g} with {names[i]} on "
+                                f"its bound {lower[i]:g} than at {names[i]} = {x[i]:.6g}: the "
+                                "optimiser stopped at an interior point above the boundary's "
+                                "optimum")
+            if fz < low[0]:
+                low = (fz, z)
+    if low[1] is not None:
+        out.at_bound = low[1].tolist()
     free = np.flatnonzero(~on)
     out.free = [names[i] for i in free]
     if len(free) == 0:

@@ -2,7 +2,8 @@
 partition (the orchestration lives in :mod:`daskmm.models.glmm.fit`).
 
 The first iteration starts from the data, not from ``beta = 0``: ``eta = g(mustart)`` with
-``glm``'s ``mustart`` (binomial ``(y + 1/2) / (n + 1)``, Poisson ``y + 1/10``), so counts in
+``glm``'s ``mustart`` (binomial ``(y + 1/2) / (n + 1)``, Poisson ``y + 1/10``, Gamma,
+inverse Gaussian and Gaussian ``y``), so counts in
 the hundreds or rare events start near their answer. Each later iteration is Fisher scoring
 from ``eta = X beta + offset``, with the caller halving the step when the log-likelihood falls.
 """
@@ -24,13 +25,22 @@ def link_fun(mu: np.ndarray, link: int) -> np.ndarray:
         return special.ndtri(mu)
     if link == K.CLOGLOG:
         return np.log(-np.log1p(-mu))
+    if link == K.IDENTITY:
+        return np.asarray(mu, dtype=float)
+    if link == K.INVERSE:
+        return 1.0 / mu
+    if link == K.INVERSE_SQUARE:
+        return 1.0 / mu ** 2
     return np.log(mu)
 
 
 def mustart(y: np.ndarray, wt: np.ndarray, family: int) -> np.ndarray:
-    """``glm``'s starting means (binomial: a probability; ``y`` counts successes of ``wt``)."""
+    """``glm``'s starting means (binomial: a probability; ``y`` counts successes of ``wt``;
+    the families with a dispersion: ``y`` itself)."""
     if family == K.BINOMIAL:
         return (y + 0.5) / (wt + 1.0)
+    if family >= K.GAMMA:
+        return np.asarray(y, dtype=float)
     return y + 0.1
 
 

@@ -15,17 +15,18 @@ def hessian(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4) -> np.ndar
     return derivatives(f, x, lower, delta)[1]
 
 
-def derivatives(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4,
+def derivatives(f, x: np.ndarray, lower: np.ndarray, delta: float | np.ndarray = 1e-4,
                 f0: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(gradient, Hessian)`` by finite differences from the same evaluations as
     :func:`hessian`: the gradient central, or ``(-3 f(x) + 4 f(x + h) - f(x + 2h)) / 2h``
-    for a coordinate within ``delta`` of its lower bound."""
+    for a coordinate within its step of its lower bound. ``delta``: one step, or one a
+    coordinate."""
     d = len(x)
     H = np.empty((d, d))
     g = np.empty(d)
     if f0 is None:
         f0 = f(x)
-    h = np.full(d, delta)
+    h = np.broadcast_to(np.asarray(delta, dtype=float), (d,)).copy()
     shift = np.where(np.isfinite(lower) & (x - h < lower), h, 0.0)
 
     def at(*steps):
@@ -51,27 +52,52 @@ def derivatives(f, x: np.ndarray, lower: np.ndarray, delta: float = 1e-4,
 
 
 def hessian_of_gradient(grad, x: np.ndarray, lower: np.ndarray,
-                         delta: float = 1e-4) -> np.ndarray:
+                         delta: float | np.ndarray = 1e-4) -> np.ndarray:
     """The Hessian from central differences of the exact gradient (``2 d`` gradients, step
-    ``delta`` as :func:`hessian`); a coordinate within ``delta`` of its lower bound takes the
-    one-sided second-order difference ``(-3 g(x) + 4 g(x + h) - g(x + 2h)) / 2h`` inside it.
-    Symmetrised."""
+    ``delta`` as :func:`hessian`, one or one a coordinate); a coordinate within its step of
+    its lower bound takes the one-sided second-order difference ``(-3 g(x) + 4 g(x + h) -
+    g(x + 2h)) / 2h`` inside it. Symmetrised."""
     d = len(x)
     H = np.empty((d, d))
+    hs = np.broadcast_to(np.asarray(delta, dtype=float), (d,))
     g0 = None
     for i in range(d):
-        up, dn = x.copy(), x.copy()
-        if np.isfinite(lower[i]) and x[i] - delta < lower[i]:
+        up, dn, h = x.copy(), x.copy(), float(hs[i])
+        if np.isfinite(lower[i]) and x[i] - h < lower[i]:
             if g0 is None:
                 g0 = grad(x)
-            up[i] += delta
-            dn[i] += 2 * delta
-            H[:, i] = (-3.0 * g0 + 4.0 * grad(up) - grad(dn)) / (2 * delta)
+            up[i] += h
+            dn[i] += 2 * h
+            H[:, i] = (-3.0 * g0 + 4.0 * grad(up) - grad(dn)) / (2 * h)
         else:
-            up[i] += delta
-            dn[i] -= delta
-            H[:, i] = (grad(up) - grad(dn)) / (2 * delta)
+            up[i] += h
+            dn[i] -= h
+            H[:, i] = (grad(up) - grad(dn)) / (2 * h)
     return 0.5 * (H + H.T)
+
+
+STEP_PER_SE = 0.01
+"""A finite-difference step of at most this fraction of the parameter's standard error: the
+central difference's relative error is about ``(h / se)^2``."""
+
+
+def steps_for(H: np.ndarray, delta: float = 1e-4) -> np.ndarray | None:
+    """Per-coordinate steps ``min(delta, STEP_PER_SE se_i)`` (``se = sqrt(diag(2 H^-1))``)
+    when ``delta`` is larger than that for some coordinate, else None (keep ``delta``). A
+    parameter whose standard error is below ``delta / STEP_PER_SE`` (a Gamma GLMM's
+    coefficients under the inverse link, ~1e-3) has a curvature the fixed step
+    under-resolves by ``(delta / se)^2`` (a per cent at ``se = 1e-3``); lme4's fixed
+    ``deriv12`` step keeps that error."""
+    try:
+        w = np.linalg.eigvalsh(H)
+        if not (np.all(np.isfinite(H)) and w[0] > 0):
+            return None
+        se = np.sqrt(np.maximum(np.diag(2.0 * np.linalg.inv(H)), 0.0))
+    except np.linalg.LinAlgError:
+        return None
+    if not np.any(STEP_PER_SE * se < delta):
+        return None
+    return np.clip(STEP_PER_SE * se, delta * 1e-3, delta)
 
 
 def forward_hessian_of_gradient(grad, x: np.ndarray, g0: np.ndarray,

@@ -306,6 +306,13 @@ def _lambda_loc(index: ReIndex, layout: Layout, lam: dict[str, np.ndarray]) -> s
     return sp.csr_matrix((flat[src], indices, indptr), shape=(n, n))
 
 
+def rounding_floor(extra: int, step: float, last: float | None) -> bool:
+    """Whether to take one more PIRLS step past the tolerance (at most ``extra`` more): while
+    the steps still shrink to under half the last one (Fisher scoring converges linearly
+    for a non-canonical link); a step that no longer does is at the rounding floor."""
+    return extra > 0 and (last is None or step < 0.5 * last)
+
+
 def newton_done(prev: float | None, step: float, scale: float,
                 c_known: float | None = None) -> bool:
     """After two full Newton steps of sizes ``prev`` then ``step``, whether the point reached
@@ -329,7 +336,8 @@ def newton_constant(prev: float, step: float) -> float:
 
 def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
                   beta: np.ndarray, family: int, link: int,
-                  eta_extra: np.ndarray | None = None, newton: bool = False) -> float:
+                  eta_extra: np.ndarray | None = None, newton: bool = False,
+                  with_dev: bool = False, extra: int = 0) -> float | tuple[float, float]:
     """PIRLS to convergence inside one partition over its local modes (``eta_extra``: a fixed
     addition to the linear predictor, the crossed factors' ``Z_G b_G``); returns the
     partition's Laplace deviance without the family constants (the local part of it).
@@ -342,7 +350,19 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     conservative) line search; the stopping rule is per coefficient. With ``newton`` (a
     canonical link, for which these steps are Newton's) it also stops once a full step leaves
     ``C step^2`` below the tolerance (:func:`newton_done`), saving the step that would only
-    confirm it."""
+    confirm it. With ``with_dev`` it returns ``(value, -2 sum ll)`` at the modes (the
+    deviance of a family with a dispersion, whose criterion is not linear in it), and with
+    ``extra`` goes on past the tolerance to the rounding floor (:func:`rounding_floor`): that
+    criterion is not stationary in the modes (their error enters the deviance to first
+    order, times ``d aic / d deviance``, ~1e5 for a Gamma dispersion of 1e-5), so the modes
+    must be at rounding, not at the tolerance, for the Hessian's differences."""
+    if with_dev:
+        value = local_laplace(data, layout, lam, beta, family, link, eta_extra, newton,
+                              extra=extra)
+        if not np.isfinite(value):
+            return value, np.nan
+        u = data.u_warm
+        return value, float(data._last_pdev - (u @ u if len(u) else 0.0))
     eta_fixed = data.X @ beta + data.offset
     if eta_extra is not None:
         eta_fixed = eta_fixed + eta_extra
@@ -367,7 +387,10 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         return solve_blocks(M, start, size, off, rhs[:, None])[:, 0], logdet
 
     u = None
-    if isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
+    # a family with a dispersion (extra) starts cold: from a warm start PIRLS stops at the
+    # tolerance on a slightly different point, and its criterion, not stationary in the modes,
+    # then differs by ~1e-7 between evaluations (the Hessian's differences saw the jumps)
+    if extra <= 0 and isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc:
         u = data.u_warm
         p0, sc, w = at(u)
     if u is None or not np.isfinite(p0):
@@ -376,7 +399,8 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
     if not np.isfinite(p0):
         return np.inf
     prev = None  # the last full step's size
-    for _ in range(MAX_ITER):
+    last_small = None  # the last step below the tolerance (with ``extra``)
+    for _ in range(MAX_ITER + max(extra, 0)):
         try:
             target, _ = solve(w, ZLT @ (w * (ZL @ u) + sc))
         except RuntimeError:  # singular: weights so extreme that rounding broke it
@@ -394,11 +418,16 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         scale = float(np.max(np.abs(u))) if n_loc else 0.0
         u, p0, sc, w = cand, p, sc_c, w_c
         if step < TOL_U * (1.0 + scale):  # the full PLS step is tiny
-            break
+            if not rounding_floor(extra, step, last_small):
+                break
+            extra -= 1
+            last_small = step
+            continue
         if newton and t == 1.0 and newton_done(prev, step, scale):
             break
         prev = step if t == 1.0 else None
     data.u_warm = u
+    data._last_pdev = p0
     logdet = solve(w, np.zeros(n_loc))[1] if n_loc else 0.0
     return p0 + logdet
 
@@ -417,6 +446,7 @@ class JointState:
     Minv_c: np.ndarray
     Sx: np.ndarray
     sx: np.ndarray
+    dev: float = 0.0  # -2 sum ll: the deviance of a family with a dispersion
 
 
 def _blocks(idx: ReIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -468,8 +498,8 @@ def joint_state(data: PirlsData, ZL, ZLT, blocks, u: np.ndarray, beta: np.ndarra
     Minv_C, Minv_c = sol[:, :-1], sol[:, -1]
     Sx = data.X.T @ WX - C.T @ Minv_C
     sx = WX.T @ r - C.T @ Minv_c
-    return JointState(u, beta, float(-2.0 * ll.sum() + u @ u), float(logdet), Minv_C, Minv_c,
-                      Sx, sx)
+    dev = float(-2.0 * ll.sum())
+    return JointState(u, beta, dev + float(u @ u), float(logdet), Minv_C, Minv_c, Sx, sx, dev)
 
 
 def global_zb(data: PirlsData, layout: Layout, b_G: np.ndarray) -> np.ndarray:

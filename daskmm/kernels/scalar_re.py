@@ -21,8 +21,13 @@ criterion returned is ``-2 sum_l log I_l`` without the normalising constants of 
 the parameters.
 
 Families and links are integer codes so that one compiled kernel serves all of them:
-:data:`BINOMIAL`, :data:`POISSON`, :data:`NEGBIN` (whose size ``k`` travels in ``wt``);
-:data:`LOGIT`, :data:`PROBIT`, :data:`CLOGLOG`, :data:`LOG`.
+:data:`BINOMIAL`, :data:`POISSON`, :data:`NEGBIN` (whose size ``k`` travels in ``wt``), and the
+families with a dispersion, :data:`GAMMA`, :data:`INVERSE_GAUSSIAN`, :data:`GAUSSIAN`, whose
+"log-likelihood" here is ``-deviance / 2`` (lme4's PIRLS minimises ``deviance + |u|^2`` for
+them, the dispersion entering only the criterion's ``aic`` term,
+:meth:`daskmm.core.families.Family.laplace_aic`); :data:`LOGIT`, :data:`PROBIT`,
+:data:`CLOGLOG`, :data:`LOG`, :data:`IDENTITY`, :data:`INVERSE`, :data:`INVERSE_SQUARE`
+(``1/mu^2``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import numba
 import numpy as np
 
 BINOMIAL, POISSON, NEGBIN = 0, 1, 2
-LOGIT, PROBIT, CLOGLOG, LOG = 0, 1, 2, 3
+GAMMA, INVERSE_GAUSSIAN, GAUSSIAN = 3, 4, 5
+LOGIT, PROBIT, CLOGLOG, LOG, IDENTITY, INVERSE, INVERSE_SQUARE = 0, 1, 2, 3, 4, 5, 6
 
 _EPS = 1e-300
 _SQRT2 = math.sqrt(2.0)
@@ -58,8 +64,37 @@ def _mu(eta, link):  # pragma: no cover - compiled
         ee = math.exp(min(eta, 700.0))
         p = -math.expm1(-ee)
         return p, ee * math.exp(-ee)
+    if link == IDENTITY:
+        return eta, 1.0
+    if link == INVERSE:
+        return 1.0 / eta, -1.0 / (eta * eta)
+    if link == INVERSE_SQUARE:
+        r = 1.0 / math.sqrt(eta) if eta > 0 else math.nan
+        return r, -0.5 * r * r * r
     mu = math.exp(eta)  # LOG
     return mu, mu
+
+
+@numba.njit(cache=True, nogil=True)
+def _scaled_term(eta, y, wt, family, link):  # pragma: no cover - compiled
+    """``(-wt d(y, mu) / 2, score, Fisher weight)`` of a family with a dispersion (the unit
+    deviance ``d``; ``-inf`` where ``mu`` is outside the family's range)."""
+    mu, d = _mu(eta, link)
+    if family == GAUSSIAN:
+        if not math.isfinite(mu):
+            return -math.inf, 0.0, 0.0
+        v = 1.0
+        ll = -0.5 * wt * (y - mu) * (y - mu)
+    else:
+        if not (mu > 0.0 and math.isfinite(mu)):
+            return -math.inf, 0.0, 0.0
+        if family == GAMMA:
+            v = mu * mu
+            ll = wt * (math.log(y / mu) - (y - mu) / mu)
+        else:  # INVERSE_GAUSSIAN
+            v = mu * mu * mu
+            ll = -0.5 * wt * (y - mu) * (y - mu) / (y * mu * mu)
+    return ll, wt * (y - mu) * d / v, wt * d * d / v
 
 
 @numba.njit(cache=True, nogil=True)
@@ -70,7 +105,10 @@ def row_term(eta, y, wt, family, link):  # pragma: no cover - compiled
     prior weight ``wt`` (glmer's ``weights``: the row's log-likelihood times ``wt``);
     negative binomial (NB2, log link) rows a count ``y`` with ``wt`` the size ``k``
     (``Var = mu + mu^2 / k``), whose log-likelihood terms in ``k`` are kept here because ``k``
-    is estimated."""
+    is estimated. The families with a dispersion (:func:`_scaled_term`) carry prior weights
+    in ``wt``."""
+    if family >= GAMMA:
+        return _scaled_term(eta, y, wt, family, link)
     if family == POISSON:  # wt: prior weights (1 without)
         mu = math.exp(eta)
         return wt * (y * eta - mu), wt * (y - mu), wt * mu
@@ -225,4 +263,10 @@ def inverse_link(eta: np.ndarray, link: int) -> np.ndarray:
         return special.ndtr(eta)
     if link == CLOGLOG:
         return -np.expm1(-np.exp(eta))
+    if link == IDENTITY:
+        return np.asarray(eta, dtype=float)
+    if link == INVERSE:
+        return 1.0 / eta
+    if link == INVERSE_SQUARE:
+        return 1.0 / np.sqrt(eta)
     return np.exp(eta)

@@ -27,16 +27,17 @@ MODELS: dict[str, ModelOptions] = {o.kind: o for o in (LmmOptions(), GlmmOptions
                                                        GamOptions())}
 
 
-def choose(formula: str, family: str) -> ModelOptions:
-    """The model for ``formula`` and ``family``."""
+def choose(formula: str, family: str, link: str | None = None) -> ModelOptions:
+    """The model for ``formula``, ``family`` and ``link``: a GAM for smooth terms, an LMM
+    for the gaussian family with the identity link, a GLMM otherwise."""
     if is_gam_formula(formula):
         return MODELS["gam"]
-    return MODELS["lmm"] if get_family(family).code is None else MODELS["glmm"]
+    return MODELS["lmm"] if get_family(family).is_lmm(link) else MODELS["glmm"]
 
 
 def check(formula: str, family: str, given: dict, spell: Spell = API
           ) -> tuple[ModelOptions, dict]:
     """``(model, its fit's keyword arguments)`` for the options ``given`` (only those the
     caller set); raises :class:`~daskmm.errors.ModelError` naming an option ``spell``'s way."""
-    model = choose(formula, family)
+    model = choose(formula, family, given.get("link"))
     return model, model.check(given, spell)

@@ -230,3 +230,20 @@ def test_a_requested_stop_ends_a_fit_at_its_next_evaluation(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         daskmm.lmm("Reaction ~ Days + (Days | Subject)", df, mode="in-process")
     assert calls == []  # it stopped at the first evaluation
+
+
+def test_a_saddle_leads_downhill_along_the_negative_curvature():
+    """descent_start: at a saddle (zero gradient, a negative Hessian eigenvalue) the lowest
+    point along that eigenvector, within the bounds; None at a minimum."""
+    from daskmm.core.optimizer import descent_start
+
+    def f(x):
+        return float(x[0] ** 2 - x[1] ** 2 + x[1] ** 4)
+    x = np.zeros(2)
+    H = np.diag([2.0, -2.0])
+    y = descent_start(f, x, f(x), H, np.full(2, -np.inf))
+    assert y is not None and f(y) < f(x) and abs(y[0]) < 1e-12
+    # the bound keeps the step inside: x1 >= 0 allows only the upward direction
+    y = descent_start(f, x, f(x), H, np.array([-np.inf, 0.0]))
+    assert y is not None and y[1] > 0
+    assert descent_start(f, x, f(x), np.diag([2.0, 2.0]), np.full(2, -np.inf)) is None

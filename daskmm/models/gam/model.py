@@ -125,6 +125,9 @@ def gam(formula: str, data: DataLike, family: str = "gaussian", *, link: str | N
                          "(REML or ML estimation of the smoothing parameters)")
     fam = _family(family)
     lk = fam.link(link)
+    if fam.name == "gaussian" and lk.name != "identity":
+        raise ModelError(f"link={lk.name!r}: a gaussian GAM takes the identity link here (a "
+                         "gaussian GLMM, without smooth terms, takes log and inverse)")
     _check_ar(rho, ar_start, fam, lk)
     _grid_size(discrete)
     t0 = time.perf_counter()

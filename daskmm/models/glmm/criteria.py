@@ -72,6 +72,38 @@ def halve_until_lower(attempt, ref: float, rtol: float = 1e-12, t_min: float = 1
         t *= 0.5
 
 
+class Dispersion:
+    """glmer's Laplace criterion for a family with a dispersion (Gamma, inverse Gaussian,
+    Gaussian with another link): the kernels give ``raw = deviance + |u|^2 + log|L|^2`` (their
+    "log-likelihood" is ``-deviance / 2``) and the deviance; the criterion is
+    ``raw - deviance + aic(deviance)`` (:meth:`daskmm.core.families.Family.laplace_aic`),
+    the data's constant added by the caller as for every family."""
+
+    def __init__(self, family, n: int, wsum: float):
+        self.family, self.n, self.wsum = family, int(n), float(wsum)
+
+    def __call__(self, raw: float, dev: float) -> float:
+        if not (math.isfinite(raw) and math.isfinite(dev)):
+            return math.inf
+        return raw - dev + self.family.laplace_aic(dev, self.n, self.wsum)
+
+
+def _criterion(disp: Dispersion | None, raw: float, dev: float) -> float:
+    """The criterion from the kernels' ``raw`` value and deviance."""
+    return raw if disp is None else disp(raw, dev)
+
+
+EXTRA_STEPS = 40
+"""At most this many PIRLS steps past its tolerance, to the rounding floor, for a family with
+a dispersion (:func:`daskmm.kernels.pirls.local_laplace`, :func:`daskmm.kernels.pirls.
+rounding_floor`)."""
+
+
+def _lower(value: float, ref: float, rtol: float = 1e-12) -> bool:
+    """``value`` is not above ``ref`` (within ``rtol``): what a PIRLS step must achieve."""
+    return value <= ref + rtol * abs(ref)
+
+
 def _value(new):
     """An outer step's summary as :func:`halve_until_lower` reads it."""
     return (None if new is None else new[0]), new
@@ -79,7 +111,7 @@ def _value(new):
 
 def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, link: int,
               nodes: np.ndarray, weights: np.ndarray, modes: bool = False,
-              size: float | None = None):
+              size: float | None = None, with_dev: bool = False):
     with_size(part, size)
     eta0 = part.X @ beta + part.offset
     m = len(part.levels)
@@ -92,13 +124,21 @@ def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, 
         part.u_warm = u  # the next evaluation starts here (same worker, same object)
     if modes:
         return val, part.levels, u, L
+    if with_dev:  # the deviance at the modes (a family with a dispersion)
+        if not math.isfinite(val):
+            return val, math.nan
+        rows = np.repeat(u, np.diff(part.starts))
+        ll = K.row_terms(eta0 + float(theta) * rows, part.y, part.wt, family, link)[0]
+        return val, float(-2.0 * ll.sum())
     return val
 
 
 def _local_eval(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
-                link: int, size: float | None = None, newton: bool = False) -> float:
+                link: int, size: float | None = None, newton: bool = False,
+                with_dev: bool = False) -> float | tuple[float, float]:
     with_size(data, size)
-    return P.local_laplace(data, layout, lam, beta, family, link, newton=newton)
+    return P.local_laplace(data, layout, lam, beta, family, link, newton=newton,
+                           with_dev=with_dev, extra=EXTRA_STEPS if with_dev else 0)
 
 
 def _local_point(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray, family: int,
@@ -130,7 +170,8 @@ def _g_point(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.
 
 def _c_start(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.ndarray,
              b_G: np.ndarray, family: int, link: int, size: float | None = None,
-             shift: tuple[np.ndarray, np.ndarray] | None = None) -> P.CrossedState | None:
+             shift: tuple[np.ndarray, np.ndarray] | None = None,
+             cold: bool = False) -> P.CrossedState | None:
     """The joint PIRLS state at the last evaluation's local modes (or zero); it stays on the
     worker as a future. With ``shift = (w, Lambda_G dv_G)`` and the pieces the last gradient
     left (:func:`daskmm.kernels.pirls.crossed_gradient`), the modes are first moved to first
@@ -139,7 +180,7 @@ def _c_start(data: P.PirlsData, done: None, layout: Layout, lam: dict, beta: np.
     with_size(data, size)
     n_loc = data.index.Z_loc.shape[1]
     st = None
-    warm = isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc
+    warm = not cold and isinstance(data.u_warm, np.ndarray) and len(data.u_warm) == n_loc
     pieces = getattr(data, "_shift", None)
     if warm and shift is not None and pieces is not None:
         L, blocks, E, Y_loc = pieces
@@ -203,18 +244,24 @@ class ScalarCriterion:
     def to_full_tolerance(self) -> None:
         """Each level's modes are found to full tolerance already."""
 
-    def __init__(self, c, parts, spec, family, link, nagq, const):
+    def __init__(self, c, parts, spec, family, link, nagq, const, disp=None):
         self.c, self.parts, self.family, self.link, self.const = c, parts, family, link, const
+        self.disp = disp
         self.factor = spec.factors[0]
         self.nodes, self.weights = np.polynomial.hermite_e.hermegauss(nagq)
 
     def _map(self, theta, beta, size, modes=False):
         return map_parts(self.c, _evaluate, self.parts, theta=float(theta[0]), beta=beta,
                          family=self.family, link=self.link, nodes=self.nodes,
-                         weights=self.weights, modes=modes, size=size, pure=False)
+                         weights=self.weights, modes=modes, size=size,
+                         with_dev=self.disp is not None, pure=False)
 
     def __call__(self, theta, beta, size=None) -> float:
-        return float(sum(self.c.gather(self._map(theta, beta, size)))) - 2.0 * self.const
+        out = self.c.gather(self._map(theta, beta, size))
+        if self.disp is None:
+            return float(sum(out)) - 2.0 * self.const
+        return self.disp(float(sum(o[0] for o in out)), float(sum(o[1] for o in out))) - \
+            2.0 * self.const
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
         pieces = self.c.gather(self._map(theta, beta, size, modes=True))
@@ -251,17 +298,22 @@ class LocalCriterion:
     def to_full_tolerance(self) -> None:
         self.newton = False
 
-    def __init__(self, c, parts, spec, layout, family, link, const, newton=False):
+    def __init__(self, c, parts, spec, layout, family, link, const, newton=False, disp=None):
         self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
         self.family, self.link, self.const = family, link, const
         self.newton = newton  # a canonical link: PIRLS is Newton's method
+        self.disp = disp
 
     def __call__(self, theta, beta, size=None) -> float:
         lam = lambdas(self.spec, np.asarray(theta))
         futs = map_parts(self.c, _local_eval, self.parts, layout=self.layout, lam=lam, beta=beta,
                          family=self.family, link=self.link, size=size, newton=self.newton,
-                         pure=False)
-        return float(sum(self.c.gather(futs))) - 2.0 * self.const
+                         with_dev=self.disp is not None, pure=False)
+        out = self.c.gather(futs)
+        if self.disp is None:
+            return float(sum(out)) - 2.0 * self.const
+        return self.disp(float(sum(o[0] for o in out)), float(sum(o[1] for o in out))) - \
+            2.0 * self.const
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
         lam = lambdas(self.spec, np.asarray(theta))
@@ -308,13 +360,13 @@ def _joint_outer(data: P.PirlsData, layout: Layout, lam: dict, beta: np.ndarray,
         return None
     st = P.joint_state(data, *P.local_system(data, layout, lam), data.u_warm, beta, family,
                        link)
-    return None if st is None else (st.pdev, st.Sx, st.sx, st.logdet, 0.0, 0.0)
+    return None if st is None else (st.pdev, st.Sx, st.sx, st.logdet, 0.0, 0.0, st.dev)
 
 
 def _joint_summary(st: P.JointState | None):
     if st is None:
         return None
-    return (st.pdev, st.Sx, st.sx, st.logdet) + getattr(st, "step", (0.0, 0.0))
+    return (st.pdev, st.Sx, st.sx, st.logdet) + getattr(st, "step", (0.0, 0.0)) + (st.dev,)
 
 
 def _joint_finish(data: P.PirlsData, st: P.JointState | None) -> None:
@@ -329,18 +381,21 @@ class JointCriterion:
     fixed-effect Schur complement), the Laplace deviance at the joint modes. Each PIRLS step
     is one map over the partitions; ``beta`` of the last evaluation is kept as ``beta``."""
 
-    def __init__(self, c, parts, spec, layout, family, link, const, beta0):
+    def __init__(self, c, parts, spec, layout, family, link, const, beta0, disp=None):
         self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
         self.family, self.link, self.const = family, link, const
         self.beta = np.asarray(beta0, dtype=float).copy()
+        self.beta0 = self.beta.copy()
+        self.disp = disp
 
     def _sum(self, outs):
         if any(o is None for o in outs):
             return None
         return [sum(o[i] for o in outs) for i in range(4)] + [max(o[4] for o in outs),
-                                                             max(o[5] for o in outs)]
+                                                             max(o[5] for o in outs),
+                                                             sum(o[6] for o in outs)]
 
-    def _fused(self, theta) -> float:
+    def _fused(self, theta) -> tuple[float, bool]:
         """On a cluster: each outer step one map, the local modes converged inside each task
         (:func:`_joint_outer`), Newton steps on ``beta`` here."""
         c = self.c
@@ -353,33 +408,38 @@ class JointCriterion:
         beta = self.beta.copy()
         cur = at(beta)
         if cur is None:
-            return math.inf
+            return math.inf, False
+        done = False
         for _ in range(P.MAX_ITER):
             target = P.newton_target(cur[1], cur[2])
             if target is None:
                 break
             step = float(np.max(np.abs(target - beta), initial=0.0))
-            if step < P.TOL_U * (1.0 + float(np.max(np.abs(beta), initial=0.0))):
+            scale = float(np.max(np.abs(beta), initial=0.0))
+            if step < P.TOL_U * (1.0 + scale):
+                done = True
                 break
             t, new = halve_until_lower(
                 lambda t, b=beta, d=target - beta: _value(at(b + t * d)), cur[0])
-            if new is None:
+            if new is None or not _lower(new[0], cur[0]):
+                done = _rounding(step, scale)
                 break
             beta, cur = beta + t * (target - beta), new
         self.beta = beta
-        return float(cur[0] + cur[3]) - 2.0 * self.const
+        return (_criterion(self.disp, float(cur[0] + cur[3]), float(cur[6])) - 2.0 * self.const,
+                done)
 
-    def __call__(self, theta) -> float:
-        if not is_in_process(self.c):
-            return self._fused(theta)
+    def _local(self, theta) -> tuple[float, bool]:
+        """In process: each PIRLS step over the modes and ``beta`` one map."""
         c, kw = self.c, dict(family=self.family, link=self.link, pure=False)
         lam = lambdas(self.spec, np.asarray(theta))
         states = map_parts(c, _joint_start, self.parts, layout=self.layout, lam=lam, beta=self.beta,
                            **kw)
         cur = self._sum(c.gather(map_parts(c, _joint_summary, states, pure=False)))
         if cur is None:
-            return math.inf
+            return math.inf, False
         beta = self.beta.copy()
+        done = False
         for _ in range(P.MAX_ITER):
             target = P.newton_target(cur[1], cur[2])
             if target is None:
@@ -390,27 +450,59 @@ class JointCriterion:
                 new = self._sum(c.gather(map_parts(c, _joint_summary, cands, pure=False)))
                 return (None if new is None else new[0]), (new, cands)
             t, (new, cands) = halve_until_lower(attempt, cur[0])
-            if new is None:
+            if new is None or not _lower(new[0], cur[0]):
+                done = _rounding(float(np.max(np.abs(target - beta), initial=0.0)),
+                                 float(np.max(np.abs(beta), initial=0.0)))
                 break
             step = max(new[4], float(np.max(np.abs(target - beta), initial=0.0)))
             scale = max(new[5], float(np.max(np.abs(beta), initial=0.0)))
             beta = beta + t * (target - beta)
             cur, states = new, cands
             if step < P.TOL_U * (1.0 + scale):
+                done = True
                 break
         c.gather(map_parts(c, _joint_finish, self.parts, states, pure=False))
         self.beta = beta
-        return float(cur[0] + cur[3]) - 2.0 * self.const
+        return (_criterion(self.disp, float(cur[0] + cur[3]), float(cur[6])) - 2.0 * self.const,
+                done)
+
+    def __call__(self, theta) -> float:
+        """The criterion at ``theta``, PIRLS warm from the last evaluation's ``beta`` and
+        modes. When PIRLS does not converge from there (a singular Newton system, or step
+        halving that cannot lower the deviance while the step is still large: the last
+        evaluation left it where the weights are extreme), once more from the GLM start and
+        zero modes; when that fails too the criterion is infinite there, not the value where
+        PIRLS stopped."""
+        run = self._local if is_in_process(self.c) else self._fused
+        value, done = run(theta)
+        if done:
+            return value
+        self.beta = self.beta0.copy()
+        self.c.gather(map_parts(self.c, _joint_forget, self.parts, pure=False))
+        value, done = run(theta)
+        return value if done else math.inf
+
+
+def _rounding(step: float, scale: float) -> bool:
+    """A step that halving cannot make lower the deviance is rounding, not failure, when it is
+    this small: PIRLS is at its modes."""
+    return step < 1e-6 * (1.0 + scale)
+
+
+def _joint_forget(data: P.PirlsData) -> None:
+    """Drop the warm start (the modes of the last evaluation)."""
+    data.u_warm = None
 
 
 class GlobalCriterion:
     """Crossed factors: PIRLS over local and crossed modes together (:meth:`_solve`), the
     dense global block solved here; the partitions' states stay where the data are."""
 
-    def __init__(self, c, parts, spec, layout, family, link, const, newton=False):
+    def __init__(self, c, parts, spec, layout, family, link, const, newton=False, disp=None):
         self.c, self.parts, self.spec, self.layout = c, parts, spec, layout
         self.family, self.link, self.const = family, link, const
         self.newton = newton  # a canonical link: PIRLS is Newton's method
+        self.disp = disp
         self.u_G = np.zeros(layout.n_G)
         self.c_newton: float | None = None  # Newton's constant, from the last two-step solve
         self._shift = None  # (theta, beta, size, S^-1, psi, lam_G) of the last gradient
@@ -419,7 +511,7 @@ class GlobalCriterion:
         # the exact gradient (daskmm.kernels.laplace_grad): a canonical link and one scalar
         # term a factor, in theta's order
         names = tuple(t.factor for t in spec.terms)
-        self.factors = names if newton and len(set(names)) == len(names) and all(
+        self.factors = names if newton and disp is None and len(set(names)) == len(names) and all(
             isinstance(t, RandomTerm) and t.q == 1 for t in spec.terms) else None
         if self.factors is not None:
             self.g_factor = np.concatenate(
@@ -469,11 +561,14 @@ class GlobalCriterion:
         # then goes on from the next start rather than returning inf, so that its value is
         # the criterion's at (theta, beta), not an accident of where the last one was
         starts = [(self.u_G + shift[2], shift[:2])] if shift is not None else []
-        starts += [(self.u_G.copy(), None), (np.zeros(lay.n_G), None)]
+        cold = self.disp is not None  # cold starts (pirls.local_laplace's note)
+        if not cold:
+            starts += [(self.u_G.copy(), None)]
+        starts += [(np.zeros(lay.n_G), None)]
         for k, (u_G, sh) in enumerate(starts):
             b_G = np.zeros(lay.n_G) if k == len(starts) - 1 else Lam_G @ u_G
             states = map_parts(c, _c_start, self.parts, self._done, b_G=b_G, shift=sh, pure=False,
-                               **kw)
+                               cold=cold, **kw)
             s = self._sum_states(states)
             if not math.isfinite(s[0]):
                 continue
@@ -492,7 +587,8 @@ class GlobalCriterion:
         self._solved[self._key(theta, beta, size)] = (u_G.copy(), sums)
         while len(self._solved) > 16:
             self._solved.pop(next(iter(self._solved)))
-        return p0 + s[2] + ld_G, states, u_G, lam, sums
+        return (_criterion(self.disp, p0 + s[2] + ld_G, -2.0 * s[0]), states, u_G, lam,
+                sums)
 
     def _iterate(self, states, s, u_G, Lam_G, kw):
         """The PIRLS steps of :meth:`_solve` from a start: ``(states, u_G, p, sums)`` at
@@ -501,7 +597,9 @@ class GlobalCriterion:
         c = self.c
         p0 = P.pdev(s[0], s[1]) + float(u_G @ u_G)
         prev = None  # the last full step's size
-        for _ in range(P.MAX_ITER):
+        extra = EXTRA_STEPS if self.disp is not None else 0
+        last_small = None
+        for _ in range(P.MAX_ITER + extra):
             try:
                 _, _, u_target = P.global_step(s[4], s[3], Lam_G)
             except P.LinAlgError:
@@ -522,7 +620,12 @@ class GlobalCriterion:
             states, u_G, p0, s = cands, u_c, p, new
             step = max(new[5], d_G)
             if step < P.TOL_U * (1.0 + scale):  # the full step is tiny
-                break
+                # a family with a dispersion: on to rounding (local_laplace's note)
+                if not P.rounding_floor(extra, step, last_small):
+                    break
+                extra -= 1
+                last_small = step
+                continue
             if self.newton and t == 1.0 and P.newton_done(prev, step, scale, self.c_newton):
                 break  # Newton: the point reached is within C step^2 of the modes
             if self.newton and t == 1.0 and prev is not None:

@@ -23,7 +23,10 @@ from daskmm.kernels import pirls as P
 from daskmm.kernels import scalar_re as K
 from daskmm.kernels.stats import Layout
 
-FAMILY_OF_CODE = {f.code: f for f in FAMILIES.values() if f.code is not None}
+FAMILY_OF_CODE = {f.code: f for f in FAMILIES.values()}
+PRIOR_WEIGHTS = (K.POISSON, K.GAMMA, K.INVERSE_GAUSSIAN, K.GAUSSIAN)
+"""Families whose ``weights`` are prior weights (each row's log-likelihood, or deviance,
+times its weight), as glmer's; the binomial's are the trials of a proportion."""
 
 
 # ------------------------------------------------------------------ per partition (workers)
@@ -81,7 +84,7 @@ def encode_partition(df: pd.DataFrame, spec: ModelSpec, resp: Response, family: 
         wt = np.array(resp.trials.encode(df).y, dtype=float)
         if resp.trials._offset_specs:
             wt = wt + offset
-    elif resp.weights is not None and family == K.POISSON:  # prior weights
+    elif resp.weights is not None and family in PRIOR_WEIGHTS:
         wt = np.array(enc.w, dtype=float)  # checked positive by the shared set-up
     elif resp.weights is not None:  # proportions with weights: successes = y * weights
         wt = np.array(enc.w, dtype=float)
@@ -147,7 +150,8 @@ def partition_keys(part, family: int) -> tuple[np.ndarray, int, dict]:
         wsum = np.bincount(codes, part.wt, minlength=len(levels))
     Z = {} if isinstance(part, GlmmPartition) else part.Z
     ranges = column_ranges(part.y / part.wt if family == K.BINOMIAL else part.y, Z)
-    return np.asarray(levels), part.n_dropped, {"ysum": ysum, "wsum": wsum, "ranges": ranges}
+    return np.asarray(levels), part.n_dropped, {"ysum": ysum, "wsum": wsum, "ranges": ranges,
+                                                "weight_sum": float(part.wt.sum())}
 
 
 def with_size(part, size: float | None):

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import time
 import uuid
 
@@ -61,6 +62,7 @@ from daskmm.formula.spec import (
 )
 from daskmm.kernels import scalar_re as K
 from daskmm.models.glmm.criteria import (
+    Dispersion,
     Estimable,
     GlobalCriterion,
     JointCriterion,
@@ -81,6 +83,7 @@ from daskmm.models.shared.prediction import Predictor
 from daskmm.models.shared.prepare import check_groups, prepare_columns, two_levels
 from daskmm.models.shared.structure import (
     frozen_levels,
+    lambdas,
     model_layout,
 )
 from daskmm.results.base import spec_terms
@@ -107,19 +110,28 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         ``cbind(successes, failures)``, or a proportion with ``weights`` giving the trials. A
         Poisson response is a count column; ``offset(log(exposure))`` is allowed.
     data : str, path, pandas.DataFrame or dask.dataframe.DataFrame
-    family : {"binomial", "poisson", "negative_binomial"}
+    family : {"binomial", "poisson", "negative_binomial", "gamma", "inverse_gaussian", \
+"gaussian"}
         ``"negative_binomial"`` (alias ``"nbinom2"``) is NB2, ``Var = mu + mu^2 / k``, with the
         size ``k`` estimated jointly (``glmer.nb``'s ``theta``; glmmTMB's ``nbinom2``).
+        ``"gamma"`` (alias ``"Gamma"``), ``"inverse_gaussian"`` (``"inverse.gaussian"``) and
+        ``"gaussian"`` with a link other than identity are the families with a dispersion,
+        fitted by glmer's criterion for them (:class:`~daskmm.models.glmm.criteria.
+        Dispersion`), Laplace only; ``sigma`` on the result.
     link : str, optional
-        ``logit`` (default), ``probit``, ``cloglog`` for the binomial; ``log`` otherwise.
+        ``logit`` (default), ``probit``, ``cloglog`` for the binomial; ``log`` for the
+        Poisson and negative binomial; ``inverse`` (default), ``log``, ``identity`` for the
+        Gamma; ``1/mu^2`` (default), ``inverse``, ``log``, ``identity`` for the inverse
+        Gaussian; ``log`` or ``inverse`` for the gaussian.
     nagq : int
         1: Laplace; 2..25: adaptive Gauss-Hermite quadrature with that many nodes (one scalar
         random-effect term only, as glmer).
     factors : list of str, optional
         Numeric columns to treat as categorical.
     weights : str, optional
-        Prior weights: the number of trials of a binomial proportion response; the Poisson's
-        prior weights (each row's log-likelihood times its weight, as glmer's ``weights``).
+        Prior weights: the number of trials of a binomial proportion response; for the
+        Poisson and the families with a dispersion, prior weights (each row's log-likelihood,
+        or deviance, times its weight, as glmer's ``weights``).
     client, npartitions
         As for :func:`daskmm.lmm`.
     mode : {"auto", "in-process", "distributed"}
@@ -134,9 +146,10 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     GlmmResult
     """
     fam = get_family(family)
-    if fam.code is None:
-        raise ModelError("the gaussian family is a linear mixed model: use daskmm.lmm (or "
-                         "daskmm.fit, which chooses)")
+    if fam.is_lmm(link):
+        raise ModelError("the gaussian family with the identity link is a linear mixed model: "
+                         "use daskmm.lmm (or daskmm.fit, which chooses); a gaussian GLMM "
+                         "takes link='log' or 'inverse'")
     family, fam_code = fam.name, fam.code
     link_obj = fam.link(link)
     link = link_obj.name
@@ -154,10 +167,18 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         raise ModelError(f"nagq={nagq} (adaptive Gauss-Hermite quadrature) needs exactly one "
                          "random intercept on one grouping column, '(1 | g)', as glmer; use "
                          f"nagq=1 (the Laplace approximation) for {formula!r}")
-    if weights and family not in ("binomial", "poisson"):
-        raise ModelError(f"weights apply to a binomial proportion response (the trials) and "
-                         f"as prior weights to the Poisson; the {family} family takes none "
-                         "here (the negative binomial's prior weights are not built)")
+    if nagq > 1 and fam.scaled:
+        raise ModelError(f"nagq={nagq}: adaptive Gauss-Hermite quadrature is for families "
+                         f"without a dispersion (binomial, Poisson); the {fam.label} family "
+                         "is fitted by the Laplace approximation, nagq=1, as glmer's")
+    # a family with a dispersion takes the PIRLS path even for one intercept: its theta is
+    # on the linear predictor's scale, unscaled by sigma (glmer's), so lme4's start theta = 1
+    # can be far off (1/mu ~ 0.04 under an inverse link) and the first stage (nAGQ = 0, beta
+    # inside PIRLS) is what finds the basin, as in glmer
+    scalar = scalar and not fam.scaled
+    if weights and family == "negative_binomial":
+        raise ModelError("weights: the negative binomial's prior weights are not built; "
+                         "leave weights out, or fit a Poisson model with weights")
     parsed_y, resp_col, trials_text = read_response(parsed, family)
     if weights and trials_text:
         raise ModelError("give the trials either by cbind(successes, failures) or by weights "
@@ -211,6 +232,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                 ngroups[f.name] = len(factor_levels[f.name])
         check_ranges([i[2]["ranges"] for i in info], spec, parsed.response)
         notes = _level_warnings(primary, info, family)
+        wsum = sum(i[2]["weight_sum"] for i in info)
         keep, beta0, n, const, (T, Tinv) = glm_start(c, parts,
                                            K.POISSON if fam_code == K.NEGBIN else fam_code,
                                            link_obj.code, spec.fixef_names)
@@ -218,14 +240,18 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             raise DataError("no rows left after dropping rows with missing values in the "
                             f"columns the model uses ({', '.join(used)})")
         check_groups(spec, ngroups, n, allow_n=True)  # as glmer: a level an observation is fine
+        disp = Dispersion(fam, n, wsum) if fam.scaled else None
+        # Newton's early stop of PIRLS for a canonical link (and the exact gradient there);
+        # not for a family with a dispersion, whose criterion is not linear in the deviance
+        newton = link == fam.canonical and disp is None
         if scalar:
-            crit = ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const)
+            crit = ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const, disp)
         elif glob:
             crit = GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
-                                    newton=link == fam.canonical)
+                                   newton=newton, disp=disp)
         else:
             crit = LocalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
-                                   newton=link == fam.canonical)
+                                  newton=newton, disp=disp)
         if not keep.all():
             crit = Estimable(crit, keep)
         crit = Standardised(crit, T)
@@ -241,7 +267,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         if fam_code != K.NEGBIN and crit.takes_first_stage and keep.all() and \
                 opts.get("stages", 2 if is_in_process(c) else 1) == 2:
             first = JointCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
-                                   beta0)
+                                   beta0, disp)
         x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where, first,
                                                   size_free=fam_code == K.NEGBIN)
         t2 = time.perf_counter()
@@ -261,6 +287,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                      nagq=nagq, nb_size=size, warnings=notes)
     res.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     res.predictor = rows_for(res, src, resp, npartitions)
+    if fam.scaled:
+        res.sigma = res.predictor.sigma = _sigma(res)
     res.refit = functools.partial(glmm, formula, data, family, link=link, nagq=nagq,
                                   factors=factors, weights=weights, npartitions=npartitions)
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
@@ -295,6 +323,21 @@ def _fit_warnings(beta, vcov, names, family) -> list[str]:
                        "the response may be (quasi-)separated by them; fitted probabilities "
                        "are numerically 0 or 1")
     return out
+
+
+def _sigma(res: GlmmResult) -> float:
+    """lme4's ``sigma`` of a family with a dispersion: ``sqrt((wrss + |u|^2) / n)``, ``wrss``
+    the squared Pearson residuals at the modes (with the prior weights) and ``|u|^2`` the
+    spherical modes' squared length (``u = Lambda^+ b`` a level, the minimum-norm ``u`` where
+    ``Lambda`` is singular, as PIRLS's penalty makes it)."""
+    import dask
+    wrss = float(dask.compute((res.residuals("pearson") ** 2).sum())[0])
+    lam = lambdas(res.spec, np.asarray(res.theta, dtype=float))
+    ussq = 0.0
+    for f, tab in res.ranef.items():
+        u = np.asarray(tab.b, dtype=float) @ np.linalg.pinv(lam[f]).T
+        ussq += float(np.sum(u * u))
+    return math.sqrt((wrss + ussq) / res.nobs)
 
 
 # ------------------------------------------------------------------ row quantities

@@ -27,6 +27,10 @@ class GlmmResult(MixedResult):
         1 for the Laplace approximation, more for adaptive Gauss-Hermite quadrature.
     nb_size : float or None
         Negative binomial size ``k`` (``Var = mu + mu^2 / k``), as ``glmer.nb``'s theta.
+    sigma : float
+        A family with a dispersion (Gamma, inverse Gaussian, Gaussian): lme4's ``sigma``,
+        ``sqrt((wrss + |u|^2) / n)``, by which ``VarCorr`` scales ``theta`` (lme4 1.1); 1
+        otherwise.
     warnings : list of str
         Conditions worth a look (levels with all-zero responses, separation, boundary).
     """
@@ -35,6 +39,7 @@ class GlmmResult(MixedResult):
     link: str = "logit"
     nagq: int = 1
     nb_size: float | None = None
+    sigma: float = 1.0
     warnings: list[str] = field(default_factory=list)
     predictor: object = field(default=None, repr=False, compare=False)  # GlmmRows
     dharma: object = field(default=None, repr=False, compare=False)
@@ -69,9 +74,24 @@ class GlmmResult(MixedResult):
         return "Laplace" if self.nagq == 1 else f"AGQ({self.nagq})"
 
     @property
+    def scaled(self) -> bool:
+        """A family with a dispersion (glmer's ``useSc``): Gamma, inverse Gaussian, Gaussian."""
+        from daskmm.core.families import get_family
+        return get_family(self.family).scaled
+
+    @property
     def df(self) -> int:
-        """Parameters counted by lme4's logLik: fixed effects and theta (and the NB size)."""
-        return len(self.beta) + len(self.theta) + (self.nb_size is not None)
+        """Parameters counted by lme4's logLik: fixed effects and theta (and the NB size, or
+        the dispersion of a family that has one)."""
+        return len(self.beta) + len(self.theta) + (self.nb_size is not None) + self.scaled
+
+    def varcorr(self) -> pd.DataFrame:
+        """Rows as ``as.data.frame(VarCorr(fit))``, with lme4's ``Residual`` row (``sigma``)
+        for a family with a dispersion."""
+        rows = self._varcorr_rows()
+        if self.scaled:
+            rows.append(("Residual", None, None, self.sigma ** 2, self.sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     def fixef(self) -> pd.DataFrame:
         """``term, estimate, std_error, statistic`` (z) and ``p_value`` (Wald, two-sided)."""
@@ -185,6 +205,8 @@ class GlmmResult(MixedResult):
                     "warnings": list(self.warnings)})
         if self.nb_size is not None:
             doc["nb_size"] = self.nb_size
+        if self.scaled:
+            doc["sigma"] = self.sigma
         if self.dharma is not None:
             doc["scaled_residuals_dharma"] = self.dharma.summary()
         return doc
@@ -192,23 +214,29 @@ class GlmmResult(MixedResult):
     @classmethod
     def _own_fields(cls, doc: dict) -> dict:
         return {"family": doc["family"], "link": doc["link"], "nagq": int(doc["nAGQ"]),
-                "nb_size": doc.get("nb_size"), "warnings": list(doc.get("warnings") or [])}
+                "nb_size": doc.get("nb_size"), "sigma": float(doc.get("sigma", 1.0)),
+                "warnings": list(doc.get("warnings") or [])}
 
     def summary(self) -> str:
         """Printed summary laid out like lme4's ``summary(glmer(...))``."""
         how = ("Laplace Approximation" if self.nagq == 1
                else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
-        fam = self.family if self.nb_size is None else f"Negative Binomial({self.nb_size:.4g})"
+        from daskmm.core.families import get_family
+        fam = get_family(self.family).r_name if self.nb_size is None else \
+            f"Negative Binomial({self.nb_size:.4g})"
         lines = [f"Generalized linear mixed model fit by maximum likelihood ({how}) "
                  "['glmerMod']", f" Family: {fam}  ( {self.link} )",
                  f"Formula: {self.formula}", ""]
         lines += [*self._criteria_lines(), "", "Random effects:",
-                  *self._random_effects_lines(residual=False), *self._nobs_lines()]
+                  *self._random_effects_lines(residual=self.scaled), *self._nobs_lines()]
         lines += ["", "Fixed effects:"]
         fe = self.fixef()
         names = list(fe["term"])
         nw = max(len(n) for n in names)
-        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'z value':>9}"
+        # lme4 heads the statistic "t value" where the family has a dispersion (the p-value
+        # is still the normal's)
+        stat = "t value" if self.scaled else "z value"
+        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{stat:>9}"
                      f"{'Pr(>|z|)':>10}")
         for r in fe.itertuples(index=False):
             lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"

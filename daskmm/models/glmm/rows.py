@@ -51,6 +51,8 @@ class GlmmRows:
     family, link : str
     nb_size : float or None
         Negative binomial size.
+    sigma : float
+        The residual SD of a family with a dispersion (lme4's ``sigma``); 1 otherwise.
     """
 
     base: Predictor
@@ -58,6 +60,12 @@ class GlmmRows:
     family: str
     link: str
     nb_size: float | None = None
+    sigma: float = 1.0
+
+    @property
+    def weighted(self) -> bool:
+        """``wt`` holds the binomial's trials or prior weights (not the NB's size)."""
+        return self.family != "negative_binomial"
 
     @property
     def fam(self):
@@ -142,9 +150,9 @@ def _residual_rows(df: pd.DataFrame, rows: GlmmRows, type: str) -> pd.Series:
     fam = rows.fam
     binom = rows.family == "binomial"
     yy = y / wt if binom else y
-    # the binomial's trials and the Poisson's prior weights (the negative binomial's wt is
-    # its size, not a weight)
-    w = wt if binom or rows.family == "poisson" else np.ones(len(y))
+    # the binomial's trials and prior weights (the negative binomial's wt is its size, not a
+    # weight)
+    w = wt if rows.weighted else np.ones(len(y))
     r = yy - mu
     if type == "pearson":
         r = r * np.sqrt(w / fam.variance(mu, rows.nb_size))
@@ -161,17 +169,17 @@ def _simulate_block(rows: GlmmRows, enc, offset, wt, sims, lo: int, hi: int, nsi
     fam = rows.fam
     n = hi - lo
     sub = _take(enc, lo, hi)
-    w = wt[lo:hi] if rows.family == "binomial" else np.ones(n)
+    w = wt[lo:hi] if rows.weighted else np.ones(n)
     out = np.empty((n, nsim))
     if sims is None:
         mu = rows.mean(rows.eta(sub, offset[lo:hi], True))
         for i in range(nsim):
-            out[:, i] = fam.sample(mu, w, rng, rows.nb_size)
+            out[:, i] = fam.sample(mu, w, rng, rows.nb_size, rows.sigma)
     else:
         fixed = sub.X @ rows.base.beta + offset[lo:hi]
         for i in range(nsim):
             mu = rows.mean(fixed + rows.base.random_part(sub, True, sims, i))
-            out[:, i] = fam.sample(mu, w, rng, rows.nb_size)
+            out[:, i] = fam.sample(mu, w, rng, rows.nb_size, rows.sigma)
     return out
 
 

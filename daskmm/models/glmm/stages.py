@@ -14,7 +14,7 @@ from daskmm.distributed.mapreduce import map_parts
 from daskmm.errors import DataError, FitError
 from daskmm.kernels import glm_start as G
 from daskmm.kernels.aliasing import estimable_columns
-from daskmm.kernels.numderiv import derivatives, hessian_of_gradient, vcov_of
+from daskmm.kernels.numderiv import derivatives, hessian_of_gradient, steps_for, vcov_of
 from daskmm.models.glmm.criteria import JointCriterion, SizeAppended
 
 
@@ -182,12 +182,23 @@ def estimates(crit, x: np.ndarray, lower: np.ndarray, optinfo, size: float | Non
         return crit(v[:nt], v[nt:], size)
 
     def derivs(v):
+        # steps of 1e-4 (lme4's deriv12), then, where a parameter's standard error is so
+        # small that the step under-resolves its curvature, again with steps scaled to the
+        # standard errors (numderiv.steps_for)
         if graded:
             val, g = crit.value_grad(v[:nt], v[nt:], size)
-            return val, g, hessian_of_gradient(
-                lambda u: crit.value_grad(u[:nt], u[nt:], size)[1], v, bounds)
+            H = hessian_of_gradient(lambda u: crit.value_grad(u[:nt], u[nt:], size)[1], v,
+                                    bounds)
+            h = steps_for(H)
+            if h is not None:
+                H = hessian_of_gradient(lambda u: crit.value_grad(u[:nt], u[nt:], size)[1],
+                                        v, bounds, h)
+            return val, g, H
         f0 = f(v)
         g, H = derivatives(f, v, bounds, f0=f0)
+        h = steps_for(H)
+        if h is not None:
+            g, H = derivatives(f, v, bounds, h, f0=f0)
         return f0, g, H
 
     def run(start):

@@ -59,8 +59,10 @@ def test_all_zero_levels_are_reported(client):
       "frame": None}, ModelError, "negative binomial's prior weights are not built"),
     ({"formula": "y ~ x + (x | g)", "family": "poisson", "nagq": 5, "frame": None},
      ModelError, "nagq=5"),
-    ({"formula": "y ~ x + (1 | g)", "family": "gamma", "frame": None}, ModelError,
-     "family 'gamma' is not available"),
+    ({"formula": "y ~ x + (1 | g)", "family": "tweedie", "frame": None}, ModelError,
+     "family 'tweedie' is not available"),
+    ({"formula": "y ~ x + (1 | g)", "family": "gamma", "link": "logit", "frame": None},
+     ModelError, "link 'logit' is not available for the gamma family"),
     ({"formula": "y ~ s + (1 | g)", "family": "binomial",
       "frame": lambda d: d.assign(y=(d.x > 0).astype(int), s=d.x * 50)}, DataError,
      "separate"),
@@ -70,7 +72,7 @@ def test_bad_input(client, kw, exc, match):
     if kw["frame"]:
         df = kw["frame"](df)
     with pytest.raises(exc, match=match):
-        glmm(kw["formula"], df, kw["family"], nagq=kw.get("nagq", 1),
+        glmm(kw["formula"], df, kw["family"], nagq=kw.get("nagq", 1), link=kw.get("link"),
              weights=kw.get("weights"), client=client)
 
 
