@@ -211,7 +211,10 @@ def test_orchestration_does_no_linear_algebra():
 
 def test_family_codes_are_the_kernels():
     assert (F.BINOMIAL, F.POISSON, F.NEGBIN) == (K.BINOMIAL, K.POISSON, K.NEGBIN)
-    assert (F.LOGIT, F.PROBIT, F.CLOGLOG, F.LOG) == (K.LOGIT, K.PROBIT, K.CLOGLOG, K.LOG)
+    assert (F.GAMMA, F.INVERSE_GAUSSIAN, F.GAUSSIAN) == (K.GAMMA, K.INVERSE_GAUSSIAN,
+                                                         K.GAUSSIAN)
+    assert (F.LOGIT, F.PROBIT, F.CLOGLOG, F.LOG, F.IDENTITY, F.INVERSE, F.INVERSE_SQUARE) == \
+        (K.LOGIT, K.PROBIT, K.CLOGLOG, K.LOG, K.IDENTITY, K.INVERSE, K.INVERSE_SQUARE)
 
 
 def test_the_contract_sees_function_level_imports_and_circles():

@@ -130,8 +130,9 @@ CASES = [
                                       "--scheduler", "tcp://127.0.0.1:{http}"],
      "did not answer as a Dask scheduler", {}),
     ("--link with the gaussian family", ["fit", "{d}/good.csv", "--formula", SIMPLE,
-                                         "--link", "log"],
-     "--link log does not apply to the gaussian family", {}),
+                                         "--link", "logit"],
+     "link 'logit' is not available for the gaussian family; use one of: identity, log, "
+     "inverse", {}),
     ("--nagq with the gaussian family", ["fit", "{d}/good.csv", "--formula", SIMPLE,
                                          "--nagq", "7"],
      "--nagq 7 does not apply to the gaussian family", {}),

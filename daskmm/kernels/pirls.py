@@ -265,6 +265,13 @@ def local_modes(pt: Point, layout: Layout, b_G: np.ndarray | None) -> list[np.nd
     return out
 
 
+def spherical_length2(b: np.ndarray, lam: np.ndarray) -> float:
+    """``sum |u|^2`` of one factor's modes ``b`` (levels x columns), ``u = Lambda^+ b`` a
+    level: the minimum-norm ``u`` where ``Lambda`` is singular, as PIRLS's penalty makes it."""
+    u = np.asarray(b, dtype=float) @ np.linalg.pinv(np.asarray(lam, dtype=float)).T
+    return float(np.sum(u * u))
+
+
 def pdev(ll: float, uu: float) -> float:
     """Penalised deviance without the family constants."""
     return -2.0 * ll + uu

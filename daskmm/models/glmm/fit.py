@@ -61,6 +61,7 @@ from daskmm.formula.spec import (
     plan_formula,
 )
 from daskmm.kernels import scalar_re as K
+from daskmm.kernels.pirls import spherical_length2
 from daskmm.models.glmm.criteria import (
     Dispersion,
     Estimable,
@@ -333,10 +334,7 @@ def _sigma(res: GlmmResult) -> float:
     import dask
     wrss = float(dask.compute((res.residuals("pearson") ** 2).sum())[0])
     lam = lambdas(res.spec, np.asarray(res.theta, dtype=float))
-    ussq = 0.0
-    for f, tab in res.ranef.items():
-        u = np.asarray(tab.b, dtype=float) @ np.linalg.pinv(lam[f]).T
-        ussq += float(np.sum(u * u))
+    ussq = sum(spherical_length2(tab.b, lam[f]) for f, tab in res.ranef.items())
     return math.sqrt((wrss + ussq) / res.nobs)
 
 
