@@ -11,7 +11,17 @@ import pytest
 
 from tests.models.corpus import ENTRIES, compare, fit
 
+LARGE = {
+    "chem97_help_reml": "31,022 rows, crossed (6 s in the suite); the same data's stall on a "
+                        "boundary is tests/models/test_certified_optimum.py's case",
+    "star_read_reml": "24,226 rows, crossed (12 s in the suite)",
+}
+"""Fits of the third left to benchmarks/bench_corpus.py (which fits all 159), for the suite's
+time: the issue's own rule, "the large corpus fits in benchmarks/ and a representative third
+in the tests"."""
+
 THIRD = [e["id"] for e in sorted(ENTRIES, key=lambda e: e["id"])][::3]
+THIRD = [f for f in THIRD if f not in LARGE]
 
 KNOWN = {
     "contra_issue_poly": "R names the interaction age:ch 'chN:age' (it orders an interaction's "

@@ -112,7 +112,7 @@ def test_families_with_a_dispersion_match_glmer(case):
     _check_scaled(_scaled_fit(ref), ref)
 
 
-@pytest.mark.parametrize("case", ["gamma_weights_nested"])
+@pytest.mark.parametrize("case", ["gamma_log_slopes"])
 def test_families_with_a_dispersion_match_glmer_on_a_cluster(case, client):
     ref = REFS[case]
     fit = _scaled_fit(ref, mode="auto", client=client, npartitions=2)
