@@ -522,8 +522,8 @@ def descent_start(f: Callable[[np.ndarray], float], x: np.ndarray, fx: float, H:
 def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]],
                       derivs: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
                       f: Callable[[np.ndarray], float], x: np.ndarray, summary: OptSummary,
-                      lower: np.ndarray, names: list[str], repairs: int = 2
-                      ) -> tuple[np.ndarray, OptSummary, tuple]:
+                      lower: np.ndarray, names: list[str], repairs: int = 2,
+                      bound_values: bool = True) -> tuple[np.ndarray, OptSummary, tuple]:
     """Check the optimum ``x`` (:func:`daskmm.core.certify.certify`) and repair what fails.
 
     When stepping inside a bound lowers the criterion the optimiser runs again from that
@@ -545,6 +545,9 @@ def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]]
     names : list of str
         Parameter names, for the record.
     repairs : int
+    bound_values : bool
+        :func:`~daskmm.core.certify.certify`'s comparison with parameters moved onto their
+        bounds.
 
     Returns
     -------
@@ -552,7 +555,7 @@ def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]]
         ``summary.checks`` holds the record; evaluations of every run are counted.
     """
     d = derivs(x)
-    checks = certify(f, x, lower, d[0], d[1], d[2], names)
+    checks = certify(f, x, lower, d[0], d[1], d[2], names, bound_values=bound_values)
     actions: list[str] = []
     for _ in range(repairs):
         start = checks.inside if checks.inside is not None else checks.newton_point
@@ -581,7 +584,7 @@ def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]]
         log.warning("the optimiser stopped short of the optimum; %s", actions[-1])
         s2.restarted = True
         x, summary, d = x2, s2, d2
-        checks = certify(f, x, lower, d[0], d[1], d[2], names)
+        checks = certify(f, x, lower, d[0], d[1], d[2], names, bound_values=bound_values)
     checks.actions = actions
     summary.checks = checks.to_dict()
     if not checks.certified:

@@ -113,3 +113,19 @@ def test_a_repair_that_finds_nothing_lower_keeps_the_first_optimum():
     x, summary, _ = certified_optimum(run, derivs, f, x0, summary, lower, ["a"])
     assert x.tolist() == [1.0] and summary.optimizer == "first"
     assert not summary.certified and "the first optimum stands" in summary.checks["actions"][0]
+
+
+def test_an_interior_minimum_above_the_bounds_value_fails_and_points_at_the_bound():
+    """glmer's gaussian(log) criterion is lowest at theta = 0 and steep just above it: an
+    optimiser from inside stops at an interior minimum. Moving the parameter onto its bound
+    finds the lower value."""
+    def f(x):
+        return float((x[0] - 1) ** 2 + 0.5 - 2 * np.exp(-(x[0] / 0.01) ** 2))
+    x = np.array([1.0])
+    lower = np.array([0.0])
+    checks = certify(f, x, lower, f(x), np.array([0.0]), np.array([[2.0]]), ["theta"])
+    assert not checks.certified and checks.at_bound == [0.0]
+    assert "with theta on its bound 0" in checks.messages[0]
+    quiet = certify(f, x, lower, f(x), np.array([0.0]), np.array([[2.0]]), ["theta"],
+                    bound_values=False)
+    assert quiet.certified and quiet.at_bound is None
