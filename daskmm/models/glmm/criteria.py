@@ -111,7 +111,7 @@ def _value(new):
 
 def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, link: int,
               nodes: np.ndarray, weights: np.ndarray, modes: bool = False,
-              size: float | None = None, with_dev: bool = False):
+              size: float | None = None):
     with_size(part, size)
     eta0 = part.X @ beta + part.offset
     m = len(part.levels)
@@ -124,12 +124,6 @@ def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, 
         part.u_warm = u  # the next evaluation starts here (same worker, same object)
     if modes:
         return val, part.levels, u, L
-    if with_dev:  # the deviance at the modes (a family with a dispersion)
-        if not math.isfinite(val):
-            return val, math.nan
-        rows = np.repeat(u, np.diff(part.starts))
-        ll = K.row_terms(eta0 + float(theta) * rows, part.y, part.wt, family, link)[0]
-        return val, float(-2.0 * ll.sum())
     return val
 
 
@@ -236,7 +230,8 @@ def _g_modes(pt: P.Point, layout: Layout, lam: dict, prof, u_G: np.ndarray):
 
 # ------------------------------------------------------------------ criteria
 class ScalarCriterion:
-    """One ``(1 | g)`` term: the compiled per-level kernel (Laplace or AGQ)."""
+    """One ``(1 | g)`` term: the compiled per-level kernel (Laplace or AGQ). Not for a family
+    with a dispersion (the fit sends those to :class:`LocalCriterion`)."""
 
     has_gradient = False
     takes_first_stage = False
@@ -244,24 +239,18 @@ class ScalarCriterion:
     def to_full_tolerance(self) -> None:
         """Each level's modes are found to full tolerance already."""
 
-    def __init__(self, c, parts, spec, family, link, nagq, const, disp=None):
+    def __init__(self, c, parts, spec, family, link, nagq, const):
         self.c, self.parts, self.family, self.link, self.const = c, parts, family, link, const
-        self.disp = disp
         self.factor = spec.factors[0]
         self.nodes, self.weights = np.polynomial.hermite_e.hermegauss(nagq)
 
     def _map(self, theta, beta, size, modes=False):
         return map_parts(self.c, _evaluate, self.parts, theta=float(theta[0]), beta=beta,
                          family=self.family, link=self.link, nodes=self.nodes,
-                         weights=self.weights, modes=modes, size=size,
-                         with_dev=self.disp is not None, pure=False)
+                         weights=self.weights, modes=modes, size=size, pure=False)
 
     def __call__(self, theta, beta, size=None) -> float:
-        out = self.c.gather(self._map(theta, beta, size))
-        if self.disp is None:
-            return float(sum(out)) - 2.0 * self.const
-        return self.disp(float(sum(o[0] for o in out)), float(sum(o[1] for o in out))) - \
-            2.0 * self.const
+        return float(sum(self.c.gather(self._map(theta, beta, size)))) - 2.0 * self.const
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
         pieces = self.c.gather(self._map(theta, beta, size, modes=True))

@@ -246,7 +246,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         # not for a family with a dispersion, whose criterion is not linear in the deviance
         newton = link == fam.canonical and disp is None
         if scalar:
-            crit = ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const, disp)
+            crit = ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const)
         elif glob:
             crit = GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
                                    newton=newton, disp=disp)
