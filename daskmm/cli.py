@@ -641,11 +641,21 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted_exit()
         if isinstance(exc, DaskmmError):
             print(f"daskmm: error: {exc}", file=sys.stderr)
+            _quiet_shutdown()
             return 2
         if os.environ.get("DASKMM_DEBUG"):
             raise
         print(f"daskmm: error: {explain(exc, args)}", file=sys.stderr)
+        _quiet_shutdown()
         return 1
+
+
+def _quiet_shutdown() -> None:
+    """After the one error line: the process exits while a library's event loop may still
+    hold tasks (zarr's concurrent chunk reads, when one chunk failed), and asyncio would log
+    "Task was destroyed but it is pending!" for each at shutdown. The error is said; that
+    logger is silenced."""
+    logging.getLogger("asyncio").disabled = True
 
 if __name__ == "__main__":
     sys.exit(main())
