@@ -53,7 +53,10 @@ def scoring_step(X: np.ndarray, offset: np.ndarray, y: np.ndarray, wt: np.ndarra
     ``W`` are the Fisher weights and ``z = eta - offset + (y - mu) / mu_eta`` the working
     response; the log-likelihood omits the family's normalising constant."""
     if beta is None:
-        eta = link_fun(mustart(y, wt, family), link)
+        # a mean the link cannot take (a gaussian(log) response <= 0: glm's mustart is y)
+        # gives a non-finite start; such rows sit out the first step (w > 0 below)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eta = link_fun(mustart(y, wt, family), link)
     else:
         eta = X @ beta + offset
     ll, score, w = K.row_terms(eta, y, wt, family, link)
