@@ -212,8 +212,8 @@ class Family:
 
     def log_constant(self, y: np.ndarray, wt: np.ndarray) -> float:
         """The data's constant in glmer's log-likelihood: ``sum log C(wt, y)`` for the
-        binomial, ``-sum wt log y!`` for the Poisson (``wt`` its prior weights), ``-sum log
-        y!`` for the negative binomial; for the families with a dispersion, the part of
+        binomial, ``-sum wt log y!`` for the Poisson and the negative binomial (``wt`` their
+        prior weights); for the families with a dispersion, the part of
         lme4's ``aic`` that depends on the data alone, times ``-1/2``: ``-sum wt log y``
         (Gamma), ``-3/2 sum wt log y`` (inverse Gaussian), ``1/2 sum log wt`` (Gaussian)."""
         from scipy.special import gammaln
@@ -225,9 +225,8 @@ class Family:
             return float(0.5 * np.sum(np.log(wt)))
         if self.code == BINOMIAL:
             return float(np.sum(gammaln(wt + 1) - gammaln(y + 1) - gammaln(wt - y + 1)))
-        if self.code == POISSON:  # wt: prior weights, as R's poisson()$aic
-            return float(-np.sum(wt * gammaln(y + 1)))
-        return float(-np.sum(gammaln(y + 1)))
+        # POISSON, NEGBIN; wt: prior weights (R's poisson()$aic, glmmTMB's nbinom2)
+        return float(-np.sum(wt * gammaln(y + 1)))
 
 
     def laplace_aic(self, dev: float, n: int, wsum: float) -> float:

@@ -150,8 +150,8 @@ def _crossed_finish(ll, M, G, C, g_diag, g_res, rr, start, size, off
 
 
 @numba.njit(cache=True, nogil=True)
-def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, family,
-                 link, col_block, start, size, off, total, w_min, w_max
+def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, nb_k,
+                 family, link, col_block, start, size, off, total, w_min, w_max
                  ):  # pragma: no cover - compiled
     """One crossed PIRLS state in one pass over the rows: ``eta = eta0 + Z~ u + Z_G b_G``, each
     row's log-likelihood, score and weight there (:func:`daskmm.kernels.scalar_re.row_term`), the
@@ -184,7 +184,7 @@ def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, 
             d += l_val[p] * u[l_idx[p]]
         for p in range(g_lo, g_hi):
             d += g_val[p] * b_G[g_idx[p]]
-        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
+        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], nb_k, family, link)
         if not (math.isfinite(li) and wi < w_max):
             return False, ll, 0.0, M, G, C
         ll, comp = _compensated(ll, comp, li)
@@ -221,7 +221,7 @@ def crossed_pass(l_ptr, l_idx, l_val, g_ptr, g_idx, g_val, u, b_G, eta0, y, wt, 
 
 
 @numba.njit(cache=True, nogil=True)
-def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, link,
+def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, nb_k, family, link,
                         col_block, start, size, off, total, w_min, w_max
                         ):  # pragma: no cover - compiled
     """:func:`crossed_pass` when every factor has one column (scalar terms): row ``i``'s
@@ -246,7 +246,7 @@ def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family,
             d += l_val[k, i] * u[l_col[k, i]]
         for k in range(KG):
             d += g_val[k, i] * b_G[g_col[k, i]]
-        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
+        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], nb_k, family, link)
         if not (math.isfinite(li) and wi < w_max):
             return False, ll, 0.0, M, G, C
         ll, comp = _compensated(ll, comp, li)
@@ -282,7 +282,7 @@ def crossed_scalar_pass(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family,
 
 
 @numba.njit(cache=True, nogil=True)
-def crossed_pass_two(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, link,
+def crossed_pass_two(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, nb_k, family, link,
                      col_block, start, size, off, total, w_min, w_max
                      ):  # pragma: no cover - compiled
     """:func:`crossed_scalar_pass` for one local and one crossed factor (``(1 | a) +
@@ -301,7 +301,7 @@ def crossed_pass_two(l_col, l_val, g_col, g_val, u, b_G, eta0, y, wt, family, li
         lv = l_val[0, i]
         gv = g_val[0, i]
         d = lv * u[ja] + gv * b_G[jg]
-        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], family, link)
+        li, sc, wi = row_term(eta0[i] + d, y[i], wt[i], nb_k, family, link)
         if not (math.isfinite(li) and wi < w_max):
             return False, ll, 0.0, M, G, C
         ll, comp = _compensated(ll, comp, li)

@@ -45,7 +45,7 @@ def mustart(y: np.ndarray, wt: np.ndarray, family: int) -> np.ndarray:
 
 
 def scoring_step(X: np.ndarray, offset: np.ndarray, y: np.ndarray, wt: np.ndarray,
-                 family: int, link: int, beta: np.ndarray | None
+                 family: int, link: int, beta: np.ndarray | None, nb_k: float = 0.0
                  ) -> tuple[np.ndarray, np.ndarray, float]:
     """``(X'WX, X'Wz, log-likelihood)`` at ``beta`` (None: at ``glm``'s ``mustart``, where
     the log-likelihood is that of ``mustart`` itself).
@@ -59,7 +59,7 @@ def scoring_step(X: np.ndarray, offset: np.ndarray, y: np.ndarray, wt: np.ndarra
             eta = link_fun(mustart(y, wt, family), link)
     else:
         eta = X @ beta + offset
-    ll, score, w = K.row_terms(eta, y, wt, family, link)
+    ll, score, w = K.row_terms(eta, y, wt, nb_k, family, link)
     ok = w > 0
     if not ok.all():
         X, eta, offset, score, w = X[ok], eta[ok], offset[ok], score[ok], w[ok]

@@ -69,7 +69,9 @@ class PirlsData:
     """One partition's encoded rows, kept on a worker for the whole fit.
 
     ``Z[f]``, ``keys[f]``: model columns and level keys of each grouping factor; ``wt``: binomial
-    trials (ones otherwise); ``const``: sum of the family's log normalising constants.
+    trials or prior weights (ones without); ``const``: sum of the family's log normalising
+    constants; ``nb_k``: the negative binomial's size at the current evaluation (unused by the
+    other families).
     ``u_warm`` caches the local modes of the last evaluation (a warm start; results do not
     depend on it beyond the PIRLS tolerance).
     """
@@ -87,6 +89,7 @@ class PirlsData:
     u_warm: list[np.ndarray] | np.ndarray | None = None
     warm_groups: list[LevelGroup] | None = None  # the level groups u_warm is laid out by
     g_groups: list[LevelGroup] | None = None  # the level groups (of the keys), build_index's
+    nb_k: float = 0.0
 
 
 @dataclass
@@ -227,7 +230,7 @@ def point(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray], eta_fixed
     b_loc = _b_flat(u, groups, layout, lam) if u is not None else None
     zb = _zb(data, layout, b_loc, b_G)
     eta = eta_fixed + zb
-    ll, sc, w = row_terms(eta, data.y, data.wt, family, link)
+    ll, sc, w = row_terms(eta, data.y, data.wt, data.nb_k, family, link)
     if u is None:
         u = [np.zeros(s) for s in data.index.group_shapes]
     uu = float(sum(np.dot(x.ravel(), x.ravel()) for x in u))
@@ -383,7 +386,7 @@ def local_laplace(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
 
     def at(u):
         eta = eta_fixed + ZL @ u
-        ll, sc, w = row_terms(eta, data.y, data.wt, family, link)
+        ll, sc, w = row_terms(eta, data.y, data.wt, data.nb_k, family, link)
         if not (np.isfinite(ll).all() and np.all(w < _W_MAX)):
             return np.inf, None, None
         return -2.0 * ll.sum() + u @ u, sc, w
@@ -504,7 +507,7 @@ def joint_state(data: PirlsData, ZL, ZLT, blocks, u: np.ndarray, beta: np.ndarra
     """The joint PIRLS state at ``(u, beta)``; None when the point is unusable (weights
     overflow, a block not positive definite)."""
     eta = data.X @ beta + data.offset + ZL @ u
-    ll, sc, w = row_terms(eta, data.y, data.wt, family, link)
+    ll, sc, w = row_terms(eta, data.y, data.wt, data.nb_k, family, link)
     if not (np.isfinite(ll).all() and np.all(w < _W_MAX)):
         return None
     w = np.maximum(w, _W_MIN)
@@ -617,7 +620,7 @@ def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         kernel = crossed_pass_two if len(rows.local) == len(rows.crossed) == 1 else \
             crossed_scalar_pass
         ok, ll, logdet, M, G, C = kernel(
-            l_col, l_val, g_col, g_z, u, b_G, eta0, data.y, data.wt, family, link,
+            l_col, l_val, g_col, g_z, u, b_G, eta0, data.y, data.wt, data.nb_k, family, link,
             col_block, start, size, off, int(np.sum(size * size)), _W_MIN, _W_MAX)
     else:
         ZG = _global_matrix(data, layout)
@@ -625,7 +628,7 @@ def crossed_state(data: PirlsData, layout: Layout, lam: dict[str, np.ndarray],
         start, size, off, col_block = blocks
         ok, ll, logdet, M, G, C = crossed_pass(
             ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, u, b_G, eta0,
-            data.y, data.wt, family, link, col_block, start, size, off,
+            data.y, data.wt, data.nb_k, family, link, col_block, start, size, off,
             int(np.sum(size * size)), _W_MIN, _W_MAX)
     if not ok:
         return None

@@ -21,10 +21,10 @@ criterion returned is ``-2 sum_l log I_l`` without the normalising constants of 
 the parameters.
 
 Families and links are integer codes so that one compiled kernel serves all of them:
-:data:`BINOMIAL`, :data:`POISSON`, :data:`NEGBIN` (whose size ``k`` travels in ``wt``), and the
-families with a dispersion, :data:`GAMMA`, :data:`INVERSE_GAUSSIAN`, :data:`GAUSSIAN`, whose
-"log-likelihood" here is ``-deviance / 2`` (lme4's PIRLS minimises ``deviance + |u|^2`` for
-them, the dispersion entering only the criterion's ``aic`` term,
+:data:`BINOMIAL`, :data:`POISSON`, :data:`NEGBIN` (whose size ``k`` is the argument
+``nb_k``), and the families with a dispersion, :data:`GAMMA`, :data:`INVERSE_GAUSSIAN`,
+:data:`GAUSSIAN`, whose "log-likelihood" here is ``-deviance / 2`` (lme4's PIRLS minimises
+``deviance + |u|^2`` for them, the dispersion entering only the criterion's ``aic`` term,
 :meth:`daskmm.core.families.Family.laplace_aic`); :data:`LOGIT`, :data:`PROBIT`,
 :data:`CLOGLOG`, :data:`LOG`, :data:`IDENTITY`, :data:`INVERSE`, :data:`INVERSE_SQUARE`
 (``1/mu^2``).
@@ -98,15 +98,16 @@ def _scaled_term(eta, y, wt, family, link):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def row_term(eta, y, wt, family, link):  # pragma: no cover - compiled
+def row_term(eta, y, wt, nb_k, family, link):  # pragma: no cover - compiled
     """(log-likelihood without constant, score d/d eta, Fisher weight) of one row.
 
     Binomial rows carry ``y`` successes out of ``wt`` trials; Poisson rows a count ``y`` with
     prior weight ``wt`` (glmer's ``weights``: the row's log-likelihood times ``wt``);
-    negative binomial (NB2, log link) rows a count ``y`` with ``wt`` the size ``k``
-    (``Var = mu + mu^2 / k``), whose log-likelihood terms in ``k`` are kept here because ``k``
-    is estimated. The families with a dispersion (:func:`_scaled_term`) carry prior weights
-    in ``wt``."""
+    negative binomial (NB2, log link) rows a count ``y`` with prior weight ``wt`` and the
+    size ``nb_k`` (``Var = mu + mu^2 / k``; glmmTMB's weights: the row's log-likelihood times
+    ``wt``), whose log-likelihood terms in ``k`` are kept here because ``k`` is estimated;
+    ``nb_k`` is unused by the other families. The families with a dispersion
+    (:func:`_scaled_term`) carry prior weights in ``wt``."""
     if family >= GAMMA:
         return _scaled_term(eta, y, wt, family, link)
     if family == POISSON:  # wt: prior weights (1 without)
@@ -114,10 +115,10 @@ def row_term(eta, y, wt, family, link):  # pragma: no cover - compiled
         return wt * (y * eta - mu), wt * (y - mu), wt * mu
     if family == NEGBIN:
         mu = math.exp(eta)
-        k = wt
+        k = nb_k
         ll = (math.lgamma(y + k) - math.lgamma(k) + k * math.log(k)
               - (k + y) * math.log(k + mu) + y * eta)
-        return ll, k * (y - mu) / (k + mu), mu * k / (k + mu)
+        return wt * ll, wt * k * (y - mu) / (k + mu), wt * mu * k / (k + mu)
     if link == LOGIT:  # stable form y eta - n log(1 + e^eta), one exp: e = e^-|eta|
         e = math.exp(-abs(eta))
         q = 1.0 + e
@@ -144,12 +145,12 @@ def row_term(eta, y, wt, family, link):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _level_ll(lo, hi, eta0, y, wt, theta, u, family, link):  # pragma: no cover - compiled
+def _level_ll(lo, hi, eta0, y, wt, nb_k, theta, u, family, link):  # pragma: no cover - compiled
     s_ll = 0.0
     s_sc = 0.0
     s_w = 0.0
     for i in range(lo, hi):
-        ll, sc, w = row_term(eta0[i] + theta * u, y[i], wt[i], family, link)
+        ll, sc, w = row_term(eta0[i] + theta * u, y[i], wt[i], nb_k, family, link)
         s_ll += ll
         s_sc += sc
         s_w += w
@@ -157,7 +158,7 @@ def _level_ll(lo, hi, eta0, y, wt, theta, u, family, link):  # pragma: no cover 
 
 
 @numba.njit(cache=True, nogil=True)
-def levels_objective(starts, eta0, y, wt, theta, family, link, nodes, weights,
+def levels_objective(starts, eta0, y, wt, nb_k, theta, family, link, nodes, weights,
                      out_u, out_L, warm):  # pragma: no cover - compiled
     """``-2 sum_l log I_l`` (no family constants) over the levels ``[starts[l], starts[l+1])``
     of rows sorted by level; writes each level's mode ``u*`` and ``L_l`` into ``out_u`` and
@@ -174,14 +175,14 @@ def levels_objective(starts, eta0, y, wt, theta, family, link, nodes, weights,
         lo = starts[lv]
         hi = starts[lv + 1]
         u = out_u[lv] if warm and math.isfinite(out_u[lv]) else 0.0
-        ll, sc, w = _level_ll(lo, hi, eta0, y, wt, theta, u, family, link)
+        ll, sc, w = _level_ll(lo, hi, eta0, y, wt, nb_k, theta, u, family, link)
         obj = ll - 0.5 * u * u
         for _ in range(100):
             step = (theta * sc - u) / (theta * theta * w + 1.0)
             t = 1.0
             while True:
                 un = u + t * step
-                lln, scn, wn = _level_ll(lo, hi, eta0, y, wt, theta, un, family, link)
+                lln, scn, wn = _level_ll(lo, hi, eta0, y, wt, nb_k, theta, un, family, link)
                 objn = lln - 0.5 * un * un
                 if objn >= obj - 1e-12 * abs(obj) or t < 1e-10:
                     break
@@ -205,7 +206,7 @@ def levels_objective(starts, eta0, y, wt, theta, family, link, nodes, weights,
         big = -math.inf
         for k in range(K):
             uk = u + nodes[k] / L
-            llk, _, _ = _level_ll(lo, hi, eta0, y, wt, theta, uk, family, link)
+            llk, _, _ = _level_ll(lo, hi, eta0, y, wt, nb_k, theta, uk, family, link)
             terms[k] = (math.log(weights[k]) + 0.5 * nodes[k] * nodes[k] + llk
                         - 0.5 * uk * uk - math.log(L) - _LOG_SQRT_2PI)
             if terms[k] > big:
@@ -218,31 +219,7 @@ def levels_objective(starts, eta0, y, wt, theta, family, link, nodes, weights,
 
 
 @numba.njit(cache=True, nogil=True)
-def irls_crossprod(X, eta0_off, beta, y, wt, family, link):  # pragma: no cover - compiled
-    """One IRLS step's ``X'WX`` and ``X'Wz`` for the GLM without random effects (the start)."""
-    n, p = X.shape
-    XtWX = np.zeros((p, p))
-    XtWz = np.zeros(p)
-    for i in range(n):
-        eta = eta0_off[i]
-        for j in range(p):
-            eta += X[i, j] * beta[j]
-        _, sc, w = row_term(eta, y[i], wt[i], family, link)
-        if w <= 0.0:
-            continue
-        z = eta - eta0_off[i] + sc / w
-        for a in range(p):
-            XtWz[a] += X[i, a] * w * z
-            for b in range(a, p):
-                XtWX[a, b] += X[i, a] * w * X[i, b]
-    for a in range(p):
-        for b in range(a):
-            XtWX[a, b] = XtWX[b, a]
-    return XtWX, XtWz
-
-
-@numba.njit(cache=True, nogil=True)
-def row_terms(eta, y, wt, family, link):  # pragma: no cover - compiled
+def row_terms(eta, y, wt, nb_k, family, link):  # pragma: no cover - compiled
     """Per row: log-likelihood without the family constant, score ``d ll / d eta`` and Fisher
     weight ``W = wt mu_eta^2 / V(mu)``, vectorised over rows (the general PIRLS uses these)."""
     n = eta.shape[0]
@@ -250,7 +227,7 @@ def row_terms(eta, y, wt, family, link):  # pragma: no cover - compiled
     sc = np.empty(n)
     w = np.empty(n)
     for i in range(n):
-        ll[i], sc[i], w[i] = row_term(eta[i], y[i], wt[i], family, link)
+        ll[i], sc[i], w[i] = row_term(eta[i], y[i], wt[i], nb_k, family, link)
     return ll, sc, w
 
 

@@ -62,7 +62,7 @@ def test_row_terms_are_half_the_deviance_its_score_and_fisher_weight(name, link)
     fam, lk = get_family(name), LINKS[link]
     y, mu, wt = _data(2)
     eta = lk.link(mu)
-    ll, sc, w = K.row_terms(eta, y, wt, fam.code, lk.code)
+    ll, sc, w = K.row_terms(eta, y, wt, 0.0, fam.code, lk.code)
     # the link's round trip moves mu by an ulp: a row with y close to mu (a deviance near
     # zero, a difference of near-equal terms) then differs at ~1e-14 absolute
     np.testing.assert_allclose(ll, -0.5 * fam.unit_deviance(y, lk.inverse(eta), wt),
@@ -72,13 +72,39 @@ def test_row_terms_are_half_the_deviance_its_score_and_fisher_weight(name, link)
     np.testing.assert_allclose(w, wt * me ** 2 / fam.variance(mu), rtol=1e-10)
     # the score is the derivative of ll in eta
     h = 1e-6 * np.maximum(np.abs(eta), 1e-3)
-    num = (K.row_terms(eta + h, y, wt, fam.code, lk.code)[0]
-           - K.row_terms(eta - h, y, wt, fam.code, lk.code)[0]) / (2 * h)
+    num = (K.row_terms(eta + h, y, wt, 0.0, fam.code, lk.code)[0]
+           - K.row_terms(eta - h, y, wt, 0.0, fam.code, lk.code)[0]) / (2 * h)
     np.testing.assert_allclose(sc, num, rtol=1e-5, atol=1e-8)
 
 
+def test_negative_binomial_rows_are_their_weighted_log_density():
+    """A negative binomial row's term is its prior weight times ``log dnbinom(y; mu, k)``
+    (less ``log y!``, the data's constant, which :meth:`Family.log_constant` weights the same
+    way), glmmTMB's ``nbinom2`` weights; its score is the derivative in ``eta`` and its Fisher
+    weight ``wt mu k / (k + mu)``."""
+    from scipy.special import gammaln
+    from scipy.stats import nbinom
+
+    rng = np.random.default_rng(4)
+    k = 1.7
+    eta = rng.normal(0.5, 1.0, 40)
+    mu = np.exp(eta)
+    y = rng.negative_binomial(k, k / (k + mu)).astype(float)
+    wt = rng.uniform(0.2, 3.0, 40)
+    ll, sc, w = K.row_terms(eta, y, wt, k, K.NEGBIN, K.LOG)
+    fam = get_family("negative_binomial")
+    want = wt * nbinom.logpmf(y, k, k / (k + mu))
+    np.testing.assert_allclose(ll + (-wt * gammaln(y + 1)), want, rtol=1e-12, atol=1e-12)
+    assert fam.log_constant(y, wt) == pytest.approx(-np.sum(wt * gammaln(y + 1)), rel=1e-15)
+    h = 1e-6
+    num = (K.row_terms(eta + h, y, wt, k, K.NEGBIN, K.LOG)[0]
+           - K.row_terms(eta - h, y, wt, k, K.NEGBIN, K.LOG)[0]) / (2 * h)
+    np.testing.assert_allclose(sc, num, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(w, wt * mu * k / (k + mu), rtol=1e-13)
+
+
 def test_a_mean_outside_the_familys_range_is_not_finite():
-    ll, _, _ = K.row_terms(np.array([-0.5]), np.array([2.0]), np.array([1.0]), K.GAMMA,
+    ll, _, _ = K.row_terms(np.array([-0.5]), np.array([2.0]), np.array([1.0]), 0.0, K.GAMMA,
                            K.INVERSE)
     assert ll[0] == -np.inf
 

@@ -28,9 +28,12 @@ def test_local_laplace_equals_scalar_kernel(family, link, warm, newton):
     eta = -0.3 + 0.6 * x + rng.normal(0, .8, m)[g]
     y = (rng.random(n) < special.expit(eta)).astype(float) if family == K.BINOMIAL else \
         rng.poisson(np.exp(eta)).astype(float)
-    wt = np.full(n, 2.5) if family == K.NEGBIN else np.ones(n)  # NB: wt carries the size
+    # prior weights for the counts; the negative binomial's size beside them
+    wt = np.ones(n) if family == K.BINOMIAL else rng.uniform(0.5, 2.0, n)
+    nb_k = 2.5 if family == K.NEGBIN else 0.0
     X = np.column_stack([np.ones(n), x])
-    data = P.PirlsData(X, y, wt, np.zeros(n), {"g": np.ones((n, 1))}, {"g": g}, 0.0, 0)
+    data = P.PirlsData(X, y, wt, np.zeros(n), {"g": np.ones((n, 1))}, {"g": g}, 0.0, 0,
+                       nb_k=nb_k)
     layout = Layout("g", [], [], {"g": 1}, {}, 0)
     P.build_index(data, layout)
     beta, theta = np.array([-0.3, 0.6]), 0.8
@@ -42,8 +45,8 @@ def test_local_laplace_equals_scalar_kernel(family, link, warm, newton):
     starts = np.searchsorted(g[order], np.arange(m + 1))
     u, L = np.zeros(m), np.ones(m)
     nodes, w = np.polynomial.hermite_e.hermegauss(1)
-    ref = K.levels_objective(starts, (X @ beta)[order], y[order], wt[order], theta, family,
-                             link, nodes, w, u, L, False)
+    ref = K.levels_objective(starts, (X @ beta)[order], y[order], wt[order], nb_k, theta,
+                             family, link, nodes, w, u, L, False)
     assert val == pytest.approx(ref, rel=1e-11)
     np.testing.assert_allclose(data.u_warm, u, rtol=1e-8, atol=1e-10)
 
@@ -91,7 +94,7 @@ def test_crossed_pass_equals_dense_algebra():
     start, size, off, col_block = block_layout(np.full(m, 2))
     ok, ll, logdet, _, G, C = crossed_pass(
         ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, u, b_G, eta0, y, wt,
-        K.BINOMIAL, K.LOGIT, col_block, start, size, off, 4 * m, 1e-300, 1e100)
+        0.0, K.BINOMIAL, K.LOGIT, col_block, start, size, off, 4 * m, 1e-300, 1e100)
     assert ok
     Zl, Zg = ZL.toarray(), ZG.toarray()
     eta = eta0 + Zl @ u + Zg @ b_G
@@ -128,9 +131,9 @@ def test_crossed_pass_sums_the_log_likelihood_compensated():
     eta0, y, wt = rng.normal(size=n), rng.poisson(2.0, n).astype(float), np.ones(n)
     start, size, off, col_block = block_layout(np.ones(m, dtype=np.int64))
     ok, ll, *_ = crossed_pass(ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data,
-                              u, b_G, eta0, y, wt, K.POISSON, K.LOG, col_block, start, size,
+                              u, b_G, eta0, y, wt, 0.0, K.POISSON, K.LOG, col_block, start, size,
                               off, m, 1e-300, 1e100)
-    terms = K.row_terms(eta0 + ZL @ u + ZG @ b_G, y, wt, K.POISSON, K.LOG)[0]
+    terms = K.row_terms(eta0 + ZL @ u + ZG @ b_G, y, wt, 0.0, K.POISSON, K.LOG)[0]
     exact = math.fsum(terms)
     assert ok and abs(ll - exact) <= 4 * np.spacing(abs(exact))
 
@@ -172,7 +175,7 @@ def test_crossed_scalar_pass_equals_the_general_pass(n_local, n_crossed):
     eta0, y, wt = rng.normal(size=n), rng.integers(0, 2, n).astype(float), np.ones(n)
     blocks = block_layout(np.full(m, s))
     start, size, off, col_block = blocks
-    rest = (u, b_G, eta0, y, wt, K.BINOMIAL, K.LOGIT, col_block, start, size, off, s * s * m,
+    rest = (u, b_G, eta0, y, wt, 0.0, K.BINOMIAL, K.LOGIT, col_block, start, size, off, s * s * m,
             1e-300, 1e100)
     want = crossed_pass(ZL.indptr, ZL.indices, ZL.data, ZG.indptr, ZG.indices, ZG.data, *rest)
     got = crossed_scalar_pass(np.array(l_col), np.array(l_val), np.array(g_col),
@@ -198,7 +201,7 @@ def test_logit_log_likelihood_is_within_an_ulp_of_log1p():
 
     worst = 0.0
     for eta in np.concatenate([np.linspace(-45, 45, 4001), [1e-300, -1e-12, 36.7, -38.0]]):
-        ll, _, _ = K.row_term(float(eta), 0.0, 1.0, K.BINOMIAL, K.LOGIT)
+        ll, _, _ = K.row_term(float(eta), 0.0, 1.0, 0.0, K.BINOMIAL, K.LOGIT)
         e = math.exp(-abs(eta))
         ref = -(max(eta, 0.0) + math.log1p(e))
         worst = max(worst, abs(ll - ref) / np.spacing(abs(ref)))

@@ -118,8 +118,8 @@ def _evaluate(part: GlmmPartition, theta: float, beta: np.ndarray, family: int, 
     warm = part.u_warm is not None
     u = part.u_warm.copy() if warm else np.zeros(m)
     L = np.ones(m)
-    val = K.levels_objective(part.starts, eta0, part.y, part.wt, float(theta), family, link,
-                             nodes, weights, u, L, warm)
+    val = K.levels_objective(part.starts, eta0, part.y, part.wt, part.nb_k, float(theta),
+                             family, link, nodes, weights, u, L, warm)
     if math.isfinite(val):
         part.u_warm = u  # the next evaluation starts here (same worker, same object)
     if modes:

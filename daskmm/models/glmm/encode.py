@@ -24,7 +24,7 @@ from daskmm.kernels import scalar_re as K
 from daskmm.kernels.stats import Layout
 
 FAMILY_OF_CODE = {f.code: f for f in FAMILIES.values()}
-PRIOR_WEIGHTS = (K.POISSON, K.GAMMA, K.INVERSE_GAUSSIAN, K.GAUSSIAN)
+PRIOR_WEIGHTS = (K.POISSON, K.NEGBIN, K.GAMMA, K.INVERSE_GAUSSIAN, K.GAUSSIAN)
 """Families whose ``weights`` are prior weights (each row's log-likelihood, or deviance,
 times its weight), as glmer's; the binomial's are the trials of a proportion."""
 
@@ -44,6 +44,7 @@ class GlmmPartition:
     const: float  # sum of the family's log normalising constants
     n_dropped: DropCounts
     u_warm: np.ndarray | None = None  # modes of the last evaluation (a cache on the worker)
+    nb_k: float = 0.0  # the negative binomial's size at the current evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,10 +156,10 @@ def partition_keys(part, family: int) -> tuple[np.ndarray, int, dict]:
 
 
 def with_size(part, size: float | None):
-    """The negative binomial's size ``k`` travels to the kernels in ``wt`` (unused otherwise by
-    that family): set it on the cached partition before each use."""
-    if size is not None and (len(part.wt) == 0 or part.wt[0] != size):
-        part.wt = np.full(len(part.y), float(size))
+    """Set the negative binomial's size ``k`` on the cached partition before each use (the
+    kernels read it beside the rows' prior weights ``wt``)."""
+    if size is not None:
+        part.nb_k = float(size)
     return part
 
 

@@ -132,7 +132,9 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     weights : str, optional
         Prior weights: the number of trials of a binomial proportion response; for the
         Poisson and the families with a dispersion, prior weights (each row's log-likelihood,
-        or deviance, times its weight, as glmer's ``weights``).
+        or deviance, times its weight, as glmer's ``weights``); for the negative binomial,
+        each row's log-likelihood times its weight, as glmmTMB's ``nbinom2`` (glmer.nb
+        weights only part of its likelihood).
     client, npartitions
         As for :func:`daskmm.lmm`.
     mode : {"auto", "in-process", "distributed"}
@@ -177,9 +179,6 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     # can be far off (1/mu ~ 0.04 under an inverse link) and the first stage (nAGQ = 0, beta
     # inside PIRLS) is what finds the basin, as in glmer
     scalar = scalar and not fam.scaled
-    if weights and family == "negative_binomial":
-        raise ModelError("weights: the negative binomial's prior weights are not built; "
-                         "leave weights out, or fit a Poisson model with weights")
     parsed_y, resp_col, trials_text = read_response(parsed, family)
     if weights and trials_text:
         raise ModelError("give the trials either by cbind(successes, failures) or by weights "

@@ -63,11 +63,6 @@ class GlmmRows:
     sigma: float = 1.0
 
     @property
-    def weighted(self) -> bool:
-        """``wt`` holds the binomial's trials or prior weights (not the NB's size)."""
-        return self.family != "negative_binomial"
-
-    @property
     def fam(self):
         return get_family(self.family)
 
@@ -115,7 +110,7 @@ class GlmmRows:
     # ------------------------------------------------------------ rows
     def rows(self, df: pd.DataFrame):
         """``(ok, enc, y, wt, offset)`` of a partition's usable rows (``y`` successes for the
-        binomial, ``wt`` its trials)."""
+        binomial, ``wt`` its trials; prior weights, ones without, for the other families)."""
         spec, resp = self.base.spec, self.resp
         cols = sorted(set(spec.used_columns)
                       | set(resp.trials.used_columns if resp.trials else []))
@@ -150,9 +145,7 @@ def _residual_rows(df: pd.DataFrame, rows: GlmmRows, type: str) -> pd.Series:
     fam = rows.fam
     binom = rows.family == "binomial"
     yy = y / wt if binom else y
-    # the binomial's trials and prior weights (the negative binomial's wt is its size, not a
-    # weight)
-    w = wt if rows.weighted else np.ones(len(y))
+    w = wt  # the binomial's trials, or prior weights (ones without)
     r = yy - mu
     if type == "pearson":
         r = r * np.sqrt(w / fam.variance(mu, rows.nb_size))
@@ -169,7 +162,7 @@ def _simulate_block(rows: GlmmRows, enc, offset, wt, sims, lo: int, hi: int, nsi
     fam = rows.fam
     n = hi - lo
     sub = _take(enc, lo, hi)
-    w = wt[lo:hi] if rows.weighted else np.ones(n)
+    w = wt[lo:hi]
     out = np.empty((n, nsim))
     if sims is None:
         mu = rows.mean(rows.eta(sub, offset[lo:hi], True))

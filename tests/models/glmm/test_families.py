@@ -55,13 +55,81 @@ def test_weights_that_cannot_be_used_are_refused():
     with pytest.raises(DataError, match=r"weights column 'w' has a value <= 0"):
         daskmm.glmm(ref["formula"], d, "poisson", weights="w", factors=ref["factors"],
                     mode="in-process")
-    with pytest.raises(ModelError, match="negative binomial's prior weights are not built"):
-        daskmm.glmm(ref["formula"], d, "negative_binomial", weights="w",
-                    factors=ref["factors"], mode="in-process")
+
+
+# ------------------------------------------------------------------ negative binomial weights
+NB_WEIGHTED = [k for k in REFS if k.startswith("nb_weights_")]
+
+
+def _nb_fit(ref, **kw):
+    kw.setdefault("mode", "in-process")
+    return daskmm.glmm(ref["formula"], str(HERE / ref["data"]), "negative_binomial",
+                       weights="w", factors=ref["factors"] or None, **kw)
+
+
+def _check_nb(fit, ref):
+    """glmer.nb's criterion with each row's log-likelihood times its weight (glmmTMB's
+    weights), the size profiled out in the reference: the deviance never worse than it, the
+    estimates within 1e-4 of their SE, the size within 1e-5, the SEs within 1e-4 of those
+    from glmer's deviance function at steps that resolve the curvature."""
+    d = -2 * fit.loglik
+    assert d <= ref["deviance"] * (1 + 1e-10)
+    assert abs(d - ref["deviance"]) < 1e-8 * ref["deviance"]
+    assert fit.df == ref["df"] and fit.nobs == ref["nobs"]
+    assert fit.fixef_names == list(ref["fixef"])
+    se = np.asarray(ref["se_fine"])
+    assert np.all(np.abs(fit.beta - list(ref["fixef"].values())) < 1e-4 * se)
+    assert _rel(fit.theta, ref["theta"]) < 1e-5
+    assert fit.nb_size == pytest.approx(ref["nb_size"], rel=1e-5)
+    assert _rel(fit.se, se) < 1e-4
+    assert fit.certified
+
+
+@pytest.mark.parametrize("case", NB_WEIGHTED)
+def test_negative_binomial_prior_weights_match_glmer_nbs_criterion(case):
+    _check_nb(_nb_fit(REFS[case]), REFS[case])
+
+
+def test_negative_binomial_prior_weights_on_a_cluster(client):
+    ref = REFS["nb_weights_nested"]
+    fit = _nb_fit(ref, mode="auto", client=client, npartitions=2)
+    assert fit.mode == "distributed"
+    _check_nb(fit, ref)
+
+
+def test_negative_binomial_unit_weights_change_nothing():
+    ref = REFS["nb_weights_nested"]
+    d = pd.read_csv(HERE / ref["data"])
+    d["one"] = 1.0
+    kw = {"factors": ref["factors"], "mode": "in-process"}
+    a = daskmm.glmm(ref["formula"], d, "negative_binomial", **kw)
+    b = daskmm.glmm(ref["formula"], d, "negative_binomial", weights="one", **kw)
+    assert a.loglik == b.loglik and np.array_equal(a.beta, b.beta) and a.nb_size == b.nb_size
+    for kind in ("pearson", "deviance"):
+        np.testing.assert_array_equal(a.residuals(kind).compute(), b.residuals(kind).compute())
+
+
+def test_negative_binomial_weights_are_not_replicated_rows():
+    """Doubling every weight doubles each row's log-likelihood (not the data): the criterion
+    differs from the unweighted one and the size moves (glmmTMB's weights)."""
+    ref = REFS["nb_weights_scalar"]
+    d = pd.read_csv(HERE / ref["data"])
+    d["two"] = 2.0
+    kw = {"factors": ref["factors"], "mode": "in-process"}
+    a = daskmm.glmm(ref["formula"], d, "negative_binomial", **kw)
+    b = daskmm.glmm(ref["formula"], d, "negative_binomial", weights="two", **kw)
+    assert b.nb_size > 1.1 * a.nb_size and b.loglik < 1.8 * a.loglik
+    # Pearson residuals carry the weights: sqrt(wt) (y - mu) / sqrt(V(mu))
+    mu = b.predict().compute().to_numpy()
+    v = mu + mu ** 2 / b.nb_size
+    np.testing.assert_allclose(b.residuals("pearson").compute().to_numpy(),
+                               np.sqrt(2.0) * (d["TICKS"].to_numpy() - mu) / np.sqrt(v),
+                               rtol=1e-12)
 
 
 # ------------------------------------------------------------------ families with a dispersion
-SCALED = [k for k, v in REFS.items() if isinstance(v, dict) and v["family"] != "poisson"]
+SCALED = [k for k, v in REFS.items()
+          if isinstance(v, dict) and v["family"] not in ("poisson", "negative_binomial")]
 
 
 def _scaled_fit(ref, **kw):

@@ -55,8 +55,6 @@ def test_all_zero_levels_are_reported(client):
      "3 level"),
     ({"formula": "p ~ x + (1 | g)", "family": "binomial", "weights": "k",
       "frame": lambda d: d.assign(p=d.y / d.k + 1)}, DataError, "proportion"),
-    ({"formula": "y ~ x + (1 | g)", "family": "negative_binomial", "weights": "k",
-      "frame": None}, ModelError, "negative binomial's prior weights are not built"),
     ({"formula": "y ~ x + (x | g)", "family": "poisson", "nagq": 5, "frame": None},
      ModelError, "nagq=5"),
     ({"formula": "y ~ x + (1 | g)", "family": "tweedie", "frame": None}, ModelError,
