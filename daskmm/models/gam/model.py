@@ -47,6 +47,7 @@ from daskmm.formula.spec import (
 )
 from daskmm.kernels import freml, freml_blocked, gam_stats
 from daskmm.models.gam import discrete as discrete_grid
+from daskmm.models.gam import side
 from daskmm.models.gam.result import GamResult, post_fit
 from daskmm.models.gam.smooth import build_smooths
 from daskmm.models.gam.spec import GamSpec
@@ -238,7 +239,10 @@ def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, r
     param.used_columns = list(used)
     levels = dict(categorical)
     smooth_cols = sorted(set().union(*(c.columns for c in calls)))
-    setup = _setup_rows(client, ddf, param, smooth_cols, levels)
+    # every column the model reads (the parametric columns for gam.side's constant test);
+    # the extremes kept in the sample are the smooths' covariates'
+    setup = _setup_rows(client, ddf, param, sorted(set(used) | set(smooth_cols)), levels,
+                        extremes=smooth_cols)
     if len(setup) == 0:
         raise DataError("no rows left after dropping rows with missing values in the columns "
                         f"the model uses ({', '.join(used)})")
@@ -246,13 +250,16 @@ def _freeze(client, parsed, calls, ddf, used, factors, weights, manifest, fam, r
     blocked = _blocked_factor(calls, levels) if not rho else None
     smooths = [s for call in calls for s in build_smooths(
         call, setup, levels, blocked=blocked is not None and _re_factor(call, levels) == blocked)]
+    # mgcv's gam.side: overlapping smooths lose the columns that repeat lower-order terms
+    smooths, notes = side.constrain(smooths, setup, np.asarray(param.encode(setup).X,
+                                                               dtype=float))
     if ar_start is not None:
         v = ddf[ar_start].head(1000).dropna()
         if not (pd.api.types.is_bool_dtype(v) or set(pd.unique(v)) <= {0, 1}):
             raise DataError(f"AR.start column {ar_start!r} must be logical (TRUE where a "
                             f"series starts) or 0/1, got values such as {list(v[:3])}")
     return GamSpec(param=param, smooths=smooths, columns=used, ar_rho=float(rho),
-                   ar_start=ar_start,
+                   ar_start=ar_start, notes=notes,
                    discrete=discrete_grid.build(smooths, setup, grid) if grid else [])
 
 
@@ -303,8 +310,12 @@ def _take_partition(df: pd.DataFrame, param: ModelSpec, columns: list[str],
     return frame if rows is None else frame.iloc[rows]
 
 
-def _setup_rows(client, ddf, param: ModelSpec, columns: list[str], levels: dict) -> pd.DataFrame:
-    numeric = [c for c in columns if c not in levels]
+def _setup_rows(client, ddf, param: ModelSpec, columns: list[str], levels: dict,
+                extremes: list[str]) -> pd.DataFrame:
+    """bam's ``mini.mf``: up to :data:`SETUP_ROWS` complete rows of ``columns`` (all of them
+    when there are no more), with the rows of the minimum and maximum of each numeric column
+    of ``extremes``."""
+    numeric = [c for c in extremes if c not in levels]
     parts = _partitions(client, ddf)
     counts = client.gather(_map(client, _count_partition, parts, param=param,
                                        numeric=numeric))

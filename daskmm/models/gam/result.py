@@ -459,7 +459,7 @@ def _post_dense(gspec, fit, beta, P, lam, st, fam, link, method, iterations, for
         smooth_table=table, nobs=int(n), r_sq=r_sq, dev_expl=dev_expl,
         deviance=float(fin["dev"]), null_deviance=float(fin["null_dev"]),
         residual_df=residual_df, n_dropped=DropCounts(st.get("dropped") or {}),
-        optinfo=_optinfo(fit, iterations), spec=gspec)
+        optinfo=_optinfo(fit, iterations), spec=gspec, warnings=list(gspec.notes))
 
 
 def _optinfo(fit, iterations: int) -> dict:
@@ -545,7 +545,7 @@ def _post_blocked(gspec, fit, coef, st, bst, fam, link, method, iterations, form
         deviance=float(fin["dev"]), null_deviance=float(fin["null_dev"]),
         residual_df=residual_df, n_dropped=DropCounts(st.get("dropped") or {}),
         optinfo=_optinfo(fit, iterations), spec=gspec)
-    res.warnings = warns
+    res.warnings = list(gspec.notes) + warns
     res.level_cov = (vscale, pt.Minv, pt.W)
     return res
 

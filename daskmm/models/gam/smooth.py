@@ -104,6 +104,10 @@ class Smooth:
         The level of a ``by`` factor this copy is for.
     levels : dict
         Sorted levels of the factor columns the smooth reads.
+    deleted : ndarray or None
+        Columns (of the constrained columns) deleted to make the term identifiable beside
+        lower-order terms sharing its covariates (mgcv's ``gam.side``,
+        :mod:`daskmm.models.gam.side`); ``p``, ``S`` and ``rank`` are after the deletion.
     """
 
     label: str
@@ -120,6 +124,7 @@ class Smooth:
     p: int = 0
     sweep: tuple[np.ndarray, np.ndarray] | None = None
     blocked_scale: float | None = None
+    deleted: np.ndarray | None = None
 
     @property
     def blocked(self) -> bool:
@@ -192,6 +197,8 @@ class Smooth:
             else:
                 codes = factor_codes(frame[by], self.levels[by])
                 X = X * (codes == self.levels[by].index(self.by_level))[:, None]
+        if self.deleted is not None:
+            X = np.delete(X, self.deleted, axis=1)
         return X
 
 

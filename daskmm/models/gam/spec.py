@@ -38,6 +38,8 @@ class GamSpec:
     discrete : list of Discretised
         The smooths fitted on a covariate grid (:mod:`daskmm.models.gam.discrete`); empty for the
         exact fit.
+    notes : list of str
+        Warnings from freezing the model (mgcv's for a repeated 1-d smooth).
     """
 
     param: ModelSpec
@@ -46,6 +48,7 @@ class GamSpec:
     ar_rho: float = 0.0
     ar_start: str | None = None
     discrete: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     @property
     def n_param(self) -> int:
