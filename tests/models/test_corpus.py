@@ -33,8 +33,6 @@ KNOWN = {
                          "formula, 'cses:sectorPublic' (variables in order of first "
                          "appearance); daskmm keeps the written order, 'sectorPublic:cses' "
                          "(the fit agrees: criterion 1e-15, fixed effects 2e-8)",
-    "grouseticks_gam": "Poisson bam: daskmm's fREML score is 4e-5 relative above mgcv's "
-                       "(PIRLS stops earlier than bgam.fit); not found yet",
 }
 
 
