@@ -183,8 +183,49 @@ def to_python(tokens: list[Token], names: dict[str, str], functions: dict[str, s
             out.append(t.text)
         else:
             raise FormulaError(f"operator {t.text!r} is not available inside a formula term")
-        out.append(" ")
-    return "".join(out).strip()
+    return _logical_precedence(out)
+
+
+def _logical_precedence(parts: list[str]) -> str:
+    """Python code from translated tokens, with R's precedence for ``&`` and ``|``: in R they
+    bind more loosely than comparisons (``x > 0 & z < 1``), in Python (on arrays, bitwise)
+    more tightly, so at each level of parentheses the operands of ``&`` and ``|`` are put in
+    parentheses of their own."""
+    stack: list[list[str]] = [[]]
+    for p in parts:
+        if p == "(":
+            stack.append([])
+        elif p == ")" and len(stack) > 1:
+            inner = _level(stack.pop())
+            stack[-1].append("(" + inner + ")")
+        else:
+            stack[-1].append(p)
+    while len(stack) > 1:  # unbalanced: left for Python to report
+        inner = _level(stack.pop())
+        stack[-1].append("(" + inner)
+    return _level(stack[0])
+
+
+def _level(parts: list[str]) -> str:
+    args, cur = [], []
+    for p in parts + [","]:
+        if p == ",":
+            pieces, piece = [], []
+            for q in cur + ["&"]:
+                if q in ("&", "|"):
+                    pieces.append((" ".join(piece), q))
+                    piece = []
+                else:
+                    piece.append(q)
+            if len(pieces) == 1:
+                args.append(pieces[0][0])
+            else:
+                args.append(" ".join(f"({code}) {op}" for code, op in pieces[:-1]) +
+                            f" ({pieces[-1][0]})")
+            cur = []
+        else:
+            cur.append(p)
+    return ", ".join(args)
 
 
 def split_args(tokens: list[Token]) -> list[tuple[str | None, list[Token]]]:

@@ -23,7 +23,7 @@ from daskmm.errors import DataError, FormulaError, ModelError
 from daskmm.formula.levels import level_label
 from daskmm.formula.parse import ParsedFormula
 from daskmm.formula.rexpr import identifiers, tokenize
-from daskmm.formula.transforms import Rewriter
+from daskmm.formula.transforms import LOGICAL_LEVELS, Rewriter
 from daskmm.kernels.scratch import scratch
 
 _EXACT = float(2 ** 53)
@@ -158,6 +158,8 @@ class ModelSpec:
         # prototype must hold
         texts = {piece: rw.rewrite(piece) for piece in (
             formula.response, formula.fixed, *formula.offsets, *(b.lhs for b in formula.bars))}
+        for piece in (formula.fixed, *(b.lhs for b in formula.bars)):
+            texts[piece] = r_term_order(texts[piece])
         proto = _prototype(schema, categorical, rw)
         pkey = _proto_key(proto)
         if identifiers(formula.response) & set(categorical):
@@ -474,6 +476,38 @@ def _materialize(text: str, proto: pd.DataFrame, what: str, key: tuple | None = 
     return spec
 
 
+def r_term_order(text: str) -> str:
+    """``text`` (a rewritten right-hand side) with each interaction's variables in R's order:
+    ``terms()`` writes ``b:a`` for ``a:b`` when ``b`` comes first in the formula (its variables
+    are listed by first appearance), so ``poly(age, 2) + ch + age:ch`` has the term
+    ``ch:age`` and the column ``chN:age``, and ``cses + sector * cses`` the column
+    ``cses:sectorPublic``; for two factors the order also decides which varies fastest.
+    formulaic keeps the written order, so the terms are written again (formulaic's own
+    expansion and degree order kept); text that formulaic cannot read is returned as it is,
+    for :func:`_materialize` to report."""
+    try:
+        from formulaic import Formula
+        terms = list(Formula(text))
+    except Exception:  # noqa: BLE001 - the error is reported where the text is encoded
+        return text
+    order: dict[str, int] = {}
+    for tok in tokenize(text):
+        if tok.kind == "name":
+            order.setdefault(tok.text, len(order))
+    out, intercept, changed = [], False, False
+    for t in terms:
+        fs = [str(f) for f in t.factors]
+        if fs == ["1"]:
+            intercept = True
+            continue
+        ranked = sorted(fs, key=lambda f: order.get(f, len(order)))
+        changed = changed or ranked != fs
+        out.append(":".join(ranked))
+    if not changed:
+        return text
+    return " + ".join((["1"] if intercept else ["0"]) + out)
+
+
 def _response_term(text: str) -> str:
     """The response as one term: R evaluates a formula's left-hand side as an expression, so
     ``y / n``, ``y - 100`` and ``y^2`` are arithmetic there (not nesting, interaction or
@@ -498,6 +532,8 @@ def _prototype(schema: dict[str, object], categorical: dict[str, list[str]],
     for tr in rw.transforms.values():
         if tr.kind == "factor":
             levels_of[tr.key] = tr.state["levels"]
+        elif tr.kind == "logical":
+            levels_of[tr.key] = LOGICAL_LEVELS
     n = max([2] + [len(v) for v in levels_of.values()])
     keys = list(rw.column_keys.values()) + [k for t in rw.transforms.values() for k in t.keys]
     data = {}

@@ -57,7 +57,7 @@ class Transform:
         The variable formulaic sees (``_f0``); a polynomial of degree d is ``_f0_1 ... _f0_d``.
     r_name : str
         The call as R prints it (``poly(x, 2)``), the stem of its columns' names.
-    kind : {"value", "scale", "poly", "factor"}
+    kind : {"value", "logical", "scale", "poly", "factor"}
     code : str
         Python code of the (inner) expression over column variables.
     columns : tuple of str
@@ -103,6 +103,9 @@ class Transform:
         if self.kind == "factor":
             levels = self.state["levels"]
             return {self.key: pd.Categorical(pd.Series(v).map(_label), categories=levels)}
+        if self.kind == "logical":
+            return {self.key: pd.Categorical(np.where(np.asarray(v, dtype=bool), "TRUE",
+                                                      "FALSE"), categories=LOGICAL_LEVELS)}
         x = np.asarray(v, dtype=float)
         if not np.isfinite(x).all():
             bad = x[~np.isfinite(x)][0]
@@ -166,6 +169,29 @@ class Transform:
             return
         alpha, norm2 = poly_coefficients(n, mean, mom, self.degree)
         self.state = {"alpha": alpha, "norm2": norm2}
+
+
+LOGICAL_LEVELS = ["FALSE", "TRUE"]
+"""The levels of a logical term (R codes a logical as a factor of these)."""
+_LOGICAL_OPS = {"==", "!=", "<", ">", "<=", ">=", "&", "&&", "|", "||"}
+
+
+def _is_logical(tokens: list[rexpr.Token]) -> bool:
+    """Whether an R expression's value is logical: a comparison or a logical operator outside
+    parentheses (they bind more loosely than arithmetic), or a leading ``!``."""
+    if tokens and tokens[0].kind == "op" and tokens[0].text == "!":
+        return True
+    depth = 0
+    for t in tokens:
+        if t.kind != "op":
+            continue
+        if t.text == "(":
+            depth += 1
+        elif t.text == ")":
+            depth -= 1
+        elif depth == 0 and t.text in _LOGICAL_OPS:
+            return True
+    return False
 
 
 def _label(v):
@@ -294,7 +320,10 @@ class Rewriter:
         if fname == "I":
             if len(args) != 1 or args[0][0] is not None:
                 raise FormulaError(f"I() takes one expression; got {r_name}")
-            tr = Transform(key, r_name, "value", code(args[0][1]), cols)
+            # a comparison is a logical, which R's model.matrix codes as a factor of FALSE,
+            # TRUE: the column 'I(week > 2)TRUE'
+            kind = "logical" if _is_logical(args[0][1]) else "value"
+            tr = Transform(key, r_name, kind, code(args[0][1]), cols)
         elif fname in MATH:
             tr = Transform(key, r_name, "value", code(call), cols)
         elif fname == "scale":

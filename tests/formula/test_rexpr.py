@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from daskmm.errors import FormulaError
-from daskmm.formula.rexpr import deparse, identifiers, is_syntactic, r_quote, tokenize
+from daskmm.formula.rexpr import (
+    deparse,
+    identifiers,
+    is_syntactic,
+    r_quote,
+    to_python,
+    tokenize,
+)
 
 
 @pytest.mark.parametrize("text, names", [
@@ -42,3 +50,16 @@ def test_quoting_follows_r_syntax():
 def test_unreadable_character_names_the_position():
     with pytest.raises(FormulaError, match="position 2"):
         tokenize("x $ y")
+
+
+def test_and_or_bind_more_loosely_than_comparisons_as_in_r():
+    """R reads ``x > 0 & z < 1`` as ``(x > 0) & (z < 1)``; Python's ``&`` (bitwise, on arrays)
+    binds more tightly than ``>``, so the translation parenthesises its operands."""
+    x, z = np.array([-1.0, 0.5, 2.0, 3.0]), np.array([0.0, 0.5, 2.0, 0.2])
+    env = {"_c0": x, "_c1": z}
+    names = {"x": "_c0", "z": "_c1"}
+    for expr, want in [("x > 0 & z < 1", (x > 0) & (z < 1)),
+                       ("x > 2 | z == 2 & x > 0", (x > 2) | ((z == 2) & (x > 0))),
+                       ("(x > 0 | z > 1) & x < 3", ((x > 0) | (z > 1)) & (x < 3))]:
+        code = to_python(tokenize(expr), names, {})
+        np.testing.assert_array_equal(eval(code, {}, env), want)  # noqa: S307 - test code

@@ -23,21 +23,8 @@ in the tests"."""
 THIRD = [e["id"] for e in sorted(ENTRIES, key=lambda e: e["id"])][::3]
 THIRD = [f for f in THIRD if f not in LARGE]
 
-KNOWN = {
-    "contra_issue_poly": "R names the interaction age:ch 'chN:age' (it orders an interaction's "
-                         "variables as they come in the model frame, where ch is before age, "
-                         "poly(age, 2) being another variable); daskmm keeps the written order, "
-                         "'age:chN'. The fit agrees: criterion 2e-13, fixed effects 4e-6, the "
-                         "aliased age:chY dropped as lme4 drops it",
-    "hsb82_uncorr_reml": "R names the interaction of sector * cses, cses written first in the "
-                         "formula, 'cses:sectorPublic' (variables in order of first "
-                         "appearance); daskmm keeps the written order, 'sectorPublic:cses' "
-                         "(the fit agrees: criterion 1e-15, fixed effects 2e-8)",
-}
 
-
-@pytest.mark.parametrize("fid", [pytest.param(f, marks=pytest.mark.xfail(
-    strict=True, reason=KNOWN[f])) if f in KNOWN else f for f in THIRD])
+@pytest.mark.parametrize("fid", THIRD)
 def test_corpus_fit_matches_the_reference(fid, caplog):
     e = next(x for x in ENTRIES if x["id"] == fid)
     with caplog.at_level(logging.ERROR):
