@@ -114,12 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="dataset directory to create")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
-    pr = sub.add_parser("predict", help="predictions of a fitted LMM or GLMM for new rows, "
-                        "from its result folder (model.pkl), without refitting")
+    pr = sub.add_parser("predict", help="predictions of a fitted LMM, GLMM or GAM for new "
+                        "rows, from its result folder (model.pkl), without refitting")
     pr.add_argument("result", help="folder written by daskmm fit --out")
     pr.add_argument("data", help="rows to predict: CSV or Parquet (the response is not needed)")
-    pr.add_argument("--out", required=True, help="file to write: .parquet or .csv, one column "
-                    "'fit' in the rows' order (NaN where a column the model uses is missing)")
+    pr.add_argument("--out", required=True, help="file to write: .parquet or .csv, a column "
+                    "'fit' in the rows' order (NaN where a column the model uses is missing; "
+                    "with --se-fit also 'se_fit')")
+    pr.add_argument("--type", choices=["response", "link"], default="response",
+                    help="the scale of a GLMM's or GAM's predictions (predict()'s type; "
+                    "default response)")
+    pr.add_argument("--se-fit", action="store_true",
+                    help="a GAM's standard errors too (predict.gam's se.fit = TRUE)")
     pr.add_argument("--no-re", action="store_true", help="the fixed part only (re.form = NA)")
     pr.add_argument("--allow-new-levels", action="store_true",
                     help="predict unseen levels at the population level (default: refuse)")
@@ -393,7 +399,7 @@ def _fit(args: argparse.Namespace) -> int:
     if allfit is not None:
         print(allfit.summary())
     report_rows(result)
-    files = ("fixef.parquet, fitted.parquet" if model.kind == "gam" else
+    files = ("fixef.parquet, fitted.parquet, model.pkl" if model.kind == "gam" else
              "fixef.parquet, ranef.parquet, model.pkl")
     print(f"wrote {out}/summary.json, summary.txt, {files}"
           + (", plots" if args.plots else "") + f" (fitted {result.mode})")
@@ -432,6 +438,8 @@ def _simulate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import pandas as pd
+
     from daskmm.models.shared.prediction import load_model
 
     out = Path(args.out).resolve()
@@ -448,14 +456,24 @@ def _predict(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise DaskmmError(f"--out {args.out!r}: folder {str(out.parent)!r} does not exist")
     pred = load_model(args.result)
-    series = pred.predict(args.data, re=not args.no_re, allow_new_levels=args.allow_new_levels)
+    kw = {"re": not args.no_re, "allow_new_levels": args.allow_new_levels}
+    gam = type(pred).__name__ == "GamPredictor"
+    if gam:
+        kw.update(kind=args.type, se_fit=args.se_fit)
+    elif args.se_fit:
+        raise DaskmmError("--se-fit: standard errors of predictions are a GAM's "
+                          "(predict.gam); lme4's predict() for LMMs and GLMMs has none")
+    elif hasattr(pred, "base"):  # a GLMM's rows
+        kw["kind"] = args.type
+    series = pred.predict(args.data, **kw)
     if args.scheduler:
         from daskmm.distributed.client import client_for
         with client_for(args.scheduler) as c:
             values = c.compute(series).result()
     else:
         values = series.compute()
-    frame = values.reset_index(drop=True).to_frame("fit")
+    frame = values.reset_index(drop=True)
+    frame = frame.to_frame("fit") if isinstance(frame, pd.Series) else frame
     tmp = out.with_name(f".{out.name}.partial")
     if out.suffix == ".parquet":
         frame.to_parquet(tmp, index=False)

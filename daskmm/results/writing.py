@@ -1,5 +1,5 @@
 """Writing a result directory: ``summary.json``, ``summary.txt``, ``fixef.parquet``,
-``ranef.parquet``, for an LMM ``model.pkl`` (what ``daskmm predict`` needs) and the result
+``ranef.parquet``, ``model.pkl`` (what ``daskmm predict`` needs) and the result
 marker, atomically (the CLI, the job runner and later the
 service call this)."""
 
@@ -22,7 +22,7 @@ def write_outputs(result, out: str | os.PathLike, extra=None, name: str | None =
         (tmp / "summary.txt").write_text(result.summary())
         result.fixef().to_parquet(tmp / "fixef.parquet", index=False)
         result.ranef_frame().to_parquet(tmp / "ranef.parquet", index=False)
-        if getattr(result, "predictor", None) is not None and result.kind in ("lmm", "glmm"):
+        if getattr(result, "predictor", None) is not None:
             save_model(result.predictor, tmp)  # `daskmm predict DIR DATA` reads it
         (tmp / RESULT_MARKER).write_text(result_marker("fit", name))
         if extra is not None:

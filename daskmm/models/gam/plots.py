@@ -1,7 +1,9 @@
 """Plots of a fitted GAM's smooths, as mgcv's ``plot.gam``: one panel per smooth, the
 estimate with a band of 2 standard errors and a rug of the data (``te``/``ti`` of two
-covariates: a contour map with the data points; ``re``: a normal QQ plot of the
-coefficients). Written as PNG with matplotlib's Agg backend (no display needed).
+covariates: a contour map of the fit with its -1 and +1 standard error contours and the data
+points; ``re``: a normal QQ plot of the coefficients). The edf is in each label, as
+``plot.gam`` writes it (``s(x2,8.61)``). Written as PNG with matplotlib's Agg backend (no
+display needed).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> l
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy import stats
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,58 +47,7 @@ def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> l
             data = data.sample(RUG_POINTS, random_state=1)
     paths = []
     for i, s in enumerate(spec.smooths):
-        c = s.call
-        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-        sl = spec.slices()[i]
-        if s.random:
-            b = np.sort(result.coef[sl])
-            q = stats.norm.ppf((np.arange(1, len(b) + 1) - 0.5) / len(b))
-            ax.plot(q, b, "o", ms=3)
-            ax.set_xlabel("Gaussian quantiles")
-            ax.set_ylabel("effects")
-        elif c.kind == "s" and c.bs[0] == "fs":  # one curve per level, as plot.gam
-            fs = s.margins[0]
-            v = [x for x in c.variables if x != fs.factor][0]
-            lo, hi = (float(data[v].min()), float(data[v].max())) if data is not None \
-                and len(data) else (float(fs.base.knots.min() + fs.base.shift[0]),
-                                     float(fs.base.knots.max() + fs.base.shift[0]))
-            xs = np.linspace(lo, hi, GRID)
-            for lev in fs.levels:
-                grid = pd.DataFrame({v: xs, fs.factor: [lev] * GRID})
-                f, _ = _curve(result, i, grid)
-                ax.plot(xs, f, "-", lw=1)
-            ax.set_xlabel(v)
-            ax.set_ylabel(s.label)
-        elif len(c.variables) == 1:
-            v = c.variables[0]
-            lo, hi = _range(s, 0, data, v)
-            grid = pd.DataFrame({v: np.linspace(lo, hi, GRID)})
-            _by(grid, s)
-            f, se = _curve(result, i, grid)
-            ax.plot(grid[v], f, "k-")
-            ax.plot(grid[v], f + 2 * se, "k--", lw=0.8)
-            ax.plot(grid[v], f - 2 * se, "k--", lw=0.8)
-            if data is not None:
-                ax.plot(data[v], np.full(len(data), ax.get_ylim()[0]), "|", color="k",
-                        ms=6, alpha=0.5)
-            ax.set_xlabel(v)
-            ax.set_ylabel(f"{s.label}")
-        else:
-            v1, v2 = c.variables[:2]
-            a = np.linspace(*_range(s, 0, data, v1), 40)
-            b = np.linspace(*_range(s, 1, data, v2), 40)
-            A, B = np.meshgrid(a, b)
-            grid = pd.DataFrame({v1: A.ravel(), v2: B.ravel()})
-            _by(grid, s)
-            f, _ = _curve(result, i, grid)
-            cs = ax.contour(A, B, f.reshape(A.shape), levels=10, colors="k", linewidths=0.8)
-            ax.clabel(cs, fontsize=7)
-            if data is not None:
-                ax.plot(data[v1], data[v2], ".", ms=1, color="0.5")
-            ax.set_xlabel(v1)
-            ax.set_ylabel(v2)
-        ax.set_title(s.label)
-        fig.tight_layout()
+        fig = smooth_figure(result, i, data)
         path = out / f"{i + 1:02d}_{_safe(s.label)}.png"
         fig.savefig(path)
         plt.close(fig)
@@ -105,16 +55,113 @@ def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> l
     return paths
 
 
+def smooth_figure(result, i: int, data: pd.DataFrame | None = None):
+    """The matplotlib figure of smooth ``i`` (``data``: complete rows, for the rug, the
+    points and the ranges; without it the ranges are the basis's knots)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    spec = result.spec
+    s = spec.smooths[i]
+    edf = {row["label"]: row["edf"] for row in result.smooth_table}
+    c = s.call
+    lab = edf_label(s.label, edf[s.label]) if s.label in edf else s.label
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    sl = spec.slices()[i]
+    if s.random:
+        b = np.sort(result.coef[sl])
+        q = stats.norm.ppf((np.arange(1, len(b) + 1) - 0.5) / len(b))
+        ax.plot(q, b, "o", ms=3)
+        ax.set_xlabel("Gaussian quantiles")
+        ax.set_ylabel("effects")
+    elif c.kind == "s" and c.bs[0] == "fs":  # one curve per level, as plot.gam
+        fs = s.margins[0]
+        v = [x for x in c.variables if x != fs.factor][0]
+        lo, hi = (float(data[v].min()), float(data[v].max())) if data is not None \
+            and len(data) else (float(fs.base.knots.min() + fs.base.shift[0]),
+                                 float(fs.base.knots.max() + fs.base.shift[0]))
+        xs = np.linspace(lo, hi, GRID)
+        for lev in fs.levels:
+            grid = pd.DataFrame({v: xs, fs.factor: [lev] * GRID})
+            f, _ = _curve(result, i, grid)
+            ax.plot(xs, f, "-", lw=1)
+        ax.set_xlabel(v)
+        ax.set_ylabel(lab)
+    elif len(c.variables) == 1:
+        v = c.variables[0]
+        lo, hi = _range(s, 0, data, v)
+        grid = pd.DataFrame({v: np.linspace(lo, hi, GRID)})
+        _by(grid, s)
+        f, se = _curve(result, i, grid)
+        ax.plot(grid[v], f, "k-")
+        ax.plot(grid[v], f + 2 * se, "k--", lw=0.8)
+        ax.plot(grid[v], f - 2 * se, "k--", lw=0.8)
+        if data is not None:
+            ax.plot(data[v], np.full(len(data), ax.get_ylim()[0]), "|", color="k",
+                    ms=6, alpha=0.5)
+        ax.set_xlabel(v)
+        ax.set_ylabel(lab)
+    else:
+        v1, v2 = c.variables[:2]
+        a = np.linspace(*_range(s, 0, data, v1), 40)
+        b = np.linspace(*_range(s, 1, data, v2), 40)
+        A, B = np.meshgrid(a, b)
+        grid = pd.DataFrame({v1: A.ravel(), v2: B.ravel()})
+        _by(grid, s)
+        f, se = _curve(result, i, grid)
+        cs = ax.contour(A, B, f.reshape(A.shape), levels=10, colors="k", linewidths=0.8,
+                        linestyles="solid")
+        ax.clabel(cs, fontsize=7)
+        # plot.gam's 2-D panel: the fit -1 and +1 standard error at the same levels
+        # (dashed red and dotted green), named in the top margin
+        for sign, colour, style in ((-1, "red", "--"), (1, "green", ":")):
+            ax.contour(A, B, (f + sign * se).reshape(A.shape), levels=cs.levels,
+                       colors=colour, linestyles=style, linewidths=0.7)
+        ax.text(0.0, 1.01, "-1 se", color="red", transform=ax.transAxes, fontsize=8,
+                va="bottom")
+        ax.text(1.0, 1.01, "+1 se", color="green", transform=ax.transAxes, fontsize=8,
+                va="bottom", ha="right")
+        if data is not None:
+            ax.plot(data[v1], data[v2], ".", ms=1, color="0.5")
+        ax.set_xlabel(v1)
+        ax.set_ylabel(v2)
+    if len(c.variables) != 1 or s.random:  # plot.gam's main: 2-D terms and re terms
+        ax.set_title(lab)
+    fig.tight_layout()
+    return fig
+
+
 def _range(s, j: int, data, v: str) -> tuple[float, float]:
+    """The range of covariate ``j`` of smooth ``s``: the data's, else its basis's knots."""
+    from daskmm.models.gam.bases import PSpline, ThinPlate
+
     if data is not None and len(data):
         x = data[v].to_numpy(dtype=float)
         return float(x.min()), float(x.max())
-    m = s.margins[j]
-    k = np.asarray(m.knots)
-    if hasattr(m, "m"):  # P-spline: the knots extend beyond the data
-        deg = m.m[0] + 1
-        k = k[deg:len(k) - deg]
+    m = s.margins[j] if len(s.margins) > 1 else s.margins[0]
+    if isinstance(m, ThinPlate):  # knots: the unique centred covariate rows (n x d)
+        k = np.asarray(m.knots)[:, j if len(s.margins) == 1 else 0] + \
+            m.shift[j if len(s.margins) == 1 else 0]
+    else:
+        k = np.asarray(m.knots)
+        if isinstance(m, PSpline):  # the knots extend beyond the data
+            deg = m.m[0] + 1
+            k = k[deg:len(k) - deg]
     return float(k.min()), float(k.max())
+
+
+def edf_label(label: str, edf: float) -> str:
+    """mgcv's ``sub.edf``: the smooth's label with its edf (rounded to 2 decimals, written as
+    R's ``paste`` writes a number) inside the brackets: ``s(x2,8.61)``,
+    ``s(x2,3.1):fac1``."""
+    e = f"{round(float(edf), 2):.15g}"
+    pos = label.find(":")
+    if pos < 0:
+        return f"{label[:-1]},{e})"
+    return f"{label[:pos - 1]},{e}{label[pos - 1:]}"
+
 
 
 def _by(grid: pd.DataFrame, s) -> None:

@@ -5,6 +5,8 @@ the frozen :class:`~daskmm.models.gam.spec.GamSpec`, times the coefficients; sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -52,11 +54,37 @@ def _check_by_levels(spec, df: pd.DataFrame) -> None:
                             "or give them a level the fit saw")
 
 
-def model_matrix(spec, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _check_re_levels(spec, df: pd.DataFrame) -> None:
+    """A level of an ``re`` smooth's factor the fit did not see is refused, naming it, as
+    ``predict.gam`` stops (\"... not in original fit\"); with ``allow_new_levels`` such rows
+    are predicted at the population level (the term's contribution 0)."""
+    for s in spec.smooths:
+        if not s.random:
+            continue
+        f = s.margins[0].factor
+        if f not in df.columns:
+            continue
+        seen = {str(v) for v in s.levels[f]}
+        vals = df[f]
+        new = [v for v in pd.unique(vals[vals.notna()].astype(str)) if v not in seen]
+        if new:
+            raise DataError(f"column {f!r} (the factor of {s.call.text or s.label}) has "
+                            f"level(s) {', '.join(map(repr, new[:5]))}"
+                            f"{' ...' if len(new) > 5 else ''} in the new data that the fit "
+                            "did not see (mgcv's predict.gam stops); pass "
+                            "allow_new_levels=True (daskmm predict --allow-new-levels) to "
+                            "predict them at the population level (that term 0)")
+
+
+def model_matrix(spec, df: pd.DataFrame, allow_new_levels: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """``(X, offset)`` of new rows (``mgcv``'s ``type = "lpmatrix"``; the dense columns only
-    when ``re`` terms are kept per level)."""
+    when ``re`` terms are kept per level); a level of an ``re`` smooth the fit did not see
+    has that term's columns 0, or is refused unless ``allow_new_levels``."""
     df = _complete(spec, df)
     _check_by_levels(spec, df)
+    if not allow_new_levels:
+        _check_re_levels(spec, df)
     spec.param.check_new_levels(df)
     _, X, _, _ = spec.design(df, exact=True)
     return X, spec.offset(df)
@@ -85,10 +113,10 @@ def _level_part(spec, result, df: pd.DataFrame, X: np.ndarray, se: bool):
     return terms, u, zmz, var_t
 
 
-def _one(df: pd.DataFrame, result, type: str, se_fit: bool):
+def _one(df: pd.DataFrame, result, type: str, se_fit: bool, allow_new_levels: bool = True):
 
     spec = result.spec
-    X, off = model_matrix(spec, df)
+    X, off = model_matrix(spec, df, allow_new_levels)
     pd_ = spec.p_dense
     beta, Vp = result.coef[:pd_], result.Vp
     blocked = bool(spec.blocked)
@@ -134,28 +162,71 @@ def _one(df: pd.DataFrame, result, type: str, se_fit: bool):
     return pd.Series(eta, index=df.index, name="fit")
 
 
-def predict_frame(result, newdata, type: str = "link", se_fit: bool = False):
-    """Predictions at ``newdata`` (pandas or dask DataFrame, or a path)."""
+def predict_frame(result, newdata, type: str = "link", se_fit: bool = False,
+                  allow_new_levels: bool = False):
+    """Predictions at ``newdata`` (pandas or dask DataFrame, or a path); a level of an ``re``
+    smooth's factor the fit did not see is refused unless ``allow_new_levels``."""
     if type not in TYPES:
         raise ModelError(f"type={type!r}; allowed: {', '.join(map(repr, TYPES))}")
     if result.spec is None:
         raise ModelError("this result was read back from its document, without the model "
                          "spec; predictions need the fitted result object")
     if isinstance(newdata, pd.DataFrame):
-        out = _one(newdata, result, type, se_fit)
+        out = _one(newdata, result, type, se_fit, allow_new_levels)
         if type == "terms" and se_fit:
             return out
         return out.to_numpy() if isinstance(out, pd.Series) else out
     ddf = newdata if hasattr(newdata, "map_partitions") else read_data(newdata)
-    if type == "terms" or se_fit:
-        sample = _one(ddf._meta_nonempty, result, type, se_fit)
+    if se_fit and type != "terms":
+        meta = pd.DataFrame({"fit": pd.Series([], dtype=float),
+                             "se_fit": pd.Series([], dtype=float)})
+    elif type == "terms" or se_fit:
+        sample = _one(ddf._meta_nonempty, result, type, se_fit, True)
         meta = sample[0].iloc[:0] if isinstance(sample, tuple) else sample.iloc[:0]
         if isinstance(sample, tuple):
             raise ModelError("type='terms' with se_fit on a dask DataFrame: predict each "
                              "separately")
     else:
         meta = pd.Series([], dtype=float, name="fit")
-    return ddf.map_partitions(_one, result, type, se_fit, meta=meta)
+    return ddf.map_partitions(_one, result, type, se_fit, allow_new_levels, meta=meta)
+
+
+@dataclass
+class GamPredictor:
+    """What predictions from a fitted GAM need, without the data: written as a fit
+    folder's ``model.pkl`` and read back by ``daskmm predict``
+    (:func:`daskmm.models.shared.prediction.load_model`)."""
+
+    spec: object
+    coef: np.ndarray
+    Vp: np.ndarray
+    family: str
+    link: str
+    level_cov: tuple | None = None
+
+    @classmethod
+    def of(cls, result) -> GamPredictor:
+        return cls(result.spec, result.coef, result.Vp, result.family, result.link,
+                   getattr(result, "level_cov", None))
+
+    def predict(self, newdata, re: bool = True, allow_new_levels: bool = False,
+                kind: str = "response", se_fit: bool = False):
+        """``predict.gam(fit, newdata, type = kind, se.fit = se_fit)`` over ``newdata`` (a
+        path, pandas or dask frame), lazily: a Series ``fit``, or with ``se_fit`` a frame
+        ``fit, se_fit``. ``re=False`` is refused (a GAM's random effects are smooths: use the
+        formula without them)."""
+        if not re:
+            raise ModelError("leaving out the random effects (--no-re) applies to LMMs and "
+                             "GLMMs; a GAM's 're' smooths are terms of its formula")
+        if kind not in ("link", "response"):
+            raise ModelError(f"type={kind!r}; allowed: 'link', 'response'")
+        ddf = newdata if hasattr(newdata, "map_partitions") else read_data(newdata) \
+            if not isinstance(newdata, pd.DataFrame) else None
+        if ddf is None:
+            import dask.dataframe as dd
+            ddf = dd.from_pandas(newdata, npartitions=1)
+        return predict_frame(self, ddf, type=kind, se_fit=se_fit,
+                             allow_new_levels=allow_new_levels)
 
 
 def _in_input_order(df: pd.DataFrame, spec, values_of) -> np.ndarray:

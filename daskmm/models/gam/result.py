@@ -22,7 +22,12 @@ from daskmm.data.rows import DropCounts
 from daskmm.kernels import freml_blocked as fb
 from daskmm.kernels.smooth_test import re_test, test_stat
 from daskmm.models.gam.plots import plot_smooths
-from daskmm.models.gam.predict import fitted_frame, predict_frame, residual_frame
+from daskmm.models.gam.predict import (
+    GamPredictor,
+    fitted_frame,
+    predict_frame,
+    residual_frame,
+)
 
 _STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.0, " "))
 
@@ -242,14 +247,24 @@ class GamResult:
         return self.summary()
 
     # ------------------------------------------------------------ predictions
-    def predict(self, newdata, type: str = "link", se_fit: bool = False):
+    def predict(self, newdata, type: str = "link", se_fit: bool = False,
+                allow_new_levels: bool = False):
         """Predictions at the rows of ``newdata`` (a pandas frame), as mgcv's
-        ``predict(fit, newdata, type = "link" | "response" | "terms", se.fit =)``.
+        ``predict(fit, newdata, type = "link" | "response" | "terms", se.fit =)``. A level
+        of an ``re`` smooth's factor the fit did not see is refused, as ``predict.gam``
+        stops, unless ``allow_new_levels`` (that term 0: the population level).
 
         Returns an ndarray (``link``, ``response``), a DataFrame with a column per smooth and
         parametric column (``terms``), or with ``se_fit`` a pair ``(fit, se)``.
         """
-        return predict_frame(self, newdata, type=type, se_fit=se_fit)
+        return predict_frame(self, newdata, type=type, se_fit=se_fit,
+                             allow_new_levels=allow_new_levels)
+
+    @property
+    def predictor(self):
+        """The :class:`~daskmm.models.gam.predict.GamPredictor` a fit folder's ``model.pkl``
+        holds (None for a result read back from its document)."""
+        return None if self.spec is None else GamPredictor.of(self)
 
     def fitted(self, data):
         """Fitted values (response scale) of every row of ``data`` (the data fitted), in

@@ -174,8 +174,8 @@ class Predictor:
                 raise DataError(f"new level(s) of {f.name!r} in the data: "
                                 f"{', '.join(map(repr, new[:5].tolist()))}"
                                 f"{' ...' if len(new) > 5 else ''}; pass "
-                                "allow_new_levels=True to predict them at the population "
-                                "level (random effect 0)")
+                                "allow_new_levels=True (daskmm predict --allow-new-levels) "
+                                "to predict them at the population level (random effect 0)")
             bb = np.where(idx[:, None] >= 0, b[np.maximum(idx, 0)], 0.0)
             eta = eta + np.einsum("ij,ij->i", enc.Z[f.name], bb)
         return eta
@@ -265,31 +265,34 @@ class _Unpickler(pickle.Unpickler):
 
 def save_model(pred, folder) -> None:
     """Write ``folder/model.pkl``: the predictor (an LMM's :class:`Predictor`, a GLMM's
-    :class:`~daskmm.models.glmm.rows.GlmmRows`) without its data (a pickle of our own classes, read
-    back by the same daskmm version)."""
+    :class:`~daskmm.models.glmm.rows.GlmmRows`, a GAM's
+    :class:`~daskmm.models.gam.predict.GamPredictor`) without its data (a pickle of our own
+    classes, read back by the same daskmm version)."""
     import dataclasses
     from pathlib import Path
 
     if isinstance(pred, Predictor):
         bare = dataclasses.replace(pred, data=None, npartitions=None)
-    else:
+    elif hasattr(pred, "base"):
         bare = dataclasses.replace(pred, base=dataclasses.replace(pred.base, data=None,
                                                                   npartitions=None))
+    else:  # a GAM's predictor holds no data
+        bare = pred
     with open(Path(folder) / MODEL_FILE, "wb") as fh:
         pickle.dump({"tag": _MODEL_TAG, "daskmm": daskmm.__version__, "predictor": bare}, fh,
                     protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def load_model(folder):
-    """The predictor of a fit directory (``daskmm fit --out DIR``; an LMM's or a GLMM's), to
-    predict from new data without refitting: ``load_model(DIR).predict(newdata)`` (a GLMM's
-    on the response scale)."""
+    """The predictor of a fit directory (``daskmm fit --out DIR``; an LMM's, a GLMM's or a
+    GAM's), to predict from new data without refitting: ``load_model(DIR).predict(newdata)``
+    (a GLMM's and a GAM's on the response scale)."""
     from pathlib import Path
 
     path = Path(folder) / MODEL_FILE
     if not path.is_file():
         raise DataError(f"{str(folder)!r} has no {MODEL_FILE}: give the folder of a daskmm "
-                        "fit of a mixed model (daskmm fit --out DIR)")
+                        "fit (daskmm fit --out DIR)")
     try:
         with open(path, "rb") as fh:
             doc = _Unpickler(fh).load()

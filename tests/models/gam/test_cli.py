@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -138,3 +139,44 @@ def test_fit_takes_ml_and_ar1(tmp_path):
 def test_job_file_takes_a_discrete_gam(tmp_path):
     doc = run_job(tmp_path, "y ~ s(x0, bs = 'cr') + s(x1, bs = 'cr')", "discrete: true\n")
     assert doc["optinfo"]["discrete"]["smooths"] == ["s(x0)", "s(x1)"]
+
+
+def test_predict_reads_a_gam_fit_folder_as_predict_gam(tmp_path):
+    """``daskmm fit`` of a GAM writes model.pkl; ``daskmm predict --type link --se-fit``
+    gives the fitted object's predictions and standard errors, which are bam's
+    ``predict(se.fit = TRUE)`` at the conformance tolerances; an unseen level of an 're'
+    smooth is refused naming the flag, and predicted at the population level with it."""
+    from daskmm.models.gam.model import gam
+
+    ref, data, _ = load(GAM, "re_intercept")
+    out = tmp_path / "fit"
+    r = daskmm("fit", SIM1, "--formula", ref["formula"], "--factors", "fac", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.pkl").is_file() and "model.pkl" in r.stdout
+    rows = tmp_path / "rows.csv"
+    data.iloc[:20].drop(columns="y").to_csv(rows, index=False)
+    pred = tmp_path / "pred.parquet"
+    r = daskmm("predict", str(out), str(rows), "--out", str(pred), "--type", "link",
+               "--se-fit")
+    assert r.returncode == 0, r.stderr
+    got = pd.read_parquet(pred)
+    assert list(got.columns) == ["fit", "se_fit"]
+    fit = gam(ref["formula"], data, factors=["fac"], mode="in-process")
+    want = fit.predict(data.iloc[:20], type="link", se_fit=True)
+    np.testing.assert_allclose(got["fit"], want["fit"], rtol=1e-12)
+    np.testing.assert_allclose(got["se_fit"], want["se_fit"], rtol=1e-12)
+    sd = data["y"].std()
+    np.testing.assert_allclose(got["fit"], ref["predict_link"], rtol=0, atol=1e-3 * sd)
+    np.testing.assert_allclose(got["se_fit"], ref["predict_se"], rtol=1e-3)
+    new = data.iloc[:3].drop(columns="y").assign(fac=["g1", "unseen", "g2"])
+    new.to_csv(rows, index=False)
+    r = daskmm("predict", str(out), str(rows), "--out", str(tmp_path / "new.csv"))
+    assert r.returncode != 0 and "'unseen'" in r.stderr and "--allow-new-levels" in r.stderr
+    r = daskmm("predict", str(out), str(rows), "--out", str(tmp_path / "new.csv"),
+               "--allow-new-levels")
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(tmp_path / "new.csv")["fit"].to_numpy()
+    X = new.assign(fac="g1")
+    pop = fit.predict(X, type="terms")  # the population level: the re term left out
+    np.testing.assert_allclose(got[1], fit.coef[0] + pop.iloc[1].drop("s(fac)").sum(),
+                               rtol=1e-12)
