@@ -309,8 +309,9 @@ def _service_command(args: argparse.Namespace) -> int:
         return 0 if job["state"] == "succeeded" else 1
     if args.command == "status":
         job = c.status(args.id)
-        print(json.dumps({k: job[k] for k in ("id", "name", "state", "progress", "error",
-                                              "timings")}, indent=1))
+        doc = {k: job[k] for k in ("id", "name", "state", "progress", "error")}
+        doc["timings"] = _readable_times(job["timings"])
+        print(json.dumps(doc, indent=1))
         return 0
     if args.command == "cancel":
         out = c.cancel(args.id)
@@ -320,6 +321,21 @@ def _service_command(args: argparse.Namespace) -> int:
     files = c.fetch(args.id, args.out, force=args.force)
     print(f"wrote {len(files)} files to {args.out}")
     return 0
+
+
+def _readable_times(timings: dict) -> dict:
+    """The service's epoch seconds as local ISO 8601 times (``2026-12-07T00:09:12+00:00``),
+    durations to 0.1 s."""
+    import datetime
+
+    out = {}
+    for k, v in timings.items():
+        if v is not None and k.endswith("_at"):
+            v = datetime.datetime.fromtimestamp(v).astimezone().isoformat(timespec="seconds")
+        elif v is not None and k.endswith("_s"):
+            v = round(float(v), 1)
+        out[k] = v
+    return out
 
 
 FLAGS = {"reml": "--ml", "client": "--scheduler", "ar_start": "--ar-start"}

@@ -156,7 +156,7 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
             raise DataError(f"dataset {job.data!r} is stale: {stale}; re-run daskmm ingest, "
                             "or give the job an ingest: section so it re-ingests by itself")
     if is_done(job) and not force and reingest is None:
-        log.info("job %r is already done (%s); use --force to run it again", job.name,
+        log.debug("job %r is already done (%s); use --force to run it again", job.name,
                  job.output)
         return {"status": "skipped", "output": str(job.output), "timing": {}}
     cluster = dict(job.cluster or {})
@@ -235,7 +235,7 @@ def run_gwas_job(job: GwasJob, scheduler: str | None = None, force: bool = False
         try:
             result = gwas(out=job.output, client=client, force=force, **job.options)
         except ScanComplete:
-            log.info("job %r is already done (%s); use --force to run it again", job.name,
+            log.debug("job %r is already done (%s); use --force to run it again", job.name,
                      job.output)
             return {"status": "skipped", "output": str(job.output), "timing": {}}
     if check is not None:

@@ -58,6 +58,7 @@ def test_example_job_end_to_end(client, example):
     stamp = (out / "summary.json").stat().st_mtime_ns
     again = daskmm("run", str(example), address=client.scheduler.address)
     assert again.returncode == 0 and "already done" in again.stdout
+    assert (again.stdout + again.stderr).count("already done") == 1  # said once
     assert (out / "summary.json").stat().st_mtime_ns == stamp
     # ... unless forced, or unless the job changed
     forced = daskmm("run", str(example), "--force", address=client.scheduler.address)

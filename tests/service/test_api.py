@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -207,6 +208,11 @@ def test_cli_client_submit_status_fetch(server, tmp_path):
     assert "succeeded" in r.stdout
     r = daskmm("status", job_id)
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "succeeded"
+    # times a person reads: ISO 8601 with the zone, not epoch seconds
+    times = json.loads(r.stdout)["timings"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", times["finished_at"])
+    assert times["created_at"] <= times["started_at"] <= times["finished_at"]
+    assert isinstance(times["run_s"], float) and times["run_s"] >= 0
     r = daskmm("fetch", job_id, "--out", str(tmp_path / "got"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "got" / "summary.json").is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -239,12 +238,15 @@ def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timin
              f"{', '.join(match.covariates) or '(intercept only)'}"]
     for t, v in traits.items():
         h2 = [c["h2"] for c in v["null"].values()]
+        why = v["variants_skipped"]
+        n_skip = sum(why.values())
+        skipped = ("none skipped" if not n_skip else f"{n_skip} skipped (" + ", ".join(
+            f"{k}: {n}" for k, n in why.items() if n) + ")")
+        null = (f"h2 {h2[0]:.4f} (one null model)" if len(h2) == 1 else
+                f"h2 {min(h2):.4f}..{max(h2):.4f} over {len(h2)} null models (LOCO)")
         lines.append(f"trait {t}: {v['samples_used']} samples "
                      f"({v['dropped_missing_trait']} missing the trait), "
-                     f"{v['variants_tested']} variants tested, skipped "
-                     f"{sum(v['variants_skipped'].values())} "
-                     f"{json.dumps(v['variants_skipped'])}; h2 "
-                     f"{min(h2):.4f}..{max(h2):.4f} over {len(h2)} null models; lambda_gc "
+                     f"{v['variants_tested']} variants tested, {skipped}; {null}; lambda_gc "
                      f"{v['lambda_gc']:.4f}")
     lines.append(f"wall time {wall:.1f} s")
     return summary, "\n".join(lines) + "\n"
