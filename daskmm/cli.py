@@ -384,23 +384,7 @@ def _fit(args: argparse.Namespace) -> int:
                           "have one optimiser, fREML's Newton)")
     out = check_output(args.out, "fit", force=args.force, inputs=[args.data], what="--out")
     result = model.fit(args.formula, args.data, args.family, options)
-    extra = None
-    if model.kind == "gam":
-        from daskmm.models.gam.outputs import gam_extra
-        extra = gam_extra(result, args.data, plots=args.plots)
-    elif args.plots and model.kind == "glmm":
-        # DHARMa's residuals (defaults: 250 simulations, seed 123, conditional random
-        # effects) go into summary.json and dharma.png
-        result.simulate_residuals(seed=args.seed if args.seed is not None else 123)
-
-        def extra(tmp) -> None:
-            result.plot("dharma", tmp / "plots")
-    elif args.plots:
-        def extra(tmp) -> None:
-            from daskmm.models.lmm.plots import KINDS
-            for kind in KINDS:
-                if kind != "zeta" or result.profiles:
-                    result.plot(kind, tmp / "plots")
+    extra = model.outputs(result, args.data, plots=args.plots, seed=args.seed)
     allfit = None
     if args.all_fit:
         allfit = result.all_fit()

@@ -200,14 +200,12 @@ def run_job(job: Job | str | os.PathLike, scheduler: str | None = None,
         timing["fit_s"] = time.perf_counter() - t
         require_certified(result, bool((job.raw or {}).get("allow_uncertified")),
                           "allow_uncertified: true in the job")
-        gam = model.kind == "gam"
-        if gam:
-            from daskmm.models.gam.outputs import gam_extra
-            gam_files = gam_extra(result, data)
+        files = model.outputs(result, data, plots=bool((job.raw or {}).get("plots")),
+                              seed=(job.raw or {}).get("seed"))
 
     def extra(tmp: Path) -> None:
-        if gam:
-            gam_files(tmp)
+        if files is not None:
+            files(tmp)
         if check is not None:
             check()
         (tmp / "job.json").write_text(json.dumps({"name": job.name, "job": job.raw,

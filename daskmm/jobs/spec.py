@@ -30,6 +30,9 @@ A job file is YAML::
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)
+    plots: true                         # diagnostic plots under plots/ (daskmm fit --plots:
+                                        #   LMM panels, GLMM DHARMa, GAM plot.gam; GLMM draws
+                                        #   from seed, default 123)
     output: ../results/sleepstudy       # result directory
     cluster:                            # optional
       scheduler: tcp://10.0.0.5:8786    # join this scheduler ...
@@ -138,6 +141,7 @@ SCHEMA = {
         "nboot": {"type": "integer", "minimum": 2},
         "seed": {"type": "integer"},
         "allow_uncertified": {"type": "boolean"},
+        "plots": {"type": "boolean"},
         "output": {"type": "string", "minLength": 1},
         "cluster": _CLUSTER,
     },

@@ -65,3 +65,10 @@ class ModelOptions:
     def fit(self, formula: str, data, family: str, options: dict):
         """Fit with checked options (:meth:`check`)."""
         raise NotImplementedError
+
+    def outputs(self, result, data, plots: bool = False, seed: int | None = None):
+        """What this model adds to a result folder beyond the shared files, as a writer
+        ``extra(tmp_folder)`` for :func:`daskmm.results.writing.write_outputs` (None: nothing);
+        ``plots``: its diagnostic plots under ``plots/`` (``daskmm fit --plots``, a job's
+        ``plots: true``)."""
+        return None

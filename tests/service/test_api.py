@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -191,6 +192,22 @@ def test_server_sent_events_end_with_the_final_state(server):
     events = [b for b in text.split("\n\n") if b.strip()]
     assert events[-1].startswith("event: end")
     assert json.loads(events[-1].split("data: ", 1)[1])["state"] == "succeeded"
+
+
+def test_the_shipped_service_example_runs_and_shows_its_plots(server):
+    """jobs/service_example.yaml, as a user submits it (the YAML text): accepted (the
+    bundled jobs/example.yaml sets a cluster, which the service refuses), ingested into the
+    owner's prefix, fitted, its plots among the results the page lists."""
+    text = (Path(__file__).resolve().parents[2] / "jobs" / "service_example.yaml").read_text()
+    status, out = call(server.url + "/v1/jobs", "POST", "alice", text.encode(),
+                       headers={"Content-Type": "application/yaml"})
+    assert status == 201, out
+    doc = server.wait(out["id"])
+    assert doc["state"] == "succeeded", doc
+    pngs = [n for n in doc["results"] if n.endswith(".png")]
+    assert pngs and all(n.startswith("plots/") for n in pngs)
+    status, png = call(f"{server.url}/v1/jobs/{out['id']}/results/{pngs[0]}")
+    assert status == 200 and png[:4] == b"\x89PNG"
 
 
 def test_cli_client_submit_status_fetch(server, tmp_path):

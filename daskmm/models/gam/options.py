@@ -33,3 +33,8 @@ class GamOptions(ModelOptions):
     def fit(self, formula: str, data, family: str, options: dict):
         from daskmm.models.gam.model import gam
         return gam(formula, data, family, **options)
+
+    def outputs(self, result, data, plots: bool = False, seed: int | None = None):
+        """``fitted.parquet`` and, with ``plots``, a PNG per smooth (plot.gam's)."""
+        from daskmm.models.gam.outputs import gam_extra
+        return gam_extra(result, data, plots=plots)

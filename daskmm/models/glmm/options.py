@@ -31,3 +31,14 @@ class GlmmOptions(ModelOptions):
     def fit(self, formula: str, data, family: str, options: dict):
         from daskmm.models.glmm.fit import glmm
         return glmm(formula, data, family, **options)
+
+    def outputs(self, result, data, plots: bool = False, seed: int | None = None):
+        """With ``plots``, DHARMa's residual panels (``plots/dharma.png``; 250 simulations,
+        seed 123 by default, conditional random effects), their tests in summary.json."""
+        if not plots:
+            return None
+        result.simulate_residuals(seed=seed if seed is not None else 123)
+
+        def extra(tmp) -> None:
+            result.plot("dharma", tmp / "plots")
+        return extra

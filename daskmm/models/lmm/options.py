@@ -50,3 +50,16 @@ class LmmOptions(ModelOptions):
     def fit(self, formula: str, data, family: str, options: dict):
         from daskmm.models.lmm.fit import lmm
         return lmm(formula, data, **options)
+
+    def outputs(self, result, data, plots: bool = False, seed: int | None = None):
+        """With ``plots``, the LMM's diagnostic plots under ``plots/`` (the profile zeta
+        plot where profiles were computed)."""
+        if not plots:
+            return None
+
+        def extra(tmp) -> None:
+            from daskmm.models.lmm.plots import KINDS
+            for kind in KINDS:
+                if kind != "zeta" or result.profiles:
+                    result.plot(kind, tmp / "plots")
+        return extra
