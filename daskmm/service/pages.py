@@ -35,7 +35,8 @@ let token = localStorage.getItem("daskmm-token") || "";
 $("token").value = token;
 const api = (path, opts = {}) => fetch(path, {...opts,
   headers: {...(opts.headers || {}), "Authorization": "Bearer " + token}});
-const say = (text) => { $("msg").textContent = text; };
+// a message about the token is replaced once a token works; others (submitted ...) stay
+const say = (text, kind = "") => { $("msg").textContent = text; $("msg").dataset.kind = kind; };
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;",
   ">": "&gt;", '"': "&quot;"})[c]);
 $("save").onclick = () => { token = $("token").value.trim();
@@ -57,10 +58,12 @@ function progressText(p) {
     + (p.where ? " (" + p.where + ")" : "");
 }
 async function refresh() {
-  if (!token) { say("enter a token"); return; }
+  if (!token) { say("enter a token", "token"); return; }
   const r = await api("/v1/jobs?limit=100");
-  if (!r.ok) { say("token refused (" + r.status + ")"); return; }
+  if (!r.ok) { say("token refused (" + r.status + ")", "token"); return; }
   const data = await r.json();
+  if ($("msg").dataset.kind === "token") say("token accepted: " + data.items.length
+    + (data.items.length === 1 ? " job" : " jobs"), "token-ok");
   $("jobs").innerHTML = data.items.map((j) => '<tr class="job" data-id="' + esc(j.id) + '">'
     + "<td>" + esc(j.id) + "</td><td>" + esc(j.name) + '</td><td class="' + esc(j.state)
     + '">' + esc(j.state) + "</td><td>" + esc(progressText(j.progress))

@@ -33,9 +33,12 @@ def browser():
 def test_a_job_submitted_through_the_form_appears_and_shows_its_summary(server, browser):
     page = browser.new_page()
     page.goto(server.url + "/")
+    page.wait_for_selector("#msg:has-text('enter a token')", timeout=30_000)
     page.fill("#token", TOKENS["alice"])
     page.click("#save")
-    page.fill("#body", yaml.safe_dump(dict(SLEEP_JOB, name="from-the-page")))
+    # the prompt goes once the token has loaded the jobs
+    page.wait_for_selector("#msg:has-text('token accepted')", timeout=30_000)
+    page.fill("#body", yaml.safe_dump(dict(SLEEP_JOB, name="from-the-page", plots=True)))
     page.click("#go")
     page.wait_for_selector("#msg:has-text('submitted')", timeout=30_000)
     job_id = page.inner_text("#msg").split()[-1]
@@ -46,6 +49,11 @@ def test_a_job_submitted_through_the_form_appears_and_shows_its_summary(server, 
     page.wait_for_selector("#summary", timeout=30_000)
     text = page.inner_text("#summary")
     assert "Linear mixed model fit by REML" in text and "Days" in text
+    # the job asked for plots: the page shows them under its summary
+    page.wait_for_selector("#detail img", timeout=30_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#detail img')]"
+                           ".every((i) => i.complete && i.naturalWidth > 100)", timeout=30_000)
+    assert page.locator("#detail img").count() >= 3
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "service_page.png"
     page.screenshot(path=str(shot), full_page=True)
