@@ -164,6 +164,12 @@ def lambda_gc(p: np.ndarray) -> float:
     return float(np.median(stats.chi2.isf(p, 1)) / stats.chi2.ppf(0.5, 1))
 
 
+GENOME_WIDE = 5e-8
+"""The genome-wide significance line of the Manhattan plot."""
+SUGGESTIVE = 1e-5
+"""The suggestive line (as PLINK-era GWAS reports and qqman draw it)."""
+
+
 def plots(df: pd.DataFrame, chrom_order: list[str], out: Path) -> None:
     """``manhattan.png`` and ``qq.png``: one panel per trait."""
     import matplotlib
@@ -171,9 +177,24 @@ def plots(df: pd.DataFrame, chrom_order: list[str], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for name, fig in (("manhattan.png", manhattan_figure(df, chrom_order)),
+                      ("qq.png", qq_figure(df))):
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+
+
+def manhattan_figure(df: pd.DataFrame, chrom_order: list[str]):
+    """A Manhattan plot per trait: -log10 p by position, chromosomes in alternating colours
+    and labelled under their middle, the suggestive (1e-5, blue) and genome-wide (5e-8, red)
+    lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     traits = list(dict.fromkeys(df["trait"]))
     order = {c: i for i, c in enumerate(chrom_order)}
-    fig, axes = plt.subplots(len(traits), 1, figsize=(10, 3 * len(traits)), squeeze=False)
+    fig, axes = plt.subplots(len(traits), 1, figsize=(11, 3.5 * len(traits)), squeeze=False)
     for ax, tr in zip(axes[:, 0], traits):
         d = df[df["trait"] == tr]
         ci = d["chrom"].map(order).to_numpy()
@@ -181,26 +202,50 @@ def plots(df: pd.DataFrame, chrom_order: list[str], out: Path) -> None:
         offset = np.concatenate([[0], np.cumsum(span)[:-1]])
         x = d["pos"].to_numpy() + offset[ci]
         lp = -np.log10(np.clip(d["p_value"].to_numpy(), 1e-300, 1))
-        ax.scatter(x, lp, s=3, c=np.where(ci % 2, "#1f4e79", "#7f7f7f"))
+        ax.scatter(x, lp, s=4, c=np.where(ci % 2, "#1f4e79", "#7f7f7f"))
         mid = offset + span / 2
-        ax.set_xticks(mid, chrom_order, fontsize=7)
-        ax.axhline(-np.log10(5e-8), color="red", lw=0.7, ls="--")
-        ax.set_ylabel("-log10 p")
-        ax.set_title(f"{tr}", fontsize=9)
-    axes[-1, 0].set_xlabel("chromosome")
+        ax.set_xticks(mid, chrom_order, fontsize=10)
+        ax.tick_params(axis="y", labelsize=10)
+        ax.axhline(-np.log10(SUGGESTIVE), color="blue", lw=0.8, ls=":",
+                   label="suggestive (1e-5)")
+        ax.axhline(-np.log10(GENOME_WIDE), color="red", lw=0.8, ls="--",
+                   label="genome-wide (5e-8)")
+        top = max(float(np.max(lp, initial=0)), -np.log10(GENOME_WIDE)) * 1.05
+        ax.set_ylim(0, top)
+        ax.set_ylabel("-log10 p", fontsize=11)
+        ax.set_title(tr, fontsize=12)
+        ax.legend(loc="upper right", fontsize=9, frameon=False)
+    axes[-1, 0].set_xlabel("chromosome", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out / "manhattan.png", dpi=100)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, len(traits), figsize=(4 * len(traits), 4), squeeze=False)
+    return fig
+
+
+def qq_figure(df: pd.DataFrame):
+    """A QQ plot of -log10 p per trait against the uniform's expectation, with the pointwise
+    95% band of the uniform order statistics (the i-th smallest of n is Beta(i, n - i + 1))
+    and lambda_gc in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    traits = list(dict.fromkeys(df["trait"]))
+    fig, axes = plt.subplots(1, len(traits), figsize=(4.5 * len(traits), 4.5), squeeze=False)
     for ax, tr in zip(axes[0], traits):
         p = np.sort(np.clip(df.loc[df["trait"] == tr, "p_value"].to_numpy(), 1e-300, 1))
-        e = -np.log10((np.arange(1, len(p) + 1) - 0.5) / len(p))
-        ax.scatter(e, -np.log10(p), s=3, c="#1f4e79")
+        n = len(p)
+        i = np.arange(1, n + 1)
+        e = -np.log10((i - 0.5) / n)
+        lo = -np.log10(stats.beta.ppf(0.975, i, n - i + 1))
+        hi = -np.log10(stats.beta.ppf(0.025, i, n - i + 1))
+        ax.fill_between(e, lo, hi, color="0.85", lw=0, label="95% band")
+        ax.scatter(e, -np.log10(p), s=4, c="#1f4e79")
         lim = max(e.max(initial=1), 1)
-        ax.plot([0, lim], [0, lim], color="red", lw=0.7)
-        ax.set_xlabel("expected -log10 p")
-        ax.set_ylabel("observed -log10 p")
-        ax.set_title(f"{tr}: lambda_gc {lambda_gc(p):.3f}", fontsize=9)
+        ax.plot([0, lim], [0, lim], color="red", lw=0.8)
+        ax.set_xlabel("expected -log10 p", fontsize=11)
+        ax.set_ylabel("observed -log10 p", fontsize=11)
+        ax.tick_params(labelsize=10)
+        ax.set_title(f"{tr}: lambda_gc = {lambda_gc(p):.3f}", fontsize=12)
     fig.tight_layout()
-    fig.savefig(out / "qq.png", dpi=100)
-    plt.close(fig)
+    return fig
