@@ -300,10 +300,15 @@ def _service_command(args: argparse.Namespace) -> int:
               f"{out['id']} (already submitted: {out['state']})")
         if not args.wait:
             return 0
+        said = None
         while True:
             job = c.status(out["id"])
             if job["state"] in ("succeeded", "failed", "cancelled"):
                 break
+            line = _progress_line(job)
+            if line != said:  # the job's progress as it changes, on stderr
+                print(f"daskmm: {out['id']} {line}", file=sys.stderr, flush=True)
+                said = line
             time.sleep(1.0)
         print(f"{job['id']} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
         return 0 if job["state"] == "succeeded" else 1
@@ -321,6 +326,23 @@ def _service_command(args: argparse.Namespace) -> int:
     files = c.fetch(args.id, args.out, force=args.force)
     print(f"wrote {len(files)} files to {args.out}")
     return 0
+
+
+def _progress_line(job: dict) -> str:
+    """A service job's state and progress as one line (``running: optimise, 24
+    evaluations (distributed)``), as the web page writes it."""
+    p = job.get("progress") or {}
+    parts = [job["state"]]
+    if p.get("phase"):
+        text = str(p["phase"])
+        if p.get("evaluations"):
+            text += f", {p['evaluations']} evaluations"
+        if p.get("passes"):
+            text += f", {p['passes']} pass" + ("" if p["passes"] == 1 else "es")
+        if p.get("where"):
+            text += f" ({p['where']})"
+        parts.append(text)
+    return ": ".join(parts)
 
 
 def _readable_times(timings: dict) -> dict:

@@ -223,6 +223,10 @@ def test_cli_client_submit_status_fetch(server, tmp_path):
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.split()[0]
     assert "succeeded" in r.stdout
+    # the wait shows the job's progress as it changes (stderr), each line once
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith(f"daskmm: {job_id} ")]
+    assert lines and len(lines) == len(set(lines))
+    assert all(ln.split()[2].rstrip(":") in ("queued", "running") for ln in lines)
     r = daskmm("status", job_id)
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "succeeded"
     # times a person reads: ISO 8601 with the zone, not epoch seconds
