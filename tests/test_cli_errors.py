@@ -91,3 +91,28 @@ def test_unreachable_scheduler_fails_cleanly(tmp_path):
     assert proc.returncode != 0
     assert "no Dask scheduler answered at 'tcp://127.0.0.1:1'" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_long_fit_reports_its_progress(capsys, monkeypatch):
+    """After 2 s a fit's optimiser progress goes to stderr, a line every 5 s off a terminal
+    (evaluations, the best criterion so far, the time); nothing before 2 s, and the events
+    stop reaching it when the command ends."""
+    from daskmm import cli, events
+
+    now = [0.0]
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False)
+    progress = cli._FitProgress()
+    progress.clock = lambda: now[0]
+    progress.t0 = progress.last = 0.0
+    events.set_listener(progress)
+    try:
+        for i in range(1, 60):
+            now[0] = 0.25 * i
+            events.emit("evaluation", feval=i, best=1000.0 - i)
+    finally:
+        progress.end()
+    events.emit("evaluation", feval=99, best=1.0)  # after the end: not shown
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["daskmm: optimising: 8 evaluations, criterion 992 (2 s)",
+                     "daskmm: optimising: 28 evaluations, criterion 972 (7 s)",
+                     "daskmm: optimising: 48 evaluations, criterion 952 (12 s)"]

@@ -151,7 +151,7 @@ class _Counted:
 
     def value(self, x) -> float:
         self.feval += 1
-        emit("evaluation", feval=self.feval)
+        emit("evaluation", feval=self.feval, best=self.best[0])
         x = np.array(x, dtype=float)
         v = float(self.f(x)) if self.f is not None else float(self.fg(x)[0])
         if v < self.best[0]:
@@ -161,7 +161,7 @@ class _Counted:
     def value_grad(self, x) -> tuple[float, np.ndarray]:
         self.feval += 1
         self.geval += 1
-        emit("evaluation", feval=self.feval)
+        emit("evaluation", feval=self.feval, best=self.best[0])
         x = np.array(x, dtype=float)
         v, g = self.fg(x)
         v = float(v)
