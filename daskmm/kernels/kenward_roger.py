@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass
@@ -184,6 +183,8 @@ def kr_f(L: np.ndarray, beta: np.ndarray, V0: np.ndarray, parts: KRParts,
         ``F`` (scaled), ``F_unscaled``, ``ndf`` (``rank L``), ``ddf``, ``F_scaling``,
         ``p_value`` and ``p_value_unscaled``.
     """
+    from scipy import stats  # here: its import costs a CLI process 0.4 s
+
     L = np.atleast_2d(np.asarray(L, dtype=float))
     q, rho, A2 = _kr_moments(L, V0, parts)
     ddf = 4 + (q + 2) / (q * rho - 1)

@@ -19,7 +19,6 @@ mean, ``re.form = ~0``); ``testZeroInflation`` the number of zeros.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 ALTERNATIVES = ("two.sided", "greater", "less")
 
@@ -57,6 +56,8 @@ def ks_uniform(residuals: np.ndarray) -> dict:
     """R's ``ks.test(residuals, "punif")`` (two-sided): ``statistic`` D and ``p_value``,
     exact (Marsaglia-Tsang-Wang) below 100 values without ties, else the asymptotic
     Kolmogorov distribution."""
+    from scipy import stats  # here: its import costs a CLI process 0.4 s
+
     r = np.sort(np.asarray(residuals, dtype=float))
     r = r[np.isfinite(r)]
     n = len(r)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from daskmm.errors import ModelError
 from daskmm.models.lmm.inference.bootstrap import bootstrap
@@ -229,6 +228,7 @@ class LmmResult(MixedResult):
         client : distributed.Client, optional
             Run the profiles or replicates as tasks on its workers.
         """
+        from scipy import stats
         key = str(method).lower()
         if key not in CI_METHODS:
             raise ModelError(f"method={method!r}; allowed: {', '.join(CI_METHODS)}")

@@ -23,7 +23,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
@@ -121,6 +120,7 @@ def norm_inter(t: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The ``boot`` package's ``norm.inter``: quantiles ``alpha`` of the finite replicates
     ``t`` at order statistic ``(R + 1) alpha``, interpolated on the normal scale between the
     neighbouring order statistics."""
+    from scipy import stats
     t = np.sort(t[np.isfinite(t)])
     R = len(t)
     if R == 0:

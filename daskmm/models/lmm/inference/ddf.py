@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
@@ -90,6 +89,7 @@ def varpar_cov(dev: Deviance, theta: np.ndarray, sigma: float, reml: bool,
 def coef_tests(names: list[str], beta: np.ndarray, info: VarparCov) -> pd.DataFrame:
     """lmerTest's coefficient table: ``term, estimate, std_error, df, statistic, p_value``
     (t tests with Satterthwaite's df)."""
+    from scipy import stats
     rows = []
     for j, name in enumerate(names):
         e = np.zeros(len(beta))
@@ -104,6 +104,7 @@ def coef_tests(names: list[str], beta: np.ndarray, info: VarparCov) -> pd.DataFr
 
 def f_test(L: np.ndarray, beta: np.ndarray, info: VarparCov) -> dict:
     """F test of ``L beta = 0`` (lmerTest's ``contestMD``): ``F, ndf, ddf, p_value``."""
+    from scipy import stats
     F, ndf, ddf = satterthwaite_f(L, beta, info.vcov, info.jac, info.A,
                                   tol=np.sqrt(np.finfo(float).eps))
     return {"F": F, "ndf": ndf, "ddf": ddf, "p_value": float(stats.f.sf(F, ndf, ddf))}
@@ -222,6 +223,7 @@ def kenward_roger_parts(prob, theta: np.ndarray, sigma: float, vcov: np.ndarray)
 def kr_coef_tests(names: list[str], beta: np.ndarray, vcov: np.ndarray, parts) -> pd.DataFrame:
     """lmerTest's coefficient table with ``ddf = "Kenward-Roger"``: standard errors from the
     adjusted covariance, pbkrtest's ``Lb_ddf`` degrees of freedom."""
+    from scipy import stats
     rows = []
     for j, name in enumerate(names):
         e = np.zeros(len(beta))

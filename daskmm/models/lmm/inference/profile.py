@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
 from daskmm.errors import ModelError
 from daskmm.kernels.pls import inverse_factor
@@ -263,6 +263,8 @@ def profile_intervals(prob: Problem, theta_start: np.ndarray, fixef_names: list[
         With a client (and statistics held on the client), each side of each parameter is one
         task on the workers.
     """
+    from scipy import stats
+
     if not 0 < level < 1:
         raise ModelError(f"level={level!r}; a confidence level is between 0 and 1 "
                          "(e.g. 0.95)")
