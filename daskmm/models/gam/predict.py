@@ -37,6 +37,12 @@ def _complete(spec, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _unseen(values: pd.Series, levels) -> list[str]:
+    """The distinct non-missing values of ``values`` (as text) not among ``levels``."""
+    seen = {str(v) for v in levels}
+    return [v for v in pd.unique(values[values.notna()].astype(str)) if v not in seen]
+
+
 def _check_by_levels(spec, df: pd.DataFrame) -> None:
     """A level of a ``by`` factor the fit did not see has no smooth: refused, naming it
     (mgcv: "factor levels ... not in original fit", then an error)."""
@@ -44,9 +50,7 @@ def _check_by_levels(spec, df: pd.DataFrame) -> None:
         by = s.call.by
         if by is None or by not in s.levels or by not in df.columns:
             continue
-        seen = {str(v) for v in s.levels[by]}
-        vals = df[by]
-        new = [v for v in pd.unique(vals[vals.notna()].astype(str)) if v not in seen]
+        new = _unseen(df[by], s.levels[by])
         if new:
             raise DataError(f"column {by!r} (the by factor of {s.call.text or s.label}) has "
                             f"level(s) {', '.join(map(repr, new[:5]))} in the new data that "
@@ -64,9 +68,7 @@ def _check_re_levels(spec, df: pd.DataFrame) -> None:
         f = s.margins[0].factor
         if f not in df.columns:
             continue
-        seen = {str(v) for v in s.levels[f]}
-        vals = df[f]
-        new = [v for v in pd.unique(vals[vals.notna()].astype(str)) if v not in seen]
+        new = _unseen(df[f], s.levels[f])
         if new:
             raise DataError(f"column {f!r} (the factor of {s.call.text or s.label}) has "
                             f"level(s) {', '.join(map(repr, new[:5]))}"
@@ -220,12 +222,10 @@ class GamPredictor:
                              "GLMMs; a GAM's 're' smooths are terms of its formula")
         if kind not in ("link", "response"):
             raise ModelError(f"type={kind!r}; allowed: 'link', 'response'")
-        ddf = newdata if hasattr(newdata, "map_partitions") else read_data(newdata) \
-            if not isinstance(newdata, pd.DataFrame) else None
-        if ddf is None:
+        if isinstance(newdata, pd.DataFrame):  # lazy like every other input
             import dask.dataframe as dd
-            ddf = dd.from_pandas(newdata, npartitions=1)
-        return predict_frame(self, ddf, type=kind, se_fit=se_fit,
+            newdata = dd.from_pandas(newdata, npartitions=1)
+        return predict_frame(self, newdata, type=kind, se_fit=se_fit,
                              allow_new_levels=allow_new_levels)
 
 

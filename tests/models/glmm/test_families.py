@@ -97,13 +97,17 @@ def test_negative_binomial_prior_weights_on_a_cluster(client):
     _check_nb(fit, ref)
 
 
-def test_negative_binomial_unit_weights_change_nothing():
-    ref = REFS["nb_weights_nested"]
-    d = pd.read_csv(HERE / ref["data"])
-    d["one"] = 1.0
+def _nb_without_and_with(case: str, weight: float):
+    """The case's NB fit without weights and with every weight ``weight``; and its data."""
+    ref = REFS[case]
+    d = pd.read_csv(HERE / ref["data"]).assign(wconst=weight)
     kw = {"factors": ref["factors"], "mode": "in-process"}
-    a = daskmm.glmm(ref["formula"], d, "negative_binomial", **kw)
-    b = daskmm.glmm(ref["formula"], d, "negative_binomial", weights="one", **kw)
+    return (daskmm.glmm(ref["formula"], d, "negative_binomial", **kw),
+            daskmm.glmm(ref["formula"], d, "negative_binomial", weights="wconst", **kw), d)
+
+
+def test_negative_binomial_unit_weights_change_nothing():
+    a, b, _ = _nb_without_and_with("nb_weights_nested", 1.0)
     assert a.loglik == b.loglik and np.array_equal(a.beta, b.beta) and a.nb_size == b.nb_size
     for kind in ("pearson", "deviance"):
         np.testing.assert_array_equal(a.residuals(kind).compute(), b.residuals(kind).compute())
@@ -112,12 +116,7 @@ def test_negative_binomial_unit_weights_change_nothing():
 def test_negative_binomial_weights_are_not_replicated_rows():
     """Doubling every weight doubles each row's log-likelihood (not the data): the criterion
     differs from the unweighted one and the size moves (glmmTMB's weights)."""
-    ref = REFS["nb_weights_scalar"]
-    d = pd.read_csv(HERE / ref["data"])
-    d["two"] = 2.0
-    kw = {"factors": ref["factors"], "mode": "in-process"}
-    a = daskmm.glmm(ref["formula"], d, "negative_binomial", **kw)
-    b = daskmm.glmm(ref["formula"], d, "negative_binomial", weights="two", **kw)
+    a, b, d = _nb_without_and_with("nb_weights_scalar", 2.0)
     assert b.nb_size > 1.1 * a.nb_size and b.loglik < 1.8 * a.loglik
     # Pearson residuals carry the weights: sqrt(wt) (y - mu) / sqrt(V(mu))
     mu = b.predict().compute().to_numpy()
