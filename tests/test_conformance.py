@@ -87,6 +87,9 @@ def test_api_distributed_mode_matches_lme4(fid, client):
                      client=client, mode="distributed", npartitions=3)
     assert res.optinfo["mode"] == "distributed"
     check_document(res.to_dict(), res.ranef_frame(), fx)
+    # lme4's Scaled residuals, from the workers' partitions: those of the in-process fit
+    here = daskmm.lmm(fx["formula"], fx["data_path"], reml=fx["REML"], factors=fx["factors"])
+    assert res.residual_summary() == pytest.approx(here.residual_summary(), rel=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -114,4 +117,10 @@ def test_cli_matches_lme4(fid, tmp_path, scheduler_address):
     check_document(doc, ranef, fx)
     fixef = pd.read_parquet(out / "fixef.parquet")
     assert list(fixef["term"]) == fx["fixef_names"]
-    assert "Random effects:" in (out / "summary.txt").read_text()
+    text = (out / "summary.txt").read_text()
+    assert "Random effects:" in text
+    # the scaled residuals of a fit on the cluster: computed there, exactly (lme4's block)
+    assert "Scaled residuals: " in text
+    assert doc["scaled_residuals"] == daskmm.lmm(fx["formula"], fx["data_path"],
+                                                 reml=fx["REML"], factors=fx["factors"]
+                                                 ).residual_summary()

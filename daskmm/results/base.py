@@ -22,6 +22,7 @@ from daskmm.core.optimizer import OptSummary
 from daskmm.core.reterm import RandomTerm, split_theta
 from daskmm.data.rows import DropCounts
 from daskmm.errors import DataError, FitError
+from daskmm.results import rformat as rf
 
 SINGULAR_TOL = 1e-4  # lme4::isSingular
 
@@ -264,13 +265,41 @@ class MixedResult:
         return {}
 
     # ------------------------------------------------------------ printing
+    def _title_lines(self, title: str, cls: str) -> list[str]:
+        """lme4's ``.prt.methTit``: ``TITLE ['CLASS']``, or, past 80 characters, the title
+        wrapped and ``[CLASS]`` after it."""
+        if len(title) + 5 + len(cls) > rf.WIDTH:
+            return rf.cat_fill([*rf.strwrap(title, rf.WIDTH - 2, exdent=2), " [", cls, "]"],
+                               sep="")
+        return [f"{title} ['{cls}']"]
+
     def _criteria_lines(self) -> list[str]:
-        """lme4's ``AIC BIC logLik deviance df.resid`` header and values."""
-        w = [f"{x:.1f}" for x in (self.aic, self.bic, self.loglik, self.objective)]
-        w.append(str(self.nobs - self.df))
-        heads = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-        width = max(len(s) for s in w + heads) + 1
-        return ["".join(h.rjust(width) for h in heads), "".join(s.rjust(width) for s in w)]
+        """lme4's ``.prt.aictab``: ``REML criterion at convergence:`` or the ``AIC BIC
+        logLik deviance df.resid`` table, rounded to one decimal and formatted together."""
+        if getattr(self, "reml", False):
+            return [f"REML criterion at convergence: {_cat_num(rf.fround(self.objective, 1))}"]
+        vals = rf.fround_all([self.aic, self.bic, self.loglik, -2 * self.loglik,
+                              float(self.nobs - self.df)], 1)
+        shown = rf.format_num(vals)
+        shown[-1] = rf.format_num([vals[-1]])[0]
+        return rf.print_named(shown, ["AIC", "BIC", "logLik", "deviance", "df.resid"])
+
+    def _resid_lines(self, quantiles: dict | None) -> list[str]:
+        """lme4's ``.prt.resids``: the quantiles of the scaled residuals, zapped to 5 and
+        printed to 4 digits; nothing when the fit has none."""
+        if not quantiles:
+            return []
+        keys = ["Min", "1Q", "Median", "3Q", "Max"]
+        q = rf.zapsmall([quantiles[k] for k in keys], 5)
+        return ["Scaled residuals: ", *rf.print_named(rf.format_num(q, 4), keys), ""]
+
+    def _fixef_lines(self, columns: list[tuple[str, str]]) -> list[str]:
+        """``Fixed effects:`` through R's ``printCoefmat(digits = 4)``; ``columns``: the
+        ``(fixef() column, printed header)`` pairs in order."""
+        fe = self.fixef()
+        x = [[getattr(r, c) for c, _ in columns] for r in fe.itertuples(index=False)]
+        return ["", "Fixed effects:", *rf.print_coefmat(x, list(fe["term"]),
+                                                         [h for _, h in columns], digits=4)]
 
     def rows_report(self) -> dict:
         """Rows read, used and dropped, and why (``summary.json``'s ``rows``)."""
@@ -296,42 +325,66 @@ class MixedResult:
         return f"({total} observations deleted due to missingness: {'; '.join(why)})"
 
     def _nobs_lines(self) -> list[str]:
-        groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
-        lines = [f"Number of obs: {self.nobs}, groups:  {groups}"]
+        """lme4's ``.prt.grps``: ``Number of obs: N, groups:  g, n; h, m``."""
+        # lme4's flist: the factors by decreasing number of levels (ties in term order)
+        order = sorted(self.ngroups.items(), key=lambda kv: -int(kv[1]))
+        groups = "; ".join(f"{k}, {v}" for k, v in order)
+        lines = rf.cat_fill([f"Number of obs: {self.nobs}, groups: ", groups])
         if self.dropped_line():
             lines.append(self.dropped_line())
         return lines
 
     def _random_effects_lines(self, residual: bool) -> list[str]:
-        """lme4's ``Random effects:`` table (``Groups Name Variance Std.Dev. Corr``)."""
+        """lme4's ``Random effects:`` block (``formatVC`` printed as a character matrix):
+        ``Groups Name Variance Std.Dev.``, and ``Corr`` where a factor has several terms."""
         vc = self.varcorr()
-        table = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
+        groups = []  # (grp, names, sds, correlation matrix)
         for grp in self.term_groups():
             sub = vc[vc["grp"] == grp]
             var = sub[sub["var2"].isna()]
-            cor = sub[sub["var2"].notna()]
-            for i, r in enumerate(var.itertuples(index=False)):
-                corr = " ".join(f"{c:.2f}" for c in cor[cor["var2"] == r.var1]["sdcor"])
-                table.append((grp if i == 0 else "", r.var1, f"{r.vcov:.4g}", f"{r.sdcor:.4g}",
-                              corr))
+            names = list(var["var1"])
+            cor = np.eye(len(names))
+            for r in sub[sub["var2"].notna()].itertuples(index=False):
+                i, j = names.index(r.var1), names.index(r.var2)
+                cor[i, j] = cor[j, i] = r.sdcor
+            groups.append((grp, names, list(var["sdcor"]), cor))
         if residual:
-            table.append(("Residual", "", f"{self.sigma ** 2:.4g}", f"{self.sigma:.4g}", ""))
-        widths = [max(len(r[i]) for r in table) for i in range(5)]
-        return [" " + " ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip() for r in table]
+            groups.append(("Residual", [""], [self.sigma], np.eye(1)))
+        sds = [s for g in groups for s in g[2]]
+        variance = rf.format_num([s * s for s in sds], 4)
+        stddev = rf.format_num(sds, 4)
+        rows = []
+        for grp, names, _, _ in groups:
+            rows += [[grp if i == 0 else "", n] for i, n in enumerate(names)]
+        for row, v, sd in zip(rows, variance, stddev):
+            row += [v, sd]
+        heads = ["Groups", "Name", "Variance", "Std.Dev."]
+        maxlen = max(len(g[1]) for g in groups)
+        if maxlen > 1:
+            k = 0
+            for _, names, _, cor in groups:
+                n = len(names)
+                cells = rf.format_num(rf.fround_all(cor.ravel().tolist(), 2), nsmall=2)
+                for i in range(n):
+                    rows[k + i] += [cells[i * n + j] if j < i else "" for j in range(maxlen - 1)]
+                k += n
+            heads += ["Corr"] + [""] * (maxlen - 2)
+        return ["Random effects:", *rf.print_matrix(rows, [""] * len(rows), heads)]
 
-    def _correlation_lines(self, names: list[str], nw: int) -> list[str]:
-        """lme4's ``Correlation of Fixed Effects:`` block (none for one fixed effect)."""
-        if len(names) < 2:
+    def _correlation_lines(self, names: list[str]) -> list[str]:
+        """lme4's ``Correlation of Fixed Effects:`` (2 to 12 fixed effects): the lower
+        triangle to 3 decimals, rows named by ``abbreviate(11)``, columns by
+        ``abbreviate(6)``."""
+        p = len(names)
+        if p < 2 or p > 12:
             return []
         sd = self.se
-        corr = self.vcov / np.outer(sd, sd)
-        abbr = [_abbrev(n) for n in names]
-        lines = ["", "Correlation of Fixed Effects:",
-                 " " * (nw + 1) + " ".join(f"{a:>6}" for a in abbr[:-1])]
-        for i in range(1, len(names)):
-            lines.append(f"{names[i]:<{nw}} " + " ".join(f"{corr[i, j]:>6.3f}"
-                                                      for j in range(i)))
-        return lines
+        corr = np.asarray(self.vcov) / np.outer(sd, sd)
+        cells = rf.format_num(rf.fround_all(corr.ravel().tolist(), 3), nsmall=3)
+        rows = [[cells[i * p + j] if j < i else "" for j in range(p - 1)] for i in range(1, p)]
+        return ["", "Correlation of Fixed Effects:",
+                *rf.print_matrix(rows, rf.abbreviate(names, 11)[1:],
+                                 rf.abbreviate(names, 6)[:-1])]
 
     def _tail_lines(self) -> list[str]:
         """lme4's convergence lines (``.prt.warn``): ``optimizer (NAME) convergence code: 0
@@ -343,8 +396,9 @@ class MixedResult:
             return []
         code = 0 if self.converged else (self.optinfo.get("code") or -1)
         state = "(OK)" if code == 0 else f"({self.optinfo.get('message')})"
+        # lme4's cat(..., sep = "\n") ends with a newline of its own, then cat("\n")
         return [f"optimizer ({self.optinfo.get('optimizer')}) convergence code: {code} "
-                f"{state}", *msgs]
+                f"{state}", *msgs, ""]
 
     def convergence_messages(self) -> list[str]:
         """The lines :meth:`_tail_lines` prints under the optimizer's: lme4's singular-fit
@@ -388,8 +442,9 @@ def spec_terms(spec) -> tuple[list, dict]:
     return list(spec.terms), {f.name: list(f.terms) for f in spec.factors}
 
 
-def _abbrev(name: str) -> str:
-    return "(Intr)" if name == "(Intercept)" else name[:6]
+def _cat_num(x: float) -> str:
+    """A number as R's ``cat`` prints it (7 significant digits)."""
+    return rf.format_num([x])[0]
 
 
 def _clean(obj):

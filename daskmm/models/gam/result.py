@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +29,7 @@ from daskmm.models.gam.predict import (
     predict_frame,
     residual_frame,
 )
-
-_STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.0, " "))
+from daskmm.results import rformat as rf
 
 
 @dataclass
@@ -200,42 +200,33 @@ class GamResult:
         if self.theta is not None:  # mgcv's nb(): "Negative Binomial(3.053)"
             fam = f"Negative Binomial({f'{self.theta:.3f}'.rstrip('0').rstrip('.')})"
         lines = ["", f"Family: {fam} ", f"Link function: {self.link} ", "", "Formula:",
-                 self.formula, ""]
+                 _r_formula(self.formula), ""]
         fe = self.fixef()
         if len(fe):
             stat = "t value" if self.scale_estimated else "z value"
             pcol = "Pr(>|t|)" if self.scale_estimated else "Pr(>|z|)"
-            rows = [("", "Estimate", "Std. Error", stat, pcol, "")]
-            for r in fe.itertuples(index=False):
-                rows.append((r.term, _g(r.estimate), _g(r.std_error), _g(r.statistic, 3),
-                             _pv(r.p_value), _star(r.p_value)))
-            lines += ["Parametric coefficients:"] + _table(rows)
-            lines.append("---")
-            lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
-            lines.append("")
+            x = [[r.estimate, r.std_error, r.statistic, r.p_value]
+                 for r in fe.itertuples(index=False)]
+            lines += ["Parametric coefficients:",
+                      *rf.print_coefmat(x, list(fe["term"]),
+                                        ["Estimate", "Std. Error", stat, pcol], digits=4)]
+        lines.append("")
         if self.smooth_table:
             stat = "F" if self.scale_estimated else "Chi.sq"
-            rows = [("", "edf", "Ref.df", stat, "p-value", "")]
-            for s in self.smooth_table:
-                rows.append((s["label"], f"{s['edf']:.3f}", _f3(s["ref_df"]),
-                             _g(s["statistic"], 3), _pv(s["p_value"]), _star(s["p_value"])))
-            lines += ["Approximate significance of smooth terms:"] + _table(rows)
-            lines.append("---")
-            lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
-            lines.append("")
-        lines.append(f"R-sq.(adj) = {_g(self.r_sq, 3)}   Deviance explained = "
-                     f"{100 * self.dev_expl:.3g}%")
+            x = [[s["edf"], s["ref_df"], s["statistic"], s["p_value"]]
+                 for s in self.smooth_table]
+            lines += ["Approximate significance of smooth terms:",
+                      *rf.print_coefmat(x, [s["label"] for s in self.smooth_table],
+                                        ["edf", "Ref.df", stat, "p-value"], digits=4,
+                                        cs_ind=[0], has_pvalue=True)]
+        lines.append("")
+        lines.append(f"R-sq.(adj) =  {rf.format_c(self.r_sq, 3, 5)}   Deviance explained = "
+                     f"{rf.format_c(100 * self.dev_expl, 3, 4)}%")
         crit = {"fREML": "fREML", "REML": "-REML", "ML": "-ML"}.get(self.method, self.method)
-        lines.append(f"{crit} = {_g(self.score, 5)}  Scale est. = {_g(self.scale, 5)}"
-                     f"    n = {self.nobs}")
+        lines.append(f"{crit} = {rf.format_c(self.score, 5)}  Scale est. = "
+                     f"{rf.format_c(self.scale, 5, 8, '-')}  n = {self.nobs}")
         if self.dropped_line():
             lines.append(self.dropped_line())
-        vc = self.varcomp()
-        if len(vc):
-            lines += ["", "Random effects (variance components):"]
-            rows = [("", "Groups", "Variance", "Std.Dev.")]
-            rows += [(r.term, r.group, _g(r.variance), _g(r.sd)) for r in vc.itertuples()]
-            lines += _table([r + ("",) for r in rows])
         for w in self.warnings:
             lines.append(f"Note: {w}")
         if self.certified is False:
@@ -277,51 +268,26 @@ class GamResult:
         the fit dropped a row (a frame with column ``residual``)."""
         return residual_frame(self, data, type)
 
-    def plot(self, out, data=None) -> list:
+    def plot(self, out, data=None, residuals: bool = False) -> list:
         """One PNG per smooth under directory ``out`` (``data``: for the rugs and ranges);
-        returns the paths."""
-        return plot_smooths(self, out, data)
+        ``residuals``: the partial residuals on each 1-d smooth, as ``plot.gam(fit,
+        residuals = TRUE)`` (needs ``data``). Returns the paths."""
+        return plot_smooths(self, out, data, residuals=residuals)
 
 
-def _g(x: float, digits: int = 4) -> str:
-    if x is None:
-        return "NA"
-    if isinstance(x, float) and math.isnan(x):
-        return "NaN"
-    if isinstance(x, float) and not math.isfinite(x):
-        return "NA"
-    return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.{digits}g}"
+def _r_formula(formula: str) -> str:
+    """The formula as R prints it: strings in double quotes."""
+    return re.sub(r"'([^'\"]*)'", r'"\1"', formula)
 
 
-def _f3(x: float | None) -> str:
-    return "NA" if x is None else f"{x:.3f}"
 
 
-def _pv(p: float | None) -> str:
-    if p is None:
-        return "NA"
-    if math.isnan(p):
-        return "NaN"
-    return "<2e-16" if p < 2e-16 else f"{p:.3g}"
 
 
-def _star(p: float | None) -> str:
-    if p is None:
-        return ""
-    for cut, s in _STARS:
-        if p <= cut:
-            return s
-    return " "
 
 
-def _table(rows: list[tuple]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for r in rows:
-        cells = [str(r[0]).ljust(widths[0])] + [str(v).rjust(w) for v, w in
-                                               zip(r[1:-1], widths[1:-1])] + [str(r[-1])]
-        out.append(" ".join(cells).rstrip())
-    return out
+
+
 
 
 def _clean(obj):

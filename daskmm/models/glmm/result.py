@@ -4,7 +4,6 @@ fitted values and predictions."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 from scipy.special import ndtr
 
 from daskmm.errors import ModelError
+from daskmm.results import rformat as rf
 from daskmm.results.base import MixedResult, result_kind
 
 
@@ -33,6 +33,8 @@ class GlmmResult(MixedResult):
         otherwise.
     warnings : list of str
         Conditions worth a look (levels with all-zero responses, separation, boundary).
+    scaled_residuals : dict or None
+        lme4's ``Scaled residuals:`` quantiles (:meth:`residual_summary`).
     """
 
     family: str = "binomial"
@@ -41,6 +43,7 @@ class GlmmResult(MixedResult):
     nb_size: float | None = None
     sigma: float = 1.0
     warnings: list[str] = field(default_factory=list)
+    scaled_residuals: dict | None = None
     predictor: object = field(default=None, repr=False, compare=False)  # GlmmRows
     dharma: object = field(default=None, repr=False, compare=False)
     # refit(**kw) -> GlmmResult: glmm() again with this fit's data and arguments (set by the
@@ -162,6 +165,19 @@ class GlmmResult(MixedResult):
         the binomial), a lazy dask Series over the fitted rows."""
         return self._rows().residuals(type)
 
+    def residual_summary(self) -> dict | None:
+        """lme4's ``Scaled residuals:`` quantiles (``Min, 1Q, Median, 3Q, Max`` of the
+        Pearson residuals over ``sigma``), computed once, exactly, when first asked for, in
+        a few passes over the fitted rows (on the workers for a cluster fit). None for a
+        result read from a document without them, or when the cluster is gone."""
+        if self.scaled_residuals is None and self.predictor is not None:
+            from daskmm.models.shared.prediction import quantiles_or_none
+            values = self.residuals("pearson")
+            if self.scaled:
+                values = values / self.sigma
+            self.scaled_residuals = quantiles_or_none(values)
+        return self.scaled_residuals
+
     def simulate(self, nsim: int = 1, seed: int = 0, re: str = "unconditional"):
         """lme4's ``simulate(fit, nsim, seed)``: responses (successes for the binomial,
         counts otherwise) from new random effects (``re="unconditional"``, lme4's
@@ -185,7 +201,9 @@ class GlmmResult(MixedResult):
 
     def plot(self, kind: str, out) -> list:
         """Write diagnostic plots as PNG under folder ``out``
-        (:mod:`daskmm.models.glmm.plots`): ``dharma`` (DHARMa's QQ and residual plots)."""
+        (:mod:`daskmm.models.glmm.plots`): ``dharma`` (DHARMa's QQ and residual plots),
+        ``caterpillar`` (lme4's ``dotplot(ranef(fit, condVar = TRUE))``, a file per factor
+        and term)."""
         from daskmm.models.glmm.plots import plot
         return plot(self, kind, out)
 
@@ -207,6 +225,8 @@ class GlmmResult(MixedResult):
             doc["nb_size"] = self.nb_size
         if self.scaled:
             doc["sigma"] = self.sigma
+        if self.residual_summary():
+            doc["scaled_residuals"] = dict(self.scaled_residuals)
         if self.dharma is not None:
             doc["scaled_residuals_dharma"] = self.dharma.summary()
         return doc
@@ -215,39 +235,30 @@ class GlmmResult(MixedResult):
     def _own_fields(cls, doc: dict) -> dict:
         return {"family": doc["family"], "link": doc["link"], "nagq": int(doc["nAGQ"]),
                 "nb_size": doc.get("nb_size"), "sigma": float(doc.get("sigma", 1.0)),
-                "warnings": list(doc.get("warnings") or [])}
+                "warnings": list(doc.get("warnings") or []),
+                "scaled_residuals": doc.get("scaled_residuals")}
 
     def summary(self) -> str:
         """Printed summary laid out like lme4's ``summary(glmer(...))``."""
-        how = ("Laplace Approximation" if self.nagq == 1
-               else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
+        how = ("(Laplace Approximation)" if self.nagq == 1
+               else f"(Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq})")
         from daskmm.core.families import get_family
+        # MASS's negative.binomial(theta) names itself with format(round(theta, 4))
         fam = get_family(self.family).r_name if self.nb_size is None else \
-            f"Negative Binomial({self.nb_size:.4g})"
-        lines = [f"Generalized linear mixed model fit by maximum likelihood ({how}) "
-                 "['glmerMod']", f" Family: {fam}  ( {self.link} )",
-                 f"Formula: {self.formula}", ""]
-        lines += [*self._criteria_lines(), "", "Random effects:",
-                  *self._random_effects_lines(residual=self.scaled), *self._nobs_lines()]
-        lines += ["", "Fixed effects:"]
-        fe = self.fixef()
-        names = list(fe["term"])
-        nw = max(len(n) for n in names)
+            f"Negative Binomial({rf.format_num([rf.fround(self.nb_size, 4)])[0]})"
+        lines = self._title_lines("Generalized linear mixed model fit by maximum likelihood "
+                                  f"{how}", "glmerMod")
+        lines += [f" Family: {fam}  ( {self.link} )", f"Formula: {self.formula}", "",
+                  *self._criteria_lines(), ""]
+        lines += self._resid_lines(self.residual_summary())
+        lines += [*self._random_effects_lines(residual=self.scaled), *self._nobs_lines()]
         # lme4 heads the statistic "t value" where the family has a dispersion (the p-value
         # is still the normal's)
-        stat = "t value" if self.scaled else "z value"
-        lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{stat:>9}"
-                     f"{'Pr(>|z|)':>10}")
-        for r in fe.itertuples(index=False):
-            lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
-                         f"{r.statistic:>9.3f}{_pval(r.p_value):>10}")
-        lines += self._correlation_lines(names, nw) + self._tail_lines()
+        lines += self._fixef_lines([("estimate", "Estimate"), ("std_error", "Std. Error"),
+                                    ("statistic", "t value" if self.scaled else "z value"),
+                                    ("p_value", "Pr(>|z|)")])
+        lines += self._correlation_lines(list(self.fixef()["term"])) + self._tail_lines()
         for msg in self.warnings:
             lines += ["", f"warning: {msg}"]
         return "\n".join(lines) + "\n"
 
-
-def _pval(p: float) -> str:
-    if not math.isfinite(p):
-        return "NA"
-    return "<2e-16" if p < 2e-16 else f"{p:.3g}"

@@ -23,7 +23,7 @@ from daskmm.models.lmm.inference.profile import parameter_names, profile_interva
 from daskmm.models.lmm.inference.type3 import anova_type3
 from daskmm.models.lmm.inference.variance import icc, r2_nakagawa
 from daskmm.models.lmm.plots import plot
-from daskmm.models.shared.prediction import residual_quantiles
+from daskmm.models.shared.prediction import quantiles_or_none
 from daskmm.results.base import SINGULAR_TOL, MixedResult, RanefTable, result_kind
 
 CI_METHODS = ("wald", "profile", "boot")
@@ -107,13 +107,18 @@ class LmmResult(MixedResult):
 
     def residual_summary(self) -> dict | None:
         """lme4's ``Scaled residuals:`` quantiles (``Min, 1Q, Median, 3Q, Max`` of the
-        scaled Pearson residuals): computed once from the rows when the fit held them in
-        this process; None otherwise (a cluster fit would need another pass:
-        ``residual_quantiles(fit.residuals("pearson", scaled=True).compute())``)."""
-        if self.scaled_residuals is None and self.rows_here is not None \
-                and self.predictor is not None:
-            self.scaled_residuals = residual_quantiles(self.predictor.residual_values(
-                self.rows_here, "pearson", scaled=True).to_numpy())
+        scaled Pearson residuals), computed once, exactly, when first asked for: from the
+        rows when the fit held them in this process, otherwise in a few passes over the
+        workers' partitions (:func:`~daskmm.models.shared.prediction.residual_quantiles`).
+        None for a result read from a document without them, or when the cluster that held
+        the rows is gone."""
+        if self.scaled_residuals is None and self.predictor is not None:
+            if self.rows_here is not None:
+                values = self.predictor.residual_values(self.rows_here, "pearson",
+                                                        scaled=True).to_numpy()
+            else:
+                values = self.residuals("pearson", scaled=True)
+            self.scaled_residuals = quantiles_or_none(values)
             self.rows_here = None
         return self.scaled_residuals
 
@@ -336,44 +341,25 @@ class LmmResult(MixedResult):
 
     def summary(self) -> str:
         """Printed summary laid out like lme4's ``summary(lmer(...))``."""
-        how = "REML" if self.reml else "maximum likelihood"
+        # lme4's methTitle pastes an empty GLMM part after "maximum likelihood": a space
+        how = "REML" if self.reml else "maximum likelihood "
+        title = f"Linear mixed model fit by {how}"
         if self.tests is not None:
-            lines = [f"Linear mixed model fit by {how}. t-tests use {self.ddf}'s method "
-                     "['lmerModLmerTest']"]
+            lines = self._title_lines(f"{title}. t-tests use {self.ddf}'s method",
+                                      "lmerModLmerTest")
         else:
-            lines = [f"Linear mixed model fit by {how}  ['lmerMod']"]
-        lines += [f"Formula: {self.formula}", ""]
-        if self.reml:
-            lines.append(f"REML criterion at convergence: {self.objective:.1f}")
-        else:
-            lines += self._criteria_lines()
-        if self.residual_summary():
-            q = self.scaled_residuals
-            keys = ["Min", "1Q", "Median", "3Q", "Max"]
-            vals = [f"{q[k]:.4f}" for k in keys]
-            w = max(len(v) for v in vals + keys) + 1
-            lines += ["", "Scaled residuals: ", "".join(k.rjust(w) for k in keys),
-                      "".join(v.rjust(w) for v in vals)]
-        lines += ["", "Random effects:", *self._random_effects_lines(residual=True),
-                  *self._nobs_lines()]
-        lines += ["", "Fixed effects:"]
-        fe = self.fixef()
-        names = list(fe["term"])
-        nw = max(len(n) for n in names)
+            lines = self._title_lines(title, "lmerMod")
+        lines += [f"Formula: {self.formula}", "", *self._criteria_lines(), ""]
+        lines += self._resid_lines(self.residual_summary())
+        lines += [*self._random_effects_lines(residual=True), *self._nobs_lines()]
+        stat = [("statistic", "t value")]
         if self.tests is None:
-            lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'t value':>9}")
-            for r in fe.itertuples(index=False):
-                lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
-                             f"{r.statistic:>9.3f}")
+            lines += self._fixef_lines([("estimate", "Estimate"), ("std_error", "Std. Error"),
+                                        *stat])
         else:
-            lines.append(" " * nw + f"{'Estimate':>11}{'Std. Error':>12}{'df':>9}"
-                         f"{'t value':>9}{'Pr(>|t|)':>11}")
-            for r in fe.itertuples(index=False):
-                lines.append(f"{r.term:<{nw}}{r.estimate:>11.5g}{r.std_error:>12.5g}"
-                             f"{r.df:>9.3f}{r.statistic:>9.3f}{format_p(r.p_value):>11} "
-                             f"{stars(r.p_value)}".rstrip())
-            lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
-        lines += self._correlation_lines(names, nw)
+            lines += self._fixef_lines([("estimate", "Estimate"), ("std_error", "Std. Error"),
+                                        ("df", "df"), *stat, ("p_value", "Pr(>|t|)")])
+        lines += self._correlation_lines(list(self.fixef()["term"]))
         lines += self._tail_lines()
         if self.ci:
             lines += ["", "Confidence intervals:"]
@@ -389,23 +375,8 @@ class LmmResult(MixedResult):
         return "\n".join(lines) + "\n"
 
 
-def format_p(p: float) -> str:
-    """R's ``format.pval`` at 3 significant digits, as lmerTest prints."""
-    if p is None or not np.isfinite(p):
-        return "NA"
-    if p < 2e-16:
-        return "<2e-16"
-    return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
 
 
-def stars(p: float) -> str:
-    """R's significance stars."""
-    if p is None or not np.isfinite(p):
-        return ""
-    for cut, mark in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
-        if p < cut:
-            return mark
-    return ""
 
 
 def _num(x) -> str:

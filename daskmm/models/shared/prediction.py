@@ -13,6 +13,7 @@ result keeps the input's index and order.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ from daskmm.core.reterm import lambdas as term_lambdas
 from daskmm.data.source import Source
 from daskmm.errors import DataError, ModelError
 from daskmm.formula.parse import identifiers
+from daskmm.results.rformat import quantile7
+
+log = logging.getLogger(__name__)
 
 RESIDUAL_TYPES = ("response", "pearson", "deviance")
 
@@ -223,13 +227,28 @@ def _simulate_rows(df: pd.DataFrame, pred: Predictor, sims: dict, nsim: int, see
     return pd.DataFrame(out, index=df.index, columns=[f"sim_{i + 1}" for i in range(nsim)])
 
 
-def residual_quantiles(values: np.ndarray) -> dict:
-    """lme4's ``Scaled residuals:`` block: ``Min, 1Q, Median, 3Q, Max`` (R's quantile
-    type 7)."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    q = np.quantile(v, [0, 0.25, 0.5, 0.75, 1.0])
+def residual_quantiles(values) -> dict:
+    """lme4's ``Scaled residuals:`` block: ``Min, 1Q, Median, 3Q, Max`` of the finite
+    values (R's ``quantile``, type 7, with R's arithmetic), exactly: of an array in this
+    process, or of a lazy dask Series over the workers' partitions without gathering it
+    (:func:`daskmm.distributed.order_stats.quantiles`)."""
+    if hasattr(values, "to_delayed"):
+        from daskmm.distributed.order_stats import quantiles
+        q = quantiles(values)
+    else:
+        q = quantile7(np.asarray(values, float))
     return dict(zip(["Min", "1Q", "Median", "3Q", "Max"], (float(x) for x in q)))
+
+
+def quantiles_or_none(values) -> dict | None:
+    """:func:`residual_quantiles`, or None (logged) when the rows cannot be read any more: a
+    lazy Series whose cluster has been closed."""
+    try:
+        return residual_quantiles(values)
+    except Exception as exc:  # a closed client, a worker gone: the summary goes without
+        log.warning("the scaled residuals were not computed (%s: %s); the summary leaves "
+                    "them out", type(exc).__name__, exc)
+        return None
 
 
 MODEL_FILE = "model.pkl"
