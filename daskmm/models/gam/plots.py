@@ -4,6 +4,12 @@ covariates: a contour map of the fit with its -1 and +1 standard error contours 
 points; ``re``: a normal QQ plot of the coefficients). The edf is in each label, as
 ``plot.gam`` writes it (``s(x2,8.61)``). Written as PNG with matplotlib's Agg backend (no
 display needed).
+
+With ``residuals=True`` (``plot.gam(fit, residuals = TRUE)``) each 1-d smooth's panel also
+shows the partial residuals as small points: the working residual of each row plus the smooth's
+own fitted contribution at that row (:func:`partial_residuals`). The rows are those of the
+rug: up to :data:`RUG_POINTS` complete rows (a random sample seeded with 1 beyond that; of a
+dask frame, sampled from its first ``4 * RUG_POINTS`` rows).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from daskmm.errors import ModelError
 
 RUG_POINTS = 5000
 GRID = 100
@@ -30,8 +38,97 @@ def _curve(result, i: int, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]
     return X @ result.coef[sl], np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
 
 
-def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> list[Path]:
-    """Write ``OUT/<label>.png`` for each smooth; returns the paths."""
+def working_residuals(result, data: pd.DataFrame) -> np.ndarray:
+    """The working residuals ``(y - mu) d eta / d mu`` of the complete rows ``data`` (``y -
+    mu`` for the identity link), from the fit's linear predictor at each row (offset
+    included).
+
+    Parameters
+    ----------
+    result : GamResult
+        The fitted GAM (with its spec).
+    data : pandas.DataFrame
+        Rows of the data fitted (those missing a value the model uses are left out, as the
+        fit left them out).
+
+    Returns
+    -------
+    numpy.ndarray
+        One residual per row of ``data``.
+    """
+    from daskmm.core.families import LINKS
+    from daskmm.models.gam.predict import predict_frame
+
+    spec = result.spec
+    data, _ = spec.prepare(data)
+    eta = np.asarray(predict_frame(result, data, type="link"), dtype=float)
+    y, _, _, _ = spec.design(data, exact=True)
+    y = y + spec.offset(data)
+    link = LINKS[result.link]
+    return (y - link.inverse(eta)) / link.mu_eta(eta)
+
+
+def partial_residuals(result, i: int, data: pd.DataFrame,
+                      working: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """mgcv's partial residuals of 1-d smooth ``i`` (``plot.gam(fit, residuals = TRUE)``):
+    each row's working residual plus the smooth's fitted contribution at the row.
+
+    Parameters
+    ----------
+    result : GamResult
+        The fitted GAM.
+    i : int
+        The smooth (a 1-d smooth of one covariate).
+    data : pandas.DataFrame
+        Rows of the data fitted (those missing a value the model uses are left out).
+    working : numpy.ndarray, optional
+        :func:`working_residuals` of ``data``, when already computed.
+
+    Returns
+    -------
+    (x, partial) : tuple of numpy.ndarray
+        The covariate and the partial residual of each row the smooth applies to (of a
+        ``by`` factor's smooth, the rows of its level). Unlike mgcv, the working residuals are
+        not multiplied by ``sqrt(w) / mean(sqrt(w))`` of the working weights ``w``: the same
+        for a Gaussian identity model without prior weights.
+    """
+    s = result.spec.smooths[i]
+    if s.random or len(s.call.variables) != 1:
+        raise ModelError(f"partial residuals are drawn for 1-d smooths; {s.label} is not one")
+    data, _ = result.spec.prepare(data)
+    if working is None:
+        working = working_residuals(result, data)
+    f, _ = _curve(result, i, data)
+    keep = np.ones(len(data), dtype=bool)
+    by = s.call.by
+    if by is not None and not s.by_numeric:
+        from daskmm.models.gam.smooth import factor_codes
+        keep = factor_codes(data[by], s.levels[by]) == s.levels[by].index(s.by_level)
+    v = s.call.variables[0]
+    return data[v].to_numpy(dtype=float)[keep], (working + f)[keep]
+
+
+def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None,
+                 residuals: bool = False) -> list[Path]:
+    """Write ``OUT/<label>.png`` for each smooth; returns the paths.
+
+    Parameters
+    ----------
+    result : GamResult
+        The fitted GAM.
+    out : str or Path
+        The folder (made when absent).
+    data : pandas or dask DataFrame, optional
+        The data fitted: for the rugs, the ranges and the partial residuals (up to
+        :data:`RUG_POINTS` rows, a seeded random sample beyond that).
+    residuals : bool
+        Add the partial residuals to each 1-d smooth's panel (``plot.gam(fit, residuals =
+        TRUE)``); needs ``data``.
+
+    Returns
+    -------
+    list of Path
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,6 +136,8 @@ def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> l
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = result.spec
+    if residuals and data is None:
+        raise ModelError("partial residuals (residuals=True) need the data fitted")
     if data is not None and not isinstance(data, pd.DataFrame):
         data = data.head(RUG_POINTS * 4, npartitions=-1)
     if data is not None:
@@ -46,8 +145,9 @@ def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> l
         if len(data) > RUG_POINTS:
             data = data.sample(RUG_POINTS, random_state=1)
     paths = []
+    working = working_residuals(result, data) if residuals and len(data) else None
     for i, s in enumerate(spec.smooths):
-        fig = smooth_figure(result, i, data)
+        fig = smooth_figure(result, i, data, residuals, working)
         path = out / f"{i + 1:02d}_{_safe(s.label)}.png"
         fig.savefig(path)
         plt.close(fig)
@@ -55,9 +155,31 @@ def plot_smooths(result, out: str | Path, data: pd.DataFrame | None = None) -> l
     return paths
 
 
-def smooth_figure(result, i: int, data: pd.DataFrame | None = None):
-    """The matplotlib figure of smooth ``i`` (``data``: complete rows, for the rug, the
-    points and the ranges; without it the ranges are the basis's knots)."""
+def smooth_figure(result, i: int, data: pd.DataFrame | None = None, residuals: bool = False,
+                  working: np.ndarray | None = None):
+    """The matplotlib figure of smooth ``i``.
+
+    Parameters
+    ----------
+    result : GamResult
+        The fitted GAM.
+    i : int
+        The smooth.
+    data : pandas.DataFrame, optional
+        Complete rows, for the rug, the points and the ranges; without it the ranges are the
+        basis's knots.
+    residuals : bool
+        On a 1-d smooth's panel, the partial residuals of the rows of ``data`` as small grey
+        points (:func:`partial_residuals`; mgcv's ``residuals = TRUE``), after the fit and its
+        two standard-error lines and before the rug; the y range widens to hold them. Needs
+        ``data``; ignored on other panels.
+    working : numpy.ndarray, optional
+        :func:`working_residuals` of ``data``, when already computed.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -98,6 +220,12 @@ def smooth_figure(result, i: int, data: pd.DataFrame | None = None):
         ax.plot(grid[v], f, "k-")
         ax.plot(grid[v], f + 2 * se, "k--", lw=0.8)
         ax.plot(grid[v], f - 2 * se, "k--", lw=0.8)
+        if residuals:
+            if data is None:
+                raise ModelError("partial residuals (residuals=True) need the data fitted")
+            px, pr = partial_residuals(result, i, data, working)
+            ax.plot(px, pr, ".", ms=2, color="0.55", ls="none", label="partial residuals",
+                    zorder=1)  # under the fit, as plot.gam draws them
         if data is not None:
             ax.plot(data[v], np.full(len(data), ax.get_ylim()[0]), "|", color="k",
                     ms=6, alpha=0.5)

@@ -34,11 +34,13 @@ class GlmmOptions(ModelOptions):
 
     def outputs(self, result, data, plots: bool = False, seed: int | None = None):
         """With ``plots``, DHARMa's residual panels (``plots/dharma.png``; 250 simulations,
-        seed 123 by default, conditional random effects), their tests in summary.json."""
+        seed 123 by default, conditional random effects), their tests in summary.json, and
+        caterpillar plots of the conditional modes (``plots/caterpillar_*.png``)."""
         if not plots:
             return None
         result.simulate_residuals(seed=seed if seed is not None else 123)
 
         def extra(tmp) -> None:
-            result.plot("dharma", tmp / "plots")
+            for kind in ("dharma", "caterpillar"):
+                result.plot(kind, tmp / "plots")
         return extra

@@ -2,7 +2,7 @@
 
 - ``caterpillar``: per grouping factor and term, the conditional modes sorted, with intervals
   of ``qnorm(0.975)`` conditional standard deviations (lattice's ``dotplot(ranef(fit,
-  condVar = TRUE))``);
+  condVar = TRUE))``; :func:`caterpillar_figure`, shared with the GLMM's plots);
 - ``residuals``: scaled Pearson residuals against fitted values (``plot(fit)``);
 - ``qq``: normal QQ plot of the scaled residuals (``qqnorm(resid(fit, scaled = TRUE))``);
 - ``ranef_qq``: normal QQ plot of each random effect's conditional modes;
@@ -16,15 +16,20 @@ that, said in the title).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from daskmm.errors import ModelError
 
 KINDS = ("caterpillar", "residuals", "qq", "ranef_qq", "zeta")
 MAX_POINTS = 100_000
 MAX_LEVELS = 2000
+LABELLED_LEVELS = 60
+"""Caterpillar panels name their levels on the y axis up to this many levels; beyond it the
+points shrink and the tick labels are left out (the sorted shape is what is read)."""
 
 
 def _safe(label: str) -> str:
@@ -54,7 +59,7 @@ def plot(result, kind: str, out: str | Path) -> list[Path]:
         raise ModelError(f"kind={kind!r}; allowed: {', '.join(KINDS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {"caterpillar": _caterpillar, "residuals": _residuals, "qq": _qq,
+    return {"caterpillar": write_caterpillars, "residuals": _residuals, "qq": _qq,
             "ranef_qq": _ranef_qq, "zeta": _zeta}[kind](result, out)
 
 
@@ -72,29 +77,89 @@ def _columns(result):
     return out
 
 
-def _caterpillar(result, out: Path) -> list[Path]:
-    plt = pyplot()
+def caterpillar_figure(ranef: pd.DataFrame, group: str, terms: Sequence[str] | None = None,
+                       level: float = 0.95):
+    """lme4's ``dotplot(ranef(fit, condVar = TRUE))[[group]]``: one panel per term of the
+    grouping factor ``group``, a point per level at its conditional mode with a horizontal
+    bar of ``qnorm((1 + level) / 2)`` conditional standard deviations (1.96 at 95%) and a
+    vertical reference line at 0; the panel's title is the term, the figure's the factor.
+
+    Parameters
+    ----------
+    ranef : pandas.DataFrame
+        The result's :meth:`~daskmm.results.base.MixedResult.ranef_frame` (columns ``group,
+        level, term, estimate, std_error``).
+    group : str
+        The grouping factor.
+    terms : sequence of str, optional
+        The terms to draw, one panel each (all of the factor's by default).
+    level : float
+        The intervals' coverage.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Levels on the y axis sorted by the first panel's conditional modes, in the same order
+        in every panel (as lme4 orders them), increasing upwards. Up to
+        :data:`LABELLED_LEVELS` levels are named on the y axis; with more the points are
+        smaller and the tick labels left out. Beyond :data:`MAX_LEVELS` levels an evenly
+        spaced sample of the sorted levels is drawn, said in the figure's title.
+    """
     from scipy import stats
-    z = stats.norm.ppf(0.975)
+    plt = pyplot()
+    rows = ranef[ranef["group"] == group]
+    if terms is None:
+        terms = list(pd.unique(rows["term"]))
+    if rows.empty or not len(terms):
+        raise ModelError(f"no conditional modes of grouping factor {group!r} to plot")
+    z = stats.norm.ppf((1 + level) / 2)
+    wide = {t: rows[rows["term"] == t].set_index("level") for t in terms}
+    first = wide[terms[0]]
+    order = np.argsort(first["estimate"].to_numpy(), kind="stable")
+    note = ""
+    if len(order) > MAX_LEVELS:  # an even sample of the sorted levels keeps the shape
+        order = order[np.linspace(0, len(order) - 1, MAX_LEVELS).astype(int)]
+        note = f" ({MAX_LEVELS} of {len(first)} levels)"
+    levels = first.index[order]
+    n = len(levels)
+    labelled = n <= LABELLED_LEVELS
+    height = max(3.0, 0.2 * n + 1.2) if labelled else 7.0
+    fig, axes = plt.subplots(1, len(terms), sharey=True, squeeze=False,
+                             figsize=(1.2 + 3.2 * len(terms), height))
+    y = np.arange(n)
+    for ax, term in zip(axes[0], terms):
+        tab = wide[term].loc[levels]
+        est = tab["estimate"].to_numpy(dtype=float)
+        half = z * tab["std_error"].to_numpy(dtype=float)
+        ax.hlines(y, est - half, est + half, color="tab:blue", lw=1.0 if labelled else 0.5)
+        ax.plot(est, y, "o", color="tab:blue", ms=4 if labelled else 1.5, ls="none")
+        ax.axvline(0, color="0.4", lw=0.8, ls="--")
+        ax.set_title(term)
+        ax.set_ylim(-0.7, n - 0.3)
+        if labelled:
+            ax.grid(axis="y", color="0.9", lw=0.6)  # lattice's dot lines
+    if labelled:
+        axes[0, 0].set_yticks(y, [str(v) for v in levels], fontsize=7)
+    else:
+        axes[0, 0].set_yticks([])
+        axes[0, 0].set_ylabel(f"{n} levels, sorted (names above {LABELLED_LEVELS} left out)")
+    fig.suptitle(f"{group}{note}")
+    fig.supxlabel(f"conditional mode, {level:.0%} interval ({z:.2f} conditional SD)",
+                  fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_caterpillars(result, out: Path) -> list[Path]:
+    """Write ``caterpillar_<factor>_<term>.png`` under folder ``out`` for every grouping
+    factor and term of a fitted LMM or GLMM (:func:`caterpillar_figure` of one term, so each
+    file's levels are sorted by that term's own conditional modes); returns the paths."""
+    ranef = result.ranef_frame()
     files = []
-    for name, col, levels, b, sd in _columns(result):
-        order = np.argsort(b, kind="stable")
-        shown = order
-        note = ""
-        if len(order) > MAX_LEVELS:  # an even sample of the sorted levels keeps the shape
-            shown = order[np.linspace(0, len(order) - 1, MAX_LEVELS).astype(int)]
-            note = f" ({MAX_LEVELS} of {len(order)} levels)"
-        fig, ax = plt.subplots(figsize=(6, max(3, min(0.18 * len(shown), 20))))
-        y = np.arange(len(shown))
-        ax.errorbar(b[shown], y, xerr=z * sd[shown], fmt="o", ms=3, lw=0.8)
-        ax.axvline(0, color="grey", lw=0.6)
-        if len(shown) <= 60:
-            ax.set_yticks(y, [str(v) for v in levels[shown]], fontsize=7)
-        else:
-            ax.set_yticks([])
-        ax.set_xlabel(f"{col} | {name}")
-        ax.set_title(f"Conditional modes, 95% intervals{note}")
-        files.append(save_figure(fig, out / f"caterpillar_{_safe(name)}_{_safe(col)}.png"))
+    for name in pd.unique(ranef["group"]):
+        for col in pd.unique(ranef.loc[ranef["group"] == name, "term"]):
+            fig = caterpillar_figure(ranef, name, [col])
+            files.append(save_figure(fig, out / f"caterpillar_{_safe(name)}_{_safe(col)}.png"))
     return files
 
 

@@ -153,8 +153,8 @@ def test_glmm_plots_write_dharma_residuals_and_their_tests(tmp_path):
                "(1 | herd)", "--family", "binomial", "--factors", "herd,period", "--plots",
                "--seed", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    png = out / "plots" / "dharma.png"
-    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in (out / "plots" / "dharma.png", out / "plots" / "caterpillar_herd_Intercept.png"):
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((out / "summary.json").read_text())["scaled_residuals_dharma"]
     assert doc["nsim"] == 250 and doc["seed"] == 4 and doc["n"] == 56
     assert 0 <= doc["dispersion"]["p_value"] <= 1 and doc["uniformity"]["statistic"] > 0
