@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                      "plots, residuals against fitted, QQ plots of residuals and random "
                      "effects, and with --ci profile the zeta plots; GLMM: DHARMa's scaled "
                      "residual plots (250 simulations, seed --seed or 123; their tests go "
-                     "into summary.json)")
+                     "into summary.json) and caterpillar plots")
     fit.add_argument("-v", "--verbose", action="store_true")
     fit.add_argument("-q", "--quiet", action="store_true",
                      help="no progress lines (the optimiser's, after 2 s)")
@@ -331,12 +331,23 @@ def _service_command(args: argparse.Namespace) -> int:
 
 
 class _FitProgress:
-    """The optimiser's progress on stderr once a fit has run :data:`AFTER_S` seconds: on a
-    terminal one line rewritten in place, otherwise a line every :data:`EVERY_S` seconds
-    (``daskmm: optimising: 120 evaluations, criterion 1743.63 (12 s)``)."""
+    """Each step's progress on stderr once the step has run :data:`AFTER_S` seconds: on a
+    terminal one line rewritten in place, otherwise a line every :data:`EVERY_S` seconds (and
+    a counted step's last line). The steps (from :mod:`daskmm.events`), timed from their own
+    start (the first from the command's):
+
+    - the optimiser: ``daskmm: optimising: 120 evaluations, criterion 1743.63 (12 s)``, with a
+      GLMM's last PIRLS pass: ``..., PIRLS pass 7, deviance 1234.5 (12 s)``;
+    - replicates: ``daskmm: bootstrap: 120/500 replicates (14 s)``;
+    - profiles: ``daskmm: profile: 2/5 parameters, sigma: 7 points (14 s)``.
+    """
 
     AFTER_S = 2.0
     EVERY_S = 5.0
+    STEPS = {"evaluation": "optimising", "pirls": "optimising",
+             "replicates_start": "replicates", "replicate": "replicates",
+             "profile_start": "profile", "profile_point": "profile", "profile": "profile"}
+    """The step each event belongs to; ``*_start`` events begin a new one."""
 
     def __init__(self):
         import time
@@ -344,41 +355,95 @@ class _FitProgress:
         self.t0 = self.clock()
         self.last = self.t0
         self.tty = sys.stderr.isatty()
-        self.shown = False
+        self.shown = False  # a line of the current step was printed
+        self.step: str | None = None
+        self.since: float | None = None  # the current step's start (None: the command's)
+        self.at = self.t0  # the current step's last event
+        self.state: dict = {}
+        self.width = 0
 
     def __call__(self, kind: str, fields: dict) -> None:
-        if kind != "evaluation":
+        step = self.STEPS.get(kind)
+        if step is None:
             return
         now = self.clock()
+        if step != self.step or kind.endswith("_start"):
+            self._begin(step, now)
+        self.at = now
+        st = self.state
+        st.update(fields)
+        if kind == "profile":  # a parameter finished: no current point until the next one
+            st.pop("points", None)
+        if kind == "pirls":
+            st["pirls"] = True
+        final = kind in ("replicate", "profile") and fields.get("done") == fields.get("total")
         every = 0.5 if self.tty else self.EVERY_S
-        if now - self.t0 < self.AFTER_S or (self.shown and now - self.last < every):
+        if now - self._since() < self.AFTER_S or (self.shown and now - self.last < every
+                                                  and not final):
             return
         self.last, self.shown = now, True
-        best = fields.get("best")
-        text = (f"daskmm: optimising: {fields['feval']} evaluations"
-                + (f", criterion {best:.6g}" if best is not None and best < float("inf")
-                   else "") + f" ({now - self.t0:.0f} s)")
+        self._show(now)
+
+    def _since(self) -> float:
+        return self.t0 if self.since is None else self.since
+
+    def _show(self, now: float) -> None:
+        text = f"daskmm: {self._text()} ({now - self._since():.0f} s)"
         if self.tty:
-            print("\r" + text, end="", file=sys.stderr, flush=True)
+            print("\r" + text.ljust(self.width), end="", file=sys.stderr, flush=True)
+            self.width = len(text)
         else:
             print(text, file=sys.stderr, flush=True)
+
+    def _begin(self, step: str, now: float) -> None:
+        """A new step: on a terminal the last one's line is brought up to date and kept."""
+        if self.tty and self.shown:
+            self._show(self.at)  # as at the last step's last event
+            print(file=sys.stderr, flush=True)
+        if self.step is not None:
+            self.since = now
+        self.step, self.state, self.shown, self.width = step, {}, False, 0
+
+    def _text(self) -> str:
+        st = self.state
+        if self.step == "replicates":
+            return (f"{st.get('label', 'replicates')}: {st.get('done', 0)}/{st.get('total')} "
+                    "replicates")
+        if self.step == "profile":
+            text = f"profile: {st.get('done', 0)}/{st.get('total')} parameters"
+            if st.get("points"):
+                text += f", {st['parameter']}: {st['points']} points"
+            return text
+        best = st.get("best")
+        text = (f"optimising: {st.get('feval', 0)} evaluations"
+                + (f", criterion {best:.6g}" if best is not None and best < float("inf")
+                   else ""))
+        if st.get("pirls"):
+            text += f", PIRLS pass {st['npass']}, deviance {st['deviance']:.6g}"
+        return text
 
     def end(self) -> None:
         from daskmm.events import set_listener
         set_listener(None)
         if self.tty and self.shown:
+            self._show(self.at)
             print(file=sys.stderr, flush=True)
 
 
 def _progress_line(job: dict) -> str:
-    """A service job's state and progress as one line (``running: optimise, 24
-    evaluations (distributed)``), as the web page writes it."""
+    """A service job's state and progress as one line (``running: optimising, 24
+    evaluations, PIRLS pass 3 (cluster)``, ``running: bootstrap, 120/500 replicates, 45
+    evaluations (in-process)``), as the web page writes it."""
     p = job.get("progress") or {}
     parts = [job["state"]]
     if p.get("phase"):
         text = str(p["phase"])
+        if p.get("total"):
+            text += f", {p.get('done') or 0}/{p['total']} {p.get('unit', '')}".rstrip()
         if p.get("evaluations"):
             text += f", {p['evaluations']} evaluations"
+        if p.get("pirls"):
+            text += f", PIRLS pass {p['pirls']}"
         if p.get("passes"):
             text += f", {p['passes']} pass" + ("" if p["passes"] == 1 else "es")
         if p.get("where"):

@@ -1,11 +1,30 @@
-"""Progress events of a running fit, for whoever listens (the fitting service's job process):
-``emit("evaluation", feval=...)`` from the optimiser, ``emit("pass", label=..., done=...,
-total=...)`` from a round of tasks. Without a listener an event costs two global lookups.
-After :func:`request_stop` (Ctrl-C) every event raises KeyboardInterrupt."""
+"""Progress events of a running fit, for whoever listens (the fitting service's job process,
+the CLI's progress line). Without a listener an event costs two global lookups. After
+:func:`request_stop` (Ctrl-C) every event raises KeyboardInterrupt.
+
+The events and their fields:
+
+``evaluation`` (``feval``, ``best``)
+    The optimiser starts its ``feval``-th evaluation; ``best`` is the lowest criterion so far.
+``pirls`` (``npass``, ``deviance``)
+    A GLMM's PIRLS pass over the partitions ended (the ``npass``-th of this evaluation), at
+    penalised deviance ``deviance``.
+``pass_start`` (``label``, ``total``), ``pass`` (``label``, ``done``, ``total``)
+    A round of ``total`` tasks starts, ends (:func:`daskmm.distributed.progress.track`).
+``replicates_start`` (``label``, ``total``), ``replicate`` (``label``, ``done``, ``total``)
+    ``total`` replicates start (``label``: ``bootstrap``, ``PBmodcomp``); ``done`` of them
+    are finished: one event a replicate in this process, one a finished batch of tasks on a
+    cluster. Their refits' evaluations are not reported (:func:`muted`).
+``profile_start`` (``total``), ``profile_point`` (``parameter``, ``points``), ``profile``
+    (``parameter``, ``done``, ``total``, ``points``)
+    Likelihood profiles of ``total`` parameters start; a profile in this process reached its
+    ``points``-th point; the profile of ``parameter`` is finished, the ``done``-th.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 _listener: Callable[[str, dict], None] | None = None
 _stop_requested = False
@@ -36,3 +55,34 @@ def emit(kind: str, **fields) -> None:
             fn(kind, fields)
         except Exception:  # noqa: BLE001 - progress is best effort
             pass
+
+
+@contextlib.contextmanager
+def muted(*kinds: str) -> Iterator[None]:
+    """Leave events of ``kinds`` out while the block runs.
+
+    A step that reports its own units (a bootstrap's replicates) mutes its refits'
+    ``evaluation`` events, which would otherwise read as one long optimisation. A requested
+    stop still raises at every event.
+
+    Parameters
+    ----------
+    *kinds : str
+        The events left out.
+    """
+    global _listener
+    inner = _listener
+    if inner is None:
+        yield
+        return
+
+    def filtered(kind: str, fields: dict) -> None:
+        if kind not in kinds:
+            inner(kind, fields)
+
+    _listener = filtered
+    try:
+        yield
+    finally:
+        if _listener is filtered:  # not replaced meanwhile (the command ended)
+            _listener = inner

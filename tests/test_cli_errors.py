@@ -116,3 +116,62 @@ def test_a_long_fit_reports_its_progress(capsys, monkeypatch):
     assert lines == ["daskmm: optimising: 8 evaluations, criterion 992 (2 s)",
                      "daskmm: optimising: 28 evaluations, criterion 972 (7 s)",
                      "daskmm: optimising: 48 evaluations, criterion 952 (12 s)"]
+
+
+def _replay(progress, now: list, steps) -> None:
+    """Send ``(time, kind, fields)`` events to ``progress`` on a patched clock."""
+    from daskmm import events
+    progress.clock = lambda: now[0]
+    progress.t0 = progress.last = 0.0
+    events.set_listener(progress)
+    try:
+        for t, kind, fields in steps:
+            now[0] = t
+            events.emit(kind, **fields)
+    finally:
+        progress.end()
+
+
+def _steps() -> list:
+    """A GLMM's optimisation with PIRLS passes (3 s), a bootstrap of 40 replicates (10 s), a
+    profile of two parameters (3.6 s)."""
+    out = []
+    for i in range(1, 12):
+        out.append((0.25 * i, "evaluation", {"feval": i, "best": 1000.0 - i}))
+        out.append((0.25 * i + 0.1, "pirls", {"npass": i, "deviance": 2000.5 - i}))
+    out.append((3.0, "replicates_start", {"label": "bootstrap", "total": 40}))
+    out += [(3.0 + 0.25 * i, "replicate", {"label": "bootstrap", "done": i, "total": 40})
+            for i in range(1, 41)]
+    out.append((14.0, "profile_start", {"total": 2}))
+    out += [(14.0 + 0.5 * k, "profile_point", {"parameter": "sigma", "points": k})
+            for k in range(1, 7)]
+    out.append((17.2, "profile", {"parameter": "sigma", "done": 1, "total": 2, "points": 6}))
+    out.append((17.6, "profile", {"parameter": "(Intercept)", "done": 2, "total": 2,
+                                  "points": 5}))
+    return out
+
+
+def test_each_long_step_reports_its_own_progress(capsys, monkeypatch):
+    """Every step over 2 s has its own progress, timed from its start: the optimiser with a
+    GLMM's last PIRLS pass, a bootstrap's replicates (its last line when it ends), a
+    profile's parameters and points; off a terminal a line every 5 s at most a step."""
+    from daskmm import cli
+
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False)
+    _replay(cli._FitProgress(), [0.0], _steps())
+    assert capsys.readouterr().err.splitlines() == [
+        "daskmm: optimising: 8 evaluations, criterion 992, PIRLS pass 7, deviance 1993.5 (2 s)",
+        "daskmm: bootstrap: 8/40 replicates (2 s)",
+        "daskmm: bootstrap: 28/40 replicates (7 s)",
+        "daskmm: bootstrap: 40/40 replicates (10 s)",
+        "daskmm: profile: 0/2 parameters, sigma: 4 points (2 s)",
+        "daskmm: profile: 2/2 parameters (4 s)"]
+    # on a terminal: one line a step, rewritten in place; the last of each step stays
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True)
+    _replay(cli._FitProgress(), [0.0], _steps())
+    shown = [ln.rsplit("\r", 1)[-1].rstrip() for ln in capsys.readouterr().err.split("\n")]
+    assert shown == [
+        "daskmm: optimising: 11 evaluations, criterion 989, PIRLS pass 11, deviance 1989.5 (3 s)",
+        "daskmm: bootstrap: 40/40 replicates (10 s)",
+        "daskmm: profile: 2/2 parameters (4 s)", ""]
+

@@ -53,7 +53,9 @@ $("submit").onsubmit = async (e) => {
 };
 function progressText(p) {
   if (!p || !p.phase) return "";
-  return p.phase + (p.evaluations ? ", " + p.evaluations + " evaluations" : "")
+  return p.phase + (p.total ? ", " + (p.done || 0) + "/" + p.total + " " + (p.unit || "") : "")
+    + (p.evaluations ? ", " + p.evaluations + " evaluations" : "")
+    + (p.pirls ? ", PIRLS pass " + p.pirls : "")
     + (p.passes ? ", " + p.passes + (p.passes === 1 ? " pass" : " passes") : "")
     + (p.where ? " (" + p.where + ")" : "");
 }

@@ -11,9 +11,12 @@ job, and a crash takes only that process.
 Each job runs as ``daskmm run`` does (:func:`daskmm.jobs.runner.run_job`: its own client to
 the shared scheduler, or no cluster at all for small data (:func:`needs_cluster`); the
 result written atomically) and appends progress lines to
-``EVENTS.jsonl``: ``{"t", "phase", "evaluations", "passes", "pass"}``, at most a few a
-second, and one at the end. It dies with the server (``PR_SET_PDEATHSIG``), and on SIGTERM
-(a cancel) it exits at once: closing its client releases its tasks on the cluster.
+``EVENTS.jsonl``: ``{"t", "phase", "evaluations", "passes", "pass"}``, while a counted step
+runs (a bootstrap's replicates, profiles' parameters) its ``"done"``, ``"total"`` and
+``"unit"`` (the phase its label: ``bootstrap``, ``profile``), and in a GLMM's optimisation its
+last PIRLS pass, ``"pirls"`` and ``"deviance"``; at most a few a second, and one at the end.
+It dies with the server (``PR_SET_PDEATHSIG``), and on SIGTERM (a cancel) it exits at once:
+closing its client releases its tasks on the cluster.
 """
 
 from __future__ import annotations
@@ -52,11 +55,25 @@ class Progress:
         self.last = 0.0
         self.lock = threading.Lock()
 
+    STEP_KEYS = ("done", "total", "unit", "pirls", "deviance")
+    """What belongs to one step only (:meth:`_step`)."""
+
     def __call__(self, kind: str, fields: dict) -> None:
         with self.lock:
             if kind == "evaluation":
                 self.state["evaluations"] += 1
-                self.state["phase"] = "optimising"
+                if self.state["phase"] != "optimising":
+                    self._step("optimising")
+            elif kind == "pirls":
+                self.state["pirls"] = fields.get("npass")
+                self.state["deviance"] = fields.get("deviance")
+            elif kind == "replicates_start":
+                self._step(str(fields.get("label", "replicates")), total=fields.get("total"),
+                           unit="replicates")
+            elif kind == "profile_start":
+                self._step("profile", total=fields.get("total"), unit="parameters")
+            elif kind in ("replicate", "profile"):
+                self.state["done"] = fields.get("done")
             elif kind == "pass_start":
                 self.state["pass"] = fields.get("label")
             elif kind == "pass":
@@ -65,6 +82,14 @@ class Progress:
             if now - self.last >= EVERY_S:
                 self.write()
                 self.last = now
+
+    def _step(self, phase: str, **counted) -> None:
+        """A new step (the lock held): the last one's counts go."""
+        for k in self.STEP_KEYS:
+            self.state.pop(k, None)
+        self.state["phase"] = phase
+        if counted:
+            self.state.update(done=0, **counted)
 
     def phase(self, name: str) -> None:
         with self.lock:

@@ -16,6 +16,7 @@ import numpy as np
 from daskmm.core.reterm import RandomTerm
 from daskmm.distributed.execution import is_in_process
 from daskmm.distributed.mapreduce import map_parts
+from daskmm.events import emit
 from daskmm.kernels import laplace_grad as LG
 from daskmm.kernels import pirls as P
 from daskmm.kernels import scalar_re as K
@@ -399,7 +400,7 @@ class JointCriterion:
         if cur is None:
             return math.inf, False
         done = False
-        for _ in range(P.MAX_ITER):
+        for npass in range(1, P.MAX_ITER + 1):
             target = P.newton_target(cur[1], cur[2])
             if target is None:
                 break
@@ -414,6 +415,7 @@ class JointCriterion:
                 done = _rounding(step, scale)
                 break
             beta, cur = beta + t * (target - beta), new
+            emit("pirls", npass=npass, deviance=float(cur[0]))
         self.beta = beta
         return (_criterion(self.disp, float(cur[0] + cur[3]), float(cur[6])) - 2.0 * self.const,
                 done)
@@ -429,7 +431,7 @@ class JointCriterion:
             return math.inf, False
         beta = self.beta.copy()
         done = False
-        for _ in range(P.MAX_ITER):
+        for npass in range(1, P.MAX_ITER + 1):
             target = P.newton_target(cur[1], cur[2])
             if target is None:
                 break
@@ -447,6 +449,7 @@ class JointCriterion:
             scale = max(new[5], float(np.max(np.abs(beta), initial=0.0)))
             beta = beta + t * (target - beta)
             cur, states = new, cands
+            emit("pirls", npass=npass, deviance=float(cur[0]))
             if step < P.TOL_U * (1.0 + scale):
                 done = True
                 break
@@ -588,7 +591,7 @@ class GlobalCriterion:
         prev = None  # the last full step's size
         extra = EXTRA_STEPS if self.disp is not None else 0
         last_small = None
-        for _ in range(P.MAX_ITER + extra):
+        for npass in range(1, P.MAX_ITER + extra + 1):
             try:
                 _, _, u_target = P.global_step(s[4], s[3], Lam_G)
             except P.LinAlgError:
@@ -607,6 +610,7 @@ class GlobalCriterion:
             d_G = float(np.max(np.abs(u_target - u_G), initial=0.0))
             scale = max(new[6], float(np.max(np.abs(u_G), initial=0.0)))
             states, u_G, p0, s = cands, u_c, p, new
+            emit("pirls", npass=npass, deviance=p)
             step = max(new[5], d_G)
             if step < P.TOL_U * (1.0 + scale):  # the full step is tiny
                 # a family with a dispersion: on to rounding (local_laplace's note)

@@ -26,6 +26,7 @@ import numpy as np
 
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
+from daskmm.events import emit, muted
 from daskmm.kernels.lmm_simulate import SimulationBasis, simulate_stats, simulation_basis
 from daskmm.kernels.pls import group_Lambda, lambda_tilde
 from daskmm.kernels.varpar import theta_to_sdcor
@@ -211,16 +212,27 @@ def _batch(fn, setup, seeds: list) -> np.ndarray:
     return np.stack([fn(setup, s) for s in seeds])
 
 
-def run_replicates(fn, setup, seed: int, n: int, client=None, name: str = "boot"
-                   ) -> np.ndarray:
+def run_replicates(fn, setup, seed: int, n: int, client=None, name: str = "boot",
+                   label: str = "bootstrap") -> np.ndarray:
     """``np.stack([fn(setup, s_i)])`` over the children ``s_i`` of ``SeedSequence(seed)``:
     in this process, or with ``client`` as batches of tasks ``daskmm-<name>-*`` (about
     :data:`BATCHES_PER_WORKER` per worker, ``setup`` sent to each worker once). Replicate
-    ``i`` always draws from child ``i``, so the result does not depend on the batching."""
+    ``i`` always draws from child ``i``, so the result does not depend on the batching.
+
+    Progress goes out as events (:mod:`daskmm.events`): ``replicates_start`` and, as
+    replicates finish, ``replicate`` with ``done`` and ``total`` (one a replicate in this
+    process, one a finished batch on a cluster, counted here as its task ends), ``label``
+    naming the step; the refits' own ``evaluation`` events are left out."""
     seeds = np.random.SeedSequence(seed).spawn(n)
+    emit("replicates_start", label=label, total=n)
     if client is None:
-        with blas_threads(setup.prob):
-            return _batch(fn, setup, seeds)
+        out = []
+        with blas_threads(setup.prob), muted("evaluation"):
+            for i, s in enumerate(seeds, 1):
+                out.append(fn(setup, s))
+                emit("replicate", label=label, done=i, total=n)
+        return np.stack(out)
+    from distributed import as_completed
     nw = max(len(client.scheduler_info().get("workers", {})), 1)
     size = max(1, -(-n // (BATCHES_PER_WORKER * nw)))
     chunks = [seeds[i:i + size] for i in range(0, n, size)]
@@ -228,6 +240,11 @@ def run_replicates(fn, setup, seed: int, n: int, client=None, name: str = "boot"
     tok = uuid.uuid4().hex[:8]
     futs = [client.submit(_batch, fn, sf, ch, key=f"daskmm-{name}-{tok}-{i}")
             for i, ch in enumerate(chunks)]
+    sizes = {f.key: len(ch) for f, ch in zip(futs, chunks)}
+    done = 0
+    for fut in as_completed(futs, loop=client.loop):
+        done += sizes[fut.key]
+        emit("replicate", label=label, done=done, total=n)
     return np.concatenate(client.gather(futs))
 
 

@@ -337,7 +337,7 @@ def pb_modcomp(large, small, nsim: int = 1000, seed: int | None = None,
     sigma0 = float(prof0.sigma(False))
     Lams, Lam_G, basis, step = simulation_setup(prob, theta0)
     setup = _PBSetup(prob, nest.keep, basis, Lams, Lam_G, theta0, beta_sim, sigma0, step)
-    ref = run_replicates(pb_replicate, setup, seed, nsim, client, "pbtest")
+    ref = run_replicates(pb_replicate, setup, seed, nsim, client, "pbtest", "PBmodcomp")
     out = PBModcomp(d0 - d1, len(nest.dropped), ref, int(seed), nest.dropped)
     if out.n_failed:
         log.warning("%d of %d bootstrap refits failed; the p-value uses the other %d",

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import optimize
 
 from daskmm.errors import ModelError
+from daskmm.events import emit, muted
 from daskmm.kernels.pls import inverse_factor
 from daskmm.kernels.profile_spline import back_spline_predict, next_par
 from daskmm.kernels.varpar import hessian_se, richardson_hessian, sdcor_names, theta_to_sdcor
@@ -125,8 +126,10 @@ def bounds(prob: Problem) -> tuple[np.ndarray, np.ndarray]:
 class _Side:
     """Root finding for one side of one parameter: ``zeta(x) = target``."""
 
-    def __init__(self, prob: Problem, ml: MLPoint, index: int, n_var: int):
+    def __init__(self, prob: Problem, ml: MLPoint, index: int, n_var: int,
+                 name: str | None = None):
         self.prob, self.ml, self.index, self.n_var = prob, ml, index, n_var
+        self.name = name  # given: each point is reported (a profile in this process)
         self.dev = Deviance(prob)
         self.points: list[tuple[float, float]] = []
         self.starts: list[tuple[float, np.ndarray]] = []
@@ -191,6 +194,8 @@ class _Side:
             d = d if d > 0 else DEVTOL
         z = float(np.sign(x - self.estimate) * np.sqrt(max(d, 0.0)))
         self.points.append((x, z))
+        if self.name is not None:
+            emit("profile_point", parameter=self.name, points=len(self.points))
         return z
 
     @property
@@ -239,10 +244,11 @@ def _minimise(fg, x0, lo, hi) -> tuple[float, np.ndarray]:
     return float(res.fun), np.asarray(res.x)
 
 
-def profile_parameter(prob: Problem, ml: MLPoint, index: int, cutoff: float
-                      ) -> list[tuple[float, float]]:
-    """One parameter's profile (a task): lme4's points ``(value, zeta)``."""
-    side = _Side(prob, ml, index, len(ml.sdcor))
+def profile_parameter(prob: Problem, ml: MLPoint, index: int, cutoff: float,
+                      name: str | None = None) -> list[tuple[float, float]]:
+    """One parameter's profile (a task): lme4's points ``(value, zeta)``; with ``name`` (in
+    this process, not in a task) each point is reported as a ``profile_point`` event."""
+    side = _Side(prob, ml, index, len(ml.sdcor), name)
     side.path(cutoff)
     return side.points
 
@@ -276,15 +282,28 @@ def profile_intervals(prob: Problem, theta_start: np.ndarray, fixef_names: list[
     targets = stats.norm.ppf([a, 1 - a])
     lo, hi = bounds(prob)
     todo = list(range(len(names)))
+    results: dict[int, list[tuple[float, float]]] = {}
+
+    def finished(i: int) -> None:
+        emit("profile", parameter=names[i], done=len(results), total=len(names),
+             points=len(results[i]))
+    emit("profile_start", total=len(names))
     if client is not None and prob.evaluator.mode != "distributed":
+        from distributed import as_completed
         pf = client.scatter(prob, broadcast=True)
         tok = uuid.uuid4().hex[:8]
         futs = [client.submit(profile_parameter, pf, ml, i, cutoff, pure=False,
                               key=f"daskmm-profile-{tok}-{i}") for i in todo]
-        results = dict(zip(todo, client.gather(futs)))
+        index = {f.key: i for f, i in zip(futs, todo)}
+        for fut in as_completed(futs, loop=client.loop):  # counted here, as each task ends
+            i = index[fut.key]
+            results[i] = fut.result()
+            finished(i)
     else:
-        with blas_threads(prob):
-            results = {i: profile_parameter(prob, ml, i, cutoff) for i in todo}
+        with blas_threads(prob), muted("evaluation"):
+            for i in todo:
+                results[i] = profile_parameter(prob, ml, i, cutoff, names[i])
+                finished(i)
     out = []
     for i, name in enumerate(names):
         est = float(ml.sdcor[i]) if i < len(ml.sdcor) else float(ml.beta[i - len(ml.sdcor)])

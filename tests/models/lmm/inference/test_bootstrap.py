@@ -83,3 +83,23 @@ def test_replicate_refits_reach_the_gradient_methods_optimum(fits, monkeypatch):
     fit.confint("boot", nboot=16, seed=4)
     scale = np.maximum(np.abs(fit.boot.t), 1.0)
     assert np.max(np.abs(fast - fit.boot.t) / scale) < 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:the 0.95 percentile intervals use extreme")
+def test_replicates_report_their_progress_not_their_refits(fits, client, monkeypatch):
+    """One ``replicate`` event a replicate (done of total) in process; on a cluster the count
+    rises to the total as the batches finish, counted on the client. The refits' optimiser
+    evaluations are not reported (a bootstrap is not one long optimisation)."""
+    from daskmm import events
+    heard = []
+    monkeypatch.setattr(events, "_listener", lambda kind, fields: heard.append((kind, fields)))
+    _, fit = fits["dyestuff"]
+    fit.confint("boot", nboot=6, seed=3)
+    assert heard == [("replicates_start", {"label": "bootstrap", "total": 6})] + [
+        ("replicate", {"label": "bootstrap", "done": i, "total": 6}) for i in range(1, 7)]
+    heard.clear()
+    fit.confint("boot", nboot=6, seed=3, client=client)
+    assert heard[0] == ("replicates_start", {"label": "bootstrap", "total": 6})
+    done = [f["done"] for k, f in heard[1:] if k == "replicate"]
+    assert [k for k, _ in heard[1:]] == ["replicate"] * len(done)
+    assert done == sorted(set(done)) and done[-1] == 6

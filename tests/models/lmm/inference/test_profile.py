@@ -58,3 +58,24 @@ def test_wald_intervals_match_lme4(fits):
     for case in ("sleepstudy", "cake"):
         ref, fit = fits[case]
         _check(fit.confint("wald"), ref["wald_ci"])
+
+
+def test_profiles_report_parameters_and_points_not_evaluations(fits, monkeypatch):
+    """A profile in process reports each point of each parameter and each parameter done
+    (done of total), and none of its constrained refits' optimiser evaluations."""
+    from daskmm import events
+    heard = []
+    monkeypatch.setattr(events, "_listener", lambda kind, fields: heard.append((kind, fields)))
+    _, fit = fits["dyestuff"]
+    fit.confint("profile")
+    kinds = [k for k, _ in heard]
+    start = kinds.index("profile_start")
+    assert heard[start][1] == {"total": 3}
+    assert "evaluation" not in kinds[start:]  # the ML refit's before it may show
+    ends = [f for k, f in heard if k == "profile"]
+    assert [(f["parameter"], f["done"], f["total"]) for f in ends] == [
+        ("sd_(Intercept)|Batch", 1, 3), ("sigma", 2, 3), ("(Intercept)", 3, 3)]
+    for tr, f in zip(fit.profiles, ends):
+        points = [g["points"] for k, g in heard if k == "profile_point"
+                  and g["parameter"] == f["parameter"]]
+        assert points == list(range(1, f["points"] + 1)) and len(tr.x) == f["points"] + 1
