@@ -78,9 +78,13 @@ def format_info(xs: Sequence[float], digits: int = 7, nsmall: int = 0) -> tuple[
     mnl = 10 ** 9
     neg = 0
     na = False
+    special = 0  # the width of NaN, Inf, -Inf
     for x in xs:
         if not _finite(x):
-            na = True
+            if x is None:
+                na = True
+            else:
+                special = max(special, 3 if (math.isnan(x) or x > 0) else 4)
             continue
         neg_i, kpower, nsig, widens = _scientific(float(x), digits)
         left = kpower + 1 - (1 if widens else 0)
@@ -90,7 +94,7 @@ def format_info(xs: Sequence[float], digits: int = 7, nsmall: int = 0) -> tuple[
         rgt, mxl, mnl = max(rgt, right), max(mxl, left), min(mnl, left)
         mxsl, mxns = max(mxsl, sleft), max(mxns, nsig)
     if mxns < 0:  # no finite value
-        return (2 if na else 0), 0, 0
+        return max(2 if na else 0, special), 0, 0
     if mxl < 0:
         mxsl = 1 + neg
     rgt = max(rgt, 0)
@@ -106,13 +110,15 @@ def format_info(xs: Sequence[float], digits: int = 7, nsmall: int = 0) -> tuple[
         d, w = rgt, wf
     if na:
         w = max(w, 2)
-    return w, d, e
+    return max(w, special), d, e
 
 
 def _encode(x, w: int, d: int, e: int, na: str = "NA") -> str:
     if not _finite(x):
-        if x is None or (isinstance(x, float) and math.isnan(x)):
+        if x is None:
             return na.rjust(w)
+        if math.isnan(x):
+            return "NaN".rjust(w)
         return ("Inf" if x > 0 else "-Inf").rjust(w)
     x = float(x) + 0.0  # R prints a negative zero as zero
     if x == 0.0:
@@ -396,8 +402,7 @@ def print_coefmat(x: Sequence[Sequence[float]], rownames: Sequence[str],
                   dig_tst: int | None = None) -> list[str]:
     """R's ``printCoefmat(x, digits, signif.stars, cs.ind, tst.ind, has.Pvalue,
     na.print)`` (0-based column indices): the lines it prints, with the stars' legend."""
-    xm = [[(float(v) if _finite(v) else (None if v is None or math.isnan(float(v))
-                                         else float(v))) for v in row] for row in x]
+    xm = [[None if v is None else float(v) for v in row] for row in x]
     nr, nc = len(xm), len(colnames)
     if has_pvalue is None:
         has_pvalue = nc >= 4 and colnames[-1][:3] in ("Pr(", "p-v")
@@ -451,6 +456,8 @@ def print_coefmat(x: Sequence[Sequence[float]], rownames: Sequence[str],
         for j in range(nc):
             if xm[i][j] is None:
                 cf[i][j] = na_print
+            elif math.isnan(xm[i][j]):
+                cf[i][j] = "NaN"
             elif not math.isfinite(xm[i][j]):
                 cf[i][j] = "Inf" if xm[i][j] > 0 else "-Inf"
     heads = list(colnames)

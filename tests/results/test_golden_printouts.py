@@ -1,91 +1,17 @@
-"""Printed summaries against R's printed text, character for character.
-
-R's text comes from ``tests/fixtures/printouts/make_printouts.R`` (``print(summary(fit))`` of
-lme4, lmerTest and mgcv fits of every conformance fixture). daskmm fits the same data in
-process and prints; the lines must be equal, except those listed in ``CALL_LINES``, which
-show R's call (the names of objects in R's session) and cannot be reproduced.
-"""
+"""Printed summaries against R's printed text, character for character
+(:mod:`tests.results.golden`): lme4's and lmerTest's summaries of every LMM conformance
+fixture, pbkrtest's KRmodcomp. The GLMM and GAM printouts are checked beside their conformance
+fits (tests/models/glmm/test_conformance.py, tests/models/gam/test_conformance.py)."""
 
 from __future__ import annotations
 
 import copy
-import json
-import math
-import re
-from pathlib import Path
 
 import pytest
 
 import daskmm
 from tests.conftest import LMM_FIXTURES, load_fixture
-from tests.models.gam.helpers import cases as gam_cases
-from tests.models.gam.test_conformance import fit_case as fit_gam_case
-from tests.models.glmm.helpers import LOCAL_FIXTURES, fit_fixture, load_local
-
-PRINTOUTS = Path(__file__).resolve().parents[1] / "fixtures" / "printouts" / "fits"
-
-CALL_LINES = ("   Data:", "Control:")
-"""lme4's ``.prt.call`` lines after ``Formula:``: the deparsed ``data =`` and ``control =``
-arguments of R's call."""
-OPTIMIZER = re.compile(r"^optimizer \(.*\) convergence code")
-"""lme4's ``optimizer (bobyqa) convergence code: 0 (OK)`` names the optimiser that ran:
-daskmm's line names its own; the rest of the line must agree."""
-
-
-DASKMM_NOTES = ("warning: ", "Note: ")
-"""daskmm's own lines: conditions R reports as R warnings (on stderr), not in the summary."""
-EXACT_LOGLIK = {"cbpp_agq25"}
-"""lme4's logLik with nAGQ > 1 leaves out the binomial coefficients (-50.0 for cbpp); daskmm's
-is the exact marginal log-likelihood (-92.0; the conformance fixture checks it by numerical
-integration): the ``AIC BIC logLik deviance`` values line must differ."""
-FLAT_OPTIMUM = {
-    "grouseticks_poisson": "glmer's best optimum (bobyqa, Nelder_Mead and nloptwrap at tight "
-    "tolerances, from its default fit) and daskmm's agree to 1e-6 in logLik on a flat "
-    "likelihood; the estimates move in their 5th digit, which these tables print",
-}
-SP_DIGITS = {
-    fid: "a smooth's test statistic (and edf at 1e-3) differs from mgcv's by about 3e-4 "
-    "relative: the smoothing parameters agree only to the conformance tolerance (1e-2) on a "
-    "flat fREML score (issue 33, the last digits)"
-    for fid in ("cr_four", "by_factor", "ml_re", "side_no_intercept", "side_repeat",
-                "side_te", "ti_main", "tp_default", "tp_ties")}
-
-
-def r_text(name: str) -> list[str]:
-    return [ln for ln in (PRINTOUTS / f"{name}.txt").read_text().splitlines()
-            if not ln.startswith(CALL_LINES)]
-
-
-def _same_optimizer(lines: list[str]) -> list[str]:
-    return [OPTIMIZER.sub("optimizer (...) convergence code", ln) for ln in lines]
-
-
-def _same_but_df(g: str, w: str) -> bool:
-    """lmerTest's ``df`` is numDeriv's derivative of the covariance, good to about 1e-7
-    relative (its value moves by that much with the optimiser's stopping point: cake's 222
-    prints as 222.000020 or 222.000016). Where printCoefmat shows it to more digits
-    (it shares decimals with the estimates), those cells are held to 1e-6 relative and the
-    same width; every other character must be equal."""
-    gt, wt = g.split(), w.split()
-    if len(g) != len(w) or len(gt) != len(wt) or len(gt) < 5:
-        return False
-    ok_df = abs(float(gt[3]) - float(wt[3])) <= 1e-6 * abs(float(wt[3]))
-    return ok_df and gt[:3] == wt[:3] and gt[4:] == wt[4:]
-
-
-def assert_same_text(ours: str, name: str, df_column: bool = False) -> None:
-    got = _same_optimizer([ln for ln in ours.splitlines() if not ln.startswith(DASKMM_NOTES)])
-    want = _same_optimizer(r_text(name))
-    while got and got[-1] == "" and len(got) > len(want):
-        got.pop()  # the blank line before daskmm's own notes
-    if name in EXACT_LOGLIK:
-        i = next(i for i, ln in enumerate(want) if ln.split()[:2] == ["AIC", "BIC"]) + 1
-        got, want = got[:i] + got[i + 1:], want[:i] + want[i + 1:]
-    diff = [(i, g, w) for i, (g, w) in enumerate(zip(got, want))
-            if g != w and not (df_column and _same_but_df(g, w))]
-    assert not diff and len(got) == len(want), (
-        f"{name}: first differing lines (line, daskmm, R): {diff[:4]}; "
-        f"{len(got)} lines against R's {len(want)}\n--- daskmm\n{ours}")
+from tests.results.golden import assert_same_text
 
 
 @pytest.fixture(scope="module")
@@ -112,90 +38,12 @@ def test_lmm_summary_with_ddf_prints_as_lmertest(fid, ddf, suffix, lmm_fits):
     assert_same_text(fit.summary(), f"{fid}_{suffix}", df_column=True)
 
 
-GLMM_CASES = [pytest.param(w, f, id=f, marks=[pytest.mark.xfail(
-                 strict=True, reason=FLAT_OPTIMUM[f])] if f in FLAT_OPTIMUM else [])
-              for w, f in [("conformance", "grouseticks_poisson"),
-                           ("conformance", "cbpp_agq25"),
-                           *(("glmm", f) for f in LOCAL_FIXTURES)]]
-
-
-@pytest.mark.parametrize("where, fid", GLMM_CASES)
-def test_glmm_summary_prints_as_lme4(where, fid):
-    fx = load_fixture(fid) if where == "conformance" else load_local(fid)
-    assert_same_text(fit_fixture(fx).summary(), fid)
-
-
-GAM_CASES = [pytest.param(root, fid, id=fid, marks=[pytest.mark.xfail(
-                 strict=True, reason=SP_DIGITS[fid])] if fid in SP_DIGITS else [])
-             for root, fid in gam_cases()
-             if "formula" in json.loads((root / "fits" / f"{fid}.json").read_text())]
-"""Every bam fixture (a file of several cases, without a formula, is not one fit)."""
-
-
-def _without_formula(lines: list[str]) -> list[str]:
-    """mgcv prints the formula deparsed (R's line breaks at 60 characters): the lines from
-    ``Formula:`` to the next empty one are R's call and left out."""
-    out, skip = [], False
-    for ln in lines:
-        if ln == "Formula:":
-            skip = True
-        elif skip and ln == "":
-            skip = False
-        if not skip:
-            out.append(ln)
-    return out
-
-
-def _smooth_rows_agree(got: list[str], want: list[str], accurate: dict) -> list:
-    """The smooth-term table, row by row, as tokens: all equal but the p-value where mgcv's
-    differs from the accurate one. mgcv's ``summary.gam`` computes it by Davies' algorithm
-    to an absolute accuracy of 2e-5 (``psum.chisq``'s default): 1.77e-05 for a p of 1.75e-05,
-    ``<2e-16`` for one of 6e-15. daskmm prints the accurate p-value; that cell is held to the
-    accurate value recorded by the fixture script (``p_value_accurate``), to the 3 digits
-    printed (below 1e-10, where even that is only known to be tiny, to below 1e-10). Column
-    widths follow the cells, so these rows are compared token by token."""
-    bad = []
-    for g, w in zip(got, want):
-        gt, wt = g.split(), w.split()
-        label = wt[0] if wt else ""
-        if gt == wt:
-            continue
-        p = accurate.get(label)
-        if p is None or len(gt) < 5 or gt[:4] != wt[:4]:
-            bad.append((g, w))
-            continue
-        shown = "".join(gt[4:6] if gt[4] == "<" else gt[4:5])
-        if p < 1e-10:  # beyond even the accurate Davies value: both must print it tiny
-            ok = shown.startswith("<") or float(shown) < 1e-10
-        else:
-            ok = not shown.startswith("<") and math.isclose(float(shown), p, rel_tol=5e-3)
-        stars_same = [t for t in gt[5:] if t != "<" and "e-" not in t] == \
-            [t for t in wt[5:] if t != "<" and "e-" not in t]
-        if not (ok and stars_same):
-            bad.append((g, w))
-    return bad
-
-
-def _gam_lines(text: list[str]) -> list[str]:
-    return [ln for ln in _without_formula(text) if not ln.startswith("Note: ")]
-
-
-@pytest.mark.parametrize("root, fid", GAM_CASES)
-def test_gam_summary_prints_as_mgcv(root, fid):
-    """Every line as mgcv prints it but the formula (R's deparse) and daskmm's own notes
-    (``Note:``: what mgcv gives as R warnings); the smooth table's p-values as
-    :func:`_smooth_rows_agree` says."""
-    ref = json.loads((root / "fits" / f"{fid}.json").read_text())
-    accurate = {s["label"]: s["p_value_accurate"] for s in ref.get("smooths", [])
-                if "p_value_accurate" in s}
-    fit = fit_gam_case(root, fid)[3]
-    got = _gam_lines(fit.summary().splitlines())
-    want = _gam_lines(r_text(fid))
-    assert len(got) == len(want), f"{len(got)} lines against R's {len(want)}\n{fit.summary()}"
-    head = want.index("Approximate significance of smooth terms:") \
-        if "Approximate significance of smooth terms:" in want else len(want)
-    end = want.index("---", head) if head < len(want) else len(want)
-    diff = [(i, g, w) for i, (g, w) in enumerate(zip(got, want))
-            if g != w and not head < i < end]
-    diff += _smooth_rows_agree(got[head + 1:end], want[head + 1:end], accurate)
-    assert not diff, f"{fid}: differing lines (daskmm, R): {diff[:4]}\n{fit.summary()}"
+def test_krmodcomp_prints_as_pbkrtest(lmm_fits):
+    fx = load_fixture("sleepstudy_reml")
+    small = daskmm.lmm("Reaction ~ 1 + (Days | Subject)", fx["data_path"],
+                       factors=fx["factors"])
+    tab = daskmm.kr_modcomp(lmm_fits["sleepstudy_reml"], small)
+    assert_same_text(str(tab), "sleepstudy_krmodcomp")
+    by_columns = daskmm.kr_modcomp(lmm_fits["sleepstudy_reml"], ["Days"])
+    assert str(by_columns).splitlines()[1] == "small : the large model without Days"
+    assert str(by_columns).splitlines()[2:] == str(tab).splitlines()[2:]

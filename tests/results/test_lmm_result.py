@@ -25,14 +25,15 @@ def sleep_ml(client):
 def test_summary_layout_like_lmer(sleep_fit):
     text = sleep_fit.summary()
     lines = text.splitlines()
-    assert lines[0] == "Linear mixed model fit by REML  ['lmerMod']"
+    assert lines[0] == "Linear mixed model fit by REML ['lmerMod']"
     assert lines[1] == "Formula: Reaction ~ Days + (Days | Subject)"
     assert "REML criterion at convergence: 1743.6" in text
     i = lines.index("Random effects:")
     assert lines[i + 1].split() == ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
-    assert lines[i + 2].split() == ["Subject", "(Intercept)", "612.1", "24.74"]
+    # lme4's formatVC: each column formatted together (common decimals)
+    assert lines[i + 2].split() == ["Subject", "(Intercept)", "612.09", "24.740"]
     assert lines[i + 3].split() == ["Days", "35.07", "5.922", "0.07"]
-    assert lines[i + 4].split() == ["Residual", "654.9", "25.59"]
+    assert lines[i + 4].split() == ["Residual", "654.94", "25.592"]
     assert "Number of obs: 180, groups:  Subject, 18" in text
     j = lines.index("Fixed effects:")
     assert lines[j + 1].split() == ["Estimate", "Std.", "Error", "t", "value"]

@@ -93,7 +93,8 @@ def test_named_vector_print_matches_r():
 @pytest.mark.parametrize("x, digits, want", [
     ([9996.0, 3.0], 3, ["9996", "   3"]),  # rounding would widen 9996 to 1e+04: stays fixed
     ([1e-20, 1.0], 7, ["1e-20", "1e+00"]),  # fixed would need 20 decimals
-    ([float("nan"), 1.5], 4, [" NA", "1.5"]),
+    ([None, 1.5], 4, [" NA", "1.5"]),  # NA
+    ([float("nan"), 1.5], 4, ["NaN", "1.5"]),  # R's NaN is not NA
 ])
 def test_format_edge_cases(x, digits, want):
     assert rf.format_num(x, digits) == want

@@ -61,6 +61,8 @@ def test_one_d_smooths_draw_the_fit_two_se_lines_and_the_edf(fit, with_data):
         assert x.min() == pytest.approx(data[var].min(), abs=0.02)
         assert x.max() == pytest.approx(data[var].max(), abs=0.02)
         assert (len(lines) == 4) == with_data  # the rug
+        if with_data:
+            _save(fig, f"gam_smooth_{var}.png")
         plt.close(fig)
 
 
@@ -75,6 +77,7 @@ def test_two_d_smooths_draw_fit_and_se_contours(fit):
     sets = [c for c in ax.collections if hasattr(c, "levels")]
     assert len(sets) == 3 and all(np.array_equal(c.levels, sets[0].levels) for c in sets)
     assert {t.get_text() for t in ax.texts} >= {"-1 se", "+1 se"}
+    _save(fig, "gam_smooth_2d_contours.png")
     plt.close(fig)
 
 

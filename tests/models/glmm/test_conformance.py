@@ -3,6 +3,7 @@ fixtures/glmm, through the API and the CLI."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,12 +13,20 @@ import pytest
 
 from tests.conftest import load_fixture
 from tests.models.glmm.helpers import LOCAL_FIXTURES, check_document, fit_fixture, load_local, rel
+from tests.results.golden import FLAT_OPTIMUM, assert_same_text
+
+
+@functools.cache
+def fitted_once(where: str, fid: str):
+    """The fixture's in-process fit, once per process: the comparison with glmer and the
+    printout share it."""
+    fx = load_fixture(fid) if where == "conformance" else load_local(fid)
+    return fx, fit_fixture(fx)
 
 
 @pytest.mark.parametrize("fid", ["cbpp_agq25", "grouseticks_poisson"])
 def test_conformance_api(fid):
-    fx = load_fixture(fid)
-    fit = fit_fixture(fx)
+    fx, fit = fitted_once("conformance", fid)
     assert fit.converged
     check_document(fit.to_dict(), fit.ranef_frame(), fx)
 
@@ -37,8 +46,7 @@ def test_cbpp_laplace(client):
 def test_glmer_fits(fid):
     """Crossed, correlated slopes, nested with cbind, a two-level factor response, cbpp with a
     tight PIRLS and the negative binomial (glmer.nb), against glmer."""
-    fx = load_local(fid)
-    fit = fit_fixture(fx)
+    fx, fit = fitted_once("glmm", fid)
     assert fit.converged
     check_document(fit.to_dict(), fit.ranef_frame(), fx)
     if fid == "nb2_glmernb":
@@ -67,3 +75,16 @@ def test_cli_matches_glmer(fid, family, client, tmp_path):
 
 
 # ------------------------------------------------------------------ oracle
+
+
+PRINTED = [pytest.param(w, f, id=f, marks=[pytest.mark.xfail(
+               strict=True, reason=FLAT_OPTIMUM[f])] if f in FLAT_OPTIMUM else [])
+           for w, f in [("conformance", "grouseticks_poisson"), ("conformance", "cbpp_agq25"),
+                        *(("glmm", f) for f in LOCAL_FIXTURES)]]
+
+
+@pytest.mark.parametrize("where, fid", PRINTED)
+def test_summary_prints_as_lme4(where, fid):
+    """``print(summary(fit))`` as lme4 prints it, character for character
+    (tests/results/golden.py: what may differ, and why)."""
+    assert_same_text(fitted_once(where, fid)[1].summary(), fid)

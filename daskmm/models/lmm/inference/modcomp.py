@@ -158,6 +158,34 @@ def nesting(large, small) -> Nesting:
 
 
 # ----------------------------------------------------------------------------- Kenward-Roger
+class KRModcomp(pd.DataFrame):
+    """pbkrtest's ``KRmodcomp`` table (a DataFrame: rows ``Ftest``, ``FtestU``; columns
+    ``stat, ndf, ddf, F.scaling, p.value``) that prints as pbkrtest prints it."""
+
+    _metadata = ["large", "small"]
+
+    @property
+    def _constructor(self):
+        return KRModcomp
+
+    def __str__(self) -> str:
+        from daskmm.results import rformat as rf
+        small = getattr(self, "small", None)
+        lines = [f"large : {getattr(self, 'large', '')}"]
+        if isinstance(small, str):
+            lines.append(f"small : {small}")
+        elif small:
+            lines.append(f"small : the large model without {', '.join(small)}")
+        # pbkrtest prints the scaled F where its scaling is worth it (F.scaling > 0.2)
+        row = "Ftest" if self.loc["Ftest", "F.scaling"] > 0.2 else "FtestU"
+        cols = ["stat", "ndf", "ddf", "F.scaling", "p.value"]
+        lines += rf.print_coefmat([[self.loc[row, c] for c in cols]], [row], cols, digits=5,
+                                  tst_ind=[0, 1, 2], has_pvalue=True, na_print="")
+        return "\n".join(lines) + "\n"
+
+    __repr__ = __str__
+
+
 def kr_modcomp(large, small) -> pd.DataFrame:
     """pbkrtest's ``KRmodcomp(large, small)``: the Kenward-Roger F test that the fixed
     effects in ``large`` but not in ``small`` are zero.
@@ -171,18 +199,22 @@ def kr_modcomp(large, small) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
-        pbkrtest's table: rows ``Ftest`` (scaled F) and ``FtestU`` (unscaled); columns
-        ``stat, ndf, ddf, F.scaling, p.value``.
+    KRModcomp
+        pbkrtest's table, a DataFrame: rows ``Ftest`` (scaled F) and ``FtestU``
+        (unscaled); columns ``stat, ndf, ddf, F.scaling, p.value``; printed as pbkrtest's
+        ``print(KRmodcomp(...))``.
     """
     nest = nesting(large, small)
     parts = large.kenward_roger_info()
     k = kr_f(nest.L, np.asarray(large.beta), np.asarray(large.vcov), parts)
-    return pd.DataFrame(
+    out = KRModcomp(
         {"stat": [k["F"], k["F_unscaled"]], "ndf": [k["ndf"], k["ndf"]],
          "ddf": [k["ddf"], k["ddf"]], "F.scaling": [k["F_scaling"], np.nan],
          "p.value": [k["p_value"], k["p_value_unscaled"]]},
         index=pd.Index(["Ftest", "FtestU"], name="test"))
+    out.large = large.formula
+    out.small = small.formula if hasattr(small, "formula") else list(small)
+    return out
 
 
 # ----------------------------------------------------------------------------- bootstrap
