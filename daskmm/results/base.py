@@ -334,9 +334,10 @@ class MixedResult:
             lines.append(self.dropped_line())
         return lines
 
-    def _random_effects_lines(self, residual: bool) -> list[str]:
+    def _random_effects_lines(self, residual: bool, variance: bool = True) -> list[str]:
         """lme4's ``Random effects:`` block (``formatVC`` printed as a character matrix):
-        ``Groups Name Variance Std.Dev.``, and ``Corr`` where a factor has several terms."""
+        ``Groups Name Variance Std.Dev.`` (``variance=False``: without ``Variance``, as
+        ``print(fit)``), and ``Corr`` where a factor has several terms."""
         vc = self.varcorr()
         groups = []  # (grp, names, sds, correlation matrix)
         for grp in self.term_groups():
@@ -351,14 +352,14 @@ class MixedResult:
         if residual:
             groups.append(("Residual", [""], [self.sigma], np.eye(1)))
         sds = [s for g in groups for s in g[2]]
-        variance = rf.format_num([s * s for s in sds], 4)
+        variances = rf.format_num([s * s for s in sds], 4)
         stddev = rf.format_num(sds, 4)
         rows = []
         for grp, names, _, _ in groups:
             rows += [[grp if i == 0 else "", n] for i, n in enumerate(names)]
-        for row, v, sd in zip(rows, variance, stddev):
-            row += [v, sd]
-        heads = ["Groups", "Name", "Variance", "Std.Dev."]
+        for row, v, sd in zip(rows, variances, stddev):
+            row += [v, sd] if variance else [sd]
+        heads = ["Groups", "Name", *(["Variance"] if variance else []), "Std.Dev."]
         maxlen = max(len(g[1]) for g in groups)
         if maxlen > 1:
             k = 0
@@ -370,6 +371,37 @@ class MixedResult:
                 k += n
             heads += ["Corr"] + [""] * (maxlen - 2)
         return ["Random effects:", *rf.print_matrix(rows, [""] * len(rows), heads)]
+
+    def _short_lines(self, title: list[str], family: list[str]) -> list[str]:
+        """lme4's ``print(fit)`` (``print.merMod``): title, family, formula, the criterion
+        to 4 decimals, standard deviations, groups, and the fixed effects as a named
+        vector."""
+        lines = [*title, *family, f"Formula: {self.formula}"]
+        if getattr(self, "reml", False):
+            lines.append("REML criterion at convergence: "
+                         f"{_cat_num(rf.fround(self.objective, 4))}")
+        else:
+            vals = rf.fround_all([self.aic, self.bic, self.loglik, -2 * self.loglik,
+                                  float(self.nobs - self.df)], 4)
+            shown = rf.format_num(vals)
+            shown[-1] = rf.format_num([vals[-1]])[0]
+            lines += rf.print_named(shown, ["AIC", "BIC", "logLik", "deviance", "df.resid"])
+        lines += self._random_effects_lines(residual=getattr(self, "scaled", True),
+                                            variance=False)
+        lines += self._nobs_lines()
+        fe = self.fixef()
+        if len(fe):
+            lines += ["Fixed Effects:", *rf.print_named(
+                rf.format_num(list(fe["estimate"]), 4), list(fe["term"]), gap=2)]
+        else:
+            lines.append("No fixed effect coefficients")
+        msgs = self.convergence_messages()
+        if msgs or not self.converged:
+            code = 0 if self.converged else (self.optinfo.get("code") or -1)
+            state = "(OK)" if code == 0 else f"({self.optinfo.get('message')})"
+            lines.append(f"optimizer ({self.optinfo.get('optimizer')}) convergence code: "
+                         f"{code} {state} ; 0 optimizer warnings; {len(msgs)} lme4 warnings ")
+        return lines
 
     def _correlation_lines(self, names: list[str]) -> list[str]:
         """lme4's ``Correlation of Fixed Effects:`` (2 to 12 fixed effects): the lower
@@ -416,7 +448,11 @@ class MixedResult:
         return None if checks is None else bool(checks.get("certified"))
 
     def __str__(self) -> str:
-        return self.summary()
+        """As R's ``print(fit)`` (the short form; :meth:`summary` is ``summary(fit)``)."""
+        return self.print_text()
+
+    def print_text(self) -> str:  # pragma: no cover - each model prints its own
+        raise NotImplementedError
 
     def summary(self) -> str:  # pragma: no cover - each model prints its own
         raise NotImplementedError

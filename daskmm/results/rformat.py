@@ -352,16 +352,18 @@ def cat_fill(items: Sequence[str], sep: str = " ", width: int = WIDTH) -> list[s
 
 # ------------------------------------------------------------------ printed tables
 def print_named(values: Sequence[str], names: Sequence[str], right: bool = True,
-                width: int = WIDTH) -> list[str]:
+                width: int = WIDTH, gap: int = 1) -> list[str]:
     """R's ``print()`` of a named vector whose values are already formatted: names over
-    values, each in the common width and followed by one space, wrapped at ``width``."""
+    values, each in the common width and followed by ``gap`` spaces (``print.gap``),
+    wrapped at ``width``."""
     w = max([len(v) for v in values] + [len(n) for n in names])
-    per = max(1, width // (w + 1))
+    per = max(1, width // (w + gap))
     out = []
     for start in range(0, len(values), per):
         sl = slice(start, start + per)
-        out.append("".join(n.rjust(w) + " " for n in names[sl]))
-        out.append("".join((v.rjust(w) if right else v.ljust(w)) + " " for v in values[sl]))
+        out.append("".join(n.rjust(w) + " " * gap for n in names[sl]))
+        out.append("".join((v.rjust(w) if right else v.ljust(w)) + " " * gap
+                           for v in values[sl]))
     return out
 
 

@@ -193,12 +193,16 @@ class GamResult:
         return json.dumps(self.to_dict(), **kw)
 
     # ------------------------------------------------------------ printing
-    def summary(self) -> str:
-        """The fit printed as ``print(summary(fit))`` prints a ``gam``."""
+    def _family_name(self) -> str:
         fam = {"gaussian": "gaussian", "binomial": "binomial", "poisson": "poisson",
                "gamma": "Gamma"}.get(self.family, self.family)
         if self.theta is not None:  # mgcv's nb(): "Negative Binomial(3.053)"
             fam = f"Negative Binomial({f'{self.theta:.3f}'.rstrip('0').rstrip('.')})"
+        return fam
+
+    def summary(self) -> str:
+        """The fit printed as ``print(summary(fit))`` prints a ``gam``."""
+        fam = self._family_name()
         lines = ["", f"Family: {fam} ", f"Link function: {self.link} ", "", "Formula:",
                  _r_formula(self.formula), ""]
         fe = self.fixef()
@@ -234,8 +238,32 @@ class GamResult:
             lines.append(f"Note: the REML optimum failed the fit's own check: {msgs}")
         return "\n".join(lines) + "\n"
 
+    def print_text(self) -> str:
+        """The fit as mgcv's ``print(fit)`` prints it (``print.gam``): family, formula, each
+        smooth's edf, the total, and the score."""
+        fam = self._family_name()
+        lines = ["", f"Family: {fam} ", f"Link function: {self.link} ", "", "Formula:",
+                 _r_formula(self.formula)]
+        edf = [s["edf"] for s in self.smooth_table]
+        total = _cat_num(rf.fround(float(np.sum(self.edf)), 2))
+        if not edf:
+            lines.append(f"Total model degrees of freedom {_cat_num(float(np.sum(self.edf)))} ")
+        else:
+            lines += ["", "Estimated degrees of freedom:"]
+            shown = rf.format_num(rf.fround_all(edf, 4), 3)
+            cur = ""
+            for i, e in enumerate(shown, 1):
+                cur += e + " "
+                if i % 7 == 0:
+                    lines.append(cur)
+                    cur = ""
+            lines.append(f"{cur} total = {total} ")
+        lines += ["", f"{self.method} score: {_cat_num(self.score)}     "]
+        return "\n".join(lines) + "\n"
+
     def __str__(self) -> str:
-        return self.summary()
+        """As mgcv's ``print(fit)``; :meth:`summary` is ``summary(fit)``."""
+        return self.print_text()
 
     # ------------------------------------------------------------ predictions
     def predict(self, newdata, type: str = "link", se_fit: bool = False,
@@ -273,6 +301,11 @@ class GamResult:
         ``residuals``: the partial residuals on each 1-d smooth, as ``plot.gam(fit,
         residuals = TRUE)`` (needs ``data``). Returns the paths."""
         return plot_smooths(self, out, data, residuals=residuals)
+
+
+def _cat_num(x: float) -> str:
+    """A number as R's ``cat`` prints it (7 significant digits)."""
+    return rf.format_num([x])[0]
 
 
 def _r_formula(formula: str) -> str:

@@ -238,17 +238,25 @@ class GlmmResult(MixedResult):
                 "warnings": list(doc.get("warnings") or []),
                 "scaled_residuals": doc.get("scaled_residuals")}
 
-    def summary(self) -> str:
-        """Printed summary laid out like lme4's ``summary(glmer(...))``."""
+    def _head(self) -> tuple[list[str], list[str]]:
+        """lme4's title and ``Family:`` lines."""
         how = ("(Laplace Approximation)" if self.nagq == 1
                else f"(Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq})")
         from daskmm.core.families import get_family
         # MASS's negative.binomial(theta) names itself with format(round(theta, 4))
         fam = get_family(self.family).r_name if self.nb_size is None else \
             f"Negative Binomial({rf.format_num([rf.fround(self.nb_size, 4)])[0]})"
-        lines = self._title_lines("Generalized linear mixed model fit by maximum likelihood "
-                                  f"{how}", "glmerMod")
-        lines += [f" Family: {fam}  ( {self.link} )", f"Formula: {self.formula}", "",
+        return (self._title_lines("Generalized linear mixed model fit by maximum likelihood "
+                                  f"{how}", "glmerMod"), [f" Family: {fam}  ( {self.link} )"])
+
+    def print_text(self) -> str:
+        """The fit as lme4's ``print(glmer(...))`` prints it (``print(fit)`` here)."""
+        return "\n".join(self._short_lines(*self._head())) + "\n"
+
+    def summary(self) -> str:
+        """Printed summary laid out like lme4's ``summary(glmer(...))``."""
+        title, family = self._head()
+        lines = [*title, *family, f"Formula: {self.formula}", "",
                   *self._criteria_lines(), ""]
         lines += self._resid_lines(self.residual_summary())
         lines += [*self._random_effects_lines(residual=self.scaled), *self._nobs_lines()]

@@ -339,6 +339,15 @@ class LmmResult(MixedResult):
                              for r in doc["fixef"]]})
         return out
 
+    def print_text(self) -> str:
+        """The fit as lme4's ``print(lmer(...))`` prints it (``print(fit)`` here)."""
+        how = "REML" if self.reml else "maximum likelihood "
+        title = f"Linear mixed model fit by {how}"
+        title_lines = (self._title_lines(f"{title}. t-tests use {self.ddf}'s method",
+                                         "lmerModLmerTest") if self.tests is not None
+                       else self._title_lines(title, "lmerMod"))
+        return "\n".join(self._short_lines(title_lines, [])) + "\n"
+
     def summary(self) -> str:
         """Printed summary laid out like lme4's ``summary(lmer(...))``."""
         # lme4's methTitle pastes an empty GLMM part after "maximum likelihood": a space

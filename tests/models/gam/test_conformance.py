@@ -17,7 +17,7 @@ import pytest
 
 from daskmm.models.gam.model import gam
 from tests.models.gam.helpers import FAMILY, cases, load
-from tests.results.golden import SP_DIGITS, assert_gam_text
+from tests.results.golden import SP_DIGITS, assert_gam_print, assert_gam_text
 
 CASES = cases()
 
@@ -134,3 +134,10 @@ def test_summary_layout():
     assert "Chi.sq" in text and "Ref.df" in text
     assert "R-sq.(adj) =" in text and "Deviance explained =" in text
     assert "fREML =" in text and "n = 2000" in text
+
+
+@pytest.mark.parametrize("root, fid", CASES, ids=[f for _, f in CASES])
+def test_print_as_mgcv(root, fid):
+    """``print(fit)``: mgcv's ``print.gam`` (each smooth's edf, the total, the score), all
+    but the formula (R's deparse)."""
+    assert_gam_print(fitted_once(root, fid)[3], fid)

@@ -88,3 +88,9 @@ def test_summary_prints_as_lme4(where, fid):
     """``print(summary(fit))`` as lme4 prints it, character for character
     (tests/results/golden.py: what may differ, and why)."""
     assert_same_text(fitted_once(where, fid)[1].summary(), fid)
+
+
+@pytest.mark.parametrize("where, fid", PRINTED)
+def test_print_as_lme4(where, fid):
+    """``print(fit)``: lme4's short form (``print.merMod``)."""
+    assert_same_text(str(fitted_once(where, fid)[1]), f"{fid}_print")
