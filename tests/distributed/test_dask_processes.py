@@ -50,13 +50,16 @@ def process_cluster(d: Path, nanny: bool = True):
         assert address.startswith("tcp://127.0.0.1:")
         yield address, workers
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # the workers first, while their scheduler still answers their goodbye (stopped
+        # together, each worker retried the gone scheduler for ~20 s before exiting)
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
 
 @pytest.fixture(scope="module")

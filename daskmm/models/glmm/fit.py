@@ -187,6 +187,9 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     src = Source.open(data)
     here = runs_in_process(mode, client, lambda: src.cells(len(used)))
     ddf = src.read(local=here, columns=used, npartitions=npartitions)
+    # the rows in this process: the summary's scaled residuals come from them, not from
+    # reading the data again
+    rows_here = ddf if isinstance(ddf, pd.DataFrame) else None
     manifest = src.manifest
     ddf, plan = prepare_columns(parsed, ddf, factors or [], weights)
     factor_names = plan.factor_names
@@ -287,6 +290,7 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                      nagq=nagq, nb_size=size, warnings=notes)
     res.ingest_dropped = dict(manifest.na_dropped) if manifest is not None else {}
     res.predictor = rows_for(res, src, resp, npartitions)
+    res.rows_here = rows_here
     if fam.scaled:
         res.sigma = res.predictor.sigma = _sigma(res)
     res.refit = functools.partial(glmm, formula, data, family, link=link, nagq=nagq,

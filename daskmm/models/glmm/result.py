@@ -44,6 +44,7 @@ class GlmmResult(MixedResult):
     sigma: float = 1.0
     warnings: list[str] = field(default_factory=list)
     scaled_residuals: dict | None = None
+    rows_here: object = field(default=None, repr=False, compare=False)
     predictor: object = field(default=None, repr=False, compare=False)  # GlmmRows
     dharma: object = field(default=None, repr=False, compare=False)
     # refit(**kw) -> GlmmResult: glmm() again with this fit's data and arguments (set by the
@@ -172,10 +173,14 @@ class GlmmResult(MixedResult):
         result read from a document without them, or when the cluster is gone."""
         if self.scaled_residuals is None and self.predictor is not None:
             from daskmm.models.shared.prediction import quantiles_or_none
-            values = self.residuals("pearson")
+            if self.rows_here is not None:  # an in-process fit: its rows, no second read
+                values = self.predictor.residual_values(self.rows_here, "pearson").to_numpy()
+            else:
+                values = self.residuals("pearson")
             if self.scaled:
                 values = values / self.sigma
             self.scaled_residuals = quantiles_or_none(values)
+            self.rows_here = None
         return self.scaled_residuals
 
     def simulate(self, nsim: int = 1, seed: int = 0, re: str = "unconditional"):

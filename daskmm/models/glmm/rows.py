@@ -85,6 +85,13 @@ class GlmmRows:
         return self.base.frame(None).map_partitions(
             _residual_rows, self, type, meta=pd.Series(dtype=float, name="residual"))
 
+    def residual_values(self, df: pd.DataFrame, type: str = "deviance") -> pd.Series:
+        """:meth:`residuals` of the rows of a pandas frame in this process (NaN where a
+        row was left out)."""
+        if type not in RESIDUAL_TYPES:
+            raise ModelError(f"type={type!r}; allowed: {', '.join(RESIDUAL_TYPES)}")
+        return _residual_rows(df, self, type)
+
     def simulate(self, nsim: int = 1, seed: int = 0, re: str = "unconditional",
                  newdata=None):
         """lme4's ``simulate(fit, nsim, seed, re.form = NA | NULL)``: a lazy dask DataFrame

@@ -233,6 +233,8 @@ class PBModcomp:
     seed : int
     dropped : list of str
         The fixed-effect columns tested.
+    large, small : str
+        The two models' formulas (the small one's, or ``""`` when given as columns).
     """
 
     statistic: float
@@ -240,6 +242,8 @@ class PBModcomp:
     ref: np.ndarray
     seed: int
     dropped: list[str]
+    large: str = ""
+    small: str = ""
 
     @property
     def n_failed(self) -> int:
@@ -291,10 +295,23 @@ class PBModcomp:
                             index=pd.Index(list(rows), name="test"))
 
     def __str__(self) -> str:
-        head = (f"Bootstrap test; samples: {len(self.ref)}, extremes: {self.n_extreme}"
-                + (f", failed: {self.n_failed}" if self.n_failed else "")
-                + f"\nRemoved: {', '.join(self.dropped)}\n")
-        return head + self.table().to_string()
+        """As pbkrtest's ``print(PBmodcomp(...))`` (without its ``time:``): the samples,
+        the two models, and the table through R's ``printCoefmat``."""
+        from daskmm.results import rformat as rf
+        n = len(self.ref)
+        lines = [f"Bootstrap test; samples: {n}; extremes: {self.n_extreme};"]
+        if self.n_failed:
+            lines.append(f"Requested samples: {n} Used samples: {n - self.n_failed} "
+                         f"Extremes: {self.n_extreme}")
+        lines.append(f"large : {self.large}")
+        lines.append(f"small : {self.small}" if self.small else
+                     f"small : the large model without {', '.join(self.dropped)}")
+        tab = self.table()
+        x = [[None if not np.isfinite(v) else float(v) for v in row]
+             for row in tab.to_numpy()]
+        lines += rf.print_coefmat(x, list(tab.index), list(tab.columns), digits=5,
+                                  tst_ind=[0], has_pvalue=True, na_print="")
+        return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -370,7 +387,8 @@ def pb_modcomp(large, small, nsim: int = 1000, seed: int | None = None,
     Lams, Lam_G, basis, step = simulation_setup(prob, theta0)
     setup = _PBSetup(prob, nest.keep, basis, Lams, Lam_G, theta0, beta_sim, sigma0, step)
     ref = run_replicates(pb_replicate, setup, seed, nsim, client, "pbtest", "PBmodcomp")
-    out = PBModcomp(d0 - d1, len(nest.dropped), ref, int(seed), nest.dropped)
+    out = PBModcomp(d0 - d1, len(nest.dropped), ref, int(seed), nest.dropped,
+                    large=large.formula, small=getattr(small, "formula", ""))
     if out.n_failed:
         log.warning("%d of %d bootstrap refits failed; the p-value uses the other %d",
                     out.n_failed, nsim, nsim - out.n_failed)
