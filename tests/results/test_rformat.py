@@ -107,3 +107,17 @@ def test_title_wraps_as_r_does():
     got = rf.cat_fill([*rf.strwrap(title, 78, exdent=2), " [", "glmerMod", "]"], sep="")
     assert got == ["Generalized linear mixed model fit by maximum likelihood (Adaptive",
                    "  Gauss-Hermite Quadrature, nAGQ = 25) [glmerMod]"]
+
+
+@pytest.mark.parametrize("rows, want", [
+    ([[45.85296, 1, 1.27e-11], [45.85296, None, 0.000999001]],
+     ["         stat df  p.value    ", "LRT    45.853  1 1.27e-11 ***",
+      "PBtest 45.853    0.000999 ***", "---", f"Signif. codes:  {rf.SIGNIF_LEGEND}"]),
+    ([[2.13, 2, 0.3447], [2.13, None, 0.3696]],
+     ["       stat df p.value", "LRT    2.13  2  0.3447", "PBtest 2.13     0.3696"]),
+])
+def test_pbkrtest_table_layout_matches_r(rows, want):
+    """pbkrtest's ``printCoefmat(tab, tst.ind = 1, na.print = "", has.Pvalue = TRUE)``: the
+    expected lines are R 4.2.2's for these tables."""
+    assert rf.print_coefmat(rows, ["LRT", "PBtest"], ["stat", "df", "p.value"], digits=5,
+                            tst_ind=[0], has_pvalue=True, na_print="") == want
