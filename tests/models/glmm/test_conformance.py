@@ -36,9 +36,8 @@ def test_conformance_api(fid):
                    "gives 184.05313 with that tolerance and 184.05257 with 1e-12 (3e-6 "
                    "relative), and its finite-difference SEs move by up to 1.3%; daskmm "
                    "converges PIRLS fully and matches the tight refit (cbpp_laplace_tight)")
-def test_cbpp_laplace(client):
-    fx = load_fixture("cbpp_laplace")
-    fit = fit_fixture(fx, client)
+def test_cbpp_laplace():
+    fx, fit = fitted_once("conformance", "cbpp_laplace")
     check_document(fit.to_dict(), fit.ranef_frame(), fx)
 
 
