@@ -114,24 +114,37 @@ class Reduced:
         ``k x (q - k)``: its crossings with the other factors, scaled by ``Lambda``.
     C : scipy.sparse.csr_matrix
         The rest of ``A``.
+    BT : scipy.sparse.csr_matrix
+        ``B'``, kept in rows (a transposed product would run by columns).
+    C_diag : numpy.ndarray or None
+        ``C``'s diagonal where ``C`` is diagonal (two factors), to scale by.
     """
 
     k: int
     D: np.ndarray
     B: sp.csr_matrix
     C: sp.csr_matrix
+    BT: sp.csr_matrix
+    C_diag: np.ndarray | None
 
     @classmethod
     def of(cls, st: CrossedStats, lam: np.ndarray) -> Reduced:
         k = st.sizes[0]
         L = sp.diags(lam)
         A = (L @ st.ZtZ @ L + sp.identity(len(lam))).tocsr()
-        return cls(k, A.diagonal()[:k].copy(), A[:k, k:].tocsr(), A[k:, k:].tocsr())
+        B, C = A[:k, k:].tocsr(), A[k:, k:].tocsr()
+        # one other scalar factor: C is diagonal (its levels never meet each other)
+        rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
+        diagonal = bool(np.all(C.indices == rows))
+        return cls(k, A.diagonal()[:k].copy(), B, C, B.T.tocsr(),
+                   C.diagonal().copy() if diagonal else None)
 
     def schur(self, v: np.ndarray) -> np.ndarray:
         """``S v``."""
         Dv = self.D[:, None] if v.ndim == 2 else self.D
-        return self.C @ v - self.B.T @ ((self.B @ v) / Dv)
+        Cv = self.C @ v if self.C_diag is None else \
+            (self.C_diag[:, None] if v.ndim == 2 else self.C_diag) * v
+        return Cv - self.BT @ ((self.B @ v) / Dv)
 
     def schur_diag(self) -> np.ndarray:
         """``diag(S)``: the Jacobi preconditioner."""
