@@ -249,8 +249,26 @@ def lanczos_quadratures(matvec: Matvec, Z: np.ndarray, steps: int,
     return out
 
 
+def deflation_basis(matvec: Matvec, diag: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """A rough orthonormal basis (``eigsh`` to 1e-3) of the ``k`` smallest eigenvectors of
+    ``P^-1/2 A P^-1/2``, ``P = diag``: what :func:`slq_logdet` deflates."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+    s = 1.0 / np.sqrt(diag)
+    q = len(diag)
+
+    def scaled(v: np.ndarray) -> np.ndarray:
+        sv = s if v.ndim == 1 else s[:, None]
+        return sv * matvec(sv * v)
+
+    op = LinearOperator((q, q), matvec=scaled, dtype=float)
+    _, Q = eigsh(op, k=k, which="SA", tol=1e-3,
+                 v0=np.random.default_rng(seed).standard_normal(q))
+    return Q
+
+
 def slq_logdet(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40,
-               seed: int = 0, deflate: int = 0) -> tuple[float, float]:
+               seed: int = 0, deflate: int = 0, basis: np.ndarray | None = None
+               ) -> tuple[float, float]:
     """``(estimate, standard error)`` of ``log|A|``: ``log|P|`` plus the stochastic trace of
     ``log(P^-1/2 A P^-1/2)`` over ``probes`` Rademacher vectors of ``SeedSequence(seed)``.
 
@@ -269,15 +287,13 @@ def slq_logdet(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 
     rng = np.random.default_rng(seed)
     Z = rng.choice([-1.0, 1.0], size=(probes, q)).T  # probe i: row i of the draws
     k = deflate if 0 < deflate < q - 1 else 0
-    if k:
+    if basis is not None or k:
         # tr log = sum_i q_i' log(.) q_i + tr(P log(.) P), P = I - QQ', for any orthonormal
         # Q: the first part by quadrature from each q_i (no randomness), the second by the
         # probes projected off Q. Q near the smallest eigenvectors carries log's steep end,
         # so it needs only a rough eigsh.
-        from scipy.sparse.linalg import LinearOperator, eigsh
-        op = LinearOperator((q, q), matvec=scaled, dtype=float)
-        _, Q = eigsh(op, k=k, which="SA", tol=1e-3,
-                     v0=np.random.default_rng(seed).standard_normal(q))
+        Q = basis if basis is not None else deflation_basis(matvec, diag, k, seed)
+        k = Q.shape[1]
         Z = Z - Q @ (Q.T @ Z)
         vals = lanczos_quadratures(scaled, np.hstack([Q, Z]), steps)
         exact, vals = float(np.sum(vals[:k])), vals[k:]
@@ -313,8 +329,8 @@ class IterativeCriterion:
 
 
 def criterion(st: CrossedStats, theta: np.ndarray, reml: bool, probes: int = 30,
-              steps: int = 40, seed: int = 0, tol: float = 1e-12, deflate: int = 0
-              ) -> IterativeCriterion:
+              steps: int = 40, seed: int = 0, tol: float = 1e-12, deflate: int = 0,
+              basis: np.ndarray | None = None) -> IterativeCriterion:
     """The REML (``reml``) or ML criterion at ``theta`` (one scalar per factor) by
     conjugate gradients and stochastic Lanczos quadrature (module docstring)."""
     lam = st.lam(theta)
@@ -329,7 +345,8 @@ def criterion(st: CrossedStats, theta: np.ndarray, reml: bool, probes: int = 30,
     beta = la.cho_solve(cS, rhs)
     r2 = float(st.yty - LZy @ c_y - beta @ rhs)
     logdet_S = 2.0 * float(np.sum(np.log(np.diag(cS[0]))))
-    logdet_S_red, se = slq_logdet(red.schur, red.schur_diag(), probes, steps, seed, deflate)
+    logdet_S_red, se = slq_logdet(red.schur, red.schur_diag(), probes, steps, seed, deflate,
+                                  basis)
     logdet_A = float(np.sum(np.log(red.D))) + logdet_S_red
     n, p = st.n, st.XtX.shape[0]
     if reml:
