@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
@@ -98,6 +99,27 @@ def operator(st: CrossedStats, lam: np.ndarray) -> tuple[Matvec, np.ndarray]:
     return matvec, 1.0 + lam * lam * ZtZ.diagonal()
 
 
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _csr_matmat(indptr, indices, data, X, out):  # pragma: no cover - compiled
+    for i in numba.prange(len(indptr) - 1):
+        for j in range(X.shape[1]):
+            out[i, j] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            c = indices[p]
+            v = data[p]
+            for j in range(X.shape[1]):
+                out[i, j] += v * X[c, j]
+
+
+def spmm(A: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
+    """``A @ X`` for a CSR ``A`` and a vector or matrix ``X``, the rows of ``A`` shared out
+    over the cores (scipy's product runs on one)."""
+    X2 = np.ascontiguousarray(X[:, None] if X.ndim == 1 else X, dtype=float)
+    out = np.empty((A.shape[0], X2.shape[1]))
+    _csr_matmat(A.indptr, A.indices, A.data, X2, out)
+    return out[:, 0] if X.ndim == 1 else out
+
+
 @dataclass(frozen=True)
 class Reduced:
     """``A`` with its first factor's block (diagonal: a scalar term's levels never meet
@@ -144,7 +166,7 @@ class Reduced:
         Dv = self.D[:, None] if v.ndim == 2 else self.D
         Cv = self.C @ v if self.C_diag is None else \
             (self.C_diag[:, None] if v.ndim == 2 else self.C_diag) * v
-        return Cv - self.BT @ ((self.B @ v) / Dv)
+        return Cv - spmm(self.BT, spmm(self.B, v) / Dv)
 
     def schur_diag(self) -> np.ndarray:
         """``diag(S)``: the Jacobi preconditioner."""
