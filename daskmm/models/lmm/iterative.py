@@ -46,7 +46,7 @@ class IterativeFit:
 
 
 def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = None,
-                probes: int = 20, steps: int = 30, deflate: int = 10, seed: int = 0,
+                probes: int = 10, steps: int = 20, deflate: int = 10, seed: int = 0,
                 options: dict | None = None) -> IterativeFit:
     """Minimise the matrix-free REML (``reml``) or ML criterion over ``theta >= 0``.
 
