@@ -51,8 +51,10 @@ def test_a_job_submitted_through_the_form_appears_and_shows_its_summary(server, 
     assert "Linear mixed model fit by REML" in text and "Days" in text
     # the job asked for plots: the page shows them under its summary
     page.wait_for_selector("#detail img", timeout=30_000)
-    page.wait_for_function("() => [...document.querySelectorAll('#detail img')]"
-                           ".every((i) => i.complete && i.naturalWidth > 100)", timeout=30_000)
+    # the page adds the images as their list arrives: wait for three, all loaded
+    page.wait_for_function("() => { const im = [...document.querySelectorAll('#detail img')];"
+                           " return im.length >= 3 && im.every((i) => i.complete"
+                           " && i.naturalWidth > 100); }", timeout=30_000)
     assert page.locator("#detail img").count() >= 3
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "service_page.png"
