@@ -10,19 +10,10 @@ import numpy as np
 import pandas as pd
 
 from daskmm.errors import ModelError
-from daskmm.models.lmm.inference.bootstrap import bootstrap
-from daskmm.models.lmm.inference.ddf import (
-    DDF_METHODS,
-    coef_tests,
-    kenward_roger_parts,
-    kr_coef_tests,
-    varpar_cov,
-)
-from daskmm.models.lmm.inference.deviance import Deviance
-from daskmm.models.lmm.inference.profile import parameter_names, profile_intervals
-from daskmm.models.lmm.inference.type3 import anova_type3
-from daskmm.models.lmm.inference.variance import icc, r2_nakagawa
-from daskmm.models.lmm.plots import plot
+
+# the inference modules load where they are used: a process that fits (or fails on its
+# input) pays for none of them
+from daskmm.models.lmm.inference.ddf import DDF_METHODS
 from daskmm.models.shared.prediction import quantiles_or_none
 from daskmm.results.base import SINGULAR_TOL, MixedResult, RanefTable, result_kind
 
@@ -141,6 +132,7 @@ class LmmResult(MixedResult):
         """Write diagnostic plots as PNG under folder ``out``
         (:mod:`daskmm.models.lmm.plots`): ``caterpillar``, ``residuals``, ``qq``,
         ``ranef_qq`` or ``zeta`` (after :meth:`confint` with ``"profile"``)."""
+        from daskmm.models.lmm.plots import plot
         return plot(self, kind, out)
 
     # ------------------------------------------------------------ inference
@@ -186,10 +178,12 @@ class LmmResult(MixedResult):
         if key not in DDF_METHODS:
             raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
         if key == "kenward-roger":
+            from daskmm.models.lmm.inference.ddf import kr_coef_tests
             self.tests = kr_coef_tests(self.fixef_names, np.asarray(self.beta), self.vcov,
                                        self.kenward_roger_info())
             self.ddf = "Kenward-Roger"
             return self.tests
+        from daskmm.models.lmm.inference.ddf import coef_tests
         self.tests = coef_tests(self.fixef_names, np.asarray(self.beta),
                                 self.satterthwaite_info())
         self.ddf = "Satterthwaite"
@@ -202,6 +196,7 @@ class LmmResult(MixedResult):
             if not self.reml:
                 raise ModelError("Kenward-Roger applies to REML fits (pbkrtest refits by "
                                  "REML); fit with reml=True")
+            from daskmm.models.lmm.inference.ddf import kenward_roger_parts
             self._kr_parts = kenward_roger_parts(self._problem("Kenward-Roger's method"),
                                                  np.asarray(self.theta), self.sigma,
                                                  self.vcov)
@@ -212,6 +207,8 @@ class LmmResult(MixedResult):
         the deviance's Hessian in ``(theta, sigma)`` and the derivatives of ``vcov(beta)``),
         computed once per result."""
         if getattr(self, "_varpar_cov", None) is None:
+            from daskmm.models.lmm.inference.ddf import varpar_cov
+            from daskmm.models.lmm.inference.deviance import Deviance
             self._varpar_cov = varpar_cov(Deviance(self._problem("Satterthwaite's method")),
                                           self.theta, self.sigma, self.reml)
         return self._varpar_cov
@@ -244,6 +241,7 @@ class LmmResult(MixedResult):
             rows = [{"parameter": n, "lower": b - z * se, "upper": b + z * se}
                     for n, b, se in zip(self.fixef_names, self.beta, self.se)]
         elif key == "profile":
+            from daskmm.models.lmm.inference.profile import profile_intervals
             traces = profile_intervals(self._problem("a profile"), np.asarray(self.theta),
                                        list(self.fixef_names), level, client=client)
             self.profiles = traces
@@ -253,6 +251,8 @@ class LmmResult(MixedResult):
             prob = self._problem("the bootstrap")
             if seed is None:
                 seed = int(np.random.SeedSequence().generate_state(1)[0])
+            from daskmm.models.lmm.inference.bootstrap import bootstrap
+            from daskmm.models.lmm.inference.profile import parameter_names
             self.boot = bootstrap(prob, np.asarray(self.theta), np.asarray(self.beta),
                                   self.sigma, self.reml, parameter_names(prob, self.fixef_names),
                                   nboot, seed, client=client)
@@ -275,14 +275,17 @@ class LmmResult(MixedResult):
         if key not in DDF_METHODS:
             raise ModelError(f"ddf={ddf!r}; allowed: {', '.join(DDF_METHODS)}")
         self._problem("type III tests")
+        from daskmm.models.lmm.inference.type3 import anova_type3
         return anova_type3(self, key)
 
     def r2(self) -> dict:
         """Nakagawa's marginal and conditional R^2 (``performance::r2_nakagawa``)."""
+        from daskmm.models.lmm.inference.variance import r2_nakagawa
         return r2_nakagawa(self)
 
     def icc(self) -> dict:
         """Intraclass correlation (``performance::icc``), also per grouping factor."""
+        from daskmm.models.lmm.inference.variance import icc
         return icc(self)
 
     def varcorr(self) -> pd.DataFrame:
