@@ -4,18 +4,15 @@ kept under ``test-artifacts/`` (or ``$DASKMM_TEST_ARTIFACTS``)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.artifacts import ARTIFACTS
 from tests.service.conftest import SLEEP_JOB, TOKENS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(os.environ.get("DASKMM_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "test-artifacts"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from pathlib import Path  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -18,15 +17,8 @@ from daskmm.errors import ModelError  # noqa: E402
 from daskmm.models.gam import plots  # noqa: E402
 from daskmm.models.gam.model import gam  # noqa: E402
 from daskmm.models.gam.plots import edf_label, plot_smooths, smooth_figure  # noqa: E402
+from tests.artifacts import save_plot  # noqa: E402
 from tests.models.gam.helpers import GAM, load  # noqa: E402
-
-ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "plots"
-
-
-def _save(fig, name: str) -> None:
-    """One PNG under test-artifacts/plots/, for a look."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(ARTIFACTS / name)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +54,7 @@ def test_one_d_smooths_draw_the_fit_two_se_lines_and_the_edf(fit, with_data):
         assert x.max() == pytest.approx(data[var].max(), abs=0.02)
         assert (len(lines) == 4) == with_data  # the rug
         if with_data:
-            _save(fig, f"gam_smooth_{var}.png")
+            save_plot(fig, f"gam_smooth_{var}.png")
         plt.close(fig)
 
 
@@ -77,7 +69,7 @@ def test_two_d_smooths_draw_fit_and_se_contours(fit):
     sets = [c for c in ax.collections if hasattr(c, "levels")]
     assert len(sets) == 3 and all(np.array_equal(c.levels, sets[0].levels) for c in sets)
     assert {t.get_text() for t in ax.texts} >= {"-1 se", "+1 se"}
-    _save(fig, "gam_smooth_2d_contours.png")
+    save_plot(fig, "gam_smooth_2d_contours.png")
     plt.close(fig)
 
 
@@ -92,7 +84,7 @@ def test_partial_residuals_are_the_residuals_plus_the_smooth_at_each_row(fit):
     between the two standard-error lines and the rug, inside the y range."""
     res, data = fit
     fig = smooth_figure(res, 0, data, residuals=True)
-    _save(fig, "gam_partial_residuals.png")
+    save_plot(fig, "gam_partial_residuals.png")
     ax = fig.axes[0]
     lines = ax.get_lines()
     assert [ln.get_linestyle() for ln in lines[:3]] == ["-", "--", "--"]
@@ -117,7 +109,7 @@ def test_partial_residuals_of_a_poisson_gam_are_on_the_link_scale():
     res = gam("y ~ s(x, bs = 'cr') + s(z, bs = 'cr')", df, family="poisson",
               mode="in-process")
     fig = smooth_figure(res, 0, df, residuals=True)
-    _save(fig, "gam_partial_residuals_poisson.png")
+    save_plot(fig, "gam_partial_residuals_poisson.png")
     pts = _partial(fig.axes[0])
     mu = res.fitted(df)["fitted"].to_numpy()
     f = res.predict(df, type="terms")["s(x)"].to_numpy()

@@ -5,8 +5,6 @@ goes to test-artifacts/plots/ for a look."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,15 +17,11 @@ from matplotlib.colors import to_rgba  # noqa: E402
 import daskmm  # noqa: E402
 from daskmm.models.glmm.plots import QUANTILES, dharma_figure, plot, quantile_curves  # noqa: E402
 from daskmm.models.lmm.plots import caterpillar_figure  # noqa: E402
+from tests.artifacts import save_plot  # noqa: E402
 from tests.models.glmm.helpers import fit_fixture, load_local, simulate  # noqa: E402
 
-ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "plots"
 RED = to_rgba("red")
 
-
-def _save(fig, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(ARTIFACTS / name, dpi=100)
 
 
 def _residual_panel(fig):
@@ -43,7 +37,7 @@ def test_caterpillar_of_a_glmm_matches_glmers_conditional_sds(tmp_path):
     fx = load_local("cbpp_laplace_tight")
     fit = fit_fixture(fx)
     fig = caterpillar_figure(fit.ranef_frame(), "herd")
-    _save(fig, "glmm_caterpillar_cbpp.png")
+    save_plot(fig, "glmm_caterpillar_cbpp.png")
     assert fig._suptitle.get_text() == "herd"
     (ax,) = [a for a in fig.axes if a.get_title()]
     assert ax.get_title() == "(Intercept)"
@@ -94,7 +88,7 @@ def test_dharma_panel_of_a_model_simulated_from_its_fit_is_calm():
     fit = daskmm.glmm("y ~ x + (1 | g)", df, "poisson", mode="in-process")
     fit.simulate_residuals(250, seed=1)
     fig = dharma_figure(fit)
-    _save(fig, "glmm_dharma_correct_model.png")
+    save_plot(fig, "glmm_dharma_correct_model.png")
     ax, curves, refs = _residual_panel(fig)
     assert sorted(ln.get_ydata()[0] for ln in refs) == list(QUANTILES)
     assert len(curves) == 3 and len(ax.collections) == 3  # each with its band
@@ -122,7 +116,7 @@ def test_dharma_panel_of_a_misspecified_model_turns_red():
     fit = daskmm.glmm("y ~ x + (1 | g)", df, "poisson", mode="in-process")
     fit.simulate_residuals(250, seed=2)
     fig = dharma_figure(fit)
-    _save(fig, "glmm_dharma_misspecified.png")
+    save_plot(fig, "glmm_dharma_misspecified.png")
     ax, curves, _ = _residual_panel(fig)
     assert any(to_rgba(ln.get_color()) == RED for ln in curves)
     assert "Quantile deviations detected (red curves)" in ax.get_title()

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -16,14 +14,7 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from daskmm.models.gwas.output import lambda_gc, manhattan_figure, qq_figure  # noqa: E402
-
-ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "plots"
-
-
-def _save(fig, name: str) -> None:
-    """One PNG under test-artifacts/plots/, for a look."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(ARTIFACTS / name)
+from tests.artifacts import save_plot  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def test_manhattan_has_chromosome_labels_and_both_lines(results):
         assert ys == [5.0, round(-np.log10(5e-8), 3)]  # suggestive and genome-wide
         assert ax.get_ylim()[1] >= 9.0  # the hit at 1e-9 is inside
         assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 9
-    _save(fig, "gwas_manhattan.png")
+    save_plot(fig, "gwas_manhattan.png")
     plt.close(fig)
 
 
@@ -68,5 +59,5 @@ def test_qq_has_the_diagonal_a_95_percent_band_and_lambda(results):
     xmax = -np.log10(0.5 / n)
     at = verts[np.isclose(verts[:, 0], xmax)][:, 1]
     assert np.allclose(np.unique(np.round(at, 12)), np.sort(top))
-    _save(fig, "gwas_qq.png")
+    save_plot(fig, "gwas_qq.png")
     plt.close(fig)

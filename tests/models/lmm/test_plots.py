@@ -4,8 +4,6 @@ to test-artifacts/plots/ for a look."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -17,14 +15,8 @@ import pytest  # noqa: E402
 
 import daskmm  # noqa: E402
 from daskmm.models.lmm.plots import LABELLED_LEVELS, caterpillar_figure  # noqa: E402
+from tests.artifacts import save_plot  # noqa: E402
 from tests.models.lmm.inference.refs import frame, load  # noqa: E402
-
-ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "plots"
-
-
-def _save(fig, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(ARTIFACTS / name, dpi=100)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +35,7 @@ def _panel(ax):
 def test_caterpillar_has_a_panel_per_term_levels_sorted_with_1_96_sd_bars(sleep):
     ranef = sleep.ranef_frame()
     fig = caterpillar_figure(ranef, "Subject")
-    _save(fig, "lmm_caterpillar_sleepstudy.png")
+    save_plot(fig, "lmm_caterpillar_sleepstudy.png")
     assert fig._suptitle.get_text() == "Subject"
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == ["(Intercept)", "Days"]
@@ -82,7 +74,7 @@ def test_caterpillar_of_many_levels_leaves_the_names_out():
     df["y"] = 1 + 0.5 * df.x + rng.normal(0, 1, m)[g] + rng.normal(0, 1, len(g))
     fit = daskmm.lmm("y ~ x + (1 | g)", df, mode="in-process")
     fig = caterpillar_figure(fit.ranef_frame(), "g")
-    _save(fig, "lmm_caterpillar_many_levels.png")
+    save_plot(fig, "lmm_caterpillar_many_levels.png")
     (ax,) = [a for a in fig.axes if a.get_title()]
     points, bars, _ = _panel(ax)
     assert len(points.get_xdata()) == m > LABELLED_LEVELS and len(bars.get_segments()) == m
