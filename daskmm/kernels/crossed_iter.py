@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+import pandas as pd
 import scipy.linalg as la
 import scipy.sparse as sp
 
@@ -75,18 +76,55 @@ class CrossedStats:
         return np.repeat(np.asarray(theta, float), self.sizes)
 
 
-def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray],
-                  sizes: list[int]) -> CrossedStats:
+def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: list[int],
+                  w: np.ndarray | None = None) -> CrossedStats:
     """:class:`CrossedStats` of rows: the response, the fixed-effects matrix and, per
-    factor, each row's level code (``0 .. sizes[k] - 1``)."""
+    factor, each row's level code (``0 .. sizes[k] - 1``); ``w``: prior weights (rows
+    scaled by their square roots)."""
     n = len(y)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    cols = np.concatenate([c + s for c, s in zip(codes, starts)])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    cols = np.concatenate([np.asarray(c, np.int64) + s for c, s in zip(codes, starts)])
     rows = np.tile(np.arange(n), len(codes))
-    Z = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(n, int(sum(sizes))))
-    return CrossedStats(ZtZ=(Z.T @ Z).tocsr(), ZtX=np.asarray(Z.T @ X), Zty=Z.T @ y,
-                        XtX=X.T @ X, Xty=X.T @ y, yty=float(y @ y), n=n,
+    sw = np.ones(n) if w is None else np.sqrt(np.asarray(w, float))
+    Z = sp.csr_matrix((np.tile(sw, len(codes)), (rows, cols)), shape=(n, int(sum(sizes))))
+    Xw, yw = X * sw[:, None], y * sw
+    ZtZ = (Z.T @ Z).tocsr()
+    ZtZ.sum_duplicates()
+    return CrossedStats(ZtZ=ZtZ, ZtX=np.asarray(Z.T @ Xw), Zty=Z.T @ yw, XtX=Xw.T @ Xw,
+                        Xty=Xw.T @ yw, yty=float(yw @ yw), n=n,
                         sizes=tuple(int(s) for s in sizes))
+
+
+def partition_crossed(y: np.ndarray, X: np.ndarray, w: np.ndarray | None,
+                      keys: list[np.ndarray], levels: list[np.ndarray]
+                      ) -> tuple[CrossedStats, float]:
+    """One partition's :class:`CrossedStats` (each factor's per-row ``keys`` coded against
+    its frozen ``levels``) and ``sum log w``; the partitions' sum (:func:`add_crossed`) is
+    the whole data's."""
+    codes = []
+    for k, lev in zip(keys, levels):
+        c = pd.Categorical(k, categories=lev).codes.astype(np.int64)
+        if (c < 0).any():
+            bad = k[np.flatnonzero(c < 0)[0]]
+            bad = bad.item() if isinstance(bad, np.generic) else bad
+            raise ValueError(f"level {bad!r} was not seen by the metadata pass")
+        codes.append(c)
+    sum_log_w = 0.0 if w is None else float(np.sum(np.log(w)))
+    return crossed_stats(y, X, codes, [len(lev) for lev in levels], w), sum_log_w
+
+
+def add_crossed(parts: list[tuple[CrossedStats, float]]) -> tuple[CrossedStats, float]:
+    """The sum of partitions' :func:`partition_crossed`."""
+    sts = [st for st, _ in parts]
+    first = sts[0]
+    ZtZ = sts[0].ZtZ
+    for st in sts[1:]:
+        ZtZ = ZtZ + st.ZtZ
+    return CrossedStats(
+        ZtZ=ZtZ.tocsr(), ZtX=sum(st.ZtX for st in sts), Zty=sum(st.Zty for st in sts),
+        XtX=sum(st.XtX for st in sts), Xty=sum(st.Xty for st in sts),
+        yty=float(sum(st.yty for st in sts)), n=int(sum(st.n for st in sts)),
+        sizes=first.sizes), float(sum(v for _, v in parts))
 
 
 def operator(st: CrossedStats, lam: np.ndarray) -> tuple[Matvec, np.ndarray]:
@@ -121,63 +159,134 @@ def spmm(A: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Reduced:
-    """``A`` with its first factor's block (diagonal: a scalar term's levels never meet
-    each other) eliminated exactly: ``A = [[D, B], [B', C]]``, the Schur complement
-    ``S = C - B' D^-1 B`` applied as a product, ``log|A| = sum log D + log|S|``.
+class Crossing:
+    """The part of ``A = Lambda Z'Z Lambda + I`` that does not move with ``theta``: ``Z'Z``
+    cut at the first factor (``[[diag(n_1), N], [N', N_rest]]``), made once per fit. With
+    scalar terms ``Lambda`` is ``theta_k`` on factor ``k``'s levels, so every evaluation
+    scales these by numbers and forms no new matrix.
 
     Attributes
     ----------
     k : int
-        Levels of the eliminated factor.
-    D : numpy.ndarray
-        Its diagonal block.
-    B : scipy.sparse.csr_matrix
-        ``k x (q - k)``: its crossings with the other factors, scaled by ``Lambda``.
-    C : scipy.sparse.csr_matrix
-        The rest of ``A``.
-    BT : scipy.sparse.csr_matrix
-        ``B'``, kept in rows (a transposed product would run by columns).
-    C_diag : numpy.ndarray or None
-        ``C``'s diagonal where ``C`` is diagonal (two factors), to scale by.
+        Levels of the first (eliminated) factor.
+    n1 : numpy.ndarray
+        Its level counts.
+    N, NT : scipy.sparse.csr_matrix
+        Its crossings with the other factors (``k x (q - k)``) and their transpose, each
+        kept in rows (a transposed product would run by columns).
+    N2_T : scipy.sparse.csr_matrix
+        ``(N o N)'``: for the Schur complement's diagonal.
+    rest : scipy.sparse.csr_matrix
+        ``Z'Z`` of the other factors.
+    rest_diag : numpy.ndarray
+        Its diagonal.
+    rest_diagonal : bool
+        Whether ``rest`` is diagonal (one other factor: its levels never meet each other).
     """
 
     k: int
-    D: np.ndarray
-    B: sp.csr_matrix
-    C: sp.csr_matrix
-    BT: sp.csr_matrix
-    C_diag: np.ndarray | None
+    n1: np.ndarray
+    N: sp.csr_matrix
+    NT: sp.csr_matrix
+    N2_T: sp.csr_matrix
+    rest: sp.csr_matrix
+    rest_diag: np.ndarray
+    rest_diagonal: bool
 
     @classmethod
-    def of(cls, st: CrossedStats, lam: np.ndarray) -> Reduced:
+    def of(cls, st: CrossedStats) -> Crossing:
         k = st.sizes[0]
-        L = sp.diags(lam)
-        A = (L @ st.ZtZ @ L + sp.identity(len(lam))).tocsr()
-        B, C = A[:k, k:].tocsr(), A[k:, k:].tocsr()
-        # one other scalar factor: C is diagonal (its levels never meet each other)
-        rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
-        diagonal = bool(np.all(C.indices == rows))
-        return cls(k, A.diagonal()[:k].copy(), B, C, B.T.tocsr(),
-                   C.diagonal().copy() if diagonal else None)
+        ZtZ = st.ZtZ
+        N = ZtZ[:k, k:].tocsr()
+        rest = ZtZ[k:, k:].tocsr()
+        rows = np.repeat(np.arange(rest.shape[0]), np.diff(rest.indptr))
+        return cls(k, ZtZ.diagonal()[:k].copy(), N, N.T.tocsr(), N.multiply(N).T.tocsr(),
+                   rest, rest.diagonal().copy(), bool(np.all(rest.indices == rows)))
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """``A`` at one ``theta`` with its first factor's block (diagonal: a scalar term's
+    levels never meet each other) eliminated exactly: ``A = [[D, B], [B', C]]`` with
+    ``D = 1 + theta_1^2 n_1``, ``B = theta_1 N Lambda_r``, ``C = Lambda_r N_rest Lambda_r +
+    I``; the Schur complement ``S = C - B' D^-1 B`` applied as a product, ``log|A| = sum
+    log D + log|S|``.
+
+    Attributes
+    ----------
+    x : Crossing
+    t1 : float
+        ``theta_1``.
+    lam : numpy.ndarray
+        ``diag(Lambda_r)``: the other factors' ``theta`` on their levels.
+    D : numpy.ndarray
+    """
+
+    x: Crossing
+    t1: float
+    lam: np.ndarray
+    D: np.ndarray
+
+    @classmethod
+    def of(cls, st: CrossedStats, theta: np.ndarray, crossing: Crossing | None = None
+           ) -> Reduced:
+        x = crossing if crossing is not None else Crossing.of(st)
+        theta = np.asarray(theta, float)
+        return cls(x, float(theta[0]), np.repeat(theta[1:], st.sizes[1:]),
+                   1.0 + theta[0] ** 2 * x.n1)
+
+    @property
+    def k(self) -> int:
+        return self.x.k
+
+    def B(self, v: np.ndarray) -> np.ndarray:
+        """``B v``."""
+        lam = self.lam[:, None] if v.ndim == 2 else self.lam
+        return self.t1 * spmm(self.x.N, lam * v)
+
+    def BT(self, w: np.ndarray) -> np.ndarray:
+        """``B' w``."""
+        lam = self.lam[:, None] if w.ndim == 2 else self.lam
+        return self.t1 * lam * spmm(self.x.NT, w)
+
+    def C(self, v: np.ndarray) -> np.ndarray:
+        """``C v``."""
+        lam = self.lam[:, None] if v.ndim == 2 else self.lam
+        if self.x.rest_diagonal:
+            d = self.x.rest_diag[:, None] if v.ndim == 2 else self.x.rest_diag
+            return v + lam * lam * d * v
+        return v + lam * spmm(self.x.rest, lam * v)
 
     def schur(self, v: np.ndarray) -> np.ndarray:
         """``S v``."""
         Dv = self.D[:, None] if v.ndim == 2 else self.D
-        Cv = self.C @ v if self.C_diag is None else \
-            (self.C_diag[:, None] if v.ndim == 2 else self.C_diag) * v
-        return Cv - spmm(self.BT, spmm(self.B, v) / Dv)
+        return self.C(v) - self.BT(self.B(v) / Dv)
+
+    def B2_D(self, d: np.ndarray) -> np.ndarray:
+        """``sum_i B_ij^2 d_i`` for each column ``j``."""
+        return self.t1 ** 2 * self.lam ** 2 * (self.x.N2_T @ d)
 
     def schur_diag(self) -> np.ndarray:
         """``diag(S)``: the Jacobi preconditioner."""
-        return self.C.diagonal() - np.asarray(self.B.multiply(self.B).T @ (1.0 / self.D))
+        return 1.0 + self.lam ** 2 * self.x.rest_diag - self.B2_D(1.0 / self.D)
+
+    def inverse_diag(self) -> np.ndarray:
+        """An approximation of ``diag(A^-1)`` (what conditional variances need): exact
+        block elimination with ``S^-1`` taken as ``diag(S)^-1``, so ``1/D_i + sum_j
+        B_ij^2 / (D_i^2 S_jj)`` on the eliminated factor and ``1 / S_jj`` on the others
+        (at most the exact value: ``(S^-1)_jj >= 1 / S_jj`` for a positive definite
+        ``S``). Exact where the other factors' levels do not interact through the first."""
+        P = self.schur_diag()
+        first = 1.0 / self.D + self.t1 ** 2 * spmm(self.x.N.multiply(self.x.N).tocsr(),
+                                                   self.lam ** 2 / P) / self.D ** 2
+        return np.concatenate([first, 1.0 / P])
 
     def solve(self, b: np.ndarray, tol: float) -> tuple[np.ndarray, int]:
         """``A^-1 b`` (``b``: ``q x m``) by block elimination, conjugate gradients on ``S``."""
         b1, b2 = b[:self.k], b[self.k:]
         t = b1 / self.D[:, None]
-        x2, iters = pcg(self.schur, b2 - self.B.T @ t, self.schur_diag(), tol=tol)
-        x1 = t - (self.B @ x2) / self.D[:, None]
+        x2, iters = pcg(self.schur, b2 - self.BT(t), self.schur_diag(), tol=tol)
+        x1 = t - self.B(x2) / self.D[:, None]
         return np.vstack([x1, x2]), iters
 
 
@@ -197,14 +306,16 @@ def pcg(matvec: Matvec, b: np.ndarray, precond: np.ndarray, tol: float = 1e-12,
     bnorm[bnorm == 0] = 1.0
     for it in range(1, maxiter + 1):
         Ap = matvec(p)
-        alpha = rz / np.einsum("ij,ij->j", p, Ap)
+        pAp = np.einsum("ij,ij->j", p, Ap)
+        # a column already solved (a zero right-hand side: a factor at theta = 0) stays put
+        alpha = np.divide(rz, pAp, out=np.zeros_like(rz), where=pAp > 0)
         x += alpha * p
         r -= alpha * Ap
         if np.all(np.linalg.norm(r, axis=0) <= tol * bnorm):
             return (x[:, 0] if b.ndim == 1 else x), it
         z = r / precond[:, None]
         rz_new = np.einsum("ij,ij->j", r, z)
-        p = z + (rz_new / rz) * p
+        p = z + np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0) * p
         rz = rz_new
     raise FloatingPointError(f"conjugate gradients did not reach {tol:g} in {maxiter} "
                              "iterations")
@@ -239,9 +350,17 @@ def lanczos_quadrature(matvec: Matvec, z: np.ndarray, steps: int,
 
 
 def lanczos_quadratures(matvec: Matvec, Z: np.ndarray, steps: int,
-                        f: Callable[[np.ndarray], np.ndarray] = np.log) -> np.ndarray:
+                        f: Callable[[np.ndarray], np.ndarray] = np.log,
+                        solves: bool = False, rtol: float = 0.0
+                        ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """:func:`lanczos_quadrature` for every column of ``Z`` at once (the columns'
-    recurrences side by side: one sparse product per step for all of them)."""
+    recurrences side by side: one sparse product per step for all of them).
+
+    ``steps`` at most; ``rtol > 0`` stops earlier, once a step moves no column's quadrature
+    by more than ``rtol`` times the largest of them (Gauss quadrature converges
+    geometrically: the next step moves it far less). ``solves``: also return ``A^-1 Z`` as
+    the same recurrences give it (``x_c = |z_c| V_c T_c^-1 e_1``, conjugate gradients'
+    iterate after the same steps), for the gradient's traces at no further product."""
     q, m = Z.shape
     k = min(steps, q)
     V = np.zeros((k, q, m))
@@ -250,12 +369,19 @@ def lanczos_quadratures(matvec: Matvec, Z: np.ndarray, steps: int,
     norms = np.linalg.norm(Z, axis=0)
     length = np.full(m, k)
     v = Z / norms
+    last = None
     for j in range(k):
         V[j] = v
         w = matvec(v)
         alpha[j] = np.einsum("qm,qm->m", v, w)
         for _ in range(2):  # full reorthogonalisation, twice
             w -= np.einsum("kqm,km->qm", V[:j + 1], np.einsum("kqm,qm->km", V[:j + 1], w))
+        if rtol > 0 and j > 0:
+            now = _gauss(alpha, beta, np.minimum(length, j + 1), norms, f)[0]
+            if last is not None and np.max(np.abs(now - last)) <= rtol * np.max(np.abs(now)):
+                length = np.minimum(length, j + 1)
+                break
+            last = now
         if j + 1 == k:
             break
         beta[j] = np.linalg.norm(w, axis=0)
@@ -263,12 +389,25 @@ def lanczos_quadratures(matvec: Matvec, Z: np.ndarray, steps: int,
         length[done] = j + 1
         beta[j, length <= j + 1] = 0.0
         v = np.where(length > j + 1, w / np.where(beta[j] > 0, beta[j], 1.0), 0.0)
+    out, coef = _gauss(alpha, beta, length, norms, f)
+    if not solves:
+        return out
+    return out, np.einsum("kqm,km->qm", V[:coef.shape[0]], coef)
+
+
+def _gauss(alpha: np.ndarray, beta: np.ndarray, length: np.ndarray, norms: np.ndarray,
+           f: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's Gauss quadrature ``|z|^2 e_1' f(T) e_1`` on its first ``length``
+    Lanczos steps, and ``|z| T^-1 e_1`` (the solve's coefficients on the Lanczos vectors)."""
+    m = len(norms)
     out = np.empty(m)
+    coef = np.zeros((int(length.max()), m))
     for c in range(m):
         n_c = length[c]
         theta, U = la.eigh_tridiagonal(alpha[:n_c, c], beta[:n_c - 1, c])
         out[c] = norms[c] ** 2 * float(np.sum(U[0] ** 2 * f(theta)))
-    return out
+        coef[:n_c, c] = norms[c] * (U @ (U[0] / theta))
+    return out, coef
 
 
 def deflation_basis(matvec: Matvec, diag: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -288,11 +427,51 @@ def deflation_basis(matvec: Matvec, diag: np.ndarray, k: int, seed: int = 0) -> 
     return Q
 
 
-def slq_logdet(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40,
-               seed: int = 0, deflate: int = 0, basis: np.ndarray | None = None
-               ) -> tuple[float, float]:
-    """``(estimate, standard error)`` of ``log|A|``: ``log|P|`` plus the stochastic trace of
-    ``log(P^-1/2 A P^-1/2)`` over ``probes`` Rademacher vectors of ``SeedSequence(seed)``.
+@dataclass(frozen=True)
+class Quadrature:
+    """One stochastic Lanczos quadrature of ``log|A|`` (:func:`slq`) and what its
+    recurrences give besides.
+
+    Attributes
+    ----------
+    logdet, se : float
+        The estimate of ``log|A|`` and its standard error.
+    scale : numpy.ndarray
+        ``P^-1/2``: the Jacobi scaling, ``A_s = P^-1/2 A P^-1/2``.
+    starts, solves : numpy.ndarray
+        The recurrences' start vectors (scaled coordinates: the deflation basis's ``k``
+        columns, then the probes projected off it) and ``A_s^-1`` applied to each.
+    k : int
+        Deflation basis columns at the front of ``starts``.
+    """
+
+    logdet: float
+    se: float
+    scale: np.ndarray
+    starts: np.ndarray
+    solves: np.ndarray
+    k: int
+
+    def trace_inverse(self, apply_m: Callable[[np.ndarray], np.ndarray],
+                      trace_m: float) -> float:
+        """``tr(A_s^-1 M)`` for a symmetric ``M`` (``apply_m``: ``v -> M v`` on a block of
+        columns; ``trace_m = tr M``), by the same split as the log determinant: ``tr M``
+        plus ``tr((A_s^-1 - I) M)``, exact on the deflation basis and by the projected
+        probes on the rest."""
+        Mv = apply_m(self.starts)
+        vals = np.einsum("qm,qm->m", self.solves - self.starts, Mv)
+        exact, probes = vals[:self.k], vals[self.k:]
+        return trace_m + float(np.sum(exact)) + (float(probes.mean()) if len(probes) else 0.0)
+
+
+def slq(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40, seed: int = 0,
+        deflate: int = 0, basis: np.ndarray | None = None, rtol: float = 1e-10
+        ) -> Quadrature:
+    """``log|A|`` by stochastic Lanczos quadrature: ``log|P|`` plus the stochastic trace of
+    ``log(P^-1/2 A P^-1/2)`` over ``probes`` Rademacher vectors of ``SeedSequence(seed)``,
+    with its standard error; and the same recurrences' solves (:class:`Quadrature`).
+    ``steps`` Lanczos steps at most, fewer where the quadratures have converged to ``rtol``
+    (:func:`lanczos_quadratures`).
 
     ``deflate > 0``: a rough basis ``Q`` of the ``deflate`` smallest eigenvectors of the
     scaled matrix (``eigsh`` to 1e-3) is taken by quadrature from each of its columns, and
@@ -316,13 +495,22 @@ def slq_logdet(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 
         # so it needs only a rough eigsh.
         Q = basis if basis is not None else deflation_basis(matvec, diag, k, seed)
         k = Q.shape[1]
-        Z = Z - Q @ (Q.T @ Z)
-        vals = lanczos_quadratures(scaled, np.hstack([Q, Z]), steps)
-        exact, vals = float(np.sum(vals[:k])), vals[k:]
+        starts = np.hstack([Q, Z - Q @ (Q.T @ Z)])
     else:
-        exact, vals = 0.0, lanczos_quadratures(scaled, Z, steps)
+        k, starts = 0, Z
+    vals, solves = lanczos_quadratures(scaled, starts, steps, solves=True, rtol=rtol)
+    exact, vals = float(np.sum(vals[:k])), vals[k:]
     se = float(np.std(vals, ddof=1) / math.sqrt(probes)) if probes > 1 else math.inf
-    return float(np.sum(np.log(diag)) + exact + vals.mean()), se
+    return Quadrature(float(np.sum(np.log(diag)) + exact + vals.mean()), se, s, starts,
+                      solves, k)
+
+
+def slq_logdet(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40,
+               seed: int = 0, deflate: int = 0, basis: np.ndarray | None = None
+               ) -> tuple[float, float]:
+    """``(estimate, standard error)`` of ``log|A|`` (:func:`slq`)."""
+    quad = slq(matvec, diag, probes, steps, seed, deflate, basis)
+    return quad.logdet, quad.se
 
 
 @dataclass(frozen=True)
@@ -337,8 +525,15 @@ class IterativeCriterion:
         Its standard error (that of the ``log|A|`` estimate).
     logdet_A, logdet_S, r2 : float
     beta : numpy.ndarray
+    u : numpy.ndarray
+        The spherical conditional modes (``b = Lambda u``), all factors' levels in order.
+    S : numpy.ndarray
+        ``X' V^-1 X`` (``p x p``; ``sigma^2 S^-1`` is the fixed effects' covariance).
     iterations : int
         Conjugate-gradient iterations of the solves.
+    gradient : numpy.ndarray or None
+        The criterion's derivative in each ``theta`` (:func:`criterion`'s ``gradient``):
+        exact but for ``log|A|``'s traces, estimated from the same probes.
     """
 
     objective: float
@@ -347,16 +542,37 @@ class IterativeCriterion:
     logdet_S: float
     r2: float
     beta: np.ndarray
+    u: np.ndarray
+    S: np.ndarray
     iterations: int
+    gradient: np.ndarray | None = None
+
+    def S_inverse(self) -> np.ndarray:
+        """``S^-1`` (``sigma^2 S^-1``: the fixed effects' covariance)."""
+        return la.cho_solve(la.cho_factor(self.S, lower=True), np.eye(len(self.S)))
 
 
 def criterion(st: CrossedStats, theta: np.ndarray, reml: bool, probes: int = 30,
               steps: int = 40, seed: int = 0, tol: float = 1e-12, deflate: int = 0,
-              basis: np.ndarray | None = None) -> IterativeCriterion:
+              basis: np.ndarray | None = None, gradient: bool = False,
+              crossing: Crossing | None = None, rtol: float = 1e-10) -> IterativeCriterion:
     """The REML (``reml``) or ML criterion at ``theta`` (one scalar per factor) by
-    conjugate gradients and stochastic Lanczos quadrature (module docstring)."""
+    conjugate gradients and stochastic Lanczos quadrature (module docstring).
+
+    ``gradient``: also its derivative in each ``theta_k`` (``E_k``: factor ``k``'s levels,
+    ``q_k`` of them; ``u = A^-1 Lambda Z'(y - X beta)``)::
+
+        d log|A|   = 2 / theta_k (q_k - tr(A^-1 E_k))
+        d log|S|   = -2 / theta_k tr(S^-1 C_X' E_k C_X)
+        d r2       = -2 / theta_k |E_k u|^2
+
+    ``tr(A^-1 E_k)`` from the log determinant's own recurrences (:meth:`Quadrature.
+    trace_inverse`): the eliminated factor's ``sum 1/D + tr(S_A^-1 B' D^-2 B)``, another
+    factor's ``tr(S_A^-1 E_k)`` (``S_A`` the Schur complement); no further product.
+    ``crossing``: :class:`Crossing` of ``st``, made once for many evaluations."""
+    theta = np.asarray(theta, float)
     lam = st.lam(theta)
-    red = Reduced.of(st, lam)
+    red = Reduced.of(st, theta, crossing)
     LZX = lam[:, None] * st.ZtX
     LZy = lam * st.Zty
     sol, iters = red.solve(np.column_stack([LZy, LZX]), tol)
@@ -366,14 +582,54 @@ def criterion(st: CrossedStats, theta: np.ndarray, reml: bool, probes: int = 30,
     cS = la.cho_factor(S, lower=True)
     beta = la.cho_solve(cS, rhs)
     r2 = float(st.yty - LZy @ c_y - beta @ rhs)
+    u = c_y - C_X @ beta
     logdet_S = 2.0 * float(np.sum(np.log(np.diag(cS[0]))))
-    logdet_S_red, se = slq_logdet(red.schur, red.schur_diag(), probes, steps, seed, deflate,
-                                  basis)
-    logdet_A = float(np.sum(np.log(red.D))) + logdet_S_red
+    quad = slq(red.schur, red.schur_diag(), probes, steps, seed, deflate, basis, rtol)
+    logdet_A = float(np.sum(np.log(red.D))) + quad.logdet
     n, p = st.n, st.XtX.shape[0]
+    m = n - p if reml else n
+    obj = logdet_A + m * (1.0 + math.log(2.0 * math.pi * r2 / m))
     if reml:
-        m = n - p
-        obj = logdet_A + logdet_S + m * (1.0 + math.log(2.0 * math.pi * r2 / m))
-    else:
-        obj = logdet_A + n * (1.0 + math.log(2.0 * math.pi * r2 / n))
-    return IterativeCriterion(obj, se, logdet_A, logdet_S, r2, beta, iters)
+        obj += logdet_S
+    grad = None
+    if gradient:
+        grad = _gradient(st, theta, red, quad, C_X, cS, u, m / r2, reml)
+    return IterativeCriterion(obj, quad.se, logdet_A, logdet_S, r2, beta, u, S, iters, grad)
+
+
+def _gradient(st: CrossedStats, theta: np.ndarray, red: Reduced, quad: Quadrature,
+              C_X: np.ndarray, cS: tuple, u: np.ndarray, dr2_scale: float,
+              reml: bool) -> np.ndarray:
+    """:func:`criterion`'s gradient (its docstring)."""
+    bounds = np.concatenate([[0], np.cumsum(st.sizes)])
+    s = quad.scale
+    grad = np.zeros(len(theta))
+    for j, t in enumerate(theta):
+        if t <= 0:  # the criterion is even in theta_k: flat at 0
+            continue
+        lo, hi = bounds[j], bounds[j + 1]
+        if j == 0:
+            # q_1 - tr(A^-1 E_1) = sum (D - 1) / D - tr(S_A^-1 B' D^-2 B)
+            D2 = red.D ** 2
+
+            def apply_m(V: np.ndarray, D2: np.ndarray = D2) -> np.ndarray:
+                return s[:, None] * red.BT(red.B(s[:, None] * V) / D2[:, None])
+            trace_m = float(red.B2_D(1.0 / D2) @ (s * s))
+            rest = float(np.sum((red.D - 1.0) / red.D)) - quad.trace_inverse(apply_m,
+                                                                              trace_m)
+        else:
+            # q_k - tr(S_A^-1 E_k) = sum_k (1 - 1/P) - tr((S_A^-1 - P^-1) E_k)
+            e = np.zeros(len(s))
+            e[lo - red.k:hi - red.k] = 1.0
+            m_diag = e * s * s
+
+            def apply_m(V: np.ndarray, m_diag=m_diag) -> np.ndarray:
+                return m_diag[:, None] * V
+            rest = float(np.sum(e - m_diag)) - (quad.trace_inverse(apply_m, 0.0))
+        d_logA = 2.0 / t * rest
+        d_r2 = -2.0 / t * float(u[lo:hi] @ u[lo:hi])
+        grad[j] = d_logA + dr2_scale * d_r2
+        if reml:
+            Ck = C_X[lo:hi]
+            grad[j] += -2.0 / t * float(np.trace(la.cho_solve(cS, Ck.T @ Ck)))
+    return grad

@@ -90,7 +90,7 @@ def test_an_evaluation_repeats_exactly_by_its_seed(crossing):
 def test_conjugate_gradients_solve_to_their_tolerance(crossing):
     st, _ = crossing
     lam = st.lam(np.array([1.3, 0.2]))
-    red = ci.Reduced.of(st, lam)
+    red = ci.Reduced.of(st, np.array([1.3, 0.2]))
     b = np.random.default_rng(0).normal(size=(NG + NH, 3))
     x, iters = red.solve(b, 1e-12)
     A = np.eye(NG + NH) + lam[:, None] * st.ZtZ.toarray() * lam[None, :]
@@ -98,3 +98,81 @@ def test_conjugate_gradients_solve_to_their_tolerance(crossing):
     assert iters < 60
     with pytest.raises(FloatingPointError, match="conjugate gradients"):
         ci.pcg(red.schur, b[NG:], red.schur_diag(), tol=1e-14, maxiter=2)
+
+
+def dense_criterion(st: ci.CrossedStats, theta, reml: bool) -> float:
+    d = dense(st, theta)
+    n, p = st.n, st.XtX.shape[0]
+    m = n - p if reml else n
+    return (d["logdet_A"] + (d["logdet_S"] if reml else 0.0)
+            + m * (1 + np.log(2 * np.pi * d["r2"] / m)))
+
+
+@pytest.fixture(scope="module")
+def three():
+    rng = np.random.default_rng(4)
+    n, sizes = 3000, [200, 90, 40]
+    codes = [rng.integers(0, k, n) for k in sizes]
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + sum(rng.normal(0, s, k)[c] for s, k, c in
+                          zip([0.7, 0.5, 0.3], sizes, codes)) + rng.normal(size=n)
+    return ci.crossed_stats(y, np.column_stack([np.ones(n), x]), codes, sizes,
+                            w=rng.uniform(0.5, 2.0, n))
+
+
+@pytest.mark.parametrize("which", ["two", "three"])
+@pytest.mark.parametrize("reml", [True, False])
+def test_the_gradient_is_the_criterions_derivative(crossing, three, which, reml):
+    st = crossing[0] if which == "two" else three
+    for theta in ([0.6, 0.4, 0.3], [1.0, 1.0, 1.0], [0.05, 2.0, 0.5]):
+        theta = np.array(theta[:len(st.sizes)])
+        h = 1e-6
+        fd = np.array([(dense_criterion(st, theta + h * e, reml)
+                        - dense_criterion(st, theta - h * e, reml)) / (2 * h)
+                       for e in np.eye(len(theta))])
+        # many probes: the traces' estimate converges on the derivative; the fit's 10
+        # probes keep it within a few tenths (its noise moves theta by ~1e-4)
+        many = ci.criterion(st, theta, reml, probes=400, steps=30, deflate=10,
+                            gradient=True).gradient
+        few = ci.criterion(st, theta, reml, probes=10, steps=30, deflate=10,
+                           gradient=True).gradient
+        scale = np.abs(fd) + 20.0
+        assert np.all(np.abs(many - fd) < 3e-3 * scale), (theta, many, fd)
+        assert np.all(np.abs(few - fd) < 3e-2 * scale), (theta, few, fd)
+        assert not np.allclose(few, many, rtol=1e-9)
+
+
+def test_lanczos_gives_the_solves_with_the_quadratures(crossing):
+    st, _ = crossing
+    red = ci.Reduced.of(st, np.array([0.9, 0.6]))
+    Z = np.random.default_rng(2).choice([-1.0, 1.0], size=(NH, 4))
+    S = red.schur(np.eye(NH))
+    w, U = np.linalg.eigh(S)
+    want = np.einsum("qm,qm->m", Z, (U * np.log(w)) @ (U.T @ Z))
+    vals, X = ci.lanczos_quadratures(red.schur, Z, 60, solves=True)
+    np.testing.assert_allclose(X, np.linalg.solve(S, Z), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(vals, want, rtol=1e-9)
+    # stopped where the quadratures have converged (log converges before the inverse):
+    # the solves to 1e-5 on entries of about 0.1, what the gradient's traces need
+    early, X2 = ci.lanczos_quadratures(red.schur, Z, 60, solves=True, rtol=1e-10)
+    np.testing.assert_allclose(early, want, rtol=1e-9)
+    np.testing.assert_allclose(X2, np.linalg.solve(S, Z), rtol=0, atol=1e-5)
+
+
+def test_partitions_sum_to_the_whole(three):
+    rng = np.random.default_rng(5)
+    n, sizes = 900, [50, 30]
+    keys = [rng.integers(0, k, n) for k in sizes]
+    levels = [np.arange(k) for k in sizes]
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y, w = rng.normal(size=n), rng.uniform(0.5, 2, n)
+    whole, lw = ci.partition_crossed(y, X, w, keys, levels)
+    parts = [ci.partition_crossed(y[s], X[s], w[s], [k[s] for k in keys], levels)
+             for s in (slice(0, 200), slice(200, 650), slice(650, n))]
+    summed, slw = ci.add_crossed(parts)
+    assert (summed.ZtZ - whole.ZtZ).count_nonzero() == 0 or \
+        abs(summed.ZtZ - whole.ZtZ).max() < 1e-12
+    np.testing.assert_allclose(summed.ZtX, whole.ZtX, rtol=1e-12)
+    assert summed.n == n and slw == pytest.approx(lw, rel=1e-12)
+    with pytest.raises(ValueError, match="level 99 was not seen"):
+        ci.partition_crossed(y[:3], X[:3], None, [np.array([1, 99, 2]), keys[1][:3]], levels)
