@@ -8,7 +8,7 @@ from __future__ import annotations
 DEFAULTS = {"link": None, "reml": None, "nagq": 1, "factors": None, "weights": None,
             "client": None, "mode": "auto", "npartitions": None, "optimizer_options": None,
             "method": None, "rho": 0.0, "ar_start": None, "discrete": False, "ddf": None,
-            "ci": None, "level": 0.95, "nboot": 500, "seed": None}
+            "ci": None, "level": 0.95, "nboot": 500, "seed": None, "crossed": "auto"}
 """``fit``'s options and their defaults: an option left at its default is not "given"."""
 
 
@@ -32,7 +32,8 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         npartitions: int | None = None, optimizer_options: dict | None = None,
         method: str | None = None, rho: float = 0.0, ar_start: str | None = None,
         discrete: bool | int = False, ddf: str | None = None, ci: str | None = None,
-        level: float = 0.95, nboot: int = 500, seed: int | None = None):
+        level: float = 0.95, nboot: int = 500, seed: int | None = None,
+        crossed: str = "auto"):
     """Fit a mixed model (``lmer`` for the Gaussian family, ``glmer`` otherwise) or, for a
     formula with smooth terms (``s()``, ``te()``, ``ti()``), a GAM (``mgcv::bam``).
 
@@ -62,7 +63,10 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     rho, ar_start, discrete
         GAM only: AR1 residuals and the discretised fit (:func:`daskmm.gam`).
     ddf, ci, level, nboot, seed
-        LMM only: inference after the fit (:func:`daskmm.lmm`).
+        LMM only: inference after the fit (:func:`daskmm.lmm`); ``seed`` also seeds the
+        matrix-free crossed path's probes.
+    crossed : {"auto", "exact", "matrix-free"}
+        LMM only: how crossed random effects are fitted (:func:`daskmm.lmm`).
 
     Returns
     -------

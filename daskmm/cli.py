@@ -63,7 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--nboot", type=int, default=None,
                      help="--ci boot: parametric bootstrap replicates (500; at least 2)")
     fit.add_argument("--seed", type=int, default=None,
-                     help="--ci boot: seed of the replicates (recorded in summary.json)")
+                     help="--ci boot: seed of the replicates (recorded in summary.json); "
+                     "--crossed matrix-free: seed of its probes (0)")
+    fit.add_argument("--crossed", default=None, choices=["auto", "exact", "matrix-free"],
+                     help="LMM: how crossed random effects are fitted. exact: one dense "
+                     "block of the crossed levels (lme4's criterion; cost the cube of those "
+                     "levels); matrix-free: random intercepts (1 | f) by conjugate gradients "
+                     "and stochastic Lanczos quadrature, the criterion an estimate with its "
+                     "standard error; auto (default): matrix-free above 1000 crossed levels "
+                     "where it can")
     fit.add_argument("--scheduler", default=None, help="Dask scheduler address "
                      "(default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
     fit.add_argument("--mode", default="auto",
@@ -491,8 +499,11 @@ def _fit_options(args: argparse.Namespace) -> dict:
               "method": args.method, "rho": args.rho, "ar_start": args.ar_start,
               "discrete": args.discrete, "ddf": args.ddf, "ci": args.ci,
               "level": args.level, "nboot": args.nboot,
-              # the seed is the bootstrap's; a GLMM's --plots takes it for DHARMa's draws
-              "seed": args.seed if args.ci == "boot" else None}
+              "crossed": args.crossed,
+              # the seed is the bootstrap's or the matrix-free path's; a GLMM's --plots
+              # takes it for DHARMa's draws
+              "seed": args.seed if args.ci == "boot" or args.crossed == "matrix-free"
+              else None}
     if args.ml:
         if args.method not in (None, "ML"):
             raise DaskmmError(f"--ml and --method {args.method} disagree; give one of them")

@@ -84,6 +84,10 @@ class OptSummary:
     checks : dict or None
         The fit's own check of the optimum (:class:`daskmm.core.certify.Checks`, as a dict):
         what was tested, what it found, what was done about it.
+    crossed : dict or None
+        Which path fitted crossed random effects (``path``: ``"exact"``, the dense block of
+        crossed levels, or ``"matrix-free"``, with the criterion's standard error and the
+        estimator's settings); None without crossed factors.
     """
 
     optimizer: str
@@ -103,6 +107,7 @@ class OptSummary:
     code: int = 0
     restarted: bool = False
     checks: dict | None = None
+    crossed: dict | None = None
 
     @property
     def certified(self) -> bool | None:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from daskmm.distributed.mapreduce import token
+from daskmm.distributed.mapreduce import token, tree_sum
 from daskmm.distributed.progress import track
 from daskmm.formula.checks import column_ranges
 from daskmm.formula.spec import FactorSpec, ModelSpec, check_values
+from daskmm.kernels.crossed_iter import add_crossed, partition_crossed
 from daskmm.kernels.stats import (
     Layout,
     PartitionStats,
@@ -127,6 +128,38 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
     futures = client.compute(tasks)
     track(futures, "statistics pass")
     return futures
+
+
+def _crossed_partition(df: pd.DataFrame, spec: ModelSpec, factors: list[str],
+                       levels: list[np.ndarray]):
+    enc = spec.encode(df)
+    part = partition_crossed(enc.y, enc.X, enc.w, [enc.keys[f] for f in factors], levels)
+    return part, enc.n_dropped
+
+
+def _crossed_combine(parts: list):
+    return add_crossed([p for p, _ in parts]), sum(d for _, d in parts)
+
+
+def crossed_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, factors: list[str],
+                 levels: list[np.ndarray]):
+    """The cross-products of scalar crossed factors (:func:`~daskmm.kernels.crossed_iter.
+    partition_crossed`: ``Z'Z`` sparse, its non-zeros at most the rows') summed over the
+    partitions by a tree of tasks and brought to the client: ``((CrossedStats, sum log w),
+    rows dropped)``."""
+    if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
+        return _crossed_partition(ddf, spec, factors, levels)
+    import dask
+
+    tok = token()
+    spec_d = dask.delayed(spec, name=f"daskmm-spec-{tok}", traverse=False)
+    levels_d = dask.delayed(levels, name=f"daskmm-levels-{tok}", traverse=False)
+    part = dask.delayed(_crossed_partition, pure=False)
+    tasks = [part(p, spec_d, factors, levels_d, dask_key_name=f"daskmm-crossed-{tok}-{i}")
+             for i, p in enumerate(partitions(ddf))]
+    futures = client.compute(tasks)
+    track(futures, "statistics pass")
+    return tree_sum(client, futures, _crossed_combine, split_every=4).result()
 
 
 def _summary(stats: PartitionStats) -> tuple[np.ndarray, dict]:

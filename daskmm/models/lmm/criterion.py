@@ -36,6 +36,7 @@ from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.numderiv import derivatives, forward_hessian_of_gradient
 from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
 from daskmm.kernels.stats import Layout, LevelGroup, PartitionStats
+from daskmm.models.lmm.iterative import CrossedProblem, choose_matrix_free, prepare_crossed
 from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (
     frozen_levels,
@@ -78,7 +79,8 @@ class Problem:
 # ------------------------------------------------------------------ step 1 and 2
 def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
                     factors: list[str], weights: str | None, mode: str,
-                    manifest: Manifest | None = None) -> Problem:
+                    manifest: Manifest | None = None, crossed: str = "auto"
+                    ) -> Problem | CrossedProblem:
     """Steps 1 and 2: freeze the spec, run the statistics pass, pick the evaluator.
 
     With the ``manifest`` of an ingested dataset the levels of categorical columns are read
@@ -87,7 +89,9 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     (nesting) examined.
 
     The returned problem evaluates the profiled criterion at any ``theta`` with
-    :func:`objective`; :func:`lmm` optimises it.
+    :func:`objective`; :func:`lmm` optimises it. Crossed random intercepts with many levels
+    (``crossed``: :func:`~daskmm.models.lmm.iterative.choose_matrix_free`) give a
+    :class:`~daskmm.models.lmm.iterative.CrossedProblem` instead, for the matrix-free path.
     """
     # read only the used columns (the projection reaches the Parquet reader)
     ddf, plan = prepare_columns(parsed, ddf, factors, weights)
@@ -99,6 +103,8 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     spec = ModelSpec.build(parsed, plan.schema, categorical, weights, factor_levels or None,
                            rewriter=rewriter)
     layout = model_layout(spec, combos, len(spec.fixef_names))
+    if choose_matrix_free(spec, layout, crossed):
+        return prepare_crossed(client, spec, ddf, combos, is_in_process(client))
     primary, nested = layout.primary, layout.nested
     futures = stats_pass(client, ddf, spec, layout)
     keys, summaries = stats_summary(client, futures)

@@ -31,6 +31,7 @@ from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.errors import FitError, ModelError
 from daskmm.formula.parse import ParsedFormula, parse_formula
+from daskmm.kernels.crossed_iter import Reduced
 from daskmm.kernels.pls import inverse_factor
 from daskmm.models.lmm.criterion import (
     Problem,
@@ -38,12 +39,19 @@ from daskmm.models.lmm.criterion import (
     optimise,
     prepare_problem,
 )
+from daskmm.models.lmm.iterative import (
+    DEFLATE,
+    PROBES,
+    STEPS,
+    CrossedProblem,
+    fit_crossed,
+)
 from daskmm.models.lmm.result import LmmResult
 from daskmm.models.shared.prediction import Predictor
 from daskmm.models.shared.structure import (
     ranef_tables,
 )
-from daskmm.results.base import spec_terms
+from daskmm.results.base import RanefTable, spec_terms
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -55,7 +63,7 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         weights: str | None = None, client: Client | str | None = None, mode: str = "auto",
         npartitions: int | None = None, optimizer_options: dict | None = None,
         ddf: str | None = None, ci: str | None = None, level: float = 0.95,
-        nboot: int = 500, seed: int | None = None) -> LmmResult:
+        nboot: int = 500, seed: int | None = None, crossed: str = "auto") -> LmmResult:
     """Fit a linear mixed model by REML or ML, as ``lme4::lmer``.
 
     Parameters
@@ -96,6 +104,17 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         cluster when the fit has one.
     level : float
     nboot, seed : int
+        Bootstrap replicates and their seed; ``seed`` also seeds the matrix-free path's
+        probes (0 when not given).
+    crossed : {"auto", "exact", "matrix-free"}
+        How crossed random effects are fitted. ``exact``: one dense block of all crossed
+        levels, factored per evaluation (lme4's criterion to its last digits; its cost the
+        cube of those levels). ``matrix-free`` (random intercepts ``(1 | f)`` only):
+        conjugate gradients and stochastic Lanczos quadrature, the criterion an estimate
+        with its standard error, the probes fixed by ``seed``
+        (:mod:`daskmm.models.lmm.iterative`). ``auto``: matrix-free above
+        :data:`~daskmm.models.lmm.iterative.MATRIX_FREE_MIN_LEVELS` crossed levels where
+        it can, else exact. ``optinfo["crossed"]`` says which ran.
 
     Returns
     -------
@@ -111,15 +130,22 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
     frame = src.read(local=here, columns=used, npartitions=npartitions)
     manifest = src.manifest
     with executor(here, client) as c:
-        prob = prepare_problem(c, parsed, frame, factors or [], weights, mode, manifest)
+        prob = prepare_problem(c, parsed, frame, factors or [], weights, mode, manifest,
+                               crossed)
         t1 = time.perf_counter()
-        log.info("optimising: %d rows, %s, %s evaluation", prob.n,
-                 ", ".join(f"{k} {v} levels" for k, v in prob.ngroups.items()),
-                 prob.evaluator.mode)
-        theta, opt = optimise(prob, reml, optimizer_options or {})
-        t2 = time.perf_counter()
-        result = _result(prob, parsed, theta, opt, reml)
-        result.refit = refit_with(result)
+        if isinstance(prob, CrossedProblem):
+            log.info("optimising: %d rows, %s, matrix-free", prob.n,
+                     ", ".join(f"{k} {v} levels" for k, v in prob.ngroups.items()))
+            result = fit_matrix_free(prob, parsed, reml, seed)
+            t2 = time.perf_counter()
+        else:
+            log.info("optimising: %d rows, %s, %s evaluation", prob.n,
+                     ", ".join(f"{k} {v} levels" for k, v in prob.ngroups.items()),
+                     prob.evaluator.mode)
+            theta, opt = optimise(prob, reml, optimizer_options or {})
+            t2 = time.perf_counter()
+            result = _result(prob, parsed, theta, opt, reml)
+            result.refit = refit_with(result)
         result.predictor = predictor_for(result, src, npartitions)
         if here and isinstance(frame, pd.DataFrame):
             # the rows are in this process: the summary's scaled-residual quantiles are
@@ -179,8 +205,75 @@ def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
     tables = ranef_tables(prob, lam, prof, beta, u_G, sigma)
     fixef_names = [n for n, k in zip(spec.fixef_names, prob.keep) if k]
     terms, factor_terms = spec_terms(spec)
+    if prob.layout.global_factors:
+        opt.crossed = {"path": "exact", "levels": int(prob.layout.n_G),
+                       "factors": list(prob.layout.global_factors)}
     return LmmResult(formula=parsed.text, spec=spec, reml=reml, theta=theta, beta=beta,
                      fixef_names=fixef_names, vcov=vcov, sigma=sigma,
                      objective=prof.objective, nobs=prob.n, n_dropped=prob.n_dropped,
                      ngroups=prob.ngroups, ranef=tables, optinfo=opt, terms=terms,
                      factor_terms=factor_terms, problem=prob)
+
+
+def fit_matrix_free(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
+                    seed: int | None = None) -> LmmResult:
+    """Fit a :class:`CrossedProblem` (:func:`~daskmm.models.lmm.iterative.fit_crossed`) and make its
+    :class:`~daskmm.models.lmm.result.LmmResult`: ``theta`` in lme4's term order, the
+    fixed effects' covariance ``sigma^2 (X' V^-1 X)^-1`` (exact), the conditional modes
+    (exact, by conjugate gradients) and their variances (the approximation of
+    :meth:`~daskmm.kernels.crossed_iter.Reduced.inverse_diag`, named in ``optinfo``), the
+    criterion with its standard error in ``optinfo["crossed"]``."""
+    spec, st = prob.spec, prob.st
+    seed = 0 if seed is None else int(seed)
+    fit = fit_crossed(st, reml, seed=seed)
+    at = fit.at
+    if not np.isfinite(at.objective) or at.r2 <= 0:
+        raise FitError("the matrix-free criterion is not finite at the optimum; the model "
+                       "may be overparameterised: fit with crossed='exact' to see more")
+    sigma = fit.sigma
+    vcov = sigma ** 2 * at.S_inverse()
+    red = Reduced.of(st, fit.theta, fit.crossing)
+    cond = red.inverse_diag()
+    bounds = np.concatenate([[0], np.cumsum(st.sizes)])
+    tables, theta_of = {}, {}
+    for j, f in enumerate(prob.factors):
+        sl = slice(bounds[j], bounds[j + 1])
+        t = float(fit.theta[j])
+        theta_of[f] = t
+        labels = spec.factor(f).label(prob.levels[j])
+        tables[f] = RanefTable(levels=list(labels), b=(t * at.u[sl])[:, None],
+                               cov=(sigma ** 2 * t * t * cond[sl])[:, None, None])
+    theta = np.array([theta_of[t.factor] for t in spec.terms])
+    opt = fit.opt
+    opt.x = theta.tolist()
+    opt.x0 = [float(fit.theta0[prob.factors.index(t.factor)]) for t in spec.terms]
+    order = [prob.factors.index(t.factor) for t in spec.terms]
+    opt.gradient = [float(opt.gradient[i]) for i in order] if opt.gradient else None
+    opt.mode = f"{prob.mode}, matrix-free"
+    objective = at.objective - prob.sum_log_w
+    opt.fmin = objective
+    opt.crossed = {
+        "path": "matrix-free",
+        "criterion_se": at.se,
+        "probes": PROBES, "lanczos_steps_max": STEPS, "deflation": DEFLATE, "seed": seed,
+        "factors": list(prob.factors),
+        "conditional_variances": "approximate: diag(A^-1) with the crossed Schur "
+                                 "complement's inverse taken as its diagonal's inverse",
+    }
+    certified = bool(opt.converged)
+    opt.checks = {
+        "certified": certified,
+        "tested": "Newton steps below xtol on the criterion's gradient (its traces "
+                  "estimated from the fixed probes)",
+        "messages": [] if certified else [f"the Newton steps did not converge: "
+                                          f"{opt.message}"],
+        "warnings": [f"{'REML criterion' if reml else 'deviance'} estimated (matrix-free "
+                     f"crossed fit): standard error {at.se:.3g}"],
+    }
+    fixef_names = [nm for nm, k in zip(spec.fixef_names, prob.keep) if k]
+    terms, factor_terms = spec_terms(spec)
+    ngroups = {t.factor: prob.ngroups[t.factor] for t in spec.terms}
+    return LmmResult(formula=parsed.text, spec=spec, reml=reml, theta=theta, beta=at.beta,
+                     fixef_names=fixef_names, vcov=vcov, sigma=sigma, objective=objective,
+                     nobs=prob.n, n_dropped=prob.n_dropped, ngroups=ngroups, ranef=tables,
+                     optinfo=opt, terms=terms, factor_terms=factor_terms, problem=None)

@@ -11,7 +11,7 @@ class LmmOptions(ModelOptions):
     kind = "lmm"
     what = "a linear mixed model (family gaussian)"
     takes = SHARED | {"link", "nagq", "reml", "method", "optimizer_options", "ddf", "ci",
-                      "level", "nboot", "seed"}
+                      "level", "nboot", "seed", "crossed"}
 
     def check(self, given: dict, spell: Spell = API) -> dict:
         self.refuse(given, spell)

@@ -122,7 +122,7 @@ def model_layout(spec: ModelSpec, combos: pd.DataFrame | None, p: int,
                              "needs one factor whose blocks are local to its levels")
         primary, nested, glob = spec.factors[0].name, [], []
     return Layout(primary=primary, nested=nested, global_factors=glob, q=q,
-                  global_levels={f: _level_keys(spec.factor(f), combos) for f in glob}, p=p)
+                  global_levels={f: level_keys(spec.factor(f), combos) for f in glob}, p=p)
 
 
 def outside_bars(parsed: ParsedFormula) -> set[str]:
@@ -144,7 +144,7 @@ def _sorted_factor_levels(fs: FactorSpec, combos: pd.DataFrame) -> list[str]:
     return list(sub["_label"].to_numpy()[idx])
 
 
-def _level_keys(fs: FactorSpec, combos: pd.DataFrame) -> np.ndarray:
+def level_keys(fs: FactorSpec, combos: pd.DataFrame) -> np.ndarray:
     """Level keys of a global factor in code order (raw values for one column)."""
     if len(fs.columns) == 1:
         u = pd.unique(combos[fs.columns[0]])

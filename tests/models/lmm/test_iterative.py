@@ -1,32 +1,177 @@
-"""The matrix-free fit of crossed random intercepts (daskmm/models/lmm/iterative.py) against
-daskmm's exact fit (lme4's criterion, conformance-tested) on a random 400 x 150 crossing:
-the estimates within 1e-3 relative, the reported criterion within its standard error."""
+"""The matrix-free fit of crossed random intercepts (daskmm/models/lmm/iterative.py): against
+lme4 on crossed designs it can fit (tests/fixtures/crossed/make_crossed.R: 10^5 rows at
+2,000 x 2,000 levels, and three factors), against daskmm's exact path, chosen by size in
+``daskmm.lmm``, the same on a cluster whatever the partitions, and its conditional modes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
 
 import daskmm
+from daskmm.errors import ModelError
 from daskmm.kernels import crossed_iter as ci
-from daskmm.models.lmm.iterative import fit_crossed
+from daskmm.models.lmm import iterative
+from daskmm.models.lmm.iterative import fit_crossed, moment_start
+
+from .crossed_data import crossed_design
+
+REFS = json.loads((Path(__file__).parents[2] / "fixtures" / "crossed" /
+                   "lme4_crossed.json").read_text())
+DESIGNS = {"two": (100_000, [2000, 2000], [0.8, 0.5]),
+           "three": (30_000, [1000, 600, 200], [0.7, 0.5, 0.3])}
 
 
-@pytest.mark.parametrize("reml", [True, False])
-def test_the_iterative_fit_is_the_exact_fit_within_its_error(reml):
-    rng = np.random.default_rng(1)
-    n, ng, nh = 6000, 400, 150
+@pytest.fixture(scope="module")
+def designs():
+    return {k: crossed_design(*v) for k, v in DESIGNS.items()}
+
+
+@pytest.mark.parametrize("name", ["two_reml", "two_ml", "three_reml"])
+def test_the_matrix_free_fit_is_lme4s_within_its_error(designs, name):
+    ref = REFS[name]
+    frame = designs[name.split("_")[0]]
+    # the data are R's, up to the last bit of its libm's log and cos
+    assert frame["y"].sum() == pytest.approx(ref["check"]["sum_y"], rel=1e-13)
+    fit = daskmm.lmm(ref["formula"], frame, reml=ref["reml"], crossed="matrix-free",
+                     mode="in-process")
+    info = fit.optinfo.crossed
+    assert info["path"] == "matrix-free" and fit.mode == "in-process, matrix-free"
+    assert fit.ngroups == ref["ngroups"]
+    np.testing.assert_allclose(fit.theta, ref["theta"], rtol=1e-3)
+    np.testing.assert_allclose(fit.beta, ref["beta"], rtol=1e-5)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-5)
+    # lme4's criterion at its optimum: within 3 of the estimate's standard errors
+    assert abs(fit.objective - ref["criterion"]) < 3 * info["criterion_se"]
+    assert 0 < info["criterion_se"] < 2
+    assert fit.converged and fit.certified
+
+
+def small_crossing(n=6000, ng=400, nh=150, seed=1):
+    rng = np.random.default_rng(seed)
     g, h = rng.integers(0, ng, n), rng.integers(0, nh, n)
     x = rng.normal(size=n)
     y = 1 + 0.5 * x + rng.normal(0, 0.8, ng)[g] + rng.normal(0, 0.5, nh)[h] + rng.normal(size=n)
-    frame = pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in g],
-                          "h": [f"h{i:03d}" for i in h]})
-    exact = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", frame, reml=reml, factors=["g", "h"])
-    st = ci.crossed_stats(y, np.column_stack([np.ones(n), x]), [g, h], [ng, nh])
-    it = fit_crossed(st, reml)
-    np.testing.assert_allclose(it.theta, exact.theta, rtol=1e-3)
-    np.testing.assert_allclose(it.beta, exact.beta, rtol=1e-3)
-    assert it.sigma == pytest.approx(exact.sigma, rel=1e-3)
-    assert abs(it.objective - exact.objective) < 4 * it.se
-    assert 0 < it.se < 0.2
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in g],
+                         "h": [f"h{i:03d}" for i in h], "w": rng.uniform(0.5, 2.0, n)})
+
+
+@pytest.fixture(scope="module")
+def small():
+    return small_crossing()
+
+
+@pytest.mark.parametrize("weights", [None, "w"])
+def test_it_is_the_exact_path_within_its_error(small, weights):
+    f = "y ~ x + (1 | g) + (1 | h)"
+    exact = daskmm.lmm(f, small, weights=weights, crossed="exact")
+    free = daskmm.lmm(f, small, weights=weights, crossed="matrix-free")
+    assert exact.optinfo.crossed == {"path": "exact", "levels": 150, "factors": ["h"]}
+    np.testing.assert_allclose(free.theta, exact.theta, rtol=1e-3)
+    np.testing.assert_allclose(free.beta, exact.beta, rtol=1e-5)
+    np.testing.assert_allclose(free.vcov, exact.vcov, rtol=1e-3)
+    assert free.sigma == pytest.approx(exact.sigma, rel=1e-5)
+    assert abs(free.objective - exact.objective) < 3 * free.optinfo.crossed["criterion_se"]
+    for f_ in ("g", "h"):
+        # the conditional modes exactly (at the fit's theta); their variances approximated
+        # (the Schur complement's inverse by its diagonal's): within 5%, and at most the
+        # exact ones on the factor whose levels the Schur complement holds
+        assert free.ranef[f_].levels == exact.ranef[f_].levels
+        np.testing.assert_allclose(free.ranef[f_].b, exact.ranef[f_].b, rtol=2e-3, atol=1e-5)
+        np.testing.assert_allclose(free.ranef[f_].cov, exact.ranef[f_].cov, rtol=5e-2)
+    assert np.all(free.ranef["h"].cov <= exact.ranef["h"].cov * (1 + 1e-3))
+    assert "conditional_variances" in free.optinfo.crossed
+    text = free.summary()
+    assert "REML criterion estimated (matrix-free crossed fit): standard error" in text
+    assert "Newton (stochastic trace gradient)" in text
+
+
+def test_the_size_chooses_the_path(small, monkeypatch):
+    f = "y ~ x + (1 | g) + (1 | h)"
+    assert daskmm.lmm(f, small).optinfo.crossed["path"] == "exact"  # 150 crossed levels
+    monkeypatch.setattr(iterative, "MATRIX_FREE_MIN_LEVELS", 100)
+    assert daskmm.lmm(f, small).optinfo.crossed["path"] == "matrix-free"
+    # a random slope: the matrix-free path cannot, so auto stays exact
+    assert daskmm.lmm("y ~ x + (x | g) + (1 | h)", small).optinfo.crossed["path"] == "exact"
+    assert daskmm.lmm("y ~ x + (1 | g)", small).optinfo.crossed is None
+
+
+@pytest.mark.parametrize("crossed, formula, match", [
+    ("matrix-free", "y ~ x + (x | g) + (1 | h)", r"\(x \| g\) is not a random intercept"),
+    ("matrix-free", "y ~ x + (1 | g)", "one grouping factor"),
+    ("sparse", "y ~ x + (1 | g) + (1 | h)", r"crossed='sparse'; allowed: 'auto', 'exact'"),
+])
+def test_a_path_that_cannot_fit_says_so(small, crossed, formula, match):
+    with pytest.raises(ModelError, match=match):
+        daskmm.lmm(formula, small, crossed=crossed)
+
+
+def test_what_needs_the_exact_statistics_says_how_to_get_them(small):
+    free = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, crossed="matrix-free")
+    with pytest.raises(ModelError, match=r"not available for a matrix-free crossed fit .*"
+                       r"crossed='exact'"):
+        free.test_fixef()
+
+
+def test_the_seed_moves_only_the_estimate(small):
+    a = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, crossed="matrix-free", seed=0)
+    b = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, crossed="matrix-free", seed=0)
+    c = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, crossed="matrix-free", seed=7)
+    assert a.objective == b.objective and np.array_equal(a.theta, b.theta)
+    assert a.objective != c.objective
+    assert c.optinfo.crossed["seed"] == 7
+    np.testing.assert_allclose(a.theta, c.theta, rtol=1e-3)
+
+
+@pytest.mark.parametrize("nparts", [1, 4])
+def test_on_a_cluster_the_partitions_change_nothing(client, small, nparts):
+    f = "y ~ x + (1 | g) + (1 | h)"
+    here = daskmm.lmm(f, small, crossed="matrix-free")
+    there = daskmm.lmm(f, dd.from_pandas(small, npartitions=nparts), client=client,
+                       mode="gathered", crossed="matrix-free")
+    assert there.mode == "gathered, matrix-free"
+    # the statistics summed in another order: the same fit to rounding
+    np.testing.assert_allclose(there.theta, here.theta, rtol=1e-7)
+    np.testing.assert_allclose(there.beta, here.beta, rtol=1e-9)
+    assert there.objective == pytest.approx(here.objective, rel=1e-10)
+
+
+def test_the_moment_start_is_near_the_optimum(small):
+    codes = [pd.factorize(small[c], sort=True)[0] for c in ("g", "h")]
+    X = np.column_stack([np.ones(len(small)), small["x"]])
+    st = ci.crossed_stats(small["y"].to_numpy(), X, codes, [400, 150])
+    fit = fit_crossed(st, True)
+    np.testing.assert_allclose(moment_start(st), fit.theta, rtol=0.05)
+    # BOBYQA minimises the estimated criterion, Newton zeroes the estimated gradient (the
+    # traces' estimate, not the estimate's derivative): two points within the noise
+    slow = fit_crossed(st, True, method="bobyqa")
+    np.testing.assert_allclose(fit.theta, slow.theta, rtol=1e-3)
+    assert fit.opt.feval <= 10 < slow.opt.feval
+
+
+def test_the_command_line_fits_matrix_free_and_says_so(small, tmp_path):
+    import subprocess
+    import sys
+    data = tmp_path / "crossed.csv"
+    small.to_csv(data, index=False)
+    out = tmp_path / "fit"
+    proc = subprocess.run([sys.executable, "-m", "daskmm.cli", "fit", str(data), "--formula",
+                           "y ~ x + (1 | g) + (1 | h)", "--crossed", "matrix-free", "--seed",
+                           "3", "--mode", "in-process", "--out", str(out), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    info = doc["optinfo"]["crossed"]
+    assert info["path"] == "matrix-free" and info["seed"] == 3 and info["criterion_se"] > 0
+    assert "matrix-free crossed fit" in (out / "summary.txt").read_text()
+    bad = subprocess.run([sys.executable, "-m", "daskmm.cli", "fit", str(data), "--formula",
+                          "y ~ x + (x | g) + (1 | h)", "--crossed", "matrix-free", "--mode",
+                          "in-process", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and not (tmp_path / "bad").exists()
+    assert bad.stderr.strip().count("\n") == 0 and "not a random intercept" in bad.stderr

@@ -1,0 +1,53 @@
+"""Crossed designs that R and Python draw identically, for references made by lme4
+(``tests/fixtures/crossed/make_crossed.R``): MINSTD's integer recurrence
+``s <- 48271 s mod (2^31 - 1)``, exact in doubles in both, its uniforms ``s / (2^31 - 1)``;
+levels ``floor(u * L)`` and normals by Box-Muller (``sqrt(-2 log u1) cos(2 pi u2)``), whose
+last bit may differ between the two libms (a relative 1e-16 in the response, far below any
+tolerance compared)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+M = 2147483647.0
+
+
+def uniforms(n: int, seed: int) -> np.ndarray:
+    """``n`` MINSTD uniforms from ``seed``."""
+    out = np.empty(n)
+    s = float(seed)
+    for i in range(n):
+        s = (48271.0 * s) % M
+        out[i] = s / M
+    return out
+
+
+def crossed_design(n: int, levels: list[int], sds: list[float], seed: int = 12345
+                   ) -> pd.DataFrame:
+    """``y = 1 + 0.5 x + sum_k b_k[f_k] + e``: ``x`` and ``e`` standard normal, factor ``k``
+    (``f1``, ``f2``, ...) with ``levels[k]`` levels drawn uniformly, its effects normal with
+    standard deviation ``sds[k]``. The draws in R's order (make_crossed.R): the rows'
+    levels, factor after factor; each factor's effects; then ``x`` and ``e``."""
+    k = len(levels)
+    u = uniforms(k * n + 2 * sum(levels) + 4 * n, seed)
+    pos = 0
+    codes = []
+    for L in levels:
+        codes.append(np.floor(u[pos:pos + n] * L).astype(int))
+        pos += n
+    effects = []
+    for L, sd in zip(levels, sds):
+        a, b = u[pos:pos + L], u[pos + L:pos + 2 * L]
+        effects.append(sd * np.sqrt(-2.0 * np.log(a)) * np.cos(2.0 * np.pi * b))
+        pos += 2 * L
+    a, b = u[pos:pos + 2 * n:2], u[pos + 1:pos + 2 * n:2]
+    x = np.sqrt(-2.0 * np.log(a)) * np.cos(2.0 * np.pi * b)
+    pos += 2 * n
+    a, b = u[pos:pos + 2 * n:2], u[pos + 1:pos + 2 * n:2]
+    e = np.sqrt(-2.0 * np.log(a)) * np.cos(2.0 * np.pi * b)
+    y = 1.0 + 0.5 * x + sum(eff[c] for eff, c in zip(effects, codes)) + e
+    frame = pd.DataFrame({"y": y, "x": x})
+    for j, c in enumerate(codes):
+        frame[f"f{j + 1}"] = [f"L{v:05d}" for v in c]
+    return frame
