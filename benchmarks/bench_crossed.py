@@ -1,52 +1,85 @@
-"""Crossed random intercepts at scale, side by side with gpboost's iterative method (issue 31).
+"""Crossed random intercepts at scale, side by side with gpboost's iterative method and lme4
+(issue 31).
 
-``y ~ x + (1 | g) + (1 | h)`` on simulated data (every row's levels drawn uniformly), fitted by
-daskmm's matrix-free path (:func:`daskmm.models.lmm.iterative.fit_crossed`: conjugate
-gradients and stochastic Lanczos quadrature, REML) and by gpboost's
-``GPModel(matrix_inversion_method = "iterative")`` (ML, its defaults), each in its own process
-run after run, on all cores. Prints every run, the medians, the ratio (daskmm / gpboost: below
-1 is faster), the evaluations, and both sets of estimates (variances, fixed effects).
+``y ~ x + (1 | g) + (1 | h)`` on simulated data: every row's levels drawn uniformly, or with
+Zipf-like frequencies (``--zipf A``: level ``k``'s share ``~ 1 / (k + 1)^A``, as users' and
+items' rating counts fall off), effects normal (SD 0.8 and 0.5), ``x`` and the residual
+standard normal. Each tool runs in its own process, run after run, on all cores, and draws
+the same data from the same seed:
+
+- daskmm: ``daskmm.lmm(formula, frame, mode="in-process")`` from the pandas frame, all of
+  it timed (levels, statistics, the fit; ``crossed="auto"`` chooses the matrix-free path
+  above 1,000 crossed levels; ``--crossed`` forces one);
+- gpboost: ``GPModel(group_data, matrix_inversion_method="iterative")`` and ``fit`` (ML, its
+  defaults), from the arrays;
+- lme4 (``--lme4``, where it finishes): ``lmer`` on the same rows written to a CSV, the
+  ``lmer`` call timed in ``Rscript``.
+
+Prints every run, the medians, the ratios (daskmm / peer: below 1 is faster), daskmm's
+evaluations, time per evaluation, the criterion's standard error and the process's peak
+memory (the in-process fit's one worker), and each tool's estimates (variances, fixed
+effects).
 
     python benchmarks/bench_crossed.py --rows 1000000 --levels 10000 10000 --repeats 3
+    python benchmarks/bench_crossed.py --rows 100000 --levels 2000 2000 --repeats 1 --lme4
+    python benchmarks/bench_crossed.py --rows 27000000 --levels 270000 54000 --zipf 1 \\
+        --repeats 1 --tools daskmm
 
-The matrix-free path is not yet chosen by ``daskmm.lmm``; this times the fit from the
-statistics (``Z'Z``, ``Z'X``, ...) built here in the same process (their time is printed).
-gpboost is a PyPI package (``pip install gpboost``, Apache-2.0); without it, daskmm alone.
+gpboost is a PyPI package (``pip install gpboost``, Apache-2.0; the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 from tool_env import tool_env
 
-RUN = r"""
-import json, sys, time
+DRAW = r"""
 import numpy as np
-rows, ng, nh, tool = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-rng = np.random.default_rng(0)
-g, h = rng.integers(0, ng, rows), rng.integers(0, nh, rows)
-x = rng.normal(size=rows)
-y = 1 + 0.5 * x + rng.normal(0, 0.8, ng)[g] + rng.normal(0, 0.5, nh)[h] + rng.normal(size=rows)
-X = np.column_stack([np.ones(rows), x])
+def draw(rows, ng, nh, zipf):
+    rng = np.random.default_rng(0)
+    def codes(L):
+        if zipf <= 0:
+            return rng.integers(0, L, rows)
+        p = 1.0 / np.arange(1, L + 1) ** zipf
+        return rng.permutation(L)[np.searchsorted(np.cumsum(p / p.sum()), rng.random(rows))
+                                  .clip(0, L - 1)]
+    g, h = codes(ng), codes(nh)
+    x = rng.normal(size=rows)
+    y = 1 + 0.5 * x + rng.normal(0, 0.8, ng)[g] + rng.normal(0, 0.5, nh)[h] + rng.normal(size=rows)
+    return g, h, x, y
+"""
+
+RUN = DRAW + r"""
+import json, resource, sys, time
+rows, ng, nh, zipf, tool, crossed, csv = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                                          float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7])
+g, h, x, y = draw(rows, ng, nh, zipf)
 if tool == "daskmm":
-    from daskmm.kernels.crossed_iter import crossed_stats
-    from daskmm.models.lmm.iterative import fit_crossed
-    t0 = time.perf_counter()
-    st = crossed_stats(y, X, [g, h], [ng, nh])
+    import pandas as pd
+    import daskmm
+    frame = pd.DataFrame({"y": y, "x": x, "g": g, "h": h})
+    del g, h, x, y
     t1 = time.perf_counter()
-    fit = fit_crossed(st, reml=True)
+    fit = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", frame, factors=["g", "h"],
+                     mode="in-process", crossed=crossed)
     t2 = time.perf_counter()
     s2 = fit.sigma ** 2
-    out = {"stats_s": t1 - t0, "fit_s": t2 - t1, "evaluations": fit.opt.feval,
-           "variances": [s2, *(s2 * fit.theta ** 2).tolist()], "beta": fit.beta.tolist(),
-           "criterion_se": fit.se}
-else:
+    info = fit.optinfo.crossed or {}
+    out = {"fit_s": t2 - t1, "evaluations": fit.optinfo.feval, "path": info.get("path"),
+           "optimise_s": fit.timing["optimise_s"], "statistics_s": fit.timing["statistics_s"],
+           "variances": [s2, *(s2 * np.asarray(fit.theta) ** 2).tolist()],
+           "beta": list(map(float, fit.beta)), "criterion": fit.objective,
+           "criterion_se": info.get("criterion_se"), "levels": list(fit.ngroups.values())}
+elif tool == "gpboost":
     import gpboost as gpb
+    X = np.column_stack([np.ones(rows), x])
     t1 = time.perf_counter()
     m = gpb.GPModel(group_data=np.column_stack([g, h]), likelihood="gaussian",
                     matrix_inversion_method="iterative")
@@ -54,15 +87,43 @@ else:
     t2 = time.perf_counter()
     out = {"fit_s": t2 - t1, "variances": np.ravel(m.get_cov_pars()).tolist(),
            "beta": np.ravel(m.get_coef()).tolist()}
+else:
+    import pandas as pd
+    pd.DataFrame({"y": y, "x": x, "g": g, "h": h}).to_csv(csv, index=False)
+    out = {}
+out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 print(json.dumps(out))
 """
 
+LMER = r"""
+suppressMessages(library(lme4))
+args <- commandArgs(TRUE)
+d <- read.csv(args[1]); d$g <- factor(d$g); d$h <- factor(d$h)
+t0 <- proc.time()[["elapsed"]]
+m <- lmer(y ~ x + (1 | g) + (1 | h), d)
+t1 <- proc.time()[["elapsed"]]
+vc <- as.data.frame(VarCorr(m))
+cat(sprintf(paste0('{"fit_s": %.4f, "variances": [%.10g, %.10g, %.10g], ',
+                   '"beta": [%.10g, %.10g], "criterion": %.10g}\n'), t1 - t0, sigma(m)^2,
+            vc$vcov[vc$grp == "g"], vc$vcov[vc$grp == "h"],
+            fixef(m)[1], fixef(m)[2], REMLcrit(m)))
+"""
 
-def run(tool: str, rows: int, ng: int, nh: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", RUN, str(rows), str(ng), str(nh), tool],
-                          capture_output=True, text=True, env=tool_env())
+
+def run(tool: str, args, csv: str = "") -> dict:
+    ng, nh = args.levels
+    if tool == "lme4":
+        run_py = [sys.executable, "-c", RUN, str(args.rows), str(ng), str(nh), str(args.zipf),
+                  "csv", args.crossed, csv]
+        subprocess.run(run_py, check=True, capture_output=True, env=tool_env())
+        proc = subprocess.run(["Rscript", "-e", LMER, csv], capture_output=True, text=True,
+                              env=tool_env())
+    else:
+        proc = subprocess.run([sys.executable, "-c", RUN, str(args.rows), str(ng), str(nh),
+                               str(args.zipf), tool, args.crossed, csv],
+                              capture_output=True, text=True, env=tool_env())
     if proc.returncode:
-        raise RuntimeError(proc.stderr)
+        raise RuntimeError(f"{tool}: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -70,32 +131,48 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--levels", type=int, nargs=2, default=[10_000, 10_000])
+    ap.add_argument("--zipf", type=float, default=0.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--crossed", default="auto", choices=["auto", "dense", "sparse", "matrix-free"])
+    ap.add_argument("--lme4", action="store_true", help="also lme4 (where it finishes)")
+    ap.add_argument("--tools", nargs="+", default=None)
     args = ap.parse_args()
-    ng, nh = args.levels
-    try:
-        import gpboost  # noqa: F401
-        tools = ["daskmm", "gpboost"]
-    except ImportError:
-        tools = ["daskmm"]
+    tools = args.tools or ["daskmm", "gpboost"] + (["lme4"] if args.lme4 else [])
+    if "gpboost" in tools:
+        try:
+            import gpboost  # noqa: F401
+        except ImportError:
+            tools.remove("gpboost")
     runs = {t: [] for t in tools}
-    for _ in range(args.repeats):
-        for t in tools:
-            runs[t].append(run(t, args.rows, ng, nh))
-    print(f"{args.rows} rows, {ng} x {nh} levels, {args.repeats} runs each")
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = os.path.join(tmp, "crossed.csv")
+        for _ in range(args.repeats):
+            for t in tools:
+                runs[t].append(run(t, args, csv))
+    ng, nh = args.levels
+    print(f"{args.rows} rows, {ng} x {nh} levels{f', Zipf {args.zipf}' if args.zipf else ''}, "
+          f"{args.repeats} runs each")
     med = {}
     for t in tools:
         fits = [r["fit_s"] for r in runs[t]]
         med[t] = statistics.median(fits)
         last = runs[t][-1]
-        extra = (f"; statistics {statistics.median(r['stats_s'] for r in runs[t]):.2f} s, "
-                 f"{last['evaluations']} evaluations, criterion SE {last['criterion_se']:.3f}"
-                 if t == "daskmm" else "")
-        print(f"{t}: fit {', '.join(f'{v:.1f}' for v in fits)} s (median {med[t]:.1f}){extra}")
+        extra = ""
+        if t == "daskmm":
+            opt = statistics.median(r["optimise_s"] for r in runs[t])
+            extra = (f"; {last['path']} path, {last['evaluations']} evaluations, "
+                     f"{opt / last['evaluations']:.2f} s each (optimiser {opt:.1f} s, "
+                     f"statistics {statistics.median(r['statistics_s'] for r in runs[t]):.1f}"
+                     f" s), criterion {last['criterion']:.3f} SE {last['criterion_se'] or 0:.3f}"
+                     f", peak memory {max(r['peak_rss_gb'] for r in runs[t]):.2f} GB")
+        elif t == "lme4":
+            extra = f"; REML criterion {last['criterion']:.3f}"
+        print(f"{t}: {', '.join(f'{v:.2f}' for v in fits)} s (median {med[t]:.2f}){extra}")
         print(f"   variances (residual, g, h) {[round(v, 5) for v in last['variances']]}, "
               f"beta {[round(v, 5) for v in last['beta']]}")
-    if len(tools) == 2:
-        print(f"ratio daskmm / gpboost: {med['daskmm'] / med['gpboost']:.2f}")
+    for peer in ("gpboost", "lme4"):
+        if "daskmm" in med and peer in med:
+            print(f"ratio daskmm / {peer}: {med['daskmm'] / med[peer]:.3f}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
     ddf, ci, level, nboot, seed
         LMM only: inference after the fit (:func:`daskmm.lmm`); ``seed`` also seeds the
         matrix-free crossed path's probes.
-    crossed : {"auto", "exact", "matrix-free"}
+    crossed : {"auto", "dense", "sparse", "matrix-free"}
         LMM only: how crossed random effects are fitted (:func:`daskmm.lmm`).
 
     Returns

@@ -65,13 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=None,
                      help="--ci boot: seed of the replicates (recorded in summary.json); "
                      "--crossed matrix-free: seed of its probes (0)")
-    fit.add_argument("--crossed", default=None, choices=["auto", "exact", "matrix-free"],
-                     help="LMM: how crossed random effects are fitted. exact: one dense "
+    fit.add_argument("--crossed", default=None,
+                     choices=["auto", "dense", "sparse", "matrix-free"],
+                     help="LMM: how crossed random effects are fitted. dense: one dense "
                      "block of the crossed levels (lme4's criterion; cost the cube of those "
-                     "levels); matrix-free: random intercepts (1 | f) by conjugate gradients "
-                     "and stochastic Lanczos quadrature, the criterion an estimate with its "
-                     "standard error; auto (default): matrix-free above 1000 crossed levels "
-                     "where it can")
+                     "levels); for random intercepts (1 | f): sparse, lme4's criterion by a "
+                     "sparse factor of that block; matrix-free, conjugate gradients and "
+                     "stochastic Lanczos quadrature, the criterion an estimate with its "
+                     "standard error; auto (default): dense up to 1000 crossed levels, then "
+                     "sparse where its factor is small, else matrix-free")
     fit.add_argument("--scheduler", default=None, help="Dask scheduler address "
                      "(default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
     fit.add_argument("--mode", default="auto",

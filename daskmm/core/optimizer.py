@@ -85,9 +85,10 @@ class OptSummary:
         The fit's own check of the optimum (:class:`daskmm.core.certify.Checks`, as a dict):
         what was tested, what it found, what was done about it.
     crossed : dict or None
-        Which path fitted crossed random effects (``path``: ``"exact"``, the dense block of
-        crossed levels, or ``"matrix-free"``, with the criterion's standard error and the
-        estimator's settings); None without crossed factors.
+        Which path fitted crossed random effects (``path``: ``"dense"``, the dense block of
+        crossed levels; ``"sparse"``, a sparse factor of it; ``"matrix-free"``, with the
+        criterion's standard error and the estimator's settings); None without crossed
+        factors.
     """
 
     optimizer: str

@@ -36,7 +36,7 @@ from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.numderiv import derivatives, forward_hessian_of_gradient
 from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
 from daskmm.kernels.stats import Layout, LevelGroup, PartitionStats
-from daskmm.models.lmm.iterative import CrossedProblem, choose_matrix_free, prepare_crossed
+from daskmm.models.lmm.iterative import CrossedProblem, choose_crossed, prepare_crossed
 from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (
     frozen_levels,
@@ -90,8 +90,9 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
 
     The returned problem evaluates the profiled criterion at any ``theta`` with
     :func:`objective`; :func:`lmm` optimises it. Crossed random intercepts with many levels
-    (``crossed``: :func:`~daskmm.models.lmm.iterative.choose_matrix_free`) give a
-    :class:`~daskmm.models.lmm.iterative.CrossedProblem` instead, for the matrix-free path.
+    (``crossed``: :func:`~daskmm.models.lmm.iterative.choose_crossed`) give a
+    :class:`~daskmm.models.lmm.iterative.CrossedProblem` instead, for the sparse or the
+    matrix-free path.
     """
     # read only the used columns (the projection reaches the Parquet reader)
     ddf, plan = prepare_columns(parsed, ddf, factors, weights)
@@ -103,8 +104,9 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     spec = ModelSpec.build(parsed, plan.schema, categorical, weights, factor_levels or None,
                            rewriter=rewriter)
     layout = model_layout(spec, combos, len(spec.fixef_names))
-    if choose_matrix_free(spec, layout, crossed):
-        return prepare_crossed(client, spec, ddf, combos, is_in_process(client))
+    path = choose_crossed(spec, layout, crossed)
+    if path != "dense":
+        return prepare_crossed(client, spec, ddf, combos, is_in_process(client), path)
     primary, nested = layout.primary, layout.nested
     futures = stats_pass(client, ddf, spec, layout)
     keys, summaries = stats_summary(client, futures)

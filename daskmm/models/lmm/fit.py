@@ -45,6 +45,7 @@ from daskmm.models.lmm.iterative import (
     STEPS,
     CrossedProblem,
     fit_crossed,
+    fit_sparse,
 )
 from daskmm.models.lmm.result import LmmResult
 from daskmm.models.shared.prediction import Predictor
@@ -106,15 +107,19 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
     nboot, seed : int
         Bootstrap replicates and their seed; ``seed`` also seeds the matrix-free path's
         probes (0 when not given).
-    crossed : {"auto", "exact", "matrix-free"}
-        How crossed random effects are fitted. ``exact``: one dense block of all crossed
+    crossed : {"auto", "dense", "sparse", "matrix-free"}
+        How crossed random effects are fitted. ``dense``: one dense block of all crossed
         levels, factored per evaluation (lme4's criterion to its last digits; its cost the
-        cube of those levels). ``matrix-free`` (random intercepts ``(1 | f)`` only):
-        conjugate gradients and stochastic Lanczos quadrature, the criterion an estimate
-        with its standard error, the probes fixed by ``seed``
-        (:mod:`daskmm.models.lmm.iterative`). ``auto``: matrix-free above
-        :data:`~daskmm.models.lmm.iterative.MATRIX_FREE_MIN_LEVELS` crossed levels where
-        it can, else exact. ``optinfo["crossed"]`` says which ran.
+        cube of those levels). For random intercepts ``(1 | f)`` only
+        (:mod:`daskmm.models.lmm.iterative`): ``sparse``, lme4's criterion exactly by a
+        sparse factor of that block (fast where crossings are sparse; random crossings
+        fill it in); ``matrix-free``, conjugate gradients and stochastic Lanczos
+        quadrature, the criterion an estimate with its standard error, the probes fixed by
+        ``seed``. ``auto``: dense up to
+        :data:`~daskmm.models.lmm.iterative.MATRIX_FREE_MIN_LEVELS` crossed levels, past
+        that sparse where its factor is small
+        (:data:`~daskmm.models.lmm.iterative.SPARSE_MAX_FILL`), else matrix-free.
+        ``optinfo["crossed"]`` says which ran.
 
     Returns
     -------
@@ -134,9 +139,9 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
                                crossed)
         t1 = time.perf_counter()
         if isinstance(prob, CrossedProblem):
-            log.info("optimising: %d rows, %s, matrix-free", prob.n,
-                     ", ".join(f"{k} {v} levels" for k, v in prob.ngroups.items()))
-            result = fit_matrix_free(prob, parsed, reml, seed)
+            log.info("optimising: %d rows, %s, %s", prob.n,
+                     ", ".join(f"{k} {v} levels" for k, v in prob.ngroups.items()), prob.path)
+            result = fit_crossed_problem(prob, parsed, reml, seed)
             t2 = time.perf_counter()
         else:
             log.info("optimising: %d rows, %s, %s evaluation", prob.n,
@@ -206,7 +211,7 @@ def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
     fixef_names = [n for n, k in zip(spec.fixef_names, prob.keep) if k]
     terms, factor_terms = spec_terms(spec)
     if prob.layout.global_factors:
-        opt.crossed = {"path": "exact", "levels": int(prob.layout.n_G),
+        opt.crossed = {"path": "dense", "levels": int(prob.layout.n_G),
                        "factors": list(prob.layout.global_factors)}
     return LmmResult(formula=parsed.text, spec=spec, reml=reml, theta=theta, beta=beta,
                      fixef_names=fixef_names, vcov=vcov, sigma=sigma,
@@ -215,25 +220,29 @@ def _result(prob: Problem, parsed: ParsedFormula, theta: np.ndarray, opt: dict,
                      factor_terms=factor_terms, problem=prob)
 
 
-def fit_matrix_free(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
-                    seed: int | None = None) -> LmmResult:
-    """Fit a :class:`CrossedProblem` (:func:`~daskmm.models.lmm.iterative.fit_crossed`) and make its
-    :class:`~daskmm.models.lmm.result.LmmResult`: ``theta`` in lme4's term order, the
-    fixed effects' covariance ``sigma^2 (X' V^-1 X)^-1`` (exact), the conditional modes
-    (exact, by conjugate gradients) and their variances (the approximation of
-    :meth:`~daskmm.kernels.crossed_iter.Reduced.inverse_diag`, named in ``optinfo``), the
-    criterion with its standard error in ``optinfo["crossed"]``."""
+def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
+                        seed: int | None = None) -> LmmResult:
+    """Fit a :class:`CrossedProblem` by its path and make its
+    :class:`~daskmm.models.lmm.result.LmmResult`: ``theta`` in lme4's term order, the fixed
+    effects' covariance ``sigma^2 (X' V^-1 X)^-1`` (exact), the conditional modes (exact)
+    and their variances. ``sparse`` (:func:`~daskmm.models.lmm.iterative.fit_sparse`):
+    lme4's criterion exactly, the variances exact. ``matrix-free``
+    (:func:`~daskmm.models.lmm.iterative.fit_crossed`): the criterion with its standard
+    error in ``optinfo["crossed"]``, the variances by the approximation of
+    :meth:`~daskmm.kernels.crossed_iter.Reduced.inverse_diag`, named there."""
     spec, st = prob.spec, prob.st
     seed = 0 if seed is None else int(seed)
-    fit = fit_crossed(st, reml, seed=seed)
+    free = prob.path == "matrix-free"
+    fit = fit_crossed(st, reml, seed=seed) if free else \
+        fit_sparse(st, reml, names=[f"{f}.(Intercept)" for f in prob.factors])
     at = fit.at
     if not np.isfinite(at.objective) or at.r2 <= 0:
-        raise FitError("the matrix-free criterion is not finite at the optimum; the model "
-                       "may be overparameterised: fit with crossed='exact' to see more")
+        raise FitError(f"the {prob.path} criterion is not finite at the optimum; the model "
+                       "may be overparameterised: fit with crossed='dense' to see more")
     sigma = fit.sigma
     vcov = sigma ** 2 * at.S_inverse()
-    red = Reduced.of(st, fit.theta, fit.crossing)
-    cond = red.inverse_diag()
+    cond = Reduced.of(st, fit.theta, fit.crossing).inverse_diag() if free else \
+        at.factor.inverse_diag()
     bounds = np.concatenate([[0], np.cumsum(st.sizes)])
     tables, theta_of = {}, {}
     for j, f in enumerate(prob.factors):
@@ -249,27 +258,31 @@ def fit_matrix_free(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
     opt.x0 = [float(fit.theta0[prob.factors.index(t.factor)]) for t in spec.terms]
     order = [prob.factors.index(t.factor) for t in spec.terms]
     opt.gradient = [float(opt.gradient[i]) for i in order] if opt.gradient else None
-    opt.mode = f"{prob.mode}, matrix-free"
+    opt.mode = f"{prob.mode}, {prob.path}"
     objective = at.objective - prob.sum_log_w
     opt.fmin = objective
-    opt.crossed = {
-        "path": "matrix-free",
-        "criterion_se": at.se,
-        "probes": PROBES, "lanczos_steps_max": STEPS, "deflation": DEFLATE, "seed": seed,
-        "factors": list(prob.factors),
-        "conditional_variances": "approximate: diag(A^-1) with the crossed Schur "
-                                 "complement's inverse taken as its diagonal's inverse",
-    }
-    certified = bool(opt.converged)
-    opt.checks = {
-        "certified": certified,
-        "tested": "Newton steps below xtol on the criterion's gradient (its traces "
-                  "estimated from the fixed probes)",
-        "messages": [] if certified else [f"the Newton steps did not converge: "
-                                          f"{opt.message}"],
-        "warnings": [f"{'REML criterion' if reml else 'deviance'} estimated (matrix-free "
-                     f"crossed fit): standard error {at.se:.3g}"],
-    }
+    if free:
+        opt.crossed = {
+            "path": "matrix-free",
+            "criterion_se": at.se,
+            "probes": PROBES, "lanczos_steps_max": STEPS, "deflation": DEFLATE,
+            "seed": seed, "factors": list(prob.factors),
+            "conditional_variances": "approximate: diag(A^-1) with the crossed Schur "
+                                     "complement's inverse taken as its diagonal's inverse",
+        }
+        certified = bool(opt.converged)
+        opt.checks = {
+            "certified": certified,
+            "tested": "Newton steps below xtol on the criterion's gradient (its traces "
+                      "estimated from the fixed probes)",
+            "messages": [] if certified else [f"the Newton steps did not converge: "
+                                              f"{opt.message}"],
+            "warnings": [f"{'REML criterion' if reml else 'deviance'} estimated "
+                         f"(matrix-free crossed fit): standard error {at.se:.3g}"],
+        }
+    else:
+        opt.crossed = {"path": "sparse", "fill": int(at.fill), "factors": list(prob.factors),
+                       "ordering": "SuperLU symmetric mode, minimum degree on S + S'"}
     fixef_names = [nm for nm, k in zip(spec.fixef_names, prob.keep) if k]
     terms, factor_terms = spec_terms(spec)
     ngroups = {t.factor: prob.ngroups[t.factor] for t in spec.terms}

@@ -1,13 +1,15 @@
-"""Fitting crossed scalar random effects by the matrix-free criterion
-(:mod:`daskmm.kernels.crossed_iter`): Newton steps over ``theta`` on the criterion and its
-gradient with the probes fixed by a seed, so that the optimiser sees one smooth
-deterministic function; the optimum's criterion is reported with its standard error.
+"""Fitting crossed scalar random effects without the dense block of crossed levels: by
+the matrix-free criterion (:mod:`daskmm.kernels.crossed_iter`; :func:`fit_crossed`: Newton
+steps over ``theta`` on the criterion and its gradient with the probes fixed by a seed, so
+that the optimiser sees one smooth deterministic function; the optimum's criterion reported
+with its standard error), or exactly by a sparse factor (:mod:`daskmm.kernels.
+crossed_sparse`; :func:`fit_sparse`).
 
 :func:`daskmm.lmm` comes here (``crossed="auto"``) when every random term is a random
 intercept ``(1 | f)`` on its own factor and the crossed factors' levels pass
-:data:`MATRIX_FREE_MIN_LEVELS`, where the exact path's dense block of crossed levels
-(its cost the cube of their number) no longer pays: :func:`choose_matrix_free`,
-:func:`prepare_crossed`, then :func:`daskmm.models.lmm.fit.fit_matrix_free`.
+:data:`MATRIX_FREE_MIN_LEVELS`, where the dense path's block of crossed levels (its cost
+the cube of their number) no longer pays: :func:`choose_crossed`, :func:`prepare_crossed`,
+then :func:`daskmm.models.lmm.fit.fit_crossed_problem`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,16 @@ if TYPE_CHECKING:
     from daskmm.formula.spec import ModelSpec
     from daskmm.kernels.stats import Layout
 
-CROSSED_PATHS = ("auto", "exact", "matrix-free")
-"""``daskmm.lmm(crossed=...)``: choose by size, the exact dense block, or the matrix-free
-criterion."""
+CROSSED_PATHS = ("auto", "dense", "sparse", "matrix-free")
+"""``daskmm.lmm(crossed=...)``: choose by size, the dense block of crossed levels (exact),
+a sparse factor of it (exact), or the matrix-free criterion (estimated)."""
+
+SPARSE_MAX_FILL = 500_000
+"""``crossed="auto"``: past :data:`MATRIX_FREE_MIN_LEVELS` the sparse path is taken when its
+factor at the start holds at most this many non-zeros (each of its some 40 evaluations a
+few hundredths of a second), else the matrix-free one. Random crossings fill in: 5,000 x
+10,000 levels with 3 rows a level made 8 x 10^6 non-zeros from 10^5 (1.6 s a
+factorisation)."""
 
 MATRIX_FREE_MIN_LEVELS = 1000
 """``crossed="auto"`` fits by the matrix-free criterion above this many crossed
@@ -196,20 +205,21 @@ def _newton(evaluate, x0: np.ndarray, xtol: float = 1e-7, maxeval: int = 100
             ) -> tuple[np.ndarray, OptSummary]:
     """Newton steps on the criterion's gradient, ``theta >= 0``: the Hessian by forward
     differences of the gradient at the start (``k`` evaluations), kept by BFGS updates;
-    a step that raises the criterion is halved. Stops when a step moves no ``theta`` by
+    a step that raises the criterion by more than a thousandth of its standard error is
+    halved. Stops when a step moves no ``theta`` by
     more than ``xtol`` (relative to ``max(theta, 0.01)``). From :func:`moment_start` this
     takes a handful of evaluations where L-BFGS-B, whose first step has unit length, took
     twelve."""
     k = len(x0)
     count = [0]
 
-    def fg(theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def fg(theta: np.ndarray) -> tuple[float, np.ndarray, float]:
         count[0] += 1
         at = evaluate(theta, True)
-        return at.objective, np.asarray(at.gradient, float)
+        return at.objective, np.asarray(at.gradient, float), at.se
 
     x = np.maximum(np.asarray(x0, float), 0.0)
-    f, g = fg(x)
+    f, g, _ = fg(x)
     H = np.empty((k, k))
     for j in range(k):
         h = 1e-3 * max(x[j], 1e-2)
@@ -229,8 +239,11 @@ def _newton(evaluate, x0: np.ndarray, xtol: float = 1e-7, maxeval: int = 100
         t = 1.0
         while True:
             x_new = np.maximum(x + t * d, 0.0)
-            f_new, g_new = fg(x_new)
-            if f_new <= f + 1e-12 * abs(f) or count[0] >= maxeval:
+            f_new, g_new, se = fg(x_new)
+            # the criterion is an estimate and the gradient the traces' estimate, not its
+            # derivative: near the optimum a step to the gradient's zero may raise the
+            # estimate by far less than its standard error; such a step is taken
+            if f_new <= f + 1e-12 * abs(f) + 1e-3 * se or count[0] >= maxeval:
                 break
             t *= 0.5
         step = x_new - x
@@ -256,6 +269,61 @@ def _summary(name: str, settings: dict, x0: np.ndarray, x: np.ndarray, f: float,
                       mode="in-process, matrix-free", code=0 if converged else 1)
 
 
+def fit_sparse(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = None,
+               options: dict | None = None, names: list[str] | None = None
+               ) -> IterativeFit:
+    """Minimise lme4's criterion, exactly (:func:`daskmm.kernels.crossed_sparse.
+    exact_criterion`: a sparse factor of the crossed Schur complement), over ``theta >= 0``:
+    BOBYQA with lme4's tolerances from :func:`moment_start` (its first steps a tenth of the
+    start), then its finite-difference Newton polish, and the optimum checked as the dense
+    path checks its own (:func:`daskmm.core.optimizer.certified_optimum`).
+
+    Returns
+    -------
+    IterativeFit
+        ``se`` 0 (nothing is estimated); ``at`` the exact evaluation at the optimum.
+    """
+    from daskmm.kernels.crossed_sparse import exact_criterion
+    k = len(st.sizes)
+    x0 = moment_start(st) if theta0 is None else np.asarray(theta0, float)
+    crossing = Crossing.of(st)
+    last: dict = {}
+
+    def evaluate(theta: np.ndarray):
+        key = np.asarray(theta, float).tobytes()
+        if key not in last:
+            last.clear()
+            last[key] = exact_criterion(st, theta, reml, crossing)
+        return last[key]
+
+    from daskmm.core.optimizer import certified_optimum
+    from daskmm.kernels.numderiv import derivatives
+
+    def f(t: np.ndarray) -> float:
+        return evaluate(t).objective
+
+    lower = np.zeros(k)
+
+    def run(start: np.ndarray):
+        return minimize(start, lower, f=f, options=options,
+                        initial_step=0.1 * np.maximum(start, 0.1), mode="in-process, sparse")
+
+    def derivs(t: np.ndarray):
+        g, H = derivatives(f, t, lower, f0=f(t))
+        return f(t), g, H
+
+    theta, opt = run(x0)
+    # the fit's own check of its optimum, as the dense path's: gradient and Hessian by
+    # finite differences, a restart where they disagree with a minimum
+    theta, opt, _ = certified_optimum(run, derivs, f, theta, opt, lower,
+                                      names or [f"theta{j + 1}" for j in range(k)],
+                                      bound_values=False)
+    at = evaluate(theta)
+    dof = st.n - st.XtX.shape[0] if reml else st.n
+    return IterativeFit(theta, at.beta, math.sqrt(at.r2 / dof), at.objective, 0.0, opt, x0,
+                        None, crossing, at)
+
+
 def _basis(st: CrossedStats, theta: np.ndarray, k: int, seed: int,
            crossing: Crossing | None = None) -> np.ndarray:
     red = Reduced.of(st, theta, crossing)
@@ -263,37 +331,40 @@ def _basis(st: CrossedStats, theta: np.ndarray, k: int, seed: int,
 
 
 # ---------------------------------------------------------------- daskmm.lmm's path
-def matrix_free_reason(spec: ModelSpec) -> str | None:
-    """Why the matrix-free path cannot fit ``spec`` (None: it can): it fits random
-    intercepts ``(1 | f)``, one per factor, two factors or more."""
+def scalar_reason(spec: ModelSpec) -> str | None:
+    """Why the sparse and matrix-free paths cannot fit ``spec`` (None: they can): they fit
+    random intercepts ``(1 | f)``, one per factor, two factors or more."""
     if len(spec.factors) < 2:
         return "it has one grouping factor"
     for t in spec.terms:
         if type(t) is not RandomTerm or tuple(t.columns) != ("(Intercept)",):
-            return (f"its term ({t.lhs} | {t.factor}) is not a random intercept; the "
-                    "matrix-free path fits (1 | f) terms")
+            return (f"its term ({t.lhs} | {t.factor}) is not a random intercept; the sparse "
+                    "and matrix-free paths fit (1 | f) terms")
     if len({t.factor for t in spec.terms}) != len(spec.terms):
         return "a factor has two terms"
     return None
 
 
-def choose_matrix_free(spec: ModelSpec, layout: Layout, crossed: str) -> bool:
-    """Whether :func:`daskmm.lmm` fits by the matrix-free criterion: ``crossed="auto"``
-    when the model can (:func:`matrix_free_reason`) and its crossed levels pass
-    :data:`MATRIX_FREE_MIN_LEVELS`; ``"matrix-free"`` whenever it can; ``"exact"`` never."""
+def choose_crossed(spec: ModelSpec, layout: Layout, crossed: str) -> str:
+    """The path :func:`daskmm.lmm` fits crossed random effects by: ``"dense"`` (one dense
+    block of the crossed levels: any terms), ``"sparse"`` or ``"matrix-free"`` (random
+    intercepts, :func:`scalar_reason`), or ``"large"``: ``crossed="auto"`` past
+    :data:`MATRIX_FREE_MIN_LEVELS` crossed levels, sparse or matrix-free as the sparse
+    factor's size decides (:func:`prepare_crossed`)."""
     if crossed not in CROSSED_PATHS:
         raise ModelError(f"crossed={crossed!r}; allowed: "
                          f"{', '.join(map(repr, CROSSED_PATHS))}")
-    if crossed == "exact":
-        return False
-    reason = matrix_free_reason(spec)
-    if crossed == "matrix-free":
+    if crossed == "dense":
+        return "dense"
+    reason = scalar_reason(spec)
+    if crossed != "auto":
         if reason:
-            raise ModelError(f"crossed='matrix-free' cannot fit this model: {reason}; "
-                             "use crossed='exact' (or 'auto')")
-        return True
-    return reason is None and bool(layout.global_factors) and \
-        layout.n_G > MATRIX_FREE_MIN_LEVELS
+            raise ModelError(f"crossed={crossed!r} cannot fit this model: {reason}; use "
+                             "crossed='dense' (or 'auto')")
+        return crossed
+    if reason is None and layout.global_factors and layout.n_G > MATRIX_FREE_MIN_LEVELS:
+        return "large"
+    return "dense"
 
 
 @dataclass
@@ -318,6 +389,10 @@ class CrossedProblem:
     ngroups : dict
     mode : str
         ``in-process`` or ``gathered``.
+    path : str
+        ``sparse`` or ``matrix-free``.
+    fill : int or None
+        The sparse factor's non-zeros at the start, where it was tried.
     """
 
     spec: ModelSpec
@@ -330,13 +405,17 @@ class CrossedProblem:
     n_dropped: object
     ngroups: dict
     mode: str
+    path: str = "matrix-free"
+    fill: int | None = None
 
 
-def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_process: bool
-                    ) -> CrossedProblem:
+def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_process: bool,
+                    path: str) -> CrossedProblem:
     """One pass over the data for :class:`CrossedProblem`'s statistics (a map over the
     partitions and a tree sum: ``Z'Z``'s non-zeros are at most the rows, never levels x
-    levels)."""
+    levels). ``path`` ``"large"`` (:func:`choose_crossed`) becomes ``"sparse"`` where the
+    sparse factor at the start has at most :data:`SPARSE_MAX_FILL` non-zeros (tried only
+    where the Schur complement itself has fewer), else ``"matrix-free"``."""
     from daskmm.distributed.passes import crossed_pass
     from daskmm.kernels.aliasing import estimable_columns
     from daskmm.models.shared.prepare import check_groups
@@ -355,6 +434,14 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
     if not np.all(keep):
         st = CrossedStats(st.ZtZ, st.ZtX[:, keep], st.Zty, st.XtX[np.ix_(keep, keep)],
                           st.Xty[keep], st.yty, st.n, st.sizes)
+    fill = None
+    if path == "large":
+        from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz
+        crossing = Crossing.of(st)
+        path = "matrix-free"
+        if schur_nnz(st, crossing) <= SPARSE_MAX_FILL:
+            fill = SparseFactor.of(Reduced.of(st, moment_start(st), crossing)).fill
+            path = "sparse" if fill <= SPARSE_MAX_FILL else path
     return CrossedProblem(spec, factors, [levels[f] for f in factors], st, keep, st.n,
                           sum_log_w, n_dropped, ngroups,
-                          "in-process" if in_process else "gathered")
+                          "in-process" if in_process else "gathered", path, fill)

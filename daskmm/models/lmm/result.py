@@ -154,7 +154,7 @@ class LmmResult(MixedResult):
         if self.problem is None and (self.optinfo.get("crossed") or {}).get("path") == \
                 "matrix-free":
             raise ModelError(f"{what} is not available for a matrix-free crossed fit "
-                             "(optinfo['crossed']); fit with crossed='exact' for it")
+                             "(optinfo['crossed']); fit with crossed='dense' or 'sparse' for it")
         if self.problem is None:
             raise ModelError(f"{what} needs the fit's statistics, and this result has none "
                              "(it was read from a document): fit again, with the option on "

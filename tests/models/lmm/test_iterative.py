@@ -69,9 +69,9 @@ def small():
 @pytest.mark.parametrize("weights", [None, "w"])
 def test_it_is_the_exact_path_within_its_error(small, weights):
     f = "y ~ x + (1 | g) + (1 | h)"
-    exact = daskmm.lmm(f, small, weights=weights, crossed="exact")
+    exact = daskmm.lmm(f, small, weights=weights, crossed="dense")
     free = daskmm.lmm(f, small, weights=weights, crossed="matrix-free")
-    assert exact.optinfo.crossed == {"path": "exact", "levels": 150, "factors": ["h"]}
+    assert exact.optinfo.crossed == {"path": "dense", "levels": 150, "factors": ["h"]}
     np.testing.assert_allclose(free.theta, exact.theta, rtol=1e-3)
     np.testing.assert_allclose(free.beta, exact.beta, rtol=1e-5)
     np.testing.assert_allclose(free.vcov, exact.vcov, rtol=1e-3)
@@ -93,18 +93,21 @@ def test_it_is_the_exact_path_within_its_error(small, weights):
 
 def test_the_size_chooses_the_path(small, monkeypatch):
     f = "y ~ x + (1 | g) + (1 | h)"
-    assert daskmm.lmm(f, small).optinfo.crossed["path"] == "exact"  # 150 crossed levels
+    assert daskmm.lmm(f, small).optinfo.crossed["path"] == "dense"  # 150 crossed levels
     monkeypatch.setattr(iterative, "MATRIX_FREE_MIN_LEVELS", 100)
+    sparse = daskmm.lmm(f, small).optinfo.crossed  # its factor: 150 x 150 at most
+    assert sparse["path"] == "sparse" and 0 < sparse["fill"] <= 2 * 150 * 150
+    monkeypatch.setattr(iterative, "SPARSE_MAX_FILL", 1000)
     assert daskmm.lmm(f, small).optinfo.crossed["path"] == "matrix-free"
-    # a random slope: the matrix-free path cannot, so auto stays exact
-    assert daskmm.lmm("y ~ x + (x | g) + (1 | h)", small).optinfo.crossed["path"] == "exact"
+    # a random slope: neither can, so auto stays dense
+    assert daskmm.lmm("y ~ x + (x | g) + (1 | h)", small).optinfo.crossed["path"] == "dense"
     assert daskmm.lmm("y ~ x + (1 | g)", small).optinfo.crossed is None
 
 
 @pytest.mark.parametrize("crossed, formula, match", [
     ("matrix-free", "y ~ x + (x | g) + (1 | h)", r"\(x \| g\) is not a random intercept"),
-    ("matrix-free", "y ~ x + (1 | g)", "one grouping factor"),
-    ("sparse", "y ~ x + (1 | g) + (1 | h)", r"crossed='sparse'; allowed: 'auto', 'exact'"),
+    ("sparse", "y ~ x + (1 | g)", "one grouping factor.*crossed='dense'"),
+    ("exact", "y ~ x + (1 | g) + (1 | h)", r"crossed='exact'; allowed: 'auto', 'dense'"),
 ])
 def test_a_path_that_cannot_fit_says_so(small, crossed, formula, match):
     with pytest.raises(ModelError, match=match):
@@ -114,7 +117,7 @@ def test_a_path_that_cannot_fit_says_so(small, crossed, formula, match):
 def test_what_needs_the_exact_statistics_says_how_to_get_them(small):
     free = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, crossed="matrix-free")
     with pytest.raises(ModelError, match=r"not available for a matrix-free crossed fit .*"
-                       r"crossed='exact'"):
+                       r"crossed='dense' or 'sparse'"):
         free.test_fixef()
 
 
@@ -175,3 +178,28 @@ def test_the_command_line_fits_matrix_free_and_says_so(small, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and not (tmp_path / "bad").exists()
     assert bad.stderr.strip().count("\n") == 0 and "not a random intercept" in bad.stderr
+
+
+def test_the_sparse_path_is_lme4s_criterion_exactly(designs):
+    ref = REFS["three_reml"]
+    fit = daskmm.lmm(ref["formula"], designs["three"], crossed="sparse", mode="in-process")
+    assert fit.optinfo.crossed["path"] == "sparse" and fit.certified
+    np.testing.assert_allclose(fit.theta, ref["theta"], rtol=1e-5)
+    np.testing.assert_allclose(fit.beta, ref["beta"], rtol=1e-7)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-7)
+    assert fit.objective == pytest.approx(ref["criterion"], rel=1e-10)
+
+
+@pytest.mark.parametrize("weights", [None, "w"])
+def test_the_sparse_path_is_the_dense_path(small, weights):
+    f = "y ~ x + (1 | g) + (1 | h)"
+    dense = daskmm.lmm(f, small, weights=weights, crossed="dense")
+    sparse = daskmm.lmm(f, small, weights=weights, crossed="sparse")
+    np.testing.assert_allclose(sparse.theta, dense.theta, rtol=1e-5)
+    assert sparse.objective == pytest.approx(dense.objective, rel=1e-11)
+    np.testing.assert_allclose(sparse.vcov, dense.vcov, rtol=1e-5)
+    for f_ in ("g", "h"):  # modes and conditional variances: exact
+        np.testing.assert_allclose(sparse.ranef[f_].b, dense.ranef[f_].b, rtol=1e-5,
+                                   atol=1e-8)
+        np.testing.assert_allclose(sparse.ranef[f_].cov, dense.ranef[f_].cov, rtol=1e-5)
+    assert "estimated" not in sparse.summary()
