@@ -31,7 +31,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import pandas as pd
 import scipy.linalg as la
@@ -137,16 +136,27 @@ def operator(st: CrossedStats, lam: np.ndarray) -> tuple[Matvec, np.ndarray]:
     return matvec, 1.0 + lam * lam * ZtZ.diagonal()
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _csr_matmat(indptr, indices, data, X, out):  # pragma: no cover - compiled
-    for i in numba.prange(len(indptr) - 1):
-        for j in range(X.shape[1]):
-            out[i, j] = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            c = indices[p]
-            v = data[p]
-            for j in range(X.shape[1]):
-                out[i, j] += v * X[c, j]
+_KERNELS: dict = {}
+
+
+def _csr_matmat():
+    """The compiled CSR product, made on first use (a process that never fits a crossed
+    model matrix-free loads no numba)."""
+    if "matmat" not in _KERNELS:
+        import numba
+
+        @numba.njit(cache=True, parallel=True, nogil=True)
+        def matmat(indptr, indices, data, X, out):  # pragma: no cover - compiled
+            for i in numba.prange(len(indptr) - 1):
+                for j in range(X.shape[1]):
+                    out[i, j] = 0.0
+                for p in range(indptr[i], indptr[i + 1]):
+                    c = indices[p]
+                    v = data[p]
+                    for j in range(X.shape[1]):
+                        out[i, j] += v * X[c, j]
+        _KERNELS["matmat"] = matmat
+    return _KERNELS["matmat"]
 
 
 def spmm(A: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
@@ -154,7 +164,7 @@ def spmm(A: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
     over the cores (scipy's product runs on one)."""
     X2 = np.ascontiguousarray(X[:, None] if X.ndim == 1 else X, dtype=float)
     out = np.empty((A.shape[0], X2.shape[1]))
-    _csr_matmat(A.indptr, A.indices, A.data, X2, out)
+    _csr_matmat()(A.indptr, A.indices, A.data, X2, out)
     return out[:, 0] if X.ndim == 1 else out
 
 

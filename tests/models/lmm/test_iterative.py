@@ -203,3 +203,23 @@ def test_the_sparse_path_is_the_dense_path(small, weights):
                                    atol=1e-8)
         np.testing.assert_allclose(sparse.ranef[f_].cov, dense.ranef[f_].cov, rtol=1e-5)
     assert "estimated" not in sparse.summary()
+
+
+def test_predictions_for_seen_and_new_levels(small):
+    f = "y ~ x + (1 | g) + (1 | h)"
+    free = daskmm.lmm(f, small, crossed="matrix-free")
+    dense = daskmm.lmm(f, small, crossed="dense")
+    new = pd.DataFrame({"x": [0.3, -1.0, 2.0], "g": ["g001", "g999", "g002"],
+                        "h": ["h005", "h006", "h999"]})
+    got = np.asarray(free.predict(new, allow_new_levels=True).compute())
+    want = np.asarray(dense.predict(new, allow_new_levels=True).compute())
+    np.testing.assert_allclose(got, want, rtol=2e-3)
+    # by hand: fixed part plus the seen levels' modes, a new level contributing none
+    b = {fa: dict(zip(free.ranef[fa].levels, free.ranef[fa].b[:, 0])) for fa in ("g", "h")}
+    X = np.column_stack([np.ones(3), new["x"]])
+    hand = X @ free.beta + [b["g"]["g001"] + b["h"]["h005"], b["h"]["h006"], b["g"]["g002"]]
+    np.testing.assert_allclose(got, hand, rtol=1e-12)
+    fitted = np.asarray(free.fitted().compute())
+    assert fitted.shape == (len(small),)
+    with pytest.raises(Exception, match="g999"):
+        free.predict(new).compute()
