@@ -131,13 +131,14 @@ def test_the_seed_moves_only_the_estimate(small):
     np.testing.assert_allclose(a.theta, c.theta, rtol=1e-3)
 
 
-@pytest.mark.parametrize("nparts", [1, 4])
-def test_on_a_cluster_the_partitions_change_nothing(client, small, nparts):
+@pytest.mark.parametrize("path, nparts", [("matrix-free", 1), ("matrix-free", 4),
+                                         ("sparse", 3)])
+def test_on_a_cluster_the_partitions_change_nothing(client, small, path, nparts):
     f = "y ~ x + (1 | g) + (1 | h)"
-    here = daskmm.lmm(f, small, crossed="matrix-free")
+    here = daskmm.lmm(f, small, crossed=path)
     there = daskmm.lmm(f, dd.from_pandas(small, npartitions=nparts), client=client,
-                       mode="gathered", crossed="matrix-free")
-    assert there.mode == "gathered, matrix-free"
+                       mode="gathered", crossed=path)
+    assert there.mode == f"gathered, {path}"
     # the statistics summed in another order: the same fit to rounding
     np.testing.assert_allclose(there.theta, here.theta, rtol=1e-7)
     np.testing.assert_allclose(there.beta, here.beta, rtol=1e-9)
@@ -223,3 +224,20 @@ def test_predictions_for_seen_and_new_levels(small):
     assert fitted.shape == (len(small),)
     with pytest.raises(Exception, match="g999"):
         free.predict(new).compute()
+
+
+def test_a_factor_without_variance_goes_to_its_bound(small):
+    rng = np.random.default_rng(3)
+    e = pd.Series(rng.normal(size=len(small)))
+    e = e - e.groupby(small["h"]).transform("mean")  # no h effect, not even by chance
+    frame = small.assign(y=1 + 0.5 * small["x"] + e
+                         + small["g"].map({f"g{i:03d}": v for i, v in
+                                           enumerate(rng.normal(0, 0.8, 400))}))
+    f = "y ~ x + (1 | g) + (1 | h)"
+    dense = daskmm.lmm(f, frame, crossed="dense")
+    assert dense.theta[1] < 1e-4  # h has no variance here
+    for path in ("sparse", "matrix-free"):
+        fit = daskmm.lmm(f, frame, crossed=path)
+        assert fit.theta[1] < 2e-3 and fit.theta[0] == pytest.approx(dense.theta[0],
+                                                                     rel=1e-3)
+        assert fit.converged
