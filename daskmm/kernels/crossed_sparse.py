@@ -34,13 +34,14 @@ def schur_matrix(red: Reduced) -> sp.csc_matrix:
     return (C - red.t1 ** 2 * (lam @ NtDN @ lam)).tocsc()
 
 
-def schur_nnz(st: CrossedStats, crossing: Crossing | None = None) -> int:
-    """Non-zeros of :func:`schur_matrix` (its pattern: pairs of levels of the other
-    factors that meet in a level of the first, and the other factors' own crossings)."""
+def schur_nnz_bound(st: CrossedStats, crossing: Crossing | None = None) -> int:
+    """An upper bound on :func:`schur_matrix`'s non-zeros from the crossing table's row
+    counts alone (``sum_i nnz(N_i)^2 + nnz(rest)``: each level of the first factor makes a
+    clique of the levels it meets), without forming ``N'N``, which is levels x levels where
+    every pair meets."""
     x = crossing if crossing is not None else Crossing.of(st)
-    pattern = x.NT.copy()
-    pattern.data[:] = 1.0
-    return int((pattern @ pattern.T + x.rest).nnz)
+    per_level = np.diff(x.N.indptr).astype(np.int64)
+    return int(np.sum(per_level ** 2) + x.rest.nnz)
 
 
 @dataclass

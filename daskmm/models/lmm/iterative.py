@@ -415,7 +415,8 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
     partitions and a tree sum: ``Z'Z``'s non-zeros are at most the rows, never levels x
     levels). ``path`` ``"large"`` (:func:`choose_crossed`) becomes ``"sparse"`` where the
     sparse factor at the start has at most :data:`SPARSE_MAX_FILL` non-zeros (tried only
-    where the Schur complement itself has fewer), else ``"matrix-free"``."""
+    where a bound on the Schur complement's own non-zeros, from the crossing table's row
+    counts, is below that), else ``"matrix-free"``."""
     from daskmm.distributed.passes import crossed_pass
     from daskmm.kernels.aliasing import estimable_columns
     from daskmm.models.shared.prepare import check_groups
@@ -436,10 +437,10 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
                           st.Xty[keep], st.yty, st.n, st.sizes)
     fill = None
     if path == "large":
-        from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz
+        from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz_bound
         crossing = Crossing.of(st)
         path = "matrix-free"
-        if schur_nnz(st, crossing) <= SPARSE_MAX_FILL:
+        if schur_nnz_bound(st, crossing) <= SPARSE_MAX_FILL:
             fill = SparseFactor.of(Reduced.of(st, moment_start(st), crossing)).fill
             path = "sparse" if fill <= SPARSE_MAX_FILL else path
     return CrossedProblem(spec, factors, [levels[f] for f in factors], st, keep, st.n,
