@@ -79,19 +79,30 @@ def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: 
                   w: np.ndarray | None = None) -> CrossedStats:
     """:class:`CrossedStats` of rows: the response, the fixed-effects matrix and, per
     factor, each row's level code (``0 .. sizes[k] - 1``); ``w``: prior weights (rows
-    scaled by their square roots)."""
+    scaled by their square roots). Level sums by ``bincount``, each pair of factors'
+    crossing table by one sparse ``(code, code)`` count (no ``Z`` is formed)."""
     n = len(y)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    cols = np.concatenate([np.asarray(c, np.int64) + s for c, s in zip(codes, starts)])
-    rows = np.tile(np.arange(n), len(codes))
-    sw = np.ones(n) if w is None else np.sqrt(np.asarray(w, float))
-    Z = sp.csr_matrix((np.tile(sw, len(codes)), (rows, cols)), shape=(n, int(sum(sizes))))
-    Xw, yw = X * sw[:, None], y * sw
-    ZtZ = (Z.T @ Z).tocsr()
+    sizes = [int(s) for s in sizes]
+    codes = [np.asarray(c, np.int64) for c in codes]
+    w = np.ones(n) if w is None else np.asarray(w, float)
+    V = np.column_stack([X, y]) * w[:, None]  # w x and w y: Z'WX and Z'Wy by level
+    sums = [np.column_stack([np.bincount(c, weights=V[:, j], minlength=L)
+                             for j in range(V.shape[1])]) for c, L in zip(codes, sizes)]
+    blocks: list[list] = [[None] * len(codes) for _ in codes]
+    for j, (c, L) in enumerate(zip(codes, sizes)):
+        blocks[j][j] = sp.diags(np.bincount(c, weights=w, minlength=L))
+        for k in range(j + 1, len(codes)):
+            N = sp.coo_matrix((w, (c, codes[k])), shape=(L, sizes[k])).tocsr()
+            N.sum_duplicates()
+            blocks[j][k], blocks[k][j] = N, N.T
+    ZtZ = sp.bmat(blocks, format="csr")
     ZtZ.sum_duplicates()
-    return CrossedStats(ZtZ=ZtZ, ZtX=np.asarray(Z.T @ Xw), Zty=Z.T @ yw, XtX=Xw.T @ Xw,
-                        Xty=Xw.T @ yw, yty=float(yw @ yw), n=n,
-                        sizes=tuple(int(s) for s in sizes))
+    Zt = np.vstack(sums)
+    Xw = X * np.sqrt(w)[:, None]
+    yw = y * np.sqrt(w)
+    return CrossedStats(ZtZ=ZtZ, ZtX=Zt[:, :-1].copy(), Zty=Zt[:, -1].copy(),
+                        XtX=Xw.T @ Xw, Xty=Xw.T @ yw, yty=float(yw @ yw), n=n,
+                        sizes=tuple(sizes))
 
 
 def partition_crossed(y: np.ndarray, X: np.ndarray, w: np.ndarray | None,
@@ -159,9 +170,18 @@ def _csr_matmat():
     return _KERNELS["matmat"]
 
 
+SPMM_PARALLEL_NNZ = 1_000_000
+""":func:`spmm` shares the rows out over the cores from this many non-zeros; below, scipy's
+product on one core costs less than loading the compiled kernel (about half a second in a
+new process)."""
+
+
 def spmm(A: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
     """``A @ X`` for a CSR ``A`` and a vector or matrix ``X``, the rows of ``A`` shared out
-    over the cores (scipy's product runs on one)."""
+    over the cores (scipy's product runs on one) for :data:`SPMM_PARALLEL_NNZ` non-zeros
+    or more; the same sums in the same order either way."""
+    if A.nnz < SPMM_PARALLEL_NNZ:
+        return A @ X
     X2 = np.ascontiguousarray(X[:, None] if X.ndim == 1 else X, dtype=float)
     out = np.empty((A.shape[0], X2.shape[1]))
     _csr_matmat()(A.indptr, A.indices, A.data, X2, out)

@@ -176,3 +176,12 @@ def test_partitions_sum_to_the_whole(three):
     assert summed.n == n and slw == pytest.approx(lw, rel=1e-12)
     with pytest.raises(ValueError, match="level 99 was not seen"):
         ci.partition_crossed(y[:3], X[:3], None, [np.array([1, 99, 2]), keys[1][:3]], levels)
+
+
+def test_the_parallel_product_is_scipys(monkeypatch):
+    import scipy.sparse as sp
+    A = sp.random(300, 200, density=0.05, format="csr", random_state=1)
+    X = np.random.default_rng(1).normal(size=(200, 7))
+    monkeypatch.setattr(ci, "SPMM_PARALLEL_NNZ", 0)  # the compiled kernel, on both cores
+    assert np.array_equal(ci.spmm(A, X), A @ X)  # the same sums in the same order
+    assert np.array_equal(ci.spmm(A, X[:, 0]), A @ X[:, 0])

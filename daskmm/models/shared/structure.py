@@ -175,7 +175,8 @@ def choose_layout(spec: ModelSpec, combos: pd.DataFrame, q: dict[str, int],
     ones let each partition iterate on its own.
     """
     keys = {f.name: pd.Series(f.keys(combos)) for f in spec.factors}
-    nlev = {name: k.nunique() for name, k in keys.items()}
+    codes = {name: pd.factorize(k)[0] for name, k in keys.items()}
+    nlev = {name: int(c.max()) + 1 if len(c) else 0 for name, c in codes.items()}
     forced = global_placed(spec)
     best = None
     for cand in spec.factors:
@@ -190,10 +191,15 @@ def choose_layout(spec: ModelSpec, combos: pd.DataFrame, q: dict[str, int],
             if f.name in forced:
                 glob.append(f.name)
                 continue
-            pairs = pd.DataFrame({"f": keys[f.name], "P": keys[P]}).drop_duplicates()
-            if pairs["f"].duplicated().any():
+            # f is nested in P when each of its levels meets one level of P: one pass over
+            # the combinations (their distinct pairs are sorted only for a nested f)
+            cf, cP = codes[f.name], codes[P]
+            seen = np.empty(nlev[f.name], dtype=np.int64)
+            seen[cf] = cP
+            if not np.array_equal(seen[cf], cP):
                 glob.append(f.name)
             else:
+                pairs = pd.DataFrame({"f": keys[f.name], "P": keys[P]}).drop_duplicates()
                 nested.append(f.name)
                 size = size.add(pairs.groupby("P").size() * q[f.name], fill_value=0)
         n_G = sum(nlev[g] * q[g] for g in glob)
