@@ -26,7 +26,9 @@ A job file is YAML::
     ci: profile                         # LMM only: wald | profile | boot confidence intervals
     level: 0.95
     nboot: 500                          # ci: boot: replicates, from
-    seed: 1                             #   this seed
+    seed: 1                             #   this seed (also the matrix-free path's probes)
+    crossed: auto                       # LMM only: auto | dense | sparse | matrix-free
+                                        #   (how crossed random effects are fitted)
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)
@@ -140,6 +142,7 @@ SCHEMA = {
         "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
         "nboot": {"type": "integer", "minimum": 2},
         "seed": {"type": "integer"},
+        "crossed": {"enum": ["auto", "dense", "sparse", "matrix-free"]},
         "allow_uncertified": {"type": "boolean"},
         "plots": {"type": "boolean"},
         "output": {"type": "string", "minLength": 1},
@@ -263,6 +266,10 @@ def validate(doc: object, source: str = "job file") -> None:
                                       or _is_gam(str(doc["formula"]))):
         raise JobError(f"{source}: {', '.join(used)} (inference after the fit) apply to linear "
                        "mixed models (family gaussian, no smooth terms); remove them")
+    if schema is SCHEMA and "crossed" in doc and (doc.get("family", "gaussian") != "gaussian"
+                                                  or _is_gam(str(doc["formula"]))):
+        raise JobError(f"{source}: crossed (how crossed random effects are fitted) applies to "
+                       "linear mixed models (family gaussian, no smooth terms); remove it")
     if schema is GWAS_SCHEMA and ("bed" in doc) == ("zarr" in doc):
         raise JobError(f"{source}: a gwas job names its genotypes with exactly one of bed "
                        "(a PLINK prefix) or zarr (a store)")
@@ -311,8 +318,8 @@ def load_job(path: str | os.PathLike) -> Job | GwasJob:
                factors=tuple(doc.get("factors", [])), rho=doc.get("rho", 0.0),
                ar_start=doc.get("ar_start"), discrete=doc.get("discrete", False),
                weights=doc.get("weights"), ingest=ingest,
-               inference={k: doc[k] for k in ("ddf", "ci", "level", "nboot", "seed")
-                          if k in doc} or None,
+               inference={k: doc[k] for k in ("ddf", "ci", "level", "nboot", "seed",
+                                              "crossed") if k in doc} or None,
                simulate=doc.get("simulate"),
                cluster=doc.get("cluster"), raw=doc, path=p.resolve())
 

@@ -35,7 +35,8 @@ def test_paths_relative_to_job_file(tmp_path):
 
 @pytest.mark.parametrize("doc, match", [
     ({**GOOD, "formla": "y ~ x"}, r"unknown field 'formla' at top level; allowed fields: "
-                                  r"allow_uncertified, ar_start, ci, cluster, data, ddf, discrete"),
+                                  r"allow_uncertified, ar_start, ci, cluster, crossed, data, "
+                                  r"ddf, discrete"),
     ({"data": "in.csv", "output": "out"}, r"'formula' is required at top level"),
     ({**GOOD, "method": "reml"}, r"method is 'reml'; allowed: 'REML', 'ML'"),
     ({**GOOD, "family": "binomal"}, r"family is 'binomal'; allowed: 'gaussian', 'binomial'"),

@@ -241,3 +241,25 @@ def test_a_factor_without_variance_goes_to_its_bound(small):
         assert fit.theta[1] < 2e-3 and fit.theta[0] == pytest.approx(dense.theta[0],
                                                                      rel=1e-3)
         assert fit.converged
+
+
+def test_a_job_file_chooses_the_path(small, tmp_path):
+    from daskmm.jobs.runner import run_job
+    from daskmm.jobs.spec import JobError, load_job
+    data = tmp_path / "crossed.csv"
+    small.to_csv(data, index=False)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data: {data}\nformula: \"y ~ x + (1 | g) + (1 | h)\"\ncrossed: sparse\n"
+                   f"output: {tmp_path / 'o'}\n")
+    run_job(job)
+    doc = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert doc["optinfo"]["crossed"]["path"] == "sparse"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: {data}\nformula: \"y ~ x + (1 | g) + (1 | h)\"\nfamily: poisson\n"
+                   f"crossed: sparse\noutput: {tmp_path / 'b'}\n")
+    with pytest.raises(JobError, match="crossed .* applies to linear mixed models"):
+        load_job(bad)
+    bad.write_text(f"data: {data}\nformula: \"y ~ x + (1 | g) + (1 | h)\"\n"
+                   f"crossed: exact\noutput: {tmp_path / 'b'}\n")
+    with pytest.raises(JobError, match="crossed"):
+        load_job(bad)
