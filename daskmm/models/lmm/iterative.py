@@ -50,10 +50,10 @@ few hundredths of a second), else the matrix-free one. Random crossings fill in:
 factorisation)."""
 
 MATRIX_FREE_MIN_LEVELS = 1000
-"""``crossed="auto"`` fits by the matrix-free criterion above this many crossed
-(global-block) levels: the exact path's dense Cholesky of that block per evaluation then costs
-more than the whole matrix-free fit (10^6 rows, 2,000 crossed levels: 53.7 s exact against
-about 2 s)."""
+"""``crossed="auto"`` leaves the dense path above this many crossed (global-block) levels,
+for the sparse or the matrix-free one: the dense Cholesky of that block per evaluation then
+costs more than a whole matrix-free fit (10^6 rows, 2,000 crossed levels: 53.7 s dense
+against about 2 s)."""
 
 PROBES, STEPS, DEFLATE = 10, 30, 10
 """The log determinant's estimator in a fit: Rademacher probes, Lanczos steps at most (fewer
