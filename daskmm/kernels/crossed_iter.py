@@ -45,9 +45,10 @@ class CrossedStats:
 
     Attributes
     ----------
-    ZtZ : scipy.sparse.csr_matrix
-        ``q x q``, symmetric: each factor's level counts on the diagonal, the crossing
-        tables off it.
+    counts : tuple of numpy.ndarray
+        Each factor's (weighted) level counts: the diagonal of ``Z'Z``.
+    tables : dict
+        ``(j, k) -> Z_j'Z_k`` (``j < k``, CSR): the crossing tables, off the diagonal.
     ZtX : numpy.ndarray
         ``q x p``.
     Zty : numpy.ndarray
@@ -58,10 +59,11 @@ class CrossedStats:
     n : int
         Rows.
     sizes : tuple of int
-        Levels of each factor, in the order of ``ZtZ``'s blocks.
+        Levels of each factor, in the order of ``Z'Z``'s blocks.
     """
 
-    ZtZ: sp.csr_matrix
+    counts: tuple
+    tables: dict
     ZtX: np.ndarray
     Zty: np.ndarray
     XtX: np.ndarray
@@ -74,6 +76,18 @@ class CrossedStats:
         """``diag(Lambda)``: each factor's ``theta`` repeated over its levels."""
         return np.repeat(np.asarray(theta, float), self.sizes)
 
+    @property
+    def ZtZ(self) -> sp.csr_matrix:
+        """``Z'Z`` whole (``q x q``, symmetric), assembled from its blocks on request; the
+        fit itself works on the blocks (:class:`Crossing`)."""
+        K = len(self.sizes)
+        blocks: list[list] = [[None] * K for _ in range(K)]
+        for j in range(K):
+            blocks[j][j] = sp.diags(self.counts[j])
+            for k in range(j + 1, K):
+                blocks[j][k], blocks[k][j] = self.tables[(j, k)], self.tables[(j, k)].T
+        return sp.bmat(blocks, format="csr")
+
 
 def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: list[int],
                   w: np.ndarray | None = None) -> CrossedStats:
@@ -84,25 +98,30 @@ def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: 
     n = len(y)
     sizes = [int(s) for s in sizes]
     codes = [np.asarray(c, np.int64) for c in codes]
-    w = np.ones(n) if w is None else np.asarray(w, float)
-    V = np.column_stack([X, y]) * w[:, None]  # w x and w y: Z'WX and Z'Wy by level
-    sums = [np.column_stack([np.bincount(c, weights=V[:, j], minlength=L)
-                             for j in range(V.shape[1])]) for c, L in zip(codes, sizes)]
-    blocks: list[list] = [[None] * len(codes) for _ in codes]
-    for j, (c, L) in enumerate(zip(codes, sizes)):
-        blocks[j][j] = sp.diags(np.bincount(c, weights=w, minlength=L))
+    ww = None if w is None else np.asarray(w, float)
+    cols = [X[:, j] for j in range(X.shape[1])] + [y]
+    if ww is not None:
+        cols = [c * ww for c in cols]  # w x and w y: Z'WX and Z'Wy by level
+    sums = [np.column_stack([np.bincount(c, weights=v, minlength=L) for v in cols])
+            for c, L in zip(codes, sizes)]
+    counts = tuple(np.bincount(c, weights=ww, minlength=L).astype(float)
+                   for c, L in zip(codes, sizes))
+    ones = np.ones(n) if ww is None else ww
+    tables = {}
+    for j in range(len(codes)):
         for k in range(j + 1, len(codes)):
-            N = sp.coo_matrix((w, (c, codes[k])), shape=(L, sizes[k])).tocsr()
+            N = sp.coo_matrix((ones, (codes[j], codes[k])), shape=(sizes[j], sizes[k])).tocsr()
             N.sum_duplicates()
-            blocks[j][k], blocks[k][j] = N, N.T
-    ZtZ = sp.bmat(blocks, format="csr")
-    ZtZ.sum_duplicates()
+            tables[(j, k)] = N
     Zt = np.vstack(sums)
-    Xw = X * np.sqrt(w)[:, None]
-    yw = y * np.sqrt(w)
-    return CrossedStats(ZtZ=ZtZ, ZtX=Zt[:, :-1].copy(), Zty=Zt[:, -1].copy(),
-                        XtX=Xw.T @ Xw, Xty=Xw.T @ yw, yty=float(yw @ yw), n=n,
-                        sizes=tuple(sizes))
+    if ww is None:
+        Xw, yw = X, y
+    else:
+        sw = np.sqrt(ww)
+        Xw, yw = X * sw[:, None], y * sw
+    return CrossedStats(counts=counts, tables=tables, ZtX=Zt[:, :-1].copy(),
+                        Zty=Zt[:, -1].copy(), XtX=Xw.T @ Xw, Xty=Xw.T @ yw,
+                        yty=float(yw @ yw), n=n, sizes=tuple(sizes))
 
 
 def partition_crossed(y: np.ndarray, X: np.ndarray, w: np.ndarray | None,
@@ -127,11 +146,15 @@ def add_crossed(parts: list[tuple[CrossedStats, float]]) -> tuple[CrossedStats, 
     """The sum of partitions' :func:`partition_crossed`."""
     sts = [st for st, _ in parts]
     first = sts[0]
-    ZtZ = sts[0].ZtZ
-    for st in sts[1:]:
-        ZtZ = ZtZ + st.ZtZ
+    tables = {}
+    for key in first.tables:
+        T = first.tables[key]
+        for st in sts[1:]:
+            T = T + st.tables[key]
+        tables[key] = T.tocsr()
     return CrossedStats(
-        ZtZ=ZtZ.tocsr(), ZtX=sum(st.ZtX for st in sts), Zty=sum(st.Zty for st in sts),
+        counts=tuple(sum(st.counts[j] for st in sts) for j in range(len(first.sizes))),
+        tables=tables, ZtX=sum(st.ZtX for st in sts), Zty=sum(st.Zty for st in sts),
         XtX=sum(st.XtX for st in sts), Xty=sum(st.Xty for st in sts),
         yty=float(sum(st.yty for st in sts)), n=int(sum(st.n for st in sts)),
         sizes=first.sizes), float(sum(v for _, v in parts))
@@ -225,13 +248,23 @@ class Crossing:
 
     @classmethod
     def of(cls, st: CrossedStats) -> Crossing:
+        K = len(st.sizes)
         k = st.sizes[0]
-        ZtZ = st.ZtZ
-        N = ZtZ[:k, k:].tocsr()
-        rest = ZtZ[k:, k:].tocsr()
-        rows = np.repeat(np.arange(rest.shape[0]), np.diff(rest.indptr))
-        return cls(k, ZtZ.diagonal()[:k].copy(), N, N.T.tocsr(), N.multiply(N).T.tocsr(),
-                   rest, rest.diagonal().copy(), bool(np.all(rest.indices == rows)))
+        N = (st.tables[(0, 1)] if K == 2 else
+             sp.hstack([st.tables[(0, j)] for j in range(1, K)], format="csr"))
+        if K == 2:  # one other factor: its levels never meet each other
+            rest = sp.diags(st.counts[1], format="csr")
+        else:
+            blocks: list[list] = [[None] * (K - 1) for _ in range(K - 1)]
+            for j in range(1, K):
+                blocks[j - 1][j - 1] = sp.diags(st.counts[j])
+                for m in range(j + 1, K):
+                    T = st.tables[(j, m)]
+                    blocks[j - 1][m - 1], blocks[m - 1][j - 1] = T, T.T
+            rest = sp.bmat(blocks, format="csr")
+        return cls(k, np.asarray(st.counts[0], float).copy(), N, N.T.tocsr(),
+                   N.multiply(N).T.tocsr(), rest,
+                   np.concatenate([np.asarray(c, float) for c in st.counts[1:]]), K == 2)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ then :func:`daskmm.models.lmm.fit.fit_crossed_problem`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -102,7 +103,7 @@ def moment_start(st: CrossedStats) -> np.ndarray:
     beta = np.linalg.lstsq(st.XtX, st.Xty, rcond=None)[0]
     n, p = st.n, st.XtX.shape[0]
     rss = max(st.yty - float(beta @ st.Xty), 0.0)
-    counts = st.ZtZ.diagonal()
+    counts = np.concatenate([np.asarray(c, float) for c in st.counts])
     sums = st.Zty - st.ZtX @ beta
     bounds = np.concatenate([[0], np.cumsum(st.sizes)])
     var = np.zeros(len(st.sizes))
@@ -433,8 +434,8 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
     check_groups(spec, ngroups, st.n)
     keep = estimable_columns(st.XtX, list(spec.fixef_names))
     if not np.all(keep):
-        st = CrossedStats(st.ZtZ, st.ZtX[:, keep], st.Zty, st.XtX[np.ix_(keep, keep)],
-                          st.Xty[keep], st.yty, st.n, st.sizes)
+        st = dataclasses.replace(st, ZtX=st.ZtX[:, keep], XtX=st.XtX[np.ix_(keep, keep)],
+                                 Xty=st.Xty[keep])
     fill = None
     if path == "large":
         from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz_bound
