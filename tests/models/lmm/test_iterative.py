@@ -263,3 +263,13 @@ def test_a_job_file_chooses_the_path(small, tmp_path):
                    f"crossed: exact\noutput: {tmp_path / 'b'}\n")
     with pytest.raises(JobError, match="crossed"):
         load_job(bad)
+
+
+def test_anova_refuses_estimated_criteria(small):
+    f = "y ~ x + (1 | g) + (1 | h)"
+    free = daskmm.lmm(f, small, reml=False, crossed="matrix-free")
+    small_model = daskmm.lmm("y ~ 1 + (1 | g) + (1 | h)", small, reml=False,
+                             crossed="matrix-free")
+    with pytest.raises(ModelError, match=r"m0's is a matrix-free estimate \(standard error "
+                                         r".*crossed='sparse' or 'dense'"):
+        daskmm.anova(small_model, free)

@@ -57,6 +57,13 @@ def anova(*results, names: list[str] | None = None, refit: bool = True) -> pd.Da
     if len(results) < 2:
         raise ModelError(f"anova compares two or more fits; received {len(results)}")
     names = list(names) if names is not None else [f"m{i}" for i in range(len(results))]
+    for nm, r in zip(names, results):
+        crossed = getattr(r, "optinfo", {}).get("crossed") or {}
+        if crossed.get("path") == "matrix-free":
+            raise ModelError(f"anova compares criteria, and {nm}'s is a matrix-free estimate "
+                             f"(standard error {crossed.get('criterion_se', float('nan')):.3g}"
+                             "), not lme4's value: fit the models with crossed='sparse' or "
+                             "'dense' to compare them")
     if len(names) != len(results):
         raise ModelError(f"{len(names)} names for {len(results)} fits; give one name per fit")
     nobs = {int(r.nobs) for r in results}
