@@ -134,11 +134,14 @@ def _crossed_partition(df: pd.DataFrame, spec: ModelSpec, factors: list[str],
                        levels: list[np.ndarray]):
     enc = spec.encode(df)
     part = partition_crossed(enc.y, enc.X, enc.w, [enc.keys[f] for f in factors], levels)
-    return part, enc.n_dropped
+    return part, enc.n_dropped, column_ranges(enc.y, {})
 
 
 def _crossed_combine(parts: list):
-    return add_crossed([p for p, _ in parts]), sum(d for _, d in parts)
+    ranges = [r for _, _, r in parts if r]
+    y = (min(r["y"][0] for r in ranges), max(r["y"][1] for r in ranges)) if ranges else None
+    return (add_crossed([p for p, _, _ in parts]), sum(d for _, d, _ in parts),
+            {"y": y} if y else {})
 
 
 def crossed_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, factors: list[str],
@@ -146,7 +149,7 @@ def crossed_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, factors: li
     """The cross-products of scalar crossed factors (:func:`~daskmm.kernels.crossed_iter.
     partition_crossed`: ``Z'Z`` sparse, its non-zeros at most the rows') summed over the
     partitions by a tree of tasks and brought to the client: ``((CrossedStats, sum log w),
-    rows dropped)``."""
+    rows dropped, the response's range)`` (:func:`~daskmm.formula.checks.column_ranges`)."""
     if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
         return _crossed_partition(ddf, spec, factors, levels)
     import dask

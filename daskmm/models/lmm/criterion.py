@@ -106,7 +106,8 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     layout = model_layout(spec, combos, len(spec.fixef_names))
     path = choose_crossed(spec, layout, crossed)
     if path != "dense":
-        return prepare_crossed(client, spec, ddf, combos, is_in_process(client), path)
+        return prepare_crossed(client, spec, ddf, combos, is_in_process(client), path,
+                               parsed.response)
     primary, nested = layout.primary, layout.nested
     futures = stats_pass(client, ddf, spec, layout)
     keys, summaries = stats_summary(client, futures)

@@ -411,7 +411,7 @@ class CrossedProblem:
 
 
 def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_process: bool,
-                    path: str) -> CrossedProblem:
+                    path: str, response: str = "response") -> CrossedProblem:
     """One pass over the data for :class:`CrossedProblem`'s statistics (a map over the
     partitions and a tree sum: ``Z'Z``'s non-zeros are at most the rows, never levels x
     levels). ``path`` ``"large"`` (:func:`choose_crossed`) becomes ``"sparse"`` where the
@@ -419,17 +419,19 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
     where a bound on the Schur complement's own non-zeros, from the crossing table's row
     counts, is below that), else ``"matrix-free"``."""
     from daskmm.distributed.passes import crossed_pass
+    from daskmm.formula.checks import check_ranges
     from daskmm.kernels.aliasing import estimable_columns
     from daskmm.models.shared.prepare import check_groups
     from daskmm.models.shared.structure import level_keys
 
     levels = {f.name: level_keys(spec.factor(f.name), combos) for f in spec.factors}
     factors = sorted(levels, key=lambda f: -len(levels[f]))  # stable: spec order on ties
-    (st, sum_log_w), n_dropped = crossed_pass(client, ddf, spec, factors,
-                                              [levels[f] for f in factors])
+    (st, sum_log_w), n_dropped, ranges = crossed_pass(client, ddf, spec, factors,
+                                                      [levels[f] for f in factors])
     if st.n == 0:
         raise DataError("no rows left after dropping rows with missing values in the columns "
                         "the model uses")
+    check_ranges([ranges], spec, response, check_terms=False)  # a constant response
     ngroups = {f: len(levels[f]) for f in factors}
     check_groups(spec, ngroups, st.n)
     keep = estimable_columns(st.XtX, list(spec.fixef_names))

@@ -273,3 +273,10 @@ def test_anova_refuses_estimated_criteria(small):
     with pytest.raises(ModelError, match=r"m0's is a matrix-free estimate \(standard error "
                                          r".*crossed='sparse' or 'dense'"):
         daskmm.anova(small_model, free)
+
+
+@pytest.mark.parametrize("crossed", ["sparse", "matrix-free"])
+def test_a_constant_response_is_one_clear_error(small, crossed):
+    from daskmm.errors import DataError
+    with pytest.raises(DataError, match="the response 'y' is constant"):
+        daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small.assign(y=2.5), crossed=crossed)
