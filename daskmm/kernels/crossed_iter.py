@@ -160,16 +160,6 @@ def add_crossed(parts: list[tuple[CrossedStats, float]]) -> tuple[CrossedStats, 
         sizes=first.sizes), float(sum(v for _, v in parts))
 
 
-def operator(st: CrossedStats, lam: np.ndarray) -> tuple[Matvec, np.ndarray]:
-    """``(v -> A v, diag(A))`` for ``A = Lambda Z'Z Lambda + I``."""
-    ZtZ = st.ZtZ
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        return v + lam[:, None] * (ZtZ @ (lam[:, None] * v)) if v.ndim == 2 else \
-            v + lam * (ZtZ @ (lam * v))
-    return matvec, 1.0 + lam * lam * ZtZ.diagonal()
-
-
 _KERNELS: dict = {}
 
 
@@ -634,30 +624,69 @@ def criterion(st: CrossedStats, theta: np.ndarray, reml: bool, probes: int = 30,
     factor's ``tr(S_A^-1 E_k)`` (``S_A`` the Schur complement); no further product.
     ``crossing``: :class:`Crossing` of ``st``, made once for many evaluations."""
     theta = np.asarray(theta, float)
-    lam = st.lam(theta)
     red = Reduced.of(st, theta, crossing)
-    LZX = lam[:, None] * st.ZtX
-    LZy = lam * st.Zty
-    sol, iters = red.solve(np.column_stack([LZy, LZX]), tol)
-    c_y, C_X = sol[:, 0], sol[:, 1:]
-    S = st.XtX - LZX.T @ C_X
-    rhs = st.Xty - LZX.T @ c_y
-    cS = la.cho_factor(S, lower=True)
-    beta = la.cho_solve(cS, rhs)
-    r2 = float(st.yty - LZy @ c_y - beta @ rhs)
-    u = c_y - C_X @ beta
-    logdet_S = 2.0 * float(np.sum(np.log(np.diag(cS[0]))))
+    iters = [0]
+
+    def solve(b: np.ndarray) -> np.ndarray:
+        x, iters[0] = red.solve(b, tol)
+        return x
+
+    pr = Profiled.of(st, st.lam(theta), solve)
     quad = slq(red.schur, red.schur_diag(), probes, steps, seed, deflate, basis, rtol)
     logdet_A = float(np.sum(np.log(red.D))) + quad.logdet
-    n, p = st.n, st.XtX.shape[0]
-    m = n - p if reml else n
-    obj = logdet_A + m * (1.0 + math.log(2.0 * math.pi * r2 / m))
-    if reml:
-        obj += logdet_S
+    obj = pr.criterion(logdet_A, st, reml)
     grad = None
     if gradient:
-        grad = _gradient(st, theta, red, quad, C_X, cS, u, m / r2, reml)
-    return IterativeCriterion(obj, quad.se, logdet_A, logdet_S, r2, beta, u, S, iters, grad)
+        m = st.n - st.XtX.shape[0] if reml else st.n
+        grad = _gradient(st, theta, red, quad, pr.C_X, pr.cS, pr.u, m / pr.r2, reml)
+    return IterativeCriterion(obj, quad.se, logdet_A, pr.logdet_S, pr.r2, pr.beta, pr.u,
+                              pr.S, iters[0], grad)
+
+
+@dataclass(frozen=True)
+class Profiled:
+    """What the criterion takes from the solves ``A^-1 Lambda Z'[y X]`` (module docstring),
+    whichever way they were done (conjugate gradients, a sparse factor).
+
+    Attributes
+    ----------
+    C_X : numpy.ndarray
+        ``A^-1 Lambda Z'X``.
+    S : numpy.ndarray
+        ``X'V^-1X``; ``cS`` its Cholesky factor (scipy's ``cho_factor``).
+    beta, u : numpy.ndarray
+    r2, logdet_S : float
+    """
+
+    C_X: np.ndarray
+    S: np.ndarray
+    cS: tuple
+    beta: np.ndarray
+    u: np.ndarray
+    r2: float
+    logdet_S: float
+
+    @classmethod
+    def of(cls, st: CrossedStats, lam: np.ndarray,
+           solve: Callable[[np.ndarray], np.ndarray]) -> Profiled:
+        LZX = lam[:, None] * st.ZtX
+        LZy = lam * st.Zty
+        sol = solve(np.column_stack([LZy, LZX]))
+        c_y, C_X = sol[:, 0], sol[:, 1:]
+        S = st.XtX - LZX.T @ C_X
+        rhs = st.Xty - LZX.T @ c_y
+        cS = la.cho_factor(S, lower=True)
+        beta = la.cho_solve(cS, rhs)
+        r2 = float(st.yty - LZy @ c_y - beta @ rhs)
+        return cls(C_X, S, cS, beta, c_y - C_X @ beta, r2,
+                   2.0 * float(np.sum(np.log(np.diag(cS[0])))))
+
+    def criterion(self, logdet_A: float, st: CrossedStats, reml: bool) -> float:
+        """lme4's REML criterion (``reml``) or deviance, given ``log|A|``."""
+        n, p = st.n, st.XtX.shape[0]
+        m = n - p if reml else n
+        obj = logdet_A + m * (1.0 + math.log(2.0 * math.pi * self.r2 / m))
+        return obj + self.logdet_S if reml else obj
 
 
 def _gradient(st: CrossedStats, theta: np.ndarray, red: Reduced, quad: Quadrature,

@@ -14,7 +14,6 @@ the one that scales.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
-from daskmm.kernels.crossed_iter import CrossedStats, Crossing, Reduced
+from daskmm.kernels.crossed_iter import CrossedStats, Crossing, Profiled, Reduced
 
 
 def schur_matrix(red: Reduced) -> sp.csc_matrix:
@@ -137,24 +136,9 @@ def exact_criterion(st: CrossedStats, theta: np.ndarray, reml: bool,
     """lme4's REML (``reml``) or ML criterion at ``theta`` (one scalar per factor), its
     log determinant and solves from :class:`SparseFactor`."""
     theta = np.asarray(theta, float)
-    lam = st.lam(theta)
     red = Reduced.of(st, theta, crossing)
     fac = SparseFactor.of(red)
-    LZX = lam[:, None] * st.ZtX
-    LZy = lam * st.Zty
-    sol = fac.solve(np.column_stack([LZy, LZX]))
-    c_y, C_X = sol[:, 0], sol[:, 1:]
-    S = st.XtX - LZX.T @ C_X
-    rhs = st.Xty - LZX.T @ c_y
-    cS = la.cho_factor(S, lower=True)
-    beta = la.cho_solve(cS, rhs)
-    r2 = float(st.yty - LZy @ c_y - beta @ rhs)
-    u = c_y - C_X @ beta
-    logdet_S = 2.0 * float(np.sum(np.log(np.diag(cS[0]))))
+    pr = Profiled.of(st, st.lam(theta), fac.solve)
     logdet_A = float(np.sum(np.log(red.D))) + fac.logdet
-    n, p = st.n, st.XtX.shape[0]
-    m = n - p if reml else n
-    obj = logdet_A + m * (1.0 + math.log(2.0 * math.pi * r2 / m))
-    if reml:
-        obj += logdet_S
-    return ExactCriterion(obj, logdet_A, logdet_S, r2, beta, u, S, fac.fill, fac)
+    return ExactCriterion(pr.criterion(logdet_A, st, reml), logdet_A, pr.logdet_S, pr.r2,
+                          pr.beta, pr.u, pr.S, fac.fill, fac)
