@@ -66,10 +66,18 @@ def small():
     return small_crossing()
 
 
+@pytest.fixture(scope="module")
+def dense_fits(small):
+    """The dense (lme4-conformant) fits of ``small``, unweighted and weighted, made once for
+    the tests that compare the other paths with them."""
+    return {w: daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, weights=w, crossed="dense")
+            for w in (None, "w")}
+
+
 @pytest.mark.parametrize("weights", [None, "w"])
-def test_it_is_the_exact_path_within_its_error(small, weights):
+def test_it_is_the_exact_path_within_its_error(small, dense_fits, weights):
     f = "y ~ x + (1 | g) + (1 | h)"
-    exact = daskmm.lmm(f, small, weights=weights, crossed="dense")
+    exact = dense_fits[weights]
     free = daskmm.lmm(f, small, weights=weights, crossed="matrix-free")
     assert exact.optinfo.crossed == {"path": "dense", "levels": 150, "factors": ["h"]}
     np.testing.assert_allclose(free.theta, exact.theta, rtol=1e-3)
@@ -198,9 +206,9 @@ def test_the_sparse_path_is_lme4s_criterion_exactly(designs):
 
 
 @pytest.mark.parametrize("weights", [None, "w"])
-def test_the_sparse_path_is_the_dense_path(small, weights):
+def test_the_sparse_path_is_the_dense_path(small, dense_fits, weights):
     f = "y ~ x + (1 | g) + (1 | h)"
-    dense = daskmm.lmm(f, small, weights=weights, crossed="dense")
+    dense = dense_fits[weights]
     sparse = daskmm.lmm(f, small, weights=weights, crossed="sparse")
     np.testing.assert_allclose(sparse.theta, dense.theta, rtol=1e-5)
     assert sparse.objective == pytest.approx(dense.objective, rel=1e-11)
@@ -212,10 +220,10 @@ def test_the_sparse_path_is_the_dense_path(small, weights):
     assert "estimated" not in sparse.summary()
 
 
-def test_predictions_for_seen_and_new_levels(small):
+def test_predictions_for_seen_and_new_levels(small, dense_fits):
     f = "y ~ x + (1 | g) + (1 | h)"
     free = daskmm.lmm(f, small, crossed="matrix-free")
-    dense = daskmm.lmm(f, small, crossed="dense")
+    dense = dense_fits[None]
     new = pd.DataFrame({"x": [0.3, -1.0, 2.0], "g": ["g001", "g999", "g002"],
                         "h": ["h005", "h006", "h999"]})
     got = np.asarray(free.predict(new, allow_new_levels=True).compute())
