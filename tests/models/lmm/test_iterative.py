@@ -294,3 +294,32 @@ def test_a_constant_response_is_one_clear_error(small, crossed):
     from daskmm.errors import DataError
     with pytest.raises(DataError, match="the response 'y' is constant"):
         daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small.assign(y=2.5), crossed=crossed)
+
+
+INSTEVAL = Path(__file__).parents[2] / "fixtures" / "crossed" / "insteval.csv.gz"
+
+
+def test_real_data_insteval_matches_lme4():
+    # lme4's InstEval (make_insteval.R): 73,421 ratings, 2,972 students x 1,128 lecturers x
+    # 14 departments, all crossed; auto takes the matrix-free path (1,142 crossed levels)
+    ref = json.loads((INSTEVAL.parent / "lme4_insteval.json").read_text())
+    fit = daskmm.lmm(ref["formula"], str(INSTEVAL), factors=["s", "d", "dept"],
+                     mode="in-process")
+    info = fit.optinfo.crossed
+    assert info["path"] == "matrix-free" and fit.certified
+    assert fit.ngroups == ref["ngroups"]
+    np.testing.assert_allclose(fit.theta, ref["theta"], rtol=1e-3)
+    np.testing.assert_allclose(fit.beta, ref["beta"], rtol=1e-5)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-5)
+    assert abs(fit.objective - ref["criterion"]) < 3 * info["criterion_se"]
+    # the sparse path's criterion at lme4's optimum is lme4's, to rounding
+    from daskmm.kernels.crossed_sparse import exact_criterion
+    frame = pd.read_csv(INSTEVAL)
+    sizes = [ref["ngroups"][f] for f in ("s", "d", "dept")]
+    codes = [pd.factorize(frame[f], sort=True)[0] for f in ("s", "d", "dept")]
+    st = ci.crossed_stats(frame["y"].to_numpy(float),
+                          np.column_stack([np.ones(len(frame)), frame["service"]]),
+                          codes, sizes)
+    at = exact_criterion(st, np.asarray(ref["theta"]), True)
+    assert at.objective == pytest.approx(ref["criterion"], rel=1e-10)
+    np.testing.assert_allclose(at.beta, ref["beta"], rtol=1e-7)
