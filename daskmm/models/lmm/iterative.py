@@ -137,10 +137,9 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
     probes, steps, deflate, seed
         The log determinant's estimator (:func:`daskmm.kernels.crossed_iter.slq`); the same
         probes at every evaluation.
-    method : {"newton", "lbfgs", "bobyqa"}
+    method : {"newton", "bobyqa"}
         Newton steps on the criterion's gradient (its traces from the log determinant's own
-        recurrences; :func:`_newton`), L-BFGS-B on the same, or BOBYQA on the criterion
-        alone.
+        recurrences; :func:`_newton`), or BOBYQA on the criterion alone.
     options : dict, optional
         BOBYQA's (:data:`daskmm.core.optimizer.DEFAULTS`).
 
@@ -171,35 +170,14 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
         opts = {"polish": False, **(options or {})}
         theta, opt = minimize(x0, np.zeros(k), f=lambda t: evaluate(t, False).objective,
                               options=opts, mode="in-process, matrix-free")
-    elif method == "lbfgs":
-        theta, opt = _lbfgs(evaluate, x0)
     elif method == "newton":
         theta, opt = _newton(evaluate, x0)
     else:
-        raise ValueError(f"method={method!r}; allowed: 'newton', 'lbfgs', 'bobyqa'")
+        raise ValueError(f"method={method!r}; allowed: 'newton', 'bobyqa'")
     at = evaluate(theta, False)
     dof = st.n - st.XtX.shape[0] if reml else st.n
     return IterativeFit(theta, at.beta, math.sqrt(at.r2 / dof), at.objective, at.se, opt,
                         x0, basis, crossing, at)
-
-
-def _lbfgs(evaluate, x0: np.ndarray) -> tuple[np.ndarray, OptSummary]:
-    """L-BFGS-B on the criterion and its gradient, ``theta >= 0``."""
-    from scipy.optimize import minimize as sp_minimize
-    count = [0]
-
-    def fg(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        count[0] += 1
-        at = evaluate(theta, True)
-        return at.objective, at.gradient
-
-    settings = {"ftol": 1e-14, "gtol": 1e-3, "maxiter": 500}
-    res = sp_minimize(fg, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * len(x0),
-                      options=settings)
-    msg = res.message if isinstance(res.message, str) else res.message.decode()
-    return res.x, _summary("L-BFGS-B (stochastic trace gradient)", settings, x0, res.x,
-                           float(res.fun), np.asarray(res.jac, float), count[0], msg,
-                           bool(res.success))
 
 
 def _newton(evaluate, x0: np.ndarray, xtol: float = 1e-7, maxeval: int = 100
