@@ -12,6 +12,8 @@ the same data from the same seed:
   above 1,000 crossed levels; ``--crossed`` forces one);
 - gpboost: ``GPModel(group_data, matrix_inversion_method="iterative")`` and ``fit`` (ML, its
   defaults), from the arrays;
+- ``--family binomial``: ``y`` Bernoulli with ``P(y = 1) = logistic(eta - 0.5)``; daskmm's
+  ``glmm`` (Laplace), gpboost's ``likelihood="bernoulli_logit"``, lme4's ``glmer``;
 - lme4 (``--lme4``, where it finishes): ``lmer`` on the same rows written to a CSV, the
   ``lmer`` call timed in ``Rscript``.
 
@@ -24,6 +26,7 @@ effects).
     python benchmarks/bench_crossed.py --rows 100000 --levels 2000 2000 --repeats 1 --lme4
     python benchmarks/bench_crossed.py --rows 27000000 --levels 270000 54000 --zipf 1 \\
         --repeats 1 --tools daskmm
+    python benchmarks/bench_crossed.py --family binomial --rows 1000000 --repeats 1
 
 gpboost is a PyPI package (``pip install gpboost``, Apache-2.0; the ``bench`` extra).
 """
@@ -42,7 +45,7 @@ from tool_env import tool_env
 
 DRAW = r"""
 import numpy as np
-def draw(rows, ng, nh, zipf):
+def draw(rows, ng, nh, zipf, family="gaussian"):
     rng = np.random.default_rng(0)
     def codes(L):
         if zipf <= 0:
@@ -52,36 +55,46 @@ def draw(rows, ng, nh, zipf):
                                   .clip(0, L - 1)]
     g, h = codes(ng), codes(nh)
     x = rng.normal(size=rows)
-    y = 1 + 0.5 * x + rng.normal(0, 0.8, ng)[g] + rng.normal(0, 0.5, nh)[h] + rng.normal(size=rows)
-    return g, h, x, y
+    eta = 0.5 * x + rng.normal(0, 0.8, ng)[g] + rng.normal(0, 0.5, nh)[h]
+    if family == "binomial":  # P(y = 1) = logistic(eta - 0.5)
+        return g, h, x, (rng.random(rows) < 1 / (1 + np.exp(0.5 - eta))).astype(float)
+    return g, h, x, 1 + eta + rng.normal(size=rows)
 """
 
 RUN = DRAW + r"""
 import json, resource, sys, time
-rows, ng, nh, zipf, tool, crossed, csv = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
-                                          float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7])
-g, h, x, y = draw(rows, ng, nh, zipf)
+rows, ng, nh, zipf, tool, crossed, csv, family = (
+    int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5],
+    sys.argv[6], sys.argv[7], sys.argv[8])
+g, h, x, y = draw(rows, ng, nh, zipf, family)
 if tool == "daskmm":
     import pandas as pd
     import daskmm
     frame = pd.DataFrame({"y": y, "x": x, "g": g, "h": h})
     del g, h, x, y
     t1 = time.perf_counter()
-    fit = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", frame, factors=["g", "h"],
-                     mode="in-process", crossed=crossed)
+    if family == "binomial":
+        fit = daskmm.glmm("y ~ x + (1 | g) + (1 | h)", frame, "binomial", factors=["g", "h"],
+                          mode="in-process", crossed=crossed)
+    else:
+        fit = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", frame, factors=["g", "h"],
+                         mode="in-process", crossed=crossed)
     t2 = time.perf_counter()
-    s2 = fit.sigma ** 2
+    s2 = fit.sigma ** 2 if family != "binomial" else None
     info = fit.optinfo.crossed or {}
     out = {"fit_s": t2 - t1, "evaluations": fit.optinfo.feval, "path": info.get("path"),
-           "optimise_s": fit.timing["optimise_s"], "statistics_s": fit.timing["statistics_s"],
-           "variances": [s2, *(s2 * np.asarray(fit.theta) ** 2).tolist()],
+           "optimise_s": fit.timing["optimise_s"],
+           "statistics_s": fit.timing.get("statistics_s", fit.timing.get("data_s")),
+           "variances": ([s2, *(s2 * np.asarray(fit.theta) ** 2).tolist()] if s2 else
+                         (np.asarray(fit.theta) ** 2).tolist()),
            "beta": list(map(float, fit.beta)), "criterion": fit.objective,
            "criterion_se": info.get("criterion_se"), "levels": list(fit.ngroups.values())}
 elif tool == "gpboost":
     import gpboost as gpb
     X = np.column_stack([np.ones(rows), x])
     t1 = time.perf_counter()
-    m = gpb.GPModel(group_data=np.column_stack([g, h]), likelihood="gaussian",
+    m = gpb.GPModel(group_data=np.column_stack([g, h]),
+                    likelihood="bernoulli_logit" if family == "binomial" else "gaussian",
                     matrix_inversion_method="iterative")
     m.fit(y=y, X=X)
     t2 = time.perf_counter()
@@ -100,13 +113,16 @@ suppressMessages(library(lme4))
 args <- commandArgs(TRUE)
 d <- read.csv(args[1]); d$g <- factor(d$g); d$h <- factor(d$h)
 t0 <- proc.time()[["elapsed"]]
-m <- lmer(y ~ x + (1 | g) + (1 | h), d)
+binomial_fit <- args[2] == "binomial"
+m <- if (binomial_fit) glmer(y ~ x + (1 | g) + (1 | h), d, family = binomial) else
+  lmer(y ~ x + (1 | g) + (1 | h), d)
 t1 <- proc.time()[["elapsed"]]
 vc <- as.data.frame(VarCorr(m))
 cat(sprintf(paste0('{"fit_s": %.4f, "variances": [%.10g, %.10g, %.10g], ',
-                   '"beta": [%.10g, %.10g], "criterion": %.10g}\n'), t1 - t0, sigma(m)^2,
+                   '"beta": [%.10g, %.10g], "criterion": %.10g}\n'), t1 - t0,
+            if (binomial_fit) NA else sigma(m)^2,
             vc$vcov[vc$grp == "g"], vc$vcov[vc$grp == "h"],
-            fixef(m)[1], fixef(m)[2], REMLcrit(m)))
+            fixef(m)[1], fixef(m)[2], if (binomial_fit) deviance(m) else REMLcrit(m)))
 """
 
 
@@ -114,13 +130,13 @@ def run(tool: str, args, csv: str = "") -> dict:
     ng, nh = args.levels
     if tool == "lme4":
         run_py = [sys.executable, "-c", RUN, str(args.rows), str(ng), str(nh), str(args.zipf),
-                  "csv", args.crossed, csv]
+                  "csv", args.crossed, csv, args.family]
         subprocess.run(run_py, check=True, capture_output=True, env=tool_env())
-        proc = subprocess.run(["Rscript", "-e", LMER, csv], capture_output=True, text=True,
-                              env=tool_env())
+        proc = subprocess.run(["Rscript", "-e", LMER, csv, args.family], capture_output=True,
+                              text=True, env=tool_env())
     else:
         proc = subprocess.run([sys.executable, "-c", RUN, str(args.rows), str(ng), str(nh),
-                               str(args.zipf), tool, args.crossed, csv],
+                               str(args.zipf), tool, args.crossed, csv, args.family],
                               capture_output=True, text=True, env=tool_env())
     if proc.returncode:
         raise RuntimeError(f"{tool}: {proc.stderr[-2000:]}")
@@ -134,6 +150,9 @@ def main() -> None:
     ap.add_argument("--zipf", type=float, default=0.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--crossed", default="auto", choices=["auto", "dense", "sparse", "matrix-free"])
+    ap.add_argument("--family", default="gaussian", choices=["gaussian", "binomial"],
+                    help="binomial: y ~ Bernoulli(logistic(eta - 0.5)), daskmm.glmm, gpboost's "
+                    "bernoulli_logit, glmer")
     ap.add_argument("--lme4", action="store_true", help="also lme4 (where it finishes)")
     ap.add_argument("--tools", nargs="+", default=None)
     args = ap.parse_args()
@@ -150,7 +169,8 @@ def main() -> None:
             for t in tools:
                 runs[t].append(run(t, args, csv))
     ng, nh = args.levels
-    print(f"{args.rows} rows, {ng} x {nh} levels{f', Zipf {args.zipf}' if args.zipf else ''}, "
+    print(f"{args.family}: {args.rows} rows, {ng} x {nh} levels"
+          f"{f', Zipf {args.zipf}' if args.zipf else ''}, "
           f"{args.repeats} runs each")
     med = {}
     for t in tools:
@@ -166,9 +186,10 @@ def main() -> None:
                      f" s), criterion {last['criterion']:.3f} SE {last['criterion_se'] or 0:.3f}"
                      f", peak memory {max(r['peak_rss_gb'] for r in runs[t]):.2f} GB")
         elif t == "lme4":
-            extra = f"; REML criterion {last['criterion']:.3f}"
+            extra = f"; criterion {last['criterion']:.3f}"
         print(f"{t}: {', '.join(f'{v:.2f}' for v in fits)} s (median {med[t]:.2f}){extra}")
-        print(f"   variances (residual, g, h) {[round(v, 5) for v in last['variances']]}, "
+        print(f"   variances ({'' if args.family == 'binomial' else 'residual, '}g, h) "
+              f"{[round(v, 5) for v in last['variances'] if v == v]}, "
               f"beta {[round(v, 5) for v in last['beta']]}")
     for peer in ("gpboost", "lme4"):
         if "daskmm" in med and peer in med:

@@ -64,9 +64,10 @@ def fit(formula: str, data, family: str = "gaussian", *, link: str | None = None
         GAM only: AR1 residuals and the discretised fit (:func:`daskmm.gam`).
     ddf, ci, level, nboot, seed
         LMM only: inference after the fit (:func:`daskmm.lmm`); ``seed`` also seeds the
-        matrix-free crossed path's probes.
+        matrix-free crossed path's probes (LMM and GLMM).
     crossed : {"auto", "dense", "sparse", "matrix-free"}
-        LMM only: how crossed random effects are fitted (:func:`daskmm.lmm`).
+        LMM and GLMM: how crossed random effects are fitted (:func:`daskmm.lmm`,
+        :func:`daskmm.glmm`).
 
     Returns
     -------

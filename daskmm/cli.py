@@ -67,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                      "--crossed matrix-free: seed of its probes (0)")
     fit.add_argument("--crossed", default=None,
                      choices=["auto", "dense", "sparse", "matrix-free"],
-                     help="LMM: how crossed random effects are fitted. dense: one dense "
-                     "block of the crossed levels (lme4's criterion; cost the cube of those "
-                     "levels); for random intercepts (1 | f): sparse, lme4's criterion by a "
+                     help="LMM, binomial and Poisson GLMM: how crossed random effects are "
+                     "fitted. dense: one dense block of the crossed levels (lme4's criterion; "
+                     "cost the cube of those levels); for random intercepts (1 | f): sparse, "
+                     "lme4's criterion by a "
                      "sparse factor of that block; matrix-free, conjugate gradients and "
                      "stochastic Lanczos quadrature, the criterion an estimate with its "
                      "standard error; auto (default): dense up to 1000 crossed levels, then "

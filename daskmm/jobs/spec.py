@@ -27,8 +27,9 @@ A job file is YAML::
     level: 0.95
     nboot: 500                          # ci: boot: replicates, from
     seed: 1                             #   this seed (also the matrix-free path's probes)
-    crossed: auto                       # LMM only: auto | dense | sparse | matrix-free
-                                        #   (how crossed random effects are fitted)
+    crossed: auto                       # LMM, binomial/Poisson GLMM: auto | dense | sparse |
+                                        #   matrix-free (how crossed random effects are
+                                        #   fitted)
     factors: []                         # columns to treat as categorical
     weights: null                       # column of prior weights (binomial: the trials of a
                                         #   proportion response)
@@ -261,15 +262,18 @@ def validate(doc: object, source: str = "job file") -> None:
                                                                str(e.absolute_path)))
     if errors:
         raise JobError(f"{source}: {_message(errors[0])}")
-    used = [k for k in ("ddf", "ci", "level", "nboot", "seed") if k in doc]
-    if schema is SCHEMA and used and (doc.get("family", "gaussian") != "gaussian"
-                                      or _is_gam(str(doc["formula"]))):
+    family = doc.get("family", "gaussian")
+    # a GLMM's seed is its matrix-free crossed path's (with crossed given)
+    used = [k for k in ("ddf", "ci", "level", "nboot", "seed") if k in doc
+            and not (k == "seed" and "crossed" in doc and family != "gaussian")]
+    if schema is SCHEMA and used and (family != "gaussian" or _is_gam(str(doc["formula"]))):
         raise JobError(f"{source}: {', '.join(used)} (inference after the fit) apply to linear "
                        "mixed models (family gaussian, no smooth terms); remove them")
-    if schema is SCHEMA and "crossed" in doc and (doc.get("family", "gaussian") != "gaussian"
-                                                  or _is_gam(str(doc["formula"]))):
+    if schema is SCHEMA and "crossed" in doc and (
+            family not in ("gaussian", "binomial", "poisson") or _is_gam(str(doc["formula"]))):
         raise JobError(f"{source}: crossed (how crossed random effects are fitted) applies to "
-                       "linear mixed models (family gaussian, no smooth terms); remove it")
+                       "linear mixed models and binomial or Poisson GLMMs (no smooth terms); "
+                       f"remove it for family {family}")
     if schema is GWAS_SCHEMA and ("bed" in doc) == ("zarr" in doc):
         raise JobError(f"{source}: a gwas job names its genotypes with exactly one of bed "
                        "(a PLINK prefix) or zarr (a store)")

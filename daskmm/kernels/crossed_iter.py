@@ -238,23 +238,29 @@ class Crossing:
 
     @classmethod
     def of(cls, st: CrossedStats) -> Crossing:
-        K = len(st.sizes)
-        k = st.sizes[0]
-        N = (st.tables[(0, 1)] if K == 2 else
-             sp.hstack([st.tables[(0, j)] for j in range(1, K)], format="csr"))
+        return cls.of_blocks(st.counts, st.tables)
+
+    @classmethod
+    def of_blocks(cls, counts: tuple | list, tables: dict) -> Crossing:
+        """From ``Z'Z``'s blocks: each factor's (weighted) level counts and the crossing
+        tables ``(j, k) -> Z_j'Z_k`` (:class:`CrossedStats`'s)."""
+        K = len(counts)
+        k = len(counts[0])
+        N = (tables[(0, 1)] if K == 2 else
+             sp.hstack([tables[(0, j)] for j in range(1, K)], format="csr"))
         if K == 2:  # one other factor: its levels never meet each other
-            rest = sp.diags(st.counts[1], format="csr")
+            rest = sp.diags(counts[1], format="csr")
         else:
             blocks: list[list] = [[None] * (K - 1) for _ in range(K - 1)]
             for j in range(1, K):
-                blocks[j - 1][j - 1] = sp.diags(st.counts[j])
+                blocks[j - 1][j - 1] = sp.diags(counts[j])
                 for m in range(j + 1, K):
-                    T = st.tables[(j, m)]
+                    T = tables[(j, m)]
                     blocks[j - 1][m - 1], blocks[m - 1][j - 1] = T, T.T
             rest = sp.bmat(blocks, format="csr")
-        return cls(k, np.asarray(st.counts[0], float).copy(), N, N.T.tocsr(),
+        return cls(k, np.asarray(counts[0], float).copy(), N, N.T.tocsr(),
                    N.multiply(N).T.tocsr(), rest,
-                   np.concatenate([np.asarray(c, float) for c in st.counts[1:]]), K == 2)
+                   np.concatenate([np.asarray(c, float) for c in counts[1:]]), K == 2)
 
 
 @dataclass(frozen=True)
@@ -404,7 +410,8 @@ def lanczos_quadrature(matvec: Matvec, z: np.ndarray, steps: int,
 
 def lanczos_quadratures(matvec: Matvec, Z: np.ndarray, steps: int,
                         f: Callable[[np.ndarray], np.ndarray] = np.log,
-                        solves: bool = False, rtol: float = 0.0
+                        solves: bool = False, rtol: float = 0.0,
+                        taken: list[int] | None = None
                         ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """:func:`lanczos_quadrature` for every column of ``Z`` at once (the columns'
     recurrences side by side: one sparse product per step for all of them).
@@ -413,7 +420,8 @@ def lanczos_quadratures(matvec: Matvec, Z: np.ndarray, steps: int,
     by more than ``rtol`` times the largest of them (Gauss quadrature converges
     geometrically: the next step moves it far less). ``solves``: also return ``A^-1 Z`` as
     the same recurrences give it (``x_c = |z_c| V_c T_c^-1 e_1``, conjugate gradients'
-    iterate after the same steps), for the gradient's traces at no further product."""
+    iterate after the same steps), for the gradient's traces at no further product.
+    ``taken``: a list that gets the longest recurrence's number of steps."""
     q, m = Z.shape
     k = min(steps, q)
     V = np.zeros((k, q, m))
@@ -443,6 +451,8 @@ def lanczos_quadratures(matvec: Matvec, Z: np.ndarray, steps: int,
         beta[j, length <= j + 1] = 0.0
         v = np.where(length > j + 1, w / np.where(beta[j] > 0, beta[j], 1.0), 0.0)
     out, coef = _gauss(alpha, beta, length, norms, f)
+    if taken is not None:
+        taken.append(int(coef.shape[0]))
     if not solves:
         return out
     return out, np.einsum("kqm,km->qm", V[:coef.shape[0]], coef)
@@ -496,6 +506,8 @@ class Quadrature:
         columns, then the probes projected off it) and ``A_s^-1`` applied to each.
     k : int
         Deflation basis columns at the front of ``starts``.
+    steps : int
+        Lanczos steps of the longest recurrence.
     """
 
     logdet: float
@@ -504,6 +516,7 @@ class Quadrature:
     starts: np.ndarray
     solves: np.ndarray
     k: int
+    steps: int = 0
 
     def trace_inverse(self, apply_m: Callable[[np.ndarray], np.ndarray],
                       trace_m: float) -> float:
@@ -551,11 +564,13 @@ def slq(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40, see
         starts = np.hstack([Q, Z - Q @ (Q.T @ Z)])
     else:
         k, starts = 0, Z
-    vals, solves = lanczos_quadratures(scaled, starts, steps, solves=True, rtol=rtol)
+    taken: list[int] = []
+    vals, solves = lanczos_quadratures(scaled, starts, steps, solves=True, rtol=rtol,
+                                       taken=taken)
     exact, vals = float(np.sum(vals[:k])), vals[k:]
     se = float(np.std(vals, ddof=1) / math.sqrt(probes)) if probes > 1 else math.inf
     return Quadrature(float(np.sum(np.log(diag)) + exact + vals.mean()), se, s, starts,
-                      solves, k)
+                      solves, k, taken[0])
 
 
 def slq_logdet(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40,

@@ -33,11 +33,11 @@ def schur_matrix(red: Reduced) -> sp.csc_matrix:
     return (C - red.t1 ** 2 * (lam @ NtDN @ lam)).tocsc()
 
 
-def schur_nnz_bound(st: CrossedStats, crossing: Crossing | None = None) -> int:
+def schur_nnz_bound(st: CrossedStats | None, crossing: Crossing | None = None) -> int:
     """An upper bound on :func:`schur_matrix`'s non-zeros from the crossing table's row
     counts alone (``sum_i nnz(N_i)^2 + nnz(rest)``: each level of the first factor makes a
     clique of the levels it meets), without forming ``N'N``, which is levels x levels where
-    every pair meets."""
+    every pair meets. ``st`` may be None when ``crossing`` is given."""
     x = crossing if crossing is not None else Crossing.of(st)
     per_level = np.diff(x.N.indptr).astype(np.int64)
     return int(np.sum(per_level ** 2) + x.rest.nnz)

@@ -62,6 +62,7 @@ from daskmm.formula.spec import (
 )
 from daskmm.kernels import scalar_re as K
 from daskmm.kernels.pirls import spherical_length2
+from daskmm.models.glmm import crossed as CX
 from daskmm.models.glmm.criteria import (
     Dispersion,
     Estimable,
@@ -80,6 +81,7 @@ from daskmm.models.glmm.encode import (
 from daskmm.models.glmm.result import GlmmResult
 from daskmm.models.glmm.rows import GlmmRows
 from daskmm.models.glmm.stages import estimates, glm_start, optimise_stages
+from daskmm.models.shared.crossed import choose_crossed
 from daskmm.models.shared.prediction import Predictor
 from daskmm.models.shared.prepare import check_groups, prepare_columns, two_levels
 from daskmm.models.shared.structure import (
@@ -98,7 +100,8 @@ MAX_NAGQ = 25
 def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | None = None,
          nagq: int = 1, factors: list[str] | None = None, weights: str | None = None,
          client=None, mode: str = "auto", npartitions: int | None = None,
-         optimizer_options: dict | None = None) -> GlmmResult:
+         optimizer_options: dict | None = None, crossed: str = "auto",
+         seed: int | None = None) -> GlmmResult:
     """Fit a GLMM by maximum likelihood, as ``lme4::glmer``.
 
     Parameters
@@ -143,6 +146,17 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
         client or scheduler is given (:func:`daskmm.lmm`). ``optinfo["mode"]`` says which ran.
     optimizer_options : dict, optional
         ``xtol_abs``, ``ftol_abs``, ``maxeval``, ``polish``.
+    crossed : {"auto", "dense", "sparse", "matrix-free"}
+        How crossed random effects are fitted, as :func:`daskmm.lmm`'s: ``dense``, one dense
+        block of the crossed levels (any terms, any family); ``sparse`` (exact) and
+        ``matrix-free`` (``log|A|`` estimated with its standard error), binomial and
+        Poisson models whose random terms are intercepts ``(1 | f)``, one per factor
+        (:mod:`daskmm.models.glmm.crossed`); ``auto``: dense up to
+        :data:`~daskmm.models.shared.crossed.MATRIX_FREE_MIN_LEVELS` crossed levels, then
+        sparse where its factor is small, else matrix-free. ``optinfo["crossed"]`` says
+        which ran.
+    seed : int, optional
+        The matrix-free path's probes (0 when not given).
 
     Returns
     -------
@@ -212,74 +226,81 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             if trials_text else None
         resp = Response(resp_col, trials, success, weights)
         layout = model_layout(spec, combos, 0, prefer_local=True)
-        primary, glob = layout.primary, layout.global_factors
-        part_layout = None if scalar else layout
-        if held and not raw_aligned(c, ddf, spec.factor(primary)):
-            # the input is on the workers already (several factors: frozen_levels held it):
-            # shuffle before encoding rather than encode twice
-            log.info("data are not partitioned by %s: shuffling", primary)
-            ddf = shuffle_by(ddf, spec.factor(primary))
-        parts = _persist(c, ddf, spec, resp, fam_code, part_layout)
-        info = c.gather(map_parts(c, partition_keys, parts, family=fam_code, pure=False))
-        if not aligned([k for k, _, _ in info]):
-            log.info("data are not partitioned by %s: shuffling", primary)
-            c.cancel(parts)
-            parts = _persist(c, shuffle_by(ddf, spec.factor(primary)), spec, resp, fam_code,
-                             part_layout)
+        path = CX.check_family(choose_crossed(spec, layout, crossed), crossed, family)
+        if path == "dense":
+            primary, glob = layout.primary, layout.global_factors
+            part_layout = None if scalar else layout
+            if held and not raw_aligned(c, ddf, spec.factor(primary)):
+                # the input is on the workers already (several factors: frozen_levels held it):
+                # shuffle before encoding rather than encode twice
+                log.info("data are not partitioned by %s: shuffling", primary)
+                ddf = shuffle_by(ddf, spec.factor(primary))
+            parts = _persist(c, ddf, spec, resp, fam_code, part_layout)
             info = c.gather(map_parts(c, partition_keys, parts, family=fam_code, pure=False))
-        del ddf  # the encoded partitions are all the fit needs from here on
-        n_dropped = sum(d for _, d, _ in info)
-        ngroups = {primary: sum(len(k) for k, _, _ in info)}
-        for f in spec.factors:
-            if f.name != primary:
-                ngroups[f.name] = len(factor_levels[f.name])
-        check_ranges([i[2]["ranges"] for i in info], spec, parsed.response)
-        notes = _level_warnings(primary, info, family)
-        wsum = sum(i[2]["weight_sum"] for i in info)
-        keep, beta0, n, const, (T, Tinv) = glm_start(c, parts,
-                                           K.POISSON if fam_code == K.NEGBIN else fam_code,
-                                           link_obj.code, spec.fixef_names)
-        if n == 0:
-            raise DataError("no rows left after dropping rows with missing values in the "
-                            f"columns the model uses ({', '.join(used)})")
-        check_groups(spec, ngroups, n, allow_n=True)  # as glmer: a level an observation is fine
-        disp = Dispersion(fam, n, wsum) if fam.scaled else None
-        # Newton's early stop of PIRLS for a canonical link (and the exact gradient there);
-        # not for a family with a dispersion, whose criterion is not linear in the deviance
-        newton = link == fam.canonical and disp is None
-        if scalar:
-            crit = ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const)
-        elif glob:
-            crit = GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
-                                   newton=newton, disp=disp)
+            if not aligned([k for k, _, _ in info]):
+                log.info("data are not partitioned by %s: shuffling", primary)
+                c.cancel(parts)
+                parts = _persist(c, shuffle_by(ddf, spec.factor(primary)), spec, resp, fam_code,
+                                 part_layout)
+                info = c.gather(map_parts(c, partition_keys, parts, family=fam_code, pure=False))
+            del ddf  # the encoded partitions are all the fit needs from here on
+            n_dropped = sum(d for _, d, _ in info)
+            ngroups = {primary: sum(len(k) for k, _, _ in info)}
+            for f in spec.factors:
+                if f.name != primary:
+                    ngroups[f.name] = len(factor_levels[f.name])
+            check_ranges([i[2]["ranges"] for i in info], spec, parsed.response)
+            notes = _level_warnings(primary, info, family)
+            wsum = sum(i[2]["weight_sum"] for i in info)
+            keep, beta0, n, const, (T, Tinv) = glm_start(c, parts,
+                                               K.POISSON if fam_code == K.NEGBIN else fam_code,
+                                               link_obj.code, spec.fixef_names)
+            if n == 0:
+                raise DataError("no rows left after dropping rows with missing values in the "
+                                f"columns the model uses ({', '.join(used)})")
+            check_groups(spec, ngroups, n, allow_n=True)  # as glmer: a level an observation is fine
+            disp = Dispersion(fam, n, wsum) if fam.scaled else None
+            # Newton's early stop of PIRLS for a canonical link (and the exact gradient there);
+            # not for a family with a dispersion, whose criterion is not linear in the deviance
+            newton = link == fam.canonical and disp is None
+            if scalar:
+                crit = ScalarCriterion(c, parts, spec, fam_code, link_obj.code, nagq, const)
+            elif glob:
+                crit = GlobalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
+                                       newton=newton, disp=disp)
+            else:
+                crit = LocalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
+                                      newton=newton, disp=disp)
+            if not keep.all():
+                crit = Estimable(crit, keep)
+            crit = Standardised(crit, T)
+            t1 = time.perf_counter()
+            where = "in-process" if is_in_process(c) else "distributed"
+            log.info("optimising: %d rows, %s, %s evaluation", n,
+                     ", ".join(f"{k} {v} levels" for k, v in ngroups.items()), where)
+            first = None
+            # the first stage by default in process; on a cluster each of its PIRLS steps is a
+            # round of maps, which pays only when evaluations are expensive: ask for it with
+            # stages=2
+            # (the first stage solves beta inside PIRLS over every column: not with aliased ones)
+            if fam_code != K.NEGBIN and crit.takes_first_stage and keep.all() and \
+                    opts.get("stages", 2 if is_in_process(c) else 1) == 2:
+                first = JointCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
+                                       beta0, disp)
+            x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where, first,
+                                                      size_free=fam_code == K.NEGBIN)
+            t2 = time.perf_counter()
+            names = [nm for t in spec.terms for nm in t.theta_names()] + \
+                [nm for nm, k in zip(spec.fixef_names, keep) if k]
+            theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
+                crit, x, lower, optinfo, size, opts, where, names)
+            beta, vcov = T @ gamma, T @ vcov_gamma @ T.T
+            t3 = time.perf_counter()
         else:
-            crit = LocalCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
-                                  newton=newton, disp=disp)
-        if not keep.all():
-            crit = Estimable(crit, keep)
-        crit = Standardised(crit, T)
-        t1 = time.perf_counter()
-        where = "in-process" if is_in_process(c) else "distributed"
-        log.info("optimising: %d rows, %s, %s evaluation", n,
-                 ", ".join(f"{k} {v} levels" for k, v in ngroups.items()), where)
-        first = None
-        # the first stage by default in process; on a cluster each of its PIRLS steps is a
-        # round of maps, which pays only when evaluations are expensive: ask for it with
-        # stages=2
-        # (the first stage solves beta inside PIRLS over every column: not with aliased ones)
-        if fam_code != K.NEGBIN and crit.takes_first_stage and keep.all() and \
-                opts.get("stages", 2 if is_in_process(c) else 1) == 2:
-            first = JointCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
-                                   beta0, disp)
-        x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where, first,
-                                                  size_free=fam_code == K.NEGBIN)
-        t2 = time.perf_counter()
-        names = [nm for t in spec.terms for nm in t.theta_names()] + \
-            [nm for nm, k in zip(spec.fixef_names, keep) if k]
-        theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
-            crit, x, lower, optinfo, size, opts, where, names)
-        beta, vcov = T @ gamma, T @ vcov_gamma @ T.T
-        t3 = time.perf_counter()
+            (keep, theta, beta, vcov, objective, ranef, optinfo, n, n_dropped, ngroups,
+             notes, size, t1, t2, t3) = _fit_crossed(c, ddf, spec, resp, fam, link_obj,
+                                                     combos, path, opts, seed, used,
+                                                     parsed.response)
     names = [nm for nm, k in zip(spec.fixef_names, keep) if k]
     notes += _fit_warnings(beta, vcov, names, family)
     terms, factor_terms = spec_terms(spec)
@@ -298,6 +319,49 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
     res.timing = {"data_s": t1 - t0, "optimise_s": t2 - t1, "results_s": t3 - t2,
                   "total_s": time.perf_counter() - t0}
     return res
+
+
+def _fit_crossed(c, ddf, spec, resp, fam, link_obj, combos, path: str, opts: dict,
+                 seed: int | None, used: list[str], response: str):
+    """The sparse or matrix-free fit (:mod:`daskmm.models.glmm.crossed`): the values the
+    dense branch of :func:`glmm` makes, in its order."""
+    data = CX.prepare(c, ddf, spec, resp, fam.code, K.BINOMIAL, combos)
+    path = CX.choose_path(path, data)
+    check_ranges(data.ranges, spec, response)
+    ngroups = {f: len(v) for f, v in zip(data.factors, data.levels)}
+    keep, beta0, n, const, (T, Tinv) = glm_start(c, data.parts, fam.code, link_obj.code,
+                                                 spec.fixef_names)
+    if n == 0:
+        raise DataError("no rows left after dropping rows with missing values in the "
+                        f"columns the model uses ({', '.join(used)})")
+    check_groups(spec, ngroups, n, allow_n=True)
+    seed = 0 if seed is None else int(seed)
+    base = CX.CrossedCriterion(c, data, spec, fam.code, link_obj.code, const, path, seed)
+    crit = base if keep.all() else Estimable(base, keep)
+    crit = Standardised(crit, T)
+    t1 = time.perf_counter()
+    where = f"{'in-process' if is_in_process(c) else 'distributed'}, {path}"
+    log.info("optimising: %d rows, %s, %s evaluation", n,
+             ", ".join(f"{k} {v} levels" for k, v in ngroups.items()), where)
+    x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where)
+    t2 = time.perf_counter()
+    names = [nm for t in spec.terms for nm in t.theta_names()] + \
+        [nm for nm, k in zip(spec.fixef_names, keep) if k]
+    theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
+        crit, x, lower, optinfo, size, opts, where, names)
+    beta, vcov = T @ gamma, T @ vcov_gamma @ T.T
+    full = np.zeros(len(spec.fixef_names))
+    full[keep] = beta
+    optinfo.crossed = base.summary(theta, full)
+    optinfo.mode = where
+    if path == "matrix-free":
+        se = optinfo.crossed["criterion_se"]
+        optinfo.checks.setdefault("warnings", []).append(
+            f"deviance estimated (matrix-free crossed fit): standard error {se:.3g}")
+    ranef = {t.factor: ranef[t.factor] for t in spec.terms}
+    n_dropped = sum(data.n_dropped)
+    return (keep, theta, beta, vcov, objective, ranef, optinfo, n, n_dropped, ngroups, [],
+            size, t1, t2, time.perf_counter())
 
 
 def _level_warnings(primary: str, info: list, family: str) -> list[str]:

@@ -9,7 +9,7 @@ from daskmm.models.options import API, SHARED, ModelOptions, Spell
 class GlmmOptions(ModelOptions):
     kind = "glmm"
     what = "a generalized linear mixed model"
-    takes = SHARED | {"link", "nagq", "reml", "method", "optimizer_options"}
+    takes = SHARED | {"link", "nagq", "reml", "method", "optimizer_options", "crossed", "seed"}
 
     def check(self, given: dict, spell: Spell = API) -> dict:
         self.refuse(given, spell)

@@ -36,7 +36,8 @@ from daskmm.kernels.aliasing import estimable_columns
 from daskmm.kernels.numderiv import derivatives, forward_hessian_of_gradient
 from daskmm.kernels.pls import lambda_tilde, profiled, profiled_grad_parts
 from daskmm.kernels.stats import Layout, LevelGroup, PartitionStats
-from daskmm.models.lmm.iterative import CrossedProblem, choose_crossed, prepare_crossed
+from daskmm.models.lmm.iterative import CrossedProblem, prepare_crossed
+from daskmm.models.shared.crossed import choose_crossed
 from daskmm.models.shared.prepare import check_groups, prepare_columns
 from daskmm.models.shared.structure import (
     frozen_levels,
@@ -90,7 +91,7 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
 
     The returned problem evaluates the profiled criterion at any ``theta`` with
     :func:`objective`; :func:`lmm` optimises it. Crossed random intercepts with many levels
-    (``crossed``: :func:`~daskmm.models.lmm.iterative.choose_crossed`) give a
+    (``crossed``: :func:`~daskmm.models.shared.crossed.choose_crossed`) give a
     :class:`~daskmm.models.lmm.iterative.CrossedProblem` instead, for the sparse or the
     matrix-free path.
     """

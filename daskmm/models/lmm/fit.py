@@ -116,9 +116,9 @@ def lmm(formula: str, data: DataLike, reml: bool = True, *, factors: list[str] |
         fill it in); ``matrix-free``, conjugate gradients and stochastic Lanczos
         quadrature, the criterion an estimate with its standard error, the probes fixed by
         ``seed``. ``auto``: dense up to
-        :data:`~daskmm.models.lmm.iterative.MATRIX_FREE_MIN_LEVELS` crossed levels, past
+        :data:`~daskmm.models.shared.crossed.MATRIX_FREE_MIN_LEVELS` crossed levels, past
         that sparse where its factor is small
-        (:data:`~daskmm.models.lmm.iterative.SPARSE_MAX_FILL`), else matrix-free.
+        (:data:`~daskmm.models.shared.crossed.SPARSE_MAX_FILL`), else matrix-free.
         ``optinfo["crossed"]`` says which ran.
 
     Returns

@@ -7,9 +7,10 @@ crossed_sparse`; :func:`fit_sparse`).
 
 :func:`daskmm.lmm` comes here (``crossed="auto"``) when every random term is a random
 intercept ``(1 | f)`` on its own factor and the crossed factors' levels pass
-:data:`MATRIX_FREE_MIN_LEVELS`, where the dense path's block of crossed levels (its cost
-the cube of their number) no longer pays: :func:`choose_crossed`, :func:`prepare_crossed`,
-then :func:`daskmm.models.lmm.fit.fit_crossed_problem`.
+:data:`~daskmm.models.shared.crossed.MATRIX_FREE_MIN_LEVELS`, where the dense path's block
+of crossed levels (its cost the cube of their number) no longer pays:
+:func:`~daskmm.models.shared.crossed.choose_crossed`, :func:`prepare_crossed`, then
+:func:`daskmm.models.lmm.fit.fit_crossed_problem`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from daskmm.core.optimizer import OptSummary, minimize, projected_gradient
-from daskmm.core.reterm import RandomTerm
-from daskmm.errors import DataError, ModelError
+from daskmm.errors import DataError
 from daskmm.kernels.crossed_iter import (
     CrossedStats,
     Crossing,
@@ -32,29 +32,12 @@ from daskmm.kernels.crossed_iter import (
     criterion,
     deflation_basis,
 )
+from daskmm.models.shared import crossed as paths
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from daskmm.formula.spec import ModelSpec
-    from daskmm.kernels.stats import Layout
-
-CROSSED_PATHS = ("auto", "dense", "sparse", "matrix-free")
-"""``daskmm.lmm(crossed=...)``: choose by size, the dense block of crossed levels (exact),
-a sparse factor of it (exact), or the matrix-free criterion (estimated)."""
-
-SPARSE_MAX_FILL = 500_000
-"""``crossed="auto"``: past :data:`MATRIX_FREE_MIN_LEVELS` the sparse path is taken when its
-factor at the start holds at most this many non-zeros (each of its some 40 evaluations a
-few hundredths of a second), else the matrix-free one. Random crossings fill in: 5,000 x
-10,000 levels with 3 rows a level made 8 x 10^6 non-zeros from 10^5 (1.6 s a
-factorisation)."""
-
-MATRIX_FREE_MIN_LEVELS = 1000
-"""``crossed="auto"`` leaves the dense path above this many crossed (global-block) levels,
-for the sparse or the matrix-free one: the dense Cholesky of that block per evaluation then
-costs more than a whole matrix-free fit (10^6 rows, 2,000 crossed levels: 53.7 s dense
-against about 2 s)."""
 
 PROBES, STEPS, DEFLATE = 10, 30, 10
 """The log determinant's estimator in a fit: Rademacher probes, Lanczos steps at most (fewer
@@ -310,42 +293,6 @@ def _basis(st: CrossedStats, theta: np.ndarray, k: int, seed: int,
 
 
 # ---------------------------------------------------------------- daskmm.lmm's path
-def scalar_reason(spec: ModelSpec) -> str | None:
-    """Why the sparse and matrix-free paths cannot fit ``spec`` (None: they can): they fit
-    random intercepts ``(1 | f)``, one per factor, two factors or more."""
-    if len(spec.factors) < 2:
-        return "it has one grouping factor"
-    for t in spec.terms:
-        if type(t) is not RandomTerm or tuple(t.columns) != ("(Intercept)",):
-            return (f"its term ({t.lhs} | {t.factor}) is not a random intercept; the sparse "
-                    "and matrix-free paths fit (1 | f) terms")
-    if len({t.factor for t in spec.terms}) != len(spec.terms):
-        return "a factor has two terms"
-    return None
-
-
-def choose_crossed(spec: ModelSpec, layout: Layout, crossed: str) -> str:
-    """The path :func:`daskmm.lmm` fits crossed random effects by: ``"dense"`` (one dense
-    block of the crossed levels: any terms), ``"sparse"`` or ``"matrix-free"`` (random
-    intercepts, :func:`scalar_reason`), or ``"large"``: ``crossed="auto"`` past
-    :data:`MATRIX_FREE_MIN_LEVELS` crossed levels, sparse or matrix-free as the sparse
-    factor's size decides (:func:`prepare_crossed`)."""
-    if crossed not in CROSSED_PATHS:
-        raise ModelError(f"crossed={crossed!r}; allowed: "
-                         f"{', '.join(map(repr, CROSSED_PATHS))}")
-    if crossed == "dense":
-        return "dense"
-    reason = scalar_reason(spec)
-    if crossed != "auto":
-        if reason:
-            raise ModelError(f"crossed={crossed!r} cannot fit this model: {reason}; use "
-                             "crossed='dense' (or 'auto')")
-        return crossed
-    if reason is None and layout.global_factors and layout.n_G > MATRIX_FREE_MIN_LEVELS:
-        return "large"
-    return "dense"
-
-
 @dataclass
 class CrossedProblem:
     """A model for the matrix-free path: its spec and the cross-products of its scalar
@@ -392,8 +339,9 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
                     path: str, response: str = "response") -> CrossedProblem:
     """One pass over the data for :class:`CrossedProblem`'s statistics (a map over the
     partitions and a tree sum: ``Z'Z``'s non-zeros are at most the rows, never levels x
-    levels). ``path`` ``"large"`` (:func:`choose_crossed`) becomes ``"sparse"`` where the
-    sparse factor at the start has at most :data:`SPARSE_MAX_FILL` non-zeros (tried only
+    levels). ``path`` ``"large"`` (:func:`~daskmm.models.shared.crossed.choose_crossed`)
+    becomes ``"sparse"`` where the sparse factor at the start has at most
+    :data:`~daskmm.models.shared.crossed.SPARSE_MAX_FILL` non-zeros (tried only
     where a bound on the Schur complement's own non-zeros, from the crossing table's row
     counts, is below that), else ``"matrix-free"``."""
     from daskmm.distributed.passes import crossed_pass
@@ -421,9 +369,9 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
         from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz_bound
         crossing = Crossing.of(st)
         path = "matrix-free"
-        if schur_nnz_bound(st, crossing) <= SPARSE_MAX_FILL:
+        if schur_nnz_bound(st, crossing) <= paths.SPARSE_MAX_FILL:
             fill = SparseFactor.of(Reduced.of(st, moment_start(st), crossing)).fill
-            path = "sparse" if fill <= SPARSE_MAX_FILL else path
+            path = "sparse" if fill <= paths.SPARSE_MAX_FILL else path
     return CrossedProblem(spec, factors, [levels[f] for f in factors], st, keep, st.n,
                           sum_log_w, n_dropped, ngroups,
                           "in-process" if in_process else "gathered", path, fill)

@@ -23,12 +23,10 @@ def uniforms(n: int, seed: int) -> np.ndarray:
     return out
 
 
-def crossed_design(n: int, levels: list[int], sds: list[float], seed: int = 12345
-                   ) -> pd.DataFrame:
-    """``y = 1 + 0.5 x + sum_k b_k[f_k] + e``: ``x`` and ``e`` standard normal, factor ``k``
-    (``f1``, ``f2``, ...) with ``levels[k]`` levels drawn uniformly, its effects normal with
-    standard deviation ``sds[k]``. The draws in R's order (make_crossed.R): the rows'
-    levels, factor after factor; each factor's effects; then ``x`` and ``e``."""
+def _draws(n: int, levels: list[int], sds: list[float], seed: int):
+    """The rows' level codes, each factor's effects, ``x`` and ``e``, in R's order
+    (make_crossed.R): the rows' levels, factor after factor; each factor's effects; then
+    ``x`` and ``e``."""
     k = len(levels)
     u = uniforms(k * n + 2 * sum(levels) + 4 * n, seed)
     pos = 0
@@ -46,8 +44,34 @@ def crossed_design(n: int, levels: list[int], sds: list[float], seed: int = 1234
     pos += 2 * n
     a, b = u[pos:pos + 2 * n:2], u[pos + 1:pos + 2 * n:2]
     e = np.sqrt(-2.0 * np.log(a)) * np.cos(2.0 * np.pi * b)
-    y = 1.0 + 0.5 * x + sum(eff[c] for eff, c in zip(effects, codes)) + e
-    frame = pd.DataFrame({"y": y, "x": x})
+    return codes, effects, x, e
+
+
+def _frame(response: dict, x: np.ndarray, codes: list[np.ndarray]) -> pd.DataFrame:
+    frame = pd.DataFrame({**response, "x": x})
     for j, c in enumerate(codes):
         frame[f"f{j + 1}"] = [f"L{v:05d}" for v in c]
     return frame
+
+
+def crossed_design(n: int, levels: list[int], sds: list[float], seed: int = 12345
+                   ) -> pd.DataFrame:
+    """``y = 1 + 0.5 x + sum_k b_k[f_k] + e``: ``x`` and ``e`` standard normal, factor ``k``
+    (``f1``, ``f2``, ...) with ``levels[k]`` levels drawn uniformly, its effects normal with
+    standard deviation ``sds[k]``."""
+    codes, effects, x, e = _draws(n, levels, sds, seed)
+    y = 1.0 + 0.5 * x + sum(eff[c] for eff, c in zip(effects, codes)) + e
+    return _frame({"y": y}, x, codes)
+
+
+def crossed_glmm_design(n: int, levels: list[int], sds: list[float], seed: int = 12345
+                        ) -> pd.DataFrame:
+    """Discrete responses on the same draws as :func:`crossed_design`, with the linear
+    predictor ``eta = -0.5 + 0.5 x + sum_k b_k[f_k]``: ``yb = 1[eta + 1.6 e > 0]`` (a 0/1
+    response, near a logistic model's) and ``yc = max(0, round(exp(eta) + sqrt(exp(eta))
+    e))`` (counts, near a Poisson model's); make_crossed.R draws the same."""
+    codes, effects, x, e = _draws(n, levels, sds, seed)
+    eta = -0.5 + 0.5 * x + sum(eff[c] for eff, c in zip(effects, codes))
+    mu = np.exp(eta)
+    return _frame({"yb": (eta + 1.6 * e > 0).astype(float),
+                   "yc": np.maximum(0.0, np.round(mu + np.sqrt(mu) * e))}, x, codes)

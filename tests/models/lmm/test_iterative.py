@@ -16,8 +16,8 @@ import pytest
 import daskmm
 from daskmm.errors import ModelError
 from daskmm.kernels import crossed_iter as ci
-from daskmm.models.lmm import iterative
 from daskmm.models.lmm.iterative import fit_crossed, moment_start
+from daskmm.models.shared import crossed as crossed_paths
 
 from .crossed_data import crossed_design
 
@@ -102,10 +102,10 @@ def test_it_is_the_exact_path_within_its_error(small, dense_fits, weights):
 def test_the_size_chooses_the_path(small, monkeypatch):
     f = "y ~ x + (1 | g) + (1 | h)"
     assert daskmm.lmm(f, small).optinfo.crossed["path"] == "dense"  # 150 crossed levels
-    monkeypatch.setattr(iterative, "MATRIX_FREE_MIN_LEVELS", 100)
+    monkeypatch.setattr(crossed_paths, "MATRIX_FREE_MIN_LEVELS", 100)
     sparse = daskmm.lmm(f, small).optinfo.crossed  # its factor: 150 x 150 at most
     assert sparse["path"] == "sparse" and 0 < sparse["fill"] <= 2 * 150 * 150
-    monkeypatch.setattr(iterative, "SPARSE_MAX_FILL", 1000)
+    monkeypatch.setattr(crossed_paths, "SPARSE_MAX_FILL", 1000)
     assert daskmm.lmm(f, small).optinfo.crossed["path"] == "matrix-free"
     # a random slope: neither can, so auto stays dense
     assert daskmm.lmm("y ~ x + (x | g) + (1 | h)", small).optinfo.crossed["path"] == "dense"
@@ -269,9 +269,10 @@ def test_a_job_file_chooses_the_path(small, tmp_path):
     doc = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert doc["optinfo"]["crossed"]["path"] == "sparse"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"data: {data}\nformula: \"y ~ x + (1 | g) + (1 | h)\"\nfamily: poisson\n"
+    bad.write_text(f"data: {data}\nformula: \"y ~ x + (1 | g) + (1 | h)\"\nfamily: gamma\n"
                    f"crossed: sparse\noutput: {tmp_path / 'b'}\n")
-    with pytest.raises(JobError, match="crossed .* applies to linear mixed models"):
+    with pytest.raises(JobError, match="crossed .* applies to linear mixed models and binomial "
+                                       "or Poisson GLMMs .* remove it for family gamma"):
         load_job(bad)
     bad.write_text(f"data: {data}\nformula: \"y ~ x + (1 | g) + (1 | h)\"\n"
                    f"crossed: exact\noutput: {tmp_path / 'b'}\n")

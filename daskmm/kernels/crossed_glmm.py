@@ -1,0 +1,362 @@
+"""glmer's Laplace criterion for crossed scalar random effects without a dense block (pure
+numpy/scipy; issue 31's GLMM paths): the LMM's crossed machinery
+(:mod:`daskmm.kernels.crossed_iter`, :mod:`daskmm.kernels.crossed_sparse`) with the Fisher
+weights of each PIRLS step in place of the prior weights.
+
+For fixed ``(theta, beta)`` the spherical modes ``u`` (``b = Lambda u``, ``Lambda`` a factor's
+``theta`` on each of its levels) minimise the penalised deviance ``-2 sum log p(y | eta) +
+|u|^2``, ``eta = X beta + offset + Z Lambda u``. Each PIRLS step takes the Fisher weights
+``W`` and working residual ``r = Z Lambda u + (y - mu) / mu_eta`` at the current ``u``
+(:func:`weighted_pass`, one pass over the rows: the weighted level counts, the weighted
+crossing tables on a pattern fixed for the fit, and ``Z'W r``) and solves
+
+    (Lambda Z'WZ Lambda + I) u_new = Lambda Z'W r,
+
+halving the step while the penalised deviance rises (as lme4). At the modes, with ``A`` at
+the weights there, the Laplace criterion is
+
+    -2 sum log p(y | eta) + |u|^2 + log|A|        (lme4's ``nAGQ = 1`` deviance),
+
+the family's normalising constants added by the caller. ``A``'s first factor (the one with
+most levels) is eliminated exactly (:class:`~daskmm.kernels.crossed_iter.Reduced`); on the
+sparse path the Schur complement of the others is factored by SuperLU (solves and ``log|A|``
+exact), on the matrix-free path it is solved by conjugate gradients and ``log|A|`` estimated
+by stochastic Lanczos quadrature with probes fixed by a seed (its standard error reported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from daskmm.kernels.crossed_iter import Crossing, Reduced, deflation_basis, slq
+from daskmm.kernels.crossed_sparse import SparseFactor
+from daskmm.kernels.scalar_re import row_terms
+
+MAX_ITER = 200
+"""PIRLS steps at most in one evaluation."""
+TOL_U = 1e-11
+"""PIRLS stops when a full step moves no spherical mode by more than ``TOL_U (1 + max|u|)``:
+the criterion's error is then far below what the optimiser's finite differences resolve."""
+CG_TOL = 1e-12
+"""Conjugate gradients' relative residual on the matrix-free path."""
+_W_MIN = 1e-300
+_W_MAX = 1e100
+
+
+@dataclass
+class CrossedRows:
+    """One partition's rows for the crossed Laplace criterion, kept where they are for the
+    whole fit.
+
+    Attributes
+    ----------
+    X, y, wt, offset : numpy.ndarray
+        Fixed-effects matrix, response (binomial successes), trials or prior weights,
+        offset.
+    codes : list of numpy.ndarray
+        Each factor's level code per row (the factors in the criterion's order: most
+        levels first).
+    const : float
+        The family's log normalising constants, summed.
+    n_dropped : object
+        Rows dropped for a missing value, by column.
+    pos : dict
+        ``(j, k) -> `` each row's place in the crossing table's pattern (:func:`with_pattern`).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    wt: np.ndarray
+    offset: np.ndarray
+    codes: list[np.ndarray]
+    const: float
+    n_dropped: object
+    pos: dict = field(default_factory=dict)
+    nb_k: float = 0.0
+    _eta0: tuple | None = None
+
+    def eta_fixed(self, beta: np.ndarray) -> np.ndarray:
+        """``X beta + offset``, kept for the last ``beta`` (every PIRLS step of an
+        evaluation uses it)."""
+        if self._eta0 is not None and np.array_equal(self._eta0[0], beta):
+            return self._eta0[1]
+        eta0 = self.X @ beta + self.offset
+        self._eta0 = (np.array(beta, float), eta0)
+        return eta0
+
+
+def crossed_rows(X: np.ndarray, y: np.ndarray, wt: np.ndarray, offset: np.ndarray,
+                 keys: list[np.ndarray], levels: list[np.ndarray], const: float,
+                 n_dropped: object) -> CrossedRows:
+    """:class:`CrossedRows` of encoded rows, each factor's per-row ``keys`` coded against its
+    frozen ``levels``."""
+    codes = []
+    for k, lev in zip(keys, levels):
+        c = pd.Categorical(k, categories=lev).codes.astype(np.int64)
+        if (c < 0).any():
+            bad = k[np.flatnonzero(c < 0)[0]]
+            bad = bad.item() if isinstance(bad, np.generic) else bad
+            raise ValueError(f"level {bad!r} was not seen by the metadata pass")
+        codes.append(c)
+    return CrossedRows(np.ascontiguousarray(X, float), np.asarray(y, float),
+                       np.asarray(wt, float), np.asarray(offset, float), codes, float(const),
+                       n_dropped)
+
+
+def pair_keys(rows: CrossedRows, sizes: tuple[int, ...]) -> dict:
+    """``(j, k) -> `` the distinct ``code_j * sizes[k] + code_k`` of the partition: its part
+    of each crossing table's pattern."""
+    K = len(rows.codes)
+    return {(j, k): np.unique(rows.codes[j] * sizes[k] + rows.codes[k])
+            for j in range(K) for k in range(j + 1, K)}
+
+
+def with_pattern(rows: CrossedRows, patterns: dict, sizes: tuple[int, ...]) -> CrossedRows:
+    """``rows`` with each row placed in the fit's crossing-table patterns (``(j, k) ->``
+    sorted distinct keys over all partitions, :func:`pair_keys`): a new object (a task's
+    result, never its input changed in place)."""
+    pos = {(j, k): np.searchsorted(keys, rows.codes[j] * sizes[k] + rows.codes[k])
+           for (j, k), keys in patterns.items()}
+    return dataclasses.replace(rows, pos=pos, _eta0=None)
+
+
+@dataclass(frozen=True)
+class WeightedPass:
+    """What one PIRLS step needs of the rows at one ``u`` (summed over partitions by
+    :func:`add_passes`).
+
+    Attributes
+    ----------
+    ll : float
+        The log-likelihood without the family's constants (``-inf``: the point is unusable,
+        far in a tail).
+    counts : list of numpy.ndarray
+        Each factor's Fisher-weighted level counts (``diag(Z'WZ)``).
+    tables : dict
+        ``(j, k) ->`` the weighted crossing table's values on its pattern.
+    Ztwr : numpy.ndarray
+        ``Z'W r`` (all factors' levels in order).
+    """
+
+    ll: float
+    counts: list
+    tables: dict
+    Ztwr: np.ndarray
+
+
+def weighted_pass(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray], family: int,
+                  link: int, sizes: tuple[int, ...], npattern: dict) -> WeightedPass:
+    """:class:`WeightedPass` of a partition at the modes ``b`` (each factor's, on its
+    levels): Fisher weights and working residuals by :func:`daskmm.kernels.scalar_re.
+    row_terms`, sums by ``bincount``."""
+    zb = np.zeros(len(rows.y))
+    for c, bk in zip(rows.codes, b):
+        zb += bk[c]
+    ll, sc, w = row_terms(rows.eta_fixed(beta) + zb, rows.y, rows.wt, rows.nb_k, family,
+                          link)
+    if not (np.isfinite(ll).all() and np.all(w < _W_MAX)):
+        return WeightedPass(-math.inf, [], {}, np.zeros(0))
+    w = np.maximum(w, _W_MIN)
+    wr = w * zb + sc  # W r, r = Z b + score / W
+    return WeightedPass(
+        float(ll.sum()),
+        [np.bincount(c, weights=w, minlength=L) for c, L in zip(rows.codes, sizes)],
+        {jk: np.bincount(p, weights=w, minlength=npattern[jk]) for jk, p in rows.pos.items()},
+        np.concatenate([np.bincount(c, weights=wr, minlength=L)
+                        for c, L in zip(rows.codes, sizes)]))
+
+
+def add_passes(parts: list[WeightedPass]) -> WeightedPass:
+    """The sum of partitions' :func:`weighted_pass` (unusable if any is)."""
+    if any(not math.isfinite(p.ll) for p in parts):
+        return WeightedPass(-math.inf, [], {}, np.zeros(0))
+    first = parts[0]
+    return WeightedPass(float(sum(p.ll for p in parts)),
+                        [sum(p.counts[j] for p in parts) for j in range(len(first.counts))],
+                        {jk: sum(p.tables[jk] for p in parts) for jk in first.tables},
+                        sum(p.Ztwr for p in parts))
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """The crossing tables' sparsity patterns, fixed for a fit: ``(j, k) -> (indptr,
+    indices)`` of the CSR matrix whose values :func:`weighted_pass` gives."""
+
+    sizes: tuple[int, ...]
+    csr: dict
+
+    @classmethod
+    def of(cls, keys: dict, sizes: tuple[int, ...]) -> Patterns:
+        """From the sorted distinct pair keys (:func:`pair_keys`, merged)."""
+        csr = {}
+        for (j, k), kk in keys.items():
+            r = kk // sizes[k]
+            csr[(j, k)] = (np.searchsorted(r, np.arange(sizes[j] + 1)).astype(np.int64),
+                           (kk % sizes[k]).astype(np.int32))
+        return cls(tuple(sizes), csr)
+
+    @property
+    def nnz(self) -> dict:
+        return {jk: len(ix) for jk, (_, ix) in self.csr.items()}
+
+    def crossing(self, wp: WeightedPass) -> Crossing:
+        """:class:`~daskmm.kernels.crossed_iter.Crossing` of ``Z'WZ`` at a pass's weights."""
+        tables = {jk: sp.csr_matrix((wp.tables[jk], ix, ptr),
+                                    shape=(self.sizes[jk[0]], self.sizes[jk[1]]))
+                  for jk, (ptr, ix) in self.csr.items()}
+        return Crossing.of_blocks(wp.counts, tables)
+
+
+def merge_keys(parts: list[dict]) -> dict:
+    """The union of partitions' :func:`pair_keys`."""
+    return {jk: np.unique(np.concatenate([p[jk] for p in parts])) for jk in parts[0]}
+
+
+@dataclass(frozen=True)
+class LaplacePoint:
+    """One evaluation of the Laplace criterion (:meth:`CrossedLaplace.evaluate`).
+
+    Attributes
+    ----------
+    value : float
+        ``-2 ll + |u|^2 + log|A|`` (no family constants; ``inf`` where unusable).
+    ll, uu, logdet, se : float
+        Its parts; ``se`` the standard error of ``log|A|`` (0 where exact).
+    u : numpy.ndarray
+        The spherical modes, all factors' levels in order.
+    iterations : int
+        PIRLS steps.
+    reduced : Reduced or None
+        ``A`` at the modes' weights, its first factor eliminated.
+    factor : SparseFactor or None
+        Its sparse factor (the sparse path).
+    """
+
+    value: float
+    ll: float
+    uu: float
+    logdet: float
+    se: float
+    u: np.ndarray
+    iterations: int
+    reduced: Reduced | None = None
+    factor: SparseFactor | None = None
+
+
+class CrossedLaplace:
+    """The Laplace criterion of ``(theta, beta)`` for crossed random intercepts, by the
+    sparse or the matrix-free path (module docstring).
+
+    Parameters
+    ----------
+    patterns : Patterns
+    passes : callable
+        ``(beta, b) -> WeightedPass``: one pass over all the rows (the caller maps
+        :func:`weighted_pass` over its partitions and adds them).
+    path : {"sparse", "matrix-free"}
+    probes, steps, deflate, seed : int
+        The matrix-free log determinant's estimator (:func:`daskmm.kernels.crossed_iter.
+        slq`): the same probes at every evaluation; the deflation basis and the number of
+        Lanczos steps are fixed at the first evaluation (``steps`` at most, the number its
+        quadratures needed to converge plus 5), so the criterion is one smooth function.
+    """
+
+    def __init__(self, patterns: Patterns, passes: Callable, path: str, probes: int = 10,
+                 steps: int = 40, deflate: int = 10, seed: int = 0):
+        if path not in ("sparse", "matrix-free"):
+            raise ValueError(f"path={path!r}; allowed: 'sparse', 'matrix-free'")
+        self.patterns, self.passes, self.path = patterns, passes, path
+        self.probes, self.steps, self.deflate, self.seed = probes, steps, deflate, seed
+        self.sizes = patterns.sizes
+        self.q = int(sum(self.sizes))
+        self.u_warm = np.zeros(self.q)
+        self.basis: np.ndarray | None = None
+        self.fixed_steps: int | None = None
+        self.fill: int | None = None
+        self.evaluations = 0
+
+    def _split(self, v: np.ndarray) -> list[np.ndarray]:
+        return np.split(v, np.cumsum(self.sizes)[:-1])
+
+    def _reduced(self, wp: WeightedPass, theta: np.ndarray) -> Reduced:
+        x = self.patterns.crossing(wp)
+        t1 = float(theta[0])
+        return Reduced(x, t1, np.repeat(theta[1:], self.sizes[1:]), 1.0 + t1 * t1 * x.n1)
+
+    def logdet(self, red: Reduced) -> tuple[float, float, SparseFactor | None]:
+        """``(log|A|, its standard error, the sparse factor)`` of ``A`` at the modes'
+        weights: on the sparse path from one factorisation (exact; the factor is kept for
+        the conditional variances), on the matrix-free path by :func:`daskmm.kernels.
+        crossed_iter.slq` (no factor)."""
+        if self.path == "sparse":
+            fac = SparseFactor.of(red)
+            self.fill = fac.fill
+            return float(np.sum(np.log(red.D))) + fac.logdet, 0.0, fac
+        if self.deflate and self.basis is None:
+            self.basis = deflation_basis(red.schur, red.schur_diag(), self.deflate, self.seed)
+        steps = self.fixed_steps or self.steps
+        quad = slq(red.schur, red.schur_diag(), self.probes, steps, self.seed,
+                   basis=self.basis, rtol=0.0 if self.fixed_steps else 1e-10)
+        if self.fixed_steps is None:
+            self.fixed_steps = min(self.steps, quad.steps + 5)
+        return float(np.sum(np.log(red.D))) + quad.logdet, quad.se, None
+
+    def evaluate(self, theta: np.ndarray, beta: np.ndarray) -> LaplacePoint:
+        """PIRLS to the modes at ``(theta, beta)`` (``theta``: one per factor, in the
+        patterns' order), from the last evaluation's modes, and the criterion there."""
+        theta = np.asarray(theta, float)
+        beta = np.asarray(beta, float)
+        self.evaluations += 1
+        lam = np.repeat(theta, self.sizes)
+        u = self.u_warm.copy()
+        wp = self.passes(beta, self._split(lam * u))
+        if not math.isfinite(wp.ll) and np.any(u):  # the warm start is unusable: from zero
+            u = np.zeros(self.q)
+            wp = self.passes(beta, self._split(lam * u))
+        if not math.isfinite(wp.ll):
+            return LaplacePoint(math.inf, -math.inf, 0.0, math.inf, 0.0, u, 0)
+        pdev = -2.0 * wp.ll + float(u @ u)
+        it = 0
+        while True:
+            # every path solves its PIRLS steps by conjugate gradients (the system changes
+            # with the weights at each step); the sparse path factors once, at the modes
+            red = self._reduced(wp, theta)
+            target = red.solve((lam * wp.Ztwr)[:, None], CG_TOL)[0][:, 0]
+            delta = target - u
+            if np.max(np.abs(delta), initial=0.0) <= TOL_U * (1.0 + np.max(np.abs(u),
+                                                                             initial=0.0)):
+                break
+            it += 1
+            if it > MAX_ITER:
+                break
+            t, moved = 1.0, False
+            while t >= 1e-8:
+                un = u + t * delta
+                wn = self.passes(beta, self._split(lam * un))
+                if math.isfinite(wn.ll):
+                    pn = -2.0 * wn.ll + float(un @ un)
+                    if pn <= pdev + 1e-13 * abs(pdev):
+                        u, wp, pdev, moved = un, wn, pn, True
+                        break
+                t *= 0.5
+            if not moved:  # the rounding floor: no step lowers the penalised deviance
+                break
+        self.u_warm = u
+        ld, se, fac = self.logdet(red)
+        return LaplacePoint(pdev + ld, wp.ll, float(u @ u), ld, se, u, it, red, fac)
+
+    @staticmethod
+    def inverse_diag(point: LaplacePoint) -> np.ndarray:
+        """``diag(A^-1)`` at a point's weights: exact from the sparse factor, else the
+        approximation of :meth:`~daskmm.kernels.crossed_iter.Reduced.inverse_diag` (the
+        conditional variances are ``theta_k^2 diag(A^-1)``)."""
+        if point.factor is not None:
+            return point.factor.inverse_diag()
+        return point.reduced.inverse_diag()

@@ -1,0 +1,242 @@
+"""The GLMM's crossed random intercepts without a dense block (``daskmm.glmm(crossed=...)``,
+issue 31): the sparse and matrix-free Laplace criteria of :mod:`daskmm.kernels.crossed_glmm`
+over rows kept on the workers, optimised by glmer's stages (:mod:`daskmm.models.glmm.stages`).
+
+The data: each partition encoded once into :class:`~daskmm.kernels.crossed_glmm.CrossedRows`
+(no shuffle: crossed factors need none), one round for the crossing tables' patterns. Each
+PIRLS step of an evaluation is one map of :func:`~daskmm.kernels.crossed_glmm.weighted_pass`
+over the partitions and a sum: the weighted level counts and crossing tables (``Z'WZ``'s
+non-zeros, at most the rows) come to the client, where ``A`` is solved (a sparse factor, or
+conjugate gradients) and its log determinant taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+
+import numpy as np
+import pandas as pd
+
+from daskmm.distributed.execution import is_in_process
+from daskmm.distributed.mapreduce import map_parts
+from daskmm.distributed.passes import partitions
+from daskmm.distributed.progress import track
+from daskmm.errors import ModelError
+from daskmm.formula.checks import column_ranges
+from daskmm.kernels import crossed_glmm as CG
+from daskmm.kernels.crossed_iter import Reduced
+from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz_bound
+from daskmm.models.glmm.encode import encode_partition
+from daskmm.models.shared import crossed as paths
+from daskmm.models.shared.structure import level_keys
+from daskmm.results.base import RanefTable
+
+PROBES, STEPS, DEFLATE = 10, 40, 10
+"""The matrix-free log determinant's estimator: Rademacher probes, Lanczos steps at most
+(fixed at the first evaluation's need), deflation basis columns."""
+
+
+def prepare_rows(df: pd.DataFrame, spec, resp, family: int, factors: list[str],
+                 levels: list[np.ndarray]) -> CG.CrossedRows:
+    """Encode one partition for the crossed criterion (rows with a missing value dropped)."""
+    enc, X, y, wt, offset, const, dropped = encode_partition(df, spec, resp, family)
+    keys = [np.asarray(enc.keys[f]) for f in factors]
+    return CG.crossed_rows(X, y, wt, offset, keys, levels, const, dropped)
+
+
+def rows_info(rows: CG.CrossedRows, family: int, binomial: int, sizes: tuple[int, ...]):
+    """``(rows dropped, column ranges, weight sum, pair keys)`` of a partition."""
+    y = rows.y / rows.wt if family == binomial else rows.y
+    return (rows.n_dropped, column_ranges(y, {}), float(rows.wt.sum()),
+            CG.pair_keys(rows, sizes))
+
+
+def _pass(rows, beta, b, family, link, sizes, npattern):
+    return CG.weighted_pass(rows, beta, b, family, link, sizes, npattern)
+
+
+def persist_rows(c, ddf, spec, resp, family: int, factors: list[str],
+                 levels: list[np.ndarray]) -> list:
+    """Each partition's :class:`~daskmm.kernels.crossed_glmm.CrossedRows`, kept on a worker
+    (partition ``i`` on worker ``i mod n``) or, in process, here."""
+    if isinstance(ddf, pd.DataFrame):
+        return map_parts(c, prepare_rows, [ddf], spec=spec, resp=resp, family=family,
+                         factors=factors, levels=levels)
+    import dask
+
+    tok = uuid.uuid4().hex[:8]
+    prep = dask.delayed(prepare_rows, pure=False)
+    info = getattr(c, "scheduler_info", None)
+    workers = sorted(info(n_workers=-1)["workers"]) if info is not None else []
+    tasks = []
+    for i, p in enumerate(partitions(ddf)):
+        with (dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
+              if workers else contextlib.nullcontext()):
+            tasks.append(prep(p, spec, resp, family, factors, levels,
+                              dask_key_name=f"daskmm-glmm-crossed-{tok}-{i}"))
+    futures = c.compute(tasks)
+    track(futures, "glmm: data")
+    return futures
+
+
+@dataclasses.dataclass
+class CrossedData:
+    """The encoded partitions and what one pass over them gave.
+
+    Attributes
+    ----------
+    parts : list
+    factors : list of str
+        In the criterion's order (most levels first; the formula's order on ties).
+    levels : list of numpy.ndarray
+    patterns : Patterns
+    n_dropped, ranges : list
+        Per partition.
+    weight_sum : float
+    """
+
+    parts: list
+    factors: list[str]
+    levels: list[np.ndarray]
+    patterns: CG.Patterns
+    n_dropped: list
+    ranges: list
+    weight_sum: float
+
+
+def prepare(c, ddf, spec, resp, family: int, binomial: int, combos: pd.DataFrame
+            ) -> CrossedData:
+    """Encode and place the rows, and fix the crossing tables' patterns (two rounds)."""
+    levels = {f.name: level_keys(spec.factor(f.name), combos) for f in spec.factors}
+    factors = sorted(levels, key=lambda f: -len(levels[f]))
+    lev = [levels[f] for f in factors]
+    sizes = tuple(len(v) for v in lev)
+    parts = persist_rows(c, ddf, spec, resp, family, factors, lev)
+    info = c.gather(map_parts(c, rows_info, parts, family=family, binomial=binomial,
+                              sizes=sizes, pure=False))
+    keys = CG.merge_keys([i[3] for i in info])
+    placed = map_parts(c, CG.with_pattern, parts, patterns=keys, sizes=sizes, pure=False)
+    if not is_in_process(c):
+        from distributed import wait
+        wait(placed)  # then the encoded rows without places are released with ``parts``
+    return CrossedData(placed, factors, lev, CG.Patterns.of(keys, sizes),
+                       [i[0] for i in info], [i[1] for i in info], sum(i[2] for i in info))
+
+
+def choose_path(path: str, data: CrossedData) -> str:
+    """``"large"`` (:func:`~daskmm.models.shared.crossed.choose_crossed`) becomes
+    ``"sparse"`` where the sparse factor of the crossing holds at most
+    :data:`~daskmm.models.shared.crossed.SPARSE_MAX_FILL` non-zeros (its fill depends on the
+    pattern alone: measured at unit weights), else ``"matrix-free"``."""
+    if path != "large":
+        return path
+    pat = data.patterns
+    # a unit weight on each pair of levels that meet (the sum over pairs of (e_a + e_b)
+    # (e_a + e_b)': positive semi-definite, so A is positive definite)
+    counts = [np.zeros(s) for s in pat.sizes]
+    for (j, k), (ptr, ix) in pat.csr.items():
+        counts[j] += np.diff(ptr)
+        counts[k] += np.bincount(ix, minlength=pat.sizes[k])
+    unit = CG.WeightedPass(0.0, counts, {jk: np.ones(n) for jk, n in pat.nnz.items()},
+                           np.zeros(0))
+    x = pat.crossing(unit)
+    if schur_nnz_bound(None, x) > paths.SPARSE_MAX_FILL:
+        return "matrix-free"
+    theta = np.ones(len(pat.sizes))
+    red = Reduced(x, 1.0, np.repeat(theta[1:], pat.sizes[1:]), 1.0 + x.n1)  # theta = 1
+    return "sparse" if SparseFactor.of(red).fill <= paths.SPARSE_MAX_FILL else "matrix-free"
+
+
+class CrossedCriterion:
+    """The Laplace criterion of ``(theta, beta)`` (``theta`` in the spec's term order) by
+    the sparse or matrix-free path; follows :class:`daskmm.models.glmm.criteria.Criterion`.
+    """
+
+    has_gradient = False
+    takes_first_stage = False
+
+    def __init__(self, c, data: CrossedData, spec, family: int, link: int, const: float,
+                 path: str, seed: int = 0):
+        self.c, self.data, self.spec, self.const = c, data, spec, const
+        self.path, self.seed = path, seed
+        self.order = [data.factors.index(t.factor) for t in spec.terms]
+        sizes, npattern = data.patterns.sizes, data.patterns.nnz
+
+        def passes(beta, b):
+            outs = c.gather(map_parts(c, _pass, data.parts, beta=beta, b=b, family=family,
+                                      link=link, sizes=sizes, npattern=npattern, pure=False))
+            return CG.add_passes(outs)
+
+        self.engine = CG.CrossedLaplace(data.patterns, passes, path, PROBES, STEPS, DEFLATE,
+                                        seed)
+        self.last: tuple | None = None
+
+    def to_full_tolerance(self) -> None:
+        """PIRLS always runs to its full tolerance here."""
+
+    def _theta(self, theta) -> np.ndarray:
+        out = np.empty(len(self.order))
+        out[self.order] = np.asarray(theta, float)
+        return out
+
+    def point(self, theta, beta) -> CG.LaplacePoint:
+        key = (np.asarray(theta, float).tobytes(), np.asarray(beta, float).tobytes())
+        if self.last is not None and self.last[0] == key:
+            return self.last[1]
+        pt = self.engine.evaluate(self._theta(theta), np.asarray(beta, float))
+        self.last = (key, pt)
+        return pt
+
+    def __call__(self, theta, beta, size=None) -> float:
+        return self.point(theta, beta).value - 2.0 * self.const
+
+    def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
+        """Conditional modes ``b = theta_k u`` and their variances ``theta_k^2 diag(A^-1)``
+        (lme4's ``condVar`` of a GLMM): exact on the sparse path, the named approximation
+        on the matrix-free one."""
+        pt = self.point(theta, beta)
+        cond = self.engine.inverse_diag(pt)
+        th = self._theta(theta)
+        bounds = np.concatenate([[0], np.cumsum(self.data.patterns.sizes)])
+        out = {}
+        for j, f in enumerate(self.data.factors):
+            sl = slice(bounds[j], bounds[j + 1])
+            t = float(th[j])
+            out[f] = RanefTable(levels=list(self.spec.factor(f).label(self.data.levels[j])),
+                                b=(t * pt.u[sl])[:, None],
+                                cov=(t * t * cond[sl])[:, None, None])
+        return out
+
+    def summary(self, theta, beta) -> dict:
+        """``optinfo["crossed"]``: the path and, matrix-free, the estimator."""
+        pt = self.point(theta, beta)
+        info = {"path": self.path, "factors": list(self.data.factors),
+                "pirls_iterations_last": int(pt.iterations)}
+        if self.path == "sparse":
+            info.update(fill=int(self.engine.fill or 0),
+                        ordering="SuperLU symmetric mode, minimum degree on S + S'")
+        else:
+            info.update(criterion_se=float(pt.se), probes=PROBES,
+                        lanczos_steps=int(self.engine.fixed_steps or STEPS),
+                        deflation=DEFLATE, seed=self.seed,
+                        conditional_variances="approximate: diag(A^-1) with the crossed "
+                                              "Schur complement's inverse taken as its "
+                                              "diagonal's inverse")
+        return info
+
+
+GLMM_FAMILIES = ("binomial", "poisson")
+"""The families the sparse and matrix-free GLMM paths fit."""
+
+
+def check_family(path: str, crossed: str, family: str) -> str:
+    """The path for ``family``: ``crossed="auto"`` stays dense for another family; an
+    explicit sparse or matrix-free path is refused in one line."""
+    if path == "dense" or family in GLMM_FAMILIES:
+        return path
+    if crossed == "auto":
+        return "dense"
+    raise ModelError(f"crossed={crossed!r} fits the binomial and Poisson GLMMs; the "
+                     f"{family} family is fitted with crossed='dense' (or 'auto')")

@@ -1,0 +1,128 @@
+"""The crossed Laplace criterion (daskmm/kernels/crossed_glmm.py) against a direct dense
+computation: Newton's method on the penalised deviance with dense solves, ``log|A|`` by a
+dense Cholesky; the sparse path equal to it, the matrix-free one within its error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import special
+
+from daskmm.kernels import crossed_glmm as CG
+from daskmm.kernels import scalar_re as K
+
+
+def dense_laplace(X, y, codes, sizes, theta, beta, family):
+    """``-2 ll + |u|^2 + log|A|`` (no constants) and the modes, all dense."""
+    n, q = len(y), sum(sizes)
+    Z = np.zeros((n, q))
+    off = np.concatenate([[0], np.cumsum(sizes)])
+    for j, c in enumerate(codes):
+        Z[np.arange(n), off[j] + c] = 1.0
+    ZL = Z * np.repeat(theta, sizes)
+    eta0 = X @ beta
+    u = np.zeros(q)
+    for _ in range(100):
+        eta = eta0 + ZL @ u
+        mu = special.expit(eta) if family == "binomial" else np.exp(eta)
+        w = mu * (1 - mu) if family == "binomial" else mu
+        A = ZL.T @ (w[:, None] * ZL) + np.eye(q)
+        step = np.linalg.solve(A, ZL.T @ (y - mu) - u)
+        u = u + step
+        if np.max(np.abs(step)) < 1e-13:
+            break
+    eta = eta0 + ZL @ u
+    if family == "binomial":
+        ll = np.sum(y * eta - np.logaddexp(0.0, eta))
+        mu = special.expit(eta)
+        w = mu * (1 - mu)
+    else:
+        mu = np.exp(eta)
+        ll = np.sum(y * eta - mu)
+        w = mu
+    A = ZL.T @ (w[:, None] * ZL) + np.eye(q)
+    return -2 * ll + u @ u + 2 * np.sum(np.log(np.diag(np.linalg.cholesky(A)))), u
+
+
+def crossing(n, sizes, family, seed=3):
+    rng = np.random.default_rng(seed)
+    codes = [rng.integers(0, L, n) for L in sizes]
+    x = rng.normal(size=n)
+    eta = -0.3 + 0.5 * x + sum(rng.normal(0, 0.7, L)[c] for L, c in zip(sizes, codes))
+    y = (rng.random(n) < special.expit(eta)).astype(float) if family == "binomial" else \
+        rng.poisson(np.exp(eta)).astype(float)
+    X = np.column_stack([np.ones(n), x])
+    return X, y, codes
+
+
+def criterion(X, y, codes, sizes, family, path, parts=1, **kw):
+    """The kernel's criterion over ``parts`` partitions of the rows."""
+    fam = K.BINOMIAL if family == "binomial" else K.POISSON
+    link = K.LOGIT if family == "binomial" else K.LOG
+    levels = [np.arange(L) for L in sizes]
+    chunks = np.array_split(np.arange(len(y)), parts)
+    rows = [CG.crossed_rows(X[i], y[i], np.ones(len(i)), np.zeros(len(i)),
+                            [c[i] for c in codes], levels, 0.0, None) for i in chunks]
+    keys = CG.merge_keys([CG.pair_keys(r, tuple(sizes)) for r in rows])
+    rows = [CG.with_pattern(r, keys, tuple(sizes)) for r in rows]
+    pat = CG.Patterns.of(keys, tuple(sizes))
+
+    def passes(beta, b):
+        return CG.add_passes([CG.weighted_pass(r, beta, b, fam, link, tuple(sizes), pat.nnz)
+                              for r in rows])
+    return CG.CrossedLaplace(pat, passes, path, **kw)
+
+
+@pytest.mark.parametrize("family,sizes", [("binomial", [60, 40]), ("poisson", [50, 30, 12])])
+def test_the_sparse_criterion_is_the_dense_laplace(family, sizes):
+    X, y, codes = crossing(1500, sizes, family)
+    crit = criterion(X, y, codes, sizes, family, "sparse", parts=3)
+    for theta, beta in [(np.full(len(sizes), 0.8), np.array([-0.2, 0.4])),
+                        (np.linspace(0.3, 1.2, len(sizes)), np.array([0.1, 0.6])),
+                        (np.r_[0.0, np.full(len(sizes) - 1, 0.5)], np.array([-0.3, 0.5]))]:
+        ref, u = dense_laplace(X, y, codes, sizes, theta, beta, family)
+        pt = crit.evaluate(theta, beta)
+        assert pt.value == pytest.approx(ref, rel=1e-11)
+        assert pt.se == 0.0
+        np.testing.assert_allclose(pt.u, u, atol=1e-9)
+        # the conditional variances' diag(A^-1), exactly
+        lam = np.repeat(theta, sizes)
+        n, q = len(y), sum(sizes)
+        Z = np.zeros((n, q))
+        off = np.concatenate([[0], np.cumsum(sizes)])
+        for j, c in enumerate(codes):
+            Z[np.arange(n), off[j] + c] = 1.0
+        eta = X @ beta + (Z * lam) @ u
+        mu = special.expit(eta) if family == "binomial" else np.exp(eta)
+        w = mu * (1 - mu) if family == "binomial" else mu
+        A = (Z * lam).T @ (w[:, None] * Z * lam) + np.eye(q)
+        np.testing.assert_allclose(crit.inverse_diag(pt), np.diag(np.linalg.inv(A)),
+                                   rtol=1e-9)
+
+
+def test_the_matrix_free_criterion_is_within_its_error():
+    sizes = [120, 80]
+    X, y, codes = crossing(3000, sizes, "binomial", seed=5)
+    crit = criterion(X, y, codes, sizes, "binomial", "matrix-free", seed=2)
+    theta, beta = np.array([0.7, 0.5]), np.array([-0.3, 0.5])
+    ref, u = dense_laplace(X, y, codes, sizes, theta, beta, "binomial")
+    pt = crit.evaluate(theta, beta)
+    assert 0 < pt.se < 1
+    assert abs(pt.value - ref) < 3 * pt.se
+    np.testing.assert_allclose(pt.u, u, atol=1e-8)  # the modes exactly (CG)
+    # the same probes at every evaluation, the Lanczos steps fixed at the first: one smooth
+    # function, whatever the warm start
+    assert crit.fixed_steps is not None
+    other = crit.evaluate(theta * 1.1, beta)
+    again = crit.evaluate(theta, beta)
+    assert again.value == pytest.approx(pt.value, abs=1e-8)
+    assert other.value != pytest.approx(pt.value, abs=1e-3)
+
+
+def test_an_unusable_point_is_infinite_not_an_error():
+    sizes = [30, 20]
+    X, y, codes = crossing(600, sizes, "poisson")
+    crit = criterion(X, y, codes, sizes, "poisson", "sparse")
+    pt = crit.evaluate(np.array([0.5, 0.5]), np.array([800.0, 0.0]))  # exp(800) overflows
+    assert pt.value == np.inf
+    assert np.isfinite(crit.evaluate(np.array([0.5, 0.5]), np.array([0.0, 0.3])).value)
