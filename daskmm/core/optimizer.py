@@ -597,3 +597,69 @@ def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]]
         log.warning("the optimum is not certified: %s", "; ".join(checks.messages))
     return x, summary, d
 
+
+def estimated_newton(fg: Callable[[np.ndarray], tuple[float, np.ndarray, float]],
+                     x0: np.ndarray, lower: np.ndarray, xtol: float = 1e-7,
+                     maxeval: int = 100, name: str = "Newton (stochastic trace gradient)"
+                     ) -> tuple[np.ndarray, OptSummary]:
+    """Newton steps on a criterion estimated with a standard error and its gradient (the
+    matrix-free crossed paths': ``fg(x) -> (f, g, se)``, its traces from the same probes),
+    ``x >= lower``: the Hessian by forward differences of the gradient at the start
+    (``k`` evaluations), kept by BFGS updates; a step that raises the criterion by more than
+    a thousandth of its standard error is halved (the gradient is the traces' estimate, not
+    the estimate's derivative: near the optimum a step to its zero may raise the estimate by
+    far less than its standard error). Stops when a step moves no coordinate by more than
+    ``xtol`` relative to ``max(|x|, 0.01)``."""
+    k = len(x0)
+    lower = np.asarray(lower, float)
+    count = [0]
+
+    def call(x: np.ndarray) -> tuple[float, np.ndarray, float]:
+        count[0] += 1
+        f, g, se = fg(x)
+        return float(f), np.asarray(g, float), float(se)
+
+    x = np.maximum(np.asarray(x0, float), lower)
+    f, g, _ = call(x)
+    H = np.empty((k, k))
+    for j in range(k):
+        h = 1e-3 * max(abs(x[j]), 1e-2)
+        xj = x.copy()
+        xj[j] += h
+        H[:, j] = (call(xj)[1] - g) / h
+    H = 0.5 * (H + H.T)
+    settings = {"xtol": xtol, "maxeval": maxeval, "hessian": "forward differences, BFGS"}
+    msg, converged = f"no convergence in {maxeval} evaluations", False
+    while count[0] < maxeval:
+        free = ~((x <= lower) & (g > 0))  # a bound that the gradient pushes against stays
+        d = np.zeros(k)
+        if free.any():
+            w, U = np.linalg.eigh(H[np.ix_(free, free)])
+            w = np.maximum(w, 1e-8 * max(float(np.max(np.abs(w))), 1e-300))
+            d[free] = -(U @ ((U.T @ g[free]) / w))
+        t = 1.0
+        while True:
+            x_new = np.maximum(x + t * d, lower)
+            f_new, g_new, se = call(x_new)
+            if (math.isfinite(f_new) and f_new <= f + 1e-12 * abs(f) + 1e-3 * se) or \
+                    count[0] >= maxeval:
+                break
+            t *= 0.5
+        step = x_new - x
+        yv = g_new - g
+        if not math.isfinite(f_new):
+            break
+        if step @ yv > 0:  # BFGS update
+            Hs = H @ step
+            H = H - np.outer(Hs, Hs) / (step @ Hs) + np.outer(yv, yv) / (step @ yv)
+        x, f, g = x_new, f_new, g_new
+        if np.all(np.abs(step) <= xtol * np.maximum(np.abs(x), 1e-2)):
+            msg, converged = f"steps below xtol {xtol:g}", True
+            break
+    pg = projected_gradient(g, x, lower)
+    return x, OptSummary(optimizer=name, settings=settings, x0=[float(v) for v in x0],
+                         x=[float(v) for v in x], fmin=float(f), feval=count[0],
+                         geval=count[0], message=msg, converged=converged,
+                         gradient=g.tolist(), gradient_norm=float(np.max(np.abs(pg))),
+                         code=0 if converged else 1)
+

@@ -35,15 +35,28 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from daskmm.kernels.crossed_iter import Crossing, Reduced, deflation_basis, slq
+from daskmm.kernels import scalar_re as K
+from daskmm.kernels.crossed_iter import (
+    Crossing,
+    Quadrature,
+    Reduced,
+    deflation_basis,
+    logdet_theta_gradient,
+    slq,
+    spmm,
+)
 from daskmm.kernels.crossed_sparse import SparseFactor
-from daskmm.kernels.scalar_re import row_terms
+from daskmm.kernels.scalar_re import inverse_link, row_terms
 
 MAX_ITER = 200
 """PIRLS steps at most in one evaluation."""
 TOL_U = 1e-11
 """PIRLS stops when a full step moves no spherical mode by more than ``TOL_U (1 + max|u|)``:
 the criterion's error is then far below what the optimiser's finite differences resolve."""
+STEP_MARGIN = 3
+"""The matrix-free path's Lanczos steps: those its quadratures needed to converge to 1e-10 at
+the first evaluation, plus this many (Gauss quadrature converges geometrically: a step more
+or less moves the estimate far below its standard error)."""
 CG_TOL = 1e-12
 """Conjugate gradients' relative residual on the matrix-free path."""
 _W_MIN = 1e-300
@@ -184,6 +197,96 @@ def add_passes(parts: list[WeightedPass]) -> WeightedPass:
                         sum(p.Ztwr for p in parts))
 
 
+def has_gradient(family: int, link: int) -> bool:
+    """Whether :meth:`CrossedLaplace.gradient` applies: a canonical link (the binomial's
+    logit, the Poisson's log), where PIRLS's weights are the observed information."""
+    return (family, link) in ((K.BINOMIAL, K.LOGIT), (K.POISSON, K.LOG))
+
+
+def _weights_slope(rows: CrossedRows, eta: np.ndarray, w: np.ndarray, family: int,
+                   link: int) -> np.ndarray:
+    """``dW / d eta`` per row for a canonical link: ``W (1 - 2 mu)`` for the binomial's
+    logit, ``W`` for the Poisson's log."""
+    if family == K.BINOMIAL:
+        return w * (1.0 - 2.0 * inverse_link(eta, link))
+    return w
+
+
+def _at_modes(rows: CrossedRows, beta, b, family, link):
+    zb = np.zeros(len(rows.y))
+    for c, bk in zip(rows.codes, b):
+        zb += bk[c]
+    eta = rows.eta_fixed(beta) + zb
+    _, sc, w = row_terms(eta, rows.y, rows.wt, rows.nb_k, family, link)
+    return eta, sc, w
+
+
+def gradient_sums(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
+                  u: list[np.ndarray], family: int, link: int, sizes: tuple[int, ...]
+                  ) -> tuple:
+    """A partition's sums at the modes for :meth:`CrossedLaplace.gradient`: ``Z's``,
+    ``X's``, ``Z'WX`` and, for each factor ``k``, ``Z'W Z_k u_k`` (``s`` the rows' scores,
+    ``u_k`` the spherical modes)."""
+    _, sc, w = _at_modes(rows, beta, b, family, link)
+
+    def zt(v: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.bincount(c, weights=v, minlength=L)
+                               for c, L in zip(rows.codes, sizes)])
+    ZtWX = np.column_stack([zt(w * rows.X[:, j]) for j in range(rows.X.shape[1])])
+    ZtWZu = np.column_stack([zt(w * uk[c]) for c, uk in zip(rows.codes, u)])
+    return zt(sc), rows.X.T @ sc, ZtWX, ZtWZu
+
+
+def gradient_weights(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
+                     u: list[np.ndarray], bdu: list[np.ndarray], family: int, link: int,
+                     sizes: tuple[int, ...], npattern: dict) -> list[WeightedPass]:
+    """A partition's crossings weighted by ``v_phi = W' d eta / d phi`` for each parameter
+    (``theta_1 .. theta_K``, then ``beta``): ``d eta / d phi = Z_k u_k`` or ``X_j``, plus
+    ``Z Lambda du / d phi`` (``bdu``: each factor's ``Lambda du`` on its levels, one column
+    a parameter)."""
+    eta, _, w = _at_modes(rows, beta, b, family, link)
+    slope = _weights_slope(rows, eta, w, family, link)
+    direct = np.column_stack([uk[c] for c, uk in zip(rows.codes, u)] + [rows.X])
+    for c, bk in zip(rows.codes, bdu):
+        direct += bk[c]
+    v = slope[:, None] * direct
+    out = []
+    for j in range(v.shape[1]):
+        vj = v[:, j]
+        out.append(WeightedPass(
+            0.0, [np.bincount(c, weights=vj, minlength=L) for c, L in zip(rows.codes, sizes)],
+            {jk: np.bincount(p, weights=vj, minlength=npattern[jk])
+             for jk, p in rows.pos.items()}, np.zeros(0)))
+    return out
+
+
+def trace_weighted(red: Reduced, quad: Quadrature, kx: Crossing) -> float:
+    """``tr(A^-1 K)`` for ``K = Lambda Z'VZ Lambda`` (``kx``: the crossing of ``Z'VZ``, any
+    row weights ``V``), ``A`` reduced as ``red`` and its log determinant's recurrences
+    ``quad``: ``A^-1 = diag(D^-1, 0) + P S^-1 P'`` with ``P = [-D^-1 B; I]``, so
+    ``tr(D^-1 K_11)`` exactly and ``tr(S^-1 P'KP)`` by :meth:`~daskmm.kernels.crossed_iter.
+    Quadrature.trace_inverse` (its diagonal, for the identity part, exactly)."""
+    t1, lam, D = red.t1, red.lam, red.D
+    t2 = t1 * t1
+
+    def PtKP(x: np.ndarray) -> np.ndarray:
+        x1 = -red.B(x) / D[:, None]
+        y1 = t2 * kx.n1[:, None] * x1 + t1 * spmm(kx.N, lam[:, None] * x)
+        if kx.rest_diagonal:
+            yr = (lam * lam * kx.rest_diag)[:, None] * x
+        else:
+            yr = lam[:, None] * spmm(kx.rest, lam[:, None] * x)
+        yr = yr + t1 * lam[:, None] * spmm(kx.NT, x1)
+        return yr - red.BT(y1 / D[:, None])
+
+    s = quad.scale
+    cross = red.x.NT.multiply(kx.NT).tocsr() @ (1.0 / D)
+    diag = lam * lam * (kx.rest_diag - 2.0 * t2 * cross) + red.B2_D(t2 * kx.n1 / D ** 2)
+    exact = float(np.sum(t2 * kx.n1 / D))
+    return exact + quad.trace_inverse(lambda V: s[:, None] * PtKP(s[:, None] * V),
+                                      float(np.sum(s * s * diag)))
+
+
 @dataclass(frozen=True)
 class Patterns:
     """The crossing tables' sparsity patterns, fixed for a fit: ``(j, k) -> (indptr,
@@ -207,11 +310,54 @@ class Patterns:
         return {jk: len(ix) for jk, (_, ix) in self.csr.items()}
 
     def crossing(self, wp: WeightedPass) -> Crossing:
-        """:class:`~daskmm.kernels.crossed_iter.Crossing` of ``Z'WZ`` at a pass's weights."""
-        tables = {jk: sp.csr_matrix((wp.tables[jk], ix, ptr),
-                                    shape=(self.sizes[jk[0]], self.sizes[jk[1]]))
-                  for jk, (ptr, ix) in self.csr.items()}
-        return Crossing.of_blocks(wp.counts, tables)
+        """:class:`~daskmm.kernels.crossed_iter.Crossing` of ``Z'WZ`` at a pass's weights:
+        its matrices' structures (the eliminated factor's crossings, their transpose and
+        square, the other factors' block) are made once, each entry marked with where its
+        value sits among the counts and table values; each PIRLS step only gathers the
+        values (no transpose, product or assembly)."""
+        t = self._template()
+        vals = np.concatenate([np.concatenate([np.asarray(c, float) for c in wp.counts]),
+                               *(wp.tables[jk] for jk in sorted(self.csr))])
+
+        def fill(M: sp.csr_matrix, marks: np.ndarray, square: bool = False) -> sp.csr_matrix:
+            v = vals[marks]
+            return sp.csr_matrix((v * v if square else v, M.indices, M.indptr), shape=M.shape)
+
+        N = fill(t["N"], t["N_marks"])
+        rest = fill(t["rest"], t["rest_marks"])
+        rest_diag = vals[t["rest_diag_marks"]]
+        return Crossing(len(wp.counts[0]), np.asarray(wp.counts[0], float), N,
+                        fill(t["NT"], t["NT_marks"]), fill(t["NT"], t["NT_marks"], True),
+                        rest, rest_diag, len(self.sizes) == 2)
+
+    def _template(self) -> dict:
+        """The structures of :meth:`crossing`, their entries marking positions in the values
+        (``1 +`` the position: a structural entry is never zero)."""
+        cached = self.__dict__.get("_cached")
+        if cached is not None:
+            return cached
+        offs = np.concatenate([[0], np.cumsum(self.sizes)])
+        pos = int(offs[-1])
+        counts = [np.arange(offs[j], offs[j + 1], dtype=float) + 1.0
+                  for j in range(len(self.sizes))]
+        tables = {}
+        for jk in sorted(self.csr):
+            ptr, ix = self.csr[jk]
+            tables[jk] = sp.csr_matrix((np.arange(pos, pos + len(ix), dtype=float) + 1.0,
+                                        ix, ptr), shape=(self.sizes[jk[0]], self.sizes[jk[1]]))
+            pos += len(ix)
+        x = Crossing.of_blocks(counts, tables)
+        for M in (x.N, x.NT, x.rest):
+            M.sort_indices()
+
+        def marks(M: sp.csr_matrix) -> np.ndarray:
+            return np.rint(M.data).astype(np.int64) - 1
+
+        out = {"N": x.N, "N_marks": marks(x.N), "NT": x.NT, "NT_marks": marks(x.NT),
+               "rest": x.rest, "rest_marks": marks(x.rest),
+               "rest_diag_marks": np.rint(x.rest_diag).astype(np.int64) - 1}
+        object.__setattr__(self, "_cached", out)
+        return out
 
 
 def merge_keys(parts: list[dict]) -> dict:
@@ -237,6 +383,8 @@ class LaplacePoint:
         ``A`` at the modes' weights, its first factor eliminated.
     factor : SparseFactor or None
         Its sparse factor (the sparse path).
+    quad : Quadrature or None
+        Its log determinant's recurrences (the matrix-free path).
     """
 
     value: float
@@ -248,6 +396,7 @@ class LaplacePoint:
     iterations: int
     reduced: Reduced | None = None
     factor: SparseFactor | None = None
+    quad: Quadrature | None = None
 
 
 class CrossedLaplace:
@@ -265,15 +414,21 @@ class CrossedLaplace:
         The matrix-free log determinant's estimator (:func:`daskmm.kernels.crossed_iter.
         slq`): the same probes at every evaluation; the deflation basis and the number of
         Lanczos steps are fixed at the first evaluation (``steps`` at most, the number its
-        quadratures needed to converge plus 5), so the criterion is one smooth function.
+        quadratures needed to converge plus :data:`STEP_MARGIN`), so the criterion is one
+        smooth function.
+    family : (int, int), optional
+        The family and link codes (:mod:`daskmm.kernels.scalar_re`), for
+        :meth:`gradient`.
     """
 
     def __init__(self, patterns: Patterns, passes: Callable, path: str, probes: int = 10,
-                 steps: int = 40, deflate: int = 10, seed: int = 0):
+                 steps: int = 40, deflate: int = 10, seed: int = 0,
+                 family: tuple[int, int] | None = None):
         if path not in ("sparse", "matrix-free"):
             raise ValueError(f"path={path!r}; allowed: 'sparse', 'matrix-free'")
         self.patterns, self.passes, self.path = patterns, passes, path
         self.probes, self.steps, self.deflate, self.seed = probes, steps, deflate, seed
+        self.family = family
         self.sizes = patterns.sizes
         self.q = int(sum(self.sizes))
         self.u_warm = np.zeros(self.q)
@@ -290,11 +445,11 @@ class CrossedLaplace:
         t1 = float(theta[0])
         return Reduced(x, t1, np.repeat(theta[1:], self.sizes[1:]), 1.0 + t1 * t1 * x.n1)
 
-    def logdet(self, red: Reduced) -> tuple[float, float, SparseFactor | None]:
-        """``(log|A|, its standard error, the sparse factor)`` of ``A`` at the modes'
-        weights: on the sparse path from one factorisation (exact; the factor is kept for
-        the conditional variances), on the matrix-free path by :func:`daskmm.kernels.
-        crossed_iter.slq` (no factor)."""
+    def logdet(self, red: Reduced) -> tuple[float, float, SparseFactor | Quadrature]:
+        """``(log|A|, its standard error, the sparse factor or the quadrature)`` of ``A`` at
+        the modes' weights: on the sparse path from one factorisation (exact; the factor is
+        kept for the conditional variances), on the matrix-free path by
+        :func:`daskmm.kernels.crossed_iter.slq` (its recurrences kept for the gradient)."""
         if self.path == "sparse":
             fac = SparseFactor.of(red)
             self.fill = fac.fill
@@ -305,8 +460,8 @@ class CrossedLaplace:
         quad = slq(red.schur, red.schur_diag(), self.probes, steps, self.seed,
                    basis=self.basis, rtol=0.0 if self.fixed_steps else 1e-10)
         if self.fixed_steps is None:
-            self.fixed_steps = min(self.steps, quad.steps + 5)
-        return float(np.sum(np.log(red.D))) + quad.logdet, quad.se, None
+            self.fixed_steps = min(self.steps, quad.steps + STEP_MARGIN)
+        return float(np.sum(np.log(red.D))) + quad.logdet, quad.se, quad
 
     def evaluate(self, theta: np.ndarray, beta: np.ndarray) -> LaplacePoint:
         """PIRLS to the modes at ``(theta, beta)`` (``theta``: one per factor, in the
@@ -350,7 +505,58 @@ class CrossedLaplace:
                 break
         self.u_warm = u
         ld, se, fac = self.logdet(red)
+        if isinstance(fac, Quadrature):
+            return LaplacePoint(pdev + ld, wp.ll, float(u @ u), ld, se, u, it, red, quad=fac)
         return LaplacePoint(pdev + ld, wp.ll, float(u @ u), ld, se, u, it, red, fac)
+
+    def gradient(self, theta: np.ndarray, beta: np.ndarray, point: LaplacePoint,
+                 apply: Callable) -> np.ndarray:
+        """The criterion's derivative in ``(theta, beta)`` at an evaluated point of the
+        matrix-free path (a canonical link, :func:`has_gradient`). ``apply(fn, **kw)``:
+        ``fn`` mapped over the partitions' rows, the results listed.
+
+        With ``M = Z Lambda``, ``A = M'WM + I`` and the modes ``u`` (``M's = u``, ``s`` the
+        scores): the penalised deviance's part by the envelope theorem (``-2 X's``;
+        ``-2 (Z's)_k . u_k``); ``log|A|``'s explicit part in ``theta``
+        (:func:`~daskmm.kernels.crossed_iter.logdet_theta_gradient`); and its part through
+        the weights, ``tr(A^-1 M' diag(W' d eta / d phi) M)`` (:func:`trace_weighted`), with
+        ``d eta / d phi`` the direct part plus ``M du / d phi``, ``A du / d phi = E_k Z's -
+        M'W Z_k u_k`` (``theta_k``) or ``-M'W X_j`` (``beta_j``), one block of solves.
+        The traces come from the log determinant's probes: an estimate, like the
+        criterion."""
+        theta = np.asarray(theta, float)
+        beta = np.asarray(beta, float)
+        red, quad = point.reduced, point.quad
+        lam = np.repeat(theta, self.sizes)
+        u = self._split(point.u)
+        b = self._split(lam * point.u)
+        fam, link = self.family
+        sums = apply(gradient_sums, beta=beta, b=b, u=u, family=fam, link=link,
+                     sizes=self.sizes)
+        Zts = sum(x[0] for x in sums)
+        Xts = sum(x[1] for x in sums)
+        ZtWX = sum(x[2] for x in sums)
+        ZtWZu = sum(x[3] for x in sums)
+        bounds = np.concatenate([[0], np.cumsum(self.sizes)])
+        nk = len(self.sizes)
+        R = np.empty((self.q, nk + len(beta)))
+        for k in range(nk):
+            e = np.zeros(self.q)
+            e[bounds[k]:bounds[k + 1]] = Zts[bounds[k]:bounds[k + 1]]
+            R[:, k] = e - lam * ZtWZu[:, k]
+        R[:, nk:] = -lam[:, None] * ZtWX
+        du = red.solve(R, CG_TOL)[0]
+        bdu = np.split(lam[:, None] * du, bounds[1:-1])
+        weighted = apply(gradient_weights, beta=beta, b=b, u=u, bdu=bdu, family=fam,
+                         link=link, sizes=self.sizes, npattern=self.patterns.nnz)
+        traces = np.array([trace_weighted(red, quad, self.patterns.crossing(
+            add_passes([w[j] for w in weighted]))) for j in range(R.shape[1])])
+        g = traces
+        g[:nk] += logdet_theta_gradient(red, quad, theta, self.sizes)
+        g[:nk] += np.array([-2.0 * float(Zts[bounds[k]:bounds[k + 1]] @ u[k])
+                            for k in range(nk)])
+        g[nk:] += -2.0 * Xts
+        return g
 
     @staticmethod
     def inverse_diag(point: LaplacePoint) -> np.ndarray:

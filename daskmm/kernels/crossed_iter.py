@@ -568,9 +568,13 @@ def slq(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40, see
     vals, solves = lanczos_quadratures(scaled, starts, steps, solves=True, rtol=rtol,
                                        taken=taken)
     exact, vals = float(np.sum(vals[:k])), vals[k:]
-    se = float(np.std(vals, ddof=1) / math.sqrt(probes)) if probes > 1 else math.inf
-    return Quadrature(float(np.sum(np.log(diag)) + exact + vals.mean()), se, s, starts,
-                      solves, k, taken[0])
+    if probes == 0:  # the basis alone: exact where it spans the space
+        se, rest = (0.0 if k == q else math.inf), 0.0
+    else:
+        se = float(np.std(vals, ddof=1) / math.sqrt(probes)) if probes > 1 else math.inf
+        rest = float(vals.mean())
+    return Quadrature(float(np.sum(np.log(diag)) + exact + rest), se, s, starts, solves, k,
+                      taken[0])
 
 
 def slq_logdet(matvec: Matvec, diag: np.ndarray, probes: int = 30, steps: int = 40,
@@ -704,15 +708,18 @@ class Profiled:
         return obj + self.logdet_S if reml else obj
 
 
-def _gradient(st: CrossedStats, theta: np.ndarray, red: Reduced, quad: Quadrature,
-              C_X: np.ndarray, cS: tuple, u: np.ndarray, dr2_scale: float,
-              reml: bool) -> np.ndarray:
-    """:func:`criterion`'s gradient (its docstring)."""
-    bounds = np.concatenate([[0], np.cumsum(st.sizes)])
+def logdet_theta_gradient(red: Reduced, quad: Quadrature, theta: np.ndarray,
+                          sizes: tuple[int, ...]) -> np.ndarray:
+    """``d log|A| / d theta_k`` at fixed ``Z'WZ`` (``A = Lambda Z'WZ Lambda + I``):
+    ``2 / theta_k (q_k - tr(A^-1 E_k))``, ``E_k`` factor ``k``'s levels, the traces from the
+    log determinant's own recurrences (:meth:`Quadrature.trace_inverse`): the eliminated
+    factor's ``sum 1/D + tr(S_A^-1 B' D^-2 B)``, another factor's ``tr(S_A^-1 E_k)``; 0 at
+    ``theta_k = 0`` (the criterion is even in ``theta_k``)."""
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
     s = quad.scale
-    grad = np.zeros(len(theta))
+    out = np.zeros(len(theta))
     for j, t in enumerate(theta):
-        if t <= 0:  # the criterion is even in theta_k: flat at 0
+        if t <= 0:
             continue
         lo, hi = bounds[j], bounds[j + 1]
         if j == 0:
@@ -733,9 +740,22 @@ def _gradient(st: CrossedStats, theta: np.ndarray, red: Reduced, quad: Quadratur
             def apply_m(V: np.ndarray, m_diag=m_diag) -> np.ndarray:
                 return m_diag[:, None] * V
             rest = float(np.sum(e - m_diag)) - (quad.trace_inverse(apply_m, 0.0))
-        d_logA = 2.0 / t * rest
+        out[j] = 2.0 / t * rest
+    return out
+
+
+def _gradient(st: CrossedStats, theta: np.ndarray, red: Reduced, quad: Quadrature,
+              C_X: np.ndarray, cS: tuple, u: np.ndarray, dr2_scale: float,
+              reml: bool) -> np.ndarray:
+    """:func:`criterion`'s gradient (its docstring)."""
+    bounds = np.concatenate([[0], np.cumsum(st.sizes)])
+    grad = logdet_theta_gradient(red, quad, theta, st.sizes)
+    for j, t in enumerate(theta):
+        if t <= 0:  # the criterion is even in theta_k: flat at 0
+            continue
+        lo, hi = bounds[j], bounds[j + 1]
         d_r2 = -2.0 / t * float(u[lo:hi] @ u[lo:hi])
-        grad[j] = d_logA + dr2_scale * d_r2
+        grad[j] += dr2_scale * d_r2
         if reml:
             Ck = C_X[lo:hi]
             grad[j] += -2.0 / t * float(np.trace(la.cho_solve(cS, Ck.T @ Ck)))

@@ -126,3 +126,35 @@ def test_an_unusable_point_is_infinite_not_an_error():
     pt = crit.evaluate(np.array([0.5, 0.5]), np.array([800.0, 0.0]))  # exp(800) overflows
     assert pt.value == np.inf
     assert np.isfinite(crit.evaluate(np.array([0.5, 0.5]), np.array([0.0, 0.3])).value)
+
+
+@pytest.mark.parametrize("family,sizes", [("binomial", [30, 20]), ("poisson", [25, 15, 8])])
+def test_the_gradient_is_the_criterions_derivative(family, sizes):
+    # the matrix-free criterion with a deflation basis spanning the whole space and no
+    # probes is exact, and so are its gradient's traces: against central differences of the
+    # sparse (exact) criterion
+    X, y, codes = crossing(800, sizes, family)
+    fam = (K.BINOMIAL, K.LOGIT) if family == "binomial" else (K.POISSON, K.LOG)
+    r = sum(sizes) - sizes[0]
+    exact = criterion(X, y, codes, sizes, family, "sparse")
+    free = criterion(X, y, codes, sizes, family, "matrix-free", probes=0, deflate=0,
+                     steps=r + 2)
+    free.family, free.basis = fam, np.eye(r)
+    levels = [np.arange(L) for L in sizes]
+    rows = CG.crossed_rows(X, y, np.ones(len(y)), np.zeros(len(y)), codes, levels, 0.0, None)
+    rows = CG.with_pattern(rows, CG.merge_keys([CG.pair_keys(rows, tuple(sizes))]),
+                           tuple(sizes))
+    theta, beta = np.linspace(0.5, 0.9, len(sizes)), np.array([-0.2, 0.4])
+    pt = free.evaluate(theta, beta)
+    assert pt.se == 0.0
+    assert pt.value == pytest.approx(exact.evaluate(theta, beta).value, rel=1e-12)
+    g = free.gradient(theta, beta, pt, lambda fn, **kw: [fn(rows, **kw)])
+    x0, nk = np.r_[theta, beta], len(sizes)
+    fd = []
+    for i in range(len(x0)):
+        up, down = x0.copy(), x0.copy()
+        up[i] += 1e-5
+        down[i] -= 1e-5
+        fd.append((exact.evaluate(up[:nk], up[nk:]).value -
+                   exact.evaluate(down[:nk], down[nk:]).value) / 2e-5)
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-5)

@@ -152,9 +152,10 @@ def choose_path(path: str, data: CrossedData) -> str:
 class CrossedCriterion:
     """The Laplace criterion of ``(theta, beta)`` (``theta`` in the spec's term order) by
     the sparse or matrix-free path; follows :class:`daskmm.models.glmm.criteria.Criterion`.
-    """
+    On the matrix-free path with a canonical link it has a gradient
+    (:meth:`~daskmm.kernels.crossed_glmm.CrossedLaplace.gradient`): its traces estimated
+    by the criterion's own probes."""
 
-    has_gradient = False
     takes_first_stage = False
 
     def __init__(self, c, data: CrossedData, spec, family: int, link: int, const: float,
@@ -170,11 +171,34 @@ class CrossedCriterion:
             return CG.add_passes(outs)
 
         self.engine = CG.CrossedLaplace(data.patterns, passes, path, PROBES, STEPS, DEFLATE,
-                                        seed)
+                                        seed, (family, link))
+        self.has_gradient = path == "matrix-free" and CG.has_gradient(family, link)
         self.last: tuple | None = None
+        self.last_grad: tuple | None = None
+
+        def apply(fn, **kw):
+            return c.gather(map_parts(c, fn, data.parts, pure=False, **kw))
+        self._apply = apply
 
     def to_full_tolerance(self) -> None:
         """PIRLS always runs to its full tolerance here."""
+
+    def moment_start(self, beta: np.ndarray) -> np.ndarray:
+        """A start for ``theta`` (the spec's order) from one pass at ``beta`` (the GLM's)
+        with no random effects: factor ``k``'s variance by the moments of its levels'
+        Fisher-weighted mean working residuals (``c_l`` the level's weight, ``s_l`` its
+        score sum: ``E[s_l^2 / c_l] = 1 + c_l sigma_k^2``), so ``sigma_k^2 = sum_l
+        (s_l^2 / c_l - 1) / sum_l c_l``, at least 1e-4."""
+        wp = self.engine.passes(np.asarray(beta, float),
+                                [np.zeros(s) for s in self.data.patterns.sizes])
+        if not np.isfinite(wp.ll):
+            return np.concatenate([t.theta_init() for t in self.spec.terms])
+        sums = np.split(wp.Ztwr, np.cumsum(self.data.patterns.sizes)[:-1])
+        var = np.empty(len(sums))
+        for j, (c, s) in enumerate(zip(wp.counts, sums)):
+            seen = c > 0
+            var[j] = np.sum(s[seen] ** 2 / c[seen] - 1.0) / max(float(np.sum(c)), 1e-300)
+        return np.sqrt(np.maximum(var, 1e-4))[self.order]
 
     def _theta(self, theta) -> np.ndarray:
         out = np.empty(len(self.order))
@@ -191,6 +215,22 @@ class CrossedCriterion:
 
     def __call__(self, theta, beta, size=None) -> float:
         return self.point(theta, beta).value - 2.0 * self.const
+
+    def value_grad(self, theta, beta, size=None) -> tuple[float, np.ndarray]:
+        """The criterion and its gradient in ``(theta, beta)`` (the matrix-free path)."""
+        pt = self.point(theta, beta)
+        key = self.last[0]
+        if self.last_grad is None or self.last_grad[0] != key:
+            g = self.engine.gradient(self._theta(theta), np.asarray(beta, float), pt,
+                                     self._apply)
+            nk = len(self.order)
+            self.last_grad = (key, np.concatenate([g[:nk][self.order], g[nk:]]))
+        return pt.value - 2.0 * self.const, self.last_grad[1].copy()
+
+    @property
+    def last_se(self) -> float:
+        """The standard error of the last evaluation's criterion (0 on the sparse path)."""
+        return float(self.last[1].se) if self.last is not None else 0.0
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
         """Conditional modes ``b = theta_k u`` and their variances ``theta_k^2 diag(A^-1)``

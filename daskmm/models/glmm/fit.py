@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from daskmm.core.families import get_family
+from daskmm.core.optimizer import estimated_newton
 from daskmm.data.io import DataLike
 from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
@@ -343,7 +344,27 @@ def _fit_crossed(c, ddf, spec, resp, fam, link_obj, combos, path: str, opts: dic
     where = f"{'in-process' if is_in_process(c) else 'distributed'}, {path}"
     log.info("optimising: %d rows, %s, %s evaluation", n,
              ", ".join(f"{k} {v} levels" for k, v in ngroups.items()), where)
-    x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where)
+    full0 = np.zeros(len(spec.fixef_names))
+    full0[keep] = beta0
+    theta0 = base.moment_start(full0)
+    if base.has_gradient:
+        # Newton steps on the estimated criterion and gradient (both from the same probes),
+        # as the LMM's matrix-free path; BOBYQA repairs a point that fails its check
+        lower = np.concatenate([t.theta_lower() for t in spec.terms])
+        nt = len(lower)
+
+        def fg(v):
+            val, g = crit.value_grad(v[:nt], v[nt:])
+            return val, g, base.last_se
+
+        x, optinfo = estimated_newton(fg, np.concatenate([theta0, Tinv @ beta0]),
+                                      np.concatenate([lower, np.full(len(beta0), -np.inf)]))
+        optinfo.mode = where
+        size = None
+        opts = {**opts, "method": "bobyqa"}
+    else:
+        x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where,
+                                                  theta_start=theta0)
     t2 = time.perf_counter()
     names = [nm for t in spec.terms for nm in t.theta_names()] + \
         [nm for nm, k in zip(spec.fixef_names, keep) if k]

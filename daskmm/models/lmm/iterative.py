@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daskmm.core.optimizer import OptSummary, minimize, projected_gradient
+from daskmm.core.optimizer import OptSummary, estimated_newton, minimize
 from daskmm.errors import DataError
 from daskmm.kernels.crossed_iter import (
     CrossedStats,
@@ -165,70 +165,16 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
 
 def _newton(evaluate, x0: np.ndarray, xtol: float = 1e-7, maxeval: int = 100
             ) -> tuple[np.ndarray, OptSummary]:
-    """Newton steps on the criterion's gradient, ``theta >= 0``: the Hessian by forward
-    differences of the gradient at the start (``k`` evaluations), kept by BFGS updates;
-    a step that raises the criterion by more than a thousandth of its standard error is
-    halved. Stops when a step moves no ``theta`` by
-    more than ``xtol`` (relative to ``max(theta, 0.01)``). From :func:`moment_start` this
-    takes a handful of evaluations where L-BFGS-B, whose first step has unit length, took
-    twelve."""
-    k = len(x0)
-    count = [0]
-
+    """Newton steps on the estimated criterion and gradient, ``theta >= 0``
+    (:func:`daskmm.core.optimizer.estimated_newton`). From :func:`moment_start` this takes a
+    handful of evaluations where L-BFGS-B, whose first step has unit length, took twelve."""
     def fg(theta: np.ndarray) -> tuple[float, np.ndarray, float]:
-        count[0] += 1
         at = evaluate(theta, True)
         return at.objective, np.asarray(at.gradient, float), at.se
 
-    x = np.maximum(np.asarray(x0, float), 0.0)
-    f, g, _ = fg(x)
-    H = np.empty((k, k))
-    for j in range(k):
-        h = 1e-3 * max(x[j], 1e-2)
-        xj = x.copy()
-        xj[j] += h
-        H[:, j] = (fg(xj)[1] - g) / h
-    H = 0.5 * (H + H.T)
-    settings = {"xtol": xtol, "maxeval": maxeval, "hessian": "forward differences, BFGS"}
-    msg, converged = f"no convergence in {maxeval} evaluations", False
-    while count[0] < maxeval:
-        free = ~((x <= 0) & (g > 0))  # a bound that the gradient pushes against stays
-        d = np.zeros(k)
-        if free.any():
-            w, U = np.linalg.eigh(H[np.ix_(free, free)])
-            w = np.maximum(w, 1e-8 * max(float(np.max(np.abs(w))), 1e-300))
-            d[free] = -(U @ ((U.T @ g[free]) / w))
-        t = 1.0
-        while True:
-            x_new = np.maximum(x + t * d, 0.0)
-            f_new, g_new, se = fg(x_new)
-            # the criterion is an estimate and the gradient the traces' estimate, not its
-            # derivative: near the optimum a step to the gradient's zero may raise the
-            # estimate by far less than its standard error; such a step is taken
-            if f_new <= f + 1e-12 * abs(f) + 1e-3 * se or count[0] >= maxeval:
-                break
-            t *= 0.5
-        step = x_new - x
-        yv = g_new - g
-        if step @ yv > 0:  # BFGS update
-            Hs = H @ step
-            H = H - np.outer(Hs, Hs) / (step @ Hs) + np.outer(yv, yv) / (step @ yv)
-        x, f, g = x_new, f_new, g_new
-        if np.all(np.abs(step) <= xtol * np.maximum(x, 1e-2)):
-            msg, converged = f"steps below xtol {xtol:g}", True
-            break
-    return x, _summary("Newton (stochastic trace gradient)", settings, x0, x, f, g,
-                       count[0], msg, converged)
-
-
-def _summary(name: str, settings: dict, x0: np.ndarray, x: np.ndarray, f: float,
-             g: np.ndarray, count: int, msg: str, converged: bool) -> OptSummary:
-    pg = projected_gradient(g, x, np.zeros(len(x)))
-    return OptSummary(optimizer=name, settings=settings, x0=[float(v) for v in x0],
-                      x=[float(v) for v in x], fmin=float(f), feval=count, geval=count,
-                      message=msg, converged=converged, gradient=g.tolist(),
-                      gradient_norm=float(np.max(np.abs(pg))),
-                      mode="in-process, matrix-free", code=0 if converged else 1)
+    x, opt = estimated_newton(fg, x0, np.zeros(len(x0)), xtol, maxeval)
+    opt.mode = "in-process, matrix-free"
+    return x, opt
 
 
 def fit_sparse(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = None,

@@ -80,6 +80,10 @@ def test_the_matrix_free_fit_is_glmers_within_its_error(designs):
         np.testing.assert_allclose(np.sqrt(fit.ranef[f].cov[:5, 0, 0]), r["sd"], rtol=1e-2)
     assert any("deviance estimated (matrix-free crossed fit)" in w
                for w in fit.optinfo.checks["warnings"])
+    # Newton steps on the estimated criterion and gradient: a handful of evaluations where
+    # BOBYQA took some 100
+    assert fit.optinfo.optimizer == "Newton (stochastic trace gradient)"
+    assert fit.optinfo.converged and fit.certified and fit.optinfo.feval <= 25
 
 
 def _kernel(frame, resp, family, path):
