@@ -601,7 +601,7 @@ def certified_optimum(run: Callable[[np.ndarray], tuple[np.ndarray, OptSummary]]
 def estimated_newton(fg: Callable[[np.ndarray], tuple[float, np.ndarray, float]],
                      x0: np.ndarray, lower: np.ndarray, xtol: float = 1e-7,
                      maxeval: int = 100, name: str = "Newton (stochastic trace gradient)"
-                     ) -> tuple[np.ndarray, OptSummary]:
+                     ) -> tuple[np.ndarray, OptSummary, np.ndarray]:
     """Newton steps on a criterion estimated with a standard error and its gradient (the
     matrix-free crossed paths': ``fg(x) -> (f, g, se)``, its traces from the same probes),
     ``x >= lower``: the Hessian by forward differences of the gradient at the start
@@ -609,7 +609,7 @@ def estimated_newton(fg: Callable[[np.ndarray], tuple[float, np.ndarray, float]]
     a thousandth of its standard error is halved (the gradient is the traces' estimate, not
     the estimate's derivative: near the optimum a step to its zero may raise the estimate by
     far less than its standard error). Stops when a step moves no coordinate by more than
-    ``xtol`` relative to ``max(|x|, 0.01)``."""
+    ``xtol`` relative to ``max(|x|, 0.01)``. Returns ``(x, summary, the BFGS Hessian)``."""
     k = len(x0)
     lower = np.asarray(lower, float)
     count = [0]
@@ -661,5 +661,5 @@ def estimated_newton(fg: Callable[[np.ndarray], tuple[float, np.ndarray, float]]
                          x=[float(v) for v in x], fmin=float(f), feval=count[0],
                          geval=count[0], message=msg, converged=converged,
                          gradient=g.tolist(), gradient_norm=float(np.max(np.abs(pg))),
-                         code=0 if converged else 1)
+                         code=0 if converged else 1), H
 

@@ -357,19 +357,21 @@ def _fit_crossed(c, ddf, spec, resp, fam, link_obj, combos, path: str, opts: dic
             val, g = crit.value_grad(v[:nt], v[nt:])
             return val, g, base.last_se
 
-        x, optinfo = estimated_newton(fg, np.concatenate([theta0, Tinv @ beta0]),
-                                      np.concatenate([lower, np.full(len(beta0), -np.inf)]))
+        x, optinfo, hessian = estimated_newton(
+            fg, np.concatenate([theta0, Tinv @ beta0]),
+            np.concatenate([lower, np.full(len(beta0), -np.inf)]))
         optinfo.mode = where
         size = None
         opts = {**opts, "method": "bobyqa"}
     else:
         x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where,
                                                   theta_start=theta0)
+        hessian = None
     t2 = time.perf_counter()
     names = [nm for t in spec.terms for nm in t.theta_names()] + \
         [nm for nm, k in zip(spec.fixef_names, keep) if k]
     theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
-        crit, x, lower, optinfo, size, opts, where, names)
+        crit, x, lower, optinfo, size, opts, where, names, hessian)
     beta, vcov = T @ gamma, T @ vcov_gamma @ T.T
     full = np.zeros(len(spec.fixef_names))
     full[keep] = beta

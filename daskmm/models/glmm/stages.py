@@ -168,13 +168,16 @@ def optimise_stages(crit, spec, beta0: np.ndarray, Tinv: np.ndarray, opts: dict,
 
 
 def estimates(crit, x: np.ndarray, lower: np.ndarray, optinfo, size: float | None,
-              opts: dict, where: str, names: list[str]):
+              opts: dict, where: str, names: list[str], hessian: np.ndarray | None = None):
     """Check and repair the optimum ``x`` (:func:`daskmm.core.optimizer.certified_optimum`)
     and return ``(theta, beta, criterion, vcov(beta), conditional modes, optinfo)``: ``vcov``
     from the Hessian in ``(theta, beta)`` the check uses (glmer's ``use.hessian = TRUE``), at
     the estimated size for the negative binomial (as glmer.nb reports it: the last glmer fit,
-    k fixed; its optimum is checked, not repaired)."""
+    k fixed; its optimum is checked, not repaired). ``hessian``: an estimate of the Hessian at
+    ``x`` (a quasi-Newton optimiser's), whose standard errors choose the steps of the first
+    differences of the gradient at once (:func:`~daskmm.kernels.numderiv.steps_for`)."""
     nt = len(lower)
+    guess = [hessian]
     # the Hessian divides differences of the criterion by delta^2 = 1e-8: from here on PIRLS
     # runs to its full tolerance, without Newton's early stop (differences of the exact
     # gradient divide by 1e-4 only: the early stop stays)
@@ -191,6 +194,11 @@ def estimates(crit, x: np.ndarray, lower: np.ndarray, optinfo, size: float | Non
         # standard errors (numderiv.steps_for)
         if graded:
             val, g = crit.value_grad(v[:nt], v[nt:], size)
+            if guess[0] is not None:  # the optimiser's Hessian gives the steps: one round
+                h, guess[0] = steps_for(guess[0]), None
+                return val, g, hessian_of_gradient(
+                    lambda u: crit.value_grad(u[:nt], u[nt:], size)[1], v, bounds,
+                    1e-4 if h is None else h)
             H = hessian_of_gradient(lambda u: crit.value_grad(u[:nt], u[nt:], size)[1], v,
                                     bounds)
             h = steps_for(H)

@@ -172,7 +172,7 @@ def _newton(evaluate, x0: np.ndarray, xtol: float = 1e-7, maxeval: int = 100
         at = evaluate(theta, True)
         return at.objective, np.asarray(at.gradient, float), at.se
 
-    x, opt = estimated_newton(fg, x0, np.zeros(len(x0)), xtol, maxeval)
+    x, opt, _ = estimated_newton(fg, x0, np.zeros(len(x0)), xtol, maxeval)
     opt.mode = "in-process, matrix-free"
     return x, opt
 
