@@ -120,9 +120,9 @@ m <- if (binomial_fit) glmer(y ~ x + (1 | g) + (1 | h), d, family = binomial) el
   lmer(y ~ x + (1 | g) + (1 | h), d)
 t1 <- proc.time()[["elapsed"]]
 vc <- as.data.frame(VarCorr(m))
-cat(sprintf(paste0('{"fit_s": %.4f, "variances": [%.10g, %.10g, %.10g], ',
+cat(sprintf(paste0('{"fit_s": %.4f, "variances": [%s, %.10g, %.10g], ',
                    '"beta": [%.10g, %.10g], "criterion": %.10g}\n'), t1 - t0,
-            if (binomial_fit) NA else sigma(m)^2,
+            if (binomial_fit) "NaN" else sprintf("%.10g", sigma(m)^2),
             vc$vcov[vc$grp == "g"], vc$vcov[vc$grp == "h"],
             fixef(m)[1], fixef(m)[2], if (binomial_fit) deviance(m) else REMLcrit(m)))
 """
