@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daskmm.distributed.mapreduce import scatter_large
 from daskmm.kernels.pls import (
     Workspace,
     eval_group,
@@ -104,6 +105,8 @@ class DistributedEvaluator:
         self.client = client
         self.futures = futures
         self.layout = layout
+        # the layout (its global levels can be large) sent once, under a key of its own
+        self._layout = scatter_large(client, {"layout": layout})["layout"]
         self.split_every = split_every
         self.rounds = 0
 
@@ -117,7 +120,8 @@ class DistributedEvaluator:
         """One round of tasks: ``fn`` mapped over the statistics, then a tree sum."""
         tok = uuid.uuid4().hex[:8]
         self.rounds += 1
-        parts = self.client.map(fn, self.futures, layout=self.layout, **kw,
+        parts = self.client.map(fn, self.futures,
+                                **scatter_large(self.client, {"layout": self._layout, **kw}),
                                 key=[f"daskmm-pls-{tok}-{i}" for i in range(len(self.futures))])
         level = 0
         while len(parts) > 1:
@@ -129,7 +133,8 @@ class DistributedEvaluator:
 
     def modes(self, lam, prof, beta, u_G, sigma):
         tok = uuid.uuid4().hex[:8]
-        futs = self.client.map(_modes, self.futures, layout=self.layout, lam=lam, prof=prof,
-                               beta=beta, u_G=u_G, sigma=sigma,
-                               key=[f"daskmm-modes-{tok}-{i}" for i in range(len(self.futures))])
+        futs = self.client.map(_modes, self.futures, **scatter_large(
+            self.client, {"layout": self._layout, "lam": lam, "prof": prof, "beta": beta,
+                          "u_G": u_G, "sigma": sigma}),
+            key=[f"daskmm-modes-{tok}-{i}" for i in range(len(self.futures))])
         return [item for part in self.client.gather(futs) for item in part]

@@ -39,7 +39,30 @@ def map_parts(client, fn: Callable, *iterables, name: str | None = None, **kwarg
     :func:`step_name`); in process the tasks run here, at once."""
     n = min((len(it) for it in iterables), default=0)
     keys = task_keys(name or step_name(fn), n)
+    if not is_in_process(client):
+        kwargs = scatter_large(client, kwargs)
     return client.map(fn, *iterables, key=keys, **kwargs)
+
+
+_MAP_OPTIONS = {"pure", "workers", "allow_other_workers", "resources", "retries", "priority",
+                "fifo_timeout", "actor", "actors", "batch_size"}
+LARGE_ARGUMENT = 50_000
+"""Bytes from which :func:`map_parts` scatters a keyword argument itself."""
+
+
+def scatter_large(client, kwargs: dict) -> dict:
+    """``kwargs`` with each large argument (:data:`LARGE_ARGUMENT` bytes or more) scattered
+    to the cluster under a key of its own. ``Client.map`` makes a large keyword argument a
+    data task keyed by the argument's *name* (distributed 2026.8, ``_MapExpr``): two maps
+    with a large ``b=`` then share one key, and the second waits on, or trips over, the
+    first's (a crossed GLMM fit's PIRLS passes hung that way)."""
+    from dask.sizeof import sizeof
+    out = {}
+    for k, v in kwargs.items():
+        if k not in _MAP_OPTIONS and sizeof(v) >= LARGE_ARGUMENT:
+            v = client.scatter([v], hash=False)[0]  # one object (a dict or list stays whole)
+        out[k] = v
+    return out
 
 
 def map_gather(client, fn: Callable, *iterables, name: str | None = None, **kwargs) -> list:

@@ -235,3 +235,32 @@ def raw_aligned(client, ddf: dd.DataFrame, factor: FactorSpec) -> bool:
 def shuffle_by(ddf: dd.DataFrame, factor: FactorSpec) -> dd.DataFrame:
     """Repartition rows so that every level of ``factor`` sits in one partition."""
     return ddf.shuffle(on=list(factor.columns), npartitions=max(ddf.npartitions, 1))
+
+
+def persist_spread(client, ddf, fn, name: str, label: str, *args) -> list:
+    """``fn(partition, *args)`` of every partition, kept on the workers as futures
+    (``daskmm-{name}-<token>-<i>``), partition ``i`` on worker ``i mod n``: every pass of a fit
+    then runs where its partition is (two on one worker, as a shuffle's outputs sometimes
+    land, would halve the speed, or move the data when the scheduler steals a task); another
+    worker takes over if that one is lost. A pandas frame (in process): one partition, no
+    graph. ``label``: the progress line's."""
+    from daskmm.distributed.mapreduce import map_parts
+    if isinstance(ddf, pd.DataFrame):
+        return map_parts(client, fn, [ddf], *[[a] for a in args])
+    import contextlib
+
+    import dask
+
+    tok = token()
+    prep = dask.delayed(fn, pure=False)
+    info = getattr(client, "scheduler_info", None)
+    workers = sorted(info(n_workers=-1)["workers"]) if info is not None else []
+    tasks = []
+    for i, p in enumerate(partitions(ddf)):
+        with (dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
+              if workers else contextlib.nullcontext()):
+            tasks.append(prep(p, *args, dask_key_name=f"daskmm-{name}-{tok}-{i}"))
+    futures = client.compute(tasks)
+    track(futures, label)
+    return futures
+

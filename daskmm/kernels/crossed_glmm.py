@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from daskmm.kernels import scalar_re as K
@@ -41,6 +40,7 @@ from daskmm.kernels.crossed_iter import (
     Quadrature,
     Reduced,
     deflation_basis,
+    level_codes,
     logdet_theta_gradient,
     slq,
     spmm,
@@ -110,14 +110,7 @@ def crossed_rows(X: np.ndarray, y: np.ndarray, wt: np.ndarray, offset: np.ndarra
                  n_dropped: object) -> CrossedRows:
     """:class:`CrossedRows` of encoded rows, each factor's per-row ``keys`` coded against its
     frozen ``levels``."""
-    codes = []
-    for k, lev in zip(keys, levels):
-        c = pd.Categorical(k, categories=lev).codes.astype(np.int64)
-        if (c < 0).any():
-            bad = k[np.flatnonzero(c < 0)[0]]
-            bad = bad.item() if isinstance(bad, np.generic) else bad
-            raise ValueError(f"level {bad!r} was not seen by the metadata pass")
-        codes.append(c)
+    codes = level_codes(keys, levels)
     return CrossedRows(np.ascontiguousarray(X, float), np.asarray(y, float),
                        np.asarray(wt, float), np.asarray(offset, float), codes, float(const),
                        n_dropped)

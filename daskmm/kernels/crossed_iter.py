@@ -124,12 +124,9 @@ def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: 
                         yty=float(yw @ yw), n=n, sizes=tuple(sizes))
 
 
-def partition_crossed(y: np.ndarray, X: np.ndarray, w: np.ndarray | None,
-                      keys: list[np.ndarray], levels: list[np.ndarray]
-                      ) -> tuple[CrossedStats, float]:
-    """One partition's :class:`CrossedStats` (each factor's per-row ``keys`` coded against
-    its frozen ``levels``) and ``sum log w``; the partitions' sum (:func:`add_crossed`) is
-    the whole data's."""
+def level_codes(keys: list[np.ndarray], levels: list[np.ndarray]) -> list[np.ndarray]:
+    """Each factor's per-row ``keys`` coded against its frozen ``levels`` (``0 ..``);
+    ``ValueError`` for a key the levels do not hold."""
     codes = []
     for k, lev in zip(keys, levels):
         c = pd.Categorical(k, categories=lev).codes.astype(np.int64)
@@ -138,6 +135,16 @@ def partition_crossed(y: np.ndarray, X: np.ndarray, w: np.ndarray | None,
             bad = bad.item() if isinstance(bad, np.generic) else bad
             raise ValueError(f"level {bad!r} was not seen by the metadata pass")
         codes.append(c)
+    return codes
+
+
+def partition_crossed(y: np.ndarray, X: np.ndarray, w: np.ndarray | None,
+                      keys: list[np.ndarray], levels: list[np.ndarray]
+                      ) -> tuple[CrossedStats, float]:
+    """One partition's :class:`CrossedStats` (each factor's per-row ``keys`` coded against
+    its frozen ``levels``) and ``sum log w``; the partitions' sum (:func:`add_crossed`) is
+    the whole data's."""
+    codes = level_codes(keys, levels)
     sum_log_w = 0.0 if w is None else float(np.sum(np.log(w)))
     return crossed_stats(y, X, codes, [len(lev) for lev in levels], w), sum_log_w
 

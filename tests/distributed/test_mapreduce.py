@@ -50,3 +50,18 @@ def test_a_glmm_on_a_cluster_runs_named_tasks(client):
     names = {t["key"].rsplit("-", 2)[0] for t in ts.data
              if isinstance(t["key"], str) and t["key"].startswith("daskmm-")}
     assert "daskmm-glmm-evaluate" in names and "daskmm-glmm-scoring" in names
+
+
+def _scaled_sum(k, v):
+    return k * float(np.sum(v))
+
+
+def test_large_keyword_arguments_of_two_maps_stay_apart(client):
+    # distributed's Client.map keys a large keyword argument's data by the argument's name:
+    # two maps with a large v= shared one key and the second read the first's v
+    a = np.arange(20_000.0)
+    first = map_gather(client, _scaled_sum, [1, 2], v=a)
+    second = map_gather(client, _scaled_sum, [1, 2], v=-a)
+    total = float(np.sum(a))
+    assert first == [total, 2 * total]
+    assert second == [-total, -2 * total]

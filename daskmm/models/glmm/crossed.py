@@ -12,17 +12,14 @@ conjugate gradients) and its log determinant taken.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import uuid
 
 import numpy as np
 import pandas as pd
 
 from daskmm.distributed.execution import is_in_process
 from daskmm.distributed.mapreduce import map_parts
-from daskmm.distributed.passes import partitions
-from daskmm.distributed.progress import track
+from daskmm.distributed.passes import persist_spread
 from daskmm.errors import ModelError
 from daskmm.formula.checks import column_ranges
 from daskmm.kernels import crossed_glmm as CG
@@ -60,25 +57,9 @@ def _pass(rows, beta, b, family, link, sizes, npattern):
 def persist_rows(c, ddf, spec, resp, family: int, factors: list[str],
                  levels: list[np.ndarray]) -> list:
     """Each partition's :class:`~daskmm.kernels.crossed_glmm.CrossedRows`, kept on a worker
-    (partition ``i`` on worker ``i mod n``) or, in process, here."""
-    if isinstance(ddf, pd.DataFrame):
-        return map_parts(c, prepare_rows, [ddf], spec=spec, resp=resp, family=family,
-                         factors=factors, levels=levels)
-    import dask
-
-    tok = uuid.uuid4().hex[:8]
-    prep = dask.delayed(prepare_rows, pure=False)
-    info = getattr(c, "scheduler_info", None)
-    workers = sorted(info(n_workers=-1)["workers"]) if info is not None else []
-    tasks = []
-    for i, p in enumerate(partitions(ddf)):
-        with (dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
-              if workers else contextlib.nullcontext()):
-            tasks.append(prep(p, spec, resp, family, factors, levels,
-                              dask_key_name=f"daskmm-glmm-crossed-{tok}-{i}"))
-    futures = c.compute(tasks)
-    track(futures, "glmm: data")
-    return futures
+    (:func:`~daskmm.distributed.passes.persist_spread`) or, in process, here."""
+    return persist_spread(c, ddf, prepare_rows, "glmm-crossed", "glmm: data", spec, resp,
+                          family, factors, levels)
 
 
 @dataclasses.dataclass

@@ -35,13 +35,11 @@ The fit:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import time
-import uuid
 
 import numpy as np
 import pandas as pd
@@ -52,8 +50,7 @@ from daskmm.data.io import DataLike
 from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.distributed.mapreduce import map_parts
-from daskmm.distributed.passes import aligned, partitions, raw_aligned, shuffle_by
-from daskmm.distributed.progress import track
+from daskmm.distributed.passes import aligned, persist_spread, raw_aligned, shuffle_by
 from daskmm.errors import DataError, ModelError
 from daskmm.formula.checks import check_ranges
 from daskmm.formula.parse import parse_formula
@@ -441,27 +438,7 @@ def rows_for(res: GlmmResult, data, resp: Response, npartitions: int | None):
 
 
 def _persist(c, ddf, spec, resp, family, layout) -> list:
-    if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
-        return map_parts(c, prepare_partition, [ddf], spec=spec, resp=resp, family=family,
-                         layout=layout)
-    import dask
-
-    tok = uuid.uuid4().hex[:8]
-    prep = dask.delayed(prepare_partition, pure=False)
-    # partition i on worker i mod n: every pass of the fit runs where its partition is, so
-    # two partitions on one worker (as a shuffle's outputs sometimes land) would halve the
-    # speed, or move the data when the scheduler steals a task; another worker takes over
-    # if that one is lost
-    info = getattr(c, "scheduler_info", None)
-    workers = sorted(info(n_workers=-1)["workers"]) if info is not None else []
-    tasks = []
-    for i, p in enumerate(partitions(ddf)):
-        with (dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
-              if workers else contextlib.nullcontext()):
-            tasks.append(prep(p, spec, resp, family, layout,
-                              dask_key_name=f"daskmm-glmm-data-{tok}-{i}"))
-    futures = c.compute(tasks)
-    track(futures, "glmm: data")
-    return futures
+    return persist_spread(c, ddf, prepare_partition, "glmm-data", "glmm: data", spec, resp,
+                          family, layout)
 
 

@@ -251,3 +251,14 @@ def test_the_command_line_and_a_job_file_take_the_path(small, tmp_path):
     run_job(job)
     doc = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert doc["optinfo"]["crossed"]["path"] == "sparse"
+
+
+def test_an_aliased_column_is_dropped_and_changes_nothing(small):
+    f = "y ~ x + (1 | g) + (1 | h)"
+    with pytest.warns(UserWarning, match="dropping 1 column"):
+        aliased = daskmm.glmm("y ~ x + x2 + (1 | g) + (1 | h)", small.assign(x2=2 * small.x),
+                              "binomial", crossed="matrix-free", mode="in-process")
+    plain = daskmm.glmm(f, small, "binomial", crossed="matrix-free", mode="in-process")
+    assert aliased.fixef_names == ["(Intercept)", "x"]
+    np.testing.assert_allclose(aliased.beta, plain.beta, rtol=1e-10)
+    np.testing.assert_allclose(aliased.theta, plain.theta, rtol=1e-10)
