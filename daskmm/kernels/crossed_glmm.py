@@ -196,7 +196,7 @@ def has_gradient(family: int, link: int) -> bool:
     return (family, link) in ((K.BINOMIAL, K.LOGIT), (K.POISSON, K.LOG))
 
 
-def _weights_slope(rows: CrossedRows, eta: np.ndarray, w: np.ndarray, family: int,
+def _weights_slope(eta: np.ndarray, w: np.ndarray, family: int,
                    link: int) -> np.ndarray:
     """``dW / d eta`` per row for a canonical link: ``W (1 - 2 mu)`` for the binomial's
     logit, ``W`` for the Poisson's log."""
@@ -238,7 +238,7 @@ def gradient_weights(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
     ``Z Lambda du / d phi`` (``bdu``: each factor's ``Lambda du`` on its levels, one column
     a parameter)."""
     eta, _, w = _at_modes(rows, beta, b, family, link)
-    slope = _weights_slope(rows, eta, w, family, link)
+    slope = _weights_slope(eta, w, family, link)
     direct = np.column_stack([uk[c] for c, uk in zip(rows.codes, u)] + [rows.X])
     for c, bk in zip(rows.codes, bdu):
         direct += bk[c]
