@@ -81,7 +81,8 @@ class CrossedRows:
     n_dropped : object
         Rows dropped for a missing value, by column.
     pos : dict
-        ``(j, k) -> `` each row's place in the crossing table's pattern (:func:`with_pattern`).
+        ``(j, k) -> (places, index)``: the partition's places on the crossing table's
+        pattern and each row's index among them (:func:`with_pattern`).
     """
 
     X: np.ndarray
@@ -128,8 +129,12 @@ def with_pattern(rows: CrossedRows, patterns: dict, sizes: tuple[int, ...]) -> C
     """``rows`` with each row placed in the fit's crossing-table patterns (``(j, k) ->``
     sorted distinct keys over all partitions, :func:`pair_keys`): a new object (a task's
     result, never its input changed in place)."""
-    pos = {(j, k): np.searchsorted(keys, rows.codes[j] * sizes[k] + rows.codes[k])
-           for (j, k), keys in patterns.items()}
+    pos = {}
+    for (j, k), keys in patterns.items():
+        # the partition's own places on the pattern, and each row's among them: a pass sends
+        # the partition's part of each table, not the whole pattern
+        pos[(j, k)] = np.unique(np.searchsorted(keys, rows.codes[j] * sizes[k] + rows.codes[k]),
+                                return_inverse=True)
     return dataclasses.replace(rows, pos=pos, _eta0=None)
 
 
@@ -146,7 +151,8 @@ class WeightedPass:
     counts : list of numpy.ndarray
         Each factor's Fisher-weighted level counts (``diag(Z'WZ)``).
     tables : dict
-        ``(j, k) ->`` the weighted crossing table's values on its pattern.
+        ``(j, k) ->`` the weighted crossing table's values on its pattern (a partition's
+        pass: ``(places, values)``, its part of it; :func:`add_passes` makes the whole).
     Ztwr : numpy.ndarray
         ``Z'W r`` (all factors' levels in order).
     """
@@ -158,7 +164,7 @@ class WeightedPass:
 
 
 def weighted_pass(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray], family: int,
-                  link: int, sizes: tuple[int, ...], npattern: dict) -> WeightedPass:
+                  link: int, sizes: tuple[int, ...]) -> WeightedPass:
     """:class:`WeightedPass` of a partition at the modes ``b`` (each factor's, on its
     levels): Fisher weights and working residuals by :func:`daskmm.kernels.scalar_re.
     row_terms`, sums by ``bincount``."""
@@ -174,20 +180,24 @@ def weighted_pass(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray], fami
     return WeightedPass(
         float(ll.sum()),
         [np.bincount(c, weights=w, minlength=L) for c, L in zip(rows.codes, sizes)],
-        {jk: np.bincount(p, weights=w, minlength=npattern[jk]) for jk, p in rows.pos.items()},
+        {jk: (at, np.bincount(ix, weights=w, minlength=len(at)))
+         for jk, (at, ix) in rows.pos.items()},
         np.concatenate([np.bincount(c, weights=wr, minlength=L)
                         for c, L in zip(rows.codes, sizes)]))
 
 
-def add_passes(parts: list[WeightedPass]) -> WeightedPass:
-    """The sum of partitions' :func:`weighted_pass` (unusable if any is)."""
+def add_passes(parts: list[WeightedPass], npattern: dict) -> WeightedPass:
+    """The sum of partitions' :func:`weighted_pass` (unusable if any is): each table's parts
+    ``(places, values)`` added onto its whole pattern (``npattern``: its non-zeros)."""
     if any(not math.isfinite(p.ll) for p in parts):
         return WeightedPass(-math.inf, [], {}, np.zeros(0))
     first = parts[0]
+    tables = {jk: np.bincount(np.concatenate([p.tables[jk][0] for p in parts]),
+                              weights=np.concatenate([p.tables[jk][1] for p in parts]),
+                              minlength=npattern[jk]) for jk in first.tables}
     return WeightedPass(float(sum(p.ll for p in parts)),
                         [sum(p.counts[j] for p in parts) for j in range(len(first.counts))],
-                        {jk: sum(p.tables[jk] for p in parts) for jk in first.tables},
-                        sum(p.Ztwr for p in parts))
+                        tables, sum(p.Ztwr for p in parts))
 
 
 def has_gradient(family: int, link: int) -> bool:
@@ -232,7 +242,7 @@ def gradient_sums(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
 
 def gradient_weights(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
                      u: list[np.ndarray], bdu: list[np.ndarray], family: int, link: int,
-                     sizes: tuple[int, ...], npattern: dict) -> list[WeightedPass]:
+                     sizes: tuple[int, ...]) -> list[WeightedPass]:
     """A partition's crossings weighted by ``v_phi = W' d eta / d phi`` for each parameter
     (``theta_1 .. theta_K``, then ``beta``): ``d eta / d phi = Z_k u_k`` or ``X_j``, plus
     ``Z Lambda du / d phi`` (``bdu``: each factor's ``Lambda du`` on its levels, one column
@@ -248,8 +258,8 @@ def gradient_weights(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
         vj = v[:, j]
         out.append(WeightedPass(
             0.0, [np.bincount(c, weights=vj, minlength=L) for c, L in zip(rows.codes, sizes)],
-            {jk: np.bincount(p, weights=vj, minlength=npattern[jk])
-             for jk, p in rows.pos.items()}, np.zeros(0)))
+            {jk: (at, np.bincount(ix, weights=vj, minlength=len(at)))
+             for jk, (at, ix) in rows.pos.items()}, np.zeros(0)))
     return out
 
 
@@ -541,9 +551,10 @@ class CrossedLaplace:
         du = red.solve(R, CG_TOL)[0]
         bdu = np.split(lam[:, None] * du, bounds[1:-1])
         weighted = apply(gradient_weights, beta=beta, b=b, u=u, bdu=bdu, family=fam,
-                         link=link, sizes=self.sizes, npattern=self.patterns.nnz)
+                         link=link, sizes=self.sizes)
         traces = np.array([trace_weighted(red, quad, self.patterns.crossing(
-            add_passes([w[j] for w in weighted]))) for j in range(R.shape[1])])
+            add_passes([w[j] for w in weighted], self.patterns.nnz)))
+            for j in range(R.shape[1])])
         g = traces
         g[:nk] += logdet_theta_gradient(red, quad, theta, self.sizes)
         g[:nk] += np.array([-2.0 * float(Zts[bounds[k]:bounds[k + 1]] @ u[k])

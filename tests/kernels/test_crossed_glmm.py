@@ -68,8 +68,8 @@ def criterion(X, y, codes, sizes, family, path, parts=1, **kw):
     pat = CG.Patterns.of(keys, tuple(sizes))
 
     def passes(beta, b):
-        return CG.add_passes([CG.weighted_pass(r, beta, b, fam, link, tuple(sizes), pat.nnz)
-                              for r in rows])
+        return CG.add_passes([CG.weighted_pass(r, beta, b, fam, link, tuple(sizes))
+                              for r in rows], pat.nnz)
     return CG.CrossedLaplace(pat, passes, path, **kw)
 
 

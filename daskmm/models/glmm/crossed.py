@@ -50,8 +50,8 @@ def rows_info(rows: CG.CrossedRows, family: int, binomial: int, sizes: tuple[int
             CG.pair_keys(rows, sizes))
 
 
-def _pass(rows, beta, b, family, link, sizes, npattern):
-    return CG.weighted_pass(rows, beta, b, family, link, sizes, npattern)
+def _pass(rows, beta, b, family, link, sizes):
+    return CG.weighted_pass(rows, beta, b, family, link, sizes)
 
 
 def persist_rows(c, ddf, spec, resp, family: int, factors: list[str],
@@ -148,8 +148,8 @@ class CrossedCriterion:
 
         def passes(beta, b):
             outs = c.gather(map_parts(c, _pass, data.parts, beta=beta, b=b, family=family,
-                                      link=link, sizes=sizes, npattern=npattern, pure=False))
-            return CG.add_passes(outs)
+                                      link=link, sizes=sizes, pure=False))
+            return CG.add_passes(outs, npattern)
 
         self.engine = CG.CrossedLaplace(data.patterns, passes, path, PROBES, STEPS, DEFLATE,
                                         seed, (family, link))

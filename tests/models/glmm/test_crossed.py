@@ -100,8 +100,8 @@ def _kernel(frame, resp, family, path):
     keys = CG.merge_keys([CG.pair_keys(rows, sizes)])
     rows = CG.with_pattern(rows, keys, sizes)
     pat = CG.Patterns.of(keys, sizes)
-    return CG.CrossedLaplace(pat, lambda beta, b: CG.weighted_pass(
-        rows, beta, b, fam, link, sizes, pat.nnz), path), factors
+    return CG.CrossedLaplace(pat, lambda beta, b: CG.add_passes([CG.weighted_pass(
+        rows, beta, b, fam, link, sizes)], pat.nnz), path), factors
 
 
 @pytest.mark.parametrize("path", ["sparse", "matrix-free"])
