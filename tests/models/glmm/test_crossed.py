@@ -266,3 +266,25 @@ def test_an_aliased_column_is_dropped_and_changes_nothing(small):
     assert aliased.fixef_names == ["(Intercept)", "x"]
     np.testing.assert_allclose(aliased.beta, plain.beta, rtol=1e-10)
     np.testing.assert_allclose(aliased.theta, plain.theta, rtol=1e-10)
+
+
+@pytest.mark.parametrize("path", ["sparse", "matrix-free"])
+def test_real_data_verbagg_is_glmers(path):
+    # lme4's VerbAgg: 7,584 binary answers, 316 respondents crossed with 24 items; glmer's
+    # tight fit from the corpus (tests/fixtures/corpus/make_corpus.R)
+    corpus = Path(__file__).parents[2] / "fixtures" / "corpus"
+    ref = json.loads((corpus / "refs" / "verbagg_main.json").read_text())
+    fit = daskmm.glmm(ref["formula"], str(corpus / ref["data"]), "binomial",
+                      factors=["id", "item"], crossed=path, mode="in-process")
+    assert fit.optinfo.crossed["path"] == path and fit.certified
+    beta = [ref["fixef"][k] for k in fit.fixef_names]
+    se = [ref["se"][k] for k in fit.fixef_names]
+    np.testing.assert_allclose(np.sqrt(np.diag(fit.vcov)), se, rtol=1e-3)
+    if path == "sparse":
+        assert fit.objective == pytest.approx(ref["objective"], abs=1e-6)
+        np.testing.assert_allclose(fit.theta, ref["theta"], rtol=1e-5)
+        np.testing.assert_allclose(fit.beta, beta, rtol=1e-5, atol=1e-6)
+    else:
+        assert abs(fit.objective - ref["objective"]) < 3 * fit.optinfo.crossed["criterion_se"]
+        np.testing.assert_allclose(fit.theta, ref["theta"], rtol=1e-3)
+        np.testing.assert_allclose(fit.beta, beta, atol=1e-4)
