@@ -131,9 +131,10 @@ def stats_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, layout: Layou
 
 
 def _crossed_partition(df: pd.DataFrame, spec: ModelSpec, factors: list[str],
-                       levels: list[np.ndarray]):
+                       levels: list[np.ndarray], slopes: bool = False):
     enc = spec.encode(df)
-    part = partition_crossed(enc.y, enc.X, enc.w, [enc.keys[f] for f in factors], levels)
+    part = partition_crossed(enc.y, enc.X, enc.w, [enc.keys[f] for f in factors], levels,
+                             enc.Z[factors[0]] if slopes else None)
     return part, enc.n_dropped, column_ranges(enc.y, {})
 
 
@@ -145,20 +146,22 @@ def _crossed_combine(parts: list):
 
 
 def crossed_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, factors: list[str],
-                 levels: list[np.ndarray]):
-    """The cross-products of scalar crossed factors (:func:`~daskmm.kernels.crossed_iter.
+                 levels: list[np.ndarray], slopes: bool = False):
+    """The cross-products of crossed factors (:func:`~daskmm.kernels.crossed_iter.
     partition_crossed`: ``Z'Z`` sparse, its non-zeros at most the rows') summed over the
     partitions by a tree of tasks and brought to the client: ``((CrossedStats, sum log w),
-    rows dropped, the response's range)`` (:func:`~daskmm.formula.checks.column_ranges`)."""
+    rows dropped, the response's range)`` (:func:`~daskmm.formula.checks.column_ranges`).
+    ``slopes``: the first factor's term has random slopes (its model columns go in)."""
     if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
-        return _crossed_partition(ddf, spec, factors, levels)
+        return _crossed_partition(ddf, spec, factors, levels, slopes)
     import dask
 
     tok = token()
     spec_d = dask.delayed(spec, name=f"daskmm-spec-{tok}", traverse=False)
     levels_d = dask.delayed(levels, name=f"daskmm-levels-{tok}", traverse=False)
     part = dask.delayed(_crossed_partition, pure=False)
-    tasks = [part(p, spec_d, factors, levels_d, dask_key_name=f"daskmm-crossed-{tok}-{i}")
+    tasks = [part(p, spec_d, factors, levels_d, slopes,
+                  dask_key_name=f"daskmm-crossed-{tok}-{i}")
              for i, p in enumerate(partitions(ddf))]
     futures = client.compute(tasks)
     track(futures, "statistics pass")

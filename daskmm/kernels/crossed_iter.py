@@ -38,6 +38,44 @@ import scipy.sparse as sp
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
+STEP_MARGIN = 3
+"""A matrix-free fit whose steps are fixed (the GLMM's; the LMM's with random slopes): the
+Lanczos steps its quadratures needed to converge to 1e-10 at the first evaluation, plus
+this many (Gauss quadrature converges geometrically: a step more or less moves the estimate
+far below its standard error), so the criterion is one smooth function of its
+parameters."""
+
+
+def n_tri(r: int) -> int:
+    """Entries of an ``r x r`` lower triangle."""
+    return r * (r + 1) // 2
+
+
+def tri_matrix(v: np.ndarray, r: int) -> np.ndarray:
+    """The ``r x r`` lower-triangular matrix of ``v`` (its lower triangle by columns,
+    lme4's order of ``theta``)."""
+    T = np.zeros((r, r))
+    T[np.triu_indices(r)[::-1]] = v  # (row, col) of the lower triangle, column by column
+    return T
+
+
+def by_level(T: np.ndarray, M: np.ndarray, r: int) -> np.ndarray:
+    """``(I (x) T) M``: ``T`` applied to each level's ``r`` rows of ``M`` (level after
+    level)."""
+    m = M.reshape(M.shape[0] // r, r, *M.shape[1:])
+    return np.einsum("ab,lb...->la...", T, m).reshape(M.shape)
+
+
+def gram_blocks(G: np.ndarray) -> sp.csr_matrix:
+    """The block diagonal of levels' Gram matrices (``L``, or ``L x r x r``) as a sparse
+    matrix."""
+    G = np.asarray(G, float)
+    if G.ndim == 1:
+        return sp.diags(G, format="csr")
+    L = len(G)
+    return sp.bsr_matrix((G, np.arange(L), np.arange(L + 1)),
+                         shape=(L * G.shape[1],) * 2).tocsr()
+
 
 @dataclass(frozen=True)
 class CrossedStats:
@@ -60,6 +98,13 @@ class CrossedStats:
         Rows.
     sizes : tuple of int
         Levels of each factor, in the order of ``Z'Z``'s blocks.
+    cols : int
+        Model columns of the first factor's term (1: a random intercept; more: random
+        slopes, ``(1 + x | g)``). With ``cols = r > 1`` the first factor's rows of ``Z'Z``,
+        ``Z'X`` and ``Z'y`` are ``(level, column)`` pairs, level after level; its
+        ``counts`` are the levels' ``r x r`` Gram matrices (``L x r x r``); the other
+        factors stay scalar. ``theta``: the first factor's ``r (r + 1) / 2`` entries of its
+        lower-triangular ``T`` (lme4's order, by columns), then one per other factor.
     """
 
     counts: tuple
@@ -71,10 +116,50 @@ class CrossedStats:
     yty: float
     n: int
     sizes: tuple[int, ...]
+    cols: int = 1
+
+    @property
+    def q_sizes(self) -> tuple[int, ...]:
+        """Rows of each factor's block of ``Z'Z``: its levels times its columns."""
+        return (self.sizes[0] * self.cols, *self.sizes[1:])
+
+    @property
+    def n_theta(self) -> int:
+        """Entries of ``theta``: the first factor's ``r (r + 1) / 2``, one per other."""
+        return n_tri(self.cols) + len(self.sizes) - 1
 
     def lam(self, theta: np.ndarray) -> np.ndarray:
-        """``diag(Lambda)``: each factor's ``theta`` repeated over its levels."""
+        """``diag(Lambda)``: each factor's ``theta`` repeated over its levels (scalar
+        terms only: with random slopes ``Lambda`` is not diagonal, :meth:`lam_t`)."""
+        if self.cols != 1:
+            raise ValueError("Lambda is not diagonal with random slopes; use lam_t")
         return np.repeat(np.asarray(theta, float), self.sizes)
+
+    def first_T(self, theta: np.ndarray) -> np.ndarray:
+        """The first factor's ``r x r`` lower-triangular ``T`` (``Lambda = I (x) T`` on its
+        levels)."""
+        return tri_matrix(np.asarray(theta, float)[:n_tri(self.cols)], self.cols)
+
+    def lam_t(self, theta: np.ndarray, M: np.ndarray) -> np.ndarray:
+        """``Lambda' M`` (``M``: ``q`` or ``q x m``)."""
+        if self.cols == 1:
+            lam = self.lam(theta)
+            return (lam[:, None] if M.ndim == 2 else lam) * M
+        theta = np.asarray(theta, float)
+        k = self.q_sizes[0]
+        rest = np.repeat(theta[n_tri(self.cols):], self.sizes[1:])
+        return np.concatenate([by_level(self.first_T(theta).T, M[:k], self.cols),
+                               (rest[:, None] if M.ndim == 2 else rest) * M[k:]])
+
+    def lam_apply(self, theta: np.ndarray, M: np.ndarray) -> np.ndarray:
+        """``Lambda M``: ``b = Lambda u``."""
+        if self.cols == 1:
+            return self.lam_t(theta, M)
+        theta = np.asarray(theta, float)
+        k = self.q_sizes[0]
+        rest = np.repeat(theta[n_tri(self.cols):], self.sizes[1:])
+        return np.concatenate([by_level(self.first_T(theta), M[:k], self.cols),
+                               (rest[:, None] if M.ndim == 2 else rest) * M[k:]])
 
     @property
     def ZtZ(self) -> sp.csr_matrix:
@@ -83,18 +168,30 @@ class CrossedStats:
         K = len(self.sizes)
         blocks: list[list] = [[None] * K for _ in range(K)]
         for j in range(K):
-            blocks[j][j] = sp.diags(self.counts[j])
+            blocks[j][j] = gram_blocks(self.counts[j]) if j == 0 else sp.diags(self.counts[j])
             for k in range(j + 1, K):
                 blocks[j][k], blocks[k][j] = self.tables[(j, k)], self.tables[(j, k)].T
         return sp.bmat(blocks, format="csr")
 
 
+def theta_lower(st: CrossedStats) -> np.ndarray:
+    """Lower bounds of ``theta`` (lme4's): 0 on standard deviations (a triangle's diagonal,
+    every scalar), ``-inf`` off the diagonal."""
+    r = st.cols
+    rows, cols = np.triu_indices(r)[::-1]
+    first = np.where(rows == cols, 0.0, -np.inf)
+    return np.concatenate([first, np.zeros(len(st.sizes) - 1)])
+
+
 def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: list[int],
-                  w: np.ndarray | None = None) -> CrossedStats:
+                  w: np.ndarray | None = None, slopes: np.ndarray | None = None
+                  ) -> CrossedStats:
     """:class:`CrossedStats` of rows: the response, the fixed-effects matrix and, per
     factor, each row's level code (``0 .. sizes[k] - 1``); ``w``: prior weights (rows
-    scaled by their square roots). Level sums by ``bincount``, each pair of factors'
-    crossing table by one sparse ``(code, code)`` count (no ``Z`` is formed)."""
+    scaled by their square roots); ``slopes``: the first factor's term columns (``n x r``,
+    ``r > 1``: random slopes on that factor), else a random intercept. Level sums by
+    ``bincount``, each pair of factors' crossing table by one sparse ``(code, code)`` sum
+    (no ``Z`` is formed)."""
     n = len(y)
     sizes = [int(s) for s in sizes]
     codes = [np.asarray(c, np.int64) for c in codes]
@@ -102,15 +199,43 @@ def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: 
     cols = [X[:, j] for j in range(X.shape[1])] + [y]
     if ww is not None:
         cols = [c * ww for c in cols]  # w x and w y: Z'WX and Z'Wy by level
-    sums = [np.column_stack([np.bincount(c, weights=v, minlength=L) for v in cols])
-            for c, L in zip(codes, sizes)]
-    counts = tuple(np.bincount(c, weights=ww, minlength=L).astype(float)
-                   for c, L in zip(codes, sizes))
     ones = np.ones(n) if ww is None else ww
+    r = 1 if slopes is None else int(slopes.shape[1])
+    if slopes is not None and r < 2:
+        raise ValueError("slopes: the first factor's term columns, two or more")
+    if r > 1:
+        L = sizes[0]
+        Zs = np.asarray(slopes, float)
+        # the first factor's (level, column) rows, level after level
+        first = np.stack([np.column_stack([np.bincount(codes[0], weights=Zs[:, a] * v,
+                                                       minlength=L) for v in cols])
+                          for a in range(r)], axis=1).reshape(L * r, len(cols))
+        gram = np.empty((L, r, r))
+        for a in range(r):
+            for b in range(a + 1):
+                gram[:, a, b] = gram[:, b, a] = np.bincount(
+                    codes[0], weights=ones * Zs[:, a] * Zs[:, b], minlength=L)
+        sums = [first] + [np.column_stack([np.bincount(c, weights=v, minlength=L)
+                                           for v in cols])
+                          for c, L in zip(codes[1:], sizes[1:])]
+        counts = (gram,) + tuple(np.bincount(c, weights=ww, minlength=L).astype(float)
+                                 for c, L in zip(codes[1:], sizes[1:]))
+    else:
+        sums = [np.column_stack([np.bincount(c, weights=v, minlength=L) for v in cols])
+                for c, L in zip(codes, sizes)]
+        counts = tuple(np.bincount(c, weights=ww, minlength=L).astype(float)
+                       for c, L in zip(codes, sizes))
     tables = {}
     for j in range(len(codes)):
         for k in range(j + 1, len(codes)):
-            N = sp.coo_matrix((ones, (codes[j], codes[k])), shape=(sizes[j], sizes[k])).tocsr()
+            if j == 0 and r > 1:
+                rows = (codes[0][:, None] * r + np.arange(r)).ravel()
+                vals = (ones[:, None] * Zs).ravel()
+                N = sp.coo_matrix((vals, (rows, np.repeat(codes[k], r))),
+                                  shape=(sizes[0] * r, sizes[k])).tocsr()
+            else:
+                N = sp.coo_matrix((ones, (codes[j], codes[k])),
+                                  shape=(sizes[j], sizes[k])).tocsr()
             N.sum_duplicates()
             tables[(j, k)] = N
     Zt = np.vstack(sums)
@@ -121,7 +246,7 @@ def crossed_stats(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: 
         Xw, yw = X * sw[:, None], y * sw
     return CrossedStats(counts=counts, tables=tables, ZtX=Zt[:, :-1].copy(),
                         Zty=Zt[:, -1].copy(), XtX=Xw.T @ Xw, Xty=Xw.T @ yw,
-                        yty=float(yw @ yw), n=n, sizes=tuple(sizes))
+                        yty=float(yw @ yw), n=n, sizes=tuple(sizes), cols=r)
 
 
 def level_codes(keys: list[np.ndarray], levels: list[np.ndarray]) -> list[np.ndarray]:
@@ -139,14 +264,14 @@ def level_codes(keys: list[np.ndarray], levels: list[np.ndarray]) -> list[np.nda
 
 
 def partition_crossed(y: np.ndarray, X: np.ndarray, w: np.ndarray | None,
-                      keys: list[np.ndarray], levels: list[np.ndarray]
-                      ) -> tuple[CrossedStats, float]:
+                      keys: list[np.ndarray], levels: list[np.ndarray],
+                      slopes: np.ndarray | None = None) -> tuple[CrossedStats, float]:
     """One partition's :class:`CrossedStats` (each factor's per-row ``keys`` coded against
-    its frozen ``levels``) and ``sum log w``; the partitions' sum (:func:`add_crossed`) is
-    the whole data's."""
+    its frozen ``levels``; ``slopes``: :func:`crossed_stats`'s) and ``sum log w``; the
+    partitions' sum (:func:`add_crossed`) is the whole data's."""
     codes = level_codes(keys, levels)
     sum_log_w = 0.0 if w is None else float(np.sum(np.log(w)))
-    return crossed_stats(y, X, codes, [len(lev) for lev in levels], w), sum_log_w
+    return crossed_stats(y, X, codes, [len(lev) for lev in levels], w, slopes), sum_log_w
 
 
 def add_crossed(parts: list[tuple[CrossedStats, float]]) -> tuple[CrossedStats, float]:
@@ -164,7 +289,7 @@ def add_crossed(parts: list[tuple[CrossedStats, float]]) -> tuple[CrossedStats, 
         tables=tables, ZtX=sum(st.ZtX for st in sts), Zty=sum(st.Zty for st in sts),
         XtX=sum(st.XtX for st in sts), Xty=sum(st.Xty for st in sts),
         yty=float(sum(st.yty for st in sts)), n=int(sum(st.n for st in sts)),
-        sizes=first.sizes), float(sum(v for _, v in parts))
+        sizes=first.sizes, cols=first.cols), float(sum(v for _, v in parts))
 
 
 _KERNELS: dict = {}
@@ -245,6 +370,10 @@ class Crossing:
 
     @classmethod
     def of(cls, st: CrossedStats) -> Crossing:
+        """Of ``st``'s blocks (:class:`VectorCrossing` where the first factor has random
+        slopes)."""
+        if st.cols > 1:
+            return VectorCrossing.of_vector(st.counts, st.tables, st.cols)
         return cls.of_blocks(st.counts, st.tables)
 
     @classmethod
@@ -296,14 +425,27 @@ class Reduced:
     @classmethod
     def of(cls, st: CrossedStats, theta: np.ndarray, crossing: Crossing | None = None
            ) -> Reduced:
+        """At ``theta`` (:class:`VectorReduced` where the first factor has random
+        slopes)."""
         x = crossing if crossing is not None else Crossing.of(st)
         theta = np.asarray(theta, float)
+        if st.cols > 1:
+            return VectorReduced.at(x, theta, st.sizes)
         return cls(x, float(theta[0]), np.repeat(theta[1:], st.sizes[1:]),
                    1.0 + theta[0] ** 2 * x.n1)
 
     @property
     def k(self) -> int:
+        """Rows of the eliminated block."""
         return self.x.k
+
+    def Ddiv(self, v: np.ndarray) -> np.ndarray:
+        """``D^-1 v`` (``v``: the eliminated block's rows)."""
+        return v / (self.D[:, None] if v.ndim == 2 else self.D)
+
+    def logdet_D(self) -> float:
+        """``log|D|``."""
+        return float(np.sum(np.log(self.D)))
 
     def B(self, v: np.ndarray) -> np.ndarray:
         """``B v``."""
@@ -325,8 +467,7 @@ class Reduced:
 
     def schur(self, v: np.ndarray) -> np.ndarray:
         """``S v``."""
-        Dv = self.D[:, None] if v.ndim == 2 else self.D
-        return self.C(v) - self.BT(self.B(v) / Dv)
+        return self.C(v) - self.BT(self.Ddiv(self.B(v)))
 
     def B2_D(self, d: np.ndarray) -> np.ndarray:
         """``sum_i B_ij^2 d_i`` for each column ``j``."""
@@ -350,10 +491,126 @@ class Reduced:
     def solve(self, b: np.ndarray, tol: float) -> tuple[np.ndarray, int]:
         """``A^-1 b`` (``b``: ``q x m``) by block elimination, conjugate gradients on ``S``."""
         b1, b2 = b[:self.k], b[self.k:]
-        t = b1 / self.D[:, None]
+        t = self.Ddiv(b1)
         x2, iters = pcg(self.schur, b2 - self.BT(t), self.schur_diag(), tol=tol)
-        x1 = t - self.B(x2) / self.D[:, None]
+        x1 = t - self.Ddiv(self.B(x2))
         return np.vstack([x1, x2]), iters
+
+
+@dataclass(frozen=True)
+class VectorCrossing(Crossing):
+    """:class:`Crossing` with random slopes on the first factor: its ``r`` columns make
+    ``(level, column)`` rows of ``N`` (``k = L r`` of them, level after level), ``n1`` its
+    levels' ``r x r`` Gram matrices; ``pairs``: ``(a, b, (N_a o N_b)')`` for ``a <= b``,
+    ``N_a`` column ``a``'s rows (for the Schur complement's diagonal)."""
+
+    r: int = 1
+    pairs: tuple = ()
+
+    @classmethod
+    def of_vector(cls, counts: tuple | list, tables: dict, r: int) -> VectorCrossing:
+        """From ``Z'Z``'s blocks, the first factor's ``counts`` its ``L x r x r`` Grams."""
+        base = Crossing.of_blocks((np.zeros(len(counts[0]) * r), *counts[1:]), tables)
+        N = base.N
+        pairs = tuple((a, b, N[a::r].multiply(N[b::r]).T.tocsr())
+                      for a in range(r) for b in range(a, r))
+        return cls(base.k, np.asarray(counts[0], float), N, base.NT, base.N2_T, base.rest,
+                   base.rest_diag, base.rest_diagonal, r, pairs)
+
+    @property
+    def levels(self) -> int:
+        """Levels of the first factor."""
+        return self.k // self.r
+
+
+@dataclass(frozen=True)
+class VectorReduced(Reduced):
+    """:class:`Reduced` with random slopes on the first factor: ``Lambda_1 = I (x) T``,
+    so ``D`` is block diagonal (each level's ``T' G_l T + I``, ``r x r``) and is still
+    eliminated exactly; ``B = Lambda_1' N Lambda_r``.
+
+    Attributes
+    ----------
+    T : numpy.ndarray
+        The first factor's ``r x r`` lower-triangular factor.
+    Dinv : numpy.ndarray
+        ``L x r x r``: each level's ``D_l^-1``.
+    logdet : float
+        ``log|D|``.
+    """
+
+    T: np.ndarray | None = None
+    Dinv: np.ndarray | None = None
+    logdet: float = 0.0
+
+    @classmethod
+    def at(cls, x: VectorCrossing, theta: np.ndarray, sizes: tuple[int, ...]
+           ) -> VectorReduced:
+        r = x.r
+        T = tri_matrix(theta[:n_tri(r)], r)
+        D = np.einsum("ba,lbc,cd->lad", T, x.n1, T) + np.eye(r)
+        C = np.linalg.cholesky(D)
+        logdet = 2.0 * float(np.sum(np.log(np.diagonal(C, axis1=1, axis2=2))))
+        Dinv = np.linalg.inv(D)
+        return cls(x, float("nan"), np.repeat(theta[n_tri(r):], sizes[1:]), D, T, Dinv,
+                   logdet)
+
+    def Ddiv(self, v: np.ndarray) -> np.ndarray:
+        m = v.reshape(v.shape[0] // self.x.r, self.x.r, *v.shape[1:])
+        return np.einsum("lab,lb...->la...", self.Dinv, m).reshape(v.shape)
+
+    def logdet_D(self) -> float:
+        return self.logdet
+
+    def B(self, v: np.ndarray) -> np.ndarray:
+        lam = self.lam[:, None] if v.ndim == 2 else self.lam
+        return by_level(self.T.T, spmm(self.x.N, lam * v), self.x.r)
+
+    def BT(self, w: np.ndarray) -> np.ndarray:
+        lam = self.lam[:, None] if w.ndim == 2 else self.lam
+        return lam * spmm(self.x.NT, by_level(self.T, w, self.x.r))
+
+    def _quad_cols(self, K: np.ndarray) -> np.ndarray:
+        """``sum_l n_lj' K_l n_lj`` for each column ``j`` of ``N`` (``n_lj``: level ``l``'s
+        ``r`` rows), ``K``: ``L x r x r`` symmetric."""
+        out = np.zeros(self.x.N.shape[1])
+        for a, b, P in self.x.pairs:
+            out += (1.0 if a == b else 2.0) * (P @ K[:, a, b])
+        return out
+
+    def schur_diag(self) -> np.ndarray:
+        K = np.einsum("ab,lbc,dc->lad", self.T, self.Dinv, self.T)  # T D_l^-1 T'
+        return 1.0 + self.lam ** 2 * (self.x.rest_diag - self._quad_cols(K))
+
+    def B_matrix(self) -> sp.csr_matrix:
+        """``B`` as a sparse matrix (``L r x (q - L r)``)."""
+        L = self.x.levels
+        left = sp.kron(sp.identity(L, format="csr"), sp.csr_matrix(self.T.T), format="csr")
+        return (left @ self.x.N @ sp.diags(self.lam)).tocsr()
+
+    def Dinv_matrix(self) -> sp.csr_matrix:
+        """``D^-1`` as a sparse block-diagonal matrix."""
+        return gram_blocks(self.Dinv)
+
+    def inverse_diag(self) -> np.ndarray:
+        raise ValueError("with random slopes A^-1's diagonal blocks are inverse_blocks()")
+
+    def inverse_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """An approximation of ``A^-1``'s diagonal blocks (conditional covariances): the
+        first factor's ``r x r`` per level, ``D_l^-1 + F_l diag(S)^-1 F_l'`` with ``F = D^-1
+        B`` (exact block elimination with ``S^-1`` taken as ``diag(S)^-1``, as
+        :meth:`Reduced.inverse_diag`), and ``1 / S_jj`` on the other factors."""
+        P = self.schur_diag()
+        F = (self.Dinv_matrix() @ self.B_matrix()).tocsr()
+        r = self.x.r
+        first = self.Dinv.copy()
+        for a in range(r):
+            for b in range(a, r):
+                v = F[a::r].multiply(F[b::r]) @ (1.0 / P)
+                first[:, a, b] += v
+                if a != b:
+                    first[:, b, a] += v
+        return first, 1.0 / P
 
 
 def pcg(matvec: Matvec, b: np.ndarray, precond: np.ndarray, tol: float = 1e-12,
@@ -613,6 +870,8 @@ class IterativeCriterion:
     gradient : numpy.ndarray or None
         The criterion's derivative in each ``theta`` (:func:`criterion`'s ``gradient``):
         exact but for ``log|A|``'s traces, estimated from the same probes.
+    lanczos_steps : int
+        Lanczos steps of the longest recurrence.
     """
 
     objective: float
@@ -625,6 +884,7 @@ class IterativeCriterion:
     S: np.ndarray
     iterations: int
     gradient: np.ndarray | None = None
+    lanczos_steps: int = 0
 
     def S_inverse(self) -> np.ndarray:
         """``S^-1`` (``sigma^2 S^-1``: the fixed effects' covariance)."""
@@ -657,16 +917,19 @@ def criterion(st: CrossedStats, theta: np.ndarray, reml: bool, probes: int = 30,
         x, iters[0] = red.solve(b, tol)
         return x
 
-    pr = Profiled.of(st, st.lam(theta), solve)
+    pr = Profiled.of(st, theta, solve)
     quad = slq(red.schur, red.schur_diag(), probes, steps, seed, deflate, basis, rtol)
-    logdet_A = float(np.sum(np.log(red.D))) + quad.logdet
+    logdet_A = red.logdet_D() + quad.logdet
     obj = pr.criterion(logdet_A, st, reml)
     grad = None
     if gradient:
+        if st.cols > 1:
+            raise ValueError("the matrix-free gradient is for random intercepts; random "
+                             "slopes are fitted by BOBYQA on the criterion")
         m = st.n - st.XtX.shape[0] if reml else st.n
         grad = _gradient(st, theta, red, quad, pr.C_X, pr.cS, pr.u, m / pr.r2, reml)
     return IterativeCriterion(obj, quad.se, logdet_A, pr.logdet_S, pr.r2, pr.beta, pr.u,
-                              pr.S, iters[0], grad)
+                              pr.S, iters[0], grad, quad.steps)
 
 
 @dataclass(frozen=True)
@@ -693,10 +956,11 @@ class Profiled:
     logdet_S: float
 
     @classmethod
-    def of(cls, st: CrossedStats, lam: np.ndarray,
+    def of(cls, st: CrossedStats, theta: np.ndarray,
            solve: Callable[[np.ndarray], np.ndarray]) -> Profiled:
-        LZX = lam[:, None] * st.ZtX
-        LZy = lam * st.Zty
+        """The solves' parts at ``theta`` (``solve``: ``A^-1`` on a block of columns)."""
+        LZX = st.lam_t(theta, st.ZtX)
+        LZy = st.lam_t(theta, st.Zty)
         sol = solve(np.column_stack([LZy, LZX]))
         c_y, C_X = sol[:, 0], sol[:, 1:]
         S = st.XtX - LZX.T @ C_X

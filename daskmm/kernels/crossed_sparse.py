@@ -21,12 +21,23 @@ import scipy.linalg as la
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
-from daskmm.kernels.crossed_iter import CrossedStats, Crossing, Profiled, Reduced
+from daskmm.kernels.crossed_iter import (
+    CrossedStats,
+    Crossing,
+    Profiled,
+    Reduced,
+    VectorReduced,
+)
 
 
 def schur_matrix(red: Reduced) -> sp.csc_matrix:
     """``S = C - B' D^-1 B`` as a sparse matrix."""
     x = red.x
+    if isinstance(red, VectorReduced):
+        B = red.B_matrix()
+        lam = sp.diags(red.lam)
+        C = sp.identity(len(red.lam), format="csr") + lam @ x.rest @ lam
+        return (C - B.T @ red.Dinv_matrix() @ B).tocsc()
     NtDN = (x.NT @ sp.diags(1.0 / red.D) @ x.N).tocsr()
     lam = sp.diags(red.lam)
     C = sp.identity(len(red.lam), format="csr") + lam @ x.rest @ lam
@@ -39,7 +50,11 @@ def schur_nnz_bound(st: CrossedStats | None, crossing: Crossing | None = None) -
     clique of the levels it meets), without forming ``N'N``, which is levels x levels where
     every pair meets. ``st`` may be None when ``crossing`` is given."""
     x = crossing if crossing is not None else Crossing.of(st)
-    per_level = np.diff(x.N.indptr).astype(np.int64)
+    N = x.N
+    r = getattr(x, "r", 1)
+    if r > 1:  # a level's pattern: the union of its columns' rows
+        N = sum(abs(N[a::r]) for a in range(r)).tocsr()
+    per_level = np.diff(N.indptr).astype(np.int64)
     return int(np.sum(per_level ** 2) + x.rest.nnz)
 
 
@@ -76,9 +91,9 @@ class SparseFactor:
         """``A^-1 b`` by block elimination, ``S^-1`` from the factors."""
         red = self.red
         b1, b2 = b[:red.k], b[red.k:]
-        t = b1 / red.D[:, None]
+        t = red.Ddiv(b1)
         x2 = self.lu.solve(np.asfortranarray(b2 - red.BT(t)))
-        x1 = t - red.B(x2) / red.D[:, None]
+        x1 = t - red.Ddiv(red.B(x2))
         return np.vstack([x1, x2])
 
     def inverse_diag(self, chunk: int = 512) -> np.ndarray:
@@ -86,13 +101,10 @@ class SparseFactor:
         b_i / D_i^2`` on the first (``b_i`` its row of ``B``), by solves in chunks of
         columns (``q`` solves in all, no ``q x q`` object)."""
         red = self.red
-        r = len(red.lam)
-        rest = np.empty(r)
-        for s in range(0, r, chunk):
-            e = np.zeros((r, min(chunk, r - s)))
-            e[np.arange(s, s + e.shape[1]), np.arange(e.shape[1])] = 1.0
-            rest[s:s + e.shape[1]] = self.lu.solve(e)[np.arange(s, s + e.shape[1]),
-                                                      np.arange(e.shape[1])]
+        if isinstance(red, VectorReduced):
+            raise ValueError("with random slopes A^-1's diagonal blocks are "
+                             "inverse_blocks()")
+        rest = self._rest_diag(chunk)
         BT = (red.x.NT @ sp.identity(red.k)).tocsc()  # N' by columns: one level of factor 1
         first = np.empty(red.k)
         lam = red.lam[:, None]
@@ -101,6 +113,35 @@ class SparseFactor:
             first[s:s + cols.shape[1]] = np.einsum("rc,rc->c", cols, self.lu.solve(cols))
         first = 1.0 / red.D + first / red.D ** 2
         return np.concatenate([first, rest])
+
+    def _rest_diag(self, chunk: int) -> np.ndarray:
+        """``diag(S^-1)`` by solves in chunks of columns."""
+        r = len(self.red.lam)
+        rest = np.empty(r)
+        for s in range(0, r, chunk):
+            e = np.zeros((r, min(chunk, r - s)))
+            e[np.arange(s, s + e.shape[1]), np.arange(e.shape[1])] = 1.0
+            rest[s:s + e.shape[1]] = self.lu.solve(e)[np.arange(s, s + e.shape[1]),
+                                                      np.arange(e.shape[1])]
+        return rest
+
+    def inverse_blocks(self, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """``A^-1``'s diagonal blocks exactly, random slopes on the first factor: its
+        levels' ``r x r`` blocks ``D_l^-1 + F_l S^-1 F_l'`` (``F = D^-1 B``, ``F_l`` level
+        ``l``'s rows) and ``diag(S^-1)`` on the other factors, by solves in chunks."""
+        red = self.red
+        r = red.x.r
+        rest = self._rest_diag(chunk)
+        Ft = (red.Dinv_matrix() @ red.B_matrix()).T.tocsc()  # F' by columns
+        first = red.Dinv.copy()
+        step = max(chunk // r, 1) * r
+        for s in range(0, red.k, step):
+            cols = Ft[:, s:s + step].toarray()
+            sol = self.lu.solve(np.asfortranarray(cols))
+            c = cols.shape[1] // r
+            first[s // r:s // r + c] += np.einsum("jca,jcb->cab", cols.reshape(-1, c, r),
+                                                  sol.reshape(-1, c, r))
+        return first, rest
 
 
 @dataclass(frozen=True)
@@ -138,7 +179,7 @@ def exact_criterion(st: CrossedStats, theta: np.ndarray, reml: bool,
     theta = np.asarray(theta, float)
     red = Reduced.of(st, theta, crossing)
     fac = SparseFactor.of(red)
-    pr = Profiled.of(st, st.lam(theta), fac.solve)
-    logdet_A = float(np.sum(np.log(red.D))) + fac.logdet
+    pr = Profiled.of(st, theta, fac.solve)
+    logdet_A = red.logdet_D() + fac.logdet
     return ExactCriterion(pr.criterion(logdet_A, st, reml), logdet_A, pr.logdet_S, pr.r2,
                           pr.beta, pr.u, pr.S, fac.fill, fac)

@@ -185,3 +185,31 @@ def test_the_parallel_product_is_scipys(monkeypatch):
     monkeypatch.setattr(ci, "SPMM_PARALLEL_NNZ", 0)  # the compiled kernel, on both cores
     assert np.array_equal(ci.spmm(A, X), A @ X)  # the same sums in the same order
     assert np.array_equal(ci.spmm(A, X[:, 0]), A @ X[:, 0])
+
+
+def test_with_random_slopes_partitions_sum_and_the_full_basis_is_exact():
+    from daskmm.kernels.crossed_sparse import exact_criterion
+    rng = np.random.default_rng(5)
+    n, sizes = 3000, [150, 60]
+    codes = [rng.integers(0, k, n) for k in sizes]
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + rng.normal(0, 0.5, 150)[codes[0]] * x + rng.normal(size=n)
+    X = np.column_stack([np.ones(n), x])
+    whole = ci.crossed_stats(y, X, codes, sizes, slopes=X)
+    keys = [np.array([f"l{c:03d}" for c in cs_]) for cs_ in codes]
+    levels = [np.array([f"l{i:03d}" for i in range(k)]) for k in sizes]
+    parts = [ci.partition_crossed(y[s], X[s], None, [k[s] for k in keys], levels, X[s])
+             for s in (slice(0, 1000), slice(1000, 2200), slice(2200, n))]
+    summed, _ = ci.add_crossed(parts)
+    assert summed.cols == 2
+    np.testing.assert_allclose(summed.counts[0], whole.counts[0], rtol=1e-12)
+    np.testing.assert_allclose(summed.ZtZ.toarray(), whole.ZtZ.toarray(), rtol=1e-12)
+    np.testing.assert_allclose(summed.ZtX, whole.ZtX, rtol=1e-12, atol=1e-12)
+    theta = np.array([0.7, 0.1, 0.4, 0.9])
+    exact = exact_criterion(whole, theta, True)
+    # a deflation basis spanning the Schur complement's space, no probes: exact
+    free = ci.criterion(whole, theta, True, probes=0, steps=80, basis=np.eye(sizes[1]))
+    assert free.objective == pytest.approx(exact.objective, rel=1e-9)
+    np.testing.assert_allclose(free.beta, exact.beta, rtol=1e-9)
+    with pytest.raises(ValueError, match="random slopes are fitted by BOBYQA"):
+        ci.criterion(whole, theta, True, probes=2, gradient=True)

@@ -105,7 +105,7 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     spec = ModelSpec.build(parsed, plan.schema, categorical, weights, factor_levels or None,
                            rewriter=rewriter)
     layout = model_layout(spec, combos, len(spec.fixef_names))
-    path = choose_crossed(spec, layout, crossed)
+    path = choose_crossed(spec, layout, crossed, slopes=True)
     if path != "dense":
         return prepare_crossed(client, spec, ddf, combos, is_in_process(client), path,
                                parsed.response)

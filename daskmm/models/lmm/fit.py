@@ -31,7 +31,7 @@ from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
 from daskmm.errors import FitError, ModelError
 from daskmm.formula.parse import ParsedFormula, parse_formula
-from daskmm.kernels.crossed_iter import Reduced
+from daskmm.kernels.crossed_iter import Reduced, tri_matrix
 from daskmm.kernels.pls import inverse_factor
 from daskmm.models.lmm.criterion import (
     Problem,
@@ -233,30 +233,45 @@ def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
     spec, st = prob.spec, prob.st
     seed = 0 if seed is None else int(seed)
     free = prob.path == "matrix-free"
-    fit = fit_crossed(st, reml, seed=seed) if free else \
-        fit_sparse(st, reml, names=[f"{f}.(Intercept)" for f in prob.factors])
+    term_of = {t.factor: t for t in spec.terms}
+    # theta in the statistics' order: the first factor's triangle, then one per factor
+    names = [nm for f in prob.factors for nm in term_of[f].theta_names()]
+    fit = fit_crossed(st, reml, seed=seed, names=names) if free else \
+        fit_sparse(st, reml, names=names)
     at = fit.at
     if not np.isfinite(at.objective) or at.r2 <= 0:
         raise FitError(f"the {prob.path} criterion is not finite at the optimum; the model "
                        "may be overparameterised: fit with crossed='dense' to see more")
     sigma = fit.sigma
     vcov = sigma ** 2 * at.S_inverse()
-    cond = Reduced.of(st, fit.theta, fit.crossing).inverse_diag() if free else \
-        at.factor.inverse_diag()
-    bounds = np.concatenate([[0], np.cumsum(st.sizes)])
+    if st.cols > 1:
+        blocks = Reduced.of(st, fit.theta, fit.crossing).inverse_blocks() if free else \
+            at.factor.inverse_blocks()
+    else:
+        cond = Reduced.of(st, fit.theta, fit.crossing).inverse_diag() if free else \
+            at.factor.inverse_diag()
+        blocks = (cond[:st.sizes[0], None, None], cond[st.sizes[0]:])
+    b = st.lam_apply(fit.theta, at.u)
+    bounds = np.concatenate([[0], np.cumsum(st.q_sizes)])
+    first = np.concatenate([[0], np.cumsum([term_of[f].n_theta for f in prob.factors])])
     tables, theta_of = {}, {}
     for j, f in enumerate(prob.factors):
-        sl = slice(bounds[j], bounds[j + 1])
-        t = float(fit.theta[j])
-        theta_of[f] = t
+        T = tri_matrix(fit.theta[first[j]:first[j + 1]], term_of[f].q)
+        theta_of[f] = slice(first[j], first[j + 1])
         labels = spec.factor(f).label(prob.levels[j])
-        tables[f] = RanefTable(levels=list(labels), b=(t * at.u[sl])[:, None],
-                               cov=(sigma ** 2 * t * t * cond[sl])[:, None, None])
-    theta = np.array([theta_of[t.factor] for t in spec.terms])
+        bj = b[bounds[j]:bounds[j + 1]].reshape(len(labels), -1)
+        if j == 0:
+            cu = blocks[0]
+        else:
+            cu = blocks[1][bounds[j] - bounds[1]:bounds[j + 1] - bounds[1]][:, None, None]
+        tables[f] = RanefTable(levels=list(labels), b=bj,
+                               cov=sigma ** 2 * np.einsum("ab,lbc,dc->lad", T, cu, T))
+    order = np.concatenate([np.arange(len(fit.theta))[theta_of[t.factor]]
+                            for t in spec.terms])
+    theta = np.asarray(fit.theta)[order]
     opt = fit.opt
     opt.x = theta.tolist()
-    opt.x0 = [float(fit.theta0[prob.factors.index(t.factor)]) for t in spec.terms]
-    order = [prob.factors.index(t.factor) for t in spec.terms]
+    opt.x0 = [float(v) for v in np.asarray(fit.theta0)[order]]
     opt.gradient = [float(opt.gradient[i]) for i in order] if opt.gradient else None
     opt.mode = f"{prob.mode}, {prob.path}"
     objective = at.objective - prob.sum_log_w
@@ -267,19 +282,27 @@ def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
             "criterion_se": at.se,
             "probes": PROBES, "lanczos_steps_max": STEPS, "deflation": DEFLATE,
             "seed": seed, "factors": list(prob.factors),
-            "conditional_variances": "approximate: diag(A^-1) with the crossed Schur "
-                                     "complement's inverse taken as its diagonal's inverse",
+            "conditional_variances": "approximate: A^-1's diagonal blocks with the crossed "
+                                     "Schur complement's inverse taken as its diagonal's "
+                                     "inverse",
         }
-        certified = bool(opt.converged)
-        opt.checks = {
-            "certified": certified,
-            "tested": "Newton steps below xtol on the criterion's gradient (its traces "
-                      "estimated from the fixed probes)",
-            "messages": [] if certified else [f"the Newton steps did not converge: "
-                                              f"{opt.message}"],
-            "warnings": [f"{'REML criterion' if reml else 'deviance'} estimated "
-                         f"(matrix-free crossed fit): standard error {at.se:.3g}"],
-        }
+        warning = (f"{'REML criterion' if reml else 'deviance'} estimated "
+                   f"(matrix-free crossed fit): standard error {at.se:.3g}")
+        if st.cols > 1:  # BOBYQA, its optimum checked by finite differences
+            opt.crossed["lanczos_steps"] = int(at.lanczos_steps)
+            checks = dict(opt.checks or {})
+            checks["warnings"] = [*checks.get("warnings", []), warning]
+            opt.checks = checks
+        else:
+            certified = bool(opt.converged)
+            opt.checks = {
+                "certified": certified,
+                "tested": "Newton steps below xtol on the criterion's gradient (its traces "
+                          "estimated from the fixed probes)",
+                "messages": [] if certified else [f"the Newton steps did not converge: "
+                                                  f"{opt.message}"],
+                "warnings": [warning],
+            }
     else:
         opt.crossed = {"path": "sparse", "fill": int(at.fill), "factors": list(prob.factors),
                        "ordering": "SuperLU symmetric mode, minimum degree on S + S'"}

@@ -25,12 +25,14 @@ import numpy as np
 from daskmm.core.optimizer import OptSummary, estimated_newton, minimize
 from daskmm.errors import DataError
 from daskmm.kernels.crossed_iter import (
+    STEP_MARGIN,
     CrossedStats,
     Crossing,
     IterativeCriterion,
     Reduced,
     criterion,
     deflation_basis,
+    theta_lower,
 )
 from daskmm.models.shared import crossed as paths
 
@@ -82,38 +84,58 @@ def moment_start(st: CrossedStats) -> np.ndarray:
     """A start for ``theta``: each factor's variance by the one-way analysis of variance of
     the least-squares residuals (the other factors' effects counted as noise), over the
     residual variance left when all are taken off; within a few per cent of the optimum on
-    well-filled crossings, and any positive start is safe (the optimiser goes on from it)."""
+    well-filled crossings, and any positive start is safe (the optimiser goes on from it).
+    With random slopes on the first factor each of its columns is taken so (its level sums
+    ``sum z_a r`` over ``sum z_a^2``), the correlations 0."""
     beta = np.linalg.lstsq(st.XtX, st.Xty, rcond=None)[0]
     n, p = st.n, st.XtX.shape[0]
     rss = max(st.yty - float(beta @ st.Xty), 0.0)
-    counts = np.concatenate([np.asarray(c, float) for c in st.counts])
     sums = st.Zty - st.ZtX @ beta
-    bounds = np.concatenate([[0], np.cumsum(st.sizes)])
-    var = np.zeros(len(st.sizes))
-    for j in range(len(st.sizes)):
-        c = counts[bounds[j]:bounds[j + 1]]
-        r = sums[bounds[j]:bounds[j + 1]]
+    r = st.cols
+    k = st.q_sizes[0]
+    parts = []  # (level counts, level sums) per column of every term
+    if r > 1:
+        G = np.asarray(st.counts[0], float)
+        parts += [(G[:, a, a], sums[:k].reshape(-1, r)[:, a]) for a in range(r)]
+    else:
+        parts.append((np.asarray(st.counts[0], float), sums[:k]))
+    bounds = np.concatenate([[0], np.cumsum(st.q_sizes)])
+    for j in range(1, len(st.sizes)):
+        parts.append((np.asarray(st.counts[j], float), sums[bounds[j]:bounds[j + 1]]))
+    intercepts = np.ones(len(parts), bool)
+    intercepts[1:r] = False  # a slope's variance is not the response's
+    var = np.zeros(len(parts))
+    for j, (c, s) in enumerate(parts):
         seen = c > 0
         levels = int(seen.sum())
-        between = float(np.sum(r[seen] ** 2 / c[seen]))
+        between = float(np.sum(s[seen] ** 2 / c[seen]))
         within = (rss - between) / max(n - levels, 1)
-        n0 = n - float(np.sum(c ** 2)) / n
+        total = float(n) if intercepts[j] else float(np.sum(c))
+        n0 = total - float(np.sum(c ** 2)) / total if total > 0 else 0.0
         var[j] = (between - (levels - 1) * within) / n0 if n0 > 0 else 0.0
-    resid = rss / max(n - p, 1) - float(np.sum(np.maximum(var, 0.0)))
+    resid = rss / max(n - p, 1) - float(np.sum(np.maximum(var[intercepts], 0.0)))
     resid = max(resid, 1e-3 * rss / max(n - p, 1))
-    return np.sqrt(np.clip(var / resid, 1e-4, 1e4))
+    sd = np.sqrt(np.clip(var / resid, 1e-4, 1e4))
+    if r == 1:
+        return sd
+    rows, cols = np.triu_indices(r)[::-1]
+    first = np.zeros(len(rows))
+    first[rows == cols] = sd[:r]
+    return np.concatenate([first, sd[r:]])
 
 
 def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = None,
                 probes: int = PROBES, steps: int = STEPS, deflate: int = DEFLATE,
-                seed: int = 0, method: str = "newton", options: dict | None = None
-                ) -> IterativeFit:
-    """Minimise the matrix-free REML (``reml``) or ML criterion over ``theta >= 0``.
+                seed: int = 0, method: str = "newton", options: dict | None = None,
+                names: list[str] | None = None) -> IterativeFit:
+    """Minimise the matrix-free REML (``reml``) or ML criterion over ``theta`` (lme4's
+    bounds, :func:`~daskmm.kernels.crossed_iter.theta_lower`).
 
     Parameters
     ----------
     st : CrossedStats
-        The cross-products (the factor with most levels first).
+        The cross-products (the factor with most levels, or the one with random slopes,
+        first).
     reml : bool
     theta0 : ndarray, optional
         The start (default: :func:`moment_start`).
@@ -122,37 +144,52 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
         probes at every evaluation.
     method : {"newton", "bobyqa"}
         Newton steps on the criterion's gradient (its traces from the log determinant's own
-        recurrences; :func:`_newton`), or BOBYQA on the criterion alone.
+        recurrences; :func:`_newton`), or BOBYQA on the criterion alone. Random slopes
+        (``st.cols > 1``) are fitted by BOBYQA with the optimum checked and repaired
+        (:func:`_bobyqa_certified`), the Lanczos steps fixed at the first evaluation's
+        (what it needed, plus :data:`~daskmm.kernels.crossed_iter.STEP_MARGIN`) so the
+        criterion is one smooth function whose finite differences mean something.
     options : dict, optional
         BOBYQA's (:data:`daskmm.core.optimizer.DEFAULTS`).
+    names : list of str, optional
+        ``theta``'s names, for the optimum's check.
 
     Returns
     -------
     IterativeFit
     """
-    k = len(st.sizes)
     x0 = moment_start(st) if theta0 is None else np.asarray(theta0, float)
+    lower = theta_lower(st)
     crossing = Crossing.of(st)
     # the deflation basis is made once, at the start, and kept: the criterion stays one
     # smooth function of theta, and eigsh runs once (a basis made again at the optimum
     # for a second run cost more evaluations than it saved: 75 against 54 at 10^6 rows)
     basis = _basis(st, x0, deflate, seed, crossing) if deflate else None
+    slopes = st.cols > 1
+    fixed = {"steps": steps, "rtol": 1e-10}
+    if slopes:
+        first = criterion(st, x0, reml, probes, steps, seed, basis=basis, crossing=crossing)
+        fixed = {"steps": min(steps, first.lanczos_steps + STEP_MARGIN), "rtol": 0.0}
 
     last: dict = {}
 
-    def evaluate(theta: np.ndarray, gradient: bool) -> IterativeCriterion:
+    def evaluate(theta: np.ndarray, gradient: bool = False) -> IterativeCriterion:
         key = np.asarray(theta, float).tobytes()
         if key in last and (last[key].gradient is not None or not gradient):
             return last[key]  # the optimum, evaluated last by the optimiser
         last.clear()
-        last[key] = criterion(st, theta, reml, probes, steps, seed, basis=basis,
-                              gradient=gradient, crossing=crossing)
+        last[key] = criterion(st, theta, reml, probes, fixed["steps"], seed, basis=basis,
+                              gradient=gradient, crossing=crossing, rtol=fixed["rtol"])
         return last[key]
 
-    if method == "bobyqa":
+    mode = "in-process, matrix-free"
+    if slopes:
+        theta, opt = _bobyqa_certified(lambda t: evaluate(t).objective, x0, lower, options,
+                                       names or _names(st), mode)
+    elif method == "bobyqa":
         opts = {"polish": False, **(options or {})}
-        theta, opt = minimize(x0, np.zeros(k), f=lambda t: evaluate(t, False).objective,
-                              options=opts, mode="in-process, matrix-free")
+        theta, opt = minimize(x0, lower, f=lambda t: evaluate(t, False).objective,
+                              options=opts, mode=mode)
     elif method == "newton":
         theta, opt = _newton(evaluate, x0)
     else:
@@ -161,6 +198,33 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
     dof = st.n - st.XtX.shape[0] if reml else st.n
     return IterativeFit(theta, at.beta, math.sqrt(at.r2 / dof), at.objective, at.se, opt,
                         x0, basis, crossing, at)
+
+
+def _names(st: CrossedStats) -> list[str]:
+    return [f"theta{j + 1}" for j in range(st.n_theta)]
+
+
+def _bobyqa_certified(f, x0: np.ndarray, lower: np.ndarray, options: dict | None,
+                      names: list[str], mode: str) -> tuple[np.ndarray, OptSummary]:
+    """BOBYQA with lme4's tolerances from ``x0`` (its first steps a tenth of the start),
+    then its finite-difference Newton polish, and the optimum checked as the dense path
+    checks its own (:func:`daskmm.core.optimizer.certified_optimum`: gradient and Hessian
+    by finite differences, a restart where they disagree with a minimum)."""
+    from daskmm.core.optimizer import certified_optimum
+    from daskmm.kernels.numderiv import derivatives
+
+    def run(start: np.ndarray):
+        return minimize(start, lower, f=f, options=options,
+                        initial_step=0.1 * np.maximum(np.abs(start), 0.1), mode=mode)
+
+    def derivs(t: np.ndarray):
+        g, H = derivatives(f, t, lower, f0=f(t))
+        return f(t), g, H
+
+    theta, opt = run(x0)
+    theta, opt, _ = certified_optimum(run, derivs, f, theta, opt, lower, names,
+                                      bound_values=False)
+    return theta, opt
 
 
 def _newton(evaluate, x0: np.ndarray, xtol: float = 1e-7, maxeval: int = 100
@@ -181,10 +245,8 @@ def fit_sparse(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = 
                options: dict | None = None, names: list[str] | None = None
                ) -> IterativeFit:
     """Minimise lme4's criterion, exactly (:func:`daskmm.kernels.crossed_sparse.
-    exact_criterion`: a sparse factor of the crossed Schur complement), over ``theta >= 0``:
-    BOBYQA with lme4's tolerances from :func:`moment_start` (its first steps a tenth of the
-    start), then its finite-difference Newton polish, and the optimum checked as the dense
-    path checks its own (:func:`daskmm.core.optimizer.certified_optimum`).
+    exact_criterion`: a sparse factor of the crossed Schur complement), over ``theta``
+    (lme4's bounds): :func:`_bobyqa_certified` from :func:`moment_start`.
 
     Returns
     -------
@@ -192,7 +254,6 @@ def fit_sparse(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = 
         ``se`` 0 (nothing is estimated); ``at`` the exact evaluation at the optimum.
     """
     from daskmm.kernels.crossed_sparse import exact_criterion
-    k = len(st.sizes)
     x0 = moment_start(st) if theta0 is None else np.asarray(theta0, float)
     crossing = Crossing.of(st)
     last: dict = {}
@@ -204,28 +265,8 @@ def fit_sparse(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = 
             last[key] = exact_criterion(st, theta, reml, crossing)
         return last[key]
 
-    from daskmm.core.optimizer import certified_optimum
-    from daskmm.kernels.numderiv import derivatives
-
-    def f(t: np.ndarray) -> float:
-        return evaluate(t).objective
-
-    lower = np.zeros(k)
-
-    def run(start: np.ndarray):
-        return minimize(start, lower, f=f, options=options,
-                        initial_step=0.1 * np.maximum(start, 0.1), mode="in-process, sparse")
-
-    def derivs(t: np.ndarray):
-        g, H = derivatives(f, t, lower, f0=f(t))
-        return f(t), g, H
-
-    theta, opt = run(x0)
-    # the fit's own check of its optimum, as the dense path's: gradient and Hessian by
-    # finite differences, a restart where they disagree with a minimum
-    theta, opt, _ = certified_optimum(run, derivs, f, theta, opt, lower,
-                                      names or [f"theta{j + 1}" for j in range(k)],
-                                      bound_values=False)
+    theta, opt = _bobyqa_certified(lambda t: evaluate(t).objective, x0, theta_lower(st),
+                                   options, names or _names(st), "in-process, sparse")
     at = evaluate(theta)
     dof = st.n - st.XtX.shape[0] if reml else st.n
     return IterativeFit(theta, at.beta, math.sqrt(at.r2 / dof), at.objective, 0.0, opt, x0,
@@ -297,9 +338,13 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
     from daskmm.models.shared.structure import level_keys
 
     levels = {f.name: level_keys(spec.factor(f.name), combos) for f in spec.factors}
-    factors = sorted(levels, key=lambda f: -len(levels[f]))  # stable: spec order on ties
+    # the factor with random slopes first (its block diagonal D is eliminated exactly), else
+    # the one with most levels; stable: spec order on ties
+    sloped = paths.slope_factor(spec)
+    factors = sorted(levels, key=lambda f: (f != sloped, -len(levels[f])))
     (st, sum_log_w), n_dropped, ranges = crossed_pass(client, ddf, spec, factors,
-                                                      [levels[f] for f in factors])
+                                                      [levels[f] for f in factors],
+                                                      slopes=sloped is not None)
     if st.n == 0:
         raise DataError("no rows left after dropping rows with missing values in the columns "
                         "the model uses")

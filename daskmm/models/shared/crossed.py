@@ -32,32 +32,50 @@ costs more than a whole matrix-free fit (10^6 rows, 2,000 crossed levels: 53.7 s
 against about 2 s)."""
 
 
-def scalar_reason(spec: ModelSpec) -> str | None:
+def scalar_reason(spec: ModelSpec, slopes: bool = False) -> str | None:
     """Why the sparse and matrix-free paths cannot fit ``spec`` (None: they can): they fit
-    random intercepts ``(1 | f)``, one per factor, two factors or more."""
+    random intercepts ``(1 | f)``, one term per factor, two factors or more; ``slopes``
+    (the LMM's): one of the factors may have random slopes instead, ``(1 + x | f)``."""
     if len(spec.factors) < 2:
         return "it has one grouping factor"
-    for t in spec.terms:
-        if type(t) is not RandomTerm or tuple(t.columns) != ("(Intercept)",):
-            return (f"its term ({t.lhs} | {t.factor}) is not a random intercept; the sparse "
-                    "and matrix-free paths fit (1 | f) terms")
     if len({t.factor for t in spec.terms}) != len(spec.terms):
         return "a factor has two terms"
+    vector = [t for t in spec.terms
+              if type(t) is not RandomTerm or tuple(t.columns) != ("(Intercept)",)]
+    for t in vector:
+        if type(t) is not RandomTerm or not slopes or t.q < 2:
+            return (f"its term ({t.lhs} | {t.factor}) is not a random intercept; the sparse "
+                    "and matrix-free paths fit (1 | f) terms"
+                    + (", and random slopes (1 + x | f) on one factor" if slopes else ""))
+    if len(vector) > 1:
+        return (f"{len(vector)} factors have random slopes "
+                f"({', '.join(t.factor for t in vector)}); the sparse and matrix-free paths "
+                "fit random slopes on one factor, (1 | f) on the others")
     return None
 
 
-def choose_crossed(spec: ModelSpec, layout: Layout, crossed: str) -> str:
+def slope_factor(spec: ModelSpec) -> str | None:
+    """The factor whose term has more than an intercept (random slopes), if any."""
+    for t in spec.terms:
+        if tuple(t.columns) != ("(Intercept)",):
+            return t.factor
+    return None
+
+
+def choose_crossed(spec: ModelSpec, layout: Layout, crossed: str, slopes: bool = False
+                   ) -> str:
     """The path :func:`daskmm.lmm` and :func:`daskmm.glmm` fit crossed random effects by:
     ``"dense"`` (one dense block of the crossed levels: any terms), ``"sparse"`` or
-    ``"matrix-free"`` (random intercepts, :func:`scalar_reason`), or ``"large"``:
-    ``crossed="auto"`` past :data:`MATRIX_FREE_MIN_LEVELS` crossed levels, sparse or
-    matrix-free as the sparse factor's size decides."""
+    ``"matrix-free"`` (random intercepts, and random slopes on one factor where ``slopes``:
+    :func:`scalar_reason`), or ``"large"``: ``crossed="auto"`` past
+    :data:`MATRIX_FREE_MIN_LEVELS` crossed levels, sparse or matrix-free as the sparse
+    factor's size decides."""
     if crossed not in CROSSED_PATHS:
         raise ModelError(f"crossed={crossed!r}; allowed: "
                          f"{', '.join(map(repr, CROSSED_PATHS))}")
     if crossed == "dense":
         return "dense"
-    reason = scalar_reason(spec)
+    reason = scalar_reason(spec, slopes)
     if crossed != "auto":
         if reason:
             raise ModelError(f"crossed={crossed!r} cannot fit this model: {reason}; use "

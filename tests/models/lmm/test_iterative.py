@@ -107,13 +107,17 @@ def test_the_size_chooses_the_path(small, monkeypatch):
     assert sparse["path"] == "sparse" and 0 < sparse["fill"] <= 2 * 150 * 150
     monkeypatch.setattr(crossed_paths, "SPARSE_MAX_FILL", 1000)
     assert daskmm.lmm(f, small).optinfo.crossed["path"] == "matrix-free"
-    # a random slope: neither can, so auto stays dense
-    assert daskmm.lmm("y ~ x + (x | g) + (1 | h)", small).optinfo.crossed["path"] == "dense"
+    # random slopes on one factor: they can; on two, neither can, so auto stays dense
+    assert daskmm.lmm("y ~ x + (x | g) + (1 | h)", small).optinfo.crossed["path"] == \
+        "matrix-free"
+    assert daskmm.lmm("y ~ x + (x | g) + (x | h)", small).optinfo.crossed["path"] == "dense"
     assert daskmm.lmm("y ~ x + (1 | g)", small).optinfo.crossed is None
 
 
 @pytest.mark.parametrize("crossed, formula, match", [
-    ("matrix-free", "y ~ x + (x | g) + (1 | h)", r"\(x \| g\) is not a random intercept"),
+    ("matrix-free", "y ~ x + (x | g) + (x | h)", r"2 factors have random slopes \(g, h\)"),
+    ("sparse", "y ~ x + (0 + x | g) + (1 | h)",
+     r"\(0 \+ x \| g\) is not a random intercept.*random slopes \(1 \+ x \| f\) on one"),
     ("sparse", "y ~ x + (1 | g)", "one grouping factor.*crossed='dense'"),
     ("exact", "y ~ x + (1 | g) + (1 | h)", r"crossed='exact'; allowed: 'auto', 'dense'"),
 ])
@@ -182,11 +186,11 @@ def test_the_command_line_fits_matrix_free_and_says_so(small, tmp_path):
     assert info["path"] == "matrix-free" and info["seed"] == 3 and info["criterion_se"] > 0
     assert "matrix-free crossed fit" in (out / "summary.txt").read_text()
     bad = subprocess.run([sys.executable, "-m", "daskmm.cli", "fit", str(data), "--formula",
-                          "y ~ x + (x | g) + (1 | h)", "--crossed", "matrix-free", "--mode",
+                          "y ~ x + (x | g) + (x | h)", "--crossed", "matrix-free", "--mode",
                           "in-process", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and not (tmp_path / "bad").exists()
-    assert bad.stderr.strip().count("\n") == 0 and "not a random intercept" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "factors have random slopes" in bad.stderr
 
 
 def test_the_sparse_path_is_lme4s_criterion_exactly(designs):
