@@ -27,6 +27,7 @@ effects).
     python benchmarks/bench_crossed.py --rows 27000000 --levels 270000 54000 --zipf 1 \\
         --repeats 1 --tools daskmm
     python benchmarks/bench_crossed.py --family binomial --rows 1000000 --repeats 1
+    python benchmarks/bench_crossed.py --slopes --rows 1000000 --repeats 1
 
 gpboost is a PyPI package (``pip install gpboost``, Apache-2.0; the ``bench`` extra).
 """
@@ -45,7 +46,7 @@ from tool_env import tool_env
 
 DRAW = r"""
 import numpy as np
-def draw(rows, ng, nh, zipf, family="gaussian"):
+def draw(rows, ng, nh, zipf, family="gaussian", slopes=False):
     rng = np.random.default_rng(0)
     def codes(L):
         if zipf <= 0:
@@ -58,15 +59,18 @@ def draw(rows, ng, nh, zipf, family="gaussian"):
     eta = 0.5 * x + rng.normal(0, 0.8, ng)[g] + rng.normal(0, 0.5, nh)[h]
     if family == "binomial":  # P(y = 1) = logistic(eta - 0.5)
         return g, h, x, (rng.random(rows) < 1 / (1 + np.exp(0.5 - eta))).astype(float)
-    return g, h, x, 1 + eta + rng.normal(size=rows)
+    y = 1 + eta + rng.normal(size=rows)
+    if slopes:  # drawn last: the intercept-only rows stay the same
+        y += rng.normal(0, 0.3, ng)[g] * x
+    return g, h, x, y
 """
 
 RUN = DRAW + r"""
 import json, resource, sys, time
-rows, ng, nh, zipf, tool, crossed, csv, family = (
+rows, ng, nh, zipf, tool, crossed, csv, family, slopes = (
     int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5],
-    sys.argv[6], sys.argv[7], sys.argv[8])
-g, h, x, y = draw(rows, ng, nh, zipf, family)
+    sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9] == "1")
+g, h, x, y = draw(rows, ng, nh, zipf, family, slopes)
 if tool == "daskmm":
     import pandas as pd
     import daskmm
@@ -79,28 +83,38 @@ if tool == "daskmm":
         fit = daskmm.glmm("y ~ x + (1 | g) + (1 | h)", frame, "binomial", factors=["g", "h"],
                           mode="in-process", crossed=crossed)
     else:
-        fit = daskmm.lmm("y ~ x + (1 | g) + (1 | h)", frame, factors=["g", "h"],
+        fit = daskmm.lmm("y ~ x + (1 + x | g) + (1 | h)" if slopes else
+                         "y ~ x + (1 | g) + (1 | h)", frame, factors=["g", "h"],
                          mode="in-process", crossed=crossed)
     t2 = time.perf_counter()
     s2 = fit.sigma ** 2 if family != "binomial" else None
     info = fit.optinfo.crossed or {}
+    th = np.asarray(fit.theta)
+    if slopes:  # g's intercept and slope variances (sigma^2 T T'), then h's
+        th = np.array([th[0], np.hypot(th[1], th[2]), th[3]])
     out = {"fit_s": t2 - t1, "evaluations": fit.optinfo.feval, "path": info.get("path"),
            "optimise_s": fit.timing["optimise_s"],
            "statistics_s": fit.timing.get("statistics_s", fit.timing.get("data_s")),
-           "variances": ([s2, *(s2 * np.asarray(fit.theta) ** 2).tolist()] if s2 else
-                         (np.asarray(fit.theta) ** 2).tolist()),
+           "variances": ([s2, *(s2 * th ** 2).tolist()] if s2 else (th ** 2).tolist()),
            "beta": list(map(float, fit.beta)), "criterion": fit.objective,
            "criterion_se": info.get("criterion_se"), "levels": list(fit.ngroups.values())}
 elif tool == "gpboost":
     import gpboost as gpb
     X = np.column_stack([np.ones(rows), x])
     t1 = time.perf_counter()
+    # slopes: gpboost's random coefficient of x on g (independent of g's intercept: gpboost
+    # has no correlated random slopes)
+    more = ({"group_rand_coef_data": x[:, None], "ind_effect_group_rand_coef": [1]}
+            if slopes else {})
     m = gpb.GPModel(group_data=np.column_stack([g, h]),
                     likelihood="bernoulli_logit" if family == "binomial" else "gaussian",
-                    matrix_inversion_method="iterative")
+                    matrix_inversion_method="iterative", **more)
     m.fit(y=y, X=X)
     t2 = time.perf_counter()
-    out = {"fit_s": t2 - t1, "variances": np.ravel(m.get_cov_pars()).tolist(),
+    v = np.ravel(m.get_cov_pars()).tolist()
+    if slopes:  # gpboost's order: (residual,) g, h, then g's slope
+        v = v[:-2] + [v[-1], v[-2]]
+    out = {"fit_s": t2 - t1, "variances": v,
            "beta": np.ravel(m.get_coef()).tolist()}
 else:
     import pandas as pd
@@ -116,14 +130,17 @@ args <- commandArgs(TRUE)
 d <- read.csv(args[1]); d$g <- factor(d$g); d$h <- factor(d$h)
 t0 <- proc.time()[["elapsed"]]
 binomial_fit <- args[2] == "binomial"
+slopes <- args[3] == "1"
 m <- if (binomial_fit) glmer(y ~ x + (1 | g) + (1 | h), d, family = binomial) else
-  lmer(y ~ x + (1 | g) + (1 | h), d)
+  if (slopes) lmer(y ~ x + (1 + x | g) + (1 | h), d) else lmer(y ~ x + (1 | g) + (1 | h), d)
 t1 <- proc.time()[["elapsed"]]
 vc <- as.data.frame(VarCorr(m))
-cat(sprintf(paste0('{"fit_s": %.4f, "variances": [%s, %.10g, %.10g], ',
+vc <- vc[is.na(vc$var2), ]  # variances only, not the slopes' covariance
+cat(sprintf(paste0('{"fit_s": %.4f, "variances": [%s, %s, %.10g], ',
                    '"beta": [%.10g, %.10g], "criterion": %.10g}\n'), t1 - t0,
             if (binomial_fit) "NaN" else sprintf("%.10g", sigma(m)^2),
-            vc$vcov[vc$grp == "g"], vc$vcov[vc$grp == "h"],
+            paste(sprintf("%.10g", vc$vcov[vc$grp == "g"]), collapse = ", "),
+            vc$vcov[vc$grp == "h"],
             fixef(m)[1], fixef(m)[2], if (binomial_fit) deviance(m) else REMLcrit(m)))
 """
 
@@ -132,13 +149,14 @@ def run(tool: str, args, csv: str = "") -> dict:
     ng, nh = args.levels
     if tool == "lme4":
         run_py = [sys.executable, "-c", RUN, str(args.rows), str(ng), str(nh), str(args.zipf),
-                  "csv", args.crossed, csv, args.family]
+                  "csv", args.crossed, csv, args.family, str(int(args.slopes))]
         subprocess.run(run_py, check=True, capture_output=True, env=tool_env())
-        proc = subprocess.run(["Rscript", "-e", LMER, csv, args.family], capture_output=True,
-                              text=True, env=tool_env())
+        proc = subprocess.run(["Rscript", "-e", LMER, csv, args.family, str(int(args.slopes))],
+                              capture_output=True, text=True, env=tool_env())
     else:
         proc = subprocess.run([sys.executable, "-c", RUN, str(args.rows), str(ng), str(nh),
-                               str(args.zipf), tool, args.crossed, csv, args.family],
+                               str(args.zipf), tool, args.crossed, csv, args.family,
+                               str(int(args.slopes))],
                               capture_output=True, text=True, env=tool_env())
     if proc.returncode:
         raise RuntimeError(f"{tool}: {proc.stderr[-2000:]}")
@@ -155,6 +173,9 @@ def main() -> None:
     ap.add_argument("--family", default="gaussian", choices=["gaussian", "binomial"],
                     help="binomial: y ~ Bernoulli(logistic(eta - 0.5)), daskmm.glmm, gpboost's "
                     "bernoulli_logit, glmer")
+    ap.add_argument("--slopes", action="store_true",
+                    help="random slopes on g: y ~ x + (1 + x | g) + (1 | h), x's slope SD 0.3 "
+                    "(gpboost: an independent random coefficient of x on g)")
     ap.add_argument("--lme4", action="store_true", help="also lme4 (where it finishes)")
     ap.add_argument("--tools", nargs="+", default=None)
     args = ap.parse_args()
@@ -171,7 +192,8 @@ def main() -> None:
             for t in tools:
                 runs[t].append(run(t, args, csv))
     ng, nh = args.levels
-    print(f"{args.family}: {args.rows} rows, {ng} x {nh} levels"
+    print(f"{args.family}{' with slopes on g' if args.slopes else ''}: {args.rows} rows, "
+          f"{ng} x {nh} levels"
           f"{f', Zipf {args.zipf}' if args.zipf else ''}, "
           f"{args.repeats} runs each")
     med = {}
@@ -190,7 +212,8 @@ def main() -> None:
         elif t == "lme4":
             extra = f"; criterion {last['criterion']:.3f}"
         print(f"{t}: {', '.join(f'{v:.2f}' for v in fits)} s (median {med[t]:.2f}){extra}")
-        print(f"   variances ({'' if args.family == 'binomial' else 'residual, '}g, h) "
+        print(f"   variances ({'' if args.family == 'binomial' else 'residual, '}g, "
+              f"{'g slope, ' if args.slopes else ''}h) "
               f"{[round(v, 5) for v in last['variances'] if v == v]}, "
               f"beta {[round(v, 5) for v in last['beta']]}")
     for peer in ("gpboost", "lme4"):

@@ -36,7 +36,6 @@ import scipy.sparse as sp
 
 from daskmm.kernels import scalar_re as K
 from daskmm.kernels.crossed_iter import (
-    STEP_MARGIN,
     Crossing,
     Quadrature,
     Reduced,
@@ -54,6 +53,10 @@ MAX_ITER = 200
 TOL_U = 1e-11
 """PIRLS stops when a full step moves no spherical mode by more than ``TOL_U (1 + max|u|)``:
 the criterion's error is then far below what the optimiser's finite differences resolve."""
+STEP_MARGIN = 3
+"""The matrix-free path's Lanczos steps: those its quadratures needed to converge to 1e-10 at
+the first evaluation, plus this many (Gauss quadrature converges geometrically: a step more
+or less moves the estimate far below its standard error)."""
 CG_TOL = 1e-12
 """Conjugate gradients' relative residual on the matrix-free path."""
 _W_MIN = 1e-300

@@ -38,13 +38,6 @@ import scipy.sparse as sp
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
-STEP_MARGIN = 3
-"""A matrix-free fit whose steps are fixed (the GLMM's; the LMM's with random slopes): the
-Lanczos steps its quadratures needed to converge to 1e-10 at the first evaluation, plus
-this many (Gauss quadrature converges geometrically: a step more or less moves the estimate
-far below its standard error), so the criterion is one smooth function of its
-parameters."""
-
 
 def n_tri(r: int) -> int:
     """Entries of an ``r x r`` lower triangle."""
@@ -923,11 +916,11 @@ def criterion(st: CrossedStats, theta: np.ndarray, reml: bool, probes: int = 30,
     obj = pr.criterion(logdet_A, st, reml)
     grad = None
     if gradient:
-        if st.cols > 1:
-            raise ValueError("the matrix-free gradient is for random intercepts; random "
-                             "slopes are fitted by BOBYQA on the criterion")
         m = st.n - st.XtX.shape[0] if reml else st.n
-        grad = _gradient(st, theta, red, quad, pr.C_X, pr.cS, pr.u, m / pr.r2, reml)
+        if st.cols > 1:
+            grad = vector_gradient(st, theta, red, quad, pr, m / pr.r2, reml)
+        else:
+            grad = _gradient(st, theta, red, quad, pr.C_X, pr.cS, pr.u, m / pr.r2, reml)
     return IterativeCriterion(obj, quad.se, logdet_A, pr.logdet_S, pr.r2, pr.beta, pr.u,
                               pr.S, iters[0], grad, quad.steps)
 
@@ -1030,4 +1023,87 @@ def _gradient(st: CrossedStats, theta: np.ndarray, red: Reduced, quad: Quadratur
         if reml:
             Ck = C_X[lo:hi]
             grad[j] += -2.0 / t * float(np.trace(la.cho_solve(cS, Ck.T @ Ck)))
+    return grad
+
+
+def vector_gradient(st: CrossedStats, theta: np.ndarray, red: VectorReduced,
+                    quad: Quadrature, pr: Profiled, dr2_scale: float, reml: bool
+                    ) -> np.ndarray:
+    """:func:`criterion`'s gradient with random slopes on the first factor (``Lambda_1 =
+    I (x) T``), in each entry of ``T`` and each other factor's ``theta``.
+
+    For an entry of ``T`` (``dT``: 1 there), with ``r = y - X beta - Z Lambda u``, ``C =
+    A^-1 Lambda'Z'X`` and ``R_X = Z'X - Z'Z Lambda C``::
+
+        d r2      = -2 sum_l (Z_1'r)_l' dT u_l                       (envelope)
+        d log|S|  = -2 tr(S^-1 sum_l C_l' dT' (R_X)_l)
+        d log|A|  = sum_l tr(D_l^-1 dD_l) + tr(S_A^-1 M)
+
+    with ``dD_l = dT' G_l T + T' G_l dT`` and, from ``A^-1 = diag(D^-1, 0) + P S_A^-1 P'``
+    (``P = [-F; I]``, ``F = D^-1 B``), ``M = F' dD F - F' dA_12 - dA_12' F``, ``dA_12 =
+    (I (x) dT') N Lambda_r``: its trace against ``S_A^-1`` from the log determinant's own
+    recurrences (:meth:`Quadrature.trace_inverse`), ``diag(M)`` exactly. The other factors'
+    entries are the scalar path's (:func:`_gradient`); 0 at ``theta_k = 0``."""
+    r, L = st.cols, st.sizes[0]
+    nt, k = n_tri(r), red.k
+    x, T, lam, s = red.x, red.T, red.lam, quad.scale
+    G = x.n1
+    p = st.XtX.shape[0]
+    u1, ur = pr.u[:k].reshape(L, r), pr.u[k:]
+    # Z_1'r and R_X's first block: Z_1'(.) minus G_l T (.)_l minus N Lambda_r (.)_r
+    Zr = ((st.Zty - st.ZtX @ pr.beta)[:k].reshape(L, r)
+          - np.einsum("lab,lb->la", G, u1 @ T.T) - spmm(x.N, lam * ur).reshape(L, r))
+    C1, Cr = pr.C_X[:k].reshape(L, r, p), pr.C_X[k:]
+    RX1 = (st.ZtX[:k].reshape(L, r, p)
+           - np.einsum("lab,lbp->lap", G, np.einsum("ab,lbp->lap", T, C1))
+           - spmm(x.N, lam[:, None] * Cr).reshape(L, r, p))
+    S_inv = la.cho_solve(pr.cS, np.eye(p))
+    W = np.einsum("lab,cb->lac", red.Dinv, T)  # W_l = D_l^-1 T': F's level blocks / N
+    grad = np.zeros(len(theta))
+    rows, cols = np.triu_indices(r)[::-1]
+    for m, (a, b) in enumerate(zip(rows, cols)):
+        dT = np.zeros((r, r))
+        dT[a, b] = 1.0
+        GT = np.einsum("lab,bc->lac", G, T)
+        dD = np.einsum("ba,lbc->lac", dT, GT)
+        dD = dD + dD.transpose(0, 2, 1)
+        part1 = float(np.einsum("lab,lba->", red.Dinv, dD))
+        WdT = np.einsum("lba,cb->lac", W, dT)  # W_l' dT'
+        K = np.einsum("lba,lbc,lcd->lad", W, dD, W) - WdT - WdT.transpose(0, 2, 1)
+        trace_m = float(np.sum(s * s * lam ** 2 * red._quad_cols(K)))
+
+        def apply_m(V: np.ndarray, dT: np.ndarray = dT, dD: np.ndarray = dD) -> np.ndarray:
+            v = s[:, None] * V
+            Fv = red.Ddiv(red.B(v))
+            dDFv = np.einsum("lab,lbm->lam", dD, Fv.reshape(L, r, -1)).reshape(Fv.shape)
+            dA12v = by_level(dT.T, spmm(x.N, lam[:, None] * v), r)
+            out = (red.BT(red.Ddiv(dDFv)) - red.BT(red.Ddiv(dA12v))
+                   - lam[:, None] * spmm(x.NT, by_level(dT, Fv, r)))
+            return s[:, None] * out
+        d_logA = part1 + quad.trace_inverse(apply_m, trace_m)
+        d_r2 = -2.0 * float(np.einsum("la,ab,lb->", Zr, dT, u1))
+        grad[m] = d_logA + dr2_scale * d_r2
+        if reml:
+            Y = np.einsum("lap,ba,lbq->pq", C1, dT, RX1)
+            grad[m] += -2.0 * float(np.sum(S_inv * Y.T))
+    bounds = np.concatenate([[0], np.cumsum(st.q_sizes)])
+    for j in range(1, len(st.sizes)):
+        t = float(theta[nt + j - 1])
+        if t <= 0:  # the criterion is even in theta_j: flat at 0
+            continue
+        lo, hi = bounds[j], bounds[j + 1]
+        # q_j - tr(S_A^-1 E_j) = sum_j (1 - 1/P) - tr((S_A^-1 - P^-1) E_j)
+        e = np.zeros(len(s))
+        e[lo - k:hi - k] = 1.0
+        m_diag = e * s * s
+
+        def apply_e(V: np.ndarray, m_diag: np.ndarray = m_diag) -> np.ndarray:
+            return m_diag[:, None] * V
+        d_logA = 2.0 / t * (float(np.sum(e - m_diag)) - quad.trace_inverse(apply_e, 0.0))
+        d_r2 = -2.0 / t * float(ur[lo - k:hi - k] @ ur[lo - k:hi - k])
+        g = d_logA + dr2_scale * d_r2
+        if reml:
+            Cj = pr.C_X[lo:hi]
+            g += -2.0 / t * float(np.trace(la.cho_solve(pr.cS, Cj.T @ Cj)))
+        grad[nt + j - 1] = g
     return grad

@@ -211,5 +211,27 @@ def test_with_random_slopes_partitions_sum_and_the_full_basis_is_exact():
     free = ci.criterion(whole, theta, True, probes=0, steps=80, basis=np.eye(sizes[1]))
     assert free.objective == pytest.approx(exact.objective, rel=1e-9)
     np.testing.assert_allclose(free.beta, exact.beta, rtol=1e-9)
-    with pytest.raises(ValueError, match="random slopes are fitted by BOBYQA"):
-        ci.criterion(whole, theta, True, probes=2, gradient=True)
+
+
+@pytest.mark.parametrize("factors", [2, 3])
+@pytest.mark.parametrize("reml", [True, False])
+def test_with_random_slopes_the_gradient_is_the_criterions_derivative(factors, reml):
+    # with a basis that spans the space and no probes the log determinant and the traces
+    # are exact: the gradient against central differences of the exact (sparse) criterion
+    from daskmm.kernels.crossed_sparse import exact_criterion
+    rng = np.random.default_rng(5)
+    n, sizes = 3000, [150, 60, 25][:factors]
+    codes = [rng.integers(0, k, n) for k in sizes]
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + rng.normal(0, 0.5, 150)[codes[0]] * x + rng.normal(size=n) + \
+        sum(rng.normal(0, 0.6, k)[c] for k, c in zip(sizes, codes))
+    X = np.column_stack([np.ones(n), x])
+    st = ci.crossed_stats(y, X, codes, sizes, w=rng.uniform(0.5, 2, n), slopes=X)
+    theta = np.array([0.7, -0.2, 0.4, 0.9, 0.5][:3 + factors - 1])
+    got = ci.criterion(st, theta, reml, probes=0, steps=200, basis=np.eye(sum(sizes[1:])),
+                       gradient=True).gradient
+    h = 1e-5
+    fd = [(exact_criterion(st, theta + h * e, reml).objective
+           - exact_criterion(st, theta - h * e, reml).objective) / (2 * h)
+          for e in np.eye(len(theta))]
+    np.testing.assert_allclose(got, fd, rtol=1e-7)

@@ -236,7 +236,7 @@ def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
     term_of = {t.factor: t for t in spec.terms}
     # theta in the statistics' order: the first factor's triangle, then one per factor
     names = [nm for f in prob.factors for nm in term_of[f].theta_names()]
-    fit = fit_crossed(st, reml, seed=seed, names=names) if free else \
+    fit = fit_crossed(st, reml, seed=seed) if free else \
         fit_sparse(st, reml, names=names)
     at = fit.at
     if not np.isfinite(at.objective) or at.r2 <= 0:
@@ -286,23 +286,16 @@ def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
                                      "Schur complement's inverse taken as its diagonal's "
                                      "inverse",
         }
-        warning = (f"{'REML criterion' if reml else 'deviance'} estimated "
-                   f"(matrix-free crossed fit): standard error {at.se:.3g}")
-        if st.cols > 1:  # BOBYQA, its optimum checked by finite differences
-            opt.crossed["lanczos_steps"] = int(at.lanczos_steps)
-            checks = dict(opt.checks or {})
-            checks["warnings"] = [*checks.get("warnings", []), warning]
-            opt.checks = checks
-        else:
-            certified = bool(opt.converged)
-            opt.checks = {
-                "certified": certified,
-                "tested": "Newton steps below xtol on the criterion's gradient (its traces "
-                          "estimated from the fixed probes)",
-                "messages": [] if certified else [f"the Newton steps did not converge: "
-                                                  f"{opt.message}"],
-                "warnings": [warning],
-            }
+        certified = bool(opt.converged)
+        opt.checks = {
+            "certified": certified,
+            "tested": "Newton steps below xtol on the criterion's gradient (its traces "
+                      "estimated from the fixed probes)",
+            "messages": [] if certified else [f"the Newton steps did not converge: "
+                                              f"{opt.message}"],
+            "warnings": [f"{'REML criterion' if reml else 'deviance'} estimated "
+                         f"(matrix-free crossed fit): standard error {at.se:.3g}"],
+        }
     else:
         opt.crossed = {"path": "sparse", "fill": int(at.fill), "factors": list(prob.factors),
                        "ordering": "SuperLU symmetric mode, minimum degree on S + S'"}

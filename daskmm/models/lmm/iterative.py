@@ -25,7 +25,6 @@ import numpy as np
 from daskmm.core.optimizer import OptSummary, estimated_newton, minimize
 from daskmm.errors import DataError
 from daskmm.kernels.crossed_iter import (
-    STEP_MARGIN,
     CrossedStats,
     Crossing,
     IterativeCriterion,
@@ -126,8 +125,8 @@ def moment_start(st: CrossedStats) -> np.ndarray:
 
 def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = None,
                 probes: int = PROBES, steps: int = STEPS, deflate: int = DEFLATE,
-                seed: int = 0, method: str = "newton", options: dict | None = None,
-                names: list[str] | None = None) -> IterativeFit:
+                seed: int = 0, method: str = "newton", options: dict | None = None
+                ) -> IterativeFit:
     """Minimise the matrix-free REML (``reml``) or ML criterion over ``theta`` (lme4's
     bounds, :func:`~daskmm.kernels.crossed_iter.theta_lower`).
 
@@ -144,15 +143,11 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
         probes at every evaluation.
     method : {"newton", "bobyqa"}
         Newton steps on the criterion's gradient (its traces from the log determinant's own
-        recurrences; :func:`_newton`), or BOBYQA on the criterion alone. Random slopes
-        (``st.cols > 1``) are fitted by BOBYQA with the optimum checked and repaired
-        (:func:`_bobyqa_certified`), the Lanczos steps fixed at the first evaluation's
-        (what it needed, plus :data:`~daskmm.kernels.crossed_iter.STEP_MARGIN`) so the
-        criterion is one smooth function whose finite differences mean something.
+        recurrences, :func:`~daskmm.kernels.crossed_iter.criterion`; random slopes'
+        entries :func:`~daskmm.kernels.crossed_iter.vector_gradient`; :func:`_newton`), or
+        BOBYQA on the criterion alone.
     options : dict, optional
         BOBYQA's (:data:`daskmm.core.optimizer.DEFAULTS`).
-    names : list of str, optional
-        ``theta``'s names, for the optimum's check.
 
     Returns
     -------
@@ -165,33 +160,23 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
     # smooth function of theta, and eigsh runs once (a basis made again at the optimum
     # for a second run cost more evaluations than it saved: 75 against 54 at 10^6 rows)
     basis = _basis(st, x0, deflate, seed, crossing) if deflate else None
-    slopes = st.cols > 1
-    fixed = {"steps": steps, "rtol": 1e-10}
-    if slopes:
-        first = criterion(st, x0, reml, probes, steps, seed, basis=basis, crossing=crossing)
-        fixed = {"steps": min(steps, first.lanczos_steps + STEP_MARGIN), "rtol": 0.0}
-
     last: dict = {}
 
-    def evaluate(theta: np.ndarray, gradient: bool = False) -> IterativeCriterion:
+    def evaluate(theta: np.ndarray, gradient: bool) -> IterativeCriterion:
         key = np.asarray(theta, float).tobytes()
         if key in last and (last[key].gradient is not None or not gradient):
             return last[key]  # the optimum, evaluated last by the optimiser
         last.clear()
-        last[key] = criterion(st, theta, reml, probes, fixed["steps"], seed, basis=basis,
-                              gradient=gradient, crossing=crossing, rtol=fixed["rtol"])
+        last[key] = criterion(st, theta, reml, probes, steps, seed, basis=basis,
+                              gradient=gradient, crossing=crossing)
         return last[key]
 
-    mode = "in-process, matrix-free"
-    if slopes:
-        theta, opt = _bobyqa_certified(lambda t: evaluate(t).objective, x0, lower, options,
-                                       names or _names(st), mode)
-    elif method == "bobyqa":
+    if method == "bobyqa":
         opts = {"polish": False, **(options or {})}
         theta, opt = minimize(x0, lower, f=lambda t: evaluate(t, False).objective,
-                              options=opts, mode=mode)
+                              options=opts, mode="in-process, matrix-free")
     elif method == "newton":
-        theta, opt = _newton(evaluate, x0)
+        theta, opt = _newton(evaluate, x0, lower)
     else:
         raise ValueError(f"method={method!r}; allowed: 'newton', 'bobyqa'")
     at = evaluate(theta, False)
@@ -227,16 +212,16 @@ def _bobyqa_certified(f, x0: np.ndarray, lower: np.ndarray, options: dict | None
     return theta, opt
 
 
-def _newton(evaluate, x0: np.ndarray, xtol: float = 1e-7, maxeval: int = 100
-            ) -> tuple[np.ndarray, OptSummary]:
-    """Newton steps on the estimated criterion and gradient, ``theta >= 0``
+def _newton(evaluate, x0: np.ndarray, lower: np.ndarray, xtol: float = 1e-7,
+            maxeval: int = 100) -> tuple[np.ndarray, OptSummary]:
+    """Newton steps on the estimated criterion and gradient, ``theta >= lower``
     (:func:`daskmm.core.optimizer.estimated_newton`). From :func:`moment_start` this takes a
     handful of evaluations where L-BFGS-B, whose first step has unit length, took twelve."""
     def fg(theta: np.ndarray) -> tuple[float, np.ndarray, float]:
         at = evaluate(theta, True)
         return at.objective, np.asarray(at.gradient, float), at.se
 
-    x, opt, _ = estimated_newton(fg, x0, np.zeros(len(x0)), xtol, maxeval)
+    x, opt, _ = estimated_newton(fg, x0, lower, xtol, maxeval)
     opt.mode = "in-process, matrix-free"
     return x, opt
 
