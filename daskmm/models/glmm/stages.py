@@ -119,12 +119,26 @@ NEAR_STEP = 0.1
 start."""
 
 
+FIRST_STAGE_SCALES = (1.0, 0.1, 0.01)
+"""The first stage's starts: glmer's, then scaled down where its criterion is not finite
+(:func:`first_stage`)."""
+
+
 def first_stage(crit: JointCriterion, theta0: np.ndarray, lower: np.ndarray, opts: dict,
             mode: str):
     """lme4's first stage (``nAGQ = 0``): BOBYQA over ``theta`` alone, ``beta`` found with
-    the modes by PIRLS at each ``theta``. Returns ``(theta, beta, summary)`` or None when it
-    fails (the joint criterion is not finite at the start)."""
-    if not math.isfinite(crit(theta0)):
+    the modes by PIRLS at each ``theta``. Where the joint criterion is not finite at the
+    start (PIRLS overflows: glmer's start ``theta = 1`` on a log link whose scale is the
+    response's, as a gaussian(log) model on sleepstudy's reaction times), it starts from the
+    start scaled by a tenth, then a hundredth: skipping the stage sent that fit's joint
+    BOBYQA into a worse of two singular optima (20 deviance units above glmer's), on some
+    machines' rounding. Returns ``(theta, beta, summary)`` or None when it fails (not finite
+    at any of those starts)."""
+    for scale in FIRST_STAGE_SCALES:
+        if math.isfinite(crit(theta0 * scale)):
+            theta0 = theta0 * scale
+            break
+    else:
         return None
     step = np.where(lower == 0, 0.2, 0.1)
     theta, info = minimize(theta0, lower, f=crit, options={"method": "bobyqa",
