@@ -39,7 +39,11 @@ from daskmm.kernels.crossed_iter import (
     Crossing,
     Quadrature,
     Reduced,
+    VectorCrossing,
+    VectorReduced,
     deflation_basis,
+    lambda_apply,
+    lambda_t,
     level_codes,
     logdet_theta_gradient,
     slq,
@@ -83,6 +87,9 @@ class CrossedRows:
     pos : dict
         ``(j, k) -> (places, index)``: the partition's places on the crossing table's
         pattern and each row's index among them (:func:`with_pattern`).
+    Zs : numpy.ndarray or None
+        The first factor's term columns (``n x r``, ``r > 1``: random slopes on it), else
+        a random intercept.
     """
 
     X: np.ndarray
@@ -94,7 +101,62 @@ class CrossedRows:
     n_dropped: object
     pos: dict = field(default_factory=dict)
     nb_k: float = 0.0
+    Zs: np.ndarray | None = None
     _eta0: tuple | None = None
+
+    def zb(self, b: list[np.ndarray]) -> np.ndarray:
+        """``Z b`` per row, ``b`` each factor's modes on its levels (the first factor's
+        ``(level, column)`` entries, level after level, with random slopes)."""
+        zb = np.zeros(len(self.y))
+        for j, (c, bk) in enumerate(zip(self.codes, b)):
+            if j == 0 and self.Zs is not None:
+                r = self.Zs.shape[1]
+                zb += np.einsum("ia,ia->i", self.Zs, bk.reshape(-1, r)[c])
+            else:
+                zb += bk[c]
+        return zb
+
+    def level_sums(self, v: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+        """``Z'v``: each factor's level sums of ``v`` (per column, with random slopes)."""
+        out = []
+        for j, (c, L) in enumerate(zip(self.codes, sizes)):
+            if j == 0 and self.Zs is not None:
+                out.append(np.column_stack([np.bincount(c, weights=v * z, minlength=L)
+                                            for z in self.Zs.T]).ravel())
+            else:
+                out.append(np.bincount(c, weights=v, minlength=L))
+        return np.concatenate(out)
+
+    def weighted_counts(self, w: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
+        """``Z'WZ``'s diagonal blocks: each factor's weighted level counts (the first
+        factor's ``r x r`` Gram matrices with random slopes)."""
+        out = []
+        for j, (c, L) in enumerate(zip(self.codes, sizes)):
+            if j == 0 and self.Zs is not None:
+                r = self.Zs.shape[1]
+                G = np.empty((L, r, r))
+                for a in range(r):
+                    for b in range(a + 1):
+                        G[:, a, b] = G[:, b, a] = np.bincount(
+                            c, weights=w * self.Zs[:, a] * self.Zs[:, b], minlength=L)
+                out.append(G)
+            else:
+                out.append(np.bincount(c, weights=w, minlength=L))
+        return out
+
+    def weighted_tables(self, w: np.ndarray) -> dict:
+        """``(j, k) -> (places, values)``: the partition's part of each weighted crossing
+        table on its pattern (values ``places x r`` for the first factor's tables with
+        random slopes)."""
+        out = {}
+        for (j, k), (at, ix) in self.pos.items():
+            if j == 0 and self.Zs is not None:
+                vals = np.column_stack([np.bincount(ix, weights=w * z, minlength=len(at))
+                                        for z in self.Zs.T])
+            else:
+                vals = np.bincount(ix, weights=w, minlength=len(at))
+            out[(j, k)] = (at, vals)
+        return out
 
     def eta_fixed(self, beta: np.ndarray) -> np.ndarray:
         """``X beta + offset``, kept for the last ``beta`` (every PIRLS step of an
@@ -108,13 +170,14 @@ class CrossedRows:
 
 def crossed_rows(X: np.ndarray, y: np.ndarray, wt: np.ndarray, offset: np.ndarray,
                  keys: list[np.ndarray], levels: list[np.ndarray], const: float,
-                 n_dropped: object) -> CrossedRows:
+                 n_dropped: object, slopes: np.ndarray | None = None) -> CrossedRows:
     """:class:`CrossedRows` of encoded rows, each factor's per-row ``keys`` coded against its
-    frozen ``levels``."""
+    frozen ``levels``; ``slopes``: the first factor's term columns (random slopes)."""
     codes = level_codes(keys, levels)
+    Zs = None if slopes is None else np.ascontiguousarray(slopes, float)
     return CrossedRows(np.ascontiguousarray(X, float), np.asarray(y, float),
                        np.asarray(wt, float), np.asarray(offset, float), codes, float(const),
-                       n_dropped)
+                       n_dropped, Zs=Zs)
 
 
 def pair_keys(rows: CrossedRows, sizes: tuple[int, ...]) -> dict:
@@ -149,10 +212,12 @@ class WeightedPass:
         The log-likelihood without the family's constants (``-inf``: the point is unusable,
         far in a tail).
     counts : list of numpy.ndarray
-        Each factor's Fisher-weighted level counts (``diag(Z'WZ)``).
+        Each factor's Fisher-weighted level counts (``diag(Z'WZ)``; with random slopes the
+        first factor's ``L x r x r`` Gram matrices).
     tables : dict
         ``(j, k) ->`` the weighted crossing table's values on its pattern (a partition's
-        pass: ``(places, values)``, its part of it; :func:`add_passes` makes the whole).
+        pass: ``(places, values)``, its part of it; :func:`add_passes` makes the whole;
+        ``places x r`` values for the first factor's tables with random slopes).
     Ztwr : numpy.ndarray
         ``Z'W r`` (all factors' levels in order).
     """
@@ -168,15 +233,16 @@ def weighted_pass(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray], fami
     """:class:`WeightedPass` of a partition at the modes ``b`` (each factor's, on its
     levels): Fisher weights and working residuals by :func:`daskmm.kernels.scalar_re.
     row_terms`, sums by ``bincount``."""
-    zb = np.zeros(len(rows.y))
-    for c, bk in zip(rows.codes, b):
-        zb += bk[c]
+    zb = rows.zb(b)
     ll, sc, w = row_terms(rows.eta_fixed(beta) + zb, rows.y, rows.wt, rows.nb_k, family,
                           link)
     if not (np.isfinite(ll).all() and np.all(w < _W_MAX)):
         return WeightedPass(-math.inf, [], {}, np.zeros(0))
     w = np.maximum(w, _W_MIN)
     wr = w * zb + sc  # W r, r = Z b + score / W
+    if rows.Zs is not None:
+        return WeightedPass(float(ll.sum()), rows.weighted_counts(w, sizes),
+                            rows.weighted_tables(w), rows.level_sums(wr, sizes))
     return WeightedPass(
         float(ll.sum()),
         [np.bincount(c, weights=w, minlength=L) for c, L in zip(rows.codes, sizes)],
@@ -192,9 +258,15 @@ def add_passes(parts: list[WeightedPass], npattern: dict) -> WeightedPass:
     if any(not math.isfinite(p.ll) for p in parts):
         return WeightedPass(-math.inf, [], {}, np.zeros(0))
     first = parts[0]
-    tables = {jk: np.bincount(np.concatenate([p.tables[jk][0] for p in parts]),
-                              weights=np.concatenate([p.tables[jk][1] for p in parts]),
-                              minlength=npattern[jk]) for jk in first.tables}
+
+    def add(jk) -> np.ndarray:
+        at = np.concatenate([p.tables[jk][0] for p in parts])
+        vals = np.concatenate([p.tables[jk][1] for p in parts])
+        if vals.ndim == 1:
+            return np.bincount(at, weights=vals, minlength=npattern[jk])
+        return np.column_stack([np.bincount(at, weights=v, minlength=npattern[jk])
+                                for v in vals.T])
+    tables = {jk: add(jk) for jk in first.tables}
     return WeightedPass(float(sum(p.ll for p in parts)),
                         [sum(p.counts[j] for p in parts) for j in range(len(first.counts))],
                         tables, sum(p.Ztwr for p in parts))
@@ -317,7 +389,11 @@ class Patterns:
         its matrices' structures (the eliminated factor's crossings, their transpose and
         square, the other factors' block) are made once, each entry marked with where its
         value sits among the counts and table values; each PIRLS step only gathers the
-        values (no transpose, product or assembly)."""
+        values (no transpose, product or assembly). With random slopes on the first factor
+        (its counts ``L x r x r``) a :class:`~daskmm.kernels.crossed_iter.VectorCrossing`,
+        assembled at each step."""
+        if np.ndim(wp.counts[0]) == 3:
+            return self._vector_crossing(wp)
         t = self._template()
         vals = np.concatenate([np.concatenate([np.asarray(c, float) for c in wp.counts]),
                                *(wp.tables[jk] for jk in sorted(self.csr))])
@@ -332,6 +408,24 @@ class Patterns:
         return Crossing(len(wp.counts[0]), np.asarray(wp.counts[0], float), N,
                         fill(t["NT"], t["NT_marks"]), fill(t["NT"], t["NT_marks"], True),
                         rest, rest_diag, len(self.sizes) == 2)
+
+    def _vector_crossing(self, wp: WeightedPass) -> VectorCrossing:
+        G = np.asarray(wp.counts[0], float)
+        r = G.shape[1]
+        L = self.sizes[0]
+        tables = {}
+        for (j, k), (ptr, ix) in self.csr.items():
+            vals = wp.tables[(j, k)]
+            if j == 0:
+                # column a's rows a*L + l, reordered to (level, column): l*r + a
+                N = sp.vstack([sp.csr_matrix((vals[:, a], ix, ptr), shape=(L, self.sizes[k]))
+                               for a in range(r)], format="csr")
+                order = (np.arange(r)[None, :] * L + np.arange(L)[:, None]).ravel()
+                tables[(j, k)] = N[order]
+            else:
+                tables[(j, k)] = sp.csr_matrix((vals, ix, ptr),
+                                               shape=(self.sizes[j], self.sizes[k]))
+        return VectorCrossing.of_vector([G, *wp.counts[1:]], tables, r)
 
     def _template(self) -> dict:
         """The structures of :meth:`crossing`, their entries marking positions in the values
@@ -422,18 +516,24 @@ class CrossedLaplace:
     family : (int, int), optional
         The family and link codes (:mod:`daskmm.kernels.scalar_re`), for
         :meth:`gradient`.
+    cols : int
+        Model columns of the first factor's term (more than 1: random slopes on it;
+        ``theta`` then starts with its triangle, :class:`~daskmm.kernels.crossed_iter.
+        CrossedStats`'s layout).
     """
 
     def __init__(self, patterns: Patterns, passes: Callable, path: str, probes: int = 10,
                  steps: int = 40, deflate: int = 10, seed: int = 0,
-                 family: tuple[int, int] | None = None):
+                 family: tuple[int, int] | None = None, cols: int = 1):
         if path not in ("sparse", "matrix-free"):
             raise ValueError(f"path={path!r}; allowed: 'sparse', 'matrix-free'")
         self.patterns, self.passes, self.path = patterns, passes, path
         self.probes, self.steps, self.deflate, self.seed = probes, steps, deflate, seed
         self.family = family
         self.sizes = patterns.sizes
-        self.q = int(sum(self.sizes))
+        self.cols = cols
+        self.q_sizes = (self.sizes[0] * cols, *self.sizes[1:])
+        self.q = int(sum(self.q_sizes))
         self.u_warm = np.zeros(self.q)
         self.basis: np.ndarray | None = None
         self.fixed_steps: int | None = None
@@ -441,10 +541,12 @@ class CrossedLaplace:
         self.evaluations = 0
 
     def _split(self, v: np.ndarray) -> list[np.ndarray]:
-        return np.split(v, np.cumsum(self.sizes)[:-1])
+        return np.split(v, np.cumsum(self.q_sizes)[:-1])
 
     def _reduced(self, wp: WeightedPass, theta: np.ndarray) -> Reduced:
         x = self.patterns.crossing(wp)
+        if self.cols > 1:
+            return VectorReduced.at(x, theta, self.sizes)
         t1 = float(theta[0])
         return Reduced(x, t1, np.repeat(theta[1:], self.sizes[1:]), 1.0 + t1 * t1 * x.n1)
 
@@ -456,7 +558,7 @@ class CrossedLaplace:
         if self.path == "sparse":
             fac = SparseFactor.of(red)
             self.fill = fac.fill
-            return float(np.sum(np.log(red.D))) + fac.logdet, 0.0, fac
+            return red.logdet_D() + fac.logdet, 0.0, fac
         if self.deflate and self.basis is None:
             self.basis = deflation_basis(red.schur, red.schur_diag(), self.deflate, self.seed)
         steps = self.fixed_steps or self.steps
@@ -464,20 +566,23 @@ class CrossedLaplace:
                    basis=self.basis, rtol=0.0 if self.fixed_steps else 1e-10)
         if self.fixed_steps is None:
             self.fixed_steps = min(self.steps, quad.steps + STEP_MARGIN)
-        return float(np.sum(np.log(red.D))) + quad.logdet, quad.se, quad
+        return red.logdet_D() + quad.logdet, quad.se, quad
 
     def evaluate(self, theta: np.ndarray, beta: np.ndarray) -> LaplacePoint:
         """PIRLS to the modes at ``(theta, beta)`` (``theta``: one per factor, in the
-        patterns' order), from the last evaluation's modes, and the criterion there."""
+        patterns' order; with random slopes the first factor's triangle first), from the
+        last evaluation's modes, and the criterion there."""
         theta = np.asarray(theta, float)
         beta = np.asarray(beta, float)
         self.evaluations += 1
-        lam = np.repeat(theta, self.sizes)
+
+        def lam(v: np.ndarray) -> np.ndarray:  # b = Lambda u
+            return lambda_apply(theta, v, self.sizes, self.cols)
         u = self.u_warm.copy()
-        wp = self.passes(beta, self._split(lam * u))
+        wp = self.passes(beta, self._split(lam(u)))
         if not math.isfinite(wp.ll) and np.any(u):  # the warm start is unusable: from zero
             u = np.zeros(self.q)
-            wp = self.passes(beta, self._split(lam * u))
+            wp = self.passes(beta, self._split(lam(u)))
         if not math.isfinite(wp.ll):
             return LaplacePoint(math.inf, -math.inf, 0.0, math.inf, 0.0, u, 0)
         pdev = -2.0 * wp.ll + float(u @ u)
@@ -486,7 +591,8 @@ class CrossedLaplace:
             # every path solves its PIRLS steps by conjugate gradients (the system changes
             # with the weights at each step); the sparse path factors once, at the modes
             red = self._reduced(wp, theta)
-            target = red.solve((lam * wp.Ztwr)[:, None], CG_TOL)[0][:, 0]
+            rhs = lambda_t(theta, wp.Ztwr, self.sizes, self.cols)
+            target = red.solve(rhs[:, None], CG_TOL)[0][:, 0]
             delta = target - u
             if np.max(np.abs(delta), initial=0.0) <= TOL_U * (1.0 + np.max(np.abs(u),
                                                                              initial=0.0)):
@@ -497,7 +603,7 @@ class CrossedLaplace:
             t, moved = 1.0, False
             while t >= 1e-8:
                 un = u + t * delta
-                wn = self.passes(beta, self._split(lam * un))
+                wn = self.passes(beta, self._split(lam(un)))
                 if math.isfinite(wn.ll):
                     pn = -2.0 * wn.ll + float(un @ un)
                     if pn <= pdev + 1e-13 * abs(pdev):
@@ -527,6 +633,9 @@ class CrossedLaplace:
         M'W Z_k u_k`` (``theta_k``) or ``-M'W X_j`` (``beta_j``), one block of solves.
         The traces come from the log determinant's probes: an estimate, like the
         criterion."""
+        if self.cols > 1:
+            raise ValueError("the Laplace gradient is for random intercepts; random slopes "
+                             "are fitted without it")
         theta = np.asarray(theta, float)
         beta = np.asarray(beta, float)
         red, quad = point.reduced, point.quad
@@ -561,6 +670,16 @@ class CrossedLaplace:
                             for k in range(nk)])
         g[nk:] += -2.0 * Xts
         return g
+
+    @staticmethod
+    def inverse_blocks(point: LaplacePoint) -> tuple[np.ndarray, np.ndarray]:
+        """With random slopes on the first factor: ``A^-1``'s diagonal blocks at a point's
+        weights (its levels' ``r x r``, the others' diagonal), exact from the sparse factor,
+        else the approximation of :meth:`~daskmm.kernels.crossed_iter.VectorReduced.
+        inverse_blocks`."""
+        if point.factor is not None:
+            return point.factor.inverse_blocks()
+        return point.reduced.inverse_blocks()
 
     @staticmethod
     def inverse_diag(point: LaplacePoint) -> np.ndarray:

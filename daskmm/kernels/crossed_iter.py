@@ -59,6 +59,33 @@ def by_level(T: np.ndarray, M: np.ndarray, r: int) -> np.ndarray:
     return np.einsum("ab,lb...->la...", T, m).reshape(M.shape)
 
 
+def _lambda(theta: np.ndarray, M: np.ndarray, sizes, cols: int, transpose: bool
+            ) -> np.ndarray:
+    theta = np.asarray(theta, float)
+    nt = n_tri(cols)
+    k = sizes[0] * cols
+    rest = np.repeat(theta[nt:], sizes[1:])
+    rest = rest[:, None] if M.ndim == 2 else rest
+    if cols == 1:
+        first = theta[0] * M[:k]
+    else:
+        T = tri_matrix(theta[:nt], cols)
+        first = by_level(T.T if transpose else T, M[:k], cols)
+    return np.concatenate([first, rest * M[k:]])
+
+
+def lambda_t(theta: np.ndarray, M: np.ndarray, sizes, cols: int = 1) -> np.ndarray:
+    """``Lambda' M`` for ``theta`` laid out as :class:`CrossedStats` says (the first
+    factor's triangle of ``cols`` columns, then one per other factor) and factors of
+    ``sizes`` levels; ``M``: ``q`` or ``q x m``."""
+    return _lambda(theta, M, sizes, cols, True)
+
+
+def lambda_apply(theta: np.ndarray, M: np.ndarray, sizes, cols: int = 1) -> np.ndarray:
+    """``Lambda M`` (:func:`lambda_t`'s layout)."""
+    return _lambda(theta, M, sizes, cols, False)
+
+
 def gram_blocks(G: np.ndarray) -> sp.csr_matrix:
     """The block diagonal of levels' Gram matrices (``L``, or ``L x r x r``) as a sparse
     matrix."""
@@ -135,24 +162,11 @@ class CrossedStats:
 
     def lam_t(self, theta: np.ndarray, M: np.ndarray) -> np.ndarray:
         """``Lambda' M`` (``M``: ``q`` or ``q x m``)."""
-        if self.cols == 1:
-            lam = self.lam(theta)
-            return (lam[:, None] if M.ndim == 2 else lam) * M
-        theta = np.asarray(theta, float)
-        k = self.q_sizes[0]
-        rest = np.repeat(theta[n_tri(self.cols):], self.sizes[1:])
-        return np.concatenate([by_level(self.first_T(theta).T, M[:k], self.cols),
-                               (rest[:, None] if M.ndim == 2 else rest) * M[k:]])
+        return lambda_t(theta, M, self.sizes, self.cols)
 
     def lam_apply(self, theta: np.ndarray, M: np.ndarray) -> np.ndarray:
         """``Lambda M``: ``b = Lambda u``."""
-        if self.cols == 1:
-            return self.lam_t(theta, M)
-        theta = np.asarray(theta, float)
-        k = self.q_sizes[0]
-        rest = np.repeat(theta[n_tri(self.cols):], self.sizes[1:])
-        return np.concatenate([by_level(self.first_T(theta), M[:k], self.cols),
-                               (rest[:, None] if M.ndim == 2 else rest) * M[k:]])
+        return lambda_apply(theta, M, self.sizes, self.cols)
 
     @property
     def ZtZ(self) -> sp.csr_matrix:

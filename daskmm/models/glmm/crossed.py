@@ -23,7 +23,7 @@ from daskmm.distributed.passes import persist_spread
 from daskmm.errors import ModelError
 from daskmm.formula.checks import column_ranges
 from daskmm.kernels import crossed_glmm as CG
-from daskmm.kernels.crossed_iter import Reduced
+from daskmm.kernels.crossed_iter import Reduced, lambda_apply, tri_matrix
 from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz_bound
 from daskmm.models.glmm.encode import encode_partition
 from daskmm.models.shared import crossed as paths
@@ -36,11 +36,13 @@ PROBES, STEPS, DEFLATE = 10, 40, 10
 
 
 def prepare_rows(df: pd.DataFrame, spec, resp, family: int, factors: list[str],
-                 levels: list[np.ndarray]) -> CG.CrossedRows:
-    """Encode one partition for the crossed criterion (rows with a missing value dropped)."""
+                 levels: list[np.ndarray], slopes: bool = False) -> CG.CrossedRows:
+    """Encode one partition for the crossed criterion (rows with a missing value dropped);
+    ``slopes``: the first factor's term has random slopes (its model columns go in)."""
     enc, X, y, wt, offset, const, dropped = encode_partition(df, spec, resp, family)
     keys = [np.asarray(enc.keys[f]) for f in factors]
-    return CG.crossed_rows(X, y, wt, offset, keys, levels, const, dropped)
+    return CG.crossed_rows(X, y, wt, offset, keys, levels, const, dropped,
+                           enc.Z[factors[0]] if slopes else None)
 
 
 def rows_info(rows: CG.CrossedRows, family: int, binomial: int, sizes: tuple[int, ...]):
@@ -55,11 +57,11 @@ def _pass(rows, beta, b, family, link, sizes):
 
 
 def persist_rows(c, ddf, spec, resp, family: int, factors: list[str],
-                 levels: list[np.ndarray]) -> list:
+                 levels: list[np.ndarray], slopes: bool = False) -> list:
     """Each partition's :class:`~daskmm.kernels.crossed_glmm.CrossedRows`, kept on a worker
     (:func:`~daskmm.distributed.passes.persist_spread`) or, in process, here."""
     return persist_spread(c, ddf, prepare_rows, "glmm-crossed", "glmm: data", spec, resp,
-                          family, factors, levels)
+                          family, factors, levels, slopes)
 
 
 @dataclasses.dataclass
@@ -70,12 +72,15 @@ class CrossedData:
     ----------
     parts : list
     factors : list of str
-        In the criterion's order (most levels first; the formula's order on ties).
+        In the criterion's order (the factor with random slopes first, else the one with
+        most levels; the formula's order on ties).
     levels : list of numpy.ndarray
     patterns : Patterns
     n_dropped, ranges : list
         Per partition.
     weight_sum : float
+    cols : int
+        Model columns of the first factor's term (more than 1: random slopes).
     """
 
     parts: list
@@ -85,16 +90,19 @@ class CrossedData:
     n_dropped: list
     ranges: list
     weight_sum: float
+    cols: int = 1
 
 
 def prepare(c, ddf, spec, resp, family: int, binomial: int, combos: pd.DataFrame
             ) -> CrossedData:
     """Encode and place the rows, and fix the crossing tables' patterns (two rounds)."""
     levels = {f.name: level_keys(spec.factor(f.name), combos) for f in spec.factors}
-    factors = sorted(levels, key=lambda f: -len(levels[f]))
+    sloped = paths.slope_factor(spec)
+    factors = sorted(levels, key=lambda f: (f != sloped, -len(levels[f])))
     lev = [levels[f] for f in factors]
     sizes = tuple(len(v) for v in lev)
-    parts = persist_rows(c, ddf, spec, resp, family, factors, lev)
+    cols = 1 if sloped is None else next(t.q for t in spec.terms if t.factor == sloped)
+    parts = persist_rows(c, ddf, spec, resp, family, factors, lev, sloped is not None)
     info = c.gather(map_parts(c, rows_info, parts, family=family, binomial=binomial,
                               sizes=sizes, pure=False))
     keys = CG.merge_keys([i[3] for i in info])
@@ -103,14 +111,16 @@ def prepare(c, ddf, spec, resp, family: int, binomial: int, combos: pd.DataFrame
         from distributed import wait
         wait(placed)  # then the encoded rows without places are released with ``parts``
     return CrossedData(placed, factors, lev, CG.Patterns.of(keys, sizes),
-                       [i[0] for i in info], [i[1] for i in info], sum(i[2] for i in info))
+                       [i[0] for i in info], [i[1] for i in info], sum(i[2] for i in info),
+                       cols)
 
 
 def choose_path(path: str, data: CrossedData) -> str:
     """``"large"`` (:func:`~daskmm.models.shared.crossed.choose_crossed`) becomes
     ``"sparse"`` where the sparse factor of the crossing holds at most
     :data:`~daskmm.models.shared.crossed.SPARSE_MAX_FILL` non-zeros (its fill depends on the
-    pattern alone: measured at unit weights), else ``"matrix-free"``."""
+    pattern alone: measured at unit weights; random slopes on the first factor leave the
+    Schur complement's pattern as it is), else ``"matrix-free"``."""
     if path != "large":
         return path
     pat = data.patterns
@@ -144,6 +154,12 @@ class CrossedCriterion:
         self.c, self.data, self.spec, self.const = c, data, spec, const
         self.path, self.seed = path, seed
         self.order = [data.factors.index(t.factor) for t in spec.terms]
+        # theta in the spec's term order -> the criterion's (factors' order, the first
+        # factor's triangle first): engine[i] = spec[perm[i]]
+        self.term_of = {t.factor: t for t in spec.terms}
+        starts = np.cumsum([0] + [t.n_theta for t in spec.terms])
+        at = {t.factor: np.arange(starts[i], starts[i + 1]) for i, t in enumerate(spec.terms)}
+        self.perm = np.concatenate([at[f] for f in data.factors])
         sizes, npattern = data.patterns.sizes, data.patterns.nnz
 
         def passes(beta, b):
@@ -152,8 +168,9 @@ class CrossedCriterion:
             return CG.add_passes(outs, npattern)
 
         self.engine = CG.CrossedLaplace(data.patterns, passes, path, PROBES, STEPS, DEFLATE,
-                                        seed, (family, link))
-        self.has_gradient = path == "matrix-free" and CG.has_gradient(family, link)
+                                        seed, (family, link), data.cols)
+        self.has_gradient = (path == "matrix-free" and CG.has_gradient(family, link)
+                             and data.cols == 1)
         self.last: tuple | None = None
         self.last_grad: tuple | None = None
 
@@ -169,22 +186,35 @@ class CrossedCriterion:
         with no random effects: factor ``k``'s variance by the moments of its levels'
         Fisher-weighted mean working residuals (``c_l`` the level's weight, ``s_l`` its
         score sum: ``E[s_l^2 / c_l] = 1 + c_l sigma_k^2``), so ``sigma_k^2 = sum_l
-        (s_l^2 / c_l - 1) / sum_l c_l``, at least 1e-4."""
+        (s_l^2 / c_l - 1) / sum_l c_l``, at least 1e-4. With random slopes each of the
+        first factor's columns so (``c`` its Gram's diagonal), the correlations 0."""
+        r = self.data.cols
         wp = self.engine.passes(np.asarray(beta, float),
-                                [np.zeros(s) for s in self.data.patterns.sizes])
+                                [np.zeros(s) for s in self.engine.q_sizes])
         if not np.isfinite(wp.ll):
             return np.concatenate([t.theta_init() for t in self.spec.terms])
-        sums = np.split(wp.Ztwr, np.cumsum(self.data.patterns.sizes)[:-1])
-        var = np.empty(len(sums))
-        for j, (c, s) in enumerate(zip(wp.counts, sums)):
+        sums = np.split(wp.Ztwr, np.cumsum(self.engine.q_sizes)[:-1])
+        parts = list(zip(wp.counts, sums))
+        if r > 1:
+            G, s1 = np.asarray(wp.counts[0]), sums[0].reshape(-1, r)
+            parts = [(G[:, a, a], s1[:, a]) for a in range(r)] + parts[1:]
+        var = np.empty(len(parts))
+        for j, (c, s) in enumerate(parts):
             seen = c > 0
             var[j] = np.sum(s[seen] ** 2 / c[seen] - 1.0) / max(float(np.sum(c)), 1e-300)
-        return np.sqrt(np.maximum(var, 1e-4))[self.order]
+        sd = np.sqrt(np.maximum(var, 1e-4))
+        if r > 1:
+            rows, cols = np.triu_indices(r)[::-1]
+            first = np.zeros(len(rows))
+            first[rows == cols] = sd[:r]
+            sd = np.concatenate([first, sd[r:]])
+        out = np.empty(len(sd))
+        out[self.perm] = sd
+        return out
 
     def _theta(self, theta) -> np.ndarray:
-        out = np.empty(len(self.order))
-        out[self.order] = np.asarray(theta, float)
-        return out
+        """``theta`` in the criterion's order."""
+        return np.asarray(theta, float)[self.perm]
 
     def point(self, theta, beta) -> CG.LaplacePoint:
         key = (np.asarray(theta, float).tobytes(), np.asarray(beta, float).tobytes())
@@ -214,20 +244,29 @@ class CrossedCriterion:
         return float(self.last[1].se) if self.last is not None else 0.0
 
     def ranef(self, theta, beta, size=None) -> dict[str, RanefTable]:
-        """Conditional modes ``b = theta_k u`` and their variances ``theta_k^2 diag(A^-1)``
-        (lme4's ``condVar`` of a GLMM): exact on the sparse path, the named approximation
-        on the matrix-free one."""
+        """Conditional modes ``b = Lambda u`` and their covariances ``T A^-1_l T'``
+        (lme4's ``condVar`` of a GLMM; ``theta_k^2 diag(A^-1)`` for a random intercept):
+        exact on the sparse path, the named approximation on the matrix-free one."""
         pt = self.point(theta, beta)
-        cond = self.engine.inverse_diag(pt)
         th = self._theta(theta)
-        bounds = np.concatenate([[0], np.cumsum(self.data.patterns.sizes)])
+        eng = self.engine
+        if eng.cols > 1:
+            first, rest = eng.inverse_blocks(pt)
+        else:
+            cond = eng.inverse_diag(pt)
+            first, rest = cond[:eng.sizes[0], None, None], cond[eng.sizes[0]:]
+        b = lambda_apply(th, pt.u, eng.sizes, eng.cols)
+        bounds = np.concatenate([[0], np.cumsum(eng.q_sizes)])
+        starts = np.cumsum([0] + [self.term_of[f].n_theta for f in self.data.factors])
         out = {}
         for j, f in enumerate(self.data.factors):
-            sl = slice(bounds[j], bounds[j + 1])
-            t = float(th[j])
-            out[f] = RanefTable(levels=list(self.spec.factor(f).label(self.data.levels[j])),
-                                b=(t * pt.u[sl])[:, None],
-                                cov=(t * t * cond[sl])[:, None, None])
+            labels = list(self.spec.factor(f).label(self.data.levels[j]))
+            T = tri_matrix(th[starts[j]:starts[j + 1]], self.term_of[f].q)
+            cu = first if j == 0 else \
+                rest[bounds[j] - bounds[1]:bounds[j + 1] - bounds[1]][:, None, None]
+            out[f] = RanefTable(levels=labels,
+                                b=b[bounds[j]:bounds[j + 1]].reshape(len(labels), -1),
+                                cov=np.einsum("ab,lbc,dc->lad", T, cu, T))
         return out
 
     def summary(self, theta, beta) -> dict:
@@ -242,9 +281,9 @@ class CrossedCriterion:
             info.update(criterion_se=float(pt.se), probes=PROBES,
                         lanczos_steps=int(self.engine.fixed_steps or STEPS),
                         deflation=DEFLATE, seed=self.seed,
-                        conditional_variances="approximate: diag(A^-1) with the crossed "
-                                              "Schur complement's inverse taken as its "
-                                              "diagonal's inverse")
+                        conditional_variances="approximate: A^-1's diagonal blocks with the "
+                                              "crossed Schur complement's inverse taken as "
+                                              "its diagonal's inverse")
         return info
 
 

@@ -224,7 +224,8 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
             if trials_text else None
         resp = Response(resp_col, trials, success, weights)
         layout = model_layout(spec, combos, 0, prefer_local=True)
-        path = CX.check_family(choose_crossed(spec, layout, crossed), crossed, family)
+        path = CX.check_family(choose_crossed(spec, layout, crossed, slopes=True), crossed,
+                               family)
         if path == "dense":
             primary, glob = layout.primary, layout.global_factors
             part_layout = None if scalar else layout

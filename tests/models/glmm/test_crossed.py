@@ -196,8 +196,9 @@ def test_auto_chooses_the_path_by_size(small, monkeypatch):
     free = daskmm.glmm(f, small, "binomial", mode="in-process")
     assert free.optinfo.crossed["path"] == "matrix-free"
     assert free.optinfo.mode == "in-process, matrix-free"
-    # another family stays dense under auto (a random slope does for the LMM and the GLMM
-    # alike: daskmm.models.shared.crossed.choose_crossed, tests/models/lmm/test_iterative.py)
+    # another family stays dense under auto (random slopes on two factors do for the LMM and
+    # the GLMM alike: daskmm.models.shared.crossed.choose_crossed,
+    # tests/models/lmm/test_iterative.py)
     assert CX.check_family("large", "auto", "gamma") == "dense"
     assert CX.check_family("large", "auto", "poisson") == "large"
 
@@ -206,9 +207,9 @@ def test_auto_chooses_the_path_by_size(small, monkeypatch):
     ({"family": "gamma", "link": "log", "crossed": "sparse"},
      "crossed='sparse' fits the binomial and Poisson GLMMs; the gamma family is fitted with "
      "crossed='dense'"),
-    ({"family": "binomial", "crossed": "matrix-free", "formula": "y ~ x + (x | g) + (1 | h)"},
-     "crossed='matrix-free' cannot fit this model: its term \\(x \\| g\\) is not a random "
-     "intercept"),
+    ({"family": "binomial", "crossed": "matrix-free", "formula": "y ~ x + (x | g) + (x | h)"},
+     "crossed='matrix-free' cannot fit this model: 2 factors have random slopes \\(g, h\\); "
+     "the sparse and matrix-free paths fit random slopes on one factor"),
     ({"family": "binomial", "crossed": "exact"}, "crossed='exact'; allowed: 'auto', 'dense'"),
 ])
 def test_a_path_that_cannot_fit_is_refused_in_one_line(small, kwargs, match):

@@ -79,10 +79,12 @@ def crossed_glmm_design(n: int, levels: list[int], sds: list[float], seed: int =
 
 def slopes_design(n: int, l1: int, l2: int, sds: list[float], seed: int = 12345
                   ) -> pd.DataFrame:
-    """``y = 1 + 0.5 x + a[f1] + s[f1] x + c[f2] + e``: random slopes on ``f1``
+    """``y = 1 + 0.5 x + a[f1] + s[f1] x + c[f2] + e`` and a 0/1 ``yb``: random slopes on ``f1``
     (make_crossed_slopes.R draws the same): the draws of three factors with ``l1``, ``l2``
     and ``l1`` levels, the third's effects the slopes ``s`` read at ``f1``'s codes."""
     codes, effects, x, e = _draws(n, [l1, l2, l1], sds, seed)
     g, h = codes[0], codes[1]
     y = 1.0 + 0.5 * x + effects[0][g] + effects[2][g] * x + effects[1][h] + e
-    return _frame({"y": y}, x, codes[:2])
+    # a 0/1 response on the same draws: yb = 1[eta + 1.6 e > 0], near a logistic model's
+    eta = -0.5 + 0.5 * x + effects[0][g] + effects[2][g] * x + effects[1][h]
+    return _frame({"y": y, "yb": (eta + 1.6 * e > 0).astype(float)}, x, codes[:2])
