@@ -28,6 +28,7 @@ effects).
         --repeats 1 --tools daskmm
     python benchmarks/bench_crossed.py --family binomial --rows 1000000 --repeats 1
     python benchmarks/bench_crossed.py --slopes --rows 1000000 --repeats 1
+    python benchmarks/bench_crossed.py --slopes --family binomial --rows 1000000 --repeats 1
 
 gpboost is a PyPI package (``pip install gpboost``, Apache-2.0; the ``bench`` extra).
 """
@@ -58,6 +59,8 @@ def draw(rows, ng, nh, zipf, family="gaussian", slopes=False):
     x = rng.normal(size=rows)
     eta = 0.5 * x + rng.normal(0, 0.8, ng)[g] + rng.normal(0, 0.5, nh)[h]
     if family == "binomial":  # P(y = 1) = logistic(eta - 0.5)
+        if slopes:  # drawn here: the intercept-only rows stay the same
+            eta = eta + rng.normal(0, 0.3, ng)[g] * x
         return g, h, x, (rng.random(rows) < 1 / (1 + np.exp(0.5 - eta))).astype(float)
     y = 1 + eta + rng.normal(size=rows)
     if slopes:  # drawn last: the intercept-only rows stay the same
@@ -80,7 +83,8 @@ if tool == "daskmm":
     del g, h, x, y
     t1 = time.perf_counter()
     if family == "binomial":
-        fit = daskmm.glmm("y ~ x + (1 | g) + (1 | h)", frame, "binomial", factors=["g", "h"],
+        fit = daskmm.glmm("y ~ x + (1 + x | g) + (1 | h)" if slopes else
+                          "y ~ x + (1 | g) + (1 | h)", frame, "binomial", factors=["g", "h"],
                           mode="in-process", crossed=crossed)
     else:
         fit = daskmm.lmm("y ~ x + (1 + x | g) + (1 | h)" if slopes else
@@ -131,8 +135,8 @@ d <- read.csv(args[1]); d$g <- factor(d$g); d$h <- factor(d$h)
 t0 <- proc.time()[["elapsed"]]
 binomial_fit <- args[2] == "binomial"
 slopes <- args[3] == "1"
-m <- if (binomial_fit) glmer(y ~ x + (1 | g) + (1 | h), d, family = binomial) else
-  if (slopes) lmer(y ~ x + (1 + x | g) + (1 | h), d) else lmer(y ~ x + (1 | g) + (1 | h), d)
+f <- if (slopes) y ~ x + (1 + x | g) + (1 | h) else y ~ x + (1 | g) + (1 | h)
+m <- if (binomial_fit) glmer(f, d, family = binomial) else lmer(f, d)
 t1 <- proc.time()[["elapsed"]]
 vc <- as.data.frame(VarCorr(m))
 vc <- vc[is.na(vc$var2), ]  # variances only, not the slopes' covariance
@@ -175,7 +179,7 @@ def main() -> None:
                     "bernoulli_logit, glmer")
     ap.add_argument("--slopes", action="store_true",
                     help="random slopes on g: y ~ x + (1 + x | g) + (1 | h), x's slope SD 0.3 "
-                    "(gpboost: an independent random coefficient of x on g)")
+                    "(gpboost: an independent random coefficient of x on g); either family")
     ap.add_argument("--lme4", action="store_true", help="also lme4 (where it finishes)")
     ap.add_argument("--tools", nargs="+", default=None)
     args = ap.parse_args()

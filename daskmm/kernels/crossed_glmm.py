@@ -41,13 +41,16 @@ from daskmm.kernels.crossed_iter import (
     Reduced,
     VectorCrossing,
     VectorReduced,
+    by_level,
     deflation_basis,
     lambda_apply,
     lambda_t,
     level_codes,
     logdet_theta_gradient,
+    n_tri,
     slq,
     spmm,
+    vector_logdet_gradient,
 )
 from daskmm.kernels.crossed_sparse import SparseFactor
 from daskmm.kernels.scalar_re import inverse_link, row_terms
@@ -288,51 +291,57 @@ def _weights_slope(eta: np.ndarray, w: np.ndarray, family: int,
 
 
 def _at_modes(rows: CrossedRows, beta, b, family, link):
-    zb = np.zeros(len(rows.y))
-    for c, bk in zip(rows.codes, b):
-        zb += bk[c]
-    eta = rows.eta_fixed(beta) + zb
+    eta = rows.eta_fixed(beta) + rows.zb(b)
     _, sc, w = row_terms(eta, rows.y, rows.wt, rows.nb_k, family, link)
     return eta, sc, w
+
+
+def direct_theta(rows: CrossedRows, u: list[np.ndarray]) -> np.ndarray:
+    """``Z (d Lambda / d theta_m) u`` per row, one column a ``theta`` entry: ``Z_k u_k`` for
+    a random intercept's; with random slopes on the first factor, ``z_a u_{l, b}`` for its
+    ``T``'s entry ``(a, b)`` (``l`` the row's level)."""
+    cols = []
+    for j, (c, uk) in enumerate(zip(rows.codes, u)):
+        if j == 0 and rows.Zs is not None:
+            r = rows.Zs.shape[1]
+            U = uk.reshape(-1, r)[c]
+            cols += [rows.Zs[:, a] * U[:, b]
+                     for a, b in zip(*np.triu_indices(r)[::-1])]
+        else:
+            cols.append(uk[c])
+    return np.column_stack(cols)
 
 
 def gradient_sums(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
                   u: list[np.ndarray], family: int, link: int, sizes: tuple[int, ...]
                   ) -> tuple:
     """A partition's sums at the modes for :meth:`CrossedLaplace.gradient`: ``Z's``,
-    ``X's``, ``Z'WX`` and, for each factor ``k``, ``Z'W Z_k u_k`` (``s`` the rows' scores,
-    ``u_k`` the spherical modes)."""
+    ``X's``, ``Z'WX`` and, for each ``theta`` entry, ``Z'W Z (d Lambda / d theta_m) u``
+    (``s`` the rows' scores, ``u`` the spherical modes, :func:`direct_theta`)."""
     _, sc, w = _at_modes(rows, beta, b, family, link)
-
-    def zt(v: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.bincount(c, weights=v, minlength=L)
-                               for c, L in zip(rows.codes, sizes)])
-    ZtWX = np.column_stack([zt(w * rows.X[:, j]) for j in range(rows.X.shape[1])])
-    ZtWZu = np.column_stack([zt(w * uk[c]) for c, uk in zip(rows.codes, u)])
-    return zt(sc), rows.X.T @ sc, ZtWX, ZtWZu
+    ZtWX = np.column_stack([rows.level_sums(w * rows.X[:, j], sizes)
+                            for j in range(rows.X.shape[1])])
+    D = direct_theta(rows, u)
+    ZtWZu = np.column_stack([rows.level_sums(w * D[:, m], sizes) for m in range(D.shape[1])])
+    return rows.level_sums(sc, sizes), rows.X.T @ sc, ZtWX, ZtWZu
 
 
 def gradient_weights(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
                      u: list[np.ndarray], bdu: list[np.ndarray], family: int, link: int,
                      sizes: tuple[int, ...]) -> list[WeightedPass]:
     """A partition's crossings weighted by ``v_phi = W' d eta / d phi`` for each parameter
-    (``theta_1 .. theta_K``, then ``beta``): ``d eta / d phi = Z_k u_k`` or ``X_j``, plus
-    ``Z Lambda du / d phi`` (``bdu``: each factor's ``Lambda du`` on its levels, one column
-    a parameter)."""
+    (the ``theta`` entries, then ``beta``): ``d eta / d phi = Z (d Lambda / d theta_m) u``
+    (:func:`direct_theta`) or ``X_j``, plus ``Z Lambda du / d phi`` (``bdu``: each factor's
+    ``Lambda du`` on its levels, one column a parameter)."""
     eta, _, w = _at_modes(rows, beta, b, family, link)
     slope = _weights_slope(eta, w, family, link)
-    direct = np.column_stack([uk[c] for c, uk in zip(rows.codes, u)] + [rows.X])
-    for c, bk in zip(rows.codes, bdu):
-        direct += bk[c]
+    direct = np.column_stack([direct_theta(rows, u), rows.X])
+    for m in range(direct.shape[1]):
+        direct[:, m] += rows.zb([bk[:, m] for bk in bdu])
     v = slope[:, None] * direct
-    out = []
-    for j in range(v.shape[1]):
-        vj = v[:, j]
-        out.append(WeightedPass(
-            0.0, [np.bincount(c, weights=vj, minlength=L) for c, L in zip(rows.codes, sizes)],
-            {jk: (at, np.bincount(ix, weights=vj, minlength=len(at)))
-             for jk, (at, ix) in rows.pos.items()}, np.zeros(0)))
-    return out
+    return [WeightedPass(0.0, rows.weighted_counts(v[:, m], sizes),
+                         rows.weighted_tables(v[:, m]), np.zeros(0))
+            for m in range(v.shape[1])]
 
 
 def trace_weighted(red: Reduced, quad: Quadrature, kx: Crossing) -> float:
@@ -358,6 +367,41 @@ def trace_weighted(red: Reduced, quad: Quadrature, kx: Crossing) -> float:
     cross = red.x.NT.multiply(kx.NT).tocsr() @ (1.0 / D)
     diag = lam * lam * (kx.rest_diag - 2.0 * t2 * cross) + red.B2_D(t2 * kx.n1 / D ** 2)
     exact = float(np.sum(t2 * kx.n1 / D))
+    return exact + quad.trace_inverse(lambda V: s[:, None] * PtKP(s[:, None] * V),
+                                      float(np.sum(s * s * diag)))
+
+
+def trace_weighted_vector(red: VectorReduced, quad: Quadrature, kx: VectorCrossing
+                          ) -> float:
+    """:func:`trace_weighted` with random slopes on the first factor: ``tr(A^-1 K)``, ``K =
+    Lambda' Z'VZ Lambda`` (``kx``: the crossing of ``Z'VZ``), as ``tr(D^-1 K_11) +
+    tr(S^-1 P'KP)``; ``P'KP = K_22 - K_21 F - F' K_12 + F' K_11 F`` with ``F = D^-1 B``,
+    its diagonal exactly (``F``'s level blocks ``lambda_j W_l n_lj``, ``W_l = D_l^-1
+    T'``)."""
+    x, T, lam, s = red.x, red.T, red.lam, quad.scale
+    r, L = x.r, x.levels
+    K11 = np.einsum("ba,lbc,cd->lad", T, kx.n1, T)  # T' G^V_l T
+
+    def PtKP(v: np.ndarray) -> np.ndarray:
+        Fv = red.Ddiv(red.B(v))
+        K11Fv = np.einsum("lab,lbm->lam", K11, Fv.reshape(L, r, -1)).reshape(Fv.shape)
+        K12v = by_level(T.T, spmm(kx.N, lam[:, None] * v), r)
+        if kx.rest_diagonal:
+            K22v = (lam * lam * kx.rest_diag)[:, None] * v
+        else:
+            K22v = lam[:, None] * spmm(kx.rest, lam[:, None] * v)
+        K21Fv = lam[:, None] * spmm(kx.NT, by_level(T, Fv, r))
+        return K22v - K21Fv - red.BT(red.Ddiv(K12v)) + red.BT(red.Ddiv(K11Fv))
+
+    W = np.einsum("lab,cb->lac", red.Dinv, T)  # D_l^-1 T'
+    cross = np.zeros(x.N.shape[1])  # sum_l n_lj' (W_l' T') n^V_lj
+    WT = np.einsum("lba,cb->lac", W, T)
+    for a in range(r):
+        for b in range(r):
+            cross += x.N[a::r].multiply(kx.N[b::r]).T @ WT[:, a, b]
+    diag = lam * lam * (kx.rest_diag - 2.0 * cross
+                        + red._quad_cols(np.einsum("lba,lbc,lcd->lad", W, K11, W)))
+    exact = float(np.einsum("lab,lba->", red.Dinv, K11))
     return exact + quad.trace_inverse(lambda V: s[:, None] * PtKP(s[:, None] * V),
                                       float(np.sum(s * s * diag)))
 
@@ -631,44 +675,59 @@ class CrossedLaplace:
         the weights, ``tr(A^-1 M' diag(W' d eta / d phi) M)`` (:func:`trace_weighted`), with
         ``d eta / d phi`` the direct part plus ``M du / d phi``, ``A du / d phi = E_k Z's -
         M'W Z_k u_k`` (``theta_k``) or ``-M'W X_j`` (``beta_j``), one block of solves.
-        The traces come from the log determinant's probes: an estimate, like the
-        criterion."""
-        if self.cols > 1:
-            raise ValueError("the Laplace gradient is for random intercepts; random slopes "
-                             "are fitted without it")
+        With random slopes on the first factor each entry of its ``T`` is a ``theta``
+        (``d Lambda`` in place of ``E_k``: :func:`direct_theta`,
+        :func:`~daskmm.kernels.crossed_iter.vector_logdet_gradient`,
+        :func:`trace_weighted_vector`). The traces come from the log determinant's probes:
+        an estimate, like the criterion."""
         theta = np.asarray(theta, float)
         beta = np.asarray(beta, float)
         red, quad = point.reduced, point.quad
-        lam = np.repeat(theta, self.sizes)
+        r, sizes = self.cols, self.sizes
+        nt = n_tri(r) + len(sizes) - 1  # theta's entries
+
+        def lam_t(v: np.ndarray) -> np.ndarray:
+            return lambda_t(theta, v, sizes, r)
         u = self._split(point.u)
-        b = self._split(lam * point.u)
+        b = self._split(lambda_apply(theta, point.u, sizes, r))
         fam, link = self.family
-        sums = apply(gradient_sums, beta=beta, b=b, u=u, family=fam, link=link,
-                     sizes=self.sizes)
+        sums = apply(gradient_sums, beta=beta, b=b, u=u, family=fam, link=link, sizes=sizes)
         Zts = sum(x[0] for x in sums)
         Xts = sum(x[1] for x in sums)
         ZtWX = sum(x[2] for x in sums)
         ZtWZu = sum(x[3] for x in sums)
-        bounds = np.concatenate([[0], np.cumsum(self.sizes)])
-        nk = len(self.sizes)
-        R = np.empty((self.q, nk + len(beta)))
-        for k in range(nk):
-            e = np.zeros(self.q)
-            e[bounds[k]:bounds[k + 1]] = Zts[bounds[k]:bounds[k + 1]]
-            R[:, k] = e - lam * ZtWZu[:, k]
-        R[:, nk:] = -lam[:, None] * ZtWX
+        bounds = np.concatenate([[0], np.cumsum(self.q_sizes)])
+        # (d Lambda / d theta_m)' Z's: T's entry (a, b) puts (Z_1's)_{l, a} on row (l, b);
+        # another factor's its own block of Z's
+        dZts = np.zeros((self.q, nt))
+        envelope = np.zeros(nt)
+        m = 0
+        if r > 1:
+            Z1 = Zts[:bounds[1]].reshape(-1, r)
+            U1 = u[0].reshape(-1, r)
+            for a_, b_ in zip(*np.triu_indices(r)[::-1]):
+                col = np.zeros((len(Z1), r))
+                col[:, b_] = Z1[:, a_]
+                dZts[:bounds[1], m] = col.ravel()
+                envelope[m] = -2.0 * float(Z1[:, a_] @ U1[:, b_])
+                m += 1
+        for k in range(1 if r > 1 else 0, len(sizes)):
+            dZts[bounds[k]:bounds[k + 1], m] = Zts[bounds[k]:bounds[k + 1]]
+            envelope[m] = -2.0 * float(Zts[bounds[k]:bounds[k + 1]] @ u[k])
+            m += 1
+        R = np.column_stack([dZts - lam_t(ZtWZu), -lam_t(ZtWX)])
         du = red.solve(R, CG_TOL)[0]
-        bdu = np.split(lam[:, None] * du, bounds[1:-1])
+        bdu = self._split(lambda_apply(theta, du, sizes, r))
         weighted = apply(gradient_weights, beta=beta, b=b, u=u, bdu=bdu, family=fam,
-                         link=link, sizes=self.sizes)
-        traces = np.array([trace_weighted(red, quad, self.patterns.crossing(
+                         link=link, sizes=sizes)
+        trace = trace_weighted_vector if r > 1 else trace_weighted
+        g = np.array([trace(red, quad, self.patterns.crossing(
             add_passes([w[j] for w in weighted], self.patterns.nnz)))
             for j in range(R.shape[1])])
-        g = traces
-        g[:nk] += logdet_theta_gradient(red, quad, theta, self.sizes)
-        g[:nk] += np.array([-2.0 * float(Zts[bounds[k]:bounds[k + 1]] @ u[k])
-                            for k in range(nk)])
-        g[nk:] += -2.0 * Xts
+        g[:nt] += (vector_logdet_gradient(red, quad, theta, sizes) if r > 1 else
+                   logdet_theta_gradient(red, quad, theta, sizes))
+        g[:nt] += envelope
+        g[nt:] += -2.0 * Xts
         return g
 
     @staticmethod

@@ -1040,45 +1040,31 @@ def _gradient(st: CrossedStats, theta: np.ndarray, red: Reduced, quad: Quadratur
     return grad
 
 
-def vector_gradient(st: CrossedStats, theta: np.ndarray, red: VectorReduced,
-                    quad: Quadrature, pr: Profiled, dr2_scale: float, reml: bool
-                    ) -> np.ndarray:
-    """:func:`criterion`'s gradient with random slopes on the first factor (``Lambda_1 =
-    I (x) T``), in each entry of ``T`` and each other factor's ``theta``.
+def vector_logdet_gradient(red: VectorReduced, quad: Quadrature, theta: np.ndarray,
+                           sizes: tuple[int, ...]) -> np.ndarray:
+    """``d log|A| / d theta`` at fixed ``Z'WZ`` with random slopes on the first factor
+    (``Lambda_1 = I (x) T``; ``theta``: ``T``'s entries, then one per other factor). For an
+    entry of ``T`` (``dT``: 1 there)::
 
-    For an entry of ``T`` (``dT``: 1 there), with ``r = y - X beta - Z Lambda u``, ``C =
-    A^-1 Lambda'Z'X`` and ``R_X = Z'X - Z'Z Lambda C``::
-
-        d r2      = -2 sum_l (Z_1'r)_l' dT u_l                       (envelope)
-        d log|S|  = -2 tr(S^-1 sum_l C_l' dT' (R_X)_l)
-        d log|A|  = sum_l tr(D_l^-1 dD_l) + tr(S_A^-1 M)
+        d log|A| = sum_l tr(D_l^-1 dD_l) + tr(S_A^-1 M)
 
     with ``dD_l = dT' G_l T + T' G_l dT`` and, from ``A^-1 = diag(D^-1, 0) + P S_A^-1 P'``
     (``P = [-F; I]``, ``F = D^-1 B``), ``M = F' dD F - F' dA_12 - dA_12' F``, ``dA_12 =
     (I (x) dT') N Lambda_r``: its trace against ``S_A^-1`` from the log determinant's own
-    recurrences (:meth:`Quadrature.trace_inverse`), ``diag(M)`` exactly. The other factors'
-    entries are the scalar path's (:func:`_gradient`); 0 at ``theta_k = 0``."""
-    r, L = st.cols, st.sizes[0]
-    nt, k = n_tri(r), red.k
+    recurrences (:meth:`Quadrature.trace_inverse`), ``diag(M)`` exactly. Another factor's
+    entry: ``2 / theta_k (q_k - tr(A^-1 E_k))`` as :func:`logdet_theta_gradient`'s; 0 at
+    ``theta_k = 0``."""
     x, T, lam, s = red.x, red.T, red.lam, quad.scale
+    r, L, k = x.r, x.levels, red.k
+    nt = n_tri(r)
     G = x.n1
-    p = st.XtX.shape[0]
-    u1, ur = pr.u[:k].reshape(L, r), pr.u[k:]
-    # Z_1'r and R_X's first block: Z_1'(.) minus G_l T (.)_l minus N Lambda_r (.)_r
-    Zr = ((st.Zty - st.ZtX @ pr.beta)[:k].reshape(L, r)
-          - np.einsum("lab,lb->la", G, u1 @ T.T) - spmm(x.N, lam * ur).reshape(L, r))
-    C1, Cr = pr.C_X[:k].reshape(L, r, p), pr.C_X[k:]
-    RX1 = (st.ZtX[:k].reshape(L, r, p)
-           - np.einsum("lab,lbp->lap", G, np.einsum("ab,lbp->lap", T, C1))
-           - spmm(x.N, lam[:, None] * Cr).reshape(L, r, p))
-    S_inv = la.cho_solve(pr.cS, np.eye(p))
     W = np.einsum("lab,cb->lac", red.Dinv, T)  # W_l = D_l^-1 T': F's level blocks / N
-    grad = np.zeros(len(theta))
+    GT = np.einsum("lab,bc->lac", G, T)
+    out = np.zeros(len(theta))
     rows, cols = np.triu_indices(r)[::-1]
     for m, (a, b) in enumerate(zip(rows, cols)):
         dT = np.zeros((r, r))
         dT[a, b] = 1.0
-        GT = np.einsum("lab,bc->lac", G, T)
         dD = np.einsum("ba,lbc->lac", dT, GT)
         dD = dD + dD.transpose(0, 2, 1)
         part1 = float(np.einsum("lab,lba->", red.Dinv, dD))
@@ -1094,14 +1080,9 @@ def vector_gradient(st: CrossedStats, theta: np.ndarray, red: VectorReduced,
             out = (red.BT(red.Ddiv(dDFv)) - red.BT(red.Ddiv(dA12v))
                    - lam[:, None] * spmm(x.NT, by_level(dT, Fv, r)))
             return s[:, None] * out
-        d_logA = part1 + quad.trace_inverse(apply_m, trace_m)
-        d_r2 = -2.0 * float(np.einsum("la,ab,lb->", Zr, dT, u1))
-        grad[m] = d_logA + dr2_scale * d_r2
-        if reml:
-            Y = np.einsum("lap,ba,lbq->pq", C1, dT, RX1)
-            grad[m] += -2.0 * float(np.sum(S_inv * Y.T))
-    bounds = np.concatenate([[0], np.cumsum(st.q_sizes)])
-    for j in range(1, len(st.sizes)):
+        out[m] = part1 + quad.trace_inverse(apply_m, trace_m)
+    bounds = np.concatenate([[0], np.cumsum([L * r, *sizes[1:]])])
+    for j in range(1, len(sizes)):
         t = float(theta[nt + j - 1])
         if t <= 0:  # the criterion is even in theta_j: flat at 0
             continue
@@ -1113,11 +1094,58 @@ def vector_gradient(st: CrossedStats, theta: np.ndarray, red: VectorReduced,
 
         def apply_e(V: np.ndarray, m_diag: np.ndarray = m_diag) -> np.ndarray:
             return m_diag[:, None] * V
-        d_logA = 2.0 / t * (float(np.sum(e - m_diag)) - quad.trace_inverse(apply_e, 0.0))
-        d_r2 = -2.0 / t * float(ur[lo - k:hi - k] @ ur[lo - k:hi - k])
-        g = d_logA + dr2_scale * d_r2
+        out[nt + j - 1] = 2.0 / t * (float(np.sum(e - m_diag))
+                                     - quad.trace_inverse(apply_e, 0.0))
+    return out
+
+
+def vector_gradient(st: CrossedStats, theta: np.ndarray, red: VectorReduced,
+                    quad: Quadrature, pr: Profiled, dr2_scale: float, reml: bool
+                    ) -> np.ndarray:
+    """:func:`criterion`'s gradient with random slopes on the first factor (``Lambda_1 =
+    I (x) T``), in each entry of ``T`` and each other factor's ``theta``.
+
+    ``log|A|``'s part by :func:`vector_logdet_gradient`; for an entry of ``T`` (``dT``: 1
+    there), with ``r = y - X beta - Z Lambda u``, ``C = A^-1 Lambda'Z'X`` and ``R_X = Z'X -
+    Z'Z Lambda C``::
+
+        d r2      = -2 sum_l (Z_1'r)_l' dT u_l                       (envelope)
+        d log|S|  = -2 tr(S^-1 sum_l C_l' dT' (R_X)_l)
+
+    The other factors' entries are the scalar path's (:func:`_gradient`); 0 at
+    ``theta_k = 0``."""
+    r, L = st.cols, st.sizes[0]
+    nt, k = n_tri(r), red.k
+    x, T, lam = red.x, red.T, red.lam
+    G = x.n1
+    p = st.XtX.shape[0]
+    u1, ur = pr.u[:k].reshape(L, r), pr.u[k:]
+    # Z_1'r and R_X's first block: Z_1'(.) minus G_l T (.)_l minus N Lambda_r (.)_r
+    Zr = ((st.Zty - st.ZtX @ pr.beta)[:k].reshape(L, r)
+          - np.einsum("lab,lb->la", G, u1 @ T.T) - spmm(x.N, lam * ur).reshape(L, r))
+    C1, Cr = pr.C_X[:k].reshape(L, r, p), pr.C_X[k:]
+    RX1 = (st.ZtX[:k].reshape(L, r, p)
+           - np.einsum("lab,lbp->lap", G, np.einsum("ab,lbp->lap", T, C1))
+           - spmm(x.N, lam[:, None] * Cr).reshape(L, r, p))
+    S_inv = la.cho_solve(pr.cS, np.eye(p))
+    grad = vector_logdet_gradient(red, quad, theta, st.sizes)
+    rows, cols = np.triu_indices(r)[::-1]
+    for m, (a, b) in enumerate(zip(rows, cols)):
+        dT = np.zeros((r, r))
+        dT[a, b] = 1.0
+        grad[m] += dr2_scale * -2.0 * float(np.einsum("la,ab,lb->", Zr, dT, u1))
+        if reml:
+            Y = np.einsum("lap,ba,lbq->pq", C1, dT, RX1)
+            grad[m] += -2.0 * float(np.sum(S_inv * Y.T))
+    bounds = np.concatenate([[0], np.cumsum(st.q_sizes)])
+    for j in range(1, len(st.sizes)):
+        t = float(theta[nt + j - 1])
+        if t <= 0:
+            continue
+        lo, hi = bounds[j], bounds[j + 1]
+        g = dr2_scale * -2.0 / t * float(ur[lo - k:hi - k] @ ur[lo - k:hi - k])
         if reml:
             Cj = pr.C_X[lo:hi]
             g += -2.0 / t * float(np.trace(la.cho_solve(pr.cS, Cj.T @ Cj)))
-        grad[nt + j - 1] = g
+        grad[nt + j - 1] += g
     return grad

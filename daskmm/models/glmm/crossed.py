@@ -153,7 +153,6 @@ class CrossedCriterion:
                  path: str, seed: int = 0):
         self.c, self.data, self.spec, self.const = c, data, spec, const
         self.path, self.seed = path, seed
-        self.order = [data.factors.index(t.factor) for t in spec.terms]
         # theta in the spec's term order -> the criterion's (factors' order, the first
         # factor's triangle first): engine[i] = spec[perm[i]]
         self.term_of = {t.factor: t for t in spec.terms}
@@ -169,8 +168,7 @@ class CrossedCriterion:
 
         self.engine = CG.CrossedLaplace(data.patterns, passes, path, PROBES, STEPS, DEFLATE,
                                         seed, (family, link), data.cols)
-        self.has_gradient = (path == "matrix-free" and CG.has_gradient(family, link)
-                             and data.cols == 1)
+        self.has_gradient = path == "matrix-free" and CG.has_gradient(family, link)
         self.last: tuple | None = None
         self.last_grad: tuple | None = None
 
@@ -234,8 +232,10 @@ class CrossedCriterion:
         if self.last_grad is None or self.last_grad[0] != key:
             g = self.engine.gradient(self._theta(theta), np.asarray(beta, float), pt,
                                      self._apply)
-            nk = len(self.order)
-            self.last_grad = (key, np.concatenate([g[:nk][self.order], g[nk:]]))
+            nt = len(self.perm)
+            spec_g = np.empty(nt)
+            spec_g[self.perm] = g[:nt]  # the criterion's order back to the spec's
+            self.last_grad = (key, np.concatenate([spec_g, g[nt:]]))
         return pt.value - 2.0 * self.const, self.last_grad[1].copy()
 
     @property
