@@ -394,11 +394,7 @@ def trace_weighted_vector(red: VectorReduced, quad: Quadrature, kx: VectorCrossi
         return K22v - K21Fv - red.BT(red.Ddiv(K12v)) + red.BT(red.Ddiv(K11Fv))
 
     W = np.einsum("lab,cb->lac", red.Dinv, T)  # D_l^-1 T'
-    cross = np.zeros(x.N.shape[1])  # sum_l n_lj' (W_l' T') n^V_lj
-    WT = np.einsum("lba,cb->lac", W, T)
-    for a in range(r):
-        for b in range(r):
-            cross += x.N[a::r].multiply(kx.N[b::r]).T @ WT[:, a, b]
+    cross = x.quad_cols(np.einsum("lba,cb->lac", W, T), kx)  # n_lj' (W_l' T') n^V_lj
     diag = lam * lam * (kx.rest_diag - 2.0 * cross
                         + red._quad_cols(np.einsum("lba,lbc,lcd->lad", W, K11, W)))
     exact = float(np.einsum("lab,lba->", red.Dinv, K11))
@@ -454,22 +450,74 @@ class Patterns:
                         rest, rest_diag, len(self.sizes) == 2)
 
     def _vector_crossing(self, wp: WeightedPass) -> VectorCrossing:
+        """:meth:`crossing` with random slopes on the first factor: ``N`` and its transpose
+        gathered into structures made once (:meth:`_vector_template`), the crossing's
+        entries by pair of levels kept for :meth:`~daskmm.kernels.crossed_iter.
+        VectorCrossing.quad_cols`; the other factors' block assembled (three factors or
+        more)."""
         G = np.asarray(wp.counts[0], float)
         r = G.shape[1]
-        L = self.sizes[0]
-        tables = {}
-        for (j, k), (ptr, ix) in self.csr.items():
-            vals = wp.tables[(j, k)]
-            if j == 0:
-                # column a's rows a*L + l, reordered to (level, column): l*r + a
-                N = sp.vstack([sp.csr_matrix((vals[:, a], ix, ptr), shape=(L, self.sizes[k]))
-                               for a in range(r)], format="csr")
-                order = (np.arange(r)[None, :] * L + np.arange(L)[:, None]).ravel()
-                tables[(j, k)] = N[order]
-            else:
-                tables[(j, k)] = sp.csr_matrix((vals, ix, ptr),
-                                               shape=(self.sizes[j], self.sizes[k]))
-        return VectorCrossing.of_vector([G, *wp.counts[1:]], tables, r)
+        t = self._vector_template(r)
+        K = len(self.sizes)
+        vals = np.vstack([np.asarray(wp.tables[(0, k)], float).reshape(-1, r)
+                          for k in range(1, K)])
+        flat = vals.ravel()
+        N = sp.csr_matrix((flat[t["N_marks"]], t["N_indices"], t["N_indptr"]),
+                          shape=t["N_shape"])
+        NT = sp.csr_matrix((flat[t["NT_marks"]], t["NT"].indices, t["NT"].indptr),
+                           shape=t["NT"].shape)
+        if K == 2:
+            rest = sp.diags(np.asarray(wp.counts[1], float), format="csr")
+        else:
+            blocks: list[list] = [[None] * (K - 1) for _ in range(K - 1)]
+            for j in range(1, K):
+                blocks[j - 1][j - 1] = sp.diags(np.asarray(wp.counts[j], float))
+                for m in range(j + 1, K):
+                    ptr, ix = self.csr[(j, m)]
+                    T = sp.csr_matrix((wp.tables[(j, m)], ix, ptr),
+                                      shape=(self.sizes[j], self.sizes[m]))
+                    blocks[j - 1][m - 1], blocks[m - 1][j - 1] = T, T.T
+            rest = sp.bmat(blocks, format="csr")
+        rest_diag = np.concatenate([np.asarray(c, float) for c in wp.counts[1:]])
+        return VectorCrossing(self.sizes[0] * r, G, N, NT, None, rest, rest_diag, K == 2, r,
+                              (), (vals[t["src"]], t["cols"], t["lev"]))
+
+    def _vector_template(self, r: int) -> dict:
+        """The structures of :meth:`_vector_crossing` for ``r`` columns, made once: the
+        first factor's crossings side by side, level-major (each pattern entry's level,
+        other-factors column and place among the tables' values), ``N``'s rows ``(level,
+        column)`` and its transpose, each entry marking its value's place."""
+        cached = self.__dict__.get("_vcached")
+        if cached is not None and cached["r"] == r:
+            return cached
+        L, K = self.sizes[0], len(self.sizes)
+        offs = np.cumsum([0, *self.sizes[1:]])
+        lev, cols, src, base = [], [], [], 0
+        for k in range(1, K):
+            ptr, ix = self.csr[(0, k)]
+            lev.append(np.repeat(np.arange(L), np.diff(ptr)))
+            cols.append(ix.astype(np.int64) + offs[k - 1])
+            src.append(base + np.arange(len(ix)))
+            base += len(ix)
+        lev, cols, src = np.concatenate(lev), np.concatenate(cols), np.concatenate(src)
+        order = np.lexsort((cols, lev))  # level-major, the other factors' levels in order
+        lev, cols, src = lev[order], cols[order], src[order]
+        per_level = np.bincount(lev, minlength=L)
+        starts = np.concatenate([[0], np.cumsum(per_level)])
+        row_len = np.repeat(per_level, r)  # row (l, a) holds level l's entries
+        indptr = np.concatenate([[0], np.cumsum(row_len)]).astype(np.int64)
+        row = np.repeat(np.arange(L * r), row_len)
+        pos = starts[row // r] + (np.arange(len(row)) - indptr[row])
+        marks = src[pos] * r + row % r  # the value's place in the tables' (nnz x r) values
+        shape = (L * r, int(offs[-1]))
+        tmpl = sp.csr_matrix((marks + 1.0, cols[pos], indptr), shape=shape)
+        NT = tmpl.T.tocsr()
+        NT.sort_indices()
+        out = {"r": r, "lev": lev, "cols": cols, "src": src, "N_marks": marks,
+               "N_indices": cols[pos].astype(np.int32), "N_indptr": indptr, "N_shape": shape,
+               "NT": NT, "NT_marks": np.rint(NT.data).astype(np.int64) - 1}
+        object.__setattr__(self, "_vcached", out)
+        return out
 
     def _template(self) -> dict:
         """The structures of :meth:`crossing`, their entries marking positions in the values

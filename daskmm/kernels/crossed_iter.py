@@ -55,8 +55,9 @@ def tri_matrix(v: np.ndarray, r: int) -> np.ndarray:
 def by_level(T: np.ndarray, M: np.ndarray, r: int) -> np.ndarray:
     """``(I (x) T) M``: ``T`` applied to each level's ``r`` rows of ``M`` (level after
     level)."""
-    m = M.reshape(M.shape[0] // r, r, *M.shape[1:])
-    return np.einsum("ab,lb...->la...", T, m).reshape(M.shape)
+    if M.ndim == 1:
+        return (M.reshape(-1, r) @ T.T).reshape(M.shape)
+    return np.matmul(T, M.reshape(M.shape[0] // r, r, M.shape[1])).reshape(M.shape)
 
 
 def _lambda(theta: np.ndarray, M: np.ndarray, sizes, cols: int, transpose: bool
@@ -509,10 +510,37 @@ class VectorCrossing(Crossing):
     """:class:`Crossing` with random slopes on the first factor: its ``r`` columns make
     ``(level, column)`` rows of ``N`` (``k = L r`` of them, level after level), ``n1`` its
     levels' ``r x r`` Gram matrices; ``pairs``: ``(a, b, (N_a o N_b)')`` for ``a <= b``,
-    ``N_a`` column ``a``'s rows (for the Schur complement's diagonal)."""
+    ``N_a`` column ``a``'s rows (for the Schur complement's diagonal), or ``entries``:
+    ``(V, cols, levels)``, the crossing's non-zeros by pair of levels that meet (``V``
+    their ``r`` values, ``nnz x r``; the GLMM's crossings, made anew at each PIRLS step,
+    where forming ``pairs`` would cost more than using them)."""
 
     r: int = 1
     pairs: tuple = ()
+    entries: tuple | None = None
+
+    def quad_cols(self, K: np.ndarray, other: VectorCrossing | None = None) -> np.ndarray:
+        """``sum_l n_lj' K_l m_lj`` for each column ``j`` of ``N`` (``n_lj``: level ``l``'s
+        ``r`` rows of ``N``; ``m_lj`` those of ``other``'s, on the same pattern, else of
+        ``N``), ``K``: ``L x r x r`` (symmetric where ``other`` is None)."""
+        r = self.r
+        if self.entries is not None:
+            V, cols, lev = self.entries
+            W = V if other is None else other.entries[0]
+            w = np.zeros(len(V))
+            for a in range(r):
+                for b in range(r):
+                    w += V[:, a] * W[:, b] * K[lev, a, b]
+            return np.bincount(cols, weights=w, minlength=self.N.shape[1])
+        out = np.zeros(self.N.shape[1])
+        if other is not None:
+            for a in range(r):
+                for b in range(r):
+                    out += self.N[a::r].multiply(other.N[b::r]).T @ K[:, a, b]
+            return out
+        for a, b, P in self.pairs:
+            out += (1.0 if a == b else 2.0) * (P @ K[:, a, b])
+        return out
 
     @classmethod
     def of_vector(cls, counts: tuple | list, tables: dict, r: int) -> VectorCrossing:
@@ -563,8 +591,10 @@ class VectorReduced(Reduced):
                    logdet)
 
     def Ddiv(self, v: np.ndarray) -> np.ndarray:
-        m = v.reshape(v.shape[0] // self.x.r, self.x.r, *v.shape[1:])
-        return np.einsum("lab,lb...->la...", self.Dinv, m).reshape(v.shape)
+        r = self.x.r
+        if v.ndim == 1:
+            return np.matmul(self.Dinv, v.reshape(-1, r, 1)).reshape(v.shape)
+        return np.matmul(self.Dinv, v.reshape(v.shape[0] // r, r, v.shape[1])).reshape(v.shape)
 
     def logdet_D(self) -> float:
         return self.logdet
@@ -579,11 +609,8 @@ class VectorReduced(Reduced):
 
     def _quad_cols(self, K: np.ndarray) -> np.ndarray:
         """``sum_l n_lj' K_l n_lj`` for each column ``j`` of ``N`` (``n_lj``: level ``l``'s
-        ``r`` rows), ``K``: ``L x r x r`` symmetric."""
-        out = np.zeros(self.x.N.shape[1])
-        for a, b, P in self.x.pairs:
-            out += (1.0 if a == b else 2.0) * (P @ K[:, a, b])
-        return out
+        ``r`` rows), ``K``: ``L x r x r`` symmetric (:meth:`VectorCrossing.quad_cols`)."""
+        return self.x.quad_cols(K)
 
     def schur_diag(self) -> np.ndarray:
         K = np.einsum("ab,lbc,dc->lad", self.T, self.Dinv, self.T)  # T D_l^-1 T'
