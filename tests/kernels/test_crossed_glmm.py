@@ -134,22 +134,28 @@ def test_the_gradient_is_the_criterions_derivative(family, sizes):
     # probes is exact, and so are its gradient's traces: against central differences of the
     # sparse (exact) criterion
     X, y, codes = crossing(800, sizes, family)
+    check_gradient(X, y, codes, sizes, family, np.linspace(0.5, 0.9, len(sizes)), criterion)
+
+
+def check_gradient(X, y, codes, sizes, family, theta, make, slopes=None):
+    """The matrix-free gradient (exact: a basis spanning the space, no probes) against
+    central differences of the sparse criterion, both made by ``make``."""
     fam = (K.BINOMIAL, K.LOGIT) if family == "binomial" else (K.POISSON, K.LOG)
     r = sum(sizes) - sizes[0]
-    exact = criterion(X, y, codes, sizes, family, "sparse")
-    free = criterion(X, y, codes, sizes, family, "matrix-free", probes=0, deflate=0,
-                     steps=r + 2)
+    exact = make(X, y, codes, sizes, family, "sparse")
+    free = make(X, y, codes, sizes, family, "matrix-free", probes=0, deflate=0, steps=r + 2)
     free.family, free.basis = fam, np.eye(r)
     levels = [np.arange(L) for L in sizes]
-    rows = CG.crossed_rows(X, y, np.ones(len(y)), np.zeros(len(y)), codes, levels, 0.0, None)
+    rows = CG.crossed_rows(X, y, np.ones(len(y)), np.zeros(len(y)), codes, levels, 0.0, None,
+                           slopes=slopes)
     rows = CG.with_pattern(rows, CG.merge_keys([CG.pair_keys(rows, tuple(sizes))]),
                            tuple(sizes))
-    theta, beta = np.linspace(0.5, 0.9, len(sizes)), np.array([-0.2, 0.4])
+    beta = np.array([-0.2, 0.4])
     pt = free.evaluate(theta, beta)
     assert pt.se == 0.0
     assert pt.value == pytest.approx(exact.evaluate(theta, beta).value, rel=1e-12)
     g = free.gradient(theta, beta, pt, lambda fn, **kw: [fn(rows, **kw)])
-    x0, nk = np.r_[theta, beta], len(sizes)
+    x0, nk = np.r_[theta, beta], len(theta)
     fd = []
     for i in range(len(x0)):
         up, down = x0.copy(), x0.copy()
@@ -251,29 +257,5 @@ def test_with_random_slopes_the_gradient_is_the_criterions_derivative(family, si
     # as test_the_gradient_is_the_criterions_derivative: a basis spanning the space, no
     # probes, against central differences of the sparse criterion, in T's entries too
     X, y, codes = crossing(800, sizes, family, seed=6)
-    fam = (K.BINOMIAL, K.LOGIT) if family == "binomial" else (K.POISSON, K.LOG)
-    r = sum(sizes) - sizes[0]
-    exact = criterion_slopes(X, y, codes, sizes, family, "sparse")
-    free = criterion_slopes(X, y, codes, sizes, family, "matrix-free", probes=0, deflate=0,
-                            steps=r + 2)
-    free.family, free.basis = fam, np.eye(r)
-    levels = [np.arange(L) for L in sizes]
-    rows = CG.crossed_rows(X, y, np.ones(len(y)), np.zeros(len(y)), codes, levels, 0.0, None,
-                           slopes=X)
-    rows = CG.with_pattern(rows, CG.merge_keys([CG.pair_keys(rows, tuple(sizes))]),
-                           tuple(sizes))
     theta = np.r_[0.7, -0.25, 0.4, np.linspace(0.5, 0.9, len(sizes) - 1)]
-    beta = np.array([-0.2, 0.4])
-    pt = free.evaluate(theta, beta)
-    assert pt.se == 0.0
-    assert pt.value == pytest.approx(exact.evaluate(theta, beta).value, rel=1e-12)
-    g = free.gradient(theta, beta, pt, lambda fn, **kw: [fn(rows, **kw)])
-    x0, nk = np.r_[theta, beta], len(theta)
-    fd = []
-    for i in range(len(x0)):
-        up, down = x0.copy(), x0.copy()
-        up[i] += 1e-5
-        down[i] -= 1e-5
-        fd.append((exact.evaluate(up[:nk], up[nk:]).value -
-                   exact.evaluate(down[:nk], down[nk:]).value) / 2e-5)
-    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-5)
+    check_gradient(X, y, codes, sizes, family, theta, criterion_slopes, slopes=X)

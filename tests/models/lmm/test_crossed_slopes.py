@@ -134,8 +134,8 @@ def small():
 @pytest.mark.parametrize("weights", [None, "w"])
 def test_the_sparse_fit_is_the_dense_fit(small, weights):
     f = "y ~ x + (1 + x | g) + (1 | h)"
-    dense = daskmm.lmm(f, small, weights=weights, crossed="dense")
-    sparse = daskmm.lmm(f, small, weights=weights, crossed="sparse")
+    dense = daskmm.lmm(f, small, weights=weights, crossed="dense", mode="in-process")
+    sparse = daskmm.lmm(f, small, weights=weights, crossed="sparse", mode="in-process")
     assert sparse.optinfo.crossed["path"] == "sparse" and sparse.certified
     np.testing.assert_allclose(sparse.theta, dense.theta, rtol=1e-5, atol=1e-7)
     assert sparse.objective == pytest.approx(dense.objective, rel=1e-11)
@@ -151,7 +151,8 @@ def test_the_sparse_fit_is_the_dense_fit(small, weights):
 
 
 def test_predictions_use_the_slopes(small):
-    fit = daskmm.lmm("y ~ x + (1 + x | g) + (1 | h)", small, crossed="matrix-free")
+    fit = daskmm.lmm("y ~ x + (1 + x | g) + (1 | h)", small, crossed="matrix-free",
+                     mode="in-process")
     new = pd.DataFrame({"x": [0.3, -1.0, 2.0], "g": ["g001", "g999", "g002"],
                         "h": ["h005", "h006", "h999"]})
     got = np.asarray(fit.predict(new, allow_new_levels=True).compute())
@@ -165,7 +166,7 @@ def test_predictions_use_the_slopes(small):
 
 def test_on_a_cluster_the_partitions_change_nothing(client, small):
     f = "y ~ x + (1 + x | g) + (1 | h)"
-    here = daskmm.lmm(f, small, crossed="sparse")
+    here = daskmm.lmm(f, small, crossed="sparse", mode="in-process")
     there = daskmm.lmm(f, dd.from_pandas(small, npartitions=3), client=client,
                        mode="gathered", crossed="sparse")
     assert there.mode == "gathered, sparse"
