@@ -229,7 +229,8 @@ def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
     lme4's criterion exactly, the variances exact. ``matrix-free``
     (:func:`~daskmm.models.lmm.iterative.fit_crossed`): the criterion with its standard
     error in ``optinfo["crossed"]``, the variances by the approximation of
-    :meth:`~daskmm.kernels.crossed_iter.Reduced.inverse_diag`, named there."""
+    :meth:`~daskmm.kernels.crossed_iter.Reduced.inverse_diag` (``inverse_blocks`` with
+    random slopes), named there."""
     spec, st = prob.spec, prob.st
     seed = 0 if seed is None else int(seed)
     free = prob.path == "matrix-free"

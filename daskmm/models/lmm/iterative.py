@@ -1,4 +1,5 @@
-"""Fitting crossed scalar random effects without the dense block of crossed levels: by
+"""Fitting crossed random effects (random intercepts, and random slopes on one factor)
+without the dense block of crossed levels: by
 the matrix-free criterion (:mod:`daskmm.kernels.crossed_iter`; :func:`fit_crossed`: Newton
 steps over ``theta`` on the criterion and its gradient with the probes fixed by a seed, so
 that the optimiser sees one smooth deterministic function; the optimum's criterion reported
@@ -6,7 +7,8 @@ with its standard error), or exactly by a sparse factor (:mod:`daskmm.kernels.
 crossed_sparse`; :func:`fit_sparse`).
 
 :func:`daskmm.lmm` comes here (``crossed="auto"``) when every random term is a random
-intercept ``(1 | f)`` on its own factor and the crossed factors' levels pass
+intercept ``(1 | f)`` on its own factor (one of them may have random slopes, ``(1 + x |
+f)``) and the crossed factors' levels pass
 :data:`~daskmm.models.shared.crossed.MATRIX_FREE_MIN_LEVELS`, where the dense path's block
 of crossed levels (its cost the cube of their number) no longer pays:
 :func:`~daskmm.models.shared.crossed.choose_crossed`, :func:`prepare_crossed`, then
