@@ -19,7 +19,14 @@ def dense_laplace(X, y, codes, sizes, theta, beta, family):
     off = np.concatenate([[0], np.cumsum(sizes)])
     for j, c in enumerate(codes):
         Z[np.arange(n), off[j] + c] = 1.0
-    ZL = Z * np.repeat(theta, sizes)
+    value, u, _ = dense_pirls(X, y, Z * np.repeat(theta, sizes), beta, family)
+    return value, u
+
+
+def dense_pirls(X, y, ZL, beta, family):
+    """Newton's method on the penalised deviance with ``Z Lambda = ZL``, dense: the Laplace
+    criterion (no constants), the modes and ``A`` at them."""
+    q = ZL.shape[1]
     eta0 = X @ beta
     u = np.zeros(q)
     for _ in range(100):
@@ -41,7 +48,7 @@ def dense_laplace(X, y, codes, sizes, theta, beta, family):
         ll = np.sum(y * eta - mu)
         w = mu
     A = ZL.T @ (w[:, None] * ZL) + np.eye(q)
-    return -2 * ll + u @ u + 2 * np.sum(np.log(np.diag(np.linalg.cholesky(A)))), u
+    return -2 * ll + u @ u + 2 * np.sum(np.log(np.diag(np.linalg.cholesky(A)))), u, A
 
 
 def crossing(n, sizes, family, seed=3):
@@ -182,28 +189,7 @@ def dense_laplace_slopes(X, y, codes, sizes, T, rest, beta, family):
     Lam = np.zeros((q, q))
     Lam[:2 * L, :2 * L] = np.kron(np.eye(L), T)
     Lam[2 * L:, 2 * L:] = np.diag(np.repeat(rest, sizes[1:]))
-    ZL = Z @ Lam
-    u = np.zeros(q)
-    for _ in range(100):
-        eta = X @ beta + ZL @ u
-        mu = special.expit(eta) if family == "binomial" else np.exp(eta)
-        w = mu * (1 - mu) if family == "binomial" else mu
-        A = ZL.T @ (w[:, None] * ZL) + np.eye(q)
-        step = np.linalg.solve(A, ZL.T @ (y - mu) - u)
-        u = u + step
-        if np.max(np.abs(step)) < 1e-13:
-            break
-    eta = X @ beta + ZL @ u
-    if family == "binomial":
-        ll = np.sum(y * eta - np.logaddexp(0.0, eta))
-        mu = special.expit(eta)
-        w = mu * (1 - mu)
-    else:
-        mu = np.exp(eta)
-        ll = np.sum(y * eta - mu)
-        w = mu
-    A = ZL.T @ (w[:, None] * ZL) + np.eye(q)
-    return -2 * ll + u @ u + np.linalg.slogdet(A)[1], u, A
+    return dense_pirls(X, y, Z @ Lam, beta, family)
 
 
 def criterion_slopes(X, y, codes, sizes, family, path, parts=1, **kw):
