@@ -41,7 +41,6 @@ from daskmm.kernels.crossed_iter import (
     Reduced,
     VectorCrossing,
     VectorReduced,
-    by_level,
     deflation_basis,
     lambda_apply,
     lambda_t,
@@ -52,6 +51,7 @@ from daskmm.kernels.crossed_iter import (
     spmm,
     vector_logdet_gradient,
 )
+from daskmm.kernels.crossed_leverage_jit import leverage_rows
 from daskmm.kernels.crossed_sparse import SparseFactor
 from daskmm.kernels.scalar_re import inverse_link, row_terms
 
@@ -326,80 +326,131 @@ def gradient_sums(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
     return rows.level_sums(sc, sizes), rows.X.T @ sc, ZtWX, ZtWZu
 
 
-def gradient_weights(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
-                     u: list[np.ndarray], bdu: list[np.ndarray], family: int, link: int,
-                     sizes: tuple[int, ...]) -> list[WeightedPass]:
-    """A partition's crossings weighted by ``v_phi = W' d eta / d phi`` for each parameter
-    (the ``theta`` entries, then ``beta``): ``d eta / d phi = Z (d Lambda / d theta_m) u``
-    (:func:`direct_theta`) or ``X_j``, plus ``Z Lambda du / d phi`` (``bdu``: each factor's
-    ``Lambda du`` on its levels, one column a parameter)."""
+@dataclass(frozen=True)
+class RowLeverage:
+    """What gives each row ``i`` its leverage ``rho_i = m_i' Ahat^-1 m_i`` (``m_i`` row ``i``
+    of ``M = Z Lambda``; ``Ahat^-1`` the log determinant's estimator of ``A^-1``: the first
+    factor eliminated exactly, ``S^-1``'s identity part and diagonal exactly, the rest by the
+    quadrature's deflation basis and probes), so that for any row weights ``v``
+
+        tr(A^-1 M' diag(v) M)  is estimated by  sum_i v_i rho_i,
+
+    the same estimate, term by term, as taking the trace of each weighted ``K = M'VM``
+    through the probes (``A^-1 = diag(D^-1, 0) + P S^-1 P'``, ``P = [-F; I]``, ``F =
+    D^-1 B``, and ``MP = M_rest - M_1 F`` row by row). Made on the client
+    (:func:`leverage_of`) from level and pair quantities; the rows' sums
+    (:func:`gradient_traces`) run where the rows are. In ``z``-space: ``z_i`` the row's
+    first-factor term columns (1 for a random intercept), ``R_l = T D_l^-1 T'``.
+
+    Attributes
+    ----------
+    P : numpy.ndarray
+        ``L x r x r``: ``R_l + sum_h s_h^2 f_lh f_lh'`` (``f_lh = R_l n_lh lambda_h``, ``s``
+        the Jacobi scaling of ``S``), the exact part of ``z_i' . z_i``.
+    sig : numpy.ndarray
+        ``s_h^2 lambda_h^2`` on the other factors' levels (``h``; all of them in order).
+    phi : numpy.ndarray
+        ``-2 s_h^2 lambda_h f_lh`` on the crossing tables' patterns, the first factor's
+        table with each other factor after the last (``nnz x r``).
+    YD, YZ : numpy.ndarray
+        ``lambda_h s_h (x_c - z_c)`` and ``lambda_h s_h z_c`` on the other factors' levels
+        (``z_c`` the quadrature's start vectors, ``x_c`` their solves; ``q_rest x m``).
+    FD, FZ : numpy.ndarray
+        ``L x r x m``: ``R_l (N Lambda s (x - z))_l`` and ``R_l (N Lambda s z)_l``.
+    gamma : numpy.ndarray
+        Each start vector's weight: 1 for the deflation basis's, ``1 / probes`` for the
+        probes'.
+    h_offsets, p_offsets : numpy.ndarray
+        Where each other factor's levels start in ``sig``, ``YD`` and ``YZ``, and its table
+        in ``phi``.
+    """
+
+    P: np.ndarray
+    sig: np.ndarray
+    phi: np.ndarray
+    YD: np.ndarray
+    YZ: np.ndarray
+    FD: np.ndarray
+    FZ: np.ndarray
+    gamma: np.ndarray
+    h_offsets: np.ndarray
+    p_offsets: np.ndarray
+
+
+def leverage_of(red: Reduced, quad: Quadrature, wp: WeightedPass, patterns: Patterns
+                ) -> RowLeverage:
+    """:class:`RowLeverage` of ``A`` reduced as ``red`` at the weights of the pass ``wp``
+    (the modes'), with its log determinant's recurrences ``quad``."""
+    sizes = patterns.sizes
+    L = sizes[0]
+    if isinstance(red, VectorReduced):
+        r = red.x.r
+        R = np.einsum("ab,lbc,dc->lad", red.T, red.Dinv, red.T)  # T D_l^-1 T'
+    else:
+        r = 1
+        R = (red.t1 * red.t1 / red.D)[:, None, None]
+    s, lam = quad.scale, red.lam
+    offs = np.concatenate([[0], np.cumsum(sizes[1:])])
+    Q = np.zeros((L, r, r))
+    sig, phi = [], {}
+    for k in range(1, len(sizes)):
+        indptr, idx = patterns.csr[(0, k)]
+        g = np.repeat(np.arange(L), np.diff(indptr))
+        col = offs[k - 1] + idx
+        f = np.einsum("pab,pb->pa", R[g], np.asarray(wp.tables[(0, k)], float)
+                      .reshape(len(idx), r)) * lam[col][:, None]
+        s2 = s[col] ** 2
+        for a in range(r):
+            for b in range(a + 1):
+                Q[:, a, b] += np.bincount(g, weights=s2 * f[:, a] * f[:, b], minlength=L)
+                Q[:, b, a] = Q[:, a, b]
+        phi[(0, k)] = (-2.0 * s2 * lam[col])[:, None] * f
+        on = slice(offs[k - 1], offs[k])
+        sig.append((s[on] * lam[on]) ** 2)
+    m = quad.starts.shape[1]
+    Y = s[:, None] * np.hstack([quad.solves - quad.starts, quad.starts])
+    lamY = lam[:, None] * Y
+    FY = np.matmul(R, spmm(red.x.N, lamY).reshape(L, r, 2 * m))
+    probes = m - quad.k
+    gamma = np.concatenate([np.ones(quad.k), np.full(probes, 1.0 / max(probes, 1))])
+    tables = [phi[(0, k)] for k in range(1, len(sizes))]
+    return RowLeverage(R + Q, np.concatenate(sig), np.concatenate(tables),
+                       np.ascontiguousarray(lamY[:, :m]), np.ascontiguousarray(lamY[:, m:]),
+                       np.ascontiguousarray(FY[:, :, :m]), np.ascontiguousarray(FY[:, :, m:]),
+                       gamma, offs[:-1].astype(np.int64),
+                       np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int64))
+
+
+def row_leverage(rows: CrossedRows, lev: RowLeverage) -> np.ndarray:
+    """Each row's ``rho_i`` (:class:`RowLeverage`; compiled, the rows shared out over the
+    cores: :func:`~daskmm.kernels.crossed_leverage_jit.leverage_rows`)."""
+    n, K = len(rows.y), len(rows.codes)
+    hq = np.empty((K - 1, n), np.int64)
+    pq = np.empty((K - 1, n), np.int64)
+    for k in range(1, K):
+        at, ix = rows.pos[(0, k)]
+        hq[k - 1] = rows.codes[k] + lev.h_offsets[k - 1]
+        pq[k - 1] = at[ix] + lev.p_offsets[k - 1]
+    z = np.ones((n, 1)) if rows.Zs is None else rows.Zs
+    out = np.empty(n)
+    leverage_rows(np.asarray(rows.codes[0], np.int64), z, hq, pq, lev.P, lev.FD, lev.FZ,
+                  lev.YD, lev.YZ, lev.sig, lev.phi, lev.gamma, out)
+    return out
+
+
+def gradient_traces(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
+                    u: list[np.ndarray], bdu: list[np.ndarray], family: int, link: int,
+                    lev: RowLeverage) -> np.ndarray:
+    """A partition's part of ``tr(A^-1 M' diag(v_phi) M)`` for each parameter (the ``theta``
+    entries, then ``beta``): ``sum_i v_phi,i rho_i`` (:func:`row_leverage`), ``v_phi = W'
+    d eta / d phi``, ``d eta / d phi = Z (d Lambda / d theta_m) u`` (:func:`direct_theta`)
+    or ``X_j``, plus ``Z Lambda du / d phi`` (``bdu``: each factor's ``Lambda du`` on its
+    levels, one column a parameter)."""
     eta, _, w = _at_modes(rows, beta, b, family, link)
-    slope = _weights_slope(eta, w, family, link)
     direct = np.column_stack([direct_theta(rows, u), rows.X])
     for m in range(direct.shape[1]):
         direct[:, m] += rows.zb([bk[:, m] for bk in bdu])
-    v = slope[:, None] * direct
-    return [WeightedPass(0.0, rows.weighted_counts(v[:, m], sizes),
-                         rows.weighted_tables(v[:, m]), np.zeros(0))
-            for m in range(v.shape[1])]
-
-
-def trace_weighted(red: Reduced, quad: Quadrature, kx: Crossing) -> float:
-    """``tr(A^-1 K)`` for ``K = Lambda Z'VZ Lambda`` (``kx``: the crossing of ``Z'VZ``, any
-    row weights ``V``), ``A`` reduced as ``red`` and its log determinant's recurrences
-    ``quad``: ``A^-1 = diag(D^-1, 0) + P S^-1 P'`` with ``P = [-D^-1 B; I]``, so
-    ``tr(D^-1 K_11)`` exactly and ``tr(S^-1 P'KP)`` by :meth:`~daskmm.kernels.crossed_iter.
-    Quadrature.trace_inverse` (its diagonal, for the identity part, exactly)."""
-    t1, lam, D = red.t1, red.lam, red.D
-    t2 = t1 * t1
-
-    def PtKP(x: np.ndarray) -> np.ndarray:
-        x1 = -red.B(x) / D[:, None]
-        y1 = t2 * kx.n1[:, None] * x1 + t1 * spmm(kx.N, lam[:, None] * x)
-        if kx.rest_diagonal:
-            yr = (lam * lam * kx.rest_diag)[:, None] * x
-        else:
-            yr = lam[:, None] * spmm(kx.rest, lam[:, None] * x)
-        yr = yr + t1 * lam[:, None] * spmm(kx.NT, x1)
-        return yr - red.BT(y1 / D[:, None])
-
-    s = quad.scale
-    cross = red.x.NT.multiply(kx.NT).tocsr() @ (1.0 / D)
-    diag = lam * lam * (kx.rest_diag - 2.0 * t2 * cross) + red.B2_D(t2 * kx.n1 / D ** 2)
-    exact = float(np.sum(t2 * kx.n1 / D))
-    return exact + quad.trace_inverse(lambda V: s[:, None] * PtKP(s[:, None] * V),
-                                      float(np.sum(s * s * diag)))
-
-
-def trace_weighted_vector(red: VectorReduced, quad: Quadrature, kx: VectorCrossing
-                          ) -> float:
-    """:func:`trace_weighted` with random slopes on the first factor: ``tr(A^-1 K)``, ``K =
-    Lambda' Z'VZ Lambda`` (``kx``: the crossing of ``Z'VZ``), as ``tr(D^-1 K_11) +
-    tr(S^-1 P'KP)``; ``P'KP = K_22 - K_21 F - F' K_12 + F' K_11 F`` with ``F = D^-1 B``,
-    its diagonal exactly (``F``'s level blocks ``lambda_j W_l n_lj``, ``W_l = D_l^-1
-    T'``)."""
-    x, T, lam, s = red.x, red.T, red.lam, quad.scale
-    r, L = x.r, x.levels
-    K11 = np.einsum("ba,lbc,cd->lad", T, kx.n1, T)  # T' G^V_l T
-
-    def PtKP(v: np.ndarray) -> np.ndarray:
-        Fv = red.Ddiv(red.B(v))
-        K11Fv = np.einsum("lab,lbm->lam", K11, Fv.reshape(L, r, -1)).reshape(Fv.shape)
-        K12v = by_level(T.T, spmm(kx.N, lam[:, None] * v), r)
-        if kx.rest_diagonal:
-            K22v = (lam * lam * kx.rest_diag)[:, None] * v
-        else:
-            K22v = lam[:, None] * spmm(kx.rest, lam[:, None] * v)
-        K21Fv = lam[:, None] * spmm(kx.NT, by_level(T, Fv, r))
-        return K22v - K21Fv - red.BT(red.Ddiv(K12v)) + red.BT(red.Ddiv(K11Fv))
-
-    W = np.einsum("lab,cb->lac", red.Dinv, T)  # D_l^-1 T'
-    cross = x.quad_cols(np.einsum("lba,cb->lac", W, T), kx)  # n_lj' (W_l' T') n^V_lj
-    diag = lam * lam * (kx.rest_diag - 2.0 * cross
-                        + red._quad_cols(np.einsum("lba,lbc,lcd->lad", W, K11, W)))
-    exact = float(np.einsum("lab,lba->", red.Dinv, K11))
-    return exact + quad.trace_inverse(lambda V: s[:, None] * PtKP(s[:, None] * V),
-                                      float(np.sum(s * s * diag)))
+    return direct.T @ (_weights_slope(eta, w, family, link) * row_leverage(rows, lev))
 
 
 @dataclass(frozen=True)
@@ -574,6 +625,8 @@ class LaplacePoint:
         Its sparse factor (the sparse path).
     quad : Quadrature or None
         Its log determinant's recurrences (the matrix-free path).
+    weights : WeightedPass or None
+        The pass at the modes (``A``'s weights), for :meth:`CrossedLaplace.gradient`.
     """
 
     value: float
@@ -586,6 +639,7 @@ class LaplacePoint:
     reduced: Reduced | None = None
     factor: SparseFactor | None = None
     quad: Quadrature | None = None
+    weights: WeightedPass | None = None
 
 
 class CrossedLaplace:
@@ -684,7 +738,8 @@ class CrossedLaplace:
             # with the weights at each step); the sparse path factors once, at the modes
             red = self._reduced(wp, theta)
             rhs = lambda_t(theta, wp.Ztwr, self.sizes, self.cols)
-            target = red.solve(rhs[:, None], CG_TOL)[0][:, 0]
+            # from the current modes: the same stop, fewer conjugate-gradient steps
+            target = red.solve(rhs[:, None], CG_TOL, u[:, None])[0][:, 0]
             delta = target - u
             if np.max(np.abs(delta), initial=0.0) <= TOL_U * (1.0 + np.max(np.abs(u),
                                                                              initial=0.0)):
@@ -707,7 +762,8 @@ class CrossedLaplace:
         self.u_warm = u
         ld, se, fac = self.logdet(red)
         if isinstance(fac, Quadrature):
-            return LaplacePoint(pdev + ld, wp.ll, float(u @ u), ld, se, u, it, red, quad=fac)
+            return LaplacePoint(pdev + ld, wp.ll, float(u @ u), ld, se, u, it, red, quad=fac,
+                                weights=wp)
         return LaplacePoint(pdev + ld, wp.ll, float(u @ u), ld, se, u, it, red, fac)
 
     def gradient(self, theta: np.ndarray, beta: np.ndarray, point: LaplacePoint,
@@ -720,14 +776,15 @@ class CrossedLaplace:
         scores): the penalised deviance's part by the envelope theorem (``-2 X's``;
         ``-2 (Z's)_k . u_k``); ``log|A|``'s explicit part in ``theta``
         (:func:`~daskmm.kernels.crossed_iter.logdet_theta_gradient`); and its part through
-        the weights, ``tr(A^-1 M' diag(W' d eta / d phi) M)`` (:func:`trace_weighted`), with
+        the weights, ``tr(A^-1 M' diag(W' d eta / d phi) M)``, as ``sum_i W'_i (d eta_i /
+        d phi) rho_i`` over the rows where they are (:func:`gradient_traces`, the rows'
+        leverages :class:`RowLeverage` by the log determinant's probes), with
         ``d eta / d phi`` the direct part plus ``M du / d phi``, ``A du / d phi = E_k Z's -
         M'W Z_k u_k`` (``theta_k``) or ``-M'W X_j`` (``beta_j``), one block of solves.
         With random slopes on the first factor each entry of its ``T`` is a ``theta``
         (``d Lambda`` in place of ``E_k``: :func:`direct_theta`,
-        :func:`~daskmm.kernels.crossed_iter.vector_logdet_gradient`,
-        :func:`trace_weighted_vector`). The traces come from the log determinant's probes:
-        an estimate, like the criterion."""
+        :func:`~daskmm.kernels.crossed_iter.vector_logdet_gradient`). The traces come from
+        the log determinant's probes: an estimate, like the criterion."""
         theta = np.asarray(theta, float)
         beta = np.asarray(beta, float)
         red, quad = point.reduced, point.quad
@@ -766,12 +823,9 @@ class CrossedLaplace:
         R = np.column_stack([dZts - lam_t(ZtWZu), -lam_t(ZtWX)])
         du = red.solve(R, CG_TOL)[0]
         bdu = self._split(lambda_apply(theta, du, sizes, r))
-        weighted = apply(gradient_weights, beta=beta, b=b, u=u, bdu=bdu, family=fam,
-                         link=link, sizes=sizes)
-        trace = trace_weighted_vector if r > 1 else trace_weighted
-        g = np.array([trace(red, quad, self.patterns.crossing(
-            add_passes([w[j] for w in weighted], self.patterns.nnz)))
-            for j in range(R.shape[1])])
+        lev = leverage_of(red, quad, point.weights, self.patterns)
+        g = sum(apply(gradient_traces, beta=beta, b=b, u=u, bdu=bdu, family=fam, link=link,
+                      lev=lev))
         g[:nt] += (vector_logdet_gradient(red, quad, theta, sizes) if r > 1 else
                    logdet_theta_gradient(red, quad, theta, sizes))
         g[:nt] += envelope

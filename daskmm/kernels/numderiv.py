@@ -101,13 +101,16 @@ def steps_for(H: np.ndarray, delta: float = 1e-4) -> np.ndarray | None:
 
 
 def forward_hessian_of_gradient(grad, x: np.ndarray, g0: np.ndarray,
-                                 rel_step: float = 1e-6) -> np.ndarray:
+                                 rel_step: float = 1e-6,
+                                 delta: float | np.ndarray | None = None) -> np.ndarray:
     """The Hessian from forward differences of the exact gradient, upwards (inside every
-    lower bound): ``d`` gradients, step ``rel_step * max(|x_i|, 0.1)``. Symmetrised."""
+    lower bound): ``d`` gradients, step ``rel_step * max(|x_i|, 0.1)``, or ``delta`` (one
+    step, or one a coordinate). Symmetrised."""
     d = len(x)
     H = np.empty((d, d))
+    hs = None if delta is None else np.broadcast_to(np.asarray(delta, dtype=float), (d,))
     for i in range(d):
-        h = rel_step * max(abs(x[i]), 0.1)
+        h = rel_step * max(abs(x[i]), 0.1) if hs is None else float(hs[i])
         up = x.copy()
         up[i] += h
         H[:, i] = (np.asarray(grad(up)) - g0) / h

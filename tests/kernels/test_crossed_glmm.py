@@ -245,3 +245,79 @@ def test_with_random_slopes_the_gradient_is_the_criterions_derivative(family, si
     X, y, codes = crossing(800, sizes, family, seed=6)
     theta = np.r_[0.7, -0.25, 0.4, np.linspace(0.5, 0.9, len(sizes) - 1)]
     check_gradient(X, y, codes, sizes, family, theta, criterion_slopes, slopes=X)
+
+
+def dense_zl(X, codes, sizes, theta, slopes):
+    """``M = Z Lambda`` dense, the first factor's ``(level, column)`` entries level after
+    level with random slopes (``theta``: its triangle, then one per other factor)."""
+    n, L = len(X), sizes[0]
+    r = 2 if slopes else 1
+    q = r * L + sum(sizes[1:])
+    Z = np.zeros((n, q))
+    for a in range(r):
+        Z[np.arange(n), r * codes[0] + a] = X[:, a] if slopes else 1.0
+    off = r * L + np.concatenate([[0], np.cumsum(sizes[1:])])
+    for j, c in enumerate(codes[1:]):
+        Z[np.arange(n), off[j] + c] = 1.0
+    Lam = np.zeros((q, q))
+    T = np.array([[theta[0], 0.0], [theta[1], theta[2]]]) if slopes else np.array([[theta[0]]])
+    Lam[:r * L, :r * L] = np.kron(np.eye(L), T)
+    nt = 3 if slopes else 1
+    Lam[r * L:, r * L:] = np.diag(np.repeat(theta[nt:], sizes[1:]))
+    return Z @ Lam, r * L
+
+
+@pytest.mark.parametrize("family,sizes,slopes", [("binomial", [40, 25], False),
+                                                 ("poisson", [30, 20, 8], False),
+                                                 ("binomial", [40, 25], True),
+                                                 ("poisson", [30, 20, 8], True)])
+def test_the_rows_leverages_give_the_probes_trace_for_any_row_weights(family, sizes, slopes):
+    # sum_i v_i rho_i is the log determinant's estimator of tr(A^-1 M' diag(v) M), term by
+    # term: tr(D^-1 K_11) + tr(s P'KP s) + sum_c gamma_c (x_c - z_c)' s P'KP s z_c, with
+    # the probes and the deflation basis of the point (P = [-D^-1 A_12; I], s the Jacobi
+    # scaling of the Schur complement), computed here densely
+    X, y, codes = crossing(900, sizes, family, seed=8)
+    make = criterion_slopes if slopes else criterion
+    crit = make(X, y, codes, sizes, family, "matrix-free", probes=6, deflate=3, seed=2)
+    theta = (np.r_[0.7, -0.25, 0.4, np.linspace(0.5, 0.9, len(sizes) - 1)] if slopes
+             else np.linspace(0.6, 0.9, len(sizes)))
+    beta = np.array([-0.2, 0.4])
+    pt = crit.evaluate(theta, beta)
+    levels = [np.arange(L) for L in sizes]
+    rows = CG.crossed_rows(X, y, np.ones(len(y)), np.zeros(len(y)), codes, levels, 0.0, None,
+                           slopes=X if slopes else None)
+    rows = CG.with_pattern(rows, CG.merge_keys([CG.pair_keys(rows, tuple(sizes))]),
+                           tuple(sizes))
+    rho = CG.row_leverage(rows, CG.leverage_of(pt.reduced, pt.quad, pt.weights, crit.patterns))
+    M, k = dense_zl(X, codes, sizes, theta, slopes)
+    eta = X @ beta + M @ pt.u
+    mu = special.expit(eta) if family == "binomial" else np.exp(eta)
+    w = mu * (1 - mu) if family == "binomial" else mu
+    A = M.T @ (w[:, None] * M) + np.eye(M.shape[1])
+    r = 2 if slopes else 1
+    D = np.zeros((k, k))
+    for i in range(0, k, r):
+        D[i:i + r, i:i + r] = A[i:i + r, i:i + r]
+    P = np.vstack([-np.linalg.solve(D, A[:k, k:]), np.eye(A.shape[0] - k)])
+    quad = pt.quad
+    s = quad.scale
+    gamma = np.r_[np.ones(quad.k), np.full(quad.starts.shape[1] - quad.k,
+                                            1.0 / (quad.starts.shape[1] - quad.k))]
+    rng = np.random.default_rng(1)
+    for v in [rng.normal(size=len(y)), w * (1 - 2 * mu) if family == "binomial" else w]:
+        Kv = M.T @ (v[:, None] * M)
+        PKP = s[:, None] * (P.T @ Kv @ P) * s[None, :]
+        est = (np.trace(np.linalg.solve(D, Kv[:k, :k])) + np.trace(PKP)
+               + np.sum(gamma * np.einsum("qc,qc->c", quad.solves - quad.starts,
+                                          PKP @ quad.starts)))
+        assert v @ rho == pytest.approx(est, rel=1e-10)
+    # with a basis spanning the space and no probes the estimate is tr(A^-1 K) itself
+    exact = make(X, y, codes, sizes, family, "matrix-free", probes=0, deflate=0,
+                 steps=A.shape[0] - k + 2)
+    exact.basis = np.eye(A.shape[0] - k)
+    exact.fixed_steps = A.shape[0] - k  # every recurrence to its end: the solves exact too
+    pe = exact.evaluate(theta, beta)
+    rho = CG.row_leverage(rows, CG.leverage_of(pe.reduced, pe.quad, pe.weights,
+                                               exact.patterns))
+    np.testing.assert_allclose(rho, np.einsum("iq,qp,ip->i", M, np.linalg.inv(A), M),
+                               rtol=1e-9)

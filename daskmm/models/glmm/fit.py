@@ -369,7 +369,8 @@ def _fit_crossed(c, ddf, spec, resp, fam, link_obj, combos, path: str, opts: dic
     names = [nm for t in spec.terms for nm in t.theta_names()] + \
         [nm for nm, k in zip(spec.fixef_names, keep) if k]
     theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
-        crit, x, lower, optinfo, size, opts, where, names, hessian)
+        crit, x, lower, optinfo, size, opts, where, names, hessian,
+        one_sided=path == "matrix-free")
     beta, vcov = T @ gamma, T @ vcov_gamma @ T.T
     full = np.zeros(len(spec.fixef_names))
     full[keep] = beta

@@ -14,7 +14,13 @@ from daskmm.distributed.mapreduce import map_parts
 from daskmm.errors import DataError, FitError
 from daskmm.kernels import glm_start as G
 from daskmm.kernels.aliasing import estimable_columns
-from daskmm.kernels.numderiv import derivatives, hessian_of_gradient, steps_for, vcov_of
+from daskmm.kernels.numderiv import (
+    derivatives,
+    forward_hessian_of_gradient,
+    hessian_of_gradient,
+    steps_for,
+    vcov_of,
+)
 from daskmm.models.glmm.criteria import JointCriterion, SizeAppended
 
 
@@ -182,14 +188,18 @@ def optimise_stages(crit, spec, beta0: np.ndarray, Tinv: np.ndarray, opts: dict,
 
 
 def estimates(crit, x: np.ndarray, lower: np.ndarray, optinfo, size: float | None,
-              opts: dict, where: str, names: list[str], hessian: np.ndarray | None = None):
+              opts: dict, where: str, names: list[str], hessian: np.ndarray | None = None,
+              one_sided: bool = False):
     """Check and repair the optimum ``x`` (:func:`daskmm.core.optimizer.certified_optimum`)
     and return ``(theta, beta, criterion, vcov(beta), conditional modes, optinfo)``: ``vcov``
     from the Hessian in ``(theta, beta)`` the check uses (glmer's ``use.hessian = TRUE``), at
     the estimated size for the negative binomial (as glmer.nb reports it: the last glmer fit,
     k fixed; its optimum is checked, not repaired). ``hessian``: an estimate of the Hessian at
     ``x`` (a quasi-Newton optimiser's), whose standard errors choose the steps of the first
-    differences of the gradient at once (:func:`~daskmm.kernels.numderiv.steps_for`)."""
+    differences of the gradient at once (:func:`~daskmm.kernels.numderiv.steps_for`).
+    ``one_sided``: forward differences of the gradient (``k`` gradients, not ``2 k``; the
+    matrix-free crossed fits', whose criterion and gradient are estimates: the difference's
+    own error, about the step times the third derivative, lies far below the estimate's)."""
     nt = len(lower)
     guess = [hessian]
     # the Hessian divides differences of the criterion by delta^2 = 1e-8: from here on PIRLS
@@ -208,17 +218,21 @@ def estimates(crit, x: np.ndarray, lower: np.ndarray, optinfo, size: float | Non
         # standard errors (numderiv.steps_for)
         if graded:
             val, g = crit.value_grad(v[:nt], v[nt:], size)
+
+            def grad(u):
+                return crit.value_grad(u[:nt], u[nt:], size)[1]
+
+            def second(h):
+                if one_sided:
+                    return forward_hessian_of_gradient(grad, v, g, delta=h)
+                return hessian_of_gradient(grad, v, bounds, h)
             if guess[0] is not None:  # the optimiser's Hessian gives the steps: one round
                 h, guess[0] = steps_for(guess[0]), None
-                return val, g, hessian_of_gradient(
-                    lambda u: crit.value_grad(u[:nt], u[nt:], size)[1], v, bounds,
-                    1e-4 if h is None else h)
-            H = hessian_of_gradient(lambda u: crit.value_grad(u[:nt], u[nt:], size)[1], v,
-                                    bounds)
+                return val, g, second(1e-4 if h is None else h)
+            H = second(1e-4)
             h = steps_for(H)
             if h is not None:
-                H = hessian_of_gradient(lambda u: crit.value_grad(u[:nt], u[nt:], size)[1],
-                                        v, bounds, h)
+                H = second(h)
             return val, g, H
         f0 = f(v)
         g, H = derivatives(f, v, bounds, f0=f0)
