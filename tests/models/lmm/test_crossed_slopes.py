@@ -173,3 +173,57 @@ def test_on_a_cluster_the_partitions_change_nothing(client, small):
     np.testing.assert_allclose(there.theta, here.theta, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(there.beta, here.beta, rtol=1e-9)
     assert there.objective == pytest.approx(here.objective, rel=1e-10)
+
+
+INSTEVAL = Path(__file__).parents[2] / "fixtures" / "crossed" / "insteval.csv.gz"
+
+
+def test_real_data_insteval_a_service_slope_per_lecturer_matches_lmer():
+    # lme4's InstEval (make_insteval_slopes.R): 73,421 ratings, a random service effect
+    # per lecturer correlated with its intercept (1,128 levels), students (2,972) and
+    # departments (14) crossed; lmer took 395 s here, the matrix-free fit takes about 4
+    ref = json.loads((INSTEVAL.parent / "lme4_insteval_slopes.json").read_text())
+    ref = ref["lmm_slopes_reml"]
+    frame = pd.read_csv(INSTEVAL)
+    fit = daskmm.lmm(ref["formula"], frame, factors=["s", "d", "dept"], mode="in-process")
+    info = fit.optinfo.crossed
+    assert info["path"] == "matrix-free" and info["factors"][0] == "d"
+    assert fit.ngroups == ref["ngroups"] and fit.converged and fit.certified
+    # the well-determined parameters as lmer's; the departments' theta (14 levels: the
+    # criterion is flat along it) where the estimate's noise leaves it
+    th, rt = np.asarray(fit.theta), np.asarray(ref["theta"])
+    np.testing.assert_allclose(th[:4], rt[:4], rtol=2e-4)
+    assert th[4] == pytest.approx(rt[4], rel=2e-2)
+    # within 2e-3 of their standard errors (service's: 4.8e-4 relative, along the flat
+    # departments' theta)
+    assert np.all(np.abs(fit.beta - ref["beta"]) < 2e-3 * np.asarray(ref["se"]))
+    # service's standard error to 1e-3; the intercept's, which the departments' variance
+    # sets, moves with their theta (0.45% here)
+    se_fit = np.sqrt(np.diag(fit.vcov))
+    assert se_fit[1] == pytest.approx(ref["se"][1], rel=1e-3)
+    assert se_fit[0] == pytest.approx(ref["se"][0], rel=1e-2)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-5)
+    se = info["criterion_se"]
+    assert abs(fit.objective - ref["criterion"]) < 3 * se
+    # the exact criterion (the sparse path's) at lmer's optimum is lmer's; at the
+    # matrix-free fit's point it is within the estimate's error of that optimum
+    factors = ["d", "s", "dept"]
+    codes = [pd.factorize(frame[f], sort=True)[0] for f in factors]
+    X = np.column_stack([np.ones(len(frame)), frame["service"]])
+    st = ci.crossed_stats(frame["y"].to_numpy(float), X, codes,
+                          [ref["ngroups"][f] for f in factors], slopes=X)
+    order = [ref["theta_names"].index(nm) for nm in (
+        "d.(Intercept)", "d.service.(Intercept)", "d.service", "s.(Intercept)",
+        "dept.(Intercept)")]
+    at = exact_criterion(st, rt[order], True)
+    assert at.objective == pytest.approx(ref["criterion"], rel=1e-11)
+    np.testing.assert_allclose(at.beta, ref["beta"], rtol=1e-8)
+    mine = exact_criterion(st, th[order], True).objective
+    assert 0 <= mine - ref["criterion"] < se
+    # conditional modes at lmer's levels (7e-4 at most here), their covariances by the
+    # named approximation (1e-3 here)
+    for f, r in ref["ranef"].items():
+        got = fit.ranef[f]
+        idx = [list(got.levels).index(nm) for nm in r["names"]]
+        np.testing.assert_allclose(got.b[idx], r["modes"], atol=1e-3)
+        np.testing.assert_allclose(got.cov[idx], r["postvar"], rtol=2e-2, atol=1e-4)
