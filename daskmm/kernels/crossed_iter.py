@@ -323,10 +323,11 @@ def _csr_matmat():
     return _KERNELS["matmat"]
 
 
-SPMM_PARALLEL_NNZ = 300_000
+SPMM_PARALLEL_NNZ = 150_000
 """:func:`spmm` shares the rows out over the cores from this many non-zeros; below, scipy's
 product on one core costs less than loading the compiled kernel (about half a second in a
-new process)."""
+new process; a 10^5-row crossing at 2,000 x 2,000 levels stays below, its random-slope
+crossing of twice the non-zeros goes over)."""
 
 
 def spmm(A: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
