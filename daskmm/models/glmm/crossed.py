@@ -7,7 +7,11 @@ The data: each partition encoded once into :class:`~daskmm.kernels.crossed_glmm.
 PIRLS step of an evaluation is one map of :func:`~daskmm.kernels.crossed_glmm.weighted_pass`
 over the partitions and a sum: the weighted level counts and crossing tables (``Z'WZ``'s
 non-zeros, at most the rows) come to the client, where ``A`` is solved (a sparse factor, or
-conjugate gradients) and its log determinant taken.
+conjugate gradients) and its log determinant taken. The matrix-free gradient's traces go the
+other way: the client sends what gives each row its leverage
+(:class:`~daskmm.kernels.crossed_glmm.RowLeverage`, level-sized and pattern-sized arrays)
+and each partition returns one sum per parameter
+(:func:`~daskmm.kernels.crossed_glmm.gradient_traces`).
 """
 
 from __future__ import annotations
