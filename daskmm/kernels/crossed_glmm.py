@@ -376,6 +376,13 @@ class RowLeverage:
     h_offsets: np.ndarray
     p_offsets: np.ndarray
 
+    def __sizeof__(self) -> int:
+        """Its arrays' bytes (what ``sys.getsizeof``, and so ``dask.sizeof``, report): a
+        map over the partitions then sends it to the cluster once, not inside every
+        task."""
+        return object.__sizeof__(self) + sum(
+            v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
 
 def leverage_of(red: Reduced, quad: Quadrature, wp: WeightedPass, patterns: Patterns
                 ) -> RowLeverage:

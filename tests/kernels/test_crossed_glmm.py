@@ -321,3 +321,20 @@ def test_the_rows_leverages_give_the_probes_trace_for_any_row_weights(family, si
                                                exact.patterns))
     np.testing.assert_allclose(rho, np.einsum("iq,qp,ip->i", M, np.linalg.inv(A), M),
                                rtol=1e-9)
+
+
+def test_the_leverage_reports_its_arrays_bytes_so_a_map_sends_it_once():
+    # dask.sizeof falls back to sys.getsizeof: without RowLeverage.__sizeof__ a dataclass of
+    # arrays reads as ~100 bytes, below map_parts' scatter threshold, and would be pickled
+    # into every partition's task
+    from dask.sizeof import sizeof
+
+    from daskmm.distributed.mapreduce import LARGE_ARGUMENT
+    X, y, codes = crossing(900, [40, 25], "binomial", seed=8)
+    crit = criterion(X, y, codes, [40, 25], "binomial", "matrix-free", probes=6, deflate=3)
+    pt = crit.evaluate(np.array([0.6, 0.9]), np.array([-0.2, 0.4]))
+    lev = CG.leverage_of(pt.reduced, pt.quad, pt.weights, crit.patterns)
+    arrays = sum(v.nbytes for v in vars(lev).values())
+    assert sizeof(lev) >= arrays >= 8 * 900
+    big = CG.RowLeverage(*(np.zeros(LARGE_ARGUMENT // 8) for _ in range(10)))
+    assert sizeof(big) >= LARGE_ARGUMENT
