@@ -827,7 +827,12 @@ class Quadrature:
         plus ``tr((A_s^-1 - I) M)``, exact on the deflation basis and by the projected
         probes on the rest."""
         Mv = apply_m(self.starts)
-        vals = np.einsum("qm,qm->m", self.solves - self.starts, Mv)
+        return self.trace_values(np.einsum("qm,qm->m", self.solves - self.starts, Mv),
+                                 trace_m)
+
+    def trace_values(self, vals: np.ndarray, trace_m: float) -> float:
+        """:meth:`trace_inverse` from ``vals``, each start's ``(x - z)' M z`` (``z`` the
+        start, ``x`` its solve): exact on the deflation basis, averaged over the probes."""
         exact, probes = vals[:self.k], vals[self.k:]
         return trace_m + float(np.sum(exact)) + (float(probes.mean()) if len(probes) else 0.0)
 
@@ -1082,18 +1087,27 @@ def vector_logdet_gradient(red: VectorReduced, quad: Quadrature, theta: np.ndarr
     with ``dD_l = dT' G_l T + T' G_l dT`` and, from ``A^-1 = diag(D^-1, 0) + P S_A^-1 P'``
     (``P = [-F; I]``, ``F = D^-1 B``), ``M = F' dD F - F' dA_12 - dA_12' F``, ``dA_12 =
     (I (x) dT') N Lambda_r``: its trace against ``S_A^-1`` from the log determinant's own
-    recurrences (:meth:`Quadrature.trace_inverse`), ``diag(M)`` exactly. Another factor's
-    entry: ``2 / theta_k (q_k - tr(A^-1 E_k))`` as :func:`logdet_theta_gradient`'s; 0 at
-    ``theta_k = 0``."""
+    recurrences (:meth:`Quadrature.trace_values`), ``diag(M)`` exactly. As ``B' w = Lambda_r
+    N' (I (x) T) w``, ``M v = Lambda_r N' Y`` with, level by level, ``Y_l = T D_l^-1 (dD_l
+    (Fv)_l - dT' (N Lambda_r v)_l) - dT (Fv)_l``; so ``(x - z)' M z = sum_l (N Lambda_r
+    (x - z))_l . Y_l`` for each start ``z`` and its solve ``x``: two products with ``N``
+    for all the entries. Another factor's entry: ``2 / theta_k (q_k - tr(A^-1 E_k))`` as
+    :func:`logdet_theta_gradient`'s; 0 at ``theta_k = 0``."""
     x, T, lam, s = red.x, red.T, red.lam, quad.scale
     r, L, k = x.r, x.levels, red.k
     nt = n_tri(r)
     G = x.n1
     W = np.einsum("lab,cb->lac", red.Dinv, T)  # W_l = D_l^-1 T': F's level blocks / N
     GT = np.einsum("lab,bc->lac", G, T)
+    m = quad.starts.shape[1]
+    sl = (s * lam)[:, None]
+    Nz = spmm(x.N, sl * quad.starts).reshape(L, r, m)  # N Lambda_r (s z), level by level
+    Nd = spmm(x.N, sl * (quad.solves - quad.starts)).reshape(L, r, m)
+    Fz = np.matmul(W, Nz)  # F (s z)
+    TD = np.einsum("ab,lbc->lac", T, red.Dinv)  # T D_l^-1
     out = np.zeros(len(theta))
     rows, cols = np.triu_indices(r)[::-1]
-    for m, (a, b) in enumerate(zip(rows, cols)):
+    for e, (a, b) in enumerate(zip(rows, cols)):
         dT = np.zeros((r, r))
         dT[a, b] = 1.0
         dD = np.einsum("ba,lbc->lac", dT, GT)
@@ -1102,16 +1116,9 @@ def vector_logdet_gradient(red: VectorReduced, quad: Quadrature, theta: np.ndarr
         WdT = np.einsum("lba,cb->lac", W, dT)  # W_l' dT'
         K = np.einsum("lba,lbc,lcd->lad", W, dD, W) - WdT - WdT.transpose(0, 2, 1)
         trace_m = float(np.sum(s * s * lam ** 2 * red._quad_cols(K)))
-
-        def apply_m(V: np.ndarray, dT: np.ndarray = dT, dD: np.ndarray = dD) -> np.ndarray:
-            v = s[:, None] * V
-            Fv = red.Ddiv(red.B(v))
-            dDFv = np.einsum("lab,lbm->lam", dD, Fv.reshape(L, r, -1)).reshape(Fv.shape)
-            dA12v = by_level(dT.T, spmm(x.N, lam[:, None] * v), r)
-            out = (red.BT(red.Ddiv(dDFv)) - red.BT(red.Ddiv(dA12v))
-                   - lam[:, None] * spmm(x.NT, by_level(dT, Fv, r)))
-            return s[:, None] * out
-        out[m] = part1 + quad.trace_inverse(apply_m, trace_m)
+        Y = (np.matmul(TD, np.matmul(dD, Fz) - np.matmul(dT.T, Nz))
+             - np.matmul(dT, Fz))
+        out[e] = part1 + quad.trace_values(np.einsum("lac,lac->c", Nd, Y), trace_m)
     bounds = np.concatenate([[0], np.cumsum([L * r, *sizes[1:]])])
     for j in range(1, len(sizes)):
         t = float(theta[nt + j - 1])
