@@ -526,14 +526,12 @@ class VectorCrossing(Crossing):
     def quad_cols(self, K: np.ndarray) -> np.ndarray:
         """``sum_l n_lj' K_l n_lj`` for each column ``j`` of ``N`` (``n_lj``: level ``l``'s
         ``r`` rows of ``N``), ``K``: ``L x r x r`` symmetric."""
-        r = self.r
         if self.entries is not None:
+            from daskmm.kernels.crossed_rows_jit import quad_entries
             V, cols, lev = self.entries
-            w = np.zeros(len(V))
-            for a in range(r):
-                for b in range(r):
-                    w += V[:, a] * V[:, b] * K[lev, a, b]
-            return np.bincount(cols, weights=w, minlength=self.N.shape[1])
+            out = np.zeros(self.N.shape[1])
+            quad_entries(V, cols, lev, np.ascontiguousarray(K, float), out)
+            return out
         out = np.zeros(self.N.shape[1])
         for a, b, P in self.pairs:
             out += (1.0 if a == b else 2.0) * (P @ K[:, a, b])

@@ -289,8 +289,9 @@ def test_the_rows_leverages_give_the_probes_trace_for_any_row_weights(family, si
     rows = CG.with_pattern(rows, CG.merge_keys([CG.pair_keys(rows, tuple(sizes))]),
                            tuple(sizes))
     rho = CG.row_leverage(rows, CG.leverage_of(pt.reduced, pt.quad, pt.weights, crit.patterns))
-    M, k = dense_zl(X, codes, sizes, theta, slopes)
-    eta = X @ beta + M @ pt.u
+    # the rows in with_pattern's order
+    M, k = dense_zl(rows.X, rows.codes, sizes, theta, slopes)
+    eta = rows.X @ beta + M @ pt.u
     mu = special.expit(eta) if family == "binomial" else np.exp(eta)
     w = mu * (1 - mu) if family == "binomial" else mu
     A = M.T @ (w[:, None] * M) + np.eye(M.shape[1])
@@ -338,3 +339,30 @@ def test_the_leverage_reports_its_arrays_bytes_so_a_map_sends_it_once():
     assert sizeof(lev) >= arrays >= 8 * 900
     big = CG.RowLeverage(*(np.zeros(LARGE_ARGUMENT // 8) for _ in range(10)))
     assert sizeof(big) >= LARGE_ARGUMENT
+
+
+@pytest.mark.parametrize("slopes", [False, True])
+def test_placed_rows_are_ordered_by_their_levels_and_move_whole(slopes):
+    # with_pattern orders the rows by the first factor's level, then the second's (every
+    # pass then walks its level and table arrays in order); each row's fields move together
+    X, y, codes = crossing(700, [30, 20, 9], "poisson", seed=9)
+    wt, off = np.arange(1.0, 701.0), np.linspace(-0.1, 0.1, 700)
+    levels = [np.arange(L) for L in (30, 20, 9)]
+    rows = CG.crossed_rows(X, y, wt, off, codes, levels, 0.0, None,
+                           slopes=X if slopes else None)
+    placed = CG.with_pattern(rows, CG.merge_keys([CG.pair_keys(rows, (30, 20, 9))]),
+                             (30, 20, 9))
+    key = placed.codes[0] * 20 + placed.codes[1]
+    assert np.all(np.diff(key) >= 0) and not np.all(np.diff(codes[0] * 20 + codes[1]) >= 0)
+    at = (placed.wt - 1).astype(int)  # each placed row's index in the input
+    assert sorted(at) == list(range(700))
+    for got, was in [(placed.X, X), (placed.y, y), (placed.offset, off),
+                     *zip(placed.codes, codes)] + ([(placed.Zs, X)] if slopes else []):
+        np.testing.assert_array_equal(got, was[at])
+    assert rows.codes[0] is codes[0] or np.array_equal(rows.codes[0], codes[0])  # input kept
+    # each row's place on each table is its own pair's
+    for (j, k), (places, ix) in placed.pos.items():
+        keys = CG.merge_keys([CG.pair_keys(rows, (30, 20, 9))])[(j, k)]
+        sizes = (30, 20, 9)
+        np.testing.assert_array_equal(keys[places[ix]],
+                                      placed.codes[j] * sizes[k] + placed.codes[k])
