@@ -2,8 +2,9 @@
 cached on disk): ``Z b``'s first-factor part and the Fisher-weighted sums of a PIRLS pass, in
 one pass over the rows each, where numpy made a row-sized temporary per column or pair of
 columns; and the crossing's quadratic forms per column
-(:meth:`~daskmm.kernels.crossed_iter.VectorCrossing.quad_cols`). The sums run over the rows
-in order, one core: the same additions in the same order as ``numpy.bincount``'s."""
+(:meth:`~daskmm.kernels.crossed_iter.VectorCrossing.quad_cols`). The scattered sums run
+over the rows in order on one core: the same additions in the same order as
+``numpy.bincount``'s."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def add_first_zb(g, z, B1, out):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def first_sums(g, z, w, v, G, S):  # pragma: no cover - compiled
     """``G[l] += w_i z_i z_i'`` and ``S[l] += v_i z_i`` over the rows ``i`` of level ``l =
-    g_i`` (the first factor's weighted Gram matrices and its level sums of ``v``; ``w`` or
-    ``v`` may be empty to skip that sum)."""
+    g_i`` (the first factor's weighted Gram matrices, their lower triangles only, and its
+    level sums of ``v``; ``w`` or ``v`` may be empty to skip that sum)."""
     n, r = z.shape
     grams = w.shape[0] > 0
     sums = v.shape[0] > 0
