@@ -70,7 +70,8 @@ def small():
 def dense_fits(small):
     """The dense (lme4-conformant) fits of ``small``, unweighted and weighted, made once for
     the tests that compare the other paths with them."""
-    return {w: daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, weights=w, crossed="dense")
+    return {w: daskmm.lmm("y ~ x + (1 | g) + (1 | h)", small, weights=w, crossed="dense",
+                          mode="in-process")
             for w in (None, "w")}
 
 
@@ -101,18 +102,21 @@ def test_it_is_the_exact_path_within_its_error(small, dense_fits, weights):
 
 def test_the_size_chooses_the_path(small, monkeypatch):
     f = "y ~ x + (1 | g) + (1 | h)"
-    assert daskmm.lmm(f, small).optinfo.crossed["path"] == "dense"  # 150 crossed levels
+    # the choice is made where the fit is driven, the same in process and on a cluster
+    # (test_on_a_cluster_the_partitions_change_nothing fits each path there)
+    here = {"mode": "in-process"}
+    assert daskmm.lmm(f, small, **here).optinfo.crossed["path"] == "dense"  # 150 levels
     monkeypatch.setattr(crossed_paths, "MATRIX_FREE_MIN_LEVELS", 100)
-    sparse = daskmm.lmm(f, small).optinfo.crossed  # its factor: 150 x 150 at most
+    sparse = daskmm.lmm(f, small, **here).optinfo.crossed  # its factor: 150 x 150 at most
     assert sparse["path"] == "sparse" and 0 < sparse["fill"] <= 2 * 150 * 150
     monkeypatch.setattr(crossed_paths, "SPARSE_MAX_FILL", 1000)
-    assert daskmm.lmm(f, small).optinfo.crossed["path"] == "matrix-free"
+    assert daskmm.lmm(f, small, **here).optinfo.crossed["path"] == "matrix-free"
     # random slopes on one factor: they can; on two, neither can, so auto stays dense
     slopes = daskmm.lmm("y ~ x + (x | g) + (1 | h)", small, mode="in-process")
     assert slopes.optinfo.crossed["path"] == "matrix-free"
     two = daskmm.lmm("y ~ x + (x | g) + (x | h)", small, mode="in-process")
     assert two.optinfo.crossed["path"] == "dense"
-    assert daskmm.lmm("y ~ x + (1 | g)", small).optinfo.crossed is None
+    assert daskmm.lmm("y ~ x + (1 | g)", small, **here).optinfo.crossed is None
 
 
 @pytest.mark.parametrize("crossed, formula, match", [
@@ -148,7 +152,7 @@ def test_the_seed_moves_only_the_estimate(small):
                                          ("sparse", 3)])
 def test_on_a_cluster_the_partitions_change_nothing(client, small, path, nparts):
     f = "y ~ x + (1 | g) + (1 | h)"
-    here = daskmm.lmm(f, small, crossed=path)
+    here = daskmm.lmm(f, small, crossed=path, mode="in-process")
     there = daskmm.lmm(f, dd.from_pandas(small, npartitions=nparts), client=client,
                        mode="gathered", crossed=path)
     assert there.mode == f"gathered, {path}"
