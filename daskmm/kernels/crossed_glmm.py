@@ -68,8 +68,9 @@ or less moves the estimate far below its standard error)."""
 CG_TOL = 1e-12
 """Conjugate gradients' relative residual on the matrix-free path."""
 _W_MIN = 1e-300
-_EMPTY, _EMPTY2, _EMPTY3 = np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0, 0))
 _W_MAX = 1e100
+_EMPTY, _EMPTY2, _EMPTY3 = np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0, 0))
+"""Empty arrays for :func:`~daskmm.kernels.crossed_rows_jit.first_sums`'s skipped sums."""
 
 
 @dataclass
