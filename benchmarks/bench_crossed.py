@@ -14,6 +14,10 @@ the same data from the same seed:
   defaults), from the arrays;
 - ``--family binomial``: ``y`` Bernoulli with ``P(y = 1) = logistic(eta - 0.5)``; daskmm's
   ``glmm`` (Laplace), gpboost's ``likelihood="bernoulli_logit"``, lme4's ``glmer``;
+- ``--tools daskmm-client daskmm-workers``: the same fit on a local cluster of two
+  worker processes (the frame in 8 partitions), the crossing tables summed to the client at
+  each PIRLS step or kept on the workers (:mod:`daskmm.kernels.crossed_blocks`); the peak
+  memory of the client and of the largest worker;
 - lme4 (``--lme4``, where it finishes): ``lmer`` on the same rows written to a CSV, the
   ``lmer`` call timed in ``Rscript``.
 
@@ -29,6 +33,8 @@ effects).
     python benchmarks/bench_crossed.py --family binomial --rows 1000000 --repeats 1
     python benchmarks/bench_crossed.py --slopes --rows 1000000 --repeats 1
     python benchmarks/bench_crossed.py --slopes --family binomial --rows 1000000 --repeats 1
+    python benchmarks/bench_crossed.py --family binomial --rows 1000000 --repeats 1 \\
+        --tools daskmm daskmm-client daskmm-workers
 
 gpboost is a PyPI package (``pip install gpboost``, Apache-2.0; the ``bench`` extra).
 """
@@ -74,29 +80,54 @@ rows, ng, nh, zipf, tool, crossed, csv, family, slopes = (
     int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5],
     sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9] == "1")
 g, h, x, y = draw(rows, ng, nh, zipf, family, slopes)
-if tool == "daskmm":
+if tool.startswith("daskmm"):
     import pandas as pd
     import daskmm
     import daskmm.models.glmm.fit  # noqa: F401  (imports outside the timer, as gpboost's)
     import daskmm.models.lmm.fit  # noqa: F401
     frame = pd.DataFrame({"y": y, "x": x, "g": g, "h": h})
     del g, h, x, y
+    where = {"mode": "in-process"}
+    if tool != "daskmm":  # daskmm-client, daskmm-workers: on a local cluster, the tables so
+        import dask.dataframe as dd
+        from distributed import Client, LocalCluster
+        import daskmm.models.shared.crossed as paths
+        paths.TABLES_ON_WORKERS = 0 if tool == "daskmm-workers" else 10 ** 18
+        client = Client(LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="10GB",
+                                     dashboard_address=None))
+        frame = dd.from_pandas(frame, npartitions=8)
+        where = {"client": client}
+        import threading
+        import psutil
+        me, grown = psutil.Process(), [0]
+        base, stop = me.memory_info().rss, threading.Event()
+
+        def sample():  # the client's own growth during the fit (its data drawn before)
+            while not stop.wait(0.05):
+                grown[0] = max(grown[0], me.memory_info().rss - base)
+        threading.Thread(target=sample, daemon=True).start()
     t1 = time.perf_counter()
     if family == "binomial":
         fit = daskmm.glmm("y ~ x + (1 + x | g) + (1 | h)" if slopes else
                           "y ~ x + (1 | g) + (1 | h)", frame, "binomial", factors=["g", "h"],
-                          mode="in-process", crossed=crossed)
+                          crossed=crossed, **where)
     else:
         fit = daskmm.lmm("y ~ x + (1 + x | g) + (1 | h)" if slopes else
                          "y ~ x + (1 | g) + (1 | h)", frame, factors=["g", "h"],
-                         mode="in-process", crossed=crossed)
+                         crossed=crossed, **where)
     t2 = time.perf_counter()
     s2 = fit.sigma ** 2 if family != "binomial" else None
     info = fit.optinfo.crossed or {}
     th = np.asarray(fit.theta)
     if slopes:  # g's intercept and slope variances (sigma^2 T T'), then h's
         th = np.array([th[0], np.hypot(th[1], th[2]), th[3]])
+    if tool != "daskmm":
+        out_w = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+        stop.set()
+        info = dict(info, worker_peak_gb=max(out_w.values()), client_growth_gb=grown[0] / 2 ** 30)
     out = {"fit_s": t2 - t1, "evaluations": fit.optinfo.feval, "path": info.get("path"),
+           "tables": info.get("tables"), "worker_peak_gb": info.get("worker_peak_gb"),
+           "client_growth_gb": info.get("client_growth_gb"),
            "optimise_s": fit.timing["optimise_s"],
            "statistics_s": fit.timing.get("statistics_s", fit.timing.get("data_s")),
            "variances": ([s2, *(s2 * th ** 2).tolist()] if s2 else (th ** 2).tolist()),
@@ -181,7 +212,11 @@ def main() -> None:
                     help="random slopes on g: y ~ x + (1 + x | g) + (1 | h), x's slope SD 0.3 "
                     "(gpboost: an independent random coefficient of x on g); either family")
     ap.add_argument("--lme4", action="store_true", help="also lme4 (where it finishes)")
-    ap.add_argument("--tools", nargs="+", default=None)
+    ap.add_argument("--tools", nargs="+", default=None,
+                    help="of daskmm (in process), gpboost, lme4, daskmm-client and "
+                    "daskmm-workers (a local cluster of 2 workers, the data "
+                    "in 8 partitions, the first factor's crossing tables summed to the client "
+                    "at each PIRLS step, or kept in blocks on the workers)")
     args = ap.parse_args()
     tools = args.tools or ["daskmm", "gpboost"] + (["lme4"] if args.lme4 else [])
     if "gpboost" in tools:
@@ -206,13 +241,17 @@ def main() -> None:
         med[t] = statistics.median(fits)
         last = runs[t][-1]
         extra = ""
-        if t == "daskmm":
+        if t.startswith("daskmm"):
             opt = statistics.median(r["optimise_s"] for r in runs[t])
             extra = (f"; {last['path']} path, {last['evaluations']} evaluations, "
                      f"{opt / last['evaluations']:.2f} s each (optimiser {opt:.1f} s, "
                      f"statistics {statistics.median(r['statistics_s'] for r in runs[t]):.1f}"
                      f" s), criterion {last['criterion']:.3f} SE {last['criterion_se'] or 0:.3f}"
-                     f", peak memory {max(r['peak_rss_gb'] for r in runs[t]):.2f} GB")
+                     f", peak memory {max(r['peak_rss_gb'] for r in runs[t]):.2f} GB"
+                     + (f" (the client process's, which drew the data; it grew by "
+                        f"{last['client_growth_gb']:.2f} GB during the fit; the largest "
+                        f"worker's {last['worker_peak_gb']:.2f} GB; tables {last['tables']})"
+                        if t != "daskmm" else ""))
         elif t == "lme4":
             extra = f"; criterion {last['criterion']:.3f}"
         print(f"{t}: {', '.join(f'{v:.2f}' for v in fits)} s (median {med[t]:.2f}){extra}")
@@ -220,9 +259,10 @@ def main() -> None:
               f"{'g slope, ' if args.slopes else ''}h) "
               f"{[round(v, 5) for v in last['variances'] if v == v]}, "
               f"beta {[round(v, 5) for v in last['beta']]}")
-    for peer in ("gpboost", "lme4"):
-        if "daskmm" in med and peer in med:
-            print(f"ratio daskmm / {peer}: {med['daskmm'] / med[peer]:.3f}")
+    for peer in ("gpboost", "lme4", "daskmm-client"):
+        for t in ("daskmm", "daskmm-workers"):
+            if t in med and peer in med:
+                print(f"ratio {t} / {peer}: {med[t] / med[peer]:.3f}")
 
 
 if __name__ == "__main__":

@@ -146,12 +146,14 @@ def _crossed_combine(parts: list):
 
 
 def crossed_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, factors: list[str],
-                 levels: list[np.ndarray], slopes: bool = False):
+                 levels: list[np.ndarray], slopes: bool = False, keep: bool = False):
     """The cross-products of crossed factors (:func:`~daskmm.kernels.crossed_iter.
     partition_crossed`: ``Z'Z`` sparse, its non-zeros at most the rows') summed over the
     partitions by a tree of tasks and brought to the client: ``((CrossedStats, sum log w),
     rows dropped, the response's range)`` (:func:`~daskmm.formula.checks.column_ranges`).
-    ``slopes``: the first factor's term has random slopes (its model columns go in)."""
+    ``slopes``: the first factor's term has random slopes (its model columns go in).
+    ``keep`` (a cluster): each partition's, left on the workers (futures;
+    :func:`crossed_sum`, :func:`crossed_blocks`)."""
     if isinstance(ddf, pd.DataFrame):  # in process: one partition, no graph
         return _crossed_partition(ddf, spec, factors, levels, slopes)
     import dask
@@ -165,7 +167,71 @@ def crossed_pass(client: Client, ddf: dd.DataFrame, spec: ModelSpec, factors: li
              for i, p in enumerate(partitions(ddf))]
     futures = client.compute(tasks)
     track(futures, "statistics pass")
-    return tree_sum(client, futures, _crossed_combine, split_every=4).result()
+    if keep:
+        return futures
+    return crossed_sum(client, futures)
+
+
+def crossed_sum(client: Client, futures: list, tables: bool = True):
+    """:func:`crossed_pass`'s partitions summed at the client (``tables=False``: without
+    the first factor's crossing tables, held in blocks by :func:`crossed_blocks`)."""
+    return tree_sum(client, futures, _crossed_combine if tables else _crossed_head_combine,
+                    split_every=4).result()
+
+
+def crossed_entries(client: Client, futures: list) -> np.ndarray:
+    """Each first-factor level's entries in the crossing tables, summed over the partitions
+    (a level's pair met in two partitions counted twice)."""
+    from daskmm.distributed.mapreduce import map_gather
+    return sum(map_gather(client, _crossed_entries, futures, pure=False))
+
+
+def crossed_blocks(client: Client, futures: list, st, blocks: int | None = None):
+    """The first factor's crossing tables of :func:`crossed_pass`'s partitions (``futures``)
+    summed into blocks of its levels on the workers, one a worker: a
+    :class:`~daskmm.kernels.crossed_blocks.BlockedCrossing` (``st``: the sums without them,
+    :func:`crossed_sum`). The partitions' futures stay referenced by the caller for as long
+    as the blocks are used: a lost block is made again from them."""
+    # here, not at the top: the crossed kernels load numba, which other fits never need
+    from daskmm.distributed.blocks import ClientBlocks, Placement
+    from daskmm.distributed.mapreduce import task_keys
+    from daskmm.kernels import crossed_blocks as CB
+
+    place = Placement(client, futures, blocks)
+    bounds = CB.block_bounds(crossed_entries(client, futures), place.n)
+    n, r = len(bounds) - 1, st.cols
+    pk = task_keys("crossed-block_values", n * len(place.groups))
+    fk = task_keys("crossed-block", n)
+    held = []
+    for i in range(n):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        partials = [client.submit(_crossed_values, [futures[j] for j in idx], lo, hi,
+                                  key=pk[i * len(place.groups) + g], pure=False,
+                                  **place.on(w))
+                    for g, (w, idx) in enumerate(place.groups)]
+        held.append(client.submit(CB.stats_block, partials, st.counts[0][lo:hi], r,
+                                  key=fk[i], pure=False, **place.on(place.workers[i])))
+    return CB.BlockedCrossing(st.q_sizes[0], np.asarray(st.counts[0], float),
+                              *CB.rest_of_tables(st.counts, st.tables), r, bounds,
+                              tuple(held), ClientBlocks(client), 0, ())
+
+
+def _crossed_entries(out) -> np.ndarray:
+    from daskmm.kernels.crossed_blocks import stats_row_entries
+    return stats_row_entries(out[0][0])
+
+
+def _crossed_values(outs: list, lo: int, hi: int) -> list:
+    from daskmm.kernels.crossed_blocks import stats_values
+    return stats_values([o[0] for o in outs], lo, hi)
+
+
+def _crossed_head_combine(parts: list):
+    from daskmm.kernels.crossed_blocks import add_heads
+    ranges = [r for _, _, r in parts if r]
+    y = (min(r["y"][0] for r in ranges), max(r["y"][1] for r in ranges)) if ranges else None
+    return (add_heads([p for p, _, _ in parts]), sum(d for _, d, _ in parts),
+            {"y": y} if y else {})
 
 
 def _summary(stats: PartitionStats) -> tuple[np.ndarray, dict]:

@@ -246,12 +246,18 @@ class WeightedPass:
         ``places x r`` values for the first factor's tables with random slopes).
     Ztwr : numpy.ndarray
         ``Z'W r`` (all factors' levels in order).
+    crossing : object or None
+        Where the first factor's tables are held elsewhere (their values then absent from
+        ``tables``): what gives ``A`` at a ``theta`` (``crossing.at(theta, sizes)``, a
+        :class:`~daskmm.kernels.crossed_iter.Reduced`; :mod:`daskmm.kernels.
+        crossed_blocks`).
     """
 
     ll: float
     counts: list
     tables: dict
     Ztwr: np.ndarray
+    crossing: object | None = None
 
 
 def weighted_pass(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray], family: int,
@@ -422,33 +428,61 @@ def leverage_of(red: Reduced, quad: Quadrature, wp: WeightedPass, patterns: Patt
     s, lam = quad.scale, red.lam
     offs = np.concatenate([[0], np.cumsum(sizes[1:])])
     Q = np.zeros((L, r, r))
-    sig, phi = [], {}
+    tables = []
     for k in range(1, len(sizes)):
         indptr, idx = patterns.csr[(0, k)]
         g = np.repeat(np.arange(L), np.diff(indptr))
-        col = offs[k - 1] + idx
-        f = np.einsum("pab,pb->pa", R[g], np.asarray(wp.tables[(0, k)], float)
-                      .reshape(len(idx), r)) * lam[col][:, None]
-        s2 = s[col] ** 2
-        for a in range(r):
-            for b in range(a + 1):
-                Q[:, a, b] += np.bincount(g, weights=s2 * f[:, a] * f[:, b], minlength=L)
-                Q[:, b, a] = Q[:, a, b]
-        phi[(0, k)] = (-2.0 * s2 * lam[col])[:, None] * f
-        on = slice(offs[k - 1], offs[k])
-        sig.append((s[on] * lam[on]) ** 2)
+        Qk, phi = leverage_entries(R, lam, s, g, offs[k - 1] + idx,
+                                   np.asarray(wp.tables[(0, k)], float).reshape(len(idx), r))
+        Q += Qk
+        tables.append(phi)
     m = quad.starts.shape[1]
-    Y = s[:, None] * np.hstack([quad.solves - quad.starts, quad.starts])
-    lamY = lam[:, None] * Y
+    lamY = leverage_starts(quad, lam)
     FY = np.matmul(R, spmm(red.x.N, lamY).reshape(L, r, 2 * m))
+    return row_leverage_of(R + Q, FY, lamY, quad, lam, sizes, np.concatenate(tables),
+                           [len(t) for t in tables])
+
+
+def leverage_entries(R: np.ndarray, lam: np.ndarray, s: np.ndarray, g: np.ndarray,
+                     col: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The crossing's entries' part of :class:`RowLeverage`: ``Q`` (``L x r x r``: each
+    level's ``sum_j s_j^2 f_lj f_lj'``) and ``phi`` (``-2 s_j^2 lam_j f_lj`` per entry),
+    ``f_lj = R_l n_lj lam_j`` over the entries at levels ``g`` and other-factor columns
+    ``col``, with values ``vals`` (``entries x r``); ``R = T D^-1 T'`` per level."""
+    L, r = R.shape[0], R.shape[1]
+    f = np.einsum("pab,pb->pa", R[g], vals) * lam[col][:, None]
+    s2 = s[col] ** 2
+    Q = np.zeros((L, r, r))
+    for a in range(r):
+        for b in range(a + 1):
+            Q[:, a, b] = np.bincount(g, weights=s2 * f[:, a] * f[:, b], minlength=L)
+            Q[:, b, a] = Q[:, a, b]
+    return Q, (-2.0 * s2 * lam[col])[:, None] * f
+
+
+def leverage_starts(quad: Quadrature, lam: np.ndarray) -> np.ndarray:
+    """``Lambda_r P^-1/2 [x - z, z]``: the log determinant's solves less their starts, then
+    the starts, in the model's scale."""
+    Y = quad.scale[:, None] * np.hstack([quad.solves - quad.starts, quad.starts])
+    return lam[:, None] * Y
+
+
+def row_leverage_of(P: np.ndarray, FY: np.ndarray, lamY: np.ndarray, quad: Quadrature,
+                    lam: np.ndarray, sizes: tuple[int, ...], phi: np.ndarray | None,
+                    table_sizes: list[int]) -> RowLeverage:
+    """:class:`RowLeverage` from its level-sized parts (``P``, ``FY = R N lamY``) and the
+    crossing entries' ``phi`` (``None`` where it is held elsewhere and given to
+    :func:`gradient_traces` apart)."""
+    s = quad.scale
+    m = quad.starts.shape[1]
+    offs = np.concatenate([[0], np.cumsum(sizes[1:])])
     probes = m - quad.k
     gamma = np.concatenate([np.ones(quad.k), np.full(probes, 1.0 / max(probes, 1))])
-    tables = [phi[(0, k)] for k in range(1, len(sizes))]
-    return RowLeverage(R + Q, np.concatenate(sig), np.concatenate(tables),
+    return RowLeverage(P, (s * lam) ** 2, _EMPTY if phi is None else phi,
                        np.ascontiguousarray(lamY[:, :m]), np.ascontiguousarray(lamY[:, m:]),
                        np.ascontiguousarray(FY[:, :, :m]), np.ascontiguousarray(FY[:, :, m:]),
                        gamma, offs[:-1].astype(np.int64),
-                       np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int64))
+                       np.cumsum([0] + list(table_sizes[:-1])).astype(np.int64))
 
 
 def row_leverage(rows: CrossedRows, lev: RowLeverage) -> np.ndarray:
@@ -470,14 +504,17 @@ def row_leverage(rows: CrossedRows, lev: RowLeverage) -> np.ndarray:
 
 def gradient_traces(rows: CrossedRows, beta: np.ndarray, b: list[np.ndarray],
                     u: list[np.ndarray], bdu: list[np.ndarray], family: int, link: int,
-                    lev: RowLeverage, sizes: tuple[int, ...]) -> np.ndarray:
+                    lev: RowLeverage, sizes: tuple[int, ...], phi: np.ndarray | None = None
+                    ) -> np.ndarray:
     """A partition's part of ``tr(A^-1 M' diag(v_phi) M)`` for each parameter (the ``theta``
     entries, then ``beta``): ``sum_i v_phi,i rho_i`` (:func:`row_leverage`), ``v_phi = W'
     d eta / d phi``, ``d eta / d phi = Z (d Lambda / d theta_m) u`` (:func:`direct_theta`)
     or ``X_j``, plus ``Z Lambda du / d phi`` (``bdu``: each factor's ``Lambda du`` on its
     levels, one column a parameter). With ``t = W' rho`` these are ``t' Z (d Lambda) u``,
     ``X't`` and ``(Z't)' Lambda du``: one pass of level sums of ``t``, no row-sized
-    matrix."""
+    matrix. ``phi``: :attr:`RowLeverage.phi` where it came apart from ``lev``."""
+    if phi is not None:
+        lev = dataclasses.replace(lev, phi=phi)
     eta, _, w = _at_modes(rows, beta, b, family, link)
     t = _weights_slope(eta, w, family, link) * row_leverage(rows, lev)
     zt = rows.level_sums(t, sizes)
@@ -573,6 +610,12 @@ class Patterns:
         rest_diag = np.concatenate([np.asarray(c, float) for c in wp.counts[1:]])
         return VectorCrossing(self.sizes[0] * r, G, N, NT, None, rest, rest_diag, K == 2, r,
                               (), (vals[t["src"]], t["cols"], t["lev"]))
+
+    def drop_templates(self) -> None:
+        """Forget the structures :meth:`crossing` made (pattern-sized: where the tables are
+        held elsewhere, their client copy would only take memory)."""
+        self.__dict__.pop("_cached", None)
+        self.__dict__.pop("_vcached", None)
 
     def _vector_template(self, r: int) -> dict:
         """The structures of :meth:`_vector_crossing` for ``r`` columns, made once: the
@@ -731,6 +774,8 @@ class CrossedLaplace:
         return np.split(v, np.cumsum(self.q_sizes)[:-1])
 
     def _reduced(self, wp: WeightedPass, theta: np.ndarray) -> Reduced:
+        if wp.crossing is not None:  # the first factor's tables held in blocks elsewhere
+            return wp.crossing.at(theta, self.sizes)
         x = self.patterns.crossing(wp)
         if self.cols > 1:
             return VectorReduced.at(x, theta, self.sizes)
@@ -864,9 +909,12 @@ class CrossedLaplace:
         R = np.column_stack([dZts - lam_t(ZtWZu), -lam_t(ZtWX)])
         du = red.solve(R, CG_TOL)[0]
         bdu = self._split(lambda_apply(theta, du, sizes, r))
-        lev = leverage_of(red, quad, point.weights, self.patterns)
+        if hasattr(red, "leverage"):  # its tables held in blocks: phi stays with them
+            lev, phi = red.leverage(quad, sizes)
+        else:
+            lev, phi = leverage_of(red, quad, point.weights, self.patterns), None
         g = sum(apply(gradient_traces, beta=beta, b=b, u=u, bdu=bdu, family=fam, link=link,
-                      lev=lev, sizes=sizes))
+                      lev=lev, sizes=sizes, phi=phi))
         g[:nt] += (vector_logdet_gradient(red, quad, theta, sizes) if r > 1 else
                    logdet_theta_gradient(red, quad, theta, sizes))
         g[:nt] += envelope

@@ -438,6 +438,8 @@ class Reduced:
         slopes)."""
         x = crossing if crossing is not None else Crossing.of(st)
         theta = np.asarray(theta, float)
+        if hasattr(x, "at"):  # held in blocks elsewhere (daskmm.kernels.crossed_blocks)
+            return x.at(theta, st.sizes)
         if st.cols > 1:
             return VectorReduced.at(x, theta, st.sizes)
         return cls(x, float(theta[0]), np.repeat(theta[1:], st.sizes[1:]),
@@ -455,6 +457,10 @@ class Reduced:
     def logdet_D(self) -> float:
         """``log|D|``."""
         return float(np.sum(np.log(self.D)))
+
+    def N_dot(self, X: np.ndarray) -> np.ndarray:
+        """``N X``: the first factor's crossings times ``X`` (``q - k`` rows)."""
+        return spmm(self.x.N, X)
 
     def B(self, v: np.ndarray) -> np.ndarray:
         """``B v``."""
@@ -493,9 +499,12 @@ class Reduced:
         (at most the exact value: ``(S^-1)_jj >= 1 / S_jj`` for a positive definite
         ``S``). Exact where the other factors' levels do not interact through the first."""
         P = self.schur_diag()
-        first = 1.0 / self.D + self.t1 ** 2 * spmm(self.x.N.multiply(self.x.N).tocsr(),
-                                                   self.lam ** 2 / P) / self.D ** 2
-        return np.concatenate([first, 1.0 / P])
+        return np.concatenate([self.inverse_first(P), 1.0 / P])
+
+    def inverse_first(self, P: np.ndarray) -> np.ndarray:
+        """:meth:`inverse_diag` on the eliminated factor, given ``P = diag(S)``."""
+        return 1.0 / self.D + self.t1 ** 2 * spmm(self.x.N.multiply(self.x.N).tocsr(),
+                                                  self.lam ** 2 / P) / self.D ** 2
 
     def solve(self, b: np.ndarray, tol: float, x0: np.ndarray | None = None
               ) -> tuple[np.ndarray, int]:
@@ -602,14 +611,14 @@ class VectorReduced(Reduced):
         lam = self.lam[:, None] if w.ndim == 2 else self.lam
         return lam * spmm(self.x.NT, by_level(self.T, w, self.x.r))
 
-    def _quad_cols(self, K: np.ndarray) -> np.ndarray:
+    def quad_cols(self, K: np.ndarray) -> np.ndarray:
         """``sum_l n_lj' K_l n_lj`` for each column ``j`` of ``N`` (``n_lj``: level ``l``'s
         ``r`` rows), ``K``: ``L x r x r`` symmetric (:meth:`VectorCrossing.quad_cols`)."""
         return self.x.quad_cols(K)
 
     def schur_diag(self) -> np.ndarray:
         K = np.einsum("ab,lbc,dc->lad", self.T, self.Dinv, self.T)  # T D_l^-1 T'
-        return 1.0 + self.lam ** 2 * (self.x.rest_diag - self._quad_cols(K))
+        return 1.0 + self.lam ** 2 * (self.x.rest_diag - self.quad_cols(K))
 
     def B_matrix(self) -> sp.csr_matrix:
         """``B`` as a sparse matrix (``L r x (q - L r)``)."""
@@ -630,6 +639,11 @@ class VectorReduced(Reduced):
         B`` (exact block elimination with ``S^-1`` taken as ``diag(S)^-1``, as
         :meth:`Reduced.inverse_diag`), and ``1 / S_jj`` on the other factors."""
         P = self.schur_diag()
+        return self.inverse_first(P), 1.0 / P
+
+    def inverse_first(self, P: np.ndarray) -> np.ndarray:
+        """:meth:`inverse_blocks` on the eliminated factor (``L x r x r``), given ``P =
+        diag(S)``."""
         F = (self.Dinv_matrix() @ self.B_matrix()).tocsr()
         r = self.x.r
         first = self.Dinv.copy()
@@ -639,23 +653,25 @@ class VectorReduced(Reduced):
                 first[:, a, b] += v
                 if a != b:
                     first[:, b, a] += v
-        return first, 1.0 / P
+        return first
 
 
 def pcg(matvec: Matvec, b: np.ndarray, precond: np.ndarray, tol: float = 1e-12,
-        maxiter: int = 10_000, x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        maxiter: int = 10_000, x0: np.ndarray | None = None, r0: np.ndarray | None = None
+        ) -> tuple[np.ndarray, int]:
     """Jacobi-preconditioned conjugate gradients for ``A x = b`` (``b``: ``q`` or ``q x k``,
     the columns solved together), from ``x0`` (a guess, shaped as ``b``) or zero; stops when
     every column's residual is below ``tol`` times its right-hand side's norm (a good guess
-    starts nearer: the same stop, fewer steps). Returns ``(x, iterations)``; raises
-    ``FloatingPointError`` when ``maxiter`` passes without that."""
+    starts nearer: the same stop, fewer steps). ``r0``: ``b - A x0`` where the caller has it
+    (one product fewer). Returns ``(x, iterations)``; raises ``FloatingPointError`` when
+    ``maxiter`` passes without that."""
     b2 = b[:, None] if b.ndim == 1 else b
     if x0 is None:
         x = np.zeros_like(b2, dtype=float)
         r = b2.astype(float).copy()
     else:
         x = np.array(x0, dtype=float).reshape(b2.shape)
-        r = b2 - matvec(x)
+        r = b2 - matvec(x) if r0 is None else np.array(r0, dtype=float).reshape(b2.shape)
     z = r / precond[:, None]
     p = z.copy()
     rz = np.einsum("ij,ij->j", r, z)
@@ -1099,8 +1115,8 @@ def vector_logdet_gradient(red: VectorReduced, quad: Quadrature, theta: np.ndarr
     GT = np.einsum("lab,bc->lac", G, T)
     m = quad.starts.shape[1]
     sl = (s * lam)[:, None]
-    Nz = spmm(x.N, sl * quad.starts).reshape(L, r, m)  # N Lambda_r (s z), level by level
-    Nd = spmm(x.N, sl * (quad.solves - quad.starts)).reshape(L, r, m)
+    Nz = red.N_dot(sl * quad.starts).reshape(L, r, m)  # N Lambda_r (s z), level by level
+    Nd = red.N_dot(sl * (quad.solves - quad.starts)).reshape(L, r, m)
     Fz = np.matmul(W, Nz)  # F (s z)
     TD = np.einsum("ab,lbc->lac", T, red.Dinv)  # T D_l^-1
     out = np.zeros(len(theta))
@@ -1113,7 +1129,7 @@ def vector_logdet_gradient(red: VectorReduced, quad: Quadrature, theta: np.ndarr
         part1 = float(np.einsum("lab,lba->", red.Dinv, dD))
         WdT = np.einsum("lba,cb->lac", W, dT)  # W_l' dT'
         K = np.einsum("lba,lbc,lcd->lad", W, dD, W) - WdT - WdT.transpose(0, 2, 1)
-        trace_m = float(np.sum(s * s * lam ** 2 * red._quad_cols(K)))
+        trace_m = float(np.sum(s * s * lam ** 2 * red.quad_cols(K)))
         Y = (np.matmul(TD, np.matmul(dD, Fz) - np.matmul(dT.T, Nz))
              - np.matmul(dT, Fz))
         out[e] = part1 + quad.trace_values(np.einsum("lac,lac->c", Nd, Y), trace_m)
@@ -1158,11 +1174,11 @@ def vector_gradient(st: CrossedStats, theta: np.ndarray, red: VectorReduced,
     u1, ur = pr.u[:k].reshape(L, r), pr.u[k:]
     # Z_1'r and R_X's first block: Z_1'(.) minus G_l T (.)_l minus N Lambda_r (.)_r
     Zr = ((st.Zty - st.ZtX @ pr.beta)[:k].reshape(L, r)
-          - np.einsum("lab,lb->la", G, u1 @ T.T) - spmm(x.N, lam * ur).reshape(L, r))
+          - np.einsum("lab,lb->la", G, u1 @ T.T) - red.N_dot(lam * ur).reshape(L, r))
     C1, Cr = pr.C_X[:k].reshape(L, r, p), pr.C_X[k:]
     RX1 = (st.ZtX[:k].reshape(L, r, p)
            - np.einsum("lab,lbp->lap", G, np.einsum("ab,lbp->lap", T, C1))
-           - spmm(x.N, lam[:, None] * Cr).reshape(L, r, p))
+           - red.N_dot(lam[:, None] * Cr).reshape(L, r, p))
     S_inv = la.cho_solve(pr.cS, np.eye(p))
     grad = vector_logdet_gradient(red, quad, theta, st.sizes)
     rows, cols = np.triu_indices(r)[::-1]

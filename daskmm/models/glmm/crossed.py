@@ -12,20 +12,31 @@ other way: the client sends what gives each row its leverage
 (:class:`~daskmm.kernels.crossed_glmm.RowLeverage`, level-sized and pattern-sized arrays)
 and each partition returns one sum per parameter
 (:func:`~daskmm.kernels.crossed_glmm.gradient_traces`).
+
+On a cluster, from :data:`~daskmm.models.shared.crossed.TABLES_ON_WORKERS` values, the
+matrix-free path keeps the first factor's tables on the workers instead (:class:`TableBlocks`,
+:mod:`daskmm.kernels.crossed_blocks`): in blocks of its levels, one a worker, summed there
+from the partitions' passes; every product with them is a task on each block, and the
+client holds level-sized arrays, the other factors' tables and the tables' integer pattern.
+Each product is then a round trip (about 20 ms on a 2-core machine's local cluster), so
+below that size the client's sums cost less.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
 
+from daskmm.distributed.blocks import ClientBlocks, Placement
 from daskmm.distributed.execution import is_in_process
-from daskmm.distributed.mapreduce import map_parts
+from daskmm.distributed.mapreduce import map_parts, task_keys
 from daskmm.distributed.passes import persist_spread
 from daskmm.errors import ModelError
 from daskmm.formula.checks import column_ranges
+from daskmm.kernels import crossed_blocks as CB
 from daskmm.kernels import crossed_glmm as CG
 from daskmm.kernels.crossed_iter import Reduced, lambda_apply, tri_matrix
 from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz_bound
@@ -37,6 +48,8 @@ from daskmm.results.base import RanefTable
 PROBES, STEPS, DEFLATE = 10, 40, 10
 """The matrix-free log determinant's estimator: Rademacher probes, Lanczos steps at most
 (fixed at the first evaluation's need), deflation basis columns."""
+TABLES = ("auto", "client", "workers")
+"""Where the matrix-free path holds the first factor's crossing tables (:func:`tables_at`)."""
 
 
 def prepare_rows(df: pd.DataFrame, spec, resp, family: int, factors: list[str],
@@ -144,6 +157,79 @@ def choose_path(path: str, data: CrossedData) -> str:
     return "sparse" if SparseFactor.of(red).fill <= paths.SPARSE_MAX_FILL else "matrix-free"
 
 
+def tables_at(c, data: CrossedData, path: str, tables: str = "auto") -> str:
+    """Where the first factor's crossing tables are held: ``"workers"`` (in blocks,
+    :class:`TableBlocks`) on the matrix-free path on a cluster from
+    :data:`~daskmm.models.shared.crossed.TABLES_ON_WORKERS` values, or where asked
+    (``tables="workers"``, in process too), else ``"client"`` (the sparse path factors the
+    whole tables)."""
+    if tables not in TABLES:
+        raise ValueError(f"tables={tables!r}; allowed: {', '.join(map(repr, TABLES))}")
+    if path != "matrix-free":
+        return "client"
+    if tables != "auto":
+        return tables
+    if is_in_process(c):
+        return "client"
+    pat = data.patterns
+    values = sum(pat.nnz[(0, k)] for k in range(1, len(pat.sizes))) * data.cols
+    return "workers" if values >= paths.TABLES_ON_WORKERS else "client"
+
+
+class TableBlocks:
+    """The first factor's crossing tables kept in blocks of its levels on the workers
+    (:mod:`daskmm.kernels.crossed_blocks`), one block a worker (``blocks`` of them where
+    given), each block's entries balanced.
+
+    Each PIRLS step's pass leaves the partitions' tables where they are: the partitions on
+    one worker are summed into each block's entries there (one task per worker and block),
+    those sums added on the block's worker, and only the level-sized parts (counts,
+    ``Z'W r``, the log-likelihood) and the other factors' tables come to the client."""
+
+    def __init__(self, c, data: CrossedData, blocks: int | None = None):
+        pat = data.patterns
+        sizes, K, r = pat.sizes, len(pat.sizes), data.cols
+        self.c, self.data = c, data
+        self.place = Placement(c, data.parts, blocks)
+        per_level = sum(np.diff(pat.csr[(0, k)][0]) for k in range(1, K))
+        self.bounds = CB.block_bounds(per_level, self.place.n)
+        n = len(self.bounds) - 1
+        first = {jk: v for jk, v in pat.csr.items() if jk[0] == 0}
+        shared = first if self.place.local else c.scatter([first], hash=False)[0]
+        keys = task_keys("glmm-block_template", n)
+        self.templates = [c.submit(CB.block_template, shared, sizes, int(self.bounds[i]),
+                                   int(self.bounds[i + 1]), r, key=keys[i], pure=False,
+                                   **self.place.on(self.place.workers[i]))
+                          for i in range(n)]
+        self.places = [tuple((int(pat.csr[(0, k)][0][self.bounds[i]]),
+                              int(pat.csr[(0, k)][0][self.bounds[i + 1]]))
+                             for k in range(1, K)) for i in range(n)]
+        self.runner = ClientBlocks(c)
+        self.table_sizes = tuple(pat.nnz[(0, k)] for k in range(1, K))
+        pat.drop_templates()  # the path's choice may have made the client's structures
+
+    def crossing(self, outs: list, wp: CG.WeightedPass) -> CB.BlockedCrossing:
+        """The blocked crossing of the partitions' passes ``outs`` (futures), ``wp`` their
+        sum without the first factor's tables."""
+        c, r = self.c, self.data.cols
+        pat, place = self.data.patterns, self.place
+        n, groups = len(self.templates), place.groups
+        pk = task_keys("glmm-block_values", n * len(groups))
+        fk = task_keys("glmm-fill_block", n)
+        blocks = []
+        for i, (tmpl, places) in enumerate(zip(self.templates, self.places)):
+            partials = [c.submit(CB.block_values, [outs[j] for j in idx], places, r,
+                                 key=pk[i * len(groups) + g], pure=False, **place.on(w))
+                        for g, (w, idx) in enumerate(groups)]
+            lo, hi = int(self.bounds[i]), int(self.bounds[i + 1])
+            blocks.append(c.submit(CB.fill_block, tmpl, partials, wp.counts[0][lo:hi],
+                                   key=fk[i], pure=False, **place.on(place.workers[i])))
+        rest = CB.rest_block(pat.csr, pat.sizes, wp.counts, wp.tables)
+        return CB.BlockedCrossing(pat.sizes[0] * r, np.asarray(wp.counts[0], float), *rest, r,
+                                  self.bounds, tuple(blocks), self.runner,
+                                  sum(self.table_sizes), self.table_sizes)
+
+
 class CrossedCriterion:
     """The Laplace criterion of ``(theta, beta)`` (``theta`` in the spec's term order) by
     the sparse or matrix-free path; follows :class:`daskmm.models.glmm.criteria.Criterion`.
@@ -154,7 +240,7 @@ class CrossedCriterion:
     takes_first_stage = False
 
     def __init__(self, c, data: CrossedData, spec, family: int, link: int, const: float,
-                 path: str, seed: int = 0):
+                 path: str, seed: int = 0, tables: str = "auto", blocks: int | None = None):
         self.c, self.data, self.spec, self.const = c, data, spec, const
         self.path, self.seed = path, seed
         # theta in the spec's term order -> the criterion's (factors' order, the first
@@ -165,10 +251,20 @@ class CrossedCriterion:
         self.perm = np.concatenate([at[f] for f in data.factors])
         sizes, npattern = data.patterns.sizes, data.patterns.nnz
 
+        self.tables = tables_at(c, data, path, tables)
+        held = TableBlocks(c, data, blocks) if self.tables == "workers" else None
+        self.blocks = held
+
         def passes(beta, b):
-            outs = c.gather(map_parts(c, _pass, data.parts, beta=beta, b=b, family=family,
-                                      link=link, sizes=sizes, pure=False))
-            return CG.add_passes(outs, npattern)
+            outs = map_parts(c, _pass, data.parts, beta=beta, b=b, family=family, link=link,
+                             sizes=sizes, pure=False)
+            if held is None:
+                return CG.add_passes(c.gather(outs), npattern)
+            wp = CG.add_passes(c.gather(map_parts(c, CB.pass_head, outs, pure=False)),
+                               npattern)
+            if not math.isfinite(wp.ll):
+                return wp
+            return dataclasses.replace(wp, crossing=held.crossing(outs, wp))
 
         self.engine = CG.CrossedLaplace(data.patterns, passes, path, PROBES, STEPS, DEFLATE,
                                         seed, (family, link), data.cols)
@@ -282,6 +378,9 @@ class CrossedCriterion:
             info.update(fill=int(self.engine.fill or 0),
                         ordering="SuperLU symmetric mode, minimum degree on S + S'")
         else:
+            info["tables"] = ("client" if self.blocks is None else
+                              f"workers: {len(self.blocks.templates)} blocks of "
+                              f"{self.data.factors[0]}'s levels")
             info.update(criterion_se=float(pt.se), probes=PROBES,
                         lanczos_steps=int(self.engine.fixed_steps or STEPS),
                         deflation=DEFLATE, seed=self.seed,

@@ -108,7 +108,7 @@ def prepare_problem(client: Client, parsed: ParsedFormula, ddf: dd.DataFrame,
     path = choose_crossed(spec, layout, crossed, slopes=True)
     if path != "dense":
         return prepare_crossed(client, spec, ddf, combos, is_in_process(client), path,
-                               parsed.response)
+                               parsed.response, gathered=mode == "gathered")
     primary, nested = layout.primary, layout.nested
     futures = stats_pass(client, ddf, spec, layout)
     keys, summaries = stats_summary(client, futures)

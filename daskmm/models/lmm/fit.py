@@ -237,7 +237,7 @@ def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
     term_of = {t.factor: t for t in spec.terms}
     # theta in the statistics' order: the first factor's triangle, then one per factor
     names = [nm for f in prob.factors for nm in term_of[f].theta_names()]
-    fit = fit_crossed(st, reml, seed=seed) if free else \
+    fit = fit_crossed(st, reml, seed=seed, crossing=prob.crossing) if free else \
         fit_sparse(st, reml, names=names)
     at = fit.at
     if not np.isfinite(at.objective) or at.r2 <= 0:
@@ -283,6 +283,9 @@ def fit_crossed_problem(prob: CrossedProblem, parsed: ParsedFormula, reml: bool,
             "criterion_se": at.se,
             "probes": PROBES, "lanczos_steps_max": STEPS, "deflation": DEFLATE,
             "seed": seed, "factors": list(prob.factors),
+            "tables": ("client" if prob.crossing is None else
+                       f"workers: {len(prob.crossing.blocks)} blocks of "
+                       f"{prob.factors[0]}'s levels"),
             "conditional_variances": "approximate: A^-1's diagonal blocks with the crossed "
                                      "Schur complement's inverse taken as its diagonal's "
                                      "inverse",

@@ -127,8 +127,8 @@ def moment_start(st: CrossedStats) -> np.ndarray:
 
 def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None = None,
                 probes: int = PROBES, steps: int = STEPS, deflate: int = DEFLATE,
-                seed: int = 0, method: str = "newton", options: dict | None = None
-                ) -> IterativeFit:
+                seed: int = 0, method: str = "newton", options: dict | None = None,
+                crossing=None) -> IterativeFit:
     """Minimise the matrix-free REML (``reml``) or ML criterion over ``theta`` (lme4's
     bounds, :func:`~daskmm.kernels.crossed_iter.theta_lower`).
 
@@ -150,6 +150,10 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
         BOBYQA on the criterion alone.
     options : dict, optional
         BOBYQA's (:data:`daskmm.core.optimizer.DEFAULTS`).
+    crossing : optional
+        ``st``'s :class:`~daskmm.kernels.crossed_iter.Crossing` where made already, or its
+        first factor's tables held in blocks (:class:`~daskmm.kernels.crossed_blocks.
+        BlockedCrossing`; ``st`` then lacks them).
 
     Returns
     -------
@@ -157,7 +161,7 @@ def fit_crossed(st: CrossedStats, reml: bool = True, theta0: np.ndarray | None =
     """
     x0 = moment_start(st) if theta0 is None else np.asarray(theta0, float)
     lower = theta_lower(st)
-    crossing = Crossing.of(st)
+    crossing = Crossing.of(st) if crossing is None else crossing
     # the deflation basis is made once, at the start, and kept: the criterion stays one
     # smooth function of theta, and eigsh runs once (a basis made again at the optimum
     # for a second run cost more evaluations than it saved: 75 against 54 at 10^6 rows)
@@ -293,6 +297,12 @@ class CrossedProblem:
         ``sparse`` or ``matrix-free``.
     fill : int or None
         The sparse factor's non-zeros at the start, where it was tried.
+    crossing : BlockedCrossing or None
+        Where the first factor's crossing tables are held in blocks on the workers
+        (:func:`~daskmm.distributed.passes.crossed_blocks`; ``st`` then lacks them).
+    held : list or None
+        The partitions' cross-products the blocks were summed from (futures, kept for the
+        fit: a lost block is made again from them).
     """
 
     spec: ModelSpec
@@ -307,18 +317,29 @@ class CrossedProblem:
     mode: str
     path: str = "matrix-free"
     fill: int | None = None
+    crossing: object | None = None
+    held: list | None = None
 
 
 def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_process: bool,
-                    path: str, response: str = "response") -> CrossedProblem:
+                    path: str, response: str = "response", gathered: bool = False
+                    ) -> CrossedProblem:
     """One pass over the data for :class:`CrossedProblem`'s statistics (a map over the
     partitions and a tree sum: ``Z'Z``'s non-zeros are at most the rows, never levels x
     levels). ``path`` ``"large"`` (:func:`~daskmm.models.shared.crossed.choose_crossed`)
     becomes ``"sparse"`` where the sparse factor at the start has at most
     :data:`~daskmm.models.shared.crossed.SPARSE_MAX_FILL` non-zeros (tried only
     where a bound on the Schur complement's own non-zeros, from the crossing table's row
-    counts, is below that), else ``"matrix-free"``."""
-    from daskmm.distributed.passes import crossed_pass
+    counts, is below that), else ``"matrix-free"``. On a cluster (not ``gathered``) the
+    first factor's tables stay on the workers, in blocks of its levels, from
+    :data:`~daskmm.models.shared.crossed.TABLES_ON_WORKERS` values (the path then
+    matrix-free: the sparse one factors the whole tables)."""
+    from daskmm.distributed.passes import (
+        crossed_blocks,
+        crossed_entries,
+        crossed_pass,
+        crossed_sum,
+    )
     from daskmm.formula.checks import check_ranges
     from daskmm.kernels.aliasing import estimable_columns
     from daskmm.models.shared.prepare import check_groups
@@ -329,9 +350,23 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
     # the one with most levels; stable: spec order on ties
     sloped = paths.slope_factor(spec)
     factors = sorted(levels, key=lambda f: (f != sloped, -len(levels[f])))
-    (st, sum_log_w), n_dropped, ranges = crossed_pass(client, ddf, spec, factors,
-                                                      [levels[f] for f in factors],
-                                                      slopes=sloped is not None)
+    lev = [levels[f] for f in factors]
+    held = crossing = None
+    if in_process or gathered:
+        (st, sum_log_w), n_dropped, ranges = crossed_pass(client, ddf, spec, factors, lev,
+                                                          slopes=sloped is not None)
+    else:
+        held = crossed_pass(client, ddf, spec, factors, lev, slopes=sloped is not None,
+                            keep=True)
+        values = float(np.sum(crossed_entries(client, held))) * (
+            1 if sloped is None else next(t.q for t in spec.terms if t.factor == sloped))
+        if path != "sparse" and values >= paths.TABLES_ON_WORKERS:
+            (st, sum_log_w), n_dropped, ranges = crossed_sum(client, held, tables=False)
+            crossing = crossed_blocks(client, held, st) if st.n else None
+            path = "matrix-free"  # the sparse path factors the whole tables
+        else:
+            (st, sum_log_w), n_dropped, ranges = crossed_sum(client, held)
+            held = None
     if st.n == 0:
         raise DataError("no rows left after dropping rows with missing values in the columns "
                         "the model uses")
@@ -343,6 +378,9 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
         st = dataclasses.replace(st, ZtX=st.ZtX[:, keep], XtX=st.XtX[np.ix_(keep, keep)],
                                  Xty=st.Xty[keep])
     fill = None
+    if crossing is not None:
+        return CrossedProblem(spec, factors, lev, st, keep, st.n, sum_log_w, n_dropped,
+                              ngroups, "distributed", path, None, crossing, held)
     if path == "large":
         from daskmm.kernels.crossed_sparse import SparseFactor, schur_nnz_bound
         crossing = Crossing.of(st)

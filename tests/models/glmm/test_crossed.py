@@ -237,6 +237,57 @@ def test_on_a_cluster_the_partitions_change_nothing(client, small):
         np.testing.assert_allclose(there.ranef[f_].b, here.ranef[f_].b, atol=1e-7)
 
 
+def test_on_a_cluster_the_tables_held_on_the_workers_change_nothing(client, monkeypatch):
+    # the first factor's tables kept in one block a worker (each PIRLS step's sums made
+    # there, every product with them a task on each block's worker): the fit in process's,
+    # up to the order of additions
+    from distributed import get_task_stream
+
+    small = small_crossing(n=1500, ng=60, nh=40, seed=5)
+    f = "y ~ x + (1 | g) + (1 | h)"
+    here = daskmm.glmm(f, small, "binomial", crossed="matrix-free", mode="in-process")
+    monkeypatch.setattr(crossed_paths, "TABLES_ON_WORKERS", 0)
+    with get_task_stream(client) as ts:
+        there = daskmm.glmm(f, dd.from_pandas(small, npartitions=3), "binomial",
+                            client=client, crossed="matrix-free")
+    assert there.optinfo.crossed["tables"] == "workers: 2 blocks of g's levels"
+    assert here.optinfo.crossed["tables"] == "client"
+    ran = {}
+    for t in ts.data:
+        key = str(t["key"])
+        name = key.split("-")[2] if key.startswith("daskmm-") else ""
+        ran.setdefault(name, set()).add(t["worker"])
+    assert len(ran["fill_block"]) == 2 and len(ran["block_schur"]) == 2
+    np.testing.assert_allclose(there.theta, here.theta, rtol=1e-6)
+    np.testing.assert_allclose(there.beta, here.beta, rtol=1e-6)
+    assert there.objective == pytest.approx(here.objective, rel=1e-10)
+    for f_ in ("g", "h"):
+        np.testing.assert_allclose(there.ranef[f_].b, here.ranef[f_].b, atol=1e-7)
+        np.testing.assert_allclose(there.ranef[f_].cov, here.ranef[f_].cov, rtol=1e-6)
+
+
+def test_the_tables_go_to_the_workers_on_a_cluster_from_their_size(client, monkeypatch):
+    from daskmm.distributed.execution import InProcess
+
+    rng = np.random.default_rng(0)
+    codes = [rng.integers(0, 50, 400), rng.integers(0, 30, 400)]
+    keys = {(0, 1): np.unique(codes[0] * 30 + codes[1])}
+    data = CX.CrossedData([], ["g", "h"], [np.arange(50), np.arange(30)],
+                          CG.Patterns.of(keys, (50, 30)), [], [], 400.0, cols=2)
+    values = 2 * len(keys[(0, 1)])  # entries x the first term's columns
+    monkeypatch.setattr(crossed_paths, "TABLES_ON_WORKERS", values + 1)
+    assert CX.tables_at(client, data, "matrix-free") == "client"
+    monkeypatch.setattr(crossed_paths, "TABLES_ON_WORKERS", values)
+    assert CX.tables_at(client, data, "matrix-free") == "workers"
+    assert CX.tables_at(client, data, "sparse") == "client"  # it factors the whole tables
+    assert CX.tables_at(client, data, "matrix-free", "client") == "client"
+    assert CX.tables_at(InProcess(), data, "matrix-free") == "client"
+    assert CX.tables_at(InProcess(), data, "matrix-free", "workers") == "workers"
+    with pytest.raises(ValueError, match="tables='disk'; allowed: 'auto', 'client', "
+                                         "'workers'"):
+        CX.tables_at(client, data, "matrix-free", "disk")
+
+
 def test_the_command_line_and_a_job_file_take_the_path(small, tmp_path):
     data = tmp_path / "crossed.csv"
     small.to_csv(data, index=False)

@@ -162,6 +162,39 @@ def test_on_a_cluster_the_partitions_change_nothing(client, small, path, nparts)
     assert there.objective == pytest.approx(here.objective, rel=1e-10)
 
 
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g) + (1 | h)",
+                                     "y ~ x + (1 + x | g) + (1 | h)"])
+def test_on_a_cluster_the_tables_held_on_the_workers_change_nothing(client, small, formula,
+                                                                    monkeypatch):
+    # the first factor's tables summed into one block a worker (each worker's partitions
+    # there first), never at the client; every product with them a task on its block's
+    # worker: the fit in process's, up to the order of additions
+    from distributed import get_task_stream
+
+    here = daskmm.lmm(formula, small, crossed="matrix-free", mode="in-process")
+    monkeypatch.setattr(crossed_paths, "TABLES_ON_WORKERS", 0)
+    gathered = daskmm.lmm(formula, dd.from_pandas(small, npartitions=3), client=client,
+                          mode="gathered", crossed="matrix-free")
+    assert gathered.optinfo.crossed["tables"] == "client"  # the mode asked for it
+    with get_task_stream(client) as ts:
+        there = daskmm.lmm(formula, dd.from_pandas(small, npartitions=3), client=client,
+                           crossed="matrix-free")
+    assert there.mode == "distributed, matrix-free"
+    assert there.optinfo.crossed["tables"] == "workers: 2 blocks of g's levels"
+    ran: dict = {}
+    for t in ts.data:
+        key = str(t["key"])
+        ran.setdefault(key.split("-")[2] if key.startswith("daskmm-") else "",
+                       set()).add(t["worker"])
+    assert len(ran["block"]) == 2 and len(ran["block_schur"]) == 2
+    np.testing.assert_allclose(there.theta, here.theta, rtol=1e-7)
+    np.testing.assert_allclose(there.beta, here.beta, rtol=1e-9)
+    assert there.objective == pytest.approx(here.objective, rel=1e-10)
+    for f in ("g", "h"):
+        np.testing.assert_allclose(there.ranef[f].b, here.ranef[f].b, atol=1e-8)
+        np.testing.assert_allclose(there.ranef[f].cov, here.ranef[f].cov, rtol=1e-8)
+
+
 def test_the_moment_start_is_near_the_optimum(small):
     codes = [pd.factorize(small[c], sort=True)[0] for c in ("g", "h")]
     X = np.column_stack([np.ones(len(small)), small["x"]])
