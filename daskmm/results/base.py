@@ -11,6 +11,7 @@ adds its own scalars, tables and printed summary. Tidy tables use broom.mixed's 
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ SINGULAR_TOL = 1e-4  # lme4::isSingular
 RESULT_KINDS: dict[str, type] = {}
 """``model.kind`` -> the result class that reads such a document (:func:`result_kind`); a model's
 result registers itself, so this base imports no model."""
+RESULT_MODULES: dict[str, str] = {}
+"""``model.kind`` -> the module whose import registers its result class
+(:mod:`daskmm.models.registry` fills it): imported when a document of that kind is first read,
+so a process that reads none never imports every model's result."""
 
 
 def result_kind(cls):
@@ -253,9 +258,13 @@ class MixedResult:
         kind = (doc.get("model") or {}).get("kind")
         if cls is MixedResult:
             target = RESULT_KINDS.get(kind)
+            if target is None and kind in RESULT_MODULES:
+                importlib.import_module(RESULT_MODULES[kind])
+                target = RESULT_KINDS.get(kind)
             if target is None:
+                kinds = ", ".join(sorted(set(RESULT_KINDS) | set(RESULT_MODULES)))
                 raise DataError(f"the document's model.kind is {kind!r}; a daskmm result "
-                                f"document has one of: {', '.join(sorted(RESULT_KINDS))} "
+                                f"document has one of: {kinds} "
                                 "(read it with daskmm.MixedResult.from_dict)")
             return target.from_dict(doc)
         return cls(**cls._common_fields(doc), **cls._own_fields(doc))

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import daskmm
+from daskmm.errors import DataError
 from daskmm.models.glmm.result import GlmmResult
 from daskmm.models.lmm.result import LmmResult
 from daskmm.models.registry import MixedResult
@@ -43,3 +45,32 @@ def test_glmm_round_trip():
 def test_results_are_siblings():
     assert not issubclass(GlmmResult, LmmResult) and not issubclass(LmmResult, GlmmResult)
     assert issubclass(GlmmResult, MixedResult) and issubclass(LmmResult, MixedResult)
+
+
+def test_a_document_is_read_in_a_process_that_imported_no_model_result(tmp_path):
+    # the registry names the result modules and imports one when a document of its kind is
+    # first read: a command that stops at its first check imports none of them
+    import subprocess
+    import sys
+
+    fx = load_fixture("cbpp_laplace")
+    res = daskmm.glmm(fx["formula"], fx["data_path"], fx["family"], factors=fx["factors"])
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(res.to_dict(ranef=True)))
+    code = (
+        "import json, sys\n"
+        "from daskmm.models.registry import MixedResult\n"
+        "assert 'daskmm.models.glmm.result' not in sys.modules\n"
+        "assert 'daskmm.models.lmm.result' not in sys.modules\n"
+        f"back = MixedResult.from_dict(json.load(open({str(path)!r})))\n"
+        "print(type(back).__name__, 'daskmm.models.lmm.result' in sys.modules)\n"
+        "from daskmm.models.registry import LmmResult\n"
+        "print(LmmResult.kind)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["GlmmResult", "False", "lmm"]
+    bad = dict(json.loads(path.read_text()), model={"kind": "tree"})
+    with pytest.raises(DataError, match="model.kind is 'tree'; a daskmm result document has "
+                                        "one of: glmm, lmm "):
+        MixedResult.from_dict(bad)
