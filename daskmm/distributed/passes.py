@@ -186,9 +186,11 @@ def crossed_entries(client: Client, futures: list) -> np.ndarray:
     return sum(map_gather(client, _crossed_entries, futures, pure=False))
 
 
-def crossed_blocks(client: Client, futures: list, st, blocks: int | None = None):
+def crossed_blocks(client: Client, futures: list, st, entries: np.ndarray | None = None,
+                   blocks: int | None = None):
     """The first factor's crossing tables of :func:`crossed_pass`'s partitions (``futures``)
-    summed into blocks of its levels on the workers, one a worker: a
+    summed into blocks of its levels on the workers, one a worker (``blocks`` where given),
+    each block's entries balanced (``entries``: :func:`crossed_entries`, where known): a
     :class:`~daskmm.kernels.crossed_blocks.BlockedCrossing` (``st``: the sums without them,
     :func:`crossed_sum`). The partitions' futures stay referenced by the caller for as long
     as the blocks are used: a lost block is made again from them."""
@@ -198,7 +200,9 @@ def crossed_blocks(client: Client, futures: list, st, blocks: int | None = None)
     from daskmm.kernels import crossed_blocks as CB
 
     place = Placement(client, futures, blocks)
-    bounds = CB.block_bounds(crossed_entries(client, futures), place.n)
+    if entries is None:
+        entries = crossed_entries(client, futures)
+    bounds = CB.block_bounds(entries, place.n)
     n, r = len(bounds) - 1, st.cols
     pk = task_keys("crossed-block_values", n * len(place.groups))
     fk = task_keys("crossed-block", n)

@@ -235,7 +235,8 @@ class CrossedCriterion:
     the sparse or matrix-free path; follows :class:`daskmm.models.glmm.criteria.Criterion`.
     On the matrix-free path with a canonical link it has a gradient
     (:meth:`~daskmm.kernels.crossed_glmm.CrossedLaplace.gradient`): its traces estimated
-    by the criterion's own probes."""
+    by the criterion's own probes. ``tables`` (:func:`tables_at`) and ``blocks``
+    (:class:`TableBlocks`): where the first factor's crossing tables are held."""
 
     takes_first_stage = False
 

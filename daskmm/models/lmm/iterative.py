@@ -358,11 +358,12 @@ def prepare_crossed(client, spec: ModelSpec, ddf, combos: pd.DataFrame, in_proce
     else:
         held = crossed_pass(client, ddf, spec, factors, lev, slopes=sloped is not None,
                             keep=True)
-        values = float(np.sum(crossed_entries(client, held))) * (
+        entries = crossed_entries(client, held)
+        values = float(np.sum(entries)) * (
             1 if sloped is None else next(t.q for t in spec.terms if t.factor == sloped))
         if path != "sparse" and values >= paths.TABLES_ON_WORKERS:
             (st, sum_log_w), n_dropped, ranges = crossed_sum(client, held, tables=False)
-            crossing = crossed_blocks(client, held, st) if st.n else None
+            crossing = crossed_blocks(client, held, st, entries) if st.n else None
             path = "matrix-free"  # the sparse path factors the whole tables
         else:
             (st, sum_log_w), n_dropped, ranges = crossed_sum(client, held)
