@@ -37,6 +37,7 @@ from daskmm.kernels.crossed_glmm import (
     leverage_entries,
     leverage_starts,
     row_leverage_of,
+    rows_by_level,
 )
 from daskmm.kernels.crossed_iter import (
     CrossedStats,
@@ -159,20 +160,11 @@ def block_template(csr: dict, sizes: tuple[int, ...], lo: int, hi: int, r: int
     lev, cols, glob = np.concatenate(lev), np.concatenate(cols), np.concatenate(glob)
     order = np.lexsort((cols, lev))  # level-major, the other factors' columns in order
     lev, cols = lev[order], cols[order]
-    per_level = np.bincount(lev, minlength=Lb)
-    starts = np.concatenate([[0], np.cumsum(per_level)])
-    row_len = np.repeat(per_level, r)  # row (l, a) holds level l's entries
-    indptr = np.concatenate([[0], np.cumsum(row_len)]).astype(np.int64)
-    row = np.repeat(np.arange(Lb * r), row_len)
-    pos = starts[row // r] + (np.arange(len(row)) - indptr[row])
-    marks = order[pos] * r + row % r
-    shape = (Lb * r, int(offs[-1]))
-    tmpl = sp.csr_matrix((marks + 1.0, cols[pos], indptr), shape=shape)
-    NT = tmpl.T.tocsr()
-    NT.sort_indices()
-    return BlockTemplate(lo, hi, r, tuple(places), lev, cols, order, glob[order], indptr,
-                         cols[pos].astype(np.int32), marks, NT.indptr.astype(np.int64),
-                         NT.indices, np.rint(NT.data).astype(np.int64) - 1, shape)
+    t = rows_by_level(lev, cols, order, Lb, r, int(offs[-1]))
+    NT = t["NT"]
+    return BlockTemplate(lo, hi, r, tuple(places), lev, cols, order, glob[order],
+                         t["N_indptr"], t["N_indices"], t["N_marks"],
+                         NT.indptr.astype(np.int64), NT.indices, t["NT_marks"], t["N_shape"])
 
 
 def pass_head(out: WeightedPass) -> WeightedPass:

@@ -637,20 +637,8 @@ class Patterns:
         lev, cols, src = np.concatenate(lev), np.concatenate(cols), np.concatenate(src)
         order = np.lexsort((cols, lev))  # level-major, the other factors' levels in order
         lev, cols, src = lev[order], cols[order], src[order]
-        per_level = np.bincount(lev, minlength=L)
-        starts = np.concatenate([[0], np.cumsum(per_level)])
-        row_len = np.repeat(per_level, r)  # row (l, a) holds level l's entries
-        indptr = np.concatenate([[0], np.cumsum(row_len)]).astype(np.int64)
-        row = np.repeat(np.arange(L * r), row_len)
-        pos = starts[row // r] + (np.arange(len(row)) - indptr[row])
-        marks = src[pos] * r + row % r  # the value's place in the tables' (nnz x r) values
-        shape = (L * r, int(offs[-1]))
-        tmpl = sp.csr_matrix((marks + 1.0, cols[pos], indptr), shape=shape)
-        NT = tmpl.T.tocsr()
-        NT.sort_indices()
-        out = {"r": r, "lev": lev, "cols": cols, "src": src, "N_marks": marks,
-               "N_indices": cols[pos].astype(np.int32), "N_indptr": indptr, "N_shape": shape,
-               "NT": NT, "NT_marks": np.rint(NT.data).astype(np.int64) - 1}
+        out = {"r": r, "lev": lev, "cols": cols, "src": src,
+               **rows_by_level(lev, cols, src, L, r, int(offs[-1]))}
         object.__setattr__(self, "_vcached", out)
         return out
 
@@ -682,6 +670,28 @@ class Patterns:
                "rest_diag_marks": np.rint(x.rest_diag).astype(np.int64) - 1}
         object.__setattr__(self, "_cached", out)
         return out
+
+
+def rows_by_level(lev: np.ndarray, cols: np.ndarray, src: np.ndarray, L: int, r: int,
+                  ncols: int) -> dict:
+    """The structure of ``N`` with rows ``(level, column)`` (``L r`` of them, level after
+    level) and of its transpose, from the crossing's entries sorted level-major (their level
+    ``lev``, other-factors column ``cols`` and place ``src`` among the values as the tables
+    give them, ``entries x r``): each non-zero marks its value's place in those values,
+    flattened (``N_marks``, ``NT_marks``)."""
+    per_level = np.bincount(lev, minlength=L)
+    starts = np.concatenate([[0], np.cumsum(per_level)])
+    row_len = np.repeat(per_level, r)  # row (l, a) holds level l's entries
+    indptr = np.concatenate([[0], np.cumsum(row_len)]).astype(np.int64)
+    row = np.repeat(np.arange(L * r), row_len)
+    pos = starts[row // r] + (np.arange(len(row)) - indptr[row])
+    marks = src[pos] * r + row % r
+    shape = (L * r, ncols)
+    tmpl = sp.csr_matrix((marks + 1.0, cols[pos], indptr), shape=shape)
+    NT = tmpl.T.tocsr()
+    NT.sort_indices()
+    return {"N_marks": marks, "N_indices": cols[pos].astype(np.int32), "N_indptr": indptr,
+            "N_shape": shape, "NT": NT, "NT_marks": np.rint(NT.data).astype(np.int64) - 1}
 
 
 def merge_keys(parts: list[dict]) -> dict:

@@ -22,6 +22,7 @@ from daskmm.kernels import crossed_glmm as CG
 from daskmm.kernels import scalar_re as K
 from daskmm.models.glmm import crossed as CX
 from daskmm.models.shared import crossed as crossed_paths
+from tests.task_stream import workers_by_step
 
 from ..lmm.crossed_data import crossed_glmm_design
 
@@ -252,11 +253,7 @@ def test_on_a_cluster_the_tables_held_on_the_workers_change_nothing(client, monk
                             client=client, crossed="matrix-free")
     assert there.optinfo.crossed["tables"] == "workers: 2 blocks of g's levels"
     assert here.optinfo.crossed["tables"] == "client"
-    ran = {}
-    for t in ts.data:
-        key = str(t["key"])
-        name = key.split("-")[2] if key.startswith("daskmm-") else ""
-        ran.setdefault(name, set()).add(t["worker"])
+    ran = workers_by_step(ts.data)
     assert len(ran["fill_block"]) == 2 and len(ran["block_schur"]) == 2
     np.testing.assert_allclose(there.theta, here.theta, rtol=1e-6)
     np.testing.assert_allclose(there.beta, here.beta, rtol=1e-6)

@@ -18,6 +18,7 @@ from daskmm.errors import ModelError
 from daskmm.kernels import crossed_iter as ci
 from daskmm.models.lmm.iterative import fit_crossed, moment_start
 from daskmm.models.shared import crossed as crossed_paths
+from tests.task_stream import workers_by_step
 
 from .crossed_data import crossed_design
 
@@ -181,11 +182,7 @@ def test_on_a_cluster_the_tables_held_on_the_workers_change_nothing(client, smal
                            crossed="matrix-free")
     assert there.mode == "distributed, matrix-free"
     assert there.optinfo.crossed["tables"] == "workers: 2 blocks of g's levels"
-    ran: dict = {}
-    for t in ts.data:
-        key = str(t["key"])
-        ran.setdefault(key.split("-")[2] if key.startswith("daskmm-") else "",
-                       set()).add(t["worker"])
+    ran = workers_by_step(ts.data)
     assert len(ran["block"]) == 2 and len(ran["block_schur"]) == 2
     np.testing.assert_allclose(there.theta, here.theta, rtol=1e-7)
     np.testing.assert_allclose(there.beta, here.beta, rtol=1e-9)
