@@ -38,7 +38,7 @@ levels on the workers (:mod:`daskmm.kernels.crossed_blocks`) from this many valu
 entries times the columns of its term); below, they are summed to the client (the GLMM's at
 each PIRLS step), which then makes its products with them without a round trip each (about
 20 ms on a 2-core machine's local cluster). Measured there (2 workers, a binomial fit,
-``benchmarks/bench_crossed.py``): at 10^6 entries the blocks took 1.87 times as long, at
+``benchmarks/bench_crossed.py``): at 10^6 entries the blocks took 1.75 times as long, at
 4 x 10^6 1.03 times (the client growing by 0.66 GB, not 1.07 GB), at 10^7 0.84 times."""
 
 
