@@ -23,14 +23,13 @@ sqrt(G~'WG~ / Var)``, and its law is ``sum g~_i (y_i - mu_i)`` (SAIGE's).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as la
 from scipy.stats import norm
 
-from daskmm.kernels.spa import CUTOFF, spa_pvalue
+from daskmm.kernels.spa import CUTOFF, spa_pvalues
 
 
 @dataclass(frozen=True)
@@ -132,8 +131,8 @@ def score_test(null: ScoreNull, G: np.ndarray, ratio: float = 1.0, spa: bool = T
         z = np.where(var > 0, T / np.sqrt(var), 0.0)
     p = 2.0 * norm.sf(np.abs(z))
     used = np.zeros(len(T), bool)
-    if spa:
-        for j in np.flatnonzero(np.abs(z) >= cutoff):
-            q = float(T[j]) * math.sqrt(indep[j] / var[j])  # the independent draws' scale
-            p[j], used[j] = spa_pvalue(q, Gt[:, j], null.mu, cutoff)
+    far = np.flatnonzero(np.abs(z) >= cutoff) if spa else np.zeros(0, int)
+    if far.size:  # the block's saddlepoints together, on the independent draws' scale
+        q = T[far] * np.sqrt(indep[far] / var[far])
+        p[far], used[far] = spa_pvalues(q, Gt[:, far], null.mu, cutoff)
     return ScoreTest(T, var, z, p, used)

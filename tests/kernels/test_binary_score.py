@@ -86,7 +86,9 @@ def test_the_test_uses_the_ratio_and_the_saddlepoint_only_far_out():
     for j in far:
         q = t.T[j] / np.sqrt(r)
         assert t.spa[j]
-        assert t.p[j] == pytest.approx(spa.spa_pvalue(q, Gt[:, j], mu)[0], rel=1e-12)
+        # the block's saddlepoints, found together, against the one-variant root-finder
+        # (tests/kernels/test_spa.py: the two agree to 1e-9)
+        assert t.p[j] == pytest.approx(spa.spa_pvalue(q, Gt[:, j], mu)[0], rel=1e-9)
     plain = B.score_test(null, G, ratio=r, spa=False)
     assert not plain.spa.any()
     np.testing.assert_allclose(plain.p, 2 * norm.sf(np.abs(plain.z)), rtol=1e-12)
