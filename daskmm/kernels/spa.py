@@ -62,14 +62,46 @@ def saddle_root(q: float, g: np.ndarray, mu: np.ndarray) -> float:
     return optimize.brentq(k1, lo, hi, xtol=1e-14, rtol=1e-14, maxiter=500)
 
 
+END_RTOL = 1e-10
+"""A score within this relative distance of an end of ``T``'s range is at the end: its tail
+is the exact probability of that one outcome (:func:`end_tails`)."""
+
+
+def end_tails(g: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                        np.ndarray]:
+    """For each column of ``g`` (a vector: one variant): the ends of ``T``'s range and the
+    exact probabilities of reaching them, ``(top, P(T = top), bottom, P(T = bottom))``: every
+    carrier of a positive ``g`` a case and of a negative one a control, or the reverse
+    (a rare variant carried by cases only scores the top; there the saddlepoint's root is
+    at infinity)."""
+    g2 = g if g.ndim == 2 else g[:, None]
+    m = mu[:, None]
+    pos, neg = g2 > 0, g2 < 0
+    top = np.einsum("im->m", np.where(pos, g2 * (1.0 - m), np.where(neg, -g2 * m, 0.0)))
+    bottom = -np.einsum("im->m", np.where(pos, g2 * m, np.where(neg, -g2 * (1.0 - m), 0.0)))
+    lm, l1m = np.log(m), np.log1p(-m)
+    p_top = np.exp(np.einsum("im->m", np.where(pos, lm, 0.0) + np.where(neg, l1m, 0.0)))
+    p_bottom = np.exp(np.einsum("im->m", np.where(pos, l1m, 0.0) + np.where(neg, lm, 0.0)))
+    return top, p_top, bottom, p_bottom
+
+
+def _end_tail(q: np.ndarray, top, p_top, bottom, p_bottom) -> tuple[np.ndarray, np.ndarray]:
+    """``(the tail where q is at or past an end, whether it is)``."""
+    at_top = q >= top - END_RTOL * np.abs(top)
+    at_bottom = q <= bottom + END_RTOL * np.abs(bottom)
+    tail = np.where(at_top, np.where(q <= top + END_RTOL * np.abs(top), p_top, 0.0),
+                    np.where(q >= bottom - END_RTOL * np.abs(bottom), p_bottom, 0.0))
+    return tail, at_top | at_bottom
+
+
 def spa_tail(q: float, g: np.ndarray, mu: np.ndarray) -> float:
     """``P(T >= q)`` for ``q > 0`` (``P(T <= q)`` for ``q < 0``) by the saddlepoint
     approximation; the normal tail where the saddlepoint is too near zero for its formula
-    (``|w| < 1e-8``)."""
-    hi_end = float(np.sum(np.where(g > 0, g * (1.0 - mu), -g * mu)))
-    lo_end = float(np.sum(np.where(g > 0, -g * mu, g * (1.0 - mu))))
-    if q >= hi_end or q <= lo_end:  # at or past the end of T's range
-        return 0.0 if (q > hi_end or q < lo_end) else float("nan")
+    (``|w| < 1e-8``); at an end of ``T``'s range its outcome's exact probability, past it
+    0."""
+    tail, at_end = _end_tail(np.array([q]), *end_tails(g, mu))
+    if at_end[0]:
+        return float(tail[0])
     z = saddle_root(q, g, mu)
     K, _, K2 = cgf(z, g, mu)
     w = math.copysign(math.sqrt(max(2.0 * (z * q - K), 0.0)), z)
@@ -151,12 +183,12 @@ def spa_pvalues(q: np.ndarray, G: np.ndarray, mu: np.ndarray, cutoff: float = CU
         return p, np.zeros(len(q), bool)
     Gf, qf = G[:, far], np.abs(q[far])
     lmu = _logit(mu)
-    hi_end = np.einsum("im->m", np.where(Gf > 0, Gf * (1.0 - mu[:, None]), -Gf * mu[:, None]))
-    lo_end = -np.einsum("im->m", np.where(Gf > 0, Gf * mu[:, None], -Gf * (1.0 - mu[:, None])))
+    ends = end_tails(Gf, mu)
     tails = np.zeros(len(far))
-    for sign, end in ((1.0, hi_end), (-1.0, lo_end)):
+    for sign in (1.0, -1.0):
         qs = sign * qf
-        inside = (qs < end) if sign > 0 else (qs > end)
+        end_tail, at_end = _end_tail(qs, *ends)
+        inside = ~at_end
         zeta = np.zeros(len(far))
         if inside.any():
             zeta[inside] = _roots(qs[inside], Gf[:, inside], lmu, mu)
@@ -172,7 +204,7 @@ def spa_pvalues(q: np.ndarray, G: np.ndarray, mu: np.ndarray, cutoff: float = CU
         tail = norm.sf(x) if sign > 0 else norm.cdf(x)
         plain = (np.abs(w) < 1e-8) | ~np.isfinite(x)
         tail = np.where(plain, norm.sf(qf / np.sqrt(np.maximum(K2, 1e-300))), tail)
-        tails += np.where(inside, tail, 0.0)
+        tails += np.where(inside, tail, end_tail)
     p[far] = np.minimum(tails, 1.0)
     used = np.zeros(len(q), bool)
     used[far] = True

@@ -124,3 +124,31 @@ def test_a_block_of_variants_gets_each_variant_s_p_value():
         pj, uj = spa.spa_pvalue(q[j], G[:, j], mu)
         assert uj == used[j]
         assert p[j] == pytest.approx(pj, rel=1e-9), (j, mafs[j], q[j] / sd[j])
+
+
+def test_a_variant_carried_by_cases_only_gets_the_exact_probability_of_that():
+    # the score at the top of its range: the saddlepoint's root is at infinity; the tail is
+    # the one outcome's exact probability (every carrier a case), one variant or a block
+    rng = np.random.default_rng(1)
+    n = 2000
+    mu = special.expit(special.logit(0.02) + 0.3 * rng.normal(size=n))
+    g = np.zeros(n)
+    g[:3] = [1.0, 2.0, 1.0]
+    y = np.zeros(n)
+    y[:3] = 1.0
+    q = float(g @ (y - mu))
+    exact = float(np.prod(mu[:3]))  # the lower tail cannot reach -q: it adds nothing
+    p, used = spa.spa_pvalue(q, g, mu)
+    assert used and p == pytest.approx(exact, rel=1e-12)
+    pb, usedb = spa.spa_pvalues(np.array([q, -q]), np.column_stack([g, g]), mu)
+    np.testing.assert_allclose(pb, [exact, exact], rtol=1e-12)
+    assert usedb.all()
+    # a negative g mirrors it: its bottom is every carrier a case, its top every one a
+    # control
+    top, p_top, bottom, p_bottom = spa.end_tails(-g, mu)
+    assert bottom[0] == pytest.approx(-q, rel=1e-14)
+    assert p_bottom[0] == pytest.approx(exact, rel=1e-12)
+    assert spa.spa_tail(float(bottom[0]), -g, mu) == pytest.approx(exact, rel=1e-12)
+    none = float(np.prod(1 - mu[:3]))
+    assert spa.spa_tail(float(top[0]), -g, mu) == pytest.approx(none, rel=1e-12)
+    assert spa.spa_tail(float(top[0]) * 1.01, -g, mu) == 0.0  # past the end
