@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--grm-variants", type=int, default=None, help="sparse mode: evenly "
                     "spaced variants for the GRM (default: all)")
     gw.add_argument("--block-size", type=int, default=None, help="variants per task")
+    gw.add_argument("--trait-type", default="quantitative", choices=["quantitative", "binary"],
+                    help="binary: case/control traits coded 0/1 or 1/2 (PLINK), scanned as "
+                    "SAIGE does (logistic mixed null, score test with saddlepoint p-values)")
+    gw.add_argument("--firth-p", type=float, default=0.01, help="binary traits: Firth effects "
+                    "for variants with a p-value below this (default 0.01; 0: none)")
     gw.add_argument("--scheduler", default=None, help="Dask scheduler address")
     gw.add_argument("--no-plots", action="store_true", help="skip manhattan.png and qq.png")
     gw.add_argument("--force", action="store_true", help="replace a previous scan at --out")
@@ -638,7 +643,8 @@ def _gwas(args: argparse.Namespace) -> int:
              max_missing=args.max_missing, mode=args.mode,
              sparse_threshold=args.sparse_threshold, grm_variants=args.grm_variants,
              block_size=args.block_size, client=args.scheduler,
-             force=args.force, plot=not args.no_plots)
+             force=args.force, plot=not args.no_plots, trait_type=args.trait_type,
+             firth_p=args.firth_p)
     print(r.summary())
     print(f"wrote {r.path}/results.parquet, skipped.parquet, summary.json, summary.txt"
           + ("" if args.no_plots else ", manhattan.png, qq.png"))

@@ -55,6 +55,8 @@ A GWAS job (``kind: gwas``) names genotypes and traits instead of data and a for
     maf: 0.01                           # skip rarer variants (default 0.01)
     max_missing: 0.1                    # skip variants with more missing calls (default 0.1)
     mode: exact
+    trait_type: quantitative            # or binary: case/control traits (SAIGE's scan)
+    firth_p: 0.01                       # binary: Firth effects below this p (0: none)
     output: ../results/gwas1            # the scan's folder; an unfinished one resumes
     cluster: {...}                      # as above
 
@@ -175,6 +177,8 @@ GWAS_SCHEMA = {
         "sparse_threshold": {"type": "number"},
         "grm_variants": {"type": "integer", "minimum": 1},
         "block_size": {"type": "integer", "minimum": 1},
+        "trait_type": {"enum": ["quantitative", "binary"]},
+        "firth_p": {"type": "number", "minimum": 0, "maximum": 1},
         "plots": {"type": "boolean"},
         "output": {"type": "string", "minLength": 1},
         "cluster": _CLUSTER,

@@ -23,7 +23,9 @@ sqrt(G~'WG~ / Var)``, and its law is ``sum g~_i (y_i - mu_i)`` (SAIGE's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.linalg as la
@@ -44,8 +46,8 @@ class ScoreNull:
         Fitted probabilities, ``y - mu``, ``mu (1 - mu)``.
     XWX : tuple
         ``X'WX``'s Cholesky factor (``scipy.linalg.cho_factor``).
-    Sigma : tuple or None
-        ``Sigma``'s Cholesky factor; ``None`` without a random effect (``tau = 0``).
+    solve : callable or None
+        ``B -> Sigma^-1 B``; ``None`` without a random effect (``tau = 0``).
     SiX, XSiX : numpy.ndarray or None
         ``Sigma^-1 X`` and ``(X' Sigma^-1 X)``'s Cholesky factor.
     """
@@ -55,28 +57,31 @@ class ScoreNull:
     resid: np.ndarray
     w: np.ndarray
     XWX: tuple
-    Sigma: tuple | None
+    solve: Callable[[np.ndarray], np.ndarray] | None
     SiX: np.ndarray | None
     XSiX: tuple | None
 
 
 def score_null(y: np.ndarray, X: np.ndarray, mu: np.ndarray, K: np.ndarray | None = None,
-               tau: float = 0.0) -> ScoreNull:
+               tau: float = 0.0, solve: Callable[[np.ndarray], np.ndarray] | None = None
+               ) -> ScoreNull:
     """:class:`ScoreNull` of a fitted null: the 0/1 trait ``y``, covariates ``X``, fitted
     probabilities ``mu`` and, for a mixed null, the relationship matrix ``K`` (dense, ``n x
-    n``) and its variance ``tau``."""
+    n``) and its variance ``tau``, or ``solve`` (``B -> Sigma^-1 B``, a factor the null's fit
+    made already)."""
     y, X, mu = np.asarray(y, float), np.asarray(X, float), np.asarray(mu, float)
     if not np.all((mu > 0) & (mu < 1)):
         raise ValueError("mu: fitted probabilities strictly between 0 and 1")
     w = mu * (1.0 - mu)
     XWX = la.cho_factor(X.T @ (w[:, None] * X), lower=True)
-    if K is None or tau <= 0:
-        return ScoreNull(X, mu, y - mu, w, XWX, None, None, None)
-    S = tau * np.asarray(K, float)
-    S[np.diag_indices_from(S)] += 1.0 / w
-    Sigma = la.cho_factor(S, lower=True)
-    SiX = la.cho_solve(Sigma, X)
-    return ScoreNull(X, mu, y - mu, w, XWX, Sigma, SiX, la.cho_factor(X.T @ SiX, lower=True))
+    if solve is None:
+        if K is None or tau <= 0:
+            return ScoreNull(X, mu, y - mu, w, XWX, None, None, None)
+        S = tau * np.asarray(K, float)
+        S[np.diag_indices_from(S)] += 1.0 / w
+        solve = partial(la.cho_solve, la.cho_factor(S, lower=True))
+    SiX = solve(X)
+    return ScoreNull(X, mu, y - mu, w, XWX, solve, SiX, la.cho_factor(X.T @ SiX, lower=True))
 
 
 def adjusted(null: ScoreNull, G: np.ndarray) -> np.ndarray:
@@ -89,10 +94,10 @@ def exact_variance(null: ScoreNull, G: np.ndarray) -> np.ndarray:
     """``diag(G' P G)``: each variant's score variance under the null (``G~'WG~`` without a
     random effect)."""
     G = np.asarray(G, float)
-    if null.Sigma is None:
+    if null.solve is None:
         Gt = adjusted(null, G)
         return np.einsum("im,i,im->m", Gt, null.w, Gt)
-    SiG = la.cho_solve(null.Sigma, G)
+    SiG = null.solve(G)
     XSiG = null.SiX.T @ G
     return (np.einsum("im,im->m", G, SiG)
             - np.einsum("pm,pm->m", XSiG, la.cho_solve(null.XSiX, XSiG)))

@@ -90,10 +90,12 @@ class BlockRotation:
         return np.concatenate(out)
 
 
-def block_eigh(K: scipy.sparse.csr_matrix, max_component: int) -> BlockRotation:
-    """Eigendecompose ``K`` component by component; raises ValueError naming the size when a
-    component has more than ``max_component`` samples."""
-    n = K.shape[0]
+def relative_groups(K: scipy.sparse.csr_matrix, max_component: int
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``K``'s connected components (groups of relatives) grouped by size: per size ``k``,
+    ``(idx, blocks)`` with ``idx`` (``c x k``) the samples of the ``c`` groups of that size
+    and ``blocks`` (``c x k x k``) their parts of ``K``; raises ValueError naming the size
+    when a group has more than ``max_component`` samples."""
     ncomp, label = connected_components(K, directed=False)
     sizes = np.bincount(label, minlength=ncomp)
     if sizes.max() > max_component:
@@ -101,20 +103,32 @@ def block_eigh(K: scipy.sparse.csr_matrix, max_component: int) -> BlockRotation:
                          f"relatives (the most allowed: {max_component})")
     order = np.argsort(label, kind="stable")
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    groups, S = [], []
     Kd = K.tocsr()
+    out = []
     for k in np.unique(sizes):
         comps = np.flatnonzero(sizes == k)
         idx = np.stack([order[starts[c]:starts[c] + k] for c in comps])
         if k == 1:
-            U = np.ones((len(comps), 1, 1))
-            s = Kd.diagonal()[idx[:, 0]][:, None]
+            blocks = Kd.diagonal()[idx[:, 0]][:, None, None]
         else:
             blocks = np.stack([Kd[r][:, r].toarray() for r in idx])
+        out.append((idx, blocks))
+    return out
+
+
+def block_eigh(K: scipy.sparse.csr_matrix, max_component: int) -> BlockRotation:
+    """Eigendecompose ``K`` component by component (:func:`relative_groups`); raises
+    ValueError naming the size when a component has more than ``max_component`` samples."""
+    groups, S = [], []
+    for idx, blocks in relative_groups(K, max_component):
+        if idx.shape[1] == 1:
+            U = np.ones((len(idx), 1, 1))
+            s = blocks[:, 0, 0][:, None]
+        else:
             s, U = np.linalg.eigh(blocks)
         groups.append((idx, U))
         S.append(np.asarray(s).reshape(-1))
-    return BlockRotation(groups, np.concatenate(S), n)
+    return BlockRotation(groups, np.concatenate(S), K.shape[0])
 
 
 def _gls_parts(h2: float, S: np.ndarray, UX: np.ndarray, uy: np.ndarray):

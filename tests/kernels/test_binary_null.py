@@ -54,3 +54,53 @@ def test_a_trait_that_is_not_binary_is_refused(ref):
         BN.pql_ai_reml(y * 2, X, K)
     with pytest.raises(FitError, match="did not converge in 1 iterations"):
         BN.pql_ai_reml(y, X, K, maxiter=1)
+
+
+def _families(ref):
+    y, X, K, _ = ref
+    fam = pd.read_csv(HERE / "binary_null.csv")["fam"].to_numpy()
+    order = np.argsort(fam, kind="stable")
+    idx = order.reshape(-1, 4)  # the fixture's families are all of four
+    return y, X, K, BN.BlockK(len(y), [(idx, K[idx[:, :, None], idx[:, None, :]])])
+
+
+def test_a_block_diagonal_k_gives_the_dense_fit(ref):
+    # the sparse mode's GRM held as its groups of relatives: the same fit as the dense K
+    y, X, K, BK = _families(ref)
+    dense, block = BN.pql_ai_reml(y, X, K), BN.pql_ai_reml(y, X, BK)
+    assert block.tau == pytest.approx(dense.tau, rel=1e-10)
+    np.testing.assert_allclose(block.alpha, dense.alpha, rtol=1e-10)
+    np.testing.assert_allclose(block.mu, dense.mu, rtol=1e-10)
+    v = np.random.default_rng(1).normal(size=(len(y), 2))
+    np.testing.assert_allclose(BK.matvec(v), K @ v, rtol=1e-13, atol=1e-13)
+    W = dense.mu * (1 - dense.mu)
+    np.testing.assert_allclose(BK.factor(W, 0.7).solve(v), np.linalg.solve(
+        np.diag(1 / W) + 0.7 * K, v), rtol=1e-10)
+
+
+@pytest.mark.parametrize("tau", [0.7, 1e-7])
+def test_the_trace_is_the_direct_sum_on_both_of_its_paths(ref, tau):
+    # tr(Sigma^-1 K) by the diagonal identity (tau K large enough) and by the entries (tau
+    # K small beside W^-1, where the identity would cancel)
+    y, X, K, BK = _families(ref)
+    W = np.random.default_rng(2).uniform(0.01, 0.25, len(y))
+    direct = np.sum(np.linalg.inv(np.diag(1 / W) + tau * K) * K)
+    assert BN.DenseK(K).factor(W, tau).trace_k() == pytest.approx(direct, rel=1e-10)
+    assert BK.factor(W, tau).trace_k() == pytest.approx(direct, rel=1e-10)
+
+
+def test_holding_the_fitted_tau_returns_the_fit(ref):
+    # SAIGE's LOCO null holds tau and refits the rest: at the whole K's own tau, from the
+    # logistic regression's start, it returns to the whole fit
+    y, X, K, _ = ref
+    fit = BN.pql_ai_reml(y, X, K)
+    held, f = BN.pql_fixed_tau(y, X, K, fit.tau, X @ BN.logistic_glm(y, X))
+    np.testing.assert_allclose(held.alpha, fit.alpha, rtol=1e-8)
+    np.testing.assert_allclose(held.mu, fit.mu, rtol=1e-8)
+    W = held.mu * (1 - held.mu)
+    v = np.arange(len(y), dtype=float)
+    np.testing.assert_allclose(f.solve(v), np.linalg.solve(np.diag(1 / W) + fit.tau * K, v),
+                               rtol=1e-6)
+    glm, none = BN.pql_fixed_tau(y, X, K, 0.0, X @ fit.alpha)
+    assert none is None
+    np.testing.assert_allclose(glm.alpha, BN.logistic_glm(y, X), rtol=1e-12)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from daskmm.distributed.execution import executor, is_in_process, runs_in_process
 from daskmm.errors import DaskmmError, DataError
+from daskmm.models.gwas.binary import BINARY_COLUMNS, FIRTH_P, coded
 from daskmm.models.gwas.genotypes import open_genotypes
 from daskmm.models.gwas.output import RESULT_COLUMNS, ScanFolder, lambda_gc, plots, read_results
 from daskmm.models.gwas.samples import match_samples
@@ -21,6 +22,7 @@ from daskmm.models.gwas.tasks import Filters
 log = logging.getLogger("daskmm")
 
 MODES = ("exact", "sparse")
+TRAIT_TYPES = ("quantitative", "binary")
 SPARSE_THRESHOLD = 0.05
 """fastGWA's (GCTA ``--make-bK-sparse``) cut-off: GRM entries at or below it are set to 0."""
 MAX_GROUP = 20_000
@@ -36,8 +38,12 @@ class GwasResult:
 
     @property
     def results(self) -> pd.DataFrame:
-        """One row per variant and trait (:data:`RESULT_COLUMNS`)."""
-        return read_results(self.path)[RESULT_COLUMNS]
+        """One row per variant and trait (:data:`RESULT_COLUMNS`; a binary scan adds
+        :data:`BINARY_COLUMNS` before ``trait``)."""
+        cols = RESULT_COLUMNS
+        if self.document.get("trait_type") == "binary":
+            cols = RESULT_COLUMNS[:-1] + BINARY_COLUMNS + ["trait"]
+        return read_results(self.path)[cols]
 
     @property
     def lambda_gc(self) -> dict[str, float]:
@@ -64,8 +70,14 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
          loco: bool | None = None, maf: float = 0.01, max_missing: float = 0.1,
          mode: str = "exact", sparse_threshold: float = SPARSE_THRESHOLD,
          grm_variants: int | None = None, block_size: int | None = None, client=None,
-         execution: str = "auto", force: bool = False, plot: bool = True) -> GwasResult:
+         execution: str = "auto", force: bool = False, plot: bool = True,
+         trait_type: str = "quantitative", firth_p: float = FIRTH_P) -> GwasResult:
     """Scan every variant for association with each trait under a linear mixed model.
+
+    Binary traits (``trait_type="binary"``) are scanned as SAIGE scans them (see
+    :mod:`daskmm.models.gwas.binary`): a logistic mixed null by PQL with AI-REML per trait,
+    the score test with SAIGE's variance ratio and saddlepoint p-values, Firth's effect for
+    the top hits, allele counts in cases and controls.
 
     FaST-LMM's model and test (``fastlmm.association.single_snp``): the genetic relationship
     matrix of unit-standardised variants (trace ``n``), left out one chromosome at a time
@@ -110,6 +122,12 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         named or current), or forced.
     force : bool
         Replace a previous result at ``out``.
+    trait_type : {"quantitative", "binary"}
+        Every trait scanned is of this type. Binary traits are coded 0/1 (control/case) or
+        1/2 (PLINK: 1 control, 2 case); missing as for any trait.
+    firth_p : float
+        Binary traits: Firth's effect (and its SE) is reported for variants whose p-value is
+        below this (default 0.01, SAIGE's ``pCutoffforFirth``; 0: never).
     """
     t0 = time.perf_counter()
     if mode not in MODES:
@@ -119,6 +137,12 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     if mode == "sparse" and loco:
         raise DaskmmError("sparse mode has no LOCO: as fastGWA, its GRM holds only close "
                           "relatives; leave loco out (or --mode exact for LOCO)")
+    if trait_type not in TRAIT_TYPES:
+        raise DaskmmError(f"trait_type={trait_type!r}; allowed: "
+                          f"{', '.join(map(repr, TRAIT_TYPES))}")
+    if not 0 <= firth_p <= 1:
+        raise DaskmmError(f"firth_p={firth_p}; give a p-value threshold in [0, 1] (0: no "
+                          "Firth effects)")
     if not 0 <= maf < 0.5:
         raise DaskmmError(f"maf={maf}; give a minor allele frequency in [0, 0.5)")
     if not 0 <= max_missing <= 1:
@@ -129,6 +153,11 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     src = open_genotypes(bed, zarr)
     match = match_samples(src.samples, pheno, pheno_name, covar, covar_name,
                           fid_ids=src.kind == "bed")
+    coding = {}
+    if trait_type == "binary":
+        for sset in match.sets:
+            for j, t in enumerate(sset.traits):
+                sset.y[:, j], coding[t] = coded(sset.y[:, j], t)
     filters = Filters(maf=maf, max_missing=max_missing)
     bs = block_size or default_block_size(max(len(s.index) for s in match.sets))
     if bs < 1:
@@ -143,6 +172,10 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
                         f"only chromosome {chrom_order[0]!r}: give --no-loco (loco=False)")
     options = {"mode": mode, "loco": loco, "maf": maf, "max_missing": max_missing,
                "pheno_name": pheno_name, "covar_name": covar_name, "block_size": bs}
+    binary = None
+    if trait_type == "binary":
+        binary = {"firth_p": firth_p}
+        options.update(trait_type=trait_type, firth_p=firth_p)
     sparse = None
     if mode == "sparse":
         sparse = {"threshold": sparse_threshold, "grm_variants": grm_variants,
@@ -171,6 +204,8 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
                "covariates": null.d, "components": dict(zip(sset_traits[set_id],
                                                              null.variance_components())),
                "sparse_grm": getattr(null, "grm", None)}
+        if hasattr(null, "markers"):   # a binary null: the variance ratio's markers
+            doc["ratio_markers"] = variants["variant_id"].iloc[null.markers].tolist()
         folder.write_null(c, set_id, doc)
 
     sset_traits = {i: s.traits for i, s in enumerate(match.sets)}
@@ -185,11 +220,11 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         for i, sset in enumerate(match.sets):
             nk = {k[0]: v for k, v in known.items() if k[1] == i}
             timing.append(scan_set(c, reader, sset, i, blocks, filters, loco, done, on_block,
-                                   on_null, nk, sparse))
+                                   on_null, nk, sparse, binary))
         where = "in-process" if is_in_process(c) else "distributed"
     df = folder.read_results()
     summary, text = _summarize(df, folder, src, match, blocks, chrom_order, loco, options,
-                               timing, time.perf_counter() - t0, where)
+                               timing, time.perf_counter() - t0, where, coding)
     if plot:
         plots(df, chrom_order, folder.path)
     folder.finish(summary, text)
@@ -197,7 +232,7 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
 
 
 def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timing, wall,
-               where):
+               where, coding):
     sk_parts = sorted((folder.path / "_skipped").glob("part-*.parquet"))
     skipped = (pd.concat([pd.read_parquet(p) for p in sk_parts], ignore_index=True)
                if sk_parts else pd.DataFrame(columns=["variant_id", "reason", "traits"]))
@@ -214,16 +249,29 @@ def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timin
                          "variants_skipped": reasons, "lambda_gc": lambda_gc(d["p_value"]),
                          "null": comps, "sample_set": i,
                          **match.counts["traits"][t]}
+            if t in coding:
+                y = s.y[:, s.traits.index(t)]
+                traits[t].update(coding=coding[t], cases=int(y.sum()),
+                                 controls=int(len(y) - y.sum()),
+                                 saddlepoint=int(d["spa"].sum()), firth=int(d["firth"].sum()))
     model = ("FaST-LMM exact LMM scan (single_snp): GRM of unit-standardised variants, trace "
              "n; REML h2; F(1, n-d-1) test")
     if options["mode"] == "sparse":
         model = ("fastGWA's model: sparse GRM (entries above "
                  f"{options['sparse_threshold']} kept, trace n), REML h2, exact GLS F(1, n-d-1) "
                  "test per variant")
+    binary = options.get("trait_type") == "binary"
+    if binary:
+        model = ("SAIGE's model: logistic mixed null by PQL with AI-REML (tau on the whole "
+                 "GRM, " + ("coefficients again per LOCO block" if loco else "no LOCO")
+                 + ("; sparse GRM of close relatives" if options["mode"] == "sparse" else "")
+                 + "); score test with the variance ratio, saddlepoint p-values beyond 2 SD, "
+                 f"Firth effects below p = {options['firth_p']:g}")
     sparse_grm = {f"set{k[1]}": v.get("sparse_grm") for k, v in nulls.items()
                   if v.get("sparse_grm")}
     summary = {"kind": "gwas", "model": model, **({"sparse_grm": sparse_grm} if sparse_grm
                                                    else {}),
+               "trait_type": "binary" if binary else "quantitative",
                "mode": options["mode"], "loco": loco, "genotypes": src.path,
                "samples": {k: v for k, v in match.counts.items() if k != "traits"},
                "covariates": match.covariates, "variants": src.n_variants,
@@ -237,6 +285,16 @@ def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timin
              f"samples: {match.counts['genotyped']} genotyped; covariates: "
              f"{', '.join(match.covariates) or '(intercept only)'}"]
     for t, v in traits.items():
+        if binary:
+            tau = [c["tau"] for c in v["null"].values()]
+            ratio = [c["variance_ratio"] for c in v["null"].values()]
+            lines.append(f"trait {t} (binary, {v['coding']}): {v['cases']} cases, "
+                         f"{v['controls']} controls, {v['variants_tested']} variants tested; "
+                         f"tau {tau[0]:.4f}, variance ratio {min(ratio):.4f}"
+                         + (f"..{max(ratio):.4f}" if len(ratio) > 1 else "")
+                         + f"; {v['saddlepoint']} p-values by saddlepoint, {v['firth']} Firth "
+                         f"effects; lambda_gc {v['lambda_gc']:.4f}")
+            continue
         h2 = [c["h2"] for c in v["null"].values()]
         why = v["variants_skipped"]
         n_skip = sum(why.values())

@@ -150,7 +150,8 @@ def read_results(path: str | os.PathLike, allow_incomplete: bool = False) -> pd.
         return pd.DataFrame(columns=RESULT_COLUMNS)
     df = pd.concat(parts, ignore_index=True)
     df = df.sort_values(["variant_index", "trait"], kind="stable").reset_index(drop=True)
-    return df[RESULT_COLUMNS + ["variant_index"]]
+    extra = [c for c in df.columns if c not in RESULT_COLUMNS and c != "variant_index"]
+    return df[RESULT_COLUMNS[:-1] + extra + ["trait", "variant_index"]]
 
 
 def lambda_gc(p: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+import daskmm.models.gwas.binary as binary_tasks
 import daskmm.models.gwas.tasks as tasks
 from daskmm.distributed.execution import is_in_process
 from daskmm.distributed.mapreduce import submit, tree_sum
@@ -87,10 +88,12 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
              filters: Filters, loco: bool, done: set[tuple[int, int]],
              on_block: Callable[[Block, int, pd.DataFrame, pd.DataFrame], None],
              on_null: Callable[[str, int, object], None],
-             nulls_known: dict[str, dict], sparse: dict | None = None) -> dict:
+             nulls_known: dict[str, dict], sparse: dict | None = None,
+             binary: dict | None = None) -> dict:
     """Run steps 1-3 for one sample set; ``done`` holds ``(block index, set id)`` already
     written; ``on_block`` writes a finished block, ``on_null`` records a null model (chrom
-    ``"all"`` without LOCO). Returns timings."""
+    ``"all"`` without LOCO). ``binary`` (``{"firth_p": ...}``): the traits are binary
+    (:mod:`daskmm.models.gwas.binary`). Returns timings."""
     t0 = time.perf_counter()
     by_chrom: dict[str, list[Block]] = {}
     for b in blocks:
@@ -103,9 +106,12 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
     idx = sset.index if local else client.scatter(sset.index)
     X, Y = sset.X, sset.y
     n = len(sset.index)
+    markers = None
+    if binary is not None:
+        markers = choose_markers(client, reader, idx, blocks[-1].stop, n, filters)
     if sparse is not None:
         return _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, sparse,
-                            on_block, on_null, t0)
+                            on_block, on_null, t0, binary, markers)
 
     def grm(bs: list[Block]) -> list:
         return [submit(client, tasks.grm_blocks, reader, idx, bs[i:i + GRM_GROUP], filters,
@@ -124,12 +130,21 @@ def scan_set(client, reader, sset: SampleSet, set_id: int, blocks: list[Block],
         wait([K_all])
     t_grm = time.perf_counter() - t0
     timing = {"grm_s": t_grm, "null_s": 0.0}
+    test = tasks.test_block
+    if binary is not None:   # each trait's tau on the whole matrix, once
+        test = binary_tasks.test_block
+        fulls = [submit(client, binary_tasks.full_null, K_all, X, Y[:, j], pure=False)
+                 for j in range(Y.shape[1])]
 
     def start(c: str):
         k_out = (kc.pop(c, None) or _tree_sum(client, grm(chrom_blocks[c]))) if loco else None
-        null = submit(client, tasks.null_model, K_all, k_out, X, Y, pure=False)
-        futs = [submit(client, tasks.test_block, reader, idx, b, filters, null, sset.traits,
-                       pure=False) for b in todo[c]]
+        if binary is None:
+            null = submit(client, tasks.null_model, K_all, k_out, X, Y, pure=False)
+        else:
+            null = submit(client, binary_tasks.scan_null, K_all, k_out, X, Y, fulls, reader,
+                          idx, markers, binary["firth_p"], pure=False)
+        futs = [submit(client, test, reader, idx, b, filters, null, sset.traits, pure=False)
+                for b in todo[c]]
         return null, futs
 
     _drain(client, chroms, start, todo, set_id, on_block, on_null, timing)
@@ -184,8 +199,27 @@ def grm_variant_indices(m: int, wanted: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, m - 1, wanted).round().astype(np.int64))
 
 
+def choose_markers(client, reader, idx, n_variants: int, n: int, filters: Filters,
+                   seed: int = 20_240_301) -> np.ndarray:
+    """The variance ratio's markers (SAIGE's choice): :data:`binary_tasks.RATIO_MARKERS`
+    variants drawn at random (seeded, so a rerun draws the same) among those that pass the
+    filters with a minor allele count of :data:`binary_tasks.RATIO_MAC` or more over the
+    set's samples; fewer when fewer qualify. Candidates are read in random batches until
+    enough are found."""
+    order = np.random.default_rng(seed).permutation(n_variants)
+    want = binary_tasks.RATIO_MARKERS
+    chosen: list[int] = []
+    for start in range(0, n_variants, 20 * want):
+        cand = np.sort(order[start:start + 20 * want])
+        st = client.gather(submit(client, tasks.variant_table, reader, idx, cand, pure=False))
+        chosen.extend(cand[binary_tasks.marker_choice(st, n, filters)].tolist())
+        if len(chosen) >= want:
+            break
+    return np.sort(np.asarray(chosen[:want], dtype=np.int64))
+
+
 def _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, sparse, on_block,
-                 on_null, t0) -> dict:
+                 on_null, t0, binary=None, markers=None) -> dict:
     """Sparse mode: GRM variant statistics, the GRM by sample tiles (kept entries only), one
     null model, then every block's tests."""
     n = len(sset.index)
@@ -214,10 +248,16 @@ def _sparse_loop(client, reader, sset, set_id, idx, blocks, todo, filters, spars
     timing = {"grm_s": time.perf_counter() - t0, "null_s": 0.0, "grm_variants": m}
 
     def start(c: str):
-        null = submit(client, tasks.sparse_null, n, sset.X, sset.y,
-                      int(sparse["max_group"]), *tiles, pure=False)
-        futs = [submit(client, tasks.test_block, reader, idx, b, filters, null, sset.traits,
-                       pure=False) for b in todo[c]]
+        if binary is None:
+            null = submit(client, tasks.sparse_null, n, sset.X, sset.y,
+                          int(sparse["max_group"]), *tiles, pure=False)
+        else:
+            null = submit(client, binary_tasks.sparse_scan_null, n, sset.X, sset.y,
+                          int(sparse["max_group"]), reader, idx, markers, binary["firth_p"],
+                          *tiles, pure=False)
+        test = tasks.test_block if binary is None else binary_tasks.test_block
+        futs = [submit(client, test, reader, idx, b, filters, null, sset.traits, pure=False)
+                for b in todo[c]]
         return null, futs
 
     _drain(client, deque(["all"]), start, todo, set_id, on_block, on_null, timing)

@@ -32,6 +32,7 @@ class SimulatedGwas:
     n_samples: int
     n_variants: int
     causal: list[str] = field(default_factory=list)
+    pheno_binary: Path | None = None
 
 
 BED_CODE = np.array([0b11, 0b10, 0b00, 0b01], dtype=np.uint8)
@@ -56,10 +57,12 @@ def simulate_gwas(out: str | os.PathLike, families: int = 100, children: int = 3
                   unrelated: int = 100, chromosomes: int = 4, variants_per_chrom: int = 500,
                   populations: int = 2, fst: float = 0.05, causal: int = 5,
                   causal_h2: float = 0.3, missing_rate: float = 0.0, null_traits: int = 1,
-                  seed: int = 1) -> SimulatedGwas:
+                  prevalence: float | None = None, seed: int = 1) -> SimulatedGwas:
     """Write ``OUT/geno.{bed,bim,fam}``, ``OUT/pheno.txt`` (``FID IID y_causal y_null``, and
     ``y_null_2 ... y_null_K`` with ``null_traits = K``) and ``OUT/covar.txt`` (``FID IID age
-    sex``); return their paths and the causal variants.
+    sex``); return their paths and the causal variants. With ``prevalence``, also
+    ``OUT/pheno_binary.txt``: each trait as a 0/1 disease by the liability threshold (its
+    values above their ``1 - prevalence`` quantile are cases), the columns named ``b_...``.
 
     Variants are made and written a block at a time (memory: one block of all samples), so
     biobank-sized files can be simulated."""
@@ -155,5 +158,14 @@ def simulate_gwas(out: str | os.PathLike, families: int = 100, children: int = 3
                                                   float_format="%.10g")
     ids.assign(age=age, sex=sex).to_csv(out / "covar.txt", sep=" ", index=False,
                                         float_format="%.10g")
+    binary = None
+    if prevalence is not None:
+        if not 0 < prevalence < 1:
+            raise ValueError(f"prevalence={prevalence}; give a share of cases in (0, 1)")
+        liab = {"y_causal": y_causal, **nulls}
+        cases = {"b" + k[1:]: (v > np.quantile(v, 1 - prevalence)).astype(int)
+                 for k, v in liab.items()}
+        binary = out / "pheno_binary.txt"
+        ids.assign(**cases).to_csv(binary, sep=" ", index=False)
     return SimulatedGwas(out / "geno.bed", out / "pheno.txt", out / "covar.txt", n, m,
-                         [str(x) for x in sid[cidx]])
+                         [str(x) for x in sid[cidx]], binary)
