@@ -20,6 +20,16 @@ the time per variant and the peak memory of each worker::
 
     python benchmarks/bench_gwas.py --sparse --samples 50000 \\
         --sparse-sizes 250000,500000,1000000 --json /tmp/gwas_sparse.json
+
+``--binary`` times the binary-trait scan (issue 32; SAIGE and REGENIE are not installable
+here): ``--traits`` case/control traits (:func:`binary_traits`: one with the causal variants,
+the others null with a family effect, prevalences from 50% to 1%) scanned in one pass, against
+the first of them alone; ten separate scans cost ten times the one-trait scan (each repeats
+its GRM and genotype reads), so the ratio of the one pass to ten single scans is printed too.
+Exact mode (LOCO) at ``--samples``; ``--sparse`` with it for the sparse mode::
+
+    python benchmarks/bench_gwas.py --binary --samples 5000 --variants 100000
+    python benchmarks/bench_gwas.py --binary --sparse --samples 50000 --variants 100000
 """
 
 from __future__ import annotations
@@ -229,6 +239,75 @@ def sparse(a) -> dict:
             "runs": runs}
 
 
+def binary_traits(d: Path, traits: int, seed: int = 5) -> Path:
+    """``d/pheno_binary_T.txt``: ``b_causal`` (``y_causal`` above its 90% quantile) and
+    ``traits - 1`` null traits, each a family effect (variance 0.5 on the logit scale) and
+    noise, at prevalences 50%, 10%, 5%, 1% in turn."""
+    out = d / f"pheno_binary_{traits}.txt"
+    if out.exists():
+        return out
+    ph = pd.read_csv(d / "pheno.txt", sep=r"\s+")
+    rng = np.random.default_rng(seed)
+    fam = pd.factorize(ph["FID"])[0]
+    cols = {"b_causal": (ph["y_causal"] > ph["y_causal"].quantile(0.9)).astype(int)}
+    for k in range(1, traits):
+        prev = (0.5, 0.1, 0.05, 0.01)[(k - 1) % 4]
+        lin = rng.normal(0, np.sqrt(0.5), fam.max() + 1)[fam] + rng.logistic(size=len(fam))
+        cols[f"b_null_{k}"] = (lin > np.quantile(lin, 1 - prev)).astype(int)
+    ph[["FID", "IID"]].assign(**cols).to_csv(out, sep=" ", index=False)
+    return out
+
+
+def binary(a) -> dict:
+    t = time.perf_counter()
+    d = data(a.samples, a.variants, a.chromosomes, fst=0.005 if a.sparse else 0.05)
+    pheno = binary_traits(d, a.traits)
+    print(f"data {d} ready in {time.perf_counter() - t:.0f} s", flush=True)
+    names = list(pd.read_csv(pheno, sep=" ", nrows=1).columns[2:])
+    rec: dict = {"binary": True, "mode": "sparse" if a.sparse else "exact",
+                 "machine": f"{psutil.cpu_count()} cores, "
+                 f"{psutil.virtual_memory().total / 2**30:.0f} GiB", "samples": a.samples,
+                 "variants": a.variants, "chromosomes": a.chromosomes, "runs": []}
+    kw = {"mode": "sparse", "grm_variants": a.grm_variants,
+          "block_size": a.sparse_block} if a.sparse else {}
+    with tempfile.TemporaryDirectory() as tmp, \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         memory_limit="6GiB", **NO_DASHBOARD) as cl, Client(cl) as c:
+        for i in range(a.repeats):
+            for traits in (names[:1], names):
+                with PeakRSS(c) as mem:
+                    t = time.perf_counter()
+                    r = gwas(bed=str(d / "geno"), pheno=str(pheno), pheno_name=traits,
+                             covar=str(d / "covar.txt"), out=Path(tmp) / f"b{i}_{len(traits)}",
+                             maf=0.001, client=c, plot=False, trait_type="binary", **kw)
+                    wall = time.perf_counter() - t
+                tm = r.document["timing"]["sets"][0]
+                tested = sum(v["variants_tested"] for v in r.document["traits"].values())
+                run = {"traits": len(traits), "wall_s": wall, "grm_s": tm["grm_s"],
+                       "null_s": tm["null_s"], "tests_s": tm["tests_s"],
+                       "us_per_trait_variant": wall / tested * 1e6,
+                       "peak_worker_rss_gib": max(mem.peak) / 2 ** 30,
+                       "lambda_gc": {k: v["lambda_gc"] for k, v in r.document["traits"].items()},
+                       "null": {k: next(iter(v["null"].values())) for k, v in
+                                r.document["traits"].items()}}
+                rec["runs"].append(run)
+                print(f"RUN {len(traits)} trait(s): {wall:.1f} s (GRM {tm['grm_s']:.1f} s; "
+                      f"null tasks {tm['null_s']:.1f} s summed over the LOCO blocks in "
+                      "flight); "
+                      f"{run['us_per_trait_variant']:.1f} us per trait-variant; peak worker "
+                      f"RSS {run['peak_worker_rss_gib']:.2f} GiB; lambda_gc "
+                      f"{json.dumps({k: round(v, 3) for k, v in run['lambda_gc'].items()})}",
+                      flush=True)
+    one = statistics.median(r["wall_s"] for r in rec["runs"] if r["traits"] == 1)
+    many = statistics.median(r["wall_s"] for r in rec["runs"] if r["traits"] == len(names))
+    rec.update(one_trait_s=one, all_traits_s=many, ratio_to_one=many / one,
+               ratio_to_separate=many / (len(names) * one))
+    print(f"{len(names)} traits in one pass: {many:.1f} s = {many / one:.2f}x one trait "
+          f"({one:.1f} s), {many / (len(names) * one):.2f}x {len(names)} separate scans",
+          flush=True)
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=5000)
@@ -242,7 +321,14 @@ def main() -> None:
     ap.add_argument("--sparse-sizes", default="250000,500000,1000000")
     ap.add_argument("--grm-variants", type=int, default=10_000)
     ap.add_argument("--sparse-block", type=int, default=500)
+    ap.add_argument("--binary", action="store_true", help="time the binary-trait scan")
+    ap.add_argument("--traits", type=int, default=10, help="--binary: traits in one pass")
     a = ap.parse_args()
+    if a.binary:
+        rec = binary(a)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rec, indent=1) + "\n")
+        return
     if a.sparse:
         rec = sparse(a)
         if a.json:

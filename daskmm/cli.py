@@ -171,9 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--grm-variants", type=int, default=None, help="sparse mode: evenly "
                     "spaced variants for the GRM (default: all)")
     gw.add_argument("--block-size", type=int, default=None, help="variants per task")
-    gw.add_argument("--trait-type", default="quantitative", choices=["quantitative", "binary"],
-                    help="binary: case/control traits coded 0/1 or 1/2 (PLINK), scanned as "
-                    "SAIGE does (logistic mixed null, score test with saddlepoint p-values)")
+    gw.add_argument("--trait-type", nargs="+", default=["quantitative"],
+                    metavar="TYPE|TRAIT=TYPE",
+                    help="quantitative (default) or binary: case/control traits coded 0/1 or "
+                    "1/2 (PLINK), scanned as SAIGE does (logistic mixed null, score test with "
+                    "saddlepoint p-values); or per trait, e.g. asthma=binary bmi=quantitative")
     gw.add_argument("--firth-p", type=float, default=0.01, help="binary traits: Firth effects "
                     "for variants with a p-value below this (default 0.01; 0: none)")
     gw.add_argument("--scheduler", default=None, help="Dask scheduler address")
@@ -634,6 +636,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trait_type_arg(values: list[str]) -> str | dict[str, str]:
+    """``--trait-type``: one type for every trait, or ``TRAIT=TYPE`` pairs."""
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    bad = [v for v in values if v.count("=") != 1]
+    if bad:
+        raise DaskmmError(f"--trait-type {' '.join(values)}: give one type (quantitative or "
+                          "binary) for every trait, or TRAIT=TYPE pairs; "
+                          f"{bad[0]!r} is neither")
+    return dict(v.split("=") for v in values)
+
+
 def _gwas(args: argparse.Namespace) -> int:
     from daskmm.models.gwas import gwas
 
@@ -643,8 +657,8 @@ def _gwas(args: argparse.Namespace) -> int:
              max_missing=args.max_missing, mode=args.mode,
              sparse_threshold=args.sparse_threshold, grm_variants=args.grm_variants,
              block_size=args.block_size, client=args.scheduler,
-             force=args.force, plot=not args.no_plots, trait_type=args.trait_type,
-             firth_p=args.firth_p)
+             force=args.force, plot=not args.no_plots,
+             trait_type=_trait_type_arg(args.trait_type), firth_p=args.firth_p)
     print(r.summary())
     print(f"wrote {r.path}/results.parquet, skipped.parquet, summary.json, summary.txt"
           + ("" if args.no_plots else ", manhattan.png, qq.png"))

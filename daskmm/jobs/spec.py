@@ -55,7 +55,8 @@ A GWAS job (``kind: gwas``) names genotypes and traits instead of data and a for
     maf: 0.01                           # skip rarer variants (default 0.01)
     max_missing: 0.1                    # skip variants with more missing calls (default 0.1)
     mode: exact
-    trait_type: quantitative            # or binary: case/control traits (SAIGE's scan)
+    trait_type: quantitative            # or binary: case/control traits (SAIGE's scan),
+                                        # or per trait: {asthma: binary, bmi: quantitative}
     firth_p: 0.01                       # binary: Firth effects below this p (0: none)
     output: ../results/gwas1            # the scan's folder; an unfinished one resumes
     cluster: {...}                      # as above
@@ -177,7 +178,10 @@ GWAS_SCHEMA = {
         "sparse_threshold": {"type": "number"},
         "grm_variants": {"type": "integer", "minimum": 1},
         "block_size": {"type": "integer", "minimum": 1},
-        "trait_type": {"enum": ["quantitative", "binary"]},
+        "trait_type": {"anyOf": [
+            {"enum": ["quantitative", "binary"]},
+            {"type": "object", "minProperties": 1,
+             "additionalProperties": {"enum": ["quantitative", "binary"]}}]},
         "firth_p": {"type": "number", "minimum": 0, "maximum": 1},
         "plots": {"type": "boolean"},
         "output": {"type": "string", "minLength": 1},
@@ -247,6 +251,14 @@ def _message(err: jsonschema.ValidationError) -> str:
     if v == "enum":
         return (f"{where} is {err.instance!r}; allowed: "
                 f"{', '.join(repr(x) for x in sch['enum'])}")
+    if v == "anyOf":
+        def one(sub: dict) -> str:
+            if "enum" in sub:
+                return ", ".join(repr(x) for x in sub["enum"])
+            inner = sub.get("additionalProperties", {}).get("enum")
+            return "a mapping of names to " + (" or ".join(map(repr, inner)) if inner else
+                                              sub.get("type", "a value"))
+        return f"{where} is {err.instance!r}; allowed: " + ", or ".join(map(one, sch["anyOf"]))
     if v == "type":
         want = sch["type"] if isinstance(sch["type"], str) else " or ".join(sch["type"])
         return f"{where} should be {want}; got {err.instance!r}"

@@ -93,7 +93,8 @@ class _DenseFactor(Factor):
     def __init__(self, K: np.ndarray, W: np.ndarray, tau: float):
         S = tau * K
         S[np.diag_indices_from(S)] += 1.0 / W
-        self.c = la.cho_factor(S, lower=True, overwrite_a=True, check_finite=False)
+        # a clean factor (its upper triangle zero, set by LAPACK's wrapper): trtri keeps it
+        self.c = (la.cholesky(S, lower=True, overwrite_a=True, check_finite=False), True)
         self.K, self.W, self.tau = K, W, tau
 
     def solve(self, B):
@@ -107,7 +108,6 @@ class _DenseFactor(Factor):
         Linv, info = lapack.dtrtri(self.c[0], lower=1)
         if info:
             raise FitError(f"the null's covariance could not be inverted (LAPACK info {info})")
-        Linv = np.tril(Linv)
         if self.tau * float(np.max(self.W)) * float(np.max(np.diag(self.K))) > 1e-2:
             d = np.einsum("ij,ij->j", Linv, Linv)
             return float((len(d) - np.sum(d / self.W)) / self.tau)

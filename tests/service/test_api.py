@@ -275,3 +275,24 @@ def test_a_gwas_scan_runs_as_a_job(server):
     assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
     status, err = server.submit(dict(job, bed="../../etc/geno"))
     assert status == 422 and "bed '../../etc/geno' is outside the data roots" in err["detail"]
+
+
+def test_a_binary_gwas_scan_runs_as_a_job(server):
+    from daskmm.models.gwas.simulate import simulate_gwas
+    d = server.data / "gwas_binary"
+    if not d.exists():
+        simulate_gwas(d, families=20, children=2, unrelated=40, chromosomes=2,
+                      variants_per_chrom=100, prevalence=0.3, seed=4)
+    job = {"kind": "gwas", "name": "cases", "bed": "gwas_binary/geno",
+           "pheno": "gwas_binary/pheno_binary.txt", "pheno_name": ["b_causal"],
+           "covar": "gwas_binary/covar.txt", "trait_type": "binary", "plots": False}
+    status, out = server.submit(job)
+    assert status == 201, out
+    doc = server.wait(out["id"], timeout=300)
+    assert doc["state"] == "succeeded", doc
+    status, summ = call(f"{server.url}/v1/jobs/{out['id']}/results/summary.json")
+    summ = summ if isinstance(summ, dict) else json.loads(summ)
+    assert status == 200 and summ["trait_type"] == "binary"
+    assert summ["traits"]["b_causal"]["cases"] == 36
+    status, err = server.submit(dict(job, trait_type="ordinal"))
+    assert status == 422 and "trait_type is 'ordinal'" in err["detail"]

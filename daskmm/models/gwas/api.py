@@ -15,7 +15,7 @@ from daskmm.errors import DaskmmError, DataError
 from daskmm.models.gwas.binary import BINARY_COLUMNS, FIRTH_P, coded
 from daskmm.models.gwas.genotypes import open_genotypes
 from daskmm.models.gwas.output import RESULT_COLUMNS, ScanFolder, lambda_gc, plots, read_results
-from daskmm.models.gwas.samples import match_samples
+from daskmm.models.gwas.samples import SampleSet, match_samples
 from daskmm.models.gwas.scan import default_block_size, plan_blocks, scan_set
 from daskmm.models.gwas.tasks import Filters
 
@@ -41,7 +41,7 @@ class GwasResult:
         """One row per variant and trait (:data:`RESULT_COLUMNS`; a binary scan adds
         :data:`BINARY_COLUMNS` before ``trait``)."""
         cols = RESULT_COLUMNS
-        if self.document.get("trait_type") == "binary":
+        if self.document.get("trait_type", "quantitative") != "quantitative":
             cols = RESULT_COLUMNS[:-1] + BINARY_COLUMNS + ["trait"]
         return read_results(self.path)[cols]
 
@@ -71,7 +71,8 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
          mode: str = "exact", sparse_threshold: float = SPARSE_THRESHOLD,
          grm_variants: int | None = None, block_size: int | None = None, client=None,
          execution: str = "auto", force: bool = False, plot: bool = True,
-         trait_type: str = "quantitative", firth_p: float = FIRTH_P) -> GwasResult:
+         trait_type: str | dict[str, str] = "quantitative", firth_p: float = FIRTH_P
+         ) -> GwasResult:
     """Scan every variant for association with each trait under a linear mixed model.
 
     Binary traits (``trait_type="binary"``) are scanned as SAIGE scans them (see
@@ -122,9 +123,11 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         named or current), or forced.
     force : bool
         Replace a previous result at ``out``.
-    trait_type : {"quantitative", "binary"}
-        Every trait scanned is of this type. Binary traits are coded 0/1 (control/case) or
-        1/2 (PLINK: 1 control, 2 case); missing as for any trait.
+    trait_type : {"quantitative", "binary"} or dict
+        Every trait scanned is of this type, or ``{trait: type}`` per trait (traits not named
+        are quantitative). Binary traits are coded 0/1 (control/case) or 1/2 (PLINK: 1
+        control, 2 case); missing as for any trait. The traits of one type share their
+        pass (the GRM, the genotype reads); each type with samples in common has its own.
     firth_p : float
         Binary traits: Firth's effect (and its SE) is reported for variants whose p-value is
         below this (default 0.01, SAIGE's ``pCutoffforFirth``; 0: never).
@@ -137,9 +140,6 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     if mode == "sparse" and loco:
         raise DaskmmError("sparse mode has no LOCO: as fastGWA, its GRM holds only close "
                           "relatives; leave loco out (or --mode exact for LOCO)")
-    if trait_type not in TRAIT_TYPES:
-        raise DaskmmError(f"trait_type={trait_type!r}; allowed: "
-                          f"{', '.join(map(repr, TRAIT_TYPES))}")
     if not 0 <= firth_p <= 1:
         raise DaskmmError(f"firth_p={firth_p}; give a p-value threshold in [0, 1] (0: no "
                           "Firth effects)")
@@ -153,11 +153,9 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
     src = open_genotypes(bed, zarr)
     match = match_samples(src.samples, pheno, pheno_name, covar, covar_name,
                           fid_ids=src.kind == "bed")
-    coding = {}
-    if trait_type == "binary":
-        for sset in match.sets:
-            for j, t in enumerate(sset.traits):
-                sset.y[:, j], coding[t] = coded(sset.y[:, j], t)
+    types = _trait_types(trait_type, [t for s in match.sets for t in s.traits])
+    coding: dict[str, str] = {}
+    match.sets, kinds = _split_sets(match.sets, types, coding)
     filters = Filters(maf=maf, max_missing=max_missing)
     bs = block_size or default_block_size(max(len(s.index) for s in match.sets))
     if bs < 1:
@@ -172,10 +170,11 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
                         f"only chromosome {chrom_order[0]!r}: give --no-loco (loco=False)")
     options = {"mode": mode, "loco": loco, "maf": maf, "max_missing": max_missing,
                "pheno_name": pheno_name, "covar_name": covar_name, "block_size": bs}
-    binary = None
-    if trait_type == "binary":
-        binary = {"firth_p": firth_p}
-        options.update(trait_type=trait_type, firth_p=firth_p)
+    binary = {"firth_p": firth_p}
+    if coding:   # (an all-quantitative scan keeps its fingerprint of before)
+        kinds_used = set(types.values())
+        options.update(trait_type=types if len(kinds_used) > 1 else kinds_used.pop(),
+                       firth_p=firth_p)
     sparse = None
     if mode == "sparse":
         sparse = {"threshold": sparse_threshold, "grm_variants": grm_variants,
@@ -220,7 +219,8 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         for i, sset in enumerate(match.sets):
             nk = {k[0]: v for k, v in known.items() if k[1] == i}
             timing.append(scan_set(c, reader, sset, i, blocks, filters, loco, done, on_block,
-                                   on_null, nk, sparse, binary))
+                                   on_null, nk, sparse,
+                                   binary if kinds[i] == "binary" else None))
         where = "in-process" if is_in_process(c) else "distributed"
     df = folder.read_results()
     summary, text = _summarize(df, folder, src, match, blocks, chrom_order, loco, options,
@@ -229,6 +229,46 @@ def gwas(*, bed: str | None = None, zarr: str | None = None, pheno: str,
         plots(df, chrom_order, folder.path)
     folder.finish(summary, text)
     return GwasResult(folder.path, summary)
+
+
+def _trait_types(trait_type, names: list[str]) -> dict[str, str]:
+    """Each scanned trait's type from ``trait_type`` (one type, or ``{trait: type}``)."""
+    allowed = ", ".join(map(repr, TRAIT_TYPES))
+    if isinstance(trait_type, str):
+        if trait_type not in TRAIT_TYPES:
+            raise DaskmmError(f"trait_type={trait_type!r}; allowed: {allowed}, or a mapping "
+                              "of trait names to them")
+        return dict.fromkeys(names, trait_type)
+    if not isinstance(trait_type, dict):
+        raise DaskmmError(f"trait_type={trait_type!r}; give {allowed}, or a mapping of trait "
+                          "names to them")
+    for t, k in trait_type.items():
+        if t not in names:
+            raise DaskmmError(f"trait_type names the trait {t!r}, which is not scanned; the "
+                              f"traits are {', '.join(names)}")
+        if k not in TRAIT_TYPES:
+            raise DaskmmError(f"trait_type of {t!r} is {k!r}; allowed: {allowed}")
+    return {t: trait_type.get(t, "quantitative") for t in names}
+
+
+def _split_sets(sets: list, types: dict[str, str], coding: dict[str, str]):
+    """The sample sets split by trait type (quantitative first, so an all-quantitative
+    scan's sets are those of before), binary traits coded 0/1 (``coding`` records how they
+    came). Returns the sets and each one's type."""
+    out, kinds = [], []
+    for s in sets:
+        for kind in TRAIT_TYPES:
+            cols = [j for j, t in enumerate(s.traits) if types[t] == kind]
+            if not cols:
+                continue
+            y = s.y[:, cols].copy()
+            names = [s.traits[j] for j in cols]
+            if kind == "binary":
+                for j, t in enumerate(names):
+                    y[:, j], coding[t] = coded(y[:, j], t)
+            out.append(SampleSet(s.index, names, y, s.X))
+            kinds.append(kind)
+    return out, kinds
 
 
 def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timing, wall,
@@ -249,6 +289,7 @@ def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timin
                          "variants_skipped": reasons, "lambda_gc": lambda_gc(d["p_value"]),
                          "null": comps, "sample_set": i,
                          **match.counts["traits"][t]}
+            traits[t]["trait_type"] = "binary" if t in coding else "quantitative"
             if t in coding:
                 y = s.y[:, s.traits.index(t)]
                 traits[t].update(coding=coding[t], cases=int(y.sum()),
@@ -260,18 +301,19 @@ def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timin
         model = ("fastGWA's model: sparse GRM (entries above "
                  f"{options['sparse_threshold']} kept, trace n), REML h2, exact GLS F(1, n-d-1) "
                  "test per variant")
-    binary = options.get("trait_type") == "binary"
-    if binary:
-        model = ("SAIGE's model: logistic mixed null by PQL with AI-REML (tau on the whole "
+    kinds = {v["trait_type"] for v in traits.values()}
+    if "binary" in kinds:
+        saige = ("SAIGE's model: logistic mixed null by PQL with AI-REML (tau on the whole "
                  "GRM, " + ("coefficients again per LOCO block" if loco else "no LOCO")
                  + ("; sparse GRM of close relatives" if options["mode"] == "sparse" else "")
                  + "); score test with the variance ratio, saddlepoint p-values beyond 2 SD, "
                  f"Firth effects below p = {options['firth_p']:g}")
+        model = saige if kinds == {"binary"} else f"quantitative traits: {model}; binary: {saige}"
     sparse_grm = {f"set{k[1]}": v.get("sparse_grm") for k, v in nulls.items()
                   if v.get("sparse_grm")}
     summary = {"kind": "gwas", "model": model, **({"sparse_grm": sparse_grm} if sparse_grm
                                                    else {}),
-               "trait_type": "binary" if binary else "quantitative",
+               "trait_type": kinds.pop() if len(kinds) == 1 else "mixed",
                "mode": options["mode"], "loco": loco, "genotypes": src.path,
                "samples": {k: v for k, v in match.counts.items() if k != "traits"},
                "covariates": match.covariates, "variants": src.n_variants,
@@ -285,7 +327,7 @@ def _summarize(df, folder, src, match, blocks, chrom_order, loco, options, timin
              f"samples: {match.counts['genotyped']} genotyped; covariates: "
              f"{', '.join(match.covariates) or '(intercept only)'}"]
     for t, v in traits.items():
-        if binary:
+        if v["trait_type"] == "binary":
             tau = [c["tau"] for c in v["null"].values()]
             ratio = [c["variance_ratio"] for c in v["null"].values()]
             lines.append(f"trait {t} (binary, {v['coding']}): {v['cases']} cases, "

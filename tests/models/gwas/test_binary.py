@@ -190,3 +190,55 @@ def test_the_sparse_mode_scans_binary_traits(data, tmp_path):
     assert null["components"]["b_causal"]["tau"] > 0.05
     hits = set(d.loc[d["p_value"] < 1e-4, "variant_id"])
     assert len(hits & set(data.causal)) >= 3
+
+
+def test_an_unfinished_binary_scan_resumes(data, reference, tmp_path):
+    # the finished scan's folder with chromosome 2's blocks lost and marked unfinished: a
+    # rerun of the same scan computes those blocks alone and gives the same table
+    import shutil
+
+    out = tmp_path / "scan"
+    shutil.copytree(reference.path, out)
+    marker = out / "_daskmm.json"
+    doc = json.loads(marker.read_text())
+    marker.write_text(json.dumps(dict(doc, complete=False)))
+    shutil.rmtree(out / "results.parquet" / "chrom=2")
+    kept = {p: p.stat().st_mtime_ns for p in (out / "results.parquet").rglob("*.parquet")}
+    r = scan(data, out, block_size=90)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert len(list((out / "results.parquet" / "chrom=2").glob("*.parquet"))) == 3
+    same(r.results, reference.results)
+
+
+def test_traits_of_both_types_scan_in_one_pass(data, reference, tmp_path):
+    # a table holding a quantitative and a binary trait, typed per trait: each trait's rows
+    # are those of its own type's scan
+    ph = pd.read_csv(data.pheno, sep=" ").merge(pd.read_csv(data.pheno_binary, sep=" "))
+    ph[["FID", "IID", "y_causal", "b_causal"]].to_csv(tmp_path / "both.txt", sep=" ",
+                                                       index=False)
+    kw = dict(bed=str(data.bed)[:-4], covar=str(data.covar), plot=False, maf=0.01,
+              block_size=90, execution="in-process")
+    r = gwas(pheno=str(tmp_path / "both.txt"), out=tmp_path / "both",
+             trait_type={"b_causal": "binary"}, **kw)
+    assert r.document["trait_type"] == "mixed"
+    assert {t: v["trait_type"] for t, v in r.document["traits"].items()} == {
+        "y_causal": "quantitative", "b_causal": "binary"}
+    d = r.results
+    ref = reference.results
+    same(d[d["trait"] == "b_causal"].reset_index(drop=True),
+         ref[ref["trait"] == "b_causal"].reset_index(drop=True))
+    q = gwas(pheno=str(data.pheno), pheno_name=["y_causal"], out=tmp_path / "q", **kw).results
+    mine = d[d["trait"] == "y_causal"].reset_index(drop=True)
+    for c in ("beta", "se", "p_value"):
+        np.testing.assert_allclose(mine[c], q[c], rtol=1e-12)
+    assert mine["spa"].isna().all()   # the binary columns are empty on quantitative rows
+    with pytest.raises(Exception, match="trait_type names the trait 'bmi', which is not "
+                                        "scanned; the traits are y_causal, b_causal"):
+        gwas(pheno=str(tmp_path / "both.txt"), out=tmp_path / "x", trait_type={"bmi": "binary"},
+             **kw)
+    cmd = [sys.executable, "-m", "daskmm.cli", "gwas", "--bed", str(data.bed)[:-4],
+           "--pheno", str(tmp_path / "both.txt"), "--trait-type", "b_causal=binary", "bmi",
+           "--out", str(tmp_path / "c"), "-q"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "--trait-type b_causal=binary bmi: give one type" in p.stderr
