@@ -149,19 +149,25 @@ def _roots(q: np.ndarray, G: np.ndarray, lmu: np.ndarray, mu: np.ndarray,
         lo = np.where(flo > 0, 2.0 * lo - hi, lo)
         hi = np.where(fhi < 0, 2.0 * hi - lo, hi)
     t = np.where(q > 0, np.minimum(q / sd ** 2, hi), np.maximum(q / sd ** 2, lo))
-    done = np.zeros(m, bool)
+    act = np.arange(m)   # the columns still moving: a pass touches only their genotypes
+    Ga = G
     for _ in range(iters):
-        p = special.expit(lmu[:, None] + G * t)
-        f = np.einsum("im,im->m", G, p - mu[:, None]) - q
-        d = np.einsum("im,im->m", G * G, p * (1.0 - p))
-        done = np.abs(f) <= 1e-12 * np.maximum(np.abs(q), 1e-300)
+        ta, qa = t[act], q[act]
+        p = special.expit(lmu[:, None] + Ga * ta)
+        f = np.einsum("im,im->m", Ga, p - mu[:, None]) - qa
+        done = np.abs(f) <= 1e-12 * np.maximum(np.abs(qa), 1e-300)
         if done.all():
             break
-        lo = np.where(f < 0, t, lo)
-        hi = np.where(f > 0, t, hi)
-        nt = t - f / np.maximum(d, 1e-300)
-        out = (nt <= lo) | (nt >= hi) | ~np.isfinite(nt)
-        t = np.where(done, t, np.where(out, 0.5 * (lo + hi), nt))
+        d = np.einsum("im,im->m", Ga * Ga, p * (1.0 - p))
+        la, ha = np.where(f < 0, ta, lo[act]), np.where(f > 0, ta, hi[act])
+        lo[act], hi[act] = la, ha
+        nt = ta - f / np.maximum(d, 1e-300)
+        out = (nt <= la) | (nt >= ha) | ~np.isfinite(nt)
+        t[act] = np.where(done, ta, np.where(out, 0.5 * (la + ha), nt))
+        if done.any():
+            keep = ~done
+            act = act[keep]
+            Ga = Ga[:, keep]
     return t
 
 
