@@ -25,7 +25,7 @@ from scipy.stats import chi2, norm
 from daskmm.errors import DataError
 from daskmm.kernels import binary_null as BN
 from daskmm.kernels import lmm_scan, sparse_scan
-from daskmm.kernels.binary_score import ScoreNull, score_null, score_test, variance_ratio
+from daskmm.kernels.binary_score import ScoreNull, score_null, score_tests, variance_ratio
 from daskmm.kernels.firth import FirthFit, firth_logistic, firth_test
 from daskmm.kernels.spa import CUTOFF
 from daskmm.models.gwas.tasks import Block, Filters
@@ -57,6 +57,7 @@ class TraitNull:
     markers: int
     score: ScoreNull
     firth: FirthFit | None
+    reml_score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class BinaryScanNull:
 
     def variance_components(self) -> list[dict]:
         return [{"tau": t.fit.tau, "alpha": [float(a) for a in t.fit.alpha],
-                 "iterations": t.fit.iterations, "variance_ratio": t.ratio,
+                 "iterations": t.fit.iterations, "reml_score": t.reml_score,
+                 "variance_ratio": t.ratio,
                  "ratio_markers": t.markers, "cases": int(t.y.sum()),
                  "controls": int(len(t.y) - t.y.sum())} for t in self.traits]
 
@@ -140,7 +142,7 @@ def _trait_null(K, X: np.ndarray, y: np.ndarray, full: BN.BinaryNull, markers: n
         ratio = variance_ratio(score_null(y, X, fit.mu, solve=f.solve), markers)
     offset = fit.eta - X @ fit.alpha
     firth = firth_logistic(y, X, offset) if firth_p > 0 else None
-    return TraitNull(y, fit, offset, ratio, int(markers.shape[1]), light, firth)
+    return TraitNull(y, fit, offset, ratio, int(markers.shape[1]), light, firth, full.score)
 
 
 def scan_null(K_all: np.ndarray, K_out: np.ndarray | None, X: np.ndarray, Y: np.ndarray,
@@ -206,22 +208,25 @@ def test_block(src, samples: np.ndarray, block: Block, filters: Filters,
     keep = why == ""
     Graw = G[:, keep]
     Gi = imputed(Graw)
-    called = ~np.isnan(Graw)
-    Gz = np.where(called, Graw, 0.0)
+    called = (~np.isnan(Graw)).astype(float)
+    Gz = np.where(called > 0, Graw, 0.0)
     idx = np.arange(block.start, block.stop)
+    cases = np.column_stack([t.y for t in null.traits])
+    n_cases, ac_cases = called.T @ cases, Gz.T @ cases        # every trait in one product
+    n_called, ac = called.sum(0), Gz.sum(0)
+    tests = score_tests([t.score for t in null.traits], Gi, [t.ratio for t in null.traits],
+                        spa=True, cutoff=CUTOFF)
     parts = []
-    for name, t in zip(traits, null.traits):
-        res = score_test(t.score, Gi, t.ratio, spa=True, cutoff=CUTOFF)
+    for j, (name, t, res) in enumerate(zip(traits, null.traits, tests)):
         beta, se, firth = _effects(t, null.X, Gi, res, null.firth_p)
-        case = t.y == 1
         parts.append(pd.DataFrame({
             "variant_index": idx[keep], "af": st.af[keep],
             "n": st.n_called[keep].astype(np.int64), "beta": beta, "se": se,
             "statistic": res.z, "p_value": res.p, "score": res.T, "score_var": res.var,
             "p_normal": 2.0 * norm.sf(np.abs(res.z)), "spa": res.spa, "firth": firth,
-            "n_cases": called[case].sum(0).astype(np.int64),
-            "n_controls": called[~case].sum(0).astype(np.int64),
-            "ac_cases": Gz[case].sum(0), "ac_controls": Gz[~case].sum(0), "trait": name}))
+            "n_cases": n_cases[:, j].astype(np.int64),
+            "n_controls": (n_called - n_cases[:, j]).astype(np.int64),
+            "ac_cases": ac_cases[:, j], "ac_controls": ac - ac_cases[:, j], "trait": name}))
     tested = pd.concat(parts, ignore_index=True)
     skipped = pd.DataFrame({"variant_index": idx[~keep], "reason": why[~keep].astype(str),
                             "traits": ",".join(traits)})

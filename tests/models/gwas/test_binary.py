@@ -92,13 +92,16 @@ def test_the_scan_is_the_direct_computation(data, reference):
         loco, _ = BN.pql_fixed_tau(y, X, Kl, full.tau, full.eta)
         comp = null["components"][trait]
         assert comp["tau"] == pytest.approx(full.tau, rel=1e-9, abs=1e-12)
+        assert comp["reml_score"] == pytest.approx(full.score, rel=1e-6, abs=1e-12)
         np.testing.assert_allclose(comp["alpha"], loco.alpha, rtol=1e-9)
         ratio = variance_ratio(score_null(y, X, loco.mu, Kl, full.tau), M)
         assert comp["variance_ratio"] == pytest.approx(ratio, rel=1e-9)
         if trait == "b_causal":   # a family effect: relatives make G~'WG~ too large
             assert full.tau > 0.5 and 0.5 < ratio < 0.95
+            assert abs(comp["reml_score"]) < 1e-9   # tau is the REML score's root
         else:                     # none: tau on its bound, the ratio 1
             assert full.tau == 0.0 and ratio == 1.0
+            assert comp["reml_score"] < 0   # the score points out of the bound
         t = score_test(score_null(y, X, loco.mu), Gi, ratio)
         d = res[(res["trait"] == trait) & (res["chrom"] == "2")]
         np.testing.assert_allclose(d["score"], t.T, rtol=1e-8, atol=1e-10)
