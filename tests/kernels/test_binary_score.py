@@ -98,3 +98,25 @@ def test_probabilities_outside_zero_and_one_are_refused():
     y, X, mu, K, G = data(n=40, m=2)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         B.score_null(y, X, np.r_[mu[:-1], 1.0])
+
+
+def test_several_traits_at_once_are_each_trait_s_test():
+    # the scan's path: every trait's score and G~'WG~ from two products with G, G~ formed
+    # only for the saddlepoint's variants; against each trait's own test through G~, with a
+    # common variant, a rare one and one of allele frequency 0.999 (the most digits the
+    # difference G'WG - B'C^-1B can lose)
+    y, X, mu, K, G = data(n=2000, m=40, prevalence=0.02, seed=9)
+    rng = np.random.default_rng(11)
+    G[:, 0] = 2.0 - (rng.random(2000) < 0.002)
+    G[:, 1] = (rng.random(2000) < 0.003).astype(float)
+    y2 = (rng.random(2000) < 0.3).astype(float)
+    mu2 = np.clip(special.expit(special.logit(0.3) + 0.2 * X[:, 1]), 1e-6, 1 - 1e-6)
+    nulls = [B.score_null(y, X, mu, K, tau=0.5), B.score_null(y2, X, mu2)]
+    both = B.score_tests(nulls, G, [0.83, 1.0])
+    for nl, r, got in zip(nulls, [0.83, 1.0], both):
+        one = B.score_test(nl, G, ratio=r)
+        np.testing.assert_allclose(got.T, one.T, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got.var, one.var, rtol=1e-10)
+        np.testing.assert_allclose(got.p, one.p, rtol=1e-9)
+        np.testing.assert_array_equal(got.spa, one.spa)
+    assert both[0].spa.any()
