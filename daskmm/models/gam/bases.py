@@ -74,11 +74,17 @@ class CubicRegression:
         S = D.T @ BinvD
         S = (S + S.T) / 2
         if self.shrink is not None:
-            ev, U = np.linalg.eigh(S)
-            ev, U = ev[::-1].copy(), U[:, ::-1]
-            ev[n - 2] = ev[n - 3] * self.shrink
-            ev[n - 1] = ev[n - 2] * self.shrink
-            S = (U * ev) @ U.T
+            # mgcv's cs: the null space's two eigenvalues set to shrink and shrink^2 times the
+            # smallest positive one. mgcv leaves the null space's basis to eigen(), whose
+            # rotation of a double zero eigenvalue is rounding (it changes between k = 6 and
+            # k = 12 on ChickWeight's Time, and between two constructions of the same S in one
+            # R session); here it is fixed: the centred linear term (what the sum-to-zero
+            # constraint keeps) shrunk by shrink, the constant by shrink^2
+            a = np.linalg.eigvalsh(S)[2]
+            vc = np.full(n, 1.0 / np.sqrt(n))
+            vl = xk - xk.mean()
+            vl /= np.linalg.norm(vl)
+            S = S + a * self.shrink * np.outer(vl, vl) + a * self.shrink ** 2 * np.outer(vc, vc)
         self.S = S
 
     @classmethod
