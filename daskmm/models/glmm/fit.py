@@ -46,6 +46,7 @@ import pandas as pd
 
 from daskmm.core.families import get_family
 from daskmm.core.optimizer import estimated_newton
+from daskmm.core.threads import SMALL_K, one_blas_thread
 from daskmm.data.io import DataLike
 from daskmm.data.source import Source
 from daskmm.distributed.execution import MODES, executor, is_in_process, runs_in_process
@@ -286,13 +287,15 @@ def glmm(formula: str, data: DataLike, family: str = "binomial", *, link: str | 
                     opts.get("stages", 2 if is_in_process(c) else 1) == 2:
                 first = JointCriterion(c, parts, spec, layout, fam_code, link_obj.code, const,
                                        beta0, disp)
-            x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where, first,
-                                                      size_free=fam_code == K.NEGBIN)
-            t2 = time.perf_counter()
-            names = [nm for t in spec.terms for nm in t.theta_names()] + \
-                [nm for nm, k in zip(spec.fixef_names, keep) if k]
-            theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
-                crit, x, lower, optinfo, size, opts, where, names)
+            # a small fit in process: its BLAS calls are microseconds (core/threads.py)
+            with one_blas_thread(is_in_process(c) and layout.k <= SMALL_K):
+                x, optinfo, size, lower = optimise_stages(crit, spec, beta0, Tinv, opts, where,
+                                                          first, size_free=fam_code == K.NEGBIN)
+                t2 = time.perf_counter()
+                names = [nm for t in spec.terms for nm in t.theta_names()] + \
+                    [nm for nm, k in zip(spec.fixef_names, keep) if k]
+                theta, gamma, objective, vcov_gamma, ranef, optinfo = estimates(
+                    crit, x, lower, optinfo, size, opts, where, names)
             beta, vcov = T @ gamma, T @ vcov_gamma @ T.T
             t3 = time.perf_counter()
         else:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from daskmm.core.optimizer import OptSummary, certified_optimum, minimize
+from daskmm.core.threads import SMALL_K, one_blas_thread
 from daskmm.data.manifest import Manifest
 from daskmm.data.rows import DropCounts
 from daskmm.distributed.evaluator import DistributedEvaluator, GatheredEvaluator
@@ -228,6 +229,16 @@ def objective_parts(prob: Problem, theta: np.ndarray, reml: bool = False):
 def optimise(prob: Problem, reml: bool, options: dict | None = None,
              x0: np.ndarray | None = None, initial_step: np.ndarray | None = None,
              certify: bool = True) -> tuple[np.ndarray, OptSummary]:
+    """:func:`_optimise` with one BLAS thread for a small problem
+    (:func:`daskmm.core.threads.one_blas_thread`: the optimiser's and the criterion's BLAS
+    calls are then microseconds, and waking a second thread costs more)."""
+    with one_blas_thread(prob.layout.k <= SMALL_K):
+        return _optimise(prob, reml, options, x0, initial_step, certify)
+
+
+def _optimise(prob: Problem, reml: bool, options: dict | None = None,
+              x0: np.ndarray | None = None, initial_step: np.ndarray | None = None,
+              certify: bool = True) -> tuple[np.ndarray, OptSummary]:
     """:func:`daskmm.core.optimizer.minimize` over ``theta`` from lme4's start (or ``x0``), with the
     exact gradient of the profiled criterion (BOBYQA when ``options["method"] == "bobyqa"``,
     or when the dense global block is too large for the gradient to pay); ``initial_step``

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 
+from daskmm.core.threads import SMALL_K, one_blas_thread
 from daskmm.distributed.evaluator import GatheredEvaluator
 from daskmm.errors import ModelError
 from daskmm.kernels.pls import inverse_factor
@@ -14,18 +15,11 @@ from daskmm.kernels.stats import LevelGroup, PartitionStats
 from daskmm.kernels.varpar import deviance_vp, sdcor_to_theta
 from daskmm.models.lmm.criterion import Problem, objective, objective_parts
 
-SMALL_K = 512
-"""Problems whose global block is at most this size evaluate faster with single-threaded
-BLAS: thousands of small factorisations, where idle BLAS threads only spin."""
-
 
 def blas_threads(prob: Problem):
     """A context limiting BLAS to one thread for a small problem (see :data:`SMALL_K`),
     a no-op otherwise."""
-    from contextlib import nullcontext
-
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(1) if prob.layout.k <= SMALL_K else nullcontext()
+    return one_blas_thread(prob.layout.k <= SMALL_K)
 
 
 class Deviance:
