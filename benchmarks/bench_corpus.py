@@ -5,7 +5,7 @@ data already in memory, one warm-up then the median of ``--repeats``. Prints one
 (criterion gap to the tight reference, daskmm and R seconds, ratio daskmm / R: below 1 is
 faster), then the medians by kind, the worst ratios and the worst gaps. With ``--mixedlm``
 each LMM and GLMM is also fitted by mixedlm (PyPI: lme4 ported to Python with a compiled core;
-``pip install mixedlm``) on the same frame, warm, the median of ``--repeats``, and its ratio
+``pip install -e '.[bench]'``) on the same frame, warm, the median of ``--repeats``, and its ratio
 printed beside R's (daskmm / mixedlm). Run from the repository root::
 
     python benchmarks/bench_corpus.py --repeats 5 [--only REGEX] [--json FILE] [--mixedlm]

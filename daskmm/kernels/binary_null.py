@@ -419,19 +419,18 @@ def pql_ai_reml(y: np.ndarray, X: np.ndarray, K, tol: float = 1e-10,
 
 
 def pql_fixed_tau(y: np.ndarray, X: np.ndarray, K, tau: float, eta: np.ndarray,
-                  tol: float = 1e-10, maxiter: int = 100, pre: Factor | None = None
-                  ) -> tuple[BinaryNull, Factor | None]:
+                  tol: float = 1e-10, maxiter: int = 100) -> tuple[BinaryNull, Factor | None]:
     """The null's ``alpha`` and ``eta`` at a given ``tau`` from the start ``eta``: SAIGE's
     leave-one-chromosome-out null (``tau`` from the whole relationship matrix, the
     coefficients and random effects again with the chromosome's part left out of ``K``).
-    ``pre``: a factor of a nearby ``Sigma`` (a dense ``K``'s), whose conjugate gradients
-    then make every step's solves. Returns the fit and ``Sigma``'s solver at its last step
-    (``None`` when ``tau`` is 0)."""
+    With a dense ``K`` the first step factors ``Sigma`` and conjugate gradients preconditioned
+    by that factor make the later steps' solves. Returns the fit and ``Sigma``'s solver at its
+    last step (``None`` when ``tau`` is 0)."""
     y, X, K = np.asarray(y, float), np.asarray(X, float), as_kernel(K)
     eta = np.asarray(eta, float)
     if tau <= 0:
         alpha = logistic_glm(y, X)
         eta = X @ alpha
         return BinaryNull(0.0, alpha, eta, special.expit(eta), 1), None
-    alpha, eta, it, f = _held(y, X, K, tau, eta, tol, maxiter, pre)
+    alpha, eta, it, f = _held(y, X, K, tau, eta, tol, maxiter, None)
     return BinaryNull(tau, alpha, eta, special.expit(eta), it), f
